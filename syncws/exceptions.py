@@ -1,0 +1,233 @@
+"""Every exception syncws raises, in one hierarchy.
+
+All of them derive from :exc:`WebSocketException`, so ``except
+syncws.WebSocketException`` catches anything the library raises on purpose.
+Timeouts are the built-in :exc:`TimeoutError` and network failures the
+built-in :exc:`OSError`, as everywhere else in Python.
+
+The tree::
+
+    WebSocketException
+    ├── InvalidHandshake
+    │   ├── AbortHandshake
+    │   ├── InvalidMessage
+    │   │   └── HeadersTooLarge
+    │   ├── InvalidHeader
+    │   │   ├── InvalidOrigin
+    │   │   └── InvalidUpgrade
+    │   ├── InvalidStatusCode
+    │   └── NegotiationError
+    ├── InvalidState
+    │   └── ConnectionClosed
+    │       ├── ConnectionClosedOK
+    │       └── ConnectionClosedError
+    ├── InvalidURI
+    ├── PayloadTooBig
+    └── WebSocketProtocolError
+"""
+
+from __future__ import annotations
+
+import http
+from typing import Iterable, Optional, Tuple
+
+__all__ = [
+    "WebSocketException",
+    "InvalidHandshake",
+    "AbortHandshake",
+    "InvalidMessage",
+    "HeadersTooLarge",
+    "InvalidHeader",
+    "InvalidOrigin",
+    "InvalidUpgrade",
+    "InvalidStatusCode",
+    "NegotiationError",
+    "InvalidState",
+    "ConnectionClosed",
+    "ConnectionClosedOK",
+    "ConnectionClosedError",
+    "InvalidURI",
+    "PayloadTooBig",
+    "WebSocketProtocolError",
+]
+
+
+class WebSocketException(Exception):
+    """Base class of every exception syncws raises on purpose."""
+
+
+class InvalidHandshake(WebSocketException):
+    """The opening handshake failed: the peer is not a valid WebSocket peer."""
+
+
+class AbortHandshake(InvalidHandshake):
+    """Raised on the server to answer plain HTTP instead of upgrading.
+
+    Args:
+        status: the HTTP status to answer with.
+        headers: response headers, as a mapping or as ``(name, value)`` pairs.
+        body: the response body.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        headers: Optional[Iterable[Tuple[str, str]]] = None,
+        body: bytes = b"",
+    ) -> None:
+        self.status = http.HTTPStatus(status)
+        self.headers = headers if headers is not None else []
+        self.body = body
+        super().__init__(
+            f"HTTP {self.status.value} {self.status.phrase}, "
+            f"{len(body)} bytes of body"
+        )
+
+
+class InvalidMessage(InvalidHandshake):
+    """The HTTP request or response of the handshake is malformed."""
+
+
+class HeadersTooLarge(InvalidMessage):
+    """The HTTP head exceeds a limit (line length or number of headers).
+
+    Args:
+        message: what was too large, with the limit.
+        limit: the limit that was hit.
+    """
+
+    def __init__(self, message: str, limit: int) -> None:
+        self.limit = limit
+        super().__init__(message)
+
+
+class InvalidHeader(InvalidHandshake):
+    """A handshake header is missing or has a wrong value.
+
+    Args:
+        name: the header's name.
+        value: the value seen, ``None`` when the header is missing.
+        reason: why the value is wrong, when it says more than "invalid".
+    """
+
+    def __init__(
+        self, name: str, value: Optional[str] = None, reason: str = ""
+    ) -> None:
+        self.name = name
+        self.value = value
+        if value is None:
+            message = f"missing {name} header"
+        elif value == "":
+            message = f"empty {name} header"
+        else:
+            message = f"invalid {name} header: {value!r}"
+        if reason:
+            message = f"{message} ({reason})"
+        super().__init__(message)
+
+
+class InvalidOrigin(InvalidHeader):
+    """The ``Origin`` header of a request is not allowed by the server."""
+
+    def __init__(self, origin: Optional[str]) -> None:
+        super().__init__("Origin", origin, "not in the allowed origins")
+
+
+class InvalidUpgrade(InvalidHeader):
+    """The ``Upgrade`` or ``Connection`` header does not ask for WebSocket."""
+
+
+class InvalidStatusCode(InvalidHandshake):
+    """The server answered the handshake with a status other than 101.
+
+    Args:
+        status_code: the HTTP status the server answered with.
+        body: the start of the response body, when the server sent one.
+    """
+
+    def __init__(self, status_code: int, body: bytes = b"") -> None:
+        self.status_code = status_code
+        self.body = body
+        message = f"server rejected WebSocket connection: HTTP {status_code}"
+        if body:
+            text = body[:200].decode("utf-8", "replace").strip()
+            message = f"{message}: {text}"
+        super().__init__(message)
+
+
+class NegotiationError(InvalidHandshake):
+    """An extension or subprotocol negotiation failed."""
+
+
+class InvalidState(WebSocketException):
+    """An operation is not allowed in the connection's current state."""
+
+
+def _describe_close(code: Optional[int], reason: str) -> str:
+    """Render a close code and reason for an error message."""
+    # Imported here because framing imports this module.
+    from .framing import describe_close_code
+
+    if code is None:
+        return "no close frame received or sent"
+    text = f"{code} ({describe_close_code(code)})"
+    if reason:
+        text = f"{text} {reason}"
+    return text
+
+
+class ConnectionClosed(InvalidState):
+    """The connection is closed; raised by operations on it.
+
+    Args:
+        code: the close code of the connection (1006 when TCP was lost without
+            a closing handshake).
+        reason: the close reason.
+
+    ``code`` and ``reason`` are the ones the peer sent when it closed first,
+    otherwise the ones this side sent.
+    """
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(f"connection closed: {_describe_close(code, reason)}")
+
+
+class ConnectionClosedOK(ConnectionClosed):
+    """The connection closed normally (1000 or 1001)."""
+
+
+class ConnectionClosedError(ConnectionClosed):
+    """The connection closed with an error (any code but 1000 and 1001)."""
+
+
+class InvalidURI(WebSocketException):
+    """A URI is not a valid ``ws://`` or ``wss://`` URI.
+
+    Args:
+        uri: the URI.
+        reason: what is wrong with it.
+    """
+
+    def __init__(self, uri: str, reason: str) -> None:
+        self.uri = uri
+        self.reason = reason
+        super().__init__(f"{uri!r} isn't a valid WebSocket URI: {reason}")
+
+
+class PayloadTooBig(WebSocketException):
+    """A frame or message exceeds ``max_size`` (close code 1009)."""
+
+
+class WebSocketProtocolError(WebSocketException):
+    """The peer broke RFC 6455 (close code 1002, or 1007 for bad UTF-8).
+
+    Args:
+        message: what the peer did wrong.
+        code: the close code this failure calls for.
+    """
+
+    def __init__(self, message: str, code: int = 1002) -> None:
+        self.code = code
+        super().__init__(message)
