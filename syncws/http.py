@@ -1,0 +1,570 @@
+"""HTTP/1.1 request and response heads for the opening handshake (RFC 9112).
+
+Theory of operation:
+
+- This module is pure. Reading goes through a ``read_line(limit)`` callable
+  with the contract of :meth:`io.BufferedReader.readline`: it returns one
+  line with its ``b"\\n"``, or ``limit`` bytes when the line is longer, or
+  ``b""`` at the end of the stream. Writing returns bytes.
+- Bytes are decoded as ISO-8859-1, which never fails, and then validated as
+  text with the same patterns that validate what we write: one set of rules
+  (RFC 9110 §5.5, RFC 9112 §3-5) for both directions.
+- The parser is strict where leniency hides attacks or bugs: lines end with
+  CRLF, obsolete line folding is refused, header names are tokens, values
+  hold no control characters but HTAB. Only a missing space after the status
+  code of a response with an empty reason is tolerated.
+- Every line is bounded by ``max_line`` and the head by ``max_headers``, so
+  a peer can't make us buffer an unbounded head.
+"""
+
+from __future__ import annotations
+
+import http
+import re
+from typing import (
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Tuple,
+    Union,
+)
+
+from .exceptions import HeadersTooLarge, InvalidMessage
+
+__all__ = [
+    "MAX_LINE",
+    "MAX_HEADERS",
+    "Headers",
+    "HeadersLike",
+    "MultipleValuesError",
+    "Request",
+    "Response",
+    "read_request",
+    "read_response",
+    "serialize_request",
+    "serialize_response",
+]
+
+MAX_LINE = 8192
+"""Default limit on the length of a line of a head, CRLF excluded, in bytes."""
+
+MAX_HEADERS = 128
+"""Default limit on the number of headers of a head."""
+
+# token (RFC 9110 §5.6.2): methods and header names.
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# HTAB / SP / VCHAR / obs-text: what a header value or a reason phrase may
+# hold (RFC 9110 §5.5, RFC 9112 §4). No CR, LF, NUL or other controls.
+_TEXT_RE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+# A request-target is visible ASCII; its finer grammar is the handshake's
+# business, which answers with an HTTP error rather than dropping the line.
+_TARGET_RE = re.compile(r"[\x21-\x7e]+")
+_VERSION_RE = re.compile(r"HTTP/([0-9])\.([0-9])")
+_STATUS_CODE_RE = re.compile(r"[0-9]{3}")
+
+# Optional whitespace around header values (RFC 9110 §5.6.3).
+_OWS = " \t"
+
+
+class MultipleValuesError(KeyError):
+    """A header that appears several times was looked up as a single value.
+
+    It's a :exc:`KeyError`, as :meth:`Headers.__getitem__` raises for a
+    missing header, because the caller asked for something that doesn't
+    exist: the one value of that header.
+
+    Args:
+        name: the header's name.
+        count: how many times it appears.
+    """
+
+    def __init__(self, name: str, count: int) -> None:
+        self.name = name
+        self.count = count
+        super().__init__(name)
+
+    def __str__(self) -> str:
+        # KeyError's own __str__ would only show repr(name).
+        return (
+            f"{self.name!r} header appears {self.count} times; "
+            f"use get_all() or get_joined()"
+        )
+
+
+class Headers:
+    """HTTP headers: a case-insensitive, multi-valued, ordered mapping.
+
+    Every ``(name, value)`` pair is kept in order with the name's original
+    case, so a head is written back as it was given. Lookups ignore case.
+
+    Setting a header appends it, as in a head; delete it first to replace
+    it. Iterating and :func:`len` see distinct names; :meth:`items` sees
+    every pair.
+
+    Args:
+        headers: initial headers, as a mapping (including another
+            :class:`Headers`) or as ``(name, value)`` pairs.
+    """
+
+    def __init__(self, headers: Optional[HeadersLike] = None) -> None:
+        self._items: List[Tuple[str, str]] = []
+        if headers is not None:
+            self.update(headers)
+
+    def __getitem__(self, name: str) -> str:
+        """Return the value of the header ``name``.
+
+        Args:
+            name: the header's name, in any case.
+
+        Returns:
+            Its value.
+
+        Raises:
+            KeyError: if the header is missing.
+            MultipleValuesError: if the header appears more than once.
+        """
+        values = self.get_all(name)
+        if not values:
+            raise KeyError(name)
+        if len(values) > 1:
+            raise MultipleValuesError(name, len(values))
+        return values[0]
+
+    def __setitem__(self, name: str, value: str) -> None:
+        """Append a header, keeping any with the same name.
+
+        Args:
+            name: the header's name.
+            value: its value.
+        """
+        self._items.append((name, value))
+
+    def __delitem__(self, name: str) -> None:
+        """Remove every header named ``name``.
+
+        Args:
+            name: the header's name, in any case.
+
+        Raises:
+            KeyError: if the header is missing.
+        """
+        if name not in self:
+            raise KeyError(name)
+        key = name.lower()
+        self._items = [item for item in self._items if item[0].lower() != key]
+
+    def __contains__(self, name: object) -> bool:
+        """Tell whether a header named ``name`` is present, ignoring case."""
+        if not isinstance(name, str):
+            return False
+        key = name.lower()
+        return any(item_name.lower() == key for item_name, _ in self._items)
+
+    def __iter__(self) -> Iterator[str]:
+        """Iterate over distinct names, spelled as they first appear."""
+        seen = set()
+        for name, _ in self._items:
+            if name.lower() not in seen:
+                seen.add(name.lower())
+                yield name
+
+    def __len__(self) -> int:
+        """Return the number of distinct names."""
+        return len({name.lower() for name, _ in self._items})
+
+    def __eq__(self, other: object) -> bool:
+        """Compare as HTTP does (RFC 9110 §5.3).
+
+        Names are compared ignoring case, and the values of each name in
+        order; the order between different names doesn't matter.
+        """
+        if not isinstance(other, Headers):
+            return NotImplemented
+        return self._values_by_name() == other._values_by_name()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._items!r})"
+
+    def __str__(self) -> str:
+        """Return the header block: ``Name: value`` lines and an empty line.
+
+        Nothing is validated; :func:`serialize_request` and
+        :func:`serialize_response` do that before writing.
+        """
+        lines = [f"{name}: {value}\r\n" for name, value in self._items]
+        return "".join(lines) + "\r\n"
+
+    def get(self, name: str, default: Optional[str] = None) -> Optional[str]:
+        """Return the value of the header ``name``, or ``default``.
+
+        Args:
+            name: the header's name, in any case.
+            default: what to return when the header is missing.
+
+        Returns:
+            Its value, or ``default`` if the header is missing.
+
+        Raises:
+            MultipleValuesError: if the header appears more than once.
+        """
+        if name not in self:
+            return default
+        return self[name]
+
+    def get_all(self, name: str) -> List[str]:
+        """Return every value of the header ``name``, in order.
+
+        Args:
+            name: the header's name, in any case.
+
+        Returns:
+            Its values; an empty list when the header is missing.
+        """
+        key = name.lower()
+        return [value for item_name, value in self._items if item_name.lower() == key]
+
+    def get_joined(self, name: str) -> Optional[str]:
+        """Return the values of the header ``name`` as one comma-separated value.
+
+        RFC 9110 §5.3 lets a recipient combine repeated headers this way for
+        list-based headers such as ``Connection`` or ``Sec-WebSocket-Protocol``;
+        don't use it for ``Set-Cookie``, whose values may hold commas.
+
+        Args:
+            name: the header's name, in any case.
+
+        Returns:
+            The values joined with ``", "``, or ``None`` if the header is
+            missing.
+        """
+        values = self.get_all(name)
+        return ", ".join(values) if values else None
+
+    def items(self) -> List[Tuple[str, str]]:
+        """Return every ``(name, value)`` pair, in order, names as given.
+
+        Returns:
+            A new list of the pairs.
+        """
+        return list(self._items)
+
+    # The name websockets' Headers uses for the same thing.
+    raw_items = items
+
+    def update(self, headers: HeadersLike) -> None:
+        """Append headers, keeping those already present.
+
+        Args:
+            headers: a mapping (including another :class:`Headers`, whose
+                every pair is appended) or ``(name, value)`` pairs.
+        """
+        pairs = headers.items() if hasattr(headers, "items") else headers
+        for name, value in pairs:
+            self[name] = value
+
+    def copy(self) -> Headers:
+        """Return a copy that can change independently of this one.
+
+        Returns:
+            The copy.
+        """
+        return Headers(self._items)
+
+    def clear(self) -> None:
+        """Remove every header."""
+        self._items.clear()
+
+    def _values_by_name(self) -> Dict[str, List[str]]:
+        """Map each lowercase name to its values, in order."""
+        values: Dict[str, List[str]] = {}
+        for name, value in self._items:
+            values.setdefault(name.lower(), []).append(value)
+        return values
+
+
+HeadersLike = Union[Headers, Mapping[str, str], Iterable[Tuple[str, str]]]
+"""Anything :class:`Headers` and the ``serialize_*`` functions accept."""
+
+
+class Request(NamedTuple):
+    """The head of an HTTP request.
+
+    Attributes:
+        method: the method, e.g. ``"GET"``; not checked further.
+        path: the request-target, e.g. ``"/chat?room=1"``.
+        headers: the headers.
+    """
+
+    method: str
+    path: str
+    headers: Headers
+
+
+class Response(NamedTuple):
+    """The head of an HTTP response.
+
+    Attributes:
+        status_code: the status code, 100 to 599.
+        reason: the reason phrase, possibly empty.
+        headers: the headers.
+    """
+
+    status_code: int
+    reason: str
+    headers: Headers
+
+
+def read_request(
+    read_line: Callable[[int], bytes],
+    *,
+    max_line: int = MAX_LINE,
+    max_headers: int = MAX_HEADERS,
+) -> Request:
+    """Read and validate the head of an HTTP/1.1 request.
+
+    The method isn't restricted to ``GET``, so that the server can answer
+    other methods with 405 rather than drop the connection.
+
+    Args:
+        read_line: returns the next line, as :meth:`io.BufferedReader.readline`
+            does (see the module's docstring).
+        max_line: the longest line allowed, CRLF excluded, in bytes.
+        max_headers: the most headers allowed.
+
+    Returns:
+        The request's method, target and headers.
+
+    Raises:
+        InvalidMessage: if the head is malformed or the stream ends before
+            the end of the head; in that last case, ``__cause__`` is an
+            :exc:`EOFError`.
+        HeadersTooLarge: if a line or the number of headers exceeds its
+            limit.
+    """
+    request_line = _read_line(read_line, "request", max_line, first=True)
+    parts = request_line.split(" ")
+    if len(parts) != 3:
+        raise InvalidMessage(
+            f"request line isn't 'METHOD target HTTP/1.1': {_shorten(request_line)}"
+        )
+    method, path, version = parts
+    if not _TOKEN_RE.fullmatch(method):
+        raise InvalidMessage(f"invalid HTTP method: {_shorten(method)}")
+    if not _TARGET_RE.fullmatch(path):
+        raise InvalidMessage(f"invalid request target: {_shorten(path)}")
+    _check_version(version)
+    headers = _read_headers(read_line, "request", max_line, max_headers)
+    return Request(method, path, headers)
+
+
+def read_response(
+    read_line: Callable[[int], bytes],
+    *,
+    max_line: int = MAX_LINE,
+    max_headers: int = MAX_HEADERS,
+) -> Response:
+    """Read and validate the head of an HTTP/1.1 response.
+
+    Args:
+        read_line: returns the next line, as :meth:`io.BufferedReader.readline`
+            does (see the module's docstring).
+        max_line: the longest line allowed, CRLF excluded, in bytes.
+        max_headers: the most headers allowed.
+
+    Returns:
+        The response's status code, reason phrase and headers.
+
+    Raises:
+        InvalidMessage: if the head is malformed or the stream ends before
+            the end of the head; in that last case, ``__cause__`` is an
+            :exc:`EOFError`.
+        HeadersTooLarge: if a line or the number of headers exceeds its
+            limit.
+    """
+    status_line = _read_line(read_line, "response", max_line, first=True)
+    version, _, rest = status_line.partition(" ")
+    _check_version(version)
+    # Some servers send "HTTP/1.1 101" without the space that should
+    # precede an empty reason; partition() takes both.
+    raw_status_code, _, reason = rest.partition(" ")
+    if not _STATUS_CODE_RE.fullmatch(raw_status_code):
+        raise InvalidMessage(f"invalid HTTP status code: {_shorten(raw_status_code)}")
+    status_code = int(raw_status_code)
+    if not 100 <= status_code <= 599:
+        raise InvalidMessage(f"HTTP status code {status_code} isn't in 100-599")
+    if not _TEXT_RE.fullmatch(reason):
+        raise InvalidMessage(f"invalid HTTP reason phrase: {_shorten(reason)}")
+    headers = _read_headers(read_line, "response", max_line, max_headers)
+    return Response(status_code, reason, headers)
+
+
+def _read_line(
+    read_line: Callable[[int], bytes], kind: str, max_line: int, first: bool = False
+) -> str:
+    """Read one line of a head and return it without its CRLF.
+
+    ``kind`` is "request" or "response", for messages; ``first`` tells
+    whether this is the start line, when an end of stream means the peer
+    sent nothing at all.
+    """
+    line = read_line(max_line + 2)  # room for the CRLF
+    if not line.endswith(b"\n"):
+        if len(line) >= max_line + 2:
+            raise HeadersTooLarge(
+                f"a line of the HTTP {kind} head is longer than {max_line} bytes",
+                max_line,
+            )
+        if first and not line:
+            message = f"connection closed before sending an HTTP {kind}"
+        else:
+            message = f"connection closed while reading HTTP {kind} head"
+        raise InvalidMessage(message) from EOFError()
+    text = line.decode("iso-8859-1")
+    if not text.endswith("\r\n"):
+        raise InvalidMessage(
+            f"line of HTTP {kind} head ends with LF instead of CRLF: {_shorten(text)}"
+        )
+    return text[:-2]
+
+
+def _read_headers(
+    read_line: Callable[[int], bytes], kind: str, max_line: int, max_headers: int
+) -> Headers:
+    """Read header lines up to the empty line that ends a head."""
+    headers = Headers()
+    # One more round than max_headers, for the empty line.
+    for _ in range(max_headers + 1):
+        line = _read_line(read_line, kind, max_line)
+        if not line:
+            return headers
+        name, value = _parse_header_line(line)
+        headers[name] = value
+    raise HeadersTooLarge(
+        f"HTTP {kind} head has more than {max_headers} headers", max_headers
+    )
+
+
+def _parse_header_line(line: str) -> Tuple[str, str]:
+    """Split a ``name: value`` line and validate both halves."""
+    if line[0] in _OWS:
+        # RFC 9112 §5.2 lets recipients reject obs-fold; unfolding it is how
+        # request smuggling between front ends and back ends happens.
+        raise InvalidMessage(
+            f"header line starts with whitespace (obs-fold, obsolete line "
+            f"folding, isn't supported): {_shorten(line)}"
+        )
+    name, colon, value = line.partition(":")
+    if not colon:
+        raise InvalidMessage(f"header line has no colon: {_shorten(line)}")
+    if not _TOKEN_RE.fullmatch(name):
+        raise InvalidMessage(f"invalid header name: {_shorten(name)}")
+    value = value.strip(_OWS)
+    if not _TEXT_RE.fullmatch(value):
+        raise InvalidMessage(f"invalid value of {name} header: {_shorten(value)}")
+    return name, value
+
+
+def _check_version(version: str) -> None:
+    """Accept HTTP/1.1 and later 1.x versions, as RFC 6455 §4.1 requires."""
+    match = _VERSION_RE.fullmatch(version)
+    if match is None:
+        raise InvalidMessage(f"invalid HTTP version: {_shorten(version)}")
+    major, minor = match.groups()
+    if major != "1" or minor == "0":
+        raise InvalidMessage(
+            f"unsupported HTTP version {version}: WebSocket needs HTTP/1.1"
+        )
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    """Quote a value seen on the wire for an error message, cut to ``limit``."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}..."
+
+
+def serialize_request(path: str, headers: HeadersLike) -> bytes:
+    """Write the head of a ``GET`` request.
+
+    Args:
+        path: the request-target, e.g. ``"/chat?room=1"``.
+        headers: the headers, in the order to write them.
+
+    Returns:
+        ``GET path HTTP/1.1``, the headers and an empty line, in bytes.
+
+    Raises:
+        ValueError: if ``path`` isn't visible ASCII, or a header name isn't a
+            token, or a value holds CR, LF or other control characters,
+            characters outside ISO-8859-1, or leading or trailing whitespace.
+    """
+    if not _TARGET_RE.fullmatch(path):
+        raise ValueError(f"invalid request target: {path!r}")
+    return _serialize_head(f"GET {path} HTTP/1.1", headers)
+
+
+def serialize_response(
+    status: int, headers: HeadersLike, reason: Optional[str] = None
+) -> bytes:
+    """Write the head of a response.
+
+    Args:
+        status: the status code, 100 to 599.
+        headers: the headers, in the order to write them.
+        reason: the reason phrase; by default the standard one for
+            ``status`` (empty for an unregistered code).
+
+    Returns:
+        ``HTTP/1.1 status reason``, the headers and an empty line, in bytes.
+
+    Raises:
+        ValueError: if ``status`` isn't in 100-599, or ``reason`` holds
+            control characters, or a header name isn't a token, or a value
+            holds CR, LF or other control characters, characters outside
+            ISO-8859-1, or leading or trailing whitespace.
+    """
+    if not 100 <= status <= 599:
+        raise ValueError(f"HTTP status code {status} isn't in 100-599")
+    if reason is None:
+        try:
+            reason = http.HTTPStatus(status).phrase
+        except ValueError:
+            reason = ""
+    if not _TEXT_RE.fullmatch(reason):
+        raise ValueError(f"invalid HTTP reason phrase: {reason!r}")
+    return _serialize_head(f"HTTP/1.1 {status} {reason}", headers)
+
+
+def _serialize_head(start_line: str, headers: HeadersLike) -> bytes:
+    """Validate headers and write them after ``start_line``."""
+    headers = Headers(headers)
+    for name, value in headers.items():
+        _check_header(name, value)
+    return f"{start_line}\r\n{headers}".encode("iso-8859-1")
+
+
+def _check_header(name: str, value: str) -> None:
+    """Refuse a header that would be misread or would corrupt the head."""
+    if not _TOKEN_RE.fullmatch(name):
+        raise ValueError(f"invalid header name: {name!r}")
+    if "\r" in value or "\n" in value:
+        raise ValueError(
+            f"value of {name} header contains CR or LF, which would let it "
+            f"inject headers (response splitting): {value!r}"
+        )
+    if not _TEXT_RE.fullmatch(value):
+        raise ValueError(
+            f"value of {name} header contains a control character or a "
+            f"character outside ISO-8859-1: {value!r}"
+        )
+    if value != value.strip(_OWS):
+        # The reader strips it, so it couldn't arrive as written.
+        raise ValueError(
+            f"value of {name} header has leading or trailing whitespace: {value!r}"
+        )
