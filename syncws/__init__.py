@@ -1,0 +1,70 @@
+"""syncws: a thread-based, synchronous WebSocket client and server.
+
+Everything public is importable from here, except the low-level modules,
+which are imported by module: :mod:`syncws.framing`, :mod:`syncws.handshake`,
+:mod:`syncws.uri` and :mod:`syncws.http`.
+"""
+
+from .broadcast import broadcast
+from .auth import basic_auth
+from .client import WebSocketClientProtocol, connect, reconnect, unix_connect
+from .exceptions import (
+    AbortHandshake,
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    HeadersTooLarge,
+    InvalidHandshake,
+    InvalidHeader,
+    InvalidMessage,
+    InvalidOrigin,
+    InvalidState,
+    InvalidStatusCode,
+    InvalidUpgrade,
+    InvalidURI,
+    NegotiationError,
+    PayloadTooBig,
+    WebSocketException,
+    WebSocketProtocolError,
+)
+from .extensions.permessage_deflate import DeflateSettings
+from .http import Headers
+from .protocol import State, Stats, WebSocketCommonProtocol
+from .server import WebSocketServer, WebSocketServerProtocol, serve, unix_serve
+from .version import __version__
+
+__all__ = [
+    "AbortHandshake",
+    "ConnectionClosed",
+    "ConnectionClosedError",
+    "ConnectionClosedOK",
+    "DeflateSettings",
+    "Headers",
+    "HeadersTooLarge",
+    "InvalidHandshake",
+    "InvalidHeader",
+    "InvalidMessage",
+    "InvalidOrigin",
+    "InvalidState",
+    "InvalidStatusCode",
+    "InvalidUpgrade",
+    "InvalidURI",
+    "NegotiationError",
+    "PayloadTooBig",
+    "State",
+    "Stats",
+    "WebSocketClientProtocol",
+    "WebSocketCommonProtocol",
+    "WebSocketException",
+    "WebSocketProtocolError",
+    "WebSocketServer",
+    "WebSocketServerProtocol",
+    "__version__",
+    "basic_auth",
+    "broadcast",
+    "connect",
+    "reconnect",
+    "serve",
+    "unix_connect",
+    "unix_serve",
+]

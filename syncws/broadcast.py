@@ -1,0 +1,63 @@
+"""Sending one message to many connections.
+
+Theory of operation: most sends complete at once, because the socket buffer
+has room. :func:`broadcast` first tries every connection without waiting;
+only the connections that would block (a send already under way, or a full
+socket buffer) are handed to a few worker threads, each bounded by the
+timeout. So one slow or dead client never delays the others.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from typing import Dict, Iterable, Optional
+
+from .protocol import Data, WebSocketCommonProtocol
+
+__all__ = ["broadcast"]
+
+# Enough workers to wait on several slow clients in parallel without a
+# thread per connection.
+_MAX_WORKERS = 16
+
+
+def broadcast(
+    connections: Iterable[WebSocketCommonProtocol],
+    message: Data,
+    timeout: Optional[float] = 10,
+) -> Dict[WebSocketCommonProtocol, Exception]:
+    """Send ``message`` to every open connection in ``connections``.
+
+    Connections that aren't open are skipped. A connection whose send fails
+    or takes longer than ``timeout`` is reported, not raised: a timed-out
+    connection is aborted, as with :meth:`~WebSocketCommonProtocol.send`.
+
+    Args:
+        connections: the connections, e.g. ``server.connections``.
+        message: ``str`` or bytes-like.
+        timeout: seconds a slow connection may take; ``None`` waits forever.
+
+    Returns:
+        The connections that failed, mapped to their exception (empty when
+        every send went through).
+    """
+    failures: Dict[WebSocketCommonProtocol, Exception] = {}
+    slow = []
+    for connection in connections:
+        if not connection.open:
+            continue
+        try:
+            if not connection._send_nowait(message):
+                slow.append(connection)
+        except Exception as exc:
+            failures[connection] = exc
+    if slow:
+        with concurrent.futures.ThreadPoolExecutor(
+            max_workers=min(_MAX_WORKERS, len(slow)), thread_name_prefix="syncws-broadcast"
+        ) as pool:
+            futures = {pool.submit(c.send, message, timeout): c for c in slow}
+            for future in concurrent.futures.as_completed(futures):
+                exc = future.exception()
+                if isinstance(exc, Exception):
+                    failures[futures[future]] = exc
+    return failures

@@ -1,0 +1,422 @@
+"""The client: :func:`connect` and :class:`WebSocketClientProtocol`.
+
+This module only sets a connection up: it opens TCP (and TLS), performs the
+opening handshake with :mod:`syncws.handshake` and :mod:`syncws.http`, then
+hands the socket to :class:`~syncws.protocol.WebSocketCommonProtocol`, which
+runs the connection. It holds no framing logic.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import random
+import socket
+import ssl as ssl_module
+import time
+from typing import Any, Iterator, Optional, Sequence, Type, Union
+
+from . import handshake, timers
+from .exceptions import (
+    InvalidHandshake,
+    InvalidHeader,
+    InvalidMessage,
+    InvalidStatusCode,
+    InvalidURI,
+    NegotiationError,
+)
+from .extensions import permessage_deflate
+from .http import Headers, HeadersLike, read_response, serialize_request
+from .protocol import WebSocketCommonProtocol
+from .streamreader import StreamReader
+from .uri import WebSocketURI, host_header, parse_uri
+from .version import __version__
+
+__all__ = ["connect", "unix_connect", "reconnect", "WebSocketClientProtocol", "USER_AGENT"]
+
+#: The default ``User-Agent`` header.
+USER_AGENT = f"Python/{'.'.join(map(str, __import__('sys').version_info[:2]))} syncws/{__version__}"
+
+# The most bytes of a refused handshake's body kept for InvalidStatusCode.
+_MAX_ERROR_BODY = 2**16
+
+
+class WebSocketClientProtocol(WebSocketCommonProtocol):
+    """The client side of a connection, as :func:`connect` returns it.
+
+    Takes the keyword arguments of
+    :class:`~syncws.protocol.WebSocketCommonProtocol`. Subclass it and pass
+    the subclass as ``create_protocol`` to :func:`connect` to customize it.
+    """
+
+    is_client = True
+    side = "client"
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.compression: Any = kwargs.pop("compression", "deflate")
+        self.user_agent_header: Optional[str] = kwargs.pop("user_agent_header", USER_AGENT)
+        super().__init__(**kwargs)
+
+    def handshake(
+        self,
+        wsuri: WebSocketURI,
+        origin: Optional[str] = None,
+        subprotocols: Optional[Sequence[str]] = None,
+        extra_headers: Optional[HeadersLike] = None,
+    ) -> None:
+        """Perform the opening handshake on the connected socket.
+
+        On success, ``subprotocol``, ``extensions``, ``request_headers`` and
+        ``response_headers`` are set; :func:`connect` then starts the
+        connection.
+
+        Args:
+            wsuri: the URI connected to.
+            origin: the ``Origin`` header to send, if any.
+            subprotocols: subprotocols to offer, in order of preference.
+            extra_headers: more request headers (a mapping or pairs); a
+                ``User-Agent`` here replaces the default one.
+
+        Raises:
+            InvalidStatusCode: the server answered with a status other
+                than 101.
+            InvalidHeader: a response header is missing or wrong (the
+                exception names it).
+            InvalidMessage: the response isn't valid HTTP.
+            NegotiationError: the server chose an extension or subprotocol
+                that wasn't offered.
+        """
+        assert self._sock is not None and self._stream is not None
+        self.path = wsuri.resource_name
+        headers = Headers()
+        headers["Host"] = host_header(wsuri)
+        if wsuri.user_info is not None:
+            credentials = ":".join(wsuri.user_info).encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode()
+        if origin is not None:
+            headers["Origin"] = origin
+        key = handshake.build_request(headers.__setitem__)
+        deflate_factory = permessage_deflate.ClientDeflateFactory.from_compression(self.compression)
+        if deflate_factory is not None:
+            headers["Sec-WebSocket-Extensions"] = handshake.build_extension_list(
+                [deflate_factory.offer()]
+            )
+        if subprotocols:
+            headers["Sec-WebSocket-Protocol"] = handshake.build_subprotocol_list(subprotocols)
+        if extra_headers is not None:
+            headers.update(extra_headers)
+        if self.user_agent_header is not None and "User-Agent" not in headers:
+            headers["User-Agent"] = self.user_agent_header
+        self.request_headers = headers
+
+        self._sock.sendall(serialize_request(wsuri.resource_name, headers))
+        response = read_response(self._stream.read_line)
+        self.response_headers = response.headers
+        if response.status_code != 101:
+            raise InvalidStatusCode(response.status_code, self._read_error_body(response.headers))
+        handshake.check_response(response.headers.get_joined, key)
+        self.subprotocol = _chosen_subprotocol(response.headers, subprotocols)
+        self._deflate = _accepted_extensions(response.headers, deflate_factory)
+
+    def _read_error_body(self, headers: Headers) -> bytes:
+        """Read the body of a refused handshake, for the error message."""
+        assert self._stream is not None
+        try:
+            length = int(headers.get("Content-Length", "") or -1)
+        except ValueError:
+            length = -1
+        if length < 0 and "Transfer-Encoding" in headers:
+            return b""  # chunked: not worth decoding for an error message
+        limit = _MAX_ERROR_BODY if length < 0 else min(length, _MAX_ERROR_BODY)
+        body = b""
+        try:
+            while len(body) < limit:
+                chunk = self._stream.read_available(limit - len(body))
+                if not chunk:
+                    break
+                body += chunk
+        except OSError:
+            pass  # the status is what matters; keep what arrived
+        return body
+
+
+def _chosen_subprotocol(headers: Headers, offered: Optional[Sequence[str]]) -> Optional[str]:
+    """Return the subprotocol the server chose, checking it was offered."""
+    value = headers.get_joined("Sec-WebSocket-Protocol")
+    if value is None:
+        return None
+    chosen = handshake.parse_subprotocol_list(value)
+    if len(chosen) != 1:
+        raise InvalidHeader("Sec-WebSocket-Protocol", value, "the server must choose one subprotocol")
+    if not offered or chosen[0] not in offered:
+        raise NegotiationError(
+            f"the server chose subprotocol {chosen[0]!r}, which wasn't offered "
+            f"(offered: {list(offered or [])})"
+        )
+    return chosen[0]
+
+
+def _accepted_extensions(headers: Headers, deflate_factory: Any) -> Any:
+    """Return the codec of the extensions the server accepted, if any."""
+    value = headers.get_joined("Sec-WebSocket-Extensions")
+    if value is None:
+        return None
+    deflate = None
+    for name, params in handshake.parse_extension_list(value):
+        if name != permessage_deflate.EXTENSION_NAME or deflate_factory is None:
+            raise NegotiationError(f"the server accepted extension {name!r}, which wasn't offered")
+        if deflate is not None:
+            raise NegotiationError(f"the server accepted {name} twice")
+        deflate = deflate_factory.accept(params)
+    return deflate
+
+
+def connect(
+    uri: str,
+    *,
+    create_protocol: Optional[Type[WebSocketClientProtocol]] = None,
+    timeout: Optional[float] = 10,
+    max_size: Optional[int] = 2**20,
+    max_queue: Optional[int] = 2**5,
+    read_limit: int = 2**16,
+    write_limit: int = 2**16,
+    origin: Optional[str] = None,
+    subprotocols: Optional[Sequence[str]] = None,
+    extra_headers: Optional[HeadersLike] = None,
+    compression: Any = "deflate",
+    ssl: Union[ssl_module.SSLContext, bool, None] = None,
+    sock: Optional[socket.socket] = None,
+    ping_interval: Optional[float] = 20,
+    ping_timeout: Optional[float] = 20,
+    open_timeout: Optional[float] = None,
+    close_timeout: Optional[float] = None,
+    write_timeout: Optional[float] = 60,
+    additional_headers: Optional[HeadersLike] = None,
+    user_agent_header: Optional[str] = USER_AGENT,
+    server_hostname: Optional[str] = None,
+    logger: Union[logging.Logger, str, None] = None,
+    **kwds: Any,
+) -> WebSocketClientProtocol:
+    """Open a WebSocket connection and return it, ready to use.
+
+    The connection is a context manager::
+
+        with syncws.connect("ws://localhost:8765") as ws:
+            ws.send("Hello")
+            print(ws.recv())
+
+    Args:
+        uri: a ``ws://`` or ``wss://`` URI; user info in it (``ws://u:p@h/``)
+            is sent as HTTP Basic authentication.
+        create_protocol: a :class:`WebSocketClientProtocol` subclass to use.
+        timeout: seconds for the opening and the closing handshakes (seed
+            name; ``open_timeout`` and ``close_timeout`` override it).
+        max_size: the largest incoming message in bytes; ``None`` for no
+            limit.
+        max_queue: received messages buffered before reading pauses.
+        read_limit: bytes asked of the socket per read.
+        write_limit: payloads up to this size go out with their header in
+            one system call.
+        origin: the ``Origin`` header.
+        subprotocols: subprotocols to offer, in order of preference.
+        extra_headers: more request headers, a mapping or pairs (seed name of
+            ``additional_headers``).
+        compression: ``"deflate"`` (default) offers permessage-deflate;
+            ``None`` disables it; a
+            :class:`~syncws.extensions.permessage_deflate.DeflateSettings`
+            tunes it.
+        ssl: an :class:`ssl.SSLContext` for ``wss://`` (default: a verifying
+            context from :func:`ssl.create_default_context`); ``True`` for
+            that default even with ``ws://``.
+        sock: an already connected socket to use instead of opening one.
+        ping_interval: seconds between keepalive pings; ``None`` disables.
+        ping_timeout: seconds to wait for a keepalive pong; ``None`` waits
+            forever.
+        open_timeout: seconds for TCP, TLS and the opening handshake.
+        close_timeout: seconds for the closing handshake.
+        write_timeout: seconds a send may take before the connection is
+            aborted; ``None`` waits forever.
+        additional_headers: more request headers (modern name).
+        user_agent_header: the ``User-Agent`` header; ``None`` omits it.
+        server_hostname: the name to check the TLS certificate against,
+            when it isn't the URI's host.
+        logger: a logger or logger name (default ``syncws.client``).
+        **kwds: ``host`` and ``port`` to connect somewhere other than the
+            URI says (the ``Host`` header still follows the URI), and
+            ``source_address`` to bind the local end.
+
+    Returns:
+        The open connection.
+
+    Raises:
+        InvalidURI: the URI isn't a valid WebSocket URI.
+        InvalidHandshake: the server refused or botched the handshake (see
+            :exc:`~syncws.InvalidStatusCode`, :exc:`~syncws.InvalidHeader`).
+        OSError: TCP or TLS failed.
+        TimeoutError: the opening handshake didn't finish in time.
+        TypeError: an unknown keyword argument.
+    """
+    connect_host = kwds.pop("host", None)
+    connect_port = kwds.pop("port", None)
+    source_address = kwds.pop("source_address", None)
+    if kwds:
+        raise TypeError(f"connect() got unexpected keyword arguments: {', '.join(sorted(kwds))}")
+    if extra_headers is not None and additional_headers is not None:
+        raise TypeError("pass extra_headers or additional_headers, not both")
+    if additional_headers is not None:
+        extra_headers = additional_headers
+    open_timeout = open_timeout if open_timeout is not None else timeout
+    wsuri = parse_uri(uri)
+    if ssl is not None and ssl is not False and not wsuri.secure and ssl is not True and sock is None:
+        raise ValueError("ssl= was given for a ws:// URI: use wss://")
+    if ssl is False and wsuri.secure:
+        raise ValueError("ssl=False with a wss:// URI: use ws://")
+
+    protocol_class = create_protocol or WebSocketClientProtocol
+    protocol = protocol_class(
+        host=wsuri.host,
+        port=wsuri.port,
+        secure=wsuri.secure,
+        timeout=timeout,
+        max_size=max_size,
+        max_queue=max_queue,
+        read_limit=read_limit,
+        write_limit=write_limit,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+        close_timeout=close_timeout,
+        write_timeout=write_timeout,
+        logger=logger,
+        compression=compression,
+        user_agent_header=user_agent_header,
+    )
+
+    started = time.monotonic()
+    if sock is None:
+        sock = socket.create_connection(
+            (connect_host or wsuri.host, connect_port or wsuri.port),
+            timeout=open_timeout,
+            source_address=source_address,
+        )
+    remaining = None if open_timeout is None else max(0.0, open_timeout - (time.monotonic() - started))
+    try:
+        sock.settimeout(None)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        protocol._sock = sock
+        with timers.deadline(remaining, protocol._abort) as handshake_deadline:
+            try:
+                if wsuri.secure or ssl is True or isinstance(ssl, ssl_module.SSLContext):
+                    context = ssl if isinstance(ssl, ssl_module.SSLContext) else ssl_module.create_default_context()
+                    sock = context.wrap_socket(
+                        sock,
+                        server_hostname=server_hostname or wsuri.host,
+                        do_handshake_on_connect=False,
+                    )
+                    protocol._sock = sock
+                    sock.do_handshake()
+                protocol._set_addresses(sock)
+                protocol._stream = StreamReader(sock, read_limit)
+                protocol.handshake(wsuri, origin=origin, subprotocols=subprotocols, extra_headers=extra_headers)
+            except (OSError, InvalidMessage) as exc:
+                if handshake_deadline.expired:
+                    raise TimeoutError(
+                        f"the opening handshake with {uri} didn't finish within {open_timeout} seconds"
+                    ) from exc
+                raise
+        if handshake_deadline.expired:
+            raise TimeoutError(
+                f"the opening handshake with {uri} didn't finish within {open_timeout} seconds"
+            )
+    except BaseException:
+        sock.close()
+        raise
+    protocol.connection_open(sock, protocol._stream, deflate=protocol._deflate)
+    return protocol
+
+
+def unix_connect(path: str, uri: Optional[str] = None, **kwargs: Any) -> WebSocketClientProtocol:
+    """Connect to a WebSocket server listening on a Unix socket.
+
+    Args:
+        path: the socket's path.
+        uri: the URI for the handshake (``Host`` header and path); defaults
+            to ``ws://localhost/``.
+        **kwargs: as for :func:`connect`.
+
+    Returns:
+        The open connection.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(kwargs.get("open_timeout") or kwargs.get("timeout", 10))
+        sock.connect(path)
+    except BaseException:
+        sock.close()
+        raise
+    return connect(uri or "ws://localhost/", sock=sock, **kwargs)
+
+
+# Failures worth retrying: the network, a timeout, or a server that is
+# restarting or overloaded. Anything else (a bad URI, a 4xx, a protocol
+# mismatch) would fail the same way again.
+_RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, InvalidStatusCode):
+        return exc.status_code in _RETRYABLE_STATUS
+    if isinstance(exc, (InvalidURI, InvalidHandshake, ssl_module.SSLCertVerificationError)):
+        return False
+    return isinstance(exc, (OSError, TimeoutError, EOFError))
+
+
+def reconnect(
+    uri: str,
+    *,
+    initial_delay: float = 1.0,
+    max_delay: float = 60.0,
+    factor: float = 1.618,
+    **connect_kwargs: Any,
+) -> Iterator[WebSocketClientProtocol]:
+    """Yield a new connection each time the previous one is done with.
+
+    Connection attempts that fail with a transient error (network errors,
+    timeouts, HTTP 500/502/503/504) are retried after an exponentially
+    growing delay with full jitter; other errors are raised. The delay
+    resets once a connection opens::
+
+        for ws in syncws.reconnect("ws://localhost:8765"):
+            try:
+                for message in ws:
+                    handle(message)
+            except syncws.ConnectionClosed:
+                continue
+
+    Args:
+        uri: as for :func:`connect`.
+        initial_delay: the first retry delay ceiling, in seconds.
+        max_delay: the largest retry delay ceiling, in seconds.
+        factor: how much the ceiling grows after each failure.
+        **connect_kwargs: as for :func:`connect`.
+
+    Yields:
+        Open connections, one at a time.
+    """
+    ceiling = initial_delay
+    while True:
+        try:
+            connection = connect(uri, **connect_kwargs)
+        except Exception as exc:
+            if not _is_transient(exc):
+                raise
+            delay = random.uniform(0, ceiling)
+            logging.getLogger("syncws.client").info(
+                "connecting to %s failed (%s); retrying in %.1f s", uri, exc, delay
+            )
+            time.sleep(delay)
+            ceiling = min(ceiling * factor, max_delay)
+            continue
+        ceiling = initial_delay
+        with connection:
+            yield connection

@@ -1,0 +1,737 @@
+"""The threaded server: :func:`serve`, :class:`WebSocketServer` and
+:class:`WebSocketServerProtocol`.
+
+Theory of operation: one accept thread per listening socket; each accepted
+connection gets a thread of its own that performs TLS and the opening
+handshake under ``open_timeout`` (a stalled client only ever holds its own
+thread), then runs the application's handler with the open connection. The
+connection itself, its reader thread included, is
+:class:`~syncws.protocol.WebSocketCommonProtocol`; this module only sets it
+up and answers plain HTTP when the handshake doesn't go through.
+"""
+
+from __future__ import annotations
+
+import http
+import inspect
+import logging
+import os
+import socket
+import ssl as ssl_module
+import threading
+import time
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Type, Union
+
+from . import handshake, timers
+from .exceptions import (
+    AbortHandshake,
+    HeadersTooLarge,
+    InvalidHandshake,
+    InvalidHeader,
+    InvalidMessage,
+    InvalidOrigin,
+    InvalidUpgrade,
+)
+from .extensions import permessage_deflate
+from .framing import CloseCode
+from .http import Headers, HeadersLike, read_request, serialize_response
+from .protocol import State, WebSocketCommonProtocol
+from .streamreader import StreamReader
+from .version import __version__
+
+__all__ = ["serve", "unix_serve", "WebSocketServer", "WebSocketServerProtocol", "SERVER_HEADER"]
+
+#: The default ``Server`` header.
+SERVER_HEADER = f"Python syncws/{__version__}"
+
+ProcessRequest = Callable[[str, Headers], Optional[Tuple[int, HeadersLike, bytes]]]
+
+
+class WebSocketServerProtocol(WebSocketCommonProtocol):
+    """The server side of a connection, as handlers receive it.
+
+    Args:
+        ws_handler: the application's handler.
+        ws_server: the :class:`WebSocketServer` the connection belongs to.
+        origins: allowed ``Origin`` values (``None`` in the list admits a
+            request without ``Origin``); ``None`` allows any.
+        subprotocols: the server's subprotocols, in order of preference.
+        extra_headers: headers added to the 101 response: a mapping, pairs,
+            or a callable ``(path, request_headers)`` returning either.
+        compression: ``"deflate"``, ``None`` or a ``DeflateSettings``.
+        process_request: ``(path, request_headers)`` returning ``None`` to go
+            on with the handshake or ``(status, headers, body)`` to answer
+            plain HTTP.
+        server_header: the ``Server`` header; ``None`` omits it.
+        **kwargs: the keyword arguments of
+            :class:`~syncws.protocol.WebSocketCommonProtocol`.
+
+    Inside :meth:`get_response_status` (and after the handshake), ``origin``,
+    ``path``, ``raw_request_headers`` and ``request_headers`` are set.
+    """
+
+    is_client = False
+    side = "server"
+
+    def __init__(
+        self,
+        ws_handler: Callable[..., Any],
+        ws_server: "WebSocketServer",
+        *,
+        origins: Optional[Sequence[Optional[str]]] = None,
+        subprotocols: Optional[Sequence[str]] = None,
+        extra_headers: Any = None,
+        compression: Any = "deflate",
+        process_request: Optional[ProcessRequest] = None,
+        server_header: Optional[str] = SERVER_HEADER,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.ws_handler = ws_handler
+        self.ws_server = ws_server
+        self.origins = origins
+        self.available_subprotocols = subprotocols
+        self.extra_headers = extra_headers
+        self.compression = compression
+        self._process_request = process_request
+        self.server_header = server_header
+        #: The ``Origin`` header of the request, or ``None``.
+        self.origin: Optional[str] = None
+        #: The request headers as ``(name, value)`` pairs, as received.
+        self.raw_request_headers: List[Tuple[str, str]] = []
+
+    def process_request(self, path: str, request_headers: Headers) -> Optional[Tuple[int, HeadersLike, bytes]]:
+        """Intercept a request before the WebSocket handshake.
+
+        By default, calls the ``process_request`` given to :func:`serve`.
+
+        Args:
+            path: the request path with its query.
+            request_headers: the request headers.
+
+        Returns:
+            ``None`` to go on with the handshake, or ``(status, headers,
+            body)`` to answer with plain HTTP (health checks, 401s).
+        """
+        if self._process_request is None:
+            return None
+        return self._process_request(path, request_headers)
+
+    def select_subprotocol(
+        self, client_protos: Sequence[str], server_protos: Sequence[str]
+    ) -> Optional[str]:
+        """Pick the subprotocol: the server's most preferred one the client offers.
+
+        Override it for another policy.
+
+        Args:
+            client_protos: the client's subprotocols, in its order.
+            server_protos: the server's subprotocols, in order of preference.
+
+        Returns:
+            The chosen subprotocol, or ``None`` to use none.
+        """
+        for protocol in server_protos:
+            if protocol in client_protos:
+                return protocol
+        return None
+
+    def get_response_status(self, set_header: Callable[[str, str], None]) -> http.HTTPStatus:
+        """Decide the handshake's HTTP status; 101 goes on with WebSocket.
+
+        Override it to refuse requests (401, 403, 404...): any other status
+        is answered as plain HTTP and the connection is closed. Headers set
+        with ``set_header`` are sent either way.
+
+        Args:
+            set_header: ``set_header(name, value)`` adds a response header.
+
+        Returns:
+            The status, :attr:`http.HTTPStatus.SWITCHING_PROTOCOLS` by default.
+        """
+        return http.HTTPStatus.SWITCHING_PROTOCOLS
+
+    def handshake(
+        self,
+        origins: Optional[Sequence[Optional[str]]] = None,
+        subprotocols: Optional[Sequence[str]] = None,
+        extra_headers: Any = None,
+    ) -> str:
+        """Read the client's request and answer it with 101.
+
+        Args:
+            origins: allowed origins, as for :func:`serve`.
+            subprotocols: the server's subprotocols.
+            extra_headers: headers for the 101 response.
+
+        Returns:
+            The request path.
+
+        Raises:
+            AbortHandshake: the request is answered with plain HTTP
+                instead (the status, headers and body are on the exception).
+            InvalidHandshake: the request isn't a valid handshake (the
+                server answers 400, 403, 405, 426 or 431 from it).
+        """
+        assert self._sock is not None and self._stream is not None
+        request = read_request(self._stream.read_line)
+        self.path = request.path
+        self.request_headers = request.headers
+        self.raw_request_headers = request.headers.items()
+        if request.method != "GET":
+            raise AbortHandshake(
+                http.HTTPStatus.METHOD_NOT_ALLOWED,
+                [("Allow", "GET")],
+                f"Failed to open a WebSocket connection: {request.method} isn't allowed; "
+                f"a WebSocket handshake is a GET request.\n".encode(),
+            )
+        answer = self.process_request(request.path, request.headers)
+        if answer is not None:
+            status, headers, body = answer
+            raise AbortHandshake(status, Headers(headers).items(), body)
+
+        key = handshake.check_request(request.headers.get_joined)
+        self.origin = request.headers.get_joined("Origin")
+        if origins is not None and self.origin not in origins:
+            raise InvalidOrigin(self.origin)
+
+        response_headers = Headers()
+        offered = request.headers.get_joined("Sec-WebSocket-Protocol")
+        if offered is not None and subprotocols:
+            self.subprotocol = self.select_subprotocol(
+                handshake.parse_subprotocol_list(offered), subprotocols
+            )
+            if self.subprotocol is not None:
+                response_headers["Sec-WebSocket-Protocol"] = self.subprotocol
+        self._negotiate_extensions(request.headers, response_headers)
+
+        status = self.get_response_status(response_headers.__setitem__)
+        if status != http.HTTPStatus.SWITCHING_PROTOCOLS:
+            status = http.HTTPStatus(status)
+            raise AbortHandshake(status, response_headers.items(), f"{status.phrase}\n".encode())
+
+        handshake.build_response(response_headers.__setitem__, key)
+        if callable(extra_headers):
+            extra_headers = extra_headers(request.path, request.headers)
+        if extra_headers is not None:
+            response_headers.update(extra_headers)
+        if self.server_header is not None and "Server" not in response_headers:
+            response_headers["Server"] = self.server_header
+        self.response_headers = response_headers
+        self._sock.sendall(serialize_response(101, response_headers))
+        return request.path
+
+    def _negotiate_extensions(self, request_headers: Headers, response_headers: Headers) -> None:
+        """Accept permessage-deflate when the client offers it acceptably."""
+        factory = permessage_deflate.ServerDeflateFactory.from_compression(self.compression)
+        value = request_headers.get_joined("Sec-WebSocket-Extensions")
+        if factory is None or value is None:
+            return
+        offers = [
+            params
+            for name, params in handshake.parse_extension_list(value)
+            if name == permessage_deflate.EXTENSION_NAME
+        ]
+        accepted = factory.accept(offers) if offers else None
+        if accepted is not None:
+            params, self._deflate = accepted
+            response_headers["Sec-WebSocket-Extensions"] = handshake.build_extension_list(
+                [(permessage_deflate.EXTENSION_NAME, params)]
+            )
+
+    def _run(self, sock: socket.socket, ssl_context: Optional[ssl_module.SSLContext], open_timeout: Optional[float]) -> bool:
+        """Set the connection up; return whether the handler should run."""
+        self._sock = sock
+        with timers.deadline(open_timeout, self._abort) as handshake_deadline:
+            try:
+                if ssl_context is not None:
+                    sock = ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+                    self._sock = sock
+                    sock.do_handshake()
+                self._stream = StreamReader(sock, self.read_limit)
+                self.handshake(self.origins, self.available_subprotocols, self.extra_headers)
+            except (OSError, InvalidHandshake) as exc:
+                if handshake_deadline.expired:
+                    self.logger.info("%s: opening handshake timed out", self._name())
+                    self._close_unopened()
+                    return False
+                self._refuse(exc)
+                return False
+        if handshake_deadline.expired:
+            self._close_unopened()
+            return False
+        self.connection_open(sock, self._stream, deflate=self._deflate)
+        return True
+
+    def _refuse(self, exc: Exception) -> None:
+        """Answer a failed handshake with plain HTTP, then close."""
+        answer = _http_answer(exc)
+        if answer is None:
+            # Nothing worth answering: the client left, or TLS failed.
+            self.logger.debug("%s: handshake failed: %r", self._name(), exc)
+        else:
+            status, headers, body = answer
+            self.logger.info("%s: handshake refused with %d: %s", self._name(), status, exc)
+            _send_http_answer(self._sock, status, headers, body, self.server_header)  # type: ignore[arg-type]
+        self._close_unopened()
+
+
+def _http_answer(exc: Exception) -> Optional[Tuple[int, List[Tuple[str, str]], bytes]]:
+    """Map a handshake failure to the HTTP answer it deserves."""
+    if isinstance(exc, AbortHandshake):
+        return exc.status, list(Headers(exc.headers).items()), exc.body
+    if isinstance(exc, InvalidMessage) and isinstance(exc.__cause__, EOFError):
+        return None  # the client closed before finishing its request
+    if not isinstance(exc, InvalidHandshake):
+        return None  # a network or TLS error: nobody to answer
+    body = f"Failed to open a WebSocket connection: {exc}.\n".encode()
+    if isinstance(exc, HeadersTooLarge):
+        return http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, [], body
+    if isinstance(exc, InvalidOrigin):
+        return http.HTTPStatus.FORBIDDEN, [], body
+    if isinstance(exc, InvalidUpgrade):
+        return http.HTTPStatus.UPGRADE_REQUIRED, [("Upgrade", "websocket"), ("Connection", "Upgrade")], body
+    if isinstance(exc, InvalidHeader) and exc.name == "Sec-WebSocket-Version":
+        return http.HTTPStatus.UPGRADE_REQUIRED, [("Sec-WebSocket-Version", handshake.WEBSOCKET_VERSION)], body
+    return http.HTTPStatus.BAD_REQUEST, [], body
+
+
+def _send_http_answer(
+    sock: socket.socket,
+    status: int,
+    headers: Iterable[Tuple[str, str]],
+    body: bytes,
+    server_header: Optional[str],
+) -> None:
+    """Write a plain HTTP response that closes the connection."""
+    response_headers = Headers(headers)
+    if server_header is not None and "Server" not in response_headers:
+        response_headers["Server"] = server_header
+    if "Content-Type" not in response_headers:
+        response_headers["Content-Type"] = "text/plain; charset=utf-8"
+    response_headers["Content-Length"] = str(len(body))
+    response_headers["Connection"] = "close"
+    try:
+        sock.sendall(serialize_response(status, response_headers) + body)
+        # Half-close so the client reads the whole answer before the socket
+        # closes: a close with unread request bytes would reset it.
+        socket.socket.shutdown(sock, socket.SHUT_WR)
+    except (OSError, ValueError):
+        pass
+
+
+class WebSocketServer:
+    """A running server, as :func:`serve` returns it.
+
+    Use it as a context manager, or call :meth:`close` then
+    :meth:`wait_closed`; :meth:`serve_forever` blocks until it is closed.
+    """
+
+    def __init__(
+        self,
+        sockets: List[socket.socket],
+        make_protocol: Callable[["WebSocketServer"], WebSocketServerProtocol],
+        handler: Callable[..., Any],
+        *,
+        ssl_context: Optional[ssl_module.SSLContext],
+        open_timeout: Optional[float],
+        max_connections: Optional[int],
+        server_header: Optional[str],
+        logger: logging.Logger,
+    ) -> None:
+        #: The listening sockets.
+        self.sockets = sockets
+        self._make_protocol = make_protocol
+        self._handler = handler
+        self._handler_takes_path = _takes_path(handler)
+        self._ssl_context = ssl_context
+        self._open_timeout = open_timeout
+        self._max_connections = max_connections
+        self._server_header = server_header
+        self.logger = logger
+        # Guards _threads, _connections and _closing; taken briefly, never
+        # while blocking on a socket.
+        self._lock = threading.Lock()
+        # Connection threads alive, from accept to the handler's end.
+        self._threads: Set[threading.Thread] = set()
+        self._connections: Set[WebSocketServerProtocol] = set()
+        self._closing = False
+        self._close_args: Tuple[int, str] = (CloseCode.GOING_AWAY, "")
+        self._closed = threading.Event()
+        self._accept_threads = [
+            threading.Thread(target=self._accept_loop, args=(sock,), name=f"syncws-accept-{_describe_address(sock)}", daemon=True)
+            for sock in sockets
+        ]
+        for thread in self._accept_threads:
+            thread.start()
+
+    @property
+    def port(self) -> Optional[int]:
+        """The port of the first TCP listening socket (useful with ``port=0``)."""
+        for sock in self.sockets:
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                return int(sock.getsockname()[1])
+        return None
+
+    @property
+    def connections(self) -> Set[WebSocketServerProtocol]:
+        """The connections that are open, as a new set."""
+        with self._lock:
+            return {c for c in self._connections if c.state is State.OPEN}
+
+    def _accept_loop(self, listener: socket.socket) -> None:
+        """An accept thread: hand each new connection to a thread of its own."""
+        while True:
+            try:
+                sock, address = listener.accept()
+            except OSError:
+                if self._closing:
+                    return
+                # EMFILE and friends: wait for descriptors to free up rather
+                # than spin or die.
+                self.logger.exception("accept() failed")
+                self._closed.wait(0.1)
+                continue
+            with self._lock:
+                if self._closing:
+                    sock.close()
+                    return
+                full = self._max_connections is not None and len(self._threads) >= self._max_connections
+                if not full:
+                    thread = threading.Thread(
+                        target=self._serve_connection, args=(sock, address),
+                        name=f"syncws-server-{address}", daemon=True,
+                    )
+                    self._threads.add(thread)
+            if full:
+                self._refuse_busy(sock)
+            else:
+                thread.start()
+
+    def _refuse_busy(self, sock: socket.socket) -> None:
+        """Answer 503 without starting a thread, then let the client go."""
+        self.logger.warning("max_connections (%s) reached: answering 503", self._max_connections)
+        sock.setblocking(False)
+        _send_http_answer(
+            sock, http.HTTPStatus.SERVICE_UNAVAILABLE, [("Retry-After", "1")],
+            b"Failed to open a WebSocket connection: the server is at its connection limit.\n",
+            self._server_header,
+        )
+        # Leave the client a moment to read the answer before the close;
+        # closing at once could reset its unread request bytes.
+        timers.call_later(1.0, sock.close)
+
+    def _serve_connection(self, sock: socket.socket, address: Any) -> None:
+        """A connection thread: handshake, handler, close."""
+        try:
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+            protocol = self._make_protocol(self)
+            protocol._set_addresses(sock)
+            if not protocol._run(sock, self._ssl_context, self._open_timeout):
+                return
+            with self._lock:
+                self._connections.add(protocol)
+                closing = self._closing
+            try:
+                if closing:
+                    protocol.close(*self._close_args)
+                    return
+                self._run_handler(protocol)
+            finally:
+                with self._lock:
+                    self._connections.discard(protocol)
+        except Exception:
+            self.logger.exception("connection from %s failed", address)
+            sock.close()
+        finally:
+            with self._lock:
+                self._threads.discard(threading.current_thread())
+
+    def _run_handler(self, protocol: WebSocketServerProtocol) -> None:
+        """Run the application's handler, then close the connection."""
+        try:
+            if self._handler_takes_path:
+                self._handler(protocol, protocol.path)
+            else:
+                self._handler(protocol)
+        except Exception:
+            protocol.logger.exception("%s: the handler raised", protocol._name())
+            protocol.close(CloseCode.INTERNAL_ERROR, "internal error")
+        else:
+            protocol.close()
+
+    def close(self, code: int = CloseCode.GOING_AWAY, reason: str = "") -> None:
+        """Stop accepting and close every connection.
+
+        Idempotent; safe from any thread, handlers included. Returns without
+        waiting: use :meth:`wait_closed` for that. Handlers blocked in
+        ``recv()`` get :exc:`~syncws.ConnectionClosed` once the closing
+        handshake is over.
+
+        Args:
+            code: the close code sent to every client (1001, going away).
+            reason: the close reason.
+        """
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            self._close_args = (code, reason)
+            connections = list(self._connections)
+        for sock in self.sockets:
+            try:
+                # Wakes the accept thread blocked on this socket.
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        for connection in connections:
+            connection._start_closing(code, reason)
+        self._closed.set()
+
+    def wait_closed(self, timeout: Optional[float] = None) -> None:
+        """Wait until the listening sockets and every connection thread ended.
+
+        Args:
+            timeout: seconds to wait; ``None`` for as long as it takes.
+
+        Raises:
+            TimeoutError: threads are still running after ``timeout``.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._accept_threads:
+            thread.join(_remaining(deadline))
+        while True:
+            with self._lock:
+                threads = list(self._threads)
+            if not threads:
+                return
+            for thread in threads:
+                thread.join(_remaining(deadline))
+                if thread.is_alive():
+                    raise TimeoutError(f"{len(threads)} connection threads still running after {timeout} seconds")
+
+    def serve_forever(self) -> None:
+        """Block until the server is closed; Ctrl-C closes it gracefully."""
+        try:
+            while not self._closed.wait(1.0):
+                pass  # waking up now and then lets KeyboardInterrupt in
+        except KeyboardInterrupt:
+            self.close()
+        self.wait_closed()
+
+    def __enter__(self) -> "WebSocketServer":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+        self.wait_closed()
+
+
+def _remaining(deadline: Optional[float]) -> Optional[float]:
+    if deadline is None:
+        return None
+    return max(0.0, deadline - time.monotonic())
+
+
+def _describe_address(sock: socket.socket) -> str:
+    try:
+        return str(sock.getsockname())
+    except OSError:
+        return "?"
+
+
+def _takes_path(handler: Callable[..., Any]) -> bool:
+    """Tell a seed-style ``handler(websocket, path)`` from ``handler(websocket)``."""
+    try:
+        parameters = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    positional = [
+        p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
+    variadic = any(p.kind is p.VAR_POSITIONAL for p in parameters)
+    return len(positional) >= 2 or (variadic and len(positional) < 2)
+
+
+def _listening_sockets(host: Optional[str], port: int, backlog: int) -> List[socket.socket]:
+    """Bind every address ``host`` resolves to (all interfaces for ``None``)."""
+    if host is None or host == "":
+        # One dual-stack socket where the system allows it, else IPv4.
+        if socket.has_dualstack_ipv6():
+            return [socket.create_server(("", port), family=socket.AF_INET6, backlog=backlog, dualstack_ipv6=True, reuse_port=False)]
+        return [socket.create_server(("", port), backlog=backlog)]
+    sockets: List[socket.socket] = []
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    try:
+        for family, _, _, _, address in dict.fromkeys((i[0], 0, 0, 0, i[4]) for i in infos):
+            if port == 0 and sockets:
+                # Keep one port for all addresses, as the first bind chose it.
+                address = (address[0], sockets[0].getsockname()[1]) + tuple(address[2:])
+            sockets.append(socket.create_server(address, family=family, backlog=backlog))
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def serve(
+    ws_handler: Callable[..., Any],
+    host: Optional[str] = None,
+    port: Optional[int] = None,
+    *,
+    create_protocol: Optional[Type[WebSocketServerProtocol]] = None,
+    timeout: Optional[float] = 10,
+    max_size: Optional[int] = 2**20,
+    max_queue: Optional[int] = 2**5,
+    read_limit: int = 2**16,
+    write_limit: int = 2**16,
+    origins: Optional[Sequence[Optional[str]]] = None,
+    subprotocols: Optional[Sequence[str]] = None,
+    extra_headers: Any = None,
+    compression: Any = "deflate",
+    ssl: Optional[ssl_module.SSLContext] = None,
+    sock: Optional[socket.socket] = None,
+    ping_interval: Optional[float] = 20,
+    ping_timeout: Optional[float] = 20,
+    process_request: Optional[ProcessRequest] = None,
+    open_timeout: Optional[float] = None,
+    close_timeout: Optional[float] = None,
+    write_timeout: Optional[float] = 60,
+    max_connections: Optional[int] = None,
+    server_header: Optional[str] = SERVER_HEADER,
+    logger: Union[logging.Logger, str, None] = None,
+    backlog: int = 128,
+    **kwds: Any,
+) -> WebSocketServer:
+    """Start a WebSocket server; it is listening and accepting on return.
+
+    ::
+
+        def echo(websocket):
+            for message in websocket:
+                websocket.send(message)
+
+        with syncws.serve(echo, "localhost", 8765) as server:
+            server.serve_forever()
+
+    Args:
+        ws_handler: ``handler(websocket, path)`` or ``handler(websocket)``,
+            run in the connection's thread. When it returns the connection
+            closes with 1000; when it raises, the error is logged and the
+            connection closes with 1011.
+        host: the interface to listen on; ``None`` for all.
+        port: the port; 0 picks a free one (see :attr:`WebSocketServer.port`).
+        create_protocol: a :class:`WebSocketServerProtocol` subclass.
+        timeout: seconds for the opening and closing handshakes (seed name).
+        max_size: the largest incoming message in bytes; ``None`` for no
+            limit.
+        max_queue: received messages buffered per connection before reading
+            pauses.
+        read_limit: bytes asked of the socket per read.
+        write_limit: payloads up to this size go out with their header in
+            one system call.
+        origins: allowed ``Origin`` values; others get HTTP 403.
+        subprotocols: the server's subprotocols, in order of preference.
+        extra_headers: headers for the 101 response (seed name): a mapping,
+            pairs, or ``(path, request_headers) -> mapping or pairs``.
+        compression: ``"deflate"`` (default), ``None``, or a
+            ``DeflateSettings``.
+        ssl: an :class:`ssl.SSLContext` to serve ``wss://``.
+        sock: a listening socket (TCP or Unix) to use instead of binding.
+        ping_interval: seconds between keepalive pings; ``None`` disables.
+        ping_timeout: seconds to wait for a pong; ``None`` waits forever.
+        process_request: ``(path, request_headers)`` returning ``None`` or
+            ``(status, headers, body)`` to answer plain HTTP.
+        open_timeout: seconds for TLS and the opening handshake.
+        close_timeout: seconds for the closing handshake.
+        write_timeout: seconds a send may take before its connection is
+            aborted; ``None`` waits forever.
+        max_connections: connections served at once; more get HTTP 503.
+        server_header: the ``Server`` header; ``None`` omits it.
+        logger: a logger or logger name (default ``syncws.server``).
+        backlog: the listen backlog.
+        **kwds: ``reuse_port=True`` to share the port between processes.
+
+    Returns:
+        The running :class:`WebSocketServer`.
+
+    Raises:
+        OSError: the address can't be bound.
+        TypeError: an unknown keyword argument.
+    """
+    reuse_port = kwds.pop("reuse_port", False)
+    if kwds:
+        raise TypeError(f"serve() got unexpected keyword arguments: {', '.join(sorted(kwds))}")
+    permessage_deflate.ServerDeflateFactory.from_compression(compression)  # validates before binding
+    if isinstance(logger, str) or logger is None:
+        logger = logging.getLogger(logger or "syncws.server")
+    if sock is not None:
+        sockets = [sock]
+    elif reuse_port:
+        sockets = [socket.create_server((host or "", port or 0), backlog=backlog, reuse_port=True)]
+    else:
+        sockets = _listening_sockets(host, port or 0, backlog)
+    protocol_class = create_protocol or WebSocketServerProtocol
+    open_timeout = open_timeout if open_timeout is not None else timeout
+
+    def make_protocol(server: WebSocketServer) -> WebSocketServerProtocol:
+        return protocol_class(
+            ws_handler,
+            server,
+            host=host,
+            port=port,
+            secure=ssl is not None,
+            timeout=timeout,
+            max_size=max_size,
+            max_queue=max_queue,
+            read_limit=read_limit,
+            write_limit=write_limit,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            close_timeout=close_timeout,
+            write_timeout=write_timeout,
+            logger=logger,
+            origins=origins,
+            subprotocols=subprotocols,
+            extra_headers=extra_headers,
+            compression=compression,
+            process_request=process_request,
+            server_header=server_header,
+        )
+
+    return WebSocketServer(
+        sockets,
+        make_protocol,
+        ws_handler,
+        ssl_context=ssl,
+        open_timeout=open_timeout,
+        max_connections=max_connections,
+        server_header=server_header,
+        logger=logger,
+    )
+
+
+def unix_serve(ws_handler: Callable[..., Any], path: str, **kwargs: Any) -> WebSocketServer:
+    """Start a WebSocket server on a Unix socket.
+
+    Args:
+        ws_handler: as for :func:`serve`.
+        path: the socket's path; an existing socket file there is replaced.
+        **kwargs: as for :func:`serve`.
+
+    Returns:
+        The running :class:`WebSocketServer`.
+    """
+    if os.path.exists(path):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(kwargs.pop("backlog", 128))
+    except BaseException:
+        sock.close()
+        raise
+    return serve(ws_handler, sock=sock, **kwargs)

@@ -1,0 +1,137 @@
+"""Buffered reading from a blocking socket: lines for the HTTP head, exact
+byte counts for frames.
+
+One :class:`StreamReader` serves a connection from its first byte to its last:
+the handshake reads the HTTP head line by line, and whatever arrived after the
+head stays buffered for the frame parser, so no byte is lost between the two.
+
+Only one thread reads at a time (the handshake's, then the reader thread), so
+there is no lock. Each refill is one blocking ``recv`` of up to ``read_limit``
+bytes; a payload larger than that is read straight into a buffer of its
+announced length, which the caller may unmask in place.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Union
+
+__all__ = ["StreamReader"]
+
+
+class StreamReader:
+    """Reads from a socket through a buffer.
+
+    Args:
+        sock: a connected socket in blocking mode (or with a timeout during
+            the handshake).
+        read_limit: the most bytes asked of the socket per ``recv``.
+
+    Reads raise :exc:`EOFError` when the peer closes the stream before the
+    requested bytes arrive, and let the socket's :exc:`OSError` through.
+    """
+
+    def __init__(self, sock: socket.socket, read_limit: int = 2**16) -> None:
+        self._recv = sock.recv
+        self._recv_into = sock.recv_into
+        self._read_limit = read_limit
+        # Buffered bytes are self._data[self._pos:].
+        self._data = b""
+        self._pos = 0
+        #: Total bytes received from the socket, for the connection's stats.
+        self.bytes_received = 0
+
+    def _fill(self) -> None:
+        """Append one ``recv`` worth of bytes to the buffer."""
+        chunk = self._recv(self._read_limit)
+        if not chunk:
+            raise EOFError("the peer closed the connection")
+        self.bytes_received += len(chunk)
+        self._data = self._data[self._pos :] + chunk
+        self._pos = 0
+
+    def read_exact(self, n: int) -> Union[bytes, bytearray]:
+        """Return exactly ``n`` bytes.
+
+        Args:
+            n: how many bytes.
+
+        Returns:
+            ``bytes``, or a ``bytearray`` (writable, for unmasking in place)
+            when ``n`` exceeds ``read_limit``.
+
+        Raises:
+            EOFError: the stream ended first.
+        """
+        pos = self._pos
+        end = pos + n
+        if end <= len(self._data):
+            self._pos = end
+            return self._data[pos:end]
+        if n > self._read_limit:
+            return self._read_large(n)
+        while len(self._data) - self._pos < n:
+            self._fill()
+        pos = self._pos
+        self._pos = pos + n
+        return self._data[pos : pos + n]
+
+    def _read_large(self, n: int) -> bytearray:
+        """Read ``n`` bytes into one preallocated buffer, without re-copying."""
+        buffer = bytearray(n)
+        buffered = len(self._data) - self._pos
+        buffer[:buffered] = memoryview(self._data)[self._pos :]
+        self._data = b""
+        self._pos = 0
+        view = memoryview(buffer)[buffered:]
+        while view:
+            received = self._recv_into(view)
+            if not received:
+                raise EOFError("the peer closed the connection")
+            self.bytes_received += received
+            view = view[received:]
+        return buffer
+
+    def read_line(self, limit: int) -> bytes:
+        """Return one line, ``\\n`` included, of at most ``limit`` bytes.
+
+        Same contract as :meth:`io.BufferedReader.readline` with a size: a
+        longer line comes back cut at ``limit`` bytes without its newline,
+        and ``b""`` (or a partial line) is returned at the end of the stream.
+
+        Args:
+            limit: the most bytes to return.
+
+        Returns:
+            The line.
+        """
+        while True:
+            newline = self._data.find(b"\n", self._pos, self._pos + limit)
+            if newline >= 0:
+                end = newline + 1
+                break
+            if len(self._data) - self._pos >= limit:
+                end = self._pos + limit
+                break
+            try:
+                self._fill()
+            except EOFError:
+                end = len(self._data)
+                break
+        line = self._data[self._pos : end]
+        self._pos = end
+        return line
+
+    def read_available(self, limit: int) -> bytes:
+        """Return what is buffered, or else one ``recv`` of at most ``limit``.
+
+        For reading an HTTP body of unknown length; ``b""`` at end of stream.
+        """
+        if self._pos == len(self._data):
+            try:
+                self._fill()
+            except EOFError:
+                return b""
+        data = self._data[self._pos : self._pos + limit]
+        self._pos += len(data)
+        return data

@@ -1,0 +1,157 @@
+"""One timer thread shared by every connection in the process.
+
+Theory of operation: a connection needs timers for keepalive pings and for
+deadlines (opening handshake, closing handshake, a send to a peer that stopped
+reading). A thread per timer, or per connection, is what makes threaded
+servers collapse under many connections, so all timers live in one heap served
+by one daemon thread, started on first use.
+
+Callbacks run on that thread, so they must never block: they set flags, try a
+lock without waiting, or shut a socket down (which wakes whatever thread is
+blocked on it). A callback that raises is logged and forgotten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import logging
+import threading
+import time
+from typing import Callable, Iterator, List, Optional, Tuple
+
+__all__ = ["Timer", "call_later", "Deadline", "deadline"]
+
+logger = logging.getLogger("syncws.timers")
+
+
+class Timer:
+    """A scheduled callback; :meth:`cancel` it when it is no longer needed."""
+
+    __slots__ = ("when", "callback", "cancelled")
+
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Stop the callback from running (a no-op once it has run).
+
+        Safe to call from any thread. The entry stays in the heap until its
+        time comes, which costs less than removing it.
+        """
+        self.cancelled = True
+
+
+class _TimerThread:
+    """The heap of timers and the thread that runs them."""
+
+    def __init__(self) -> None:
+        # Protects _heap and _thread; _wakeup is signalled when a timer that
+        # is earlier than every other one is added.
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
+        # Entries are (when, sequence, timer): the sequence breaks ties so
+        # Timer objects are never compared.
+        self._heap: List[Tuple[float, int, Timer]] = []
+        self._sequence = itertools.count()
+        self._thread: Optional[threading.Thread] = None
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(time.monotonic() + delay, callback)
+        with self._lock:
+            heapq.heappush(self._heap, (timer.when, next(self._sequence), timer))
+            if self._thread is None or not self._thread.is_alive():
+                # Started lazily so that importing syncws starts no thread.
+                self._thread = threading.Thread(
+                    target=self._run, name="syncws-timers", daemon=True
+                )
+                self._thread.start()
+            elif self._heap[0][2] is timer:
+                self._wakeup.notify()
+        return timer
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while True:
+                    now = time.monotonic()
+                    if self._heap and self._heap[0][0] <= now:
+                        _, _, timer = heapq.heappop(self._heap)
+                        if timer.cancelled:
+                            continue
+                        break
+                    # Waiting with no timeout on an empty heap is fine: the
+                    # thread is a daemon, and call_later notifies it.
+                    self._wakeup.wait(self._heap[0][0] - now if self._heap else None)
+            try:
+                timer.callback()
+            except Exception:  # a broken callback must not stop every timer
+                logger.exception("timer callback %r failed", timer.callback)
+
+
+_timers = _TimerThread()
+
+
+def call_later(delay: float, callback: Callable[[], None]) -> Timer:
+    """Run ``callback()`` on the shared timer thread after ``delay`` seconds.
+
+    Args:
+        delay: seconds from now.
+        callback: a function that must not block.
+
+    Returns:
+        A :class:`Timer` to cancel it.
+    """
+    return _timers.call_later(delay, callback)
+
+
+class Deadline:
+    """What :func:`deadline` yields: whether time ran out."""
+
+    def __init__(self) -> None:
+        # Orders the expiry against the end of the block, so on_expire never
+        # runs after the block has finished in time.
+        self._lock = threading.Lock()
+        self._finished = False
+        #: True once time ran out and ``on_expire`` was called.
+        self.expired = False
+
+    def _expire(self, on_expire: Callable[[], None]) -> None:
+        with self._lock:
+            if self._finished:
+                return
+            self.expired = True
+        on_expire()
+
+    def _finish(self) -> None:
+        with self._lock:
+            self._finished = True
+
+
+@contextlib.contextmanager
+def deadline(seconds: Optional[float], on_expire: Callable[[], None]) -> Iterator[Deadline]:
+    """Call ``on_expire()`` if the block is still running after ``seconds``.
+
+    Blocking socket code is bounded this way without socket timeouts:
+    ``on_expire`` shuts the socket down, the blocked call fails, and the block
+    checks ``expired`` to tell a timeout from a real network error.
+
+    Args:
+        seconds: the time allowed; ``None`` for no limit.
+        on_expire: a callback that must not block.
+
+    Yields:
+        A :class:`Deadline`; once the block has ended, ``on_expire`` is never
+        called.
+    """
+    state = Deadline()
+    timer = None if seconds is None else call_later(seconds, lambda: state._expire(on_expire))
+    try:
+        yield state
+    finally:
+        state._finish()
+        if timer is not None:
+            timer.cancel()
