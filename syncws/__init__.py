@@ -24,6 +24,7 @@ from .exceptions import (
     InvalidURI,
     NegotiationError,
     PayloadTooBig,
+    ProxyError,
     WebSocketException,
     WebSocketProtocolError,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "InvalidURI",
     "NegotiationError",
     "PayloadTooBig",
+    "ProxyError",
     "State",
     "Stats",
     "WebSocketClientProtocol",

@@ -28,6 +28,7 @@ from .exceptions import (
 from .extensions import permessage_deflate
 from .http import Headers, HeadersLike, read_response, serialize_request
 from .protocol import WebSocketCommonProtocol
+from .proxy import open_tunnel, proxy_for
 from .streamreader import StreamReader
 from .uri import WebSocketURI, host_header, parse_uri
 from .version import __version__
@@ -194,6 +195,7 @@ def connect(
     additional_headers: Optional[HeadersLike] = None,
     user_agent_header: Optional[str] = USER_AGENT,
     server_hostname: Optional[str] = None,
+    proxy: Union[str, bool, None] = True,
     logger: Union[logging.Logger, str, None] = None,
     **kwds: Any,
 ) -> WebSocketClientProtocol:
@@ -240,6 +242,10 @@ def connect(
         user_agent_header: the ``User-Agent`` header; ``None`` omits it.
         server_hostname: the name to check the TLS certificate against,
             when it isn't the URI's host.
+        proxy: ``True`` (default) uses the HTTP proxy the environment names
+            (``https_proxy`` / ``http_proxy``, minus ``no_proxy``); a URL
+            like ``"http://user:pass@proxy:3128"`` uses that proxy; ``None``
+            connects directly.
         logger: a logger or logger name (default ``syncws.client``).
         **kwds: ``host`` and ``port`` to connect somewhere other than the
             URI says (the ``Host`` header still follows the URI), and
@@ -252,6 +258,7 @@ def connect(
         InvalidURI: the URI isn't a valid WebSocket URI.
         InvalidHandshake: the server refused or botched the handshake (see
             :exc:`~syncws.InvalidStatusCode`, :exc:`~syncws.InvalidHeader`).
+        ProxyError: the HTTP proxy refused the tunnel.
         OSError: TCP or TLS failed.
         TimeoutError: the opening handshake didn't finish in time.
         TypeError: an unknown keyword argument.
@@ -292,7 +299,16 @@ def connect(
     )
 
     started = time.monotonic()
-    if sock is None:
+    proxy_url = proxy_for(wsuri, proxy) if sock is None else None
+    if proxy_url is not None:
+        sock = open_tunnel(
+            proxy_url,
+            connect_host or wsuri.host,
+            connect_port or wsuri.port,
+            timeout=open_timeout,
+            source_address=source_address,
+        )
+    elif sock is None:
         sock = socket.create_connection(
             (connect_host or wsuri.host, connect_port or wsuri.port),
             timeout=open_timeout,

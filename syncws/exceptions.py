@@ -16,7 +16,8 @@ The tree::
     │   │   ├── InvalidOrigin
     │   │   └── InvalidUpgrade
     │   ├── InvalidStatusCode
-    │   └── NegotiationError
+    │   ├── NegotiationError
+    │   └── ProxyError
     ├── InvalidState
     │   └── ConnectionClosed
     │       ├── ConnectionClosedOK
@@ -42,6 +43,7 @@ __all__ = [
     "InvalidUpgrade",
     "InvalidStatusCode",
     "NegotiationError",
+    "ProxyError",
     "InvalidState",
     "ConnectionClosed",
     "ConnectionClosedOK",
@@ -157,6 +159,19 @@ class InvalidStatusCode(InvalidHandshake):
 
 class NegotiationError(InvalidHandshake):
     """An extension or subprotocol negotiation failed."""
+
+
+class ProxyError(InvalidHandshake):
+    """The HTTP proxy refused to open a tunnel (or isn't an HTTP proxy).
+
+    Args:
+        message: what went wrong, with the proxy's status when it sent one.
+        status_code: the proxy's HTTP status, if it answered.
+    """
+
+    def __init__(self, message: str, status_code: Optional[int] = None) -> None:
+        self.status_code = status_code
+        super().__init__(message)
 
 
 class InvalidState(WebSocketException):
