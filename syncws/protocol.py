@@ -421,7 +421,13 @@ class WebSocketCommonProtocol:
 
     # -- sending -------------------------------------------------------------
 
-    def send(self, message: Union[Data, Iterable[Data]], timeout: Optional[float] = None) -> None:
+    def send(
+        self,
+        message: Union[Data, Iterable[Data]],
+        timeout: Optional[float] = None,
+        *,
+        compress: Optional[bool] = None,
+    ) -> None:
         """Send a message.
 
         Safe to call from any thread; messages from several threads go out
@@ -435,6 +441,11 @@ class WebSocketCommonProtocol:
             timeout: seconds the send may take; defaults to the connection's
                 ``write_timeout``. Past it the connection is aborted, since a
                 frame may have gone out half.
+            compress: with permessage-deflate negotiated, ``None`` compresses
+                messages of at least the settings' ``threshold`` bytes (and
+                every fragmented message), ``False`` sends this message
+                uncompressed (e.g. data that is already compressed), ``True``
+                compresses it whatever its size. Ignored without deflate.
 
         Raises:
             TypeError: ``message`` has an unsupported type, or an iterable
@@ -447,15 +458,22 @@ class WebSocketCommonProtocol:
         wait = timeout if timeout is not None else self.write_timeout
         deadline = None if wait is None else time.monotonic() + wait
         with self._message_lock:
-            self._send_locked(opcode, payload, fragments, deadline)
+            self._send_locked(opcode, payload, fragments, deadline, compress)
 
-    def _send_locked(self, opcode: Opcode, payload: Any, fragments: Optional[Iterator[Any]], deadline: Optional[float]) -> None:
+    def _send_locked(
+        self,
+        opcode: Opcode,
+        payload: Any,
+        fragments: Optional[Iterator[Any]],
+        deadline: Optional[float],
+        compress: Optional[bool] = None,
+    ) -> None:
         """Send a prepared message; the caller holds ``_message_lock``."""
         try:
             if fragments is None:
-                self._send_message(opcode, payload, deadline)
+                self._send_message(opcode, payload, deadline, compress)
             else:
-                self._send_fragments(fragments, deadline)
+                self._send_fragments(fragments, deadline, compress)
         except TimeoutError:
             raise
         except OSError as exc:
@@ -485,26 +503,33 @@ class WebSocketCommonProtocol:
         finally:
             self._message_lock.release()
 
-    def _send_message(self, opcode: Opcode, payload: Any, deadline: Optional[float]) -> None:
+    def _send_message(
+        self, opcode: Opcode, payload: Any, deadline: Optional[float], compress: Optional[bool]
+    ) -> None:
         """Send a whole message in one frame, compressed when negotiated."""
         deflate = self._deflate
-        if deflate is not None and len(payload) >= deflate.threshold:
+        if deflate is not None and compress is not False and (
+            compress or len(payload) >= deflate.threshold
+        ):
             payload = deflate.compress(payload, True)
             self._write_frame(opcode, payload, deadline=deadline, rsv1=True)
         else:
             self._write_frame(opcode, payload, deadline=deadline)
 
-    def _send_fragments(self, fragments: Iterator[Any], deadline: Optional[float]) -> None:
+    def _send_fragments(
+        self, fragments: Iterator[Any], deadline: Optional[float], compress: Optional[bool]
+    ) -> None:
         """Send one message made of the iterable's items, one frame each."""
         first = next(fragments, None)
         if first is None:
             return  # nothing to send: an empty iterable is no message
         text = isinstance(first, str)
         opcode = Opcode.TEXT if text else Opcode.BINARY
-        deflate = self._deflate
-        # Fragmented messages are always compressed when deflate is on: their
-        # size isn't known in advance, so the threshold can't apply.
-        compress = deflate.compress if deflate is not None else None
+        # Fragmented messages are compressed when deflate is on unless the
+        # caller says not to: their size isn't known in advance, so the
+        # threshold can't apply.
+        deflate = self._deflate if compress is not False else None
+        compressor = deflate.compress if deflate is not None else None
         fragment = first
         try:
             while fragment is not None:
@@ -516,11 +541,11 @@ class WebSocketCommonProtocol:
                         f"{type(first).__name__}, then got {type(fragment).__name__}"
                     )
                 data = fragment.encode() if text else _as_bytes(fragment)
-                if compress is not None:
-                    data = compress(data, False)
+                if compressor is not None:
+                    data = compressor(data, False)
                 self._write_frame(
                     opcode, data, fin=False, deadline=deadline,
-                    rsv1=compress is not None and opcode is not Opcode.CONT,
+                    rsv1=compressor is not None and opcode is not Opcode.CONT,
                 )
                 opcode = Opcode.CONT
                 fragment = next(fragments, None)
@@ -532,7 +557,7 @@ class WebSocketCommonProtocol:
             self._fail_from_sender(CloseCode.INTERNAL_ERROR, "error while sending a fragmented message")
             raise
         self._write_frame(
-            Opcode.CONT, compress(b"", True) if compress is not None else b"", deadline=deadline
+            Opcode.CONT, compressor(b"", True) if compressor is not None else b"", deadline=deadline
         )
 
     def ping(self, data: Union[str, bytes, None] = None) -> threading.Event:

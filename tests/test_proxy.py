@@ -1,0 +1,138 @@
+"""connect() through an HTTP CONNECT proxy, with a small proxy on 127.0.0.1."""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+from typing import Iterator, List
+
+import pytest
+
+import syncws
+from syncws.proxy import proxy_for
+from syncws.uri import parse_uri
+
+pytestmark = pytest.mark.timeout(20)
+
+
+class TunnelProxy:
+    """A minimal HTTP CONNECT proxy; ``refuse`` makes it answer 407."""
+
+    def __init__(self, refuse: bool = False) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.requests: List[bytes] = []
+        self.refuse = refuse
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._tunnel, args=(client,), daemon=True).start()
+
+    def _tunnel(self, client: socket.socket) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = client.recv(4096)
+            if not chunk:
+                client.close()
+                return
+            head += chunk
+        self.requests.append(head)
+        if self.refuse:
+            client.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+            client.close()
+            return
+        host, port = head.split()[1].decode().rsplit(":", 1)
+        upstream = socket.create_connection((host, int(port)))
+        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        peers = {client: upstream, upstream: client}
+        try:
+            while True:
+                readable, _, _ = select.select(list(peers), [], [], 10)
+                if not readable:
+                    return
+                for sock in readable:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    peers[sock].sendall(data)
+        finally:
+            client.close()
+            upstream.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def echo_server() -> Iterator[syncws.WebSocketServer]:
+    def echo(ws: syncws.WebSocketServerProtocol) -> None:
+        for message in ws:
+            ws.send(message)
+
+    with syncws.serve(echo, "127.0.0.1", 0, compression=None) as server:
+        yield server
+
+
+def test_explicit_proxy_tunnels_the_connection(echo_server: syncws.WebSocketServer) -> None:
+    proxy = TunnelProxy()
+    try:
+        uri = f"ws://127.0.0.1:{echo_server.port}/chat"
+        with syncws.connect(uri, proxy="http://user:pa%20ss@" + proxy.url[len("http://"):]) as ws:
+            ws.send("through the tunnel")
+            assert ws.recv(timeout=5) == "through the tunnel"
+        (request,) = proxy.requests
+        assert request.startswith(f"CONNECT 127.0.0.1:{echo_server.port} HTTP/1.1\r\n".encode())
+        # "user:pa ss" in base64, percent-decoding applied
+        assert b"Proxy-Authorization: Basic dXNlcjpwYSBzcw==\r\n" in request
+    finally:
+        proxy.close()
+
+
+def test_environment_proxy_is_the_default(echo_server: syncws.WebSocketServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    proxy = TunnelProxy()
+    try:
+        monkeypatch.setenv("http_proxy", proxy.url)
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        with syncws.connect(f"ws://127.0.0.1:{echo_server.port}/") as ws:
+            ws.send("env")
+            assert ws.recv(timeout=5) == "env"
+        assert len(proxy.requests) == 1
+        # proxy=None goes direct even with the variable set
+        with syncws.connect(f"ws://127.0.0.1:{echo_server.port}/", proxy=None) as ws:
+            ws.send("direct")
+            assert ws.recv(timeout=5) == "direct"
+        assert len(proxy.requests) == 1
+    finally:
+        proxy.close()
+
+
+def test_no_proxy_bypasses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("http_proxy", "http://proxy.invalid:3128")
+    monkeypatch.setenv("https_proxy", "http://secure-proxy.invalid:3128")
+    monkeypatch.setenv("no_proxy", "example.com")
+    assert proxy_for(parse_uri("ws://example.com/"), True) is None
+    assert proxy_for(parse_uri("ws://other.org/"), True) == "http://proxy.invalid:3128"
+    assert proxy_for(parse_uri("wss://other.org/"), True) == "http://secure-proxy.invalid:3128"
+    assert proxy_for(parse_uri("wss://other.org/"), None) is None
+
+
+def test_proxy_refusal_raises_proxy_error(echo_server: syncws.WebSocketServer) -> None:
+    proxy = TunnelProxy(refuse=True)
+    try:
+        with pytest.raises(syncws.ProxyError, match="407") as info:
+            syncws.connect(f"ws://127.0.0.1:{echo_server.port}/", proxy=proxy.url)
+        assert info.value.status_code == 407
+    finally:
+        proxy.close()
+
+
+def test_socks_proxy_is_refused_clearly() -> None:
+    with pytest.raises(ValueError, match="only http:// and https:// proxies"):
+        syncws.connect("ws://127.0.0.1:9/", proxy="socks5://127.0.0.1:1080")
