@@ -60,6 +60,12 @@ class OptionalBuildExt(build_ext):
         try:
             super().build_extension(ext)
         except BUILD_ERRORS as exc:
+            # A module left by an earlier build (build/lib, or the source
+            # tree with --inplace) would otherwise be installed, or imported,
+            # in place of the one that failed, though built from older code.
+            stale = self.get_ext_fullpath(ext.name)
+            if os.path.exists(stale):
+                os.remove(stale)
             self._give_up(exc)
 
     def _give_up(self, exc: Exception) -> None:
