@@ -1,0 +1,331 @@
+"""The client (syncws.client): connect(), unix_connect(), reconnect().
+
+Against the ``websockets`` servers, and a raw TCP server (tests/conftest.py)
+for handshakes that go wrong. Everything runs on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import queue
+import socket
+import ssl
+import time
+
+import pytest
+from websockets.exceptions import ConnectionClosed as WSConnectionClosed
+
+import syncws
+from syncws import (
+    ConnectionClosedError,
+    InvalidHeader,
+    InvalidStatusCode,
+    InvalidURI,
+    WebSocketClientProtocol,
+)
+from syncws.handshake import accept_key
+
+from conftest import CERT_FILE, KEY_FILE, basic_auth_value, wait_for
+
+pytestmark = pytest.mark.timeout(20)
+
+
+def echo(ws):
+    try:
+        for message in ws:
+            ws.send(message)
+    except WSConnectionClosed:
+        pass
+
+
+def request_recorder(results):
+    """A handler that reports the request path and headers, then echoes."""
+
+    def handler(ws):
+        headers = {}
+        for name, value in ws.request.headers.raw_items():
+            headers.setdefault(name.lower(), []).append(value)
+        results.put((ws.request.path, headers, ws.subprotocol))
+        echo(ws)
+
+    return handler
+
+
+def check_echo(ws):
+    ws.send("ping?")
+    assert ws.recv(timeout=5) == "ping?"
+    ws.send(b"\x00bin")
+    assert ws.recv(timeout=5) == b"\x00bin"
+
+
+# -- happy paths -----------------------------------------------------------------
+
+
+def test_connect_echo_and_context_manager(ws_serve):
+    with syncws.connect(ws_serve(echo)) as ws:
+        assert isinstance(ws, WebSocketClientProtocol)
+        assert ws.open
+        check_echo(ws)
+    assert ws.closed and ws.close_code == 1000
+
+
+def test_path_query_and_host_header(ws_serve):
+    results = queue.Queue()
+    uri = ws_serve(request_recorder(results))
+    with syncws.connect(uri + "/chat/room?id=7&x=y") as ws:
+        path, headers, _ = results.get(timeout=5)
+        check_echo(ws)
+    assert path == "/chat/room?id=7&x=y"
+    assert headers["host"] == [uri.split("//", 1)[1]]
+    assert ws.path == "/chat/room?id=7&x=y"
+
+
+def test_headers_origin_and_user_agent(ws_serve):
+    results = queue.Queue()
+    uri = ws_serve(request_recorder(results))
+    with syncws.connect(
+        uri,
+        additional_headers={"X-Token": "abc"},
+        user_agent_header="test-agent/1.0",
+        origin="https://example.com",
+    ) as ws:
+        _, headers, _ = results.get(timeout=5)
+        assert ws.request_headers["X-Token"] == "abc"
+        assert ws.response_headers["Upgrade"].lower() == "websocket"
+    assert headers["x-token"] == ["abc"]
+    assert headers["user-agent"] == ["test-agent/1.0"]
+    assert headers["origin"] == ["https://example.com"]
+
+    # The seed's name, with pairs; no User-Agent at all.
+    with syncws.connect(uri, extra_headers=[("X-Multi", "1"), ("X-Multi", "2")], user_agent_header=None):
+        _, headers, _ = results.get(timeout=5)
+    assert headers["x-multi"] == ["1", "2"]
+    assert "user-agent" not in headers
+    assert "origin" not in headers
+
+    # The default User-Agent names syncws.
+    with syncws.connect(uri):
+        _, headers, _ = results.get(timeout=5)
+    assert "syncws" in headers["user-agent"][0]
+
+    with pytest.raises(TypeError):
+        syncws.connect(uri, extra_headers={"A": "1"}, additional_headers={"B": "2"})
+
+
+def test_user_info_becomes_basic_auth(ws_serve):
+    results = queue.Queue()
+    uri = ws_serve(request_recorder(results))
+    with syncws.connect(uri.replace("ws://", "ws://alice:s3cret@")):
+        _, headers, _ = results.get(timeout=5)
+    assert headers["authorization"] == [basic_auth_value("alice", "s3cret")]
+
+
+def test_subprotocol_negotiation(ws_serve):
+    results = queue.Queue()
+    uri = ws_serve(request_recorder(results), subprotocols=["chat", "superchat"])
+    with syncws.connect(uri, subprotocols=["superchat", "other"]) as ws:
+        _, headers, server_side = results.get(timeout=5)
+        assert ws.subprotocol == "superchat"
+        check_echo(ws)
+    assert server_side == "superchat"
+    assert headers["sec-websocket-protocol"] == ["superchat, other"]
+
+
+def test_no_subprotocol_by_default(ws_serve):
+    with syncws.connect(ws_serve(echo)) as ws:
+        assert ws.subprotocol is None
+
+
+def test_create_protocol_subclass(ws_serve):
+    class Custom(WebSocketClientProtocol):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.custom = True
+
+    with syncws.connect(ws_serve(echo), create_protocol=Custom) as ws:
+        assert type(ws) is Custom and ws.custom
+        check_echo(ws)
+
+
+def test_preconnected_sock(ws_serve):
+    uri = ws_serve(echo)
+    port = int(uri.rsplit(":", 1)[1])
+    sock = socket.create_connection(("127.0.0.1", port))
+    with syncws.connect(uri, sock=sock) as ws:
+        check_echo(ws)
+    assert sock.fileno() == -1  # the connection closed the socket it was given
+
+
+def test_unix_connect(ws_unix_serve):
+    results = queue.Queue()
+    path = ws_unix_serve(request_recorder(results))
+    with syncws.unix_connect(path) as ws:
+        check_echo(ws)
+    assert results.get(timeout=5)[0] == "/"
+    with syncws.unix_connect(path, "ws://localhost/over/unix") as ws:
+        check_echo(ws)
+    assert results.get(timeout=5)[0] == "/over/unix"
+
+
+# -- handshake failures ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["http://127.0.0.1/", "ws://", "not a uri", "ws://127.0.0.1:99999/", "wss:/127.0.0.1/"],
+)
+def test_invalid_uri(uri):
+    with pytest.raises(InvalidURI):
+        syncws.connect(uri)
+
+
+def test_invalid_status_code_with_body(raw_serve):
+    def handler(conn):
+        conn.read_head()
+        conn.send(
+            b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\n"
+            b"Content-Length: 14\r\nConnection: close\r\n\r\nnot for you :("
+        )
+
+    with pytest.raises(InvalidStatusCode) as excinfo:
+        syncws.connect(raw_serve(handler, handshake=False))
+    assert excinfo.value.status_code == 403
+    assert excinfo.value.body == b"not for you :("
+    assert "403" in str(excinfo.value)
+
+
+def test_invalid_status_code_from_websockets(ws_serve):
+    def process_request(connection, request):
+        return connection.respond(404, "no such room\n")
+
+    with pytest.raises(InvalidStatusCode) as excinfo:
+        syncws.connect(ws_serve(echo, process_request=process_request))
+    assert excinfo.value.status_code == 404
+    assert excinfo.value.body == b"no such room\n"
+
+
+def test_wrong_accept_is_invalid_header(raw_serve):
+    def handler(conn):
+        conn.handshake(accept=accept_key("not the key"))
+
+    with pytest.raises(InvalidHeader) as excinfo:
+        syncws.connect(raw_serve(handler, handshake=False))
+    assert excinfo.value.name == "Sec-WebSocket-Accept"
+    assert "Sec-WebSocket-Accept" in str(excinfo.value)
+
+
+def test_connection_refused():
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+    try:
+        port = holder.getsockname()[1]
+        with pytest.raises(ConnectionRefusedError):
+            syncws.connect(f"ws://127.0.0.1:{port}/")
+    finally:
+        holder.close()
+
+
+def test_open_timeout_when_server_never_answers(raw_serve):
+    def handler(conn):
+        try:
+            while conn.sock.recv(65536):
+                pass
+        except OSError:
+            pass
+
+    uri = raw_serve(handler, handshake=False)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        syncws.connect(uri, open_timeout=0.5)
+    assert 0.4 <= time.monotonic() - started < 2
+
+
+# -- TLS ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_uri(ws_serve):
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(CERT_FILE, KEY_FILE)
+    return ws_serve(echo, ssl=server_context)
+
+
+def test_tls_echo(tls_uri):
+    client_context = ssl.create_default_context(cafile=CERT_FILE)
+    with syncws.connect(tls_uri, ssl=client_context) as ws:
+        assert ws.secure
+        check_echo(ws)
+        ws.send(b"x" * 300_000)  # bigger than a TLS record and write_limit
+        assert ws.recv(timeout=5) == b"x" * 300_000
+    assert ws.close_code == 1000
+
+
+def test_tls_default_context_verifies_certificate(tls_uri):
+    with pytest.raises(ssl.SSLCertVerificationError):
+        syncws.connect(tls_uri)
+
+
+# -- reconnect ------------------------------------------------------------------------
+
+
+def test_reconnect_after_server_drops_connection(ws_serve):
+    attempts = []
+
+    def handler(ws):
+        attempts.append(ws)
+        if len(attempts) == 1:
+            ws.socket.shutdown(socket.SHUT_RDWR)
+        else:
+            echo(ws)
+
+    connections = syncws.reconnect(ws_serve(handler), initial_delay=0.01, max_delay=0.05)
+    first = next(connections)
+    with pytest.raises(ConnectionClosedError) as excinfo:
+        first.recv(timeout=5)
+    assert excinfo.value.code == 1006
+    second = next(connections)
+    assert second is not first and second.id != first.id
+    assert second.open
+    check_echo(second)
+    connections.close()
+    assert first.closed and second.closed
+    assert len(attempts) == 2
+
+
+def test_reconnect_retries_transient_status(ws_serve):
+    attempts = []
+
+    def process_request(connection, request):
+        attempts.append(request)
+        if len(attempts) < 3:
+            return connection.respond(503, "busy\n")
+        return None
+
+    connections = syncws.reconnect(
+        ws_serve(echo, process_request=process_request), initial_delay=0.01, max_delay=0.05
+    )
+    ws = next(connections)
+    check_echo(ws)
+    connections.close()
+    assert len(attempts) == 3
+    assert ws.closed
+
+
+def test_reconnect_raises_on_4xx(ws_serve):
+    attempts = []
+
+    def process_request(connection, request):
+        attempts.append(request)
+        return connection.respond(403, "go away\n")
+
+    connections = syncws.reconnect(
+        ws_serve(echo, process_request=process_request), initial_delay=0.01, max_delay=0.05
+    )
+    with pytest.raises(InvalidStatusCode) as excinfo:
+        next(connections)
+    assert excinfo.value.status_code == 403
+    assert len(attempts) == 1
+
+
+def test_reconnect_raises_on_invalid_uri():
+    with pytest.raises(InvalidURI):
+        next(syncws.reconnect("http://127.0.0.1/", initial_delay=0.01))

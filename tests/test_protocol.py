@@ -1,0 +1,805 @@
+"""The connection (syncws.protocol) against independent peers.
+
+Peers: the ``websockets`` sync and asyncio servers, and a raw TCP server that
+speaks WebSocket by hand (tests/conftest.py) to send what a well-behaved peer
+never would. Everything runs on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import queue
+import socket
+import struct
+import threading
+import time
+import uuid
+
+import pytest
+from websockets.exceptions import ConnectionClosed as WSConnectionClosed
+
+import syncws
+from syncws import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
+
+from conftest import close_payload, fd_count, frame, wait_for
+
+pytestmark = pytest.mark.timeout(20)
+
+
+# -- handlers for the websockets sync server ------------------------------------
+
+
+def echo(ws):
+    try:
+        for message in ws:
+            ws.send(message)
+    except WSConnectionClosed:
+        pass
+
+
+def wait_client_close(ws, timeout=10):
+    """Read until the client closes; return the close frame it sent, or None."""
+    try:
+        while True:
+            ws.recv(timeout=timeout)
+    except WSConnectionClosed as exc:
+        return (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else None
+    except TimeoutError:
+        return None
+
+
+def raw_close_reply(conn, code=1000):
+    """Raw handler tail: wait for the client's close frame and answer it."""
+    received = conn.read_close()
+    conn.send_frame(0x8, close_payload(code))
+    return received
+
+
+# -- receiving -----------------------------------------------------------------
+
+
+def test_recv_text_and_binary(ws_serve):
+    def handler(ws):
+        ws.send("hello")
+        ws.send(b"\x00\x01\xff")
+        ws.send("")
+        ws.send(b"")
+        wait_client_close(ws)
+
+    with syncws.connect(ws_serve(handler)) as ws:
+        first, second, third, fourth = (ws.recv(timeout=5) for _ in range(4))
+    assert first == "hello" and type(first) is str
+    assert second == b"\x00\x01\xff" and type(second) is bytes
+    assert third == "" and type(third) is str
+    assert fourth == b"" and type(fourth) is bytes
+
+
+def test_recv_timeout(ws_serve):
+    with syncws.connect(ws_serve(echo)) as ws:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            ws.recv(timeout=0.05)
+        assert 0.04 <= time.monotonic() - started < 1
+        # The connection is still usable after a timeout.
+        ws.send("after")
+        assert ws.recv(timeout=5) == "after"
+
+
+def test_recv_timeout_zero_polls(ws_serve):
+    with syncws.connect(ws_serve(echo)) as ws:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            ws.recv(timeout=0)
+        assert time.monotonic() - started < 0.05
+        ws.send("polled")
+        assert wait_for(lambda: ws.stats.queued >= 1)
+        assert ws.recv(timeout=0) == "polled"
+
+
+@pytest.mark.parametrize("code", [1000, 1001])
+def test_messages_before_normal_close_then_closed_ok(ws_serve, code):
+    def handler(ws):
+        for i in range(3):
+            ws.send(f"m{i}")
+        ws.close(code, "done")
+
+    uri = ws_serve(handler)
+    # With a full queue the reader stops reading, so the close comes later.
+    with syncws.connect(uri, max_queue=2) as ws:
+        assert [ws.recv(timeout=5) for _ in range(3)] == ["m0", "m1", "m2"]
+        with pytest.raises(ConnectionClosedOK):
+            ws.recv(timeout=5)
+    ws = syncws.connect(uri)
+    ws.wait_closed(5)  # every message stays available after the close
+    assert [ws.recv(timeout=1) for _ in range(3)] == ["m0", "m1", "m2"]
+    with pytest.raises(ConnectionClosedOK) as excinfo:
+        ws.recv(timeout=1)
+    assert excinfo.value.code == code
+    assert excinfo.value.reason == "done"
+    assert ws.close_code == code and ws.close_reason == "done"
+    # Raised again, not a hang, on later calls.
+    with pytest.raises(ConnectionClosedOK):
+        ws.recv()
+
+
+@pytest.mark.parametrize("code", [1011, 4000])
+def test_messages_before_error_close_then_closed_error(ws_serve, code):
+    def handler(ws):
+        ws.send("first")
+        ws.send(b"second")
+        ws.close(code, "oops")
+
+    with syncws.connect(ws_serve(handler)) as ws:
+        assert ws.recv(timeout=5) == "first"
+        assert ws.recv(timeout=5) == b"second"
+        with pytest.raises(ConnectionClosedError) as excinfo:
+            ws.recv(timeout=5)
+    assert excinfo.value.code == code
+    assert excinfo.value.reason == "oops"
+    assert ws.close_code == code
+
+
+def test_iteration_ends_quietly_on_normal_close(ws_serve):
+    def handler(ws):
+        for i in range(5):
+            ws.send(str(i))
+        ws.close(1000)
+
+    with syncws.connect(ws_serve(handler)) as ws:
+        assert list(ws) == ["0", "1", "2", "3", "4"]
+
+
+def test_iteration_raises_on_error_close(ws_serve):
+    def handler(ws):
+        ws.send("a")
+        ws.close(4000, "custom")
+
+    received = []
+    with syncws.connect(ws_serve(handler)) as ws:
+        with pytest.raises(ConnectionClosedError) as excinfo:
+            for message in ws:
+                received.append(message)
+    assert received == ["a"]
+    assert excinfo.value.code == 4000
+
+
+# -- closing -------------------------------------------------------------------
+
+
+def test_client_close_code_seen_by_server(ws_serve):
+    results = queue.Queue()
+    uri = ws_serve(lambda ws: results.put(wait_client_close(ws)))
+    ws = syncws.connect(uri)
+    assert ws.close_code is None and ws.close_sent is None and ws.close_rcvd is None
+    ws.close(4001, "bye")
+    assert results.get(timeout=5) == (4001, "bye")
+    assert ws.close_sent == (4001, "bye")
+    assert ws.close_rcvd == (4001, "bye")  # the server echoes the code
+    assert ws.state_name == "CLOSED"
+    assert ws.close_code == 4001
+    ws.close()  # idempotent
+    with pytest.raises(ConnectionClosed):
+        ws.send("late")
+
+
+def test_server_close_going_away(ws_serve):
+    def handler(ws):
+        ws.close(1001, "restarting")
+
+    ws = syncws.connect(ws_serve(handler))
+    ws.wait_closed(5)
+    assert ws.close_code == 1001
+    assert ws.close_reason == "restarting"
+    assert ws.close_rcvd == (1001, "restarting")
+    assert ws.close_sent == (1001, "restarting")  # echoed
+    with pytest.raises(ConnectionClosedOK) as excinfo:
+        ws.recv(timeout=1)
+    assert excinfo.value.code == 1001
+
+
+def test_vanished_peer_is_1006(ws_serve):
+    def handler(ws):
+        ws.send("last words")
+        ws.socket.shutdown(socket.SHUT_RDWR)  # TCP goes, no close frame
+
+    ws = syncws.connect(ws_serve(handler))
+    assert ws.recv(timeout=5) == "last words"
+    with pytest.raises(ConnectionClosedError) as excinfo:
+        ws.recv(timeout=5)
+    assert excinfo.value.code == 1006
+    ws.wait_closed(5)
+    assert ws.close_code == 1006
+    assert ws.close_rcvd is None
+    ws.close()  # closing a dead connection neither hangs nor raises
+
+
+def test_recv_in_other_thread_woken_by_close(ws_serve):
+    ws = syncws.connect(ws_serve(echo))
+    outcome = []
+    done = threading.Event()
+
+    def reader():
+        try:
+            outcome.append(ws.recv())
+        except BaseException as exc:
+            outcome.append(exc)
+        done.set()
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    started = time.monotonic()
+    ws.close()
+    assert done.wait(2), "recv() wasn't woken by close()"
+    assert time.monotonic() - started < 2
+    thread.join(2)
+    assert isinstance(outcome[0], ConnectionClosedOK), outcome
+    assert outcome[0].code == 1000
+
+
+def test_closing_state_while_waiting_for_peer(raw_serve):
+    got_close = threading.Event()
+    release = threading.Event()
+
+    def handler(conn):
+        conn.read_close()
+        got_close.set()
+        release.wait(10)
+        conn.send_frame(0x8, close_payload(1000))
+
+    ws = syncws.connect(raw_serve(handler), ping_interval=None)
+    assert ws.open and ws.state_name == "OPEN"
+    closer = threading.Thread(target=ws.close)
+    closer.start()
+    assert got_close.wait(5)
+    assert ws.state_name == "CLOSING"
+    assert not ws.open
+    assert ws.close_code is None  # not closed yet
+    release.set()
+    closer.join(5)
+    assert not closer.is_alive()
+    assert ws.state_name == "CLOSED" and ws.closed
+    assert ws.close_code == 1000
+
+
+def test_peer_close_without_code_is_1005(raw_serve):
+    results = queue.Queue()
+
+    def handler(conn):
+        conn.send(b"".join([frame(0x1, b"before"), frame(0x8)]))
+        results.put(conn.read_close())
+
+    with syncws.connect(raw_serve(handler), ping_interval=None) as ws:
+        assert list(ws) == ["before"]  # a normal close: iteration ends quietly
+        with pytest.raises(ConnectionClosedOK) as excinfo:
+            ws.recv(timeout=5)
+        assert excinfo.value.code == 1005
+    assert results.get(timeout=5) == (1005, "")  # answered with an empty close frame
+    assert ws.close_code == 1005
+
+
+def test_close_validates_arguments(ws_serve):
+    with syncws.connect(ws_serve(echo)) as ws:
+        for code, reason in [(999, ""), (1005, ""), (1006, ""), (5000, ""), (1000, "x" * 124)]:
+            with pytest.raises(ValueError):
+                ws.close(code, reason)
+        assert ws.open  # nothing was sent
+        ws.send("still open")
+        assert ws.recv(timeout=5) == "still open"
+        ws.close(1000, "é" * 61)  # 122 bytes: allowed
+    assert ws.close_sent == (1000, "é" * 61)
+
+
+def test_close_when_peer_never_answers(raw_serve):
+    results = queue.Queue()
+
+    def handler(conn):
+        results.put(conn.read_close())
+        try:
+            while conn.sock.recv(65536):  # never answers, holds TCP open
+                pass
+        except OSError:
+            pass
+
+    ws = syncws.connect(raw_serve(handler), ping_interval=None, close_timeout=0.5)
+    started = time.monotonic()
+    ws.close(4002, "leaving")
+    assert time.monotonic() - started < 2.5
+    assert results.get(timeout=5) == (4002, "leaving")
+    assert ws.state_name == "CLOSED"
+    assert ws.close_rcvd is None
+    assert ws.close_code == 1006
+
+
+def test_close_while_send_blocked_on_stalled_peer(raw_serve):
+    """close() from another thread must not wait for a stalled send's write_timeout."""
+    stop = threading.Event()
+
+    def handler(conn):
+        stop.wait(15)  # never reads
+
+    ws = syncws.connect(raw_serve(handler), ping_interval=None, close_timeout=0.5, write_timeout=30)
+    outcome = []
+
+    def sender():
+        try:
+            for _ in range(64):
+                ws.send(b"\x00" * MIB)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=sender)
+    thread.start()
+    # The sender is stuck once the socket buffers are full: bytes_out stops growing.
+    sizes = []
+    assert wait_for(lambda: sizes.append(ws.stats.bytes_out) or (len(sizes) > 20 and sizes[-1] == sizes[-20]), timeout=5)
+    assert thread.is_alive()
+    started = time.monotonic()
+    closer = threading.Thread(target=ws.close)
+    closer.start()
+    closer.join(3)
+    stop.set()
+    assert not closer.is_alive(), "close() waited for the stalled send"
+    assert time.monotonic() - started < 3
+    thread.join(5)
+    assert not thread.is_alive()
+    assert outcome and isinstance(outcome[0], (ConnectionClosed, TimeoutError)), outcome
+    assert ws.state_name == "CLOSED"
+
+
+# -- protocol errors from the peer ----------------------------------------------
+
+MIB = 2**20
+
+
+@pytest.mark.parametrize(
+    "bad, kwargs, code",
+    [
+        pytest.param(frame(0x1, b"hi", mask=b"abcd"), {}, 1002, id="masked-server-frame"),
+        pytest.param(frame(0x1, b"\xff\xfe"), {}, 1007, id="invalid-utf8"),
+        pytest.param(frame(0x1, b"\xce", fin=False) + frame(0x0, b"\xff"), {}, 1007, id="invalid-utf8-fragmented"),
+        pytest.param(frame(0x3), {}, 1002, id="reserved-opcode"),
+        pytest.param(frame(0x9, b"x", fin=False), {}, 1002, id="fragmented-control-frame"),
+        pytest.param(frame(0x0, b"x"), {}, 1002, id="continuation-without-start"),
+        pytest.param(bytes([0xC1, 0x01]) + b"x", {"compression": None}, 1002, id="rsv1-not-negotiated"),
+        pytest.param(frame(0x9, b"x" * 126), {}, 1002, id="control-frame-too-long"),
+        pytest.param(frame(0x8, close_payload(999)), {}, 1002, id="close-invalid-code"),
+        pytest.param(frame(0x8, close_payload(1005)), {}, 1002, id="close-code-1005-on-wire"),
+        pytest.param(frame(0x8, b"\x03"), {}, 1002, id="close-one-byte-payload"),
+        pytest.param(frame(0x8, close_payload(1000) + b"\xff"), {}, 1007, id="close-reason-not-utf8"),
+        pytest.param(frame(0x1, b"a", fin=False) + frame(0x1, b"b"), {}, 1002, id="text-inside-fragmented"),
+        pytest.param(frame(0x2, b"x" * 2000), {"max_size": 1000}, 1009, id="too-big"),
+        pytest.param(
+            frame(0x2, b"x" * 600, fin=False) + frame(0x0, b"x" * 600), {"max_size": 1000}, 1009,
+            id="too-big-fragmented",
+        ),
+    ],
+)
+def test_protocol_error_closes_with_code(raw_serve, bad, kwargs, code):
+    results = queue.Queue()
+
+    def handler(conn):
+        conn.send(bad)
+        results.put(conn.read_close())
+        conn.send_frame(0x8, close_payload(code))
+
+    ws = syncws.connect(raw_serve(handler), ping_interval=None, **kwargs)
+    with pytest.raises(ConnectionClosedError) as excinfo:
+        ws.recv(timeout=5)
+    assert excinfo.value.code == code
+    assert results.get(timeout=5)[0] == code
+    assert ws.close_sent is not None and ws.close_sent[0] == code
+    ws.wait_closed(5)
+    ws.close()
+
+
+def test_too_big_closes_before_payload_arrives(raw_serve):
+    """A frame announcing 100 MiB is refused from its header alone."""
+    results = queue.Queue()
+
+    def handler(conn):
+        conn.sock.settimeout(3)
+        conn.send(frame(0x2, b"", length=100 * MIB))  # the header only
+        started = time.monotonic()
+        results.put((conn.read_close(), time.monotonic() - started))
+
+    ws = syncws.connect(raw_serve(handler), ping_interval=None)
+    (code, _), elapsed = results.get(timeout=5)
+    assert code == 1009
+    assert elapsed < 1
+    with pytest.raises(ConnectionClosedError) as excinfo:
+        ws.recv(timeout=5)
+    assert excinfo.value.code == 1009
+    ws.close()
+
+
+def test_utf8_character_split_across_frames(raw_serve):
+    def handler(conn):
+        conn.send(frame(0x1, "é".encode()[:1], fin=False) + frame(0x0, "é".encode()[1:] + b"!"))
+        raw_close_reply(conn)
+
+    with syncws.connect(raw_serve(handler), ping_interval=None) as ws:
+        assert ws.recv(timeout=5) == "é!"
+
+
+# -- sending -------------------------------------------------------------------
+
+
+def fragment_recorder(results):
+    """A handler reporting each message as (type, fragments) via recv_streaming."""
+
+    def handler(ws):
+        try:
+            while True:
+                fragments = list(ws.recv_streaming())
+                results.put(fragments)
+        except WSConnectionClosed:
+            pass
+
+    return handler
+
+
+def test_send_types(ws_serve):
+    results = queue.Queue()
+    with syncws.connect(ws_serve(fragment_recorder(results))) as ws:
+        ws.send("text é")
+        ws.send(b"bytes")
+        ws.send(bytearray(b"bytearray"))
+        ws.send(memoryview(b"memoryview"))
+        ws.send(memoryview(b"..strided..")[::2])
+        got = [results.get(timeout=5) for _ in range(5)]
+    assert got == [["text é"], [b"bytes"], [b"bytearray"], [b"memoryview"], [b".srdd."]]
+    assert type(got[0][0]) is str
+    assert all(type(message[0]) is bytes for message in got[1:])
+
+
+@pytest.mark.parametrize("compression", ["deflate", None])
+def test_send_iterable_is_fragmented(ws_serve, compression):
+    results = queue.Queue()
+    with syncws.connect(ws_serve(fragment_recorder(results)), compression=compression) as ws:
+        ws.send(["ab", "cd", "é"])
+        ws.send([b"12", bytearray(b"34"), memoryview(b"56")])
+        ws.send(chunk for chunk in [b"gen", b"erator"])
+        assert results.get(timeout=5) == ["ab", "cd", "é"]
+        assert results.get(timeout=5) == [b"12", b"34", b"56"]
+        assert results.get(timeout=5) == [b"gen", b"erator"]
+
+
+@pytest.mark.parametrize("bad", [42, None, 1.5, {"a": 1}, object()], ids=repr)
+def test_send_wrong_type_raises_and_keeps_connection(ws_serve, bad):
+    results = queue.Queue()
+    with syncws.connect(ws_serve(fragment_recorder(results))) as ws:
+        with pytest.raises(TypeError):
+            ws.send(bad)
+        assert ws.open
+        ws.send("still fine")
+        assert results.get(timeout=5) == ["still fine"]
+
+
+def test_send_iterable_of_wrong_type_raises_before_sending(ws_serve):
+    """Nothing went out yet: like websockets, a TypeError and the connection lives on."""
+    results = queue.Queue()
+    with syncws.connect(ws_serve(fragment_recorder(results))) as ws:
+        with pytest.raises(TypeError):
+            ws.send([1, 2, 3])
+        assert ws.open
+        ws.send("still fine")
+        assert results.get(timeout=5) == ["still fine"]
+
+
+def test_send_mixed_iterable_raises(ws_serve):
+    results = queue.Queue()
+    ws = syncws.connect(ws_serve(fragment_recorder(results)))
+    with pytest.raises(TypeError):
+        ws.send(["text", b"bytes"])
+    # Half a message went out: the connection can't go on.
+    ws.wait_closed(5)
+    assert ws.close_sent is not None and ws.close_sent[0] == 1011
+    with pytest.raises(ConnectionClosed):
+        ws.send("after")
+
+
+def test_send_after_close_raises(ws_serve):
+    ws = syncws.connect(ws_serve(echo))
+    ws.close()
+    for message in ["text", b"bytes", ["frag", "ments"]]:
+        with pytest.raises(ConnectionClosedOK):
+            ws.send(message)
+    with pytest.raises(ConnectionClosed):
+        ws.ping()
+
+
+def test_concurrent_senders_do_not_interleave(ws_serve):
+    threads_count, per_thread = 8, 200
+
+    def payload(t, i):
+        size = 100_000 if i % 50 == 0 else (t * 131 + i * 37) % 3000
+        return f"{t}:{i}:" + chr(ord("a") + t) * size
+
+    received = []
+    receiver_error = []
+
+    with syncws.connect(ws_serve(echo)) as ws:
+        def receive():
+            try:
+                for _ in range(threads_count * per_thread):
+                    received.append(ws.recv(timeout=10))
+            except BaseException as exc:
+                receiver_error.append(exc)
+
+        def send(t):
+            for i in range(per_thread):
+                ws.send(payload(t, i))
+
+        receiver = threading.Thread(target=receive)
+        receiver.start()
+        senders = [threading.Thread(target=send, args=(t,)) for t in range(threads_count)]
+        for thread in senders:
+            thread.start()
+        for thread in senders:
+            thread.join(15)
+        receiver.join(15)
+    assert not receiver_error, receiver_error
+    assert len(received) == threads_count * per_thread
+    seen = {t: [] for t in range(threads_count)}
+    for message in received:
+        t, i, _ = message.split(":", 2)
+        t, i = int(t), int(i)
+        assert message == payload(t, i)
+        seen[t].append(i)
+    for t in range(threads_count):
+        assert seen[t] == list(range(per_thread))
+
+
+def test_queue_backpressure_bounds_memory(ws_serve):
+    count, size, max_queue = 2000, 64 * 1024, 4
+    finished = threading.Event()
+
+    def message(i):
+        return struct.pack("!I", i) + bytes([i % 256]) * (size - 4)
+
+    def handler(ws):
+        for i in range(count):
+            ws.send(message(i))
+        finished.set()
+        wait_client_close(ws)
+
+    uri = ws_serve(handler, compression=None, ping_interval=None)
+    with syncws.connect(uri, max_queue=max_queue, compression=None, ping_interval=None) as ws:
+        assert wait_for(lambda: ws.stats.queued >= max_queue)
+        # The server is stalled by TCP flow control, not done sending.
+        assert not finished.wait(0.5)
+        stats = ws.stats
+        assert stats.queued <= max_queue
+        assert stats.messages_in <= max_queue + 1  # one more may wait in put()
+        for i in range(count):
+            assert ws.recv(timeout=10) == message(i)
+        assert finished.wait(5)
+        assert ws.stats.messages_in == count
+
+
+def test_stalled_peer_send_times_out(raw_serve):
+    stop = threading.Event()
+
+    def handler(conn):
+        stop.wait(15)  # never reads
+
+    ws = syncws.connect(raw_serve(handler), ping_interval=None)
+    chunk = b"\x00" * MIB
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        for _ in range(64):
+            ws.send(chunk, timeout=1)
+    elapsed = time.monotonic() - started
+    stop.set()
+    assert elapsed < 5
+    ws.wait_closed(5)
+    assert ws.state_name == "CLOSED"
+    with pytest.raises(ConnectionClosed):
+        ws.send("after")
+    ws.close()
+
+
+# -- fragmented receive ------------------------------------------------------------
+
+
+def test_fragmented_receive(ws_serve):
+    def handler(ws):
+        ws.send(["ab", "cd", "ef"])
+        ws.send([b"12", b"34", b"56"])
+        ws.send(["x", "y"])
+        ws.send(b"single")
+        wait_client_close(ws)
+
+    with syncws.connect(ws_serve(handler)) as ws:
+        assert ws.recv(timeout=5) == "abcdef"
+        assert list(ws.recv_streaming(timeout=5)) == [b"12", b"34", b"56"]
+        assert list(ws.recv_streaming(timeout=5)) == ["x", "y"]
+        assert list(ws.recv_streaming(timeout=5)) == [b"single"]
+
+
+# -- ping, pong, keepalive -----------------------------------------------------------
+
+
+def test_ping_sets_event_on_pong(ws_serve):
+    with syncws.connect(ws_serve(echo), ping_interval=None) as ws:
+        assert ws.latency == 0
+        event = ws.ping()
+        assert event.wait(5)
+        assert ws.latency > 0
+        assert ws.ping(b"payload").wait(5)
+        assert ws.ping("text payload").wait(5)
+        assert ws.stats.pings_sent == 3
+
+
+def test_ping_pending_payload_and_pong(raw_serve):
+    frames = queue.Queue()
+    answer = threading.Event()
+
+    def handler(conn):
+        frames.put(conn.read_frame())
+        frames.put(conn.read_frame())
+        answer.wait(5)
+        conn.send_frame(0xA, b"x")
+        raw_close_reply(conn)
+
+    with syncws.connect(raw_serve(handler), ping_interval=None) as ws:
+        event = ws.ping(b"x")
+        with pytest.raises(ValueError):
+            ws.ping(b"x")
+        with pytest.raises(ValueError):
+            ws.ping(b"y" * 126)
+        ws.pong(b"hb")
+        assert frames.get(timeout=5) == (True, 0x9, b"x")
+        assert frames.get(timeout=5) == (True, 0xA, b"hb")
+        assert not event.is_set()
+        answer.set()
+        assert event.wait(5)
+        assert ws.latency > 0
+        ws.ping(b"x")  # the payload is free again
+
+
+def test_unsolicited_pong_accepted_by_websockets(ws_serve):
+    with syncws.connect(ws_serve(echo)) as ws:
+        ws.pong()
+        ws.pong(b"heartbeat")
+        ws.send("still open")
+        assert ws.recv(timeout=5) == "still open"
+
+
+def test_keepalive_closes_unresponsive_peer(raw_serve):
+    results = queue.Queue()
+
+    def handler(conn):
+        results.put(conn.read_close())  # reads pings, never answers
+
+    ws = syncws.connect(raw_serve(handler), ping_interval=0.2, ping_timeout=0.2)
+    started = time.monotonic()
+    ws.wait_closed(3)
+    assert time.monotonic() - started < 2
+    with pytest.raises(ConnectionClosedError) as excinfo:
+        ws.recv(timeout=1)
+    assert excinfo.value.code == 1011
+    assert "keepalive" in excinfo.value.reason
+    assert ws.stats.pings_sent >= 1
+    assert ws.stats.pings_missed >= 1
+    code, reason = results.get(timeout=5)
+    assert code == 1011 and "keepalive" in reason
+
+
+def test_keepalive_with_responsive_peer(ws_serve):
+    with syncws.connect(ws_serve(echo), ping_interval=0.05, ping_timeout=0.5) as ws:
+        assert wait_for(lambda: ws.stats.pings_sent >= 4, timeout=5)
+        assert wait_for(lambda: ws.latency > 0)
+        assert ws.open
+        assert ws.stats.pings_missed == 0
+        ws.send("alive")
+        assert ws.recv(timeout=5) == "alive"
+
+
+# -- attributes --------------------------------------------------------------------
+
+
+def test_stats_count_messages_and_bytes(ws_serve):
+    uri = ws_serve(echo, compression=None, ping_interval=None)
+    with syncws.connect(uri, compression=None, ping_interval=None) as ws:
+        before = ws.stats
+        assert before.messages_in == before.messages_out == before.queued == 0
+        messages = ["hello", b"\x00" * 200, "é"]
+        for message in messages:
+            ws.send(message)
+        assert [ws.recv(timeout=5) for _ in messages] == messages
+        after = ws.stats
+    assert after.messages_out == 3
+    assert after.messages_in == 3
+    assert after.queued == 0
+    # Client frames: 2-byte header (+2 for 126..65535) + 4-byte mask.
+    assert after.bytes_out - before.bytes_out == (5 + 6) + (200 + 8) + (2 + 6)
+    # Server frames: unmasked.
+    assert after.bytes_in - before.bytes_in == (5 + 2) + (200 + 4) + (2 + 2)
+
+
+def test_identity_and_addresses(ws_serve):
+    uri = ws_serve(echo)
+    port = int(uri.rsplit(":", 1)[1])
+    with syncws.connect(uri) as ws1, syncws.connect(uri) as ws2:
+        assert isinstance(ws1.id, uuid.UUID)
+        assert ws1.id != ws2.id
+        assert ws1.remote_address[:2] == ("127.0.0.1", port)
+        assert ws1.local_address[0] == "127.0.0.1"
+        assert ws1.local_address[1] != ws2.local_address[1]
+        assert ws1.open and ws1.state_name == "OPEN" and not ws1.closed
+    assert not ws1.open and ws1.state_name == "CLOSED" and ws1.closed
+    # Addresses stay readable after the socket is gone, for logs.
+    assert ws1.remote_address[:2] == ("127.0.0.1", port)
+
+
+# -- resources -----------------------------------------------------------------------
+
+
+def _other_threads():
+    return [t for t in threading.enumerate() if t.name != "syncws-timers"]
+
+
+@pytest.mark.timeout(60)
+def test_no_thread_or_fd_leak(ws_serve):
+    uri = ws_serve(echo, compression=None)
+    threads_before = len(_other_threads())
+    fds_before = fd_count()
+    for i in range(500):
+        with syncws.connect(uri, compression=None) as ws:
+            if i % 50 == 0:
+                ws.send("x")
+                assert ws.recv(timeout=5) == "x"
+    assert wait_for(lambda: len(_other_threads()) <= threads_before, timeout=10), [
+        t.name for t in _other_threads()
+    ]
+    assert wait_for(lambda: fd_count() <= fds_before, timeout=10), (fd_count(), fds_before)
+    assert not [t for t in threading.enumerate() if t.name.startswith("syncws-reader")]
+    assert len([t for t in threading.enumerate() if t.name == "syncws-timers"]) <= 1
+
+
+# -- the asyncio websockets server as peer -------------------------------------------
+
+
+def test_asyncio_peer(aio_serve):
+    results = queue.Queue()
+
+    async def handler(ws):
+        path = ws.request.path
+        try:
+            if path == "/echo":
+                async for message in ws:
+                    await ws.send(message)
+            elif path == "/close4000":
+                await ws.send("bye")
+                await ws.close(4000, "custom")
+            elif path == "/going-away":
+                await ws.close(1001)
+            elif path == "/record":
+                await ws.recv()
+        except WSConnectionClosed as exc:
+            results.put((exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else None)
+
+    uri = aio_serve(handler)
+    with syncws.connect(uri + "/echo") as ws:
+        for message in ["text", b"bin", ["frag", "mented"], "x" * 100_000]:
+            ws.send(message)
+        assert ws.recv(timeout=5) == "text"
+        assert ws.recv(timeout=5) == b"bin"
+        assert ws.recv(timeout=5) == "fragmented"
+        assert ws.recv(timeout=5) == "x" * 100_000
+        assert ws.ping().wait(5)
+
+    with syncws.connect(uri + "/close4000") as ws:
+        assert ws.recv(timeout=5) == "bye"
+        with pytest.raises(ConnectionClosedError) as excinfo:
+            ws.recv(timeout=5)
+        assert (excinfo.value.code, excinfo.value.reason) == (4000, "custom")
+
+    with syncws.connect(uri + "/going-away") as ws:
+        assert list(ws) == []
+        assert ws.close_code == 1001
+
+    ws = syncws.connect(uri + "/record")
+    ws.close(4001, "bye")
+    assert results.get(timeout=5) == (4001, "bye")
+    assert ws.close_code == 4001
