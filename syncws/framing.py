@@ -283,8 +283,8 @@ def serialize_frame(frame: Frame, *, mask: bool) -> bytes:
         The frame's bytes.
 
     Raises:
-        ValueError: a control frame that is fragmented or longer than 125
-            bytes, or RSV2/RSV3 set (no extension here uses them).
+        ValueError: a control frame that is fragmented, longer than 125
+            bytes or has RSV1 set, or RSV2/RSV3 set (no extension here uses them).
     """
     if frame.opcode in CONTROL_OPCODES:
         if not frame.fin:
@@ -294,6 +294,8 @@ def serialize_frame(frame: Frame, *, mask: bool) -> bytes:
                 f"a {frame.opcode.name} payload is at most {MAX_CONTROL_PAYLOAD} bytes, "
                 f"got {len(frame.data)}"
             )
+        if frame.rsv1:
+            raise ValueError(f"RSV1 can't be set on a {frame.opcode.name} frame")
     if frame.rsv2 or frame.rsv3:
         raise ValueError("RSV2 and RSV3 aren't used by any supported extension")
     mask_key = os.urandom(4) if mask else None

@@ -332,7 +332,7 @@ class WebSocketCommonProtocol:
         self._deflate = deflate
         if deflate is not None:
             self.extensions = [deflate]
-        self._send_nowait = (
+        self._sock_send_nowait = (
             sock.send if _MSG_DONTWAIT is not None and not hasattr(sock, "cipher") else None
         )
         self.state = State.OPEN
@@ -373,7 +373,6 @@ class WebSocketCommonProtocol:
             TimeoutError: no message arrived within ``timeout``.
             ConnectionClosed: the connection is closed and every message
                 received before has been returned.
-            InvalidState: the opening handshake isn't done yet.
         """
         try:
             message = self._messages.get(timeout)
@@ -519,11 +518,19 @@ class WebSocketCommonProtocol:
     def _send_fragments(
         self, fragments: Iterator[Any], deadline: Optional[float], compress: Optional[bool]
     ) -> None:
-        """Send one message made of the iterable's items, one frame each."""
+        """Send one message made of the iterable's items, one frame each.
+
+        One item is read ahead so the last one goes out with FIN set. The
+        first item is checked before anything is sent: a wrong type there
+        leaves the connection usable. After that, half a message is on the
+        wire and RFC 6455 has no way to cancel it, so an error fails the
+        connection with 1011.
+        """
         first = next(fragments, None)
         if first is None:
             return  # nothing to send: an empty iterable is no message
         text = isinstance(first, str)
+        _fragment_payload(first, text, first)  # raises TypeError before any effect
         opcode = Opcode.TEXT if text else Opcode.BINARY
         # Fragmented messages are compressed when deflate is on unless the
         # caller says not to: their size isn't known in advance, so the
@@ -532,33 +539,25 @@ class WebSocketCommonProtocol:
         compressor = deflate.compress if deflate is not None else None
         fragment = first
         try:
-            while fragment is not None:
-                if isinstance(fragment, str) != text or not isinstance(
-                    fragment, (str, bytes, bytearray, memoryview)
-                ):
-                    raise TypeError(
-                        f"a fragmented message mixes types: started with "
-                        f"{type(first).__name__}, then got {type(fragment).__name__}"
-                    )
-                data = fragment.encode() if text else _as_bytes(fragment)
+            while True:
+                data = _fragment_payload(fragment, text, first)
+                following = next(fragments, None)
+                fin = following is None
                 if compressor is not None:
-                    data = compressor(data, False)
+                    data = compressor(data, fin)
                 self._write_frame(
-                    opcode, data, fin=False, deadline=deadline,
+                    opcode, data, fin=fin, deadline=deadline,
                     rsv1=compressor is not None and opcode is not Opcode.CONT,
                 )
+                if fin:
+                    return
                 opcode = Opcode.CONT
-                fragment = next(fragments, None)
+                fragment = following
         except (OSError, ConnectionClosed):
             raise
         except Exception:
-            # Half a message is on the wire and can't be taken back: the
-            # connection can't go on (RFC 6455 gives no way to cancel).
             self._fail_from_sender(CloseCode.INTERNAL_ERROR, "error while sending a fragmented message")
             raise
-        self._write_frame(
-            Opcode.CONT, compressor(b"", True) if compressor is not None else b"", deadline=deadline
-        )
 
     def ping(self, data: Union[str, bytes, None] = None) -> threading.Event:
         """Send a ping.
@@ -639,12 +638,21 @@ class WebSocketCommonProtocol:
                 long.
         """
         payload = serialize_close(code, reason)  # validates before any effect
-        with self._write_lock:
-            if self.state is State.OPEN:
-                try:
+        # A send stuck on a peer that stopped reading holds the write lock:
+        # wait for it no longer than the closing handshake may take.
+        wait = -1 if self.close_timeout is None else self.close_timeout
+        if self._write_lock.acquire(timeout=wait):
+            try:
+                if self.state is State.OPEN:
                     self._send_close_locked(code, reason, payload)
-                except (OSError, TimeoutError):
-                    self._abort()
+            except (OSError, TimeoutError):
+                self._abort()
+            finally:
+                self._write_lock.release()
+        else:
+            if self.close_sent is None:
+                self.close_sent = (code, reason)
+            self._abort()
         if self.state is State.CONNECTING:
             self._close_unopened()
             return
@@ -755,9 +763,9 @@ class WebSocketCommonProtocol:
         """
         size = len(data)
         self._bytes_out += size
-        if self._send_nowait is not None:
+        if self._sock_send_nowait is not None:
             try:
-                sent = self._send_nowait(data, _MSG_DONTWAIT)
+                sent = self._sock_send_nowait(data, _MSG_DONTWAIT)
             except BlockingIOError:
                 sent = 0
             if sent == size:
@@ -1132,6 +1140,23 @@ def _prepare_message(message: Any) -> Tuple[Opcode, Any, Optional[Iterator[Any]]
     raise TypeError(
         f"send() takes str, a bytes-like object or an iterable of them, "
         f"not {type(message).__name__}"
+    )
+
+
+def _fragment_payload(fragment: Any, text: bool, first: Any) -> Any:
+    """The bytes of one item of a fragmented message, checking its type."""
+    if text and isinstance(fragment, str):
+        return fragment.encode()
+    if not text and isinstance(fragment, (bytes, bytearray, memoryview)):
+        return _as_bytes(fragment)
+    if fragment is first:
+        raise TypeError(
+            f"send() takes an iterable of str or of bytes-likes, "
+            f"not of {type(fragment).__name__}"
+        )
+    raise TypeError(
+        f"a fragmented message mixes types: started with "
+        f"{type(first).__name__}, then got {type(fragment).__name__}"
     )
 
 

@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set,
 from . import handshake, timers
 from .exceptions import (
     AbortHandshake,
+    ConnectionClosed,
     HeadersTooLarge,
     InvalidHandshake,
     InvalidHeader,
@@ -33,7 +34,7 @@ from .exceptions import (
     InvalidUpgrade,
 )
 from .extensions import permessage_deflate
-from .framing import CloseCode
+from .framing import CloseCode, serialize_close
 from .http import Headers, HeadersLike, read_request, serialize_response
 from .protocol import State, WebSocketCommonProtocol
 from .streamreader import StreamReader
@@ -257,6 +258,15 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
                     return False
                 self._refuse(exc)
                 return False
+            except Exception:
+                # A bug in process_request, get_response_status or the like:
+                # answer 500 and keep serving.
+                self.logger.exception("%s: the opening handshake raised", self._name())
+                self._refuse(AbortHandshake(
+                    http.HTTPStatus.INTERNAL_SERVER_ERROR, [],
+                    b"Failed to open a WebSocket connection: internal server error.\n",
+                ))
+                return False
         if handshake_deadline.expired:
             self._close_unopened()
             return False
@@ -355,6 +365,8 @@ class WebSocketServer:
         # Connection threads alive, from accept to the handler's end.
         self._threads: Set[threading.Thread] = set()
         self._connections: Set[WebSocketServerProtocol] = set()
+        # Connections still in their opening handshake.
+        self._pending: Set[WebSocketServerProtocol] = set()
         self._closing = False
         self._close_args: Tuple[int, str] = (CloseCode.GOING_AWAY, "")
         self._closed = threading.Event()
@@ -428,7 +440,14 @@ class WebSocketServer:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
             protocol = self._make_protocol(self)
             protocol._set_addresses(sock)
-            if not protocol._run(sock, self._ssl_context, self._open_timeout):
+            with self._lock:
+                self._pending.add(protocol)
+            try:
+                opened = protocol._run(sock, self._ssl_context, self._open_timeout)
+            finally:
+                with self._lock:
+                    self._pending.discard(protocol)
+            if not opened:
                 return
             with self._lock:
                 self._connections.add(protocol)
@@ -455,6 +474,10 @@ class WebSocketServer:
                 self._handler(protocol, protocol.path)
             else:
                 self._handler(protocol)
+        except ConnectionClosed as exc:
+            # The peer closed while the handler was using the connection:
+            # the normal way for a handler to end, not a crash.
+            protocol.logger.debug("%s: handler ended by %s", protocol._name(), exc)
         except Exception:
             protocol.logger.exception("%s: the handler raised", protocol._name())
             protocol.close(CloseCode.INTERNAL_ERROR, "internal error")
@@ -472,13 +495,18 @@ class WebSocketServer:
         Args:
             code: the close code sent to every client (1001, going away).
             reason: the close reason.
+
+        Raises:
+            ValueError: a code that can't be sent or a reason over 123 bytes.
         """
+        serialize_close(code, reason)  # validates before any effect
         with self._lock:
             if self._closing:
                 return
             self._closing = True
             self._close_args = (code, reason)
             connections = list(self._connections)
+            pending = list(self._pending)
         for sock in self.sockets:
             try:
                 # Wakes the accept thread blocked on this socket.
@@ -486,6 +514,9 @@ class WebSocketServer:
             except OSError:
                 pass
             sock.close()
+        for connection in pending:
+            # Still in the opening handshake: nothing to close politely.
+            connection._abort()
         for connection in connections:
             connection._start_closing(code, reason)
         self._closed.set()
@@ -653,7 +684,8 @@ def serve(
         server_header: the ``Server`` header; ``None`` omits it.
         logger: a logger or logger name (default ``syncws.server``).
         backlog: the listen backlog.
-        **kwds: ``reuse_port=True`` to share the port between processes.
+        **kwds: ``additional_headers`` (modern name of ``extra_headers``),
+            and ``reuse_port=True`` to share the port between processes.
 
     Returns:
         The running :class:`WebSocketServer`.
@@ -663,6 +695,11 @@ def serve(
         TypeError: an unknown keyword argument.
     """
     reuse_port = kwds.pop("reuse_port", False)
+    additional_headers = kwds.pop("additional_headers", None)
+    if additional_headers is not None:
+        if extra_headers is not None:
+            raise TypeError("pass extra_headers or additional_headers, not both")
+        extra_headers = additional_headers
     if kwds:
         raise TypeError(f"serve() got unexpected keyword arguments: {', '.join(sorted(kwds))}")
     permessage_deflate.ServerDeflateFactory.from_compression(compression)  # validates before binding
