@@ -115,6 +115,10 @@ class Stats(NamedTuple):
     pings_missed: int
 
 
+# Marks the end of an iterable passed to send(); None could be an item.
+_END = object()
+
+
 class _Fragments(list):  # type: ignore[type-arg]
     """The pieces of a fragmented message, as queued for ``recv()``.
 
@@ -526,8 +530,8 @@ class WebSocketCommonProtocol:
         wire and RFC 6455 has no way to cancel it, so an error fails the
         connection with 1011.
         """
-        first = next(fragments, None)
-        if first is None:
+        first = next(fragments, _END)
+        if first is _END:
             return  # nothing to send: an empty iterable is no message
         text = isinstance(first, str)
         _fragment_payload(first, text, first)  # raises TypeError before any effect
@@ -541,8 +545,8 @@ class WebSocketCommonProtocol:
         try:
             while True:
                 data = _fragment_payload(fragment, text, first)
-                following = next(fragments, None)
-                fin = following is None
+                following = next(fragments, _END)
+                fin = following is _END
                 if compressor is not None:
                     data = compressor(data, fin)
                 self._write_frame(
