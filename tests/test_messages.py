@@ -1,0 +1,237 @@
+"""Tests for syncws.messages.MessageQueue.
+
+Threads are synchronised with events and bounded joins, never with sleeps.
+A thread "is blocked in put()" is observed through ``put_waiting``, which the
+queue sets under its lock right before waiting.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, List
+
+import pytest
+
+from syncws.messages import MessageQueue, QueueClosed
+
+pytestmark = pytest.mark.timeout(10)
+
+WAIT = 5.0  # seconds: generous bound for something that should be immediate
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
+    """Poll a condition set by another thread (no fixed sleeps: bounded spin)."""
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            return False
+        threading.Event().wait(0.001)
+    return True
+
+
+class Runner(threading.Thread):
+    """Runs ``target`` in a thread and keeps its result or exception."""
+
+    def __init__(self, target: Callable[[], Any]) -> None:
+        super().__init__(daemon=True)
+        self.target = target
+        self.started_event = threading.Event()
+        self.done = threading.Event()
+        self.result: Any = None
+        self.exception: BaseException | None = None
+
+    def run(self) -> None:
+        self.started_event.set()
+        try:
+            self.result = self.target()
+        except BaseException as exc:  # recorded for the test to assert on
+            self.exception = exc
+        finally:
+            self.done.set()
+
+    def start_and_wait_started(self) -> "Runner":
+        self.start()
+        assert self.started_event.wait(WAIT)
+        return self
+
+
+def test_fifo() -> None:
+    queue = MessageQueue(None)
+    for item in ["a", b"b", "c"]:
+        queue.put(item)
+    assert len(queue) == 3
+    assert [queue.get(), queue.get(), queue.get()] == ["a", b"b", "c"]
+    assert len(queue) == 0
+
+
+def test_unbounded_put_never_blocks() -> None:
+    for maxsize in (None, 0):
+        queue = MessageQueue(maxsize)
+        for i in range(1000):
+            queue.put(i)
+        assert not queue.put_waiting
+        assert [queue.get(0) for _ in range(1000)] == list(range(1000))
+
+
+def test_get_timeout_raises_timeout_error() -> None:
+    queue = MessageQueue(4)
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match="no message received within 0.05 seconds"):
+        queue.get(timeout=0.05)
+    assert time.monotonic() - start >= 0.05
+
+
+def test_get_timeout_zero_polls() -> None:
+    queue = MessageQueue(4)
+    with pytest.raises(TimeoutError):
+        queue.get(timeout=0)
+    queue.put("x")
+    assert queue.get(timeout=0) == "x"
+    with pytest.raises(TimeoutError):
+        queue.get(timeout=0)
+
+
+def test_negative_timeout_polls() -> None:
+    queue = MessageQueue(4)
+    with pytest.raises(TimeoutError):
+        queue.get(timeout=-1)
+    queue.put("x")
+    assert queue.get(timeout=-1) == "x"
+
+
+def test_get_waits_for_put() -> None:
+    queue = MessageQueue(4)
+    consumer = Runner(lambda: queue.get(timeout=WAIT)).start_and_wait_started()
+    queue.put("hello")
+    assert consumer.done.wait(WAIT)
+    assert consumer.exception is None
+    assert consumer.result == "hello"
+
+
+def test_get_without_timeout_waits_for_put() -> None:
+    queue = MessageQueue(4)
+    consumer = Runner(queue.get).start_and_wait_started()
+    queue.put("hello")
+    assert consumer.done.wait(WAIT)
+    assert consumer.result == "hello"
+
+
+def test_bounded_put_blocks_until_get() -> None:
+    queue = MessageQueue(2)
+    queue.put(1)
+    queue.put(2)
+    assert not queue.put_waiting
+    producer = Runner(lambda: queue.put(3)).start_and_wait_started()
+    assert wait_until(lambda: queue.put_waiting)
+    assert not producer.done.is_set()
+    assert len(queue) == 2
+
+    assert queue.get(0) == 1
+    assert producer.done.wait(WAIT)
+    assert producer.exception is None
+    assert not queue.put_waiting
+    assert [queue.get(0), queue.get(0)] == [2, 3]
+
+
+def test_put_waiting_false_when_not_full() -> None:
+    queue = MessageQueue(2)
+    queue.put(1)
+    assert not queue.put_waiting
+
+
+def test_unbound_releases_blocked_put() -> None:
+    queue = MessageQueue(1)
+    queue.put(1)
+    producer = Runner(lambda: queue.put(2)).start_and_wait_started()
+    assert wait_until(lambda: queue.put_waiting)
+    queue.unbound()
+    assert producer.done.wait(WAIT)
+    assert producer.exception is None
+    assert not queue.put_waiting
+    # From now on put never waits.
+    for i in range(3, 10):
+        queue.put(i)
+    assert [queue.get(0) for _ in range(9)] == list(range(1, 10))
+
+
+def test_close_releases_blocked_put() -> None:
+    queue = MessageQueue(1)
+    queue.put(1)
+    producer = Runner(lambda: queue.put(2)).start_and_wait_started()
+    assert wait_until(lambda: queue.put_waiting)
+    queue.close()
+    assert producer.done.wait(WAIT)
+    assert producer.exception is None
+
+
+def test_close_wakes_blocked_get() -> None:
+    queue = MessageQueue(4)
+    consumers = [Runner(queue.get).start_and_wait_started() for _ in range(3)]
+    consumers += [Runner(lambda: queue.get(timeout=WAIT)).start_and_wait_started() for _ in range(2)]
+    queue.close()
+    for consumer in consumers:
+        assert consumer.done.wait(WAIT)
+        assert isinstance(consumer.exception, QueueClosed)
+
+
+def test_close_drains_remaining_items_first() -> None:
+    queue = MessageQueue(4)
+    queue.put("a")
+    queue.put("b")
+    queue.close()
+    assert queue.get() == "a"
+    assert queue.get(timeout=0) == "b"
+    with pytest.raises(QueueClosed):
+        queue.get()
+    with pytest.raises(QueueClosed):
+        queue.get(timeout=0)
+    with pytest.raises(QueueClosed):
+        queue.get(timeout=1)
+
+
+def test_closed_empty_queue_raises_queue_closed_not_timeout() -> None:
+    queue = MessageQueue(None)
+    queue.close()
+    start = time.monotonic()
+    with pytest.raises(QueueClosed):
+        queue.get(timeout=WAIT)
+    assert time.monotonic() - start < WAIT / 2
+
+
+def test_concurrent_consumers_get_distinct_items() -> None:
+    queue = MessageQueue(8)
+    n_items = 2000
+    n_consumers = 6
+    results: List[List[int]] = [[] for _ in range(n_consumers)]
+
+    def consume(out: List[int]) -> None:
+        while True:
+            try:
+                out.append(queue.get(timeout=WAIT))
+            except QueueClosed:
+                return
+
+    consumers = [Runner(lambda out=out: consume(out)).start_and_wait_started() for out in results]
+    for i in range(n_items):
+        queue.put(i)
+    queue.close()
+    for consumer in consumers:
+        assert consumer.done.wait(WAIT)
+        assert consumer.exception is None
+    received = [item for out in results for item in out]
+    assert sorted(received) == list(range(n_items))
+    # Each consumer sees its items in FIFO order.
+    for out in results:
+        assert out == sorted(out)
+
+
+def test_producer_and_consumer_stream_in_order() -> None:
+    queue = MessageQueue(3)
+    n_items = 5000
+    producer = Runner(lambda: [queue.put(i) for i in range(n_items)]).start_and_wait_started()
+    received = [queue.get(timeout=WAIT) for _ in range(n_items)]
+    assert producer.done.wait(WAIT)
+    assert received == list(range(n_items))
+    assert len(queue) == 0
+    assert not queue.put_waiting

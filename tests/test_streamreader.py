@@ -1,0 +1,379 @@
+"""Tests for syncws.streamreader over real sockets (socket.socketpair()).
+
+Every socket gets a timeout so that a reader waiting for bytes that never
+come fails with an OSError instead of hanging the run.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+from typing import Iterator, List, Tuple
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from syncws.framing import Frame, Opcode, read_frame, serialize_frame
+from syncws.streamreader import StreamReader
+
+pytestmark = pytest.mark.timeout(10)
+
+
+@pytest.fixture
+def pair() -> Iterator[Tuple[socket.socket, socket.socket]]:
+    """(reading end, writing end), both closed afterwards."""
+    a, b = socket.socketpair()
+    a.settimeout(5)
+    b.settimeout(5)
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+def feed(writer: socket.socket, data: bytes, *, eof: bool = True) -> None:
+    writer.sendall(data)
+    if eof:
+        writer.shutdown(socket.SHUT_WR)
+
+
+class ScriptedSocket:
+    """A socket stand-in whose recv returns exactly the given chunks."""
+
+    def __init__(self, chunks: List[bytes]) -> None:
+        self.chunks = list(chunks)
+        self.requests: List[int] = []
+
+    def recv(self, n: int) -> bytes:
+        self.requests.append(n)
+        if not self.chunks:
+            return b""
+        chunk = self.chunks.pop(0)
+        assert len(chunk) <= n, "a recv never returns more than asked"
+        return chunk
+
+    def recv_into(self, view: memoryview) -> int:
+        self.requests.append(len(view))
+        if not self.chunks:
+            return 0
+        chunk = self.chunks.pop(0)
+        if len(chunk) > len(view):  # the rest stays for the next call
+            chunk, rest = chunk[: len(view)], chunk[len(view) :]
+            self.chunks.insert(0, rest)
+        view[: len(chunk)] = chunk
+        return len(chunk)
+
+
+# --- read_exact ---------------------------------------------------------------------
+
+
+def test_read_exact_simple(pair: Tuple[socket.socket, socket.socket]) -> None:
+    reader_sock, writer = pair
+    reader = StreamReader(reader_sock)
+    feed(writer, b"hello world")
+    assert reader.read_exact(5) == b"hello"
+    assert reader.read_exact(0) == b""
+    assert reader.read_exact(6) == b" world"
+    assert reader.bytes_received == 11
+
+
+def test_read_exact_across_multiple_sends(pair: Tuple[socket.socket, socket.socket]) -> None:
+    reader_sock, writer = pair
+    reader = StreamReader(reader_sock, read_limit=4)
+    chunks = [b"ab", b"cdefg", b"h", b"ijklmnop"]
+
+    def send() -> None:
+        for chunk in chunks:
+            writer.sendall(chunk)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    try:
+        assert reader.read_exact(3) == b"abc"
+        assert reader.read_exact(4) == b"defg"
+        assert reader.read_exact(9) == b"hijklmnop"
+    finally:
+        thread.join(5)
+    assert not thread.is_alive()
+    assert reader.bytes_received == 16
+
+
+def test_read_exact_across_scripted_recvs() -> None:
+    sock = ScriptedSocket([b"a", b"bc", b"def"])
+    reader = StreamReader(sock, read_limit=8)  # type: ignore[arg-type]
+    assert reader.read_exact(5) == b"abcde"
+    assert sock.requests == [8, 8, 8]
+    assert reader.read_exact(1) == b"f"
+    assert reader.bytes_received == 6
+
+
+def test_read_exact_larger_than_read_limit(pair: Tuple[socket.socket, socket.socket]) -> None:
+    reader_sock, writer = pair
+    reader = StreamReader(reader_sock, read_limit=1024)
+    payload = bytes(i % 256 for i in range(300_000))
+
+    thread = threading.Thread(target=feed, args=(writer, payload + b"tail"))
+    thread.start()
+    try:
+        data = reader.read_exact(len(payload))
+    finally:
+        thread.join(5)
+    assert type(data) is bytearray
+    assert data == payload
+    assert reader.read_exact(4) == b"tail"
+    assert reader.bytes_received == len(payload) + 4
+
+
+def test_read_exact_large_includes_buffered_bytes() -> None:
+    sock = ScriptedSocket([b"0123456789", b"abcdefghij", b"klmno"])
+    reader = StreamReader(sock, read_limit=10)  # type: ignore[arg-type]
+    assert reader.read_exact(3) == b"012"
+    # 7 bytes are buffered; the rest goes straight into the bytearray.
+    data = reader.read_exact(20)
+    assert type(data) is bytearray
+    assert data == b"3456789abcdefghijklm"
+    assert reader.read_exact(2) == b"no"
+    assert reader.bytes_received == 25
+
+
+def test_read_exact_large_is_writable_for_unmasking(pair: Tuple[socket.socket, socket.socket]) -> None:
+    reader_sock, writer = pair
+    reader = StreamReader(reader_sock, read_limit=512)
+    frame = Frame(True, Opcode.BINARY, bytes(range(256)) * 40)
+
+    thread = threading.Thread(target=feed, args=(writer, serialize_frame(frame, mask=True)))
+    thread.start()
+    try:
+        received = read_frame(reader.read_exact, mask=True)
+    finally:
+        thread.join(5)
+    assert received == frame
+    assert type(received.data) is bytearray
+
+
+def test_read_exact_eof_before_enough_bytes(pair: Tuple[socket.socket, socket.socket]) -> None:
+    reader_sock, writer = pair
+    reader = StreamReader(reader_sock)
+    feed(writer, b"abc")
+    with pytest.raises(EOFError):
+        reader.read_exact(5)
+    assert reader.bytes_received == 3
+
+
+def test_read_exact_eof_on_empty_stream(pair: Tuple[socket.socket, socket.socket]) -> None:
+    reader_sock, writer = pair
+    reader = StreamReader(reader_sock)
+    writer.close()
+    with pytest.raises(EOFError):
+        reader.read_exact(1)
+    assert reader.bytes_received == 0
+
+
+def test_read_exact_large_eof(pair: Tuple[socket.socket, socket.socket]) -> None:
+    reader_sock, writer = pair
+    reader = StreamReader(reader_sock, read_limit=16)
+    feed(writer, b"x" * 50)
+    with pytest.raises(EOFError):
+        reader.read_exact(100)
+    assert reader.bytes_received == 50
+
+
+def test_read_exact_zero_at_eof(pair: Tuple[socket.socket, socket.socket]) -> None:
+    reader_sock, writer = pair
+    reader = StreamReader(reader_sock)
+    writer.close()
+    assert reader.read_exact(0) == b""
+
+
+def test_socket_errors_pass_through(pair: Tuple[socket.socket, socket.socket]) -> None:
+    reader_sock, _ = pair
+    reader_sock.settimeout(0.05)
+    reader = StreamReader(reader_sock)
+    with pytest.raises(OSError):
+        reader.read_exact(1)
+
+
+# --- read_line ------------------------------------------------------------------------
+
+
+def test_read_line_then_leftover_for_read_exact(pair: Tuple[socket.socket, socket.socket]) -> None:
+    reader_sock, writer = pair
+    reader = StreamReader(reader_sock)
+    feed(writer, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x02hi")
+    assert reader.read_line(100) == b"HTTP/1.1 101 Switching Protocols\r\n"
+    assert reader.read_line(100) == b"Upgrade: websocket\r\n"
+    assert reader.read_line(100) == b"\r\n"
+    # The frame that arrived with the head is not lost.
+    assert read_frame(reader.read_exact, mask=False) == Frame(True, Opcode.TEXT, b"hi")
+    with pytest.raises(EOFError):
+        reader.read_exact(1)
+
+
+def test_read_line_across_recvs() -> None:
+    sock = ScriptedSocket([b"GE", b"T / HT", b"TP/1.1\r", b"\nHost: x\r\n"])
+    reader = StreamReader(sock, read_limit=64)  # type: ignore[arg-type]
+    assert reader.read_line(100) == b"GET / HTTP/1.1\r\n"
+    assert reader.read_line(100) == b"Host: x\r\n"
+    assert reader.read_line(100) == b""
+
+
+def test_read_line_limit_cuts_long_line(pair: Tuple[socket.socket, socket.socket]) -> None:
+    reader_sock, writer = pair
+    reader = StreamReader(reader_sock, read_limit=4)
+    feed(writer, b"abcdefghij\nrest")
+    assert reader.read_line(6) == b"abcdef"
+    assert reader.read_line(6) == b"ghij\n"
+    assert reader.read_line(6) == b"rest"  # partial line at end of stream
+    assert reader.read_line(6) == b""
+    assert reader.read_line(6) == b""
+
+
+def test_read_line_newline_exactly_at_limit(pair: Tuple[socket.socket, socket.socket]) -> None:
+    reader_sock, writer = pair
+    reader = StreamReader(reader_sock)
+    feed(writer, b"abcd\nefgh\n")
+    assert reader.read_line(5) == b"abcd\n"
+    assert reader.read_line(4) == b"efgh"
+    assert reader.read_line(4) == b"\n"
+
+
+def test_read_line_zero_limit(pair: Tuple[socket.socket, socket.socket]) -> None:
+    reader_sock, writer = pair
+    reader = StreamReader(reader_sock)
+    feed(writer, b"x\n")
+    assert reader.read_line(0) == b""
+    assert reader.read_line(10) == b"x\n"
+
+
+def test_read_line_empty_stream(pair: Tuple[socket.socket, socket.socket]) -> None:
+    reader_sock, writer = pair
+    reader = StreamReader(reader_sock)
+    writer.close()
+    assert reader.read_line(10) == b""
+    assert reader.bytes_received == 0
+
+
+def test_read_line_does_not_read_past_limit_needlessly() -> None:
+    # Once ``limit`` bytes are buffered, read_line returns without another recv.
+    sock = ScriptedSocket([b"abcdef"])
+    reader = StreamReader(sock, read_limit=6)  # type: ignore[arg-type]
+    assert reader.read_line(6) == b"abcdef"
+    assert sock.requests == [6]
+
+
+# --- read_available ---------------------------------------------------------------------
+
+
+def test_read_available_returns_buffered_first(pair: Tuple[socket.socket, socket.socket]) -> None:
+    reader_sock, writer = pair
+    reader = StreamReader(reader_sock)
+    feed(writer, b"line\nbody bytes")
+    assert reader.read_line(100) == b"line\n"
+    assert reader.read_available(4) == b"body"
+    assert reader.read_available(100) == b" bytes"
+    assert reader.read_available(100) == b""
+    assert reader.read_available(100) == b""
+
+
+def test_read_available_one_recv_at_most() -> None:
+    sock = ScriptedSocket([b"abc", b"def"])
+    reader = StreamReader(sock, read_limit=100)  # type: ignore[arg-type]
+    assert reader.read_available(100) == b"abc"
+    assert reader.read_available(2) == b"de"
+    assert reader.read_available(2) == b"f"
+    assert reader.read_available(2) == b""
+    assert reader.bytes_received == 6
+
+
+def test_read_available_waits_for_data(pair: Tuple[socket.socket, socket.socket]) -> None:
+    reader_sock, writer = pair
+    reader = StreamReader(reader_sock)
+    thread = threading.Thread(target=feed, args=(writer, b"late"), kwargs={"eof": False})
+    thread.start()
+    try:
+        data = reader.read_available(10)
+    finally:
+        thread.join(5)
+    assert data  # something, never b"" while the stream is open
+    assert b"late".startswith(data)
+
+
+# --- bytes_received ------------------------------------------------------------------------
+
+
+def test_bytes_received_counts_socket_bytes_not_consumed(pair: Tuple[socket.socket, socket.socket]) -> None:
+    reader_sock, writer = pair
+    reader = StreamReader(reader_sock)
+    assert reader.bytes_received == 0
+    feed(writer, b"0123456789")
+    reader.read_exact(1)
+    # Everything one recv returned counts, even if not consumed yet.
+    assert reader.bytes_received == 10
+    reader.read_line(100)
+    assert reader.bytes_received == 10
+
+
+# --- against io.BufferedReader -----------------------------------------------------------------
+
+
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("line"), st.integers(0, 24)),
+        st.tuples(st.just("exact"), st.integers(0, 24)),
+        st.tuples(st.just("available"), st.integers(1, 24)),
+    ),
+    max_size=20,
+)
+
+
+@given(
+    data=st.lists(st.sampled_from([b"a", b"b", b"\n", b"\r\n", b"xyz"]), max_size=60).map(b"".join),
+    read_limit=st.integers(1, 12),
+    ops=operations,
+)
+@settings(max_examples=150, deadline=None)
+@pytest.mark.timeout(40)  # hypothesis's own overhead dominates on a loaded machine
+def test_matches_buffered_reader(data: bytes, read_limit: int, ops: List[Tuple[str, int]]) -> None:
+    a, b = socket.socketpair()
+    try:
+        a.settimeout(5)
+        feed(b, data)
+        reader = StreamReader(a, read_limit=read_limit)
+        reference = io.BufferedReader(io.BytesIO(data))  # type: ignore[arg-type]
+        for op, n in ops:
+            if op == "line":
+                assert reader.read_line(n) == reference.readline(n)
+            elif op == "exact":
+                expected = reference.read(n)
+                if len(expected) < n:
+                    with pytest.raises(EOFError):
+                        reader.read_exact(n)
+                    return
+                assert reader.read_exact(n) == expected
+            else:
+                got = reader.read_available(n)
+                expected = reference.peek(n)[:n] if reference.peek(1) else b""
+                if expected:
+                    assert got and expected.startswith(got)
+                else:
+                    assert got == b""
+                reference.read(len(got))
+        assert reader.bytes_received <= len(data)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_read_line_negative_limit_never_rewinds(pair: Tuple[socket.socket, socket.socket]) -> None:
+    # io.BufferedReader.readline(-1) means "no limit". Whatever read_line does
+    # with a negative limit, it must not move its position backwards and hand
+    # out bytes a second time.
+    reader_sock, writer = pair
+    reader = StreamReader(reader_sock)
+    feed(writer, b"abc\ndef\n")
+    assert reader.read_line(4) == b"abc\n"
+    assert reader.read_line(-1) == io.BufferedReader(io.BytesIO(b"def\n")).readline(-1)  # type: ignore[arg-type]
+    assert reader.read_line(100) == b""
