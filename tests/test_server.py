@@ -1,0 +1,1109 @@
+"""Tests for syncws.server: serve(), unix_serve(), WebSocketServer and
+WebSocketServerProtocol, driven over real sockets on 127.0.0.1 by syncws's
+own client, by independent clients (websockets sync and asyncio,
+websocket-client) and by raw sockets for HTTP-level checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import errno
+import http
+import logging
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+
+import pytest
+import websocket as websocket_client  # websocket-client
+import websockets.asyncio.client
+import websockets.sync.client
+
+import syncws
+from syncws.server import SERVER_HEADER
+
+HOST = "127.0.0.1"
+KEY = base64.b64encode(b"0123456789abcdef").decode()
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def echo(ws):
+    for message in ws:
+        ws.send(message)
+
+
+@pytest.fixture
+def make_server():
+    """serve() with teardown: every server made is closed and waited for."""
+    servers = []
+
+    def make(handler=echo, host=HOST, port=0, **kwargs):
+        server = syncws.serve(handler, host, port, **kwargs)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.close()
+    for server in servers:
+        server.wait_closed(timeout=10)
+
+
+def url(server, path="/"):
+    return f"ws://{HOST}:{server.port}{path}"
+
+
+def upgrade_request(path="/", *, method="GET", headers=None, omit=()):
+    base = {
+        "Host": f"{HOST}",
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": KEY,
+        "Sec-WebSocket-Version": "13",
+    }
+    base.update(headers or {})
+    lines = [f"{method} {path} HTTP/1.1"]
+    lines += [f"{name}: {value}" for name, value in base.items() if name not in omit]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+class RawResponse:
+    def __init__(self, data: bytes):
+        head, sep, self.body = data.partition(b"\r\n\r\n")
+        assert sep, f"no complete HTTP head in {data[:200]!r}"
+        lines = head.decode("iso-8859-1").split("\r\n")
+        version, status, *_ = lines[0].split(" ", 2)
+        assert version == "HTTP/1.1"
+        self.status = int(status)
+        self.headers = [tuple(part.strip() for part in line.split(":", 1)) for line in lines[1:]]
+
+    def header_tokens(self, name):
+        """A list-valued header's tokens, lower case, over every line of it."""
+        values = [v for n, v in self.headers if n.lower() == name.lower()]
+        return [t.strip().lower() for v in values for t in v.split(",")]
+
+    def header(self, name):
+        values = [v for n, v in self.headers if n.lower() == name.lower()]
+        assert len(values) <= 1, values
+        return values[0] if values else None
+
+
+def raw_exchange(port, request: bytes, *, until_head=False, timeout=5.0, family=socket.AF_INET, host=HOST):
+    """Send ``request`` on a new TCP connection; read to EOF (or the head)."""
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect((host, port))
+        sock.sendall(request)
+        data = b""
+        while True:
+            if until_head and b"\r\n\r\n" in data:
+                break
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return RawResponse(data)
+
+
+def server_thread_names():
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith("syncws-server"))
+
+
+def wait_until(predicate, timeout=5.0, interval=0.01):
+    """Bounded poll loop: True as soon as predicate() is, False at timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+
+
+def fd_count():
+    return len(os.listdir("/proc/self/fd"))
+
+
+# -- echo with every client ------------------------------------------------------
+
+
+@pytest.mark.timeout(10)
+def test_echo_syncws_client(make_server):
+    server = make_server()
+    with syncws.connect(url(server)) as ws:
+        ws.send("héllo")
+        assert ws.recv(timeout=5) == "héllo"
+        ws.send(b"\x00\xffbin")
+        assert ws.recv(timeout=5) == b"\x00\xffbin"
+        ws.send(["frag", "ment", "ed"])
+        assert ws.recv(timeout=5) == "fragmented"
+        ws.send([b"a", b"b"])
+        assert ws.recv(timeout=5) == b"ab"
+
+
+@pytest.mark.timeout(10)
+def test_echo_websockets_sync_client(make_server):
+    server = make_server()
+    with websockets.sync.client.connect(url(server), open_timeout=5) as ws:
+        ws.send("text ✓")
+        assert ws.recv(timeout=5) == "text ✓"
+        ws.send(b"\x01\x02binary")
+        assert ws.recv(timeout=5) == b"\x01\x02binary"
+        ws.send(["one ", "two ", "three"])
+        assert ws.recv(timeout=5) == "one two three"
+        ws.send([b"\x00" * 100, b"\x01" * 100000])
+        assert ws.recv(timeout=5) == b"\x00" * 100 + b"\x01" * 100000
+
+
+@pytest.mark.timeout(10)
+def test_echo_websockets_asyncio_client(make_server):
+    server = make_server()
+
+    async def main():
+        async with websockets.asyncio.client.connect(url(server), open_timeout=5) as ws:
+            results = []
+            await ws.send("async text")
+            results.append(await asyncio.wait_for(ws.recv(), 5))
+            await ws.send(b"async bytes")
+            results.append(await asyncio.wait_for(ws.recv(), 5))
+            await ws.send(["frag", "mented"])
+            results.append(await asyncio.wait_for(ws.recv(), 5))
+            return results
+
+    assert asyncio.run(main()) == ["async text", b"async bytes", "fragmented"]
+
+
+@pytest.mark.timeout(10)
+def test_echo_websocket_client(make_server):
+    server = make_server()
+    ws = websocket_client.create_connection(url(server), timeout=5)
+    try:
+        ws.send("plain text")
+        assert ws.recv() == "plain text"
+        ws.send_binary(b"\x00\x01\x02")
+        assert ws.recv() == b"\x00\x01\x02"
+    finally:
+        ws.close()
+
+
+@pytest.mark.timeout(10)
+def test_one_argument_handler_sees_path_and_headers(make_server):
+    seen = {}
+
+    def handler(ws):
+        seen["path"] = ws.path
+        seen["host"] = ws.request_headers["Host"]
+        seen["custom"] = ws.request_headers["X-Custom"]
+        ws.send("ready")
+
+    server = make_server(handler)
+    with syncws.connect(url(server, "/room/1?user=bob&x=%20"), extra_headers={"X-Custom": "yes"}) as ws:
+        assert ws.recv(timeout=5) == "ready"
+    assert seen == {
+        "path": "/room/1?user=bob&x=%20",
+        "host": f"{HOST}:{server.port}",
+        "custom": "yes",
+    }
+
+
+@pytest.mark.timeout(10)
+def test_seed_style_handler_gets_path_with_query(make_server):
+    seen = []
+
+    def handler(ws, path):
+        seen.append((path, ws.path))
+        ws.send(path)
+
+    server = make_server(handler)
+    with syncws.connect(url(server, "/chat?room=a&b=1")) as ws:
+        assert ws.recv(timeout=5) == "/chat?room=a&b=1"
+    assert seen == [("/chat?room=a&b=1", "/chat?room=a&b=1")]
+
+
+# -- HTTP errors -------------------------------------------------------------------
+
+
+@pytest.mark.timeout(10)
+def test_malformed_request_line_is_400_with_explanation(make_server):
+    server = make_server()
+    response = raw_exchange(server.port, b"GARBAGE\r\n\r\n")
+    assert response.status == 400
+    assert b"request line" in response.body
+    assert response.header("Content-Length") == str(len(response.body))
+
+
+@pytest.mark.timeout(10)
+def test_missing_upgrade_is_426(make_server):
+    server = make_server()
+    response = raw_exchange(server.port, upgrade_request(omit=("Upgrade",)))
+    assert response.status == 426
+    assert response.header("Upgrade").lower() == "websocket"
+    # The answer closes the connection too: "Upgrade, close" in any layout.
+    assert sorted(response.header_tokens("Connection")) == ["close", "upgrade"]
+    assert b"Upgrade" in response.body
+
+
+@pytest.mark.timeout(10)
+def test_wrong_version_is_426_naming_version_13(make_server):
+    server = make_server()
+    response = raw_exchange(server.port, upgrade_request(headers={"Sec-WebSocket-Version": "8"}))
+    assert response.status == 426
+    assert response.header("Sec-WebSocket-Version") == "13"
+    assert b"Sec-WebSocket-Version" in response.body
+
+
+@pytest.mark.timeout(10)
+def test_bad_key_is_400(make_server):
+    server = make_server()
+    response = raw_exchange(server.port, upgrade_request(headers={"Sec-WebSocket-Key": "not base64!"}))
+    assert response.status == 400
+    assert b"Sec-WebSocket-Key" in response.body
+    short = base64.b64encode(b"short").decode()
+    response = raw_exchange(server.port, upgrade_request(headers={"Sec-WebSocket-Key": short}))
+    assert response.status == 400
+
+
+@pytest.mark.timeout(10)
+def test_header_line_over_8k_is_431(make_server):
+    server = make_server()
+    response = raw_exchange(server.port, upgrade_request(headers={"X-Big": "a" * 9000}))
+    assert response.status == 431
+    assert b"8192" in response.body
+    # Just under the limit is fine.
+    response = raw_exchange(server.port, upgrade_request(headers={"X-Big": "a" * 8000}), until_head=True)
+    assert response.status == 101
+
+
+@pytest.mark.timeout(10)
+def test_too_many_headers_is_431(make_server):
+    server = make_server()
+    many = {f"X-H{i}": "v" for i in range(130)}
+    response = raw_exchange(server.port, upgrade_request(headers=many))
+    assert response.status == 431
+    assert b"128" in response.body
+
+
+@pytest.mark.timeout(10)
+def test_post_is_405_with_allow_get(make_server):
+    server = make_server()
+    response = raw_exchange(server.port, upgrade_request(method="POST"))
+    assert response.status == 405
+    assert response.header("Allow") == "GET"
+    assert b"POST" in response.body
+
+
+@pytest.mark.timeout(10)
+def test_server_header_present_on_101_and_errors(make_server):
+    server = make_server()
+    ok = raw_exchange(server.port, upgrade_request(), until_head=True)
+    assert ok.status == 101
+    assert ok.header("Server") == SERVER_HEADER
+    error = raw_exchange(server.port, b"GARBAGE\r\n\r\n")
+    assert error.header("Server") == SERVER_HEADER
+
+
+@pytest.mark.timeout(10)
+def test_custom_server_header(make_server):
+    server = make_server(server_header="MyServer/1.0")
+    assert raw_exchange(server.port, upgrade_request(), until_head=True).header("Server") == "MyServer/1.0"
+
+
+@pytest.mark.timeout(10)
+def test_server_header_none_omits_it(make_server):
+    server = make_server(server_header=None)
+    ok = raw_exchange(server.port, upgrade_request(), until_head=True)
+    assert ok.status == 101
+    assert ok.header("Server") is None
+    error = raw_exchange(server.port, b"GARBAGE\r\n\r\n")
+    assert error.status == 400
+    assert error.header("Server") is None
+
+
+@pytest.mark.timeout(10)
+def test_connection_and_upgrade_are_case_insensitive_token_lists(make_server):
+    server = make_server()
+    request = upgrade_request(headers={"Connection": "keep-alive, Upgrade", "Upgrade": "WebSocket"})
+    response = raw_exchange(server.port, request, until_head=True)
+    assert response.status == 101
+    assert response.header("Sec-WebSocket-Accept") == base64.b64encode(
+        __import__("hashlib").sha1((KEY + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
+    ).decode()
+
+
+@pytest.mark.timeout(10)
+def test_repeated_key_and_http_1_0_are_400(make_server):
+    server = make_server()
+    request = upgrade_request().replace(b"\r\n\r\n", f"\r\nSec-WebSocket-Key: {KEY}\r\n\r\n".encode())
+    response = raw_exchange(server.port, request)
+    assert response.status == 400
+    assert b"Sec-WebSocket-Key" in response.body
+    response = raw_exchange(server.port, upgrade_request().replace(b"HTTP/1.1", b"HTTP/1.0", 1))
+    assert response.status == 400
+    assert b"HTTP/1.1" in response.body
+
+
+@pytest.mark.timeout(10)
+def test_frame_pipelined_with_the_request_is_not_lost(make_server):
+    server = make_server(compression=None)
+    mask = b"\x01\x02\x03\x04"
+    payload = b"pipelined"
+    frame = bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    with socket.create_connection((HOST, server.port), timeout=5) as sock:
+        sock.sendall(upgrade_request() + frame)
+        data = b""
+        while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < 2 + len(payload):
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert rest[: 2 + len(payload)] == bytes([0x81, len(payload)]) + payload
+
+
+@pytest.mark.timeout(10)
+def test_extra_headers_can_replace_server_header(make_server):
+    server = make_server(extra_headers={"Server": "Custom/2"})
+    response = raw_exchange(server.port, upgrade_request(), until_head=True)
+    assert response.status == 101
+    assert response.header("Server") == "Custom/2"
+
+
+@pytest.mark.timeout(10)
+def test_process_request_that_raises_answers_500_and_server_goes_on(make_server, caplog):
+    def process_request(path, request_headers):
+        if path == "/broken":
+            raise RuntimeError("process_request exploded")
+        return None
+
+    server = make_server(process_request=process_request)
+    with caplog.at_level(logging.ERROR, logger="syncws.server"):
+        response = raw_exchange(server.port, upgrade_request("/broken"))
+    assert response.status == 500
+    assert "process_request exploded" in caplog.text
+    with syncws.connect(url(server)) as ws:
+        ws.send("fine")
+        assert ws.recv(timeout=5) == "fine"
+
+
+@pytest.mark.timeout(10)
+def test_get_response_status_that_raises_answers_500(make_server):
+    class Broken(syncws.WebSocketServerProtocol):
+        def get_response_status(self, set_header):
+            raise RuntimeError("get_response_status exploded")
+
+    server = make_server(create_protocol=Broken)
+    with pytest.raises(syncws.InvalidStatusCode) as excinfo:
+        syncws.connect(url(server), open_timeout=5)
+    assert excinfo.value.status_code == 500
+
+
+# -- origins -------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(10)
+def test_allowed_origin_passes_other_gets_403(make_server):
+    server = make_server(origins=["https://good.example"])
+    with syncws.connect(url(server), origin="https://good.example") as ws:
+        ws.send("hi")
+        assert ws.recv(timeout=5) == "hi"
+    with pytest.raises(syncws.InvalidStatusCode) as excinfo:
+        syncws.connect(url(server), origin="https://evil.example")
+    assert excinfo.value.status_code == 403
+    # No Origin at all isn't admitted unless None is listed.
+    with pytest.raises(syncws.InvalidStatusCode) as excinfo:
+        syncws.connect(url(server))
+    assert excinfo.value.status_code == 403
+    response = raw_exchange(server.port, upgrade_request(headers={"Origin": "https://evil.example"}))
+    assert response.status == 403
+    assert b"evil.example" in response.body
+
+
+@pytest.mark.timeout(10)
+def test_none_in_origins_admits_requests_without_origin(make_server):
+    server = make_server(origins=[None, "https://good.example"])
+    with syncws.connect(url(server)) as ws:
+        ws.send("no origin")
+        assert ws.recv(timeout=5) == "no origin"
+    with pytest.raises(syncws.InvalidStatusCode) as excinfo:
+        syncws.connect(url(server), origin="https://evil.example")
+    assert excinfo.value.status_code == 403
+
+
+# -- subprotocols -----------------------------------------------------------------------
+
+
+def report_subprotocol(ws):
+    ws.send(repr(ws.subprotocol))
+
+
+@pytest.mark.timeout(10)
+def test_subprotocol_server_preference_wins(make_server):
+    server = make_server(report_subprotocol, subprotocols=["chat.v2", "chat.v1"])
+    with syncws.connect(url(server), subprotocols=["chat.v1", "chat.v2"]) as ws:
+        assert ws.subprotocol == "chat.v2"
+        assert ws.response_headers["Sec-WebSocket-Protocol"] == "chat.v2"
+        assert ws.recv(timeout=5) == "'chat.v2'"
+
+
+@pytest.mark.timeout(10)
+def test_subprotocol_none_in_common_sends_no_header(make_server):
+    server = make_server(report_subprotocol, subprotocols=["chat.v2"])
+    with syncws.connect(url(server), subprotocols=["other"]) as ws:
+        assert ws.subprotocol is None
+        assert "Sec-WebSocket-Protocol" not in ws.response_headers
+        assert ws.recv(timeout=5) == "None"
+
+
+@pytest.mark.timeout(10)
+def test_select_subprotocol_override(make_server):
+    class ClientFirst(syncws.WebSocketServerProtocol):
+        def select_subprotocol(self, client_protos, server_protos):
+            for protocol in client_protos:
+                if protocol in server_protos:
+                    return protocol
+            return None
+
+    server = make_server(report_subprotocol, subprotocols=["chat.v2", "chat.v1"], create_protocol=ClientFirst)
+    with syncws.connect(url(server), subprotocols=["chat.v1", "chat.v2"]) as ws:
+        assert ws.subprotocol == "chat.v1"
+        assert ws.recv(timeout=5) == "'chat.v1'"
+
+
+# -- get_response_status / process_request / extra_headers ---------------------------------
+
+
+class Gatekeeper(syncws.WebSocketServerProtocol):
+    def get_response_status(self, set_header):
+        if self.path == "/private":
+            set_header("WWW-Authenticate", 'Basic realm="test"')
+            return http.HTTPStatus.UNAUTHORIZED
+        if self.path == "/missing":
+            set_header("X-Reason", "no such room")
+            return http.HTTPStatus.NOT_FOUND
+        if self.request_headers.get("X-Token") != "t0k":
+            return http.HTTPStatus.FORBIDDEN
+        return http.HTTPStatus.SWITCHING_PROTOCOLS
+
+
+@pytest.mark.timeout(10)
+def test_get_response_status_override(make_server):
+    server = make_server(create_protocol=Gatekeeper)
+    with pytest.raises(syncws.InvalidStatusCode) as excinfo:
+        syncws.connect(url(server, "/private"), extra_headers={"X-Token": "t0k"})
+    assert excinfo.value.status_code == 401
+    with pytest.raises(syncws.InvalidStatusCode) as excinfo:
+        syncws.connect(url(server, "/missing"), extra_headers={"X-Token": "t0k"})
+    assert excinfo.value.status_code == 404
+    with pytest.raises(syncws.InvalidStatusCode) as excinfo:
+        syncws.connect(url(server, "/"))
+    assert excinfo.value.status_code == 403
+    with syncws.connect(url(server, "/"), extra_headers={"X-Token": "t0k"}) as ws:
+        ws.send("in")
+        assert ws.recv(timeout=5) == "in"
+
+    response = raw_exchange(server.port, upgrade_request("/private"))
+    assert response.status == 401
+    assert response.header("WWW-Authenticate") == 'Basic realm="test"'
+    response = raw_exchange(server.port, upgrade_request("/missing"))
+    assert response.status == 404
+    assert response.header("X-Reason") == "no such room"
+
+
+def health_check(path, request_headers):
+    if path == "/health":
+        return http.HTTPStatus.OK, [("Content-Type", "text/plain")], b"OK\n"
+    return None
+
+
+@pytest.mark.timeout(10)
+def test_process_request_health_check(make_server):
+    calls = []
+
+    def process_request(path, request_headers):
+        calls.append(path)
+        return health_check(path, request_headers)
+
+    server = make_server(process_request=process_request)
+    response = raw_exchange(server.port, f"GET /health HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+    assert response.status == 200
+    assert response.header("Content-Type") == "text/plain"
+    assert response.header("Content-Length") == "3"
+    assert response.body == b"OK\n"
+    # Returning None goes on with the handshake.
+    with syncws.connect(url(server, "/")) as ws:
+        ws.send("still upgrades")
+        assert ws.recv(timeout=5) == "still upgrades"
+    assert calls == ["/health", "/"]
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    "extra_headers",
+    [
+        {"X-One": "1", "X-Two": "2"},
+        [("X-One", "1"), ("X-Two", "2")],
+        lambda path, headers: {"X-One": "1", "X-Two": headers["X-Ask"]} if path == "/p?q" else {},
+        lambda path, headers: [("X-One", "1"), ("X-Two", headers["X-Ask"])],
+    ],
+    ids=["mapping", "pairs", "callable-mapping", "callable-pairs"],
+)
+def test_extra_headers(make_server, extra_headers):
+    server = make_server(extra_headers=extra_headers)
+    with syncws.connect(url(server, "/p?q"), extra_headers={"X-Ask": "2"}) as ws:
+        assert ws.response_headers["X-One"] == "1"
+        assert ws.response_headers["X-Two"] == "2"
+        ws.send("x")
+        assert ws.recv(timeout=5) == "x"
+
+
+# -- handler lifecycle ----------------------------------------------------------------
+
+
+@pytest.mark.timeout(10)
+def test_handler_exception_closes_1011_logs_and_server_goes_on(make_server, caplog):
+    def handler(ws):
+        message = ws.recv()
+        if message == "boom":
+            raise RuntimeError("handler exploded")
+        ws.send(message)
+
+    server = make_server(handler)
+    with caplog.at_level(logging.ERROR, logger="syncws.server"):
+        with syncws.connect(url(server)) as ws:
+            ws.send("boom")
+            with pytest.raises(syncws.ConnectionClosedError) as excinfo:
+                ws.recv(timeout=5)
+            assert excinfo.value.code == 1011
+        assert ws.close_code == 1011
+        assert wait_until(lambda: any(r.exc_info for r in caplog.records))
+    records = [r for r in caplog.records if r.name == "syncws.server" and r.exc_info]
+    assert records, caplog.records
+    assert records[0].exc_info[0] is RuntimeError
+    assert "handler exploded" in caplog.text
+    assert "Traceback" in caplog.text
+
+    with syncws.connect(url(server)) as ws:
+        ws.send("still here")
+        assert ws.recv(timeout=5) == "still here"
+
+
+@pytest.mark.timeout(10)
+def test_handler_return_closes_1000(make_server):
+    def handler(ws):
+        ws.send("bye")
+
+    server = make_server(handler)
+    with syncws.connect(url(server)) as ws:
+        assert ws.recv(timeout=5) == "bye"
+        with pytest.raises(syncws.ConnectionClosedOK) as excinfo:
+            ws.recv(timeout=5)
+        assert excinfo.value.code == 1000
+        assert ws.close_code == 1000
+
+
+@pytest.mark.timeout(15)
+def test_close_wakes_handlers_blocked_in_recv(make_server):
+    entered = threading.Semaphore(0)
+    outcomes = []
+    lock = threading.Lock()
+
+    def handler(ws):
+        entered.release()
+        try:
+            ws.recv()
+        except syncws.ConnectionClosed as exc:
+            with lock:
+                outcomes.append(exc)
+            raise
+
+    server = make_server(handler)
+    clients = [syncws.connect(url(server)) for _ in range(3)]
+    for _ in clients:
+        assert entered.acquire(timeout=5)
+    assert len(server.connections) == 3
+
+    server.close()
+    server.close()  # idempotent
+    server.wait_closed(timeout=5)
+
+    assert len(outcomes) == 3
+    for exc in outcomes:
+        assert isinstance(exc, syncws.ConnectionClosedOK)
+        assert exc.code == 1001
+    for ws in clients:
+        with pytest.raises(syncws.ConnectionClosedOK) as excinfo:
+            ws.recv(timeout=5)
+        assert excinfo.value.code == 1001
+        assert ws.close_code == 1001
+        ws.close()
+    assert server_thread_names() == []
+    assert server.connections == set()
+    with pytest.raises(OSError):
+        syncws.connect(url(server), open_timeout=2)
+
+
+@pytest.mark.timeout(15)
+def test_close_from_inside_a_handler(make_server):
+    holder = {}
+    others_entered = threading.Semaphore(0)
+
+    def handler(ws):
+        if ws.path == "/shutdown":
+            holder["server"].close()
+            holder["server"].close()
+            ws.send("closing")  # the own connection is closing: this must not hang
+            return
+        others_entered.release()
+        for message in ws:
+            ws.send(message)
+
+    server = make_server(handler)
+    holder["server"] = server
+    other = syncws.connect(url(server))
+    assert others_entered.acquire(timeout=5)
+    trigger = syncws.connect(url(server, "/shutdown"))
+    server.wait_closed(timeout=5)
+    with pytest.raises(syncws.ConnectionClosed) as excinfo:
+        other.recv(timeout=5)
+    assert excinfo.value.code == 1001
+    other.close()
+    trigger.close()
+    assert trigger.close_code == 1001
+
+
+@pytest.mark.timeout(10)
+def test_serve_forever_returns_when_closed_from_another_thread(make_server):
+    server = make_server()
+    returned = threading.Event()
+
+    def run():
+        server.serve_forever()
+        returned.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    with syncws.connect(url(server)) as ws:
+        ws.send("during serve_forever")
+        assert ws.recv(timeout=5) == "during serve_forever"
+    assert not returned.is_set()
+    server.close()
+    assert returned.wait(5)
+    thread.join(5)
+    assert not thread.is_alive()
+
+
+@pytest.mark.timeout(10)
+def test_sockets_port_connections(make_server):
+    entered = threading.Semaphore(0)
+
+    def handler(ws):
+        entered.release()
+        echo(ws)
+
+    server = make_server(handler)
+    assert server.port != 0
+    assert len(server.sockets) == 1
+    assert server.sockets[0].getsockname() == (HOST, server.port)
+    assert server.connections == set()
+    a = syncws.connect(url(server))
+    b = syncws.connect(url(server))
+    assert entered.acquire(timeout=5) and entered.acquire(timeout=5)
+    connections = server.connections
+    assert len(connections) == 2
+    assert all(isinstance(c, syncws.WebSocketServerProtocol) and c.open for c in connections)
+    assert {c.remote_address for c in connections} == {a.local_address, b.local_address}
+    a.close()
+    assert wait_until(lambda: len(server.connections) == 1)
+    assert {c.remote_address for c in server.connections} == {b.local_address}
+    b.close()
+    assert wait_until(lambda: server.connections == set())
+
+
+@pytest.mark.timeout(10)
+def test_context_manager_closes_and_waits():
+    entered = threading.Event()
+
+    def handler(ws):
+        entered.set()
+        echo(ws)
+
+    with syncws.serve(handler, HOST, 0) as server:
+        ws = syncws.connect(url(server))
+        assert entered.wait(5)
+        assert server_thread_names() != []
+    # __exit__ closed the server and waited for every connection thread.
+    assert server_thread_names() == []
+    with pytest.raises(syncws.ConnectionClosedOK) as excinfo:
+        ws.recv(timeout=5)
+    assert excinfo.value.code == 1001
+    ws.close()
+
+
+@pytest.mark.timeout(10)
+def test_close_with_custom_code_and_reason(make_server):
+    entered = threading.Event()
+
+    def handler(ws):
+        entered.set()
+        echo(ws)
+
+    server = make_server(handler)
+    ws = syncws.connect(url(server))
+    assert entered.wait(5)
+    server.close(code=1012, reason="service restart")
+    with pytest.raises(syncws.ConnectionClosedError) as excinfo:
+        ws.recv(timeout=5)
+    assert (excinfo.value.code, excinfo.value.reason) == (1012, "service restart")
+    server.wait_closed(timeout=5)
+    ws.close()
+
+
+@pytest.mark.timeout(10)
+def test_close_with_invalid_code_raises_before_any_effect(make_server):
+    entered = threading.Event()
+
+    def handler(ws):
+        entered.set()
+        echo(ws)
+
+    server = make_server(handler)
+    ws = syncws.connect(url(server))
+    assert entered.wait(5)
+    with pytest.raises(ValueError):
+        server.close(code=999)
+    # Nothing happened: the server still serves, and a valid close works.
+    ws.send("still open")
+    assert ws.recv(timeout=2) == "still open"
+    with syncws.connect(url(server)) as other:
+        other.send("new client")
+        assert other.recv(timeout=5) == "new client"
+    server.close()
+    with pytest.raises(syncws.ConnectionClosedOK) as excinfo:
+        ws.recv(timeout=5)
+    assert excinfo.value.code == 1001
+    server.wait_closed(timeout=5)
+    ws.close()
+
+
+@pytest.mark.timeout(10)
+def test_close_ends_pending_handshakes_promptly(make_server):
+    server = make_server()  # the default open_timeout of 10 s
+    before = len(server_thread_names())
+    with socket.create_connection((HOST, server.port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        assert wait_until(lambda: len(server_thread_names()) == before + 1)
+        start = time.monotonic()
+        server.close()
+        # The half-open handshake must not hold wait_closed() for open_timeout.
+        server.wait_closed(timeout=2)
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        assert time.monotonic() - start < 2.5
+    # Either dropped or told 503, as websockets' server does.
+    assert data == b"" or data.startswith(b"HTTP/1.1 503 ")
+
+
+@pytest.mark.timeout(10)
+def test_wait_closed_timeout_raises_while_a_handler_is_stuck(make_server):
+    release = threading.Event()
+    entered = threading.Event()
+
+    def handler(ws):
+        entered.set()
+        release.wait(10)
+
+    server = make_server(handler)
+    ws = syncws.connect(url(server))
+    assert entered.wait(5)
+    server.close()
+    with pytest.raises(TimeoutError):
+        server.wait_closed(timeout=0.2)
+    release.set()
+    server.wait_closed(timeout=5)
+    ws.close()
+
+
+@pytest.mark.timeout(10)
+def test_logger_argument(make_server, caplog):
+    def handler(ws):
+        raise ValueError("custom logger sees this")
+
+    server = make_server(handler, logger="tests.custom")
+    with caplog.at_level(logging.ERROR, logger="tests.custom"):
+        with syncws.connect(url(server)) as ws:
+            with pytest.raises(syncws.ConnectionClosedError):
+                ws.recv(timeout=5)
+        assert wait_until(lambda: "custom logger sees this" in caplog.text)
+    assert any(r.name == "tests.custom" and r.exc_info for r in caplog.records)
+
+
+@pytest.mark.timeout(10)
+def test_modern_aliases_open_timeout_and_additional_headers(make_server):
+    server = make_server(additional_headers={"X-Modern": "yes"}, open_timeout=5, close_timeout=5)
+    with syncws.connect(url(server)) as ws:
+        assert ws.response_headers["X-Modern"] == "yes"
+        ws.send("alias")
+        assert ws.recv(timeout=5) == "alias"
+
+
+@pytest.mark.timeout(10)
+def test_seed_timeout_bounds_the_opening_handshake(make_server):
+    server = make_server(timeout=0.5)
+    with socket.create_connection((HOST, server.port), timeout=5) as sock:
+        sock.sendall(b"GET / HT")
+        start = time.monotonic()
+        assert sock.recv(1024) == b""
+        assert time.monotonic() - start < 2.0
+
+
+# -- timeouts and limits ------------------------------------------------------------
+
+
+@pytest.mark.timeout(10)
+def test_slowloris_is_dropped_after_open_timeout(make_server):
+    before = server_thread_names()
+    server = make_server(open_timeout=0.5)
+    with socket.create_connection((HOST, server.port), timeout=5) as sock:
+        sock.sendall(b"GET / HT")
+        assert wait_until(lambda: len(server_thread_names()) == len(before) + 1)
+        start = time.monotonic()
+        assert sock.recv(1024) == b""
+        assert time.monotonic() - start < 2.0
+    assert wait_until(lambda: server_thread_names() == before, timeout=2)
+    # The server still serves.
+    with syncws.connect(url(server)) as ws:
+        ws.send("after slowloris")
+        assert ws.recv(timeout=5) == "after slowloris"
+
+
+@pytest.mark.timeout(15)
+def test_max_connections_answers_503_without_thread(make_server):
+    started = []
+    lock = threading.Lock()
+    entered = threading.Semaphore(0)
+
+    def handler(ws):
+        with lock:
+            started.append(ws.path)
+        entered.release()
+        echo(ws)
+
+    server = make_server(handler, max_connections=2)
+    a = syncws.connect(url(server, "/a"))
+    b = syncws.connect(url(server, "/b"))
+    assert entered.acquire(timeout=5) and entered.acquire(timeout=5)
+    threads_before = server_thread_names()
+    assert len(threads_before) == 2
+
+    with pytest.raises(syncws.InvalidStatusCode) as excinfo:
+        syncws.connect(url(server, "/c"))
+    assert excinfo.value.status_code == 503
+    response = raw_exchange(server.port, upgrade_request("/d"))
+    assert response.status == 503
+    assert response.header("Retry-After") == "1"
+    assert server_thread_names() == threads_before
+    assert sorted(started) == ["/a", "/b"]
+
+    a.close()
+    # Once a's connection thread has ended, new clients get in again.
+    assert wait_until(lambda: len(server_thread_names()) == 1)
+    with syncws.connect(url(server, "/e")) as c:
+        c.send("back in")
+        assert c.recv(timeout=5) == "back in"
+    assert sorted(started) == ["/a", "/b", "/e"]
+    b.close()
+
+
+# -- listening options --------------------------------------------------------------
+
+
+def _ipv6_loopback_error():
+    if not socket.has_ipv6:
+        return "no ipv6"
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError as exc:
+        return exc
+    return None
+
+
+@pytest.mark.timeout(10)
+def test_ipv6_loopback(make_server):
+    problem = _ipv6_loopback_error()
+    if problem is None:
+        server = make_server(host="::1")
+        assert server.sockets[0].family == socket.AF_INET6
+        with syncws.connect(f"ws://[::1]:{server.port}/v6") as ws:
+            ws.send("over ipv6")
+            assert ws.recv(timeout=5) == "over ipv6"
+        response = raw_exchange(server.port, upgrade_request(), until_head=True, family=socket.AF_INET6, host="::1")
+        assert response.status == 101
+    elif problem == "no ipv6":
+        with pytest.raises(OSError):
+            syncws.serve(echo, "::1", 0)
+    else:
+        # A machine limitation: serve() must report the very error the
+        # system gives for binding ::1.
+        with pytest.raises(OSError) as excinfo:
+            syncws.serve(echo, "::1", 0)
+        assert excinfo.value.errno == problem.errno
+        assert excinfo.value.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
+
+
+@pytest.mark.timeout(10)
+def test_prebound_listening_socket(make_server):
+    sock = socket.create_server((HOST, 0))
+    port = sock.getsockname()[1]
+    server = make_server(host=None, port=None, sock=sock)
+    assert server.sockets == [sock]
+    assert server.port == port
+    with syncws.connect(f"ws://{HOST}:{port}/") as ws:
+        ws.send("pre-bound")
+        assert ws.recv(timeout=5) == "pre-bound"
+    server.close()
+    server.wait_closed(timeout=5)
+    assert sock.fileno() == -1
+
+
+@pytest.mark.timeout(10)
+def test_unix_serve(tmp_path):
+    path = str(tmp_path / "ws.sock")
+    server = syncws.unix_serve(lambda ws: ws.send(f"path={ws.path}"), path)
+    try:
+        assert server.port is None
+        with syncws.unix_connect(path, "ws://localhost/unix?a=1") as ws:
+            assert ws.recv(timeout=5) == "path=/unix?a=1"
+        with syncws.unix_connect(path) as ws:
+            assert ws.recv(timeout=5) == "path=/"
+    finally:
+        server.close()
+        server.wait_closed(timeout=5)
+
+
+# -- TLS ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_contexts(tmp_path):
+    openssl = shutil.which("openssl")
+    assert openssl, "the openssl CLI is needed to make a test certificate"
+    key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
+    subprocess.run(
+        [
+            openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+            "-keyout", str(key), "-out", str(cert), "-days", "1",
+            "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True, capture_output=True, timeout=30,
+    )
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    return server_ctx, client_ctx
+
+
+@pytest.mark.timeout(30)
+def test_tls_echo(make_server, tls_contexts):
+    server_ctx, client_ctx = tls_contexts
+    server = make_server(ssl=server_ctx)
+    with syncws.connect(f"wss://localhost:{server.port}/tls", ssl=client_ctx) as ws:
+        ws.send("secret")
+        assert ws.recv(timeout=5) == "secret"
+        ws.send(b"\x00" * 200000)
+        assert ws.recv(timeout=5) == b"\x00" * 200000
+    with websockets.sync.client.connect(f"wss://127.0.0.1:{server.port}/", ssl=client_ctx, open_timeout=5) as ws:
+        ws.send("independent tls client")
+        assert ws.recv(timeout=5) == "independent tls client"
+    # A client that doesn't trust the certificate fails the TLS handshake.
+    with pytest.raises(ssl.SSLCertVerificationError):
+        syncws.connect(f"wss://localhost:{server.port}/", ssl=ssl.create_default_context(), open_timeout=5)
+
+
+@pytest.mark.timeout(30)
+def test_tls_client_that_never_starts_tls_is_dropped(make_server, tls_contexts):
+    server_ctx, client_ctx = tls_contexts
+    before = server_thread_names()
+    server = make_server(ssl=server_ctx, open_timeout=0.5)
+    with socket.create_connection((HOST, server.port), timeout=5) as idle:
+        start = time.monotonic()
+        # Others are accepted and served while the idle one holds its thread.
+        with syncws.connect(f"wss://localhost:{server.port}/", ssl=client_ctx) as ws:
+            ws.send("not blocked")
+            assert ws.recv(timeout=5) == "not blocked"
+        assert time.monotonic() - start < 0.5 + 1.0
+        assert idle.recv(1024) == b""
+        assert time.monotonic() - start < 2.0
+    assert wait_until(lambda: server_thread_names() == before, timeout=2)
+
+
+# -- load and leaks ---------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_no_thread_or_fd_leak_after_500_connections():
+    threads_before = {t.ident for t in threading.enumerate()}
+    fds_before = fd_count()
+    server = syncws.serve(echo, HOST, 0, compression=None)
+    try:
+        for i in range(500):
+            with syncws.connect(url(server), compression=None) as ws:
+                ws.send(str(i))
+                assert ws.recv(timeout=5) == str(i)
+    finally:
+        server.close()
+        server.wait_closed(timeout=10)
+
+    def leftover():
+        return [
+            t.name for t in threading.enumerate()
+            if t.ident not in threads_before and t.name != "syncws-timers"
+        ]
+
+    assert wait_until(lambda: leftover() == [], timeout=5), leftover()
+    assert wait_until(lambda: fd_count() <= fds_before, timeout=5), (fd_count(), fds_before)
+
+
+@pytest.mark.timeout(60)
+def test_200_concurrent_clients_100_messages_each(make_server):
+    server = make_server()
+    clients, messages = 200, 100
+    errors = []
+    done = threading.Semaphore(0)
+    start = threading.Barrier(clients)
+
+    def client(n):
+        try:
+            with syncws.connect(url(server, f"/{n}"), open_timeout=20) as ws:
+                start.wait(30)
+                for i in range(messages):
+                    payload = f"client {n} message {i} " + "x" * (i % 17)
+                    if i % 2:
+                        ws.send(payload.encode())
+                        assert ws.recv(timeout=20) == payload.encode()
+                    else:
+                        ws.send(payload)
+                        assert ws.recv(timeout=20) == payload
+        except BaseException as exc:  # noqa: B902 - reported below
+            errors.append((n, repr(exc)))
+        finally:
+            done.release()
+
+    threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    for _ in threads:
+        assert done.acquire(timeout=50)
+    assert errors == []
