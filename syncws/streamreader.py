@@ -14,6 +14,7 @@ announced length, which the caller may unmask in place.
 from __future__ import annotations
 
 import socket
+import sys
 from typing import Union
 
 __all__ = ["StreamReader"]
@@ -100,11 +101,13 @@ class StreamReader:
         and ``b""`` (or a partial line) is returned at the end of the stream.
 
         Args:
-            limit: the most bytes to return.
+            limit: the most bytes to return; negative for no limit.
 
         Returns:
             The line.
         """
+        if limit < 0:
+            limit = sys.maxsize
         while True:
             newline = self._data.find(b"\n", self._pos, self._pos + limit)
             if newline >= 0:

@@ -120,11 +120,13 @@ class Deadline:
         self.expired = False
 
     def _expire(self, on_expire: Callable[[], None]) -> None:
+        # on_expire runs under the lock (it never blocks), so it can't start
+        # after the block has finished.
         with self._lock:
             if self._finished:
                 return
             self.expired = True
-        on_expire()
+            on_expire()
 
     def _finish(self) -> None:
         with self._lock:
