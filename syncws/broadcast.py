@@ -1,10 +1,11 @@
 """Sending one message to many connections.
 
 Theory of operation: most sends complete at once, because the socket buffer
-has room. :func:`broadcast` first tries every connection without waiting;
-only the connections that would block (a send already under way, or a full
-socket buffer) are handed to a few worker threads, each bounded by the
-timeout. So one slow or dead client never delays the others.
+has room. :func:`broadcast` first sends inline to every connection whose
+socket buffer surely holds the whole frame; the others (a send already under
+way, a full buffer, a message bigger than the free room) are handed to a few
+worker threads, each send bounded by the timeout. So one slow or dead client
+never delays the others.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def broadcast(
         if not connection.open:
             continue
         try:
-            if not connection._send_nowait(message):
+            if not connection._send_nowait(message, timeout):
                 slow.append(connection)
         except Exception as exc:
             failures[connection] = exc

@@ -486,11 +486,15 @@ class WebSocketCommonProtocol:
             raise self._connection_closed_exc() from exc
         self._messages_out += 1
 
-    def _send_nowait(self, message: Data) -> bool:
-        """Send ``message`` if the send can start at once; for broadcast().
+    def _send_nowait(self, message: Data, timeout: Optional[float]) -> bool:
+        """Send ``message`` if it can go out without waiting; for broadcast().
 
         Returns ``False``, having sent nothing, when another send is under
-        way or the socket buffer is full.
+        way or the whole frame might not fit in the socket buffer at once.
+
+        Args:
+            message: ``str`` or bytes-like.
+            timeout: the deadline of the send, should it block after all.
         """
         opcode, payload, fragments = _prepare_message(message)
         if fragments is not None:
@@ -498,13 +502,27 @@ class WebSocketCommonProtocol:
         if not self._message_lock.acquire(blocking=False):
             return False
         try:
-            if self.state is State.OPEN and not self._writable_now():
+            # Headers, and deflate's worst case on incompressible data, add
+            # well under 64 bytes.
+            if self.state is State.OPEN and len(payload) + 64 > self._send_room():
                 return False
-            deadline = None if self.write_timeout is None else time.monotonic() + self.write_timeout
+            deadline = None if timeout is None else time.monotonic() + timeout
             self._send_locked(opcode, payload, None, deadline)
             return True
         finally:
             self._message_lock.release()
+
+    def _send_room(self) -> int:
+        """Bytes the socket surely accepts now without blocking (maybe fewer)."""
+        if not self._writable_now():
+            return 0
+        try:
+            send_buffer = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)  # type: ignore[union-attr]
+        except OSError:
+            return 0
+        # A TCP socket reports writable once a third of its buffer is free
+        # (Linux); a quarter leaves room for TLS records' overhead.
+        return int(send_buffer // 4)
 
     def _send_message(
         self, opcode: Opcode, payload: Any, deadline: Optional[float], compress: Optional[bool]
@@ -781,12 +799,14 @@ class WebSocketCommonProtocol:
             if remaining <= 0:
                 self._write_timed_out = True
                 self._abort()
+                self._stop_sending()
                 raise TimeoutError("send() timed out: the connection was aborted")
             timer = timers.call_later(remaining, self._write_deadline_passed)
         try:
             assert self._sock is not None
             self._sock.sendall(data)
         except OSError:
+            self._stop_sending()
             if self._write_timed_out:
                 raise TimeoutError(
                     "send() timed out: the peer stopped reading; the connection was aborted"
@@ -795,6 +815,14 @@ class WebSocketCommonProtocol:
         finally:
             if timer is not None:
                 timer.cancel()
+
+    def _stop_sending(self) -> None:
+        """After a failed write, refuse further frames; holds ``_write_lock``.
+
+        Half a frame may be on the wire, so nothing more can follow it.
+        """
+        if self.state is State.OPEN:
+            self.state = State.CLOSING
 
     def _write_deadline_passed(self) -> None:
         """Timer callback: a send ran past its deadline."""
