@@ -500,13 +500,15 @@ def test_compression_none_on_either_side_disables_the_extension(side):
         assert ws.stats.bytes_out - before >= 10000  # sent as is
 
 
-@pytest.mark.timeout(20)
-def test_deflate_settings_reach_the_wire_syncws_server():
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("server", ["syncws", "websockets"])
+def test_client_deflate_settings_reach_the_wire(server):
     settings = DeflateSettings(
         server_no_context_takeover=True, client_no_context_takeover=True,
         server_max_window_bits=10, client_max_window_bits=11,
     )
-    with syncws_server() as (uri, seen), connect(uri, compression=settings) as ws:
+    start = syncws_server if server == "syncws" else websockets_sync_server
+    with start() as (uri, seen), connect(uri, compression=settings) as ws:
         assert extension_params(ws.request_headers["Sec-WebSocket-Extensions"]) == (
             "permessage-deflate",
             {"server_no_context_takeover", "client_no_context_takeover",
@@ -517,7 +519,11 @@ def test_deflate_settings_reach_the_wire_syncws_server():
             {"server_no_context_takeover", "client_no_context_takeover",
              "server_max_window_bits=10", "client_max_window_bits=11"},
         )
-        assert seen.get(timeout=5).extensions
+        server_ws = seen.get(timeout=5)
+        if server == "syncws":
+            assert server_ws.extensions
+        else:
+            assert server_ws.request.headers["Sec-WebSocket-Extensions"] == ws.request_headers["Sec-WebSocket-Extensions"]
         round_trip(ws)
 
 
