@@ -1,0 +1,429 @@
+"""``python -m syncws``: an interactive client, an echo server and a demo.
+
+::
+
+    python -m syncws ws://localhost:8765/      # interactive client
+    python -m syncws serve [--host H] [--port P]   # echo server
+    python -m syncws demo                       # a client and a server, end to end
+
+Theory of operation of the interactive client
+---------------------------------------------
+Three threads:
+
+* the connection's **reader thread** (syncws's own) queues incoming messages;
+* the **main thread** takes them with ``recv()`` and prints them, and owns the
+  exit: it is the thread that gets ``KeyboardInterrupt`` (Ctrl-C), and it
+  returns once the connection is closed, whoever closed it;
+* a daemon **stdin thread** reads lines and sends them; at end of input
+  (Ctrl-D) it closes the connection, which ends the main thread's ``recv()``.
+
+Reading stdin is the one wait nothing can interrupt portably (a blocked
+``read()`` ignores the socket closing), so it gets the thread that may be
+abandoned at exit: when the server closes first, the main thread simply
+returns. That thread reads the file descriptor with :func:`os.read`, never
+through ``sys.stdin``'s buffer, whose lock a daemon thread would still hold
+at interpreter shutdown.
+
+Output: received messages go to stdout, one per line, prefixed with ``< ``;
+what the client says about the connection goes to stderr, so that stdout can
+be piped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import ipaddress
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+from . import ConnectionClosed, InvalidHandshake, InvalidURI, connect, serve
+# "1001 (going away) reason", as exception messages say it.
+from .exceptions import _describe_close as describe_close
+from .protocol import OK_CLOSE_CODES, WebSocketCommonProtocol
+from .version import __version__
+
+__all__ = ["main"]
+
+logger = logging.getLogger("syncws.cli")
+
+PROG = "python -m syncws"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+
+# Exit statuses: 1 for any failure, 130 (128 + SIGINT) for a Ctrl-C that
+# interrupted something other than an open connection, as shells do.
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+# How many bytes of a binary message are shown, in hex.
+BINARY_PREVIEW = 16
+
+# How long the main thread waits in recv() before checking for Ctrl-C again.
+# On POSIX a blocked recv() takes KeyboardInterrupt at once; on Windows a
+# lock wait doesn't, so it wakes up this often to let it in.
+POLL_INTERVAL = 1.0
+
+# Control characters a server could use to rewrite the user's terminal
+# (ANSI escapes, carriage returns...), shown escaped instead; tab and newline
+# are kept.
+_CONTROL_CHARS = {
+    code: f"\\x{code:02x}"
+    for code in [*range(0x00, 0x20), *range(0x7F, 0xA0)]
+    if chr(code) not in "\t\n"
+}
+
+
+def format_message(message: Union[str, bytes]) -> str:
+    """Render a received message for the terminal, without its ``< `` prefix.
+
+    Text is shown as is, control characters escaped; binary as its size and
+    the first :data:`BINARY_PREVIEW` bytes in hex.
+    """
+    if isinstance(message, str):
+        return message.translate(_CONTROL_CHARS)
+    size = len(message)
+    text = f"<binary {size} byte{'' if size == 1 else 's'}>"
+    if size:
+        text += " " + message[:BINARY_PREVIEW].hex(" ")
+        if size > BINARY_PREVIEW:
+            text += " ..."
+    return text
+
+
+def websocket_uri(address: Sequence[object]) -> str:
+    """The ``ws://`` URI of a listening socket's address."""
+    host, port = str(address[0]), address[1]
+    try:
+        if ipaddress.ip_address(host).version == 6:
+            host = f"[{host}]"
+    except ValueError:
+        pass  # a name
+    return f"ws://{host}:{port}/"
+
+
+def _error(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+def _status(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _echo(websocket: WebSocketCommonProtocol) -> None:
+    """The echo server's handler: send every message back as it came."""
+    logger.info("%s connected, path %s", websocket.remote_address, websocket.path)
+    try:
+        while True:
+            websocket.send(websocket.recv())
+    except ConnectionClosed as exc:  # from recv(), or from send() mid-echo
+        logger.info("%s disconnected: %s", websocket.remote_address, describe_close(exc.code, exc.reason))
+
+
+# -- the interactive client ---------------------------------------------------
+
+
+class InteractiveClient:
+    """Send stdin lines over a connection and print what comes back."""
+
+    def __init__(self, websocket: WebSocketCommonProtocol, stdin_fd: int) -> None:
+        self.websocket = websocket
+        self.stdin_fd = stdin_fd
+        # Set before this side starts the closing handshake (end of input or
+        # Ctrl-C), so the main thread can tell our close from the server's.
+        # Written by the stdin thread or the main thread, read by the main
+        # thread after recv() failed: an Event makes the write visible.
+        self.closing = threading.Event()
+
+    def run(self) -> int:
+        """Run until the connection closes; return the exit status."""
+        reader = threading.Thread(target=self._send_lines, name="syncws-cli-stdin", daemon=True)
+        reader.start()
+        try:
+            return self._print_messages()
+        except KeyboardInterrupt:
+            # Ctrl-C: close like Ctrl-D. Messages that arrive meanwhile are
+            # dropped: the user asked to stop.
+            self._close()
+            return EXIT_OK
+
+    def _print_messages(self) -> int:
+        """Print messages until the connection closes (main thread)."""
+        while True:
+            try:
+                message = self.websocket.recv(timeout=POLL_INTERVAL)
+            except TimeoutError:
+                continue
+            except ConnectionClosed as exc:
+                return self._report_close(exc)
+            print("< " + format_message(message), flush=True)
+
+    def _report_close(self, exc: ConnectionClosed) -> int:
+        if self.closing.is_set():
+            return EXIT_OK  # we closed it, as asked
+        if self.websocket.close_rcvd is None:
+            _status(f"connection lost: {describe_close(exc.code, exc.reason)}")
+            return EXIT_ERROR
+        _status(f"connection closed by the server: {describe_close(exc.code, exc.reason)}")
+        return EXIT_OK if exc.code in OK_CLOSE_CODES else EXIT_ERROR
+
+    def _close(self) -> None:
+        self.closing.set()
+        self.websocket.close()
+
+    def _send_lines(self) -> None:
+        """Send each line of stdin as a text message; close at its end (stdin thread)."""
+        decoder = codecs.getincrementaldecoder(sys.stdin.encoding or "utf-8")(errors="replace")
+        pending = ""
+        try:
+            while True:
+                try:
+                    chunk = os.read(self.stdin_fd, 65536)
+                except OSError:
+                    chunk = b""  # stdin closed or unreadable: treat as its end
+                pending += decoder.decode(chunk, final=not chunk)
+                *lines, pending = pending.split("\n")
+                if not chunk and pending:
+                    lines.append(pending)  # a last line without a newline
+                for line in lines:
+                    self.websocket.send(line[:-1] if line.endswith("\r") else line)
+                if not chunk:
+                    break
+        except ConnectionClosed:
+            return  # the main thread reports how it ended
+        except TimeoutError:
+            return  # the server stopped reading: syncws aborted the connection
+        self._close()
+
+
+def run_client(args: argparse.Namespace) -> int:
+    """``python -m syncws URI``."""
+    uri: str = args.uri
+    try:
+        websocket = connect(uri, compression=None if args.no_compression else "deflate")
+    except InvalidURI as exc:
+        _error(str(exc))
+        return EXIT_ERROR
+    except ConnectionRefusedError:
+        _error(f"could not connect to {uri}: connection refused")
+        return EXIT_ERROR
+    except (OSError, InvalidHandshake) as exc:
+        # Name resolution, timeouts, TLS, HTTP refusals: the exception says
+        # which; strerror alone drops the "[Errno n]" noise where there is one.
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        _error(f"could not connect to {uri}: {reason}")
+        return EXIT_ERROR
+    if os.isatty(sys.stdin.fileno()):
+        _status(f"connected to {uri}; type a line to send it, Ctrl-D or Ctrl-C to quit")
+    return InteractiveClient(websocket, sys.stdin.fileno()).run()
+
+
+# -- the echo server ------------------------------------------------------------
+
+
+def run_server(args: argparse.Namespace) -> int:
+    """``python -m syncws serve``: an echo server until Ctrl-C or SIGTERM.
+
+    The first Ctrl-C (or SIGTERM, from a service manager) closes the server
+    gracefully: clients get 1001 (going away). A second one stops waiting for
+    the closing handshakes.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    interrupts: List[int] = []
+
+    def interrupt(signum: int, frame: object) -> None:
+        # Count and raise, nothing more: a signal handler must not take a
+        # lock that the main thread it interrupted may be holding.
+        interrupts.append(signum)
+        raise KeyboardInterrupt
+
+    for name in ("SIGINT", "SIGTERM"):
+        signum = getattr(signal, name, None)
+        # A signal ignored by whoever started us (``nohup``, ``&`` in a
+        # script) stays ignored.
+        if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, interrupt)
+
+    try:
+        server = serve(_echo, args.host, args.port)
+    except OSError as exc:
+        _error(f"could not listen on {args.host}:{args.port}: {exc.strerror or exc}")
+        return EXIT_ERROR
+    try:
+        try:
+            for sock in server.sockets:
+                print(f"serving on {websocket_uri(sock.getsockname())}", flush=True)
+            # On Ctrl-C, closes the server, waits for its connections and
+            # returns; a second Ctrl-C meanwhile escapes it.
+            server.serve_forever()
+        except KeyboardInterrupt:
+            if len(interrupts) > 1:
+                raise
+            # Ctrl-C came before serve_forever() could take it: do as it does.
+            server.close()
+            server.wait_closed()
+    except KeyboardInterrupt:
+        _status("server stopped without waiting for every connection to close")
+        return EXIT_INTERRUPTED
+    _status("server closed")
+    return EXIT_OK
+
+
+# -- the demo -----------------------------------------------------------------
+
+
+def _preview(text: str, width: int = 60) -> str:
+    """``text`` cut to ``width`` characters, saying how long it was."""
+    if len(text) <= width:
+        return text
+    return f"{text[:width]}... ({len(text)} characters)"
+
+
+class DemoFailed(Exception):
+    """An echo didn't come back as sent."""
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """``python -m syncws demo``: a server and a client in one process."""
+    # Everything is bounded, so a broken build fails the demo instead of
+    # hanging it.
+    timeout = 5.0
+    with serve(_echo, "127.0.0.1", 0) as server:
+        uri = f"ws://127.0.0.1:{server.port}/demo"
+        print(f"echo server listening on {websocket_uri(server.sockets[0].getsockname())}")
+        with connect(uri) as websocket:
+            extension = websocket.response_headers.get_joined("Sec-WebSocket-Extensions")
+            print(f"client connected to {uri}")
+            print(f"negotiated extension: {extension or 'none'}")
+
+            def exchange(label: str, message: object, expected: Union[str, bytes]) -> None:
+                before = websocket.stats.bytes_out
+                websocket.send(message)  # type: ignore[arg-type]
+                print(f"> {label} ({websocket.stats.bytes_out - before} bytes on the wire)")
+                echoed = websocket.recv(timeout)
+                print(f"< {_preview(format_message(echoed))}")
+                if echoed != expected:
+                    raise DemoFailed(f"sent {_preview(repr(expected))}, got {_preview(repr(echoed))} back")
+
+            exchange("text: Hello, syncws!", "Hello, syncws!", "Hello, syncws!")
+            binary = bytes(range(8))
+            exchange(f"binary: {format_message(binary)}", binary, binary)
+            fragments = ["a fragmented ", "message ", "in three pieces"]
+            exchange(f"fragmented text, one frame per piece: {fragments}", fragments, "".join(fragments))
+            big = "syncws compresses repetitive text. " * 1000
+            exchange(f"text of {len(big)} characters", big, big)
+
+            print("> ping")
+            if not websocket.ping().wait(timeout):
+                raise DemoFailed(f"no pong within {timeout} seconds")
+            print(f"< pong, latency {websocket.latency * 1000:.3f} ms")
+
+            stats = websocket.stats
+            print(
+                f"client: {stats.messages_out} messages sent in {stats.bytes_out} bytes, "
+                f"{stats.messages_in} received in {stats.bytes_in} bytes"
+            )
+        code, reason = websocket.close_code, websocket.close_reason
+        assert code is not None and reason is not None  # set once closed
+        print(f"client closed: {describe_close(code, reason)}")
+    print("server closed")
+    return EXIT_OK
+
+
+# -- command line ---------------------------------------------------------------
+
+
+def _client_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        usage=(
+            f"{PROG} [-h] [--version] [--no-compression] URI\n"
+            f"       {PROG} serve [-h] [--host HOST] [--port PORT]\n"
+            f"       {PROG} demo [-h]"
+        ),
+        description=(
+            "Interactive WebSocket client: each line typed is sent as a text "
+            "message; messages received are printed, prefixed with '< '. "
+            "Ctrl-D or Ctrl-C closes the connection."
+        ),
+        epilog=(
+            "commands:\n"
+            "  serve   run an echo server (see 'serve -h')\n"
+            "  demo    start an echo server, talk to it, and show what happens"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("uri", metavar="URI", help="the ws:// or wss:// URI to connect to")
+    parser.add_argument(
+        "--no-compression", action="store_true", help="don't offer permessage-deflate"
+    )
+    parser.add_argument("--version", action="version", version=f"syncws {__version__}")
+    return parser
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} serve",
+        description="Run a WebSocket echo server until Ctrl-C (or SIGTERM).",
+    )
+    parser.add_argument(
+        "--host", default=DEFAULT_HOST, help=f"the interface to listen on (default: {DEFAULT_HOST})"
+    )
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT,
+        help=f"the port (default: {DEFAULT_PORT}; 0 picks a free one, printed at start)",
+    )
+    return parser
+
+
+def _demo_parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
+        prog=f"{PROG} demo",
+        description=(
+            "Start an echo server on 127.0.0.1 (a free port), connect a client, "
+            "exchange a text, a binary, a fragmented and a compressed message and "
+            "a ping, then close both."
+        ),
+    )
+
+
+# Subcommands: name -> (argument parser factory, runner).
+COMMANDS: Dict[str, Tuple[Callable[[], argparse.ArgumentParser], Callable[[argparse.Namespace], int]]] = {
+    "serve": (_serve_parser, run_server),
+    "demo": (_demo_parser, run_demo),
+}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the command line; return the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:
+        make_parser, run = COMMANDS[argv[0]]
+        args = make_parser().parse_args(argv[1:])
+    else:
+        args, run = _client_parser().parse_args(argv), run_client
+    # Received text may hold characters the terminal's encoding lacks.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        # Ctrl-C while connecting, or a second one while closing.
+        return EXIT_INTERRUPTED
+    except DemoFailed as exc:
+        _error(f"demo failed: {exc}")
+        return EXIT_ERROR
+    except BrokenPipeError:
+        # stdout was closed (``| head``): stop quietly. Point stdout at
+        # devnull so the flush at exit doesn't fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
