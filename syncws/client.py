@@ -334,12 +334,11 @@ def connect(
                 protocol._set_addresses(sock)
                 protocol._stream = StreamReader(sock, read_limit)
                 protocol.handshake(wsuri, origin=origin, subprotocols=subprotocols, extra_headers=extra_headers)
-            except (OSError, InvalidMessage) as exc:
-                if handshake_deadline.expired:
-                    raise TimeoutError(
-                        f"the opening handshake with {uri} didn't finish within {open_timeout} seconds"
-                    ) from exc
-                raise
+            except (OSError, InvalidMessage):
+                # When time ran out, this is only the socket shut down by
+                # the deadline: the timeout below is the real error.
+                if not handshake_deadline.expired:
+                    raise
         if handshake_deadline.expired:
             raise TimeoutError(
                 f"the opening handshake with {uri} didn't finish within {open_timeout} seconds"
