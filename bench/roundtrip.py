@@ -99,31 +99,24 @@ ECHO_SERVERS = ("syncws", "websockets")
 # -- servers, each in a process of its own --------------------------------------------
 
 
-def _syncws_echo(ws: Any) -> None:
+def _echo(ws: Any) -> None:
+    """The handler of both servers: their connections iterate and send alike."""
     try:
         for message in ws:
             ws.send(message)
-    except syncws.ConnectionClosed:
-        pass
-
-
-def _websockets_echo(ws: Any) -> None:
-    try:
-        for message in ws:
-            ws.send(message)
-    except websockets.ConnectionClosed:
+    except (syncws.ConnectionClosed, websockets.ConnectionClosed):
         pass
 
 
 def run_server(library: str, compression: Optional[str]) -> None:
     """Serve echo on a free port, print it, and stop when stdin closes."""
     if library == "syncws":
-        server: Any = syncws.serve(_syncws_echo, HOST, 0, compression=compression, max_size=MAX_SIZE)
+        server: Any = syncws.serve(_echo, HOST, 0, compression=compression, max_size=MAX_SIZE)
         port = server.port
         stop = server.close
     else:
         server = websockets.sync.server.serve(
-            _websockets_echo, HOST, 0, compression=compression, max_size=MAX_SIZE
+            _echo, HOST, 0, compression=compression, max_size=MAX_SIZE
         )
         threading.Thread(target=server.serve_forever, daemon=True).start()
         port = server.socket.getsockname()[1]

@@ -294,8 +294,9 @@ def run_demo(args: argparse.Namespace) -> int:
     # hanging it.
     timeout = 5.0
     with serve(_echo, "127.0.0.1", 0) as server:
-        uri = f"ws://127.0.0.1:{server.port}/demo"
-        print(f"echo server listening on {websocket_uri(server.sockets[0].getsockname())}")
+        address = websocket_uri(server.sockets[0].getsockname())
+        print(f"echo server listening on {address}")
+        uri = address + "demo"
         with connect(uri) as websocket:
             extension = websocket.response_headers.get_joined("Sec-WebSocket-Extensions")
             print(f"client connected to {uri}")
