@@ -145,6 +145,67 @@ def run_client_mode(args: argparse.Namespace, runpy: str, out: str) -> int:
     )
 
 
+def run_parallel(args: argparse.Namespace, modes: list, out: str) -> dict:
+    """Run each mode in a child process of this script, at the same time.
+
+    The modes share nothing (each has its own ports and output directory);
+    on a machine with two cores or more this takes the time of the slower
+    mode instead of the sum.  The children's output goes to
+    ``OUT/MODE.log`` and is printed, one mode after the other, at the end;
+    meanwhile a line per minute says how far each has got.
+    """
+    argv = ["--" + args.selection, "--out", out, "--suite", args.suite, "--venv", args.venv]
+    for p in args.cases or []:
+        argv += ["--cases", p]
+    for p in args.exclude or []:
+        argv += ["--exclude", p]
+    if args.timeout:
+        argv += ["--timeout", str(args.timeout)]
+    os.makedirs(out, exist_ok=True)
+    children = {}
+    t0 = time.monotonic()
+    for mode in modes:
+        logfile = os.path.join(out, f"{mode}.log")
+        with open(logfile, "wb") as f:
+            proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), mode] + argv,
+                                    stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        children[mode] = (proc, logfile)
+        log(f"autobahn {mode} mode ({args.selection}): started, output in {logfile}")
+    last = time.monotonic()
+    ended = {}
+    while len(ended) < len(children):
+        time.sleep(1)
+        for mode, (proc, _) in children.items():
+            if mode not in ended and proc.poll() is not None:
+                ended[mode] = time.monotonic() - t0
+        if time.monotonic() - last >= 60:
+            last = time.monotonic()
+            for mode, (proc, logfile) in children.items():
+                state = "running" if proc.poll() is None else f"done (exit {proc.returncode})"
+                log(f"  {mode}: {state}, {last_line(logfile)}")
+    results = {}
+    for mode, (proc, logfile) in children.items():
+        with open(logfile, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+        # The child's own one-mode summary is repeated below: leave it out.
+        if "==== autobahn summary ====" in lines:
+            lines = lines[:lines.index("==== autobahn summary ====")]
+        for line in lines:
+            if "cases started" not in line:
+                log(line)
+        results[mode] = (proc.returncode, ended[mode])
+    return results
+
+
+def last_line(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = [line.strip() for line in f.read().splitlines() if line.strip()]
+    except OSError:
+        return "no output yet"
+    return lines[-1] if lines else "no output yet"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", choices=["server", "client", "both"])
@@ -159,6 +220,8 @@ def main() -> int:
     parser.add_argument("--suite", default=DEFAULT_SUITE, help=f"the suite's directory (default {DEFAULT_SUITE})")
     parser.add_argument("--venv", default=DEFAULT_VENV, help=f"the suite's venv (default {DEFAULT_VENV})")
     parser.add_argument("--install", action="store_true", help="run the suite's install.sh first")
+    parser.add_argument("--parallel", action="store_true",
+                        help="with 'both': run the two modes at the same time (each in a process of its own)")
     parser.add_argument("-v", "--verbose", action="store_true", help="stream wstest's output")
     args = parser.parse_args()
 
@@ -177,12 +240,15 @@ def main() -> int:
 
     out = args.out or f"/tmp/syncws-autobahn-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     modes = ["server", "client"] if args.mode == "both" else [args.mode]
-    results = {}
-    for mode in modes:
-        log(f"==== autobahn {mode} mode ({args.selection}) ====")
-        t0 = time.monotonic()
-        run = run_server_mode if mode == "server" else run_client_mode
-        results[mode] = (run(args, runpy, os.path.join(out, mode)), time.monotonic() - t0)
+    if args.parallel and len(modes) > 1:
+        results = run_parallel(args, modes, out)
+    else:
+        results = {}
+        for mode in modes:
+            log(f"==== autobahn {mode} mode ({args.selection}) ====")
+            t0 = time.monotonic()
+            run = run_server_mode if mode == "server" else run_client_mode
+            results[mode] = (run(args, runpy, os.path.join(out, mode)), time.monotonic() - t0)
     log("==== autobahn summary ====")
     for mode, (rc, elapsed) in results.items():
         verdict = "passed" if rc == 0 else ("FAILED" if rc == 1 else f"ERROR (exit {rc})")
