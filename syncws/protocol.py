@@ -928,32 +928,44 @@ class WebSocketCommonProtocol:
             return
         self._pings_missed += 1
         self.logger.info("%s: no pong within %s seconds; closing", self._name(), self.ping_timeout)
-        self._start_closing(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
-        # The peer doesn't answer: waiting for its close frame is pointless.
+        # The peer doesn't answer: send the close frame only if that can be
+        # done at once, and don't wait for the peer's.
+        self._start_closing(CloseCode.INTERNAL_ERROR, "keepalive ping timeout", give_up_at=0.0)
         self._abort()
 
-    def _start_closing(self, code: int, reason: str) -> None:
+    def _start_closing(self, code: int, reason: str, give_up_at: Optional[float] = None) -> None:
         """Start the closing handshake without ever blocking.
 
         For the timer thread and for a server closing all its connections:
-        one stuck connection must not hold up the others. When the close
-        frame can't be written at once, the connection is dropped instead.
+        one stuck connection must not hold up the others. While a send holds
+        the write lock or the socket buffer is full, the close frame is
+        retried from the timer thread; if it still can't go out within
+        ``close_timeout``, the connection is dropped.
         """
+        if self.state is not State.OPEN:
+            return
+        if give_up_at is None:
+            give_up_at = time.monotonic() + (self.close_timeout or 0)
+        sent = False
         if self._write_lock.acquire(blocking=False):
             try:
-                if self.state is State.OPEN:
+                if self.state is not State.OPEN:
+                    return
+                sent = self._try_write_control_locked(Opcode.CLOSE, serialize_close(code, reason))
+                if sent:
                     self.close_sent = (code, reason)
                     self.state = State.CLOSING
                     self._start_close_timer()
-                    if not self._try_write_control_locked(Opcode.CLOSE, serialize_close(code, reason)):
-                        self._abort()
             finally:
                 self._write_lock.release()
+        if sent:
+            self._messages.unbound()
+        elif time.monotonic() < give_up_at:
+            timers.call_later(0.01, lambda: self._start_closing(code, reason, give_up_at))
         else:
             if self.close_sent is None:
                 self.close_sent = (code, reason)
             self._abort()
-        self._messages.unbound()
 
     # -- the reader thread -------------------------------------------------------
 

@@ -100,6 +100,10 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
         self.origin: Optional[str] = None
         #: The request headers as ``(name, value)`` pairs, as received.
         self.raw_request_headers: List[Tuple[str, str]] = []
+        # Set under _write_lock: the 101 went out / the server cancelled
+        # the handshake while closing.
+        self._handshake_answered = False
+        self._handshake_cancelled = False
 
     def process_request(self, path: str, request_headers: Headers) -> Optional[Tuple[int, HeadersLike, bytes]]:
         """Intercept a request before the WebSocket handshake.
@@ -219,8 +223,29 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
         if self.server_header is not None and "Server" not in response_headers:
             response_headers["Server"] = self.server_header
         self.response_headers = response_headers
-        self._sock.sendall(serialize_response(101, response_headers))
+        # Ordered against _cancel_handshake(): a server that is closing
+        # either cancels the handshake before the 101 goes out, or lets it
+        # through and then closes the open connection with its close code.
+        with self._write_lock:
+            if self._handshake_cancelled:
+                raise AbortHandshake(
+                    http.HTTPStatus.SERVICE_UNAVAILABLE, [],
+                    b"Failed to open a WebSocket connection: the server is shutting down.\n",
+                )
+            self._sock.sendall(serialize_response(101, response_headers))
+            self._handshake_answered = True
         return request.path
+
+    def _cancel_handshake(self) -> None:
+        """Drop a connection whose opening handshake isn't answered yet.
+
+        Called by :meth:`WebSocketServer.close`; never blocks for long (the
+        lock is held only while a 101 response is written).
+        """
+        with self._write_lock:
+            if not self._handshake_answered:
+                self._handshake_cancelled = True
+                self._abort()
 
     def _negotiate_extensions(self, request_headers: Headers, response_headers: Headers) -> None:
         """Accept permessage-deflate when the client offers it acceptably."""
@@ -351,6 +376,10 @@ class WebSocketServer:
     ) -> None:
         #: The listening sockets.
         self.sockets = sockets
+        self._port: Optional[int] = next(
+            (int(sock.getsockname()[1]) for sock in sockets if sock.family in (socket.AF_INET, socket.AF_INET6)),
+            None,
+        )
         self._make_protocol = make_protocol
         self._handler = handler
         self._handler_takes_path = _takes_path(handler)
@@ -379,11 +408,9 @@ class WebSocketServer:
 
     @property
     def port(self) -> Optional[int]:
-        """The port of the first TCP listening socket (useful with ``port=0``)."""
-        for sock in self.sockets:
-            if sock.family in (socket.AF_INET, socket.AF_INET6):
-                return int(sock.getsockname()[1])
-        return None
+        """The port of the first TCP listening socket (useful with ``port=0``);
+        ``None`` on a Unix socket. Still known after :meth:`close`."""
+        return self._port
 
     @property
     def connections(self) -> Set[WebSocketServerProtocol]:
@@ -516,7 +543,7 @@ class WebSocketServer:
             sock.close()
         for connection in pending:
             # Still in the opening handshake: nothing to close politely.
-            connection._abort()
+            connection._cancel_handshake()
         for connection in connections:
             connection._start_closing(code, reason)
         self._closed.set()
