@@ -50,6 +50,9 @@ class MessageQueue:
         #: True while the reader thread waits in put(): the peer is alive and
         #: sending faster than the application consumes.
         self.put_waiting = False
+        # How many consumers wait in get(). Condition.notify() costs an
+        # allocation even with nobody to wake; this count skips it.
+        self._getters = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -66,7 +69,8 @@ class MessageQueue:
                     self._not_full.wait()
                 self.put_waiting = False
             self._items.append(item)
-            self._not_empty.notify()
+            if self._getters:
+                self._not_empty.notify()
 
     def get(self, timeout: Optional[float] = None) -> Any:
         """Take the oldest message. Safe to call from any thread.
@@ -81,23 +85,30 @@ class MessageQueue:
         """
         with self._mutex:
             if not self._items:
-                if timeout is None:
-                    while not self._items and not self._closed:
-                        self._not_empty.wait()
-                else:
-                    deadline = time.monotonic() + timeout
-                    while not self._items and not self._closed:
-                        remaining = deadline - time.monotonic()
-                        if remaining <= 0:
-                            raise TimeoutError(
-                                f"no message received within {timeout} seconds"
-                            )
-                        self._not_empty.wait(remaining)
+                self._getters += 1
+                try:
+                    self._wait_for_item(timeout)
+                finally:
+                    self._getters -= 1
                 if not self._items:
                     raise QueueClosed
             item = self._items.popleft()
-            self._not_full.notify()
+            if self.put_waiting:
+                self._not_full.notify()
             return item
+
+    def _wait_for_item(self, timeout: Optional[float]) -> None:
+        """Wait until an item arrives or the queue closes; holds ``_mutex``."""
+        if timeout is None:
+            while not self._items and not self._closed:
+                self._not_empty.wait()
+            return
+        deadline = time.monotonic() + timeout
+        while not self._items and not self._closed:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no message received within {timeout} seconds")
+            self._not_empty.wait(remaining)
 
     def unbound(self) -> None:
         """Let :meth:`put` append without waiting from now on."""
