@@ -6,25 +6,35 @@ threads may consume. When ``maxsize`` messages are waiting, :meth:`put`
 blocks, so the reader thread stops reading the socket and TCP flow control
 pushes back on the peer: memory stays bounded by about ``maxsize`` messages.
 
-Two events lift that bound. While the connection closes, the reader must keep
+The hand-off is a :class:`queue.SimpleQueue`, whose ``put`` and ``get`` are
+implemented in C: a thread wake-up is the dominant cost of a round trip, and
+this is the cheapest one CPython offers. The bound is kept beside it: the
+reader checks the size before each put and, only when the queue is full,
+waits on an event that consumers set once they have taken a message.
+
+Two events lift the bound. While the connection closes, the reader must keep
 reading to see the peer's close frame, so :meth:`unbound` lets it append
 without waiting (for at most the closing timeout). When the reader thread
-ends, :meth:`close` marks the end: consumers get every message that was
-queued, then :exc:`QueueClosed`.
+ends, :meth:`close` appends an end marker: consumers get every message that
+was queued before it, then :exc:`QueueClosed`.
 """
 
 from __future__ import annotations
 
-import collections
+import queue
 import threading
-import time
-from typing import Any, Deque, Optional
+from typing import Any, Optional
 
 __all__ = ["MessageQueue", "QueueClosed"]
 
 
 class QueueClosed(Exception):
     """Raised by :meth:`MessageQueue.get` once the queue is empty and closed."""
+
+
+# The end marker. A consumer that takes it puts it back for the next one, so
+# it stays last in the queue for good.
+_CLOSED = object()
 
 
 class MessageQueue:
@@ -36,90 +46,82 @@ class MessageQueue:
     """
 
     def __init__(self, maxsize: Optional[int]) -> None:
-        self._items: Deque[Any] = collections.deque()
+        self._items: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         self._maxsize = maxsize or 0
-        # One mutex guards _items, _closed and _bounded; the two conditions
-        # share it. _not_empty wakes consumers, _not_full wakes the reader.
-        self._mutex = threading.Lock()
-        self._not_empty = threading.Condition(self._mutex)
-        self._not_full = threading.Condition(self._mutex)
-        # Set once by the reader thread when it ends: no more puts.
-        self._closed = False
-        # Cleared once when the connection starts closing.
+        # Cleared once when the connection starts closing or the queue closes.
         self._bounded = self._maxsize > 0
+        # Set by close(); read without a lock (a bool flips once).
+        self._closed = False
+        # Set by consumers (and unbound/close) to wake a reader waiting for
+        # room. The reader clears it before it checks the size again, so a
+        # wake-up can't be lost between the check and the wait.
+        self._room = threading.Event()
         #: True while the reader thread waits in put(): the peer is alive and
         #: sending faster than the application consumes.
         self.put_waiting = False
-        # How many consumers wait in get(). Condition.notify() costs an
-        # allocation even with nobody to wake; this count skips it.
-        self._getters = 0
 
     def __len__(self) -> int:
-        return len(self._items)
+        size = self._items.qsize()
+        return size - 1 if self._closed and size else size
 
     def put(self, item: Any) -> None:
         """Append a message, waiting while the queue is full.
 
         Called by the reader thread only.
         """
-        with self._mutex:
-            if self._bounded and len(self._items) >= self._maxsize:
-                self.put_waiting = True
-                while self._bounded and len(self._items) >= self._maxsize:
-                    self._not_full.wait()
+        if self._bounded and self._items.qsize() >= self._maxsize:
+            self.put_waiting = True
+            try:
+                while self._bounded and self._items.qsize() >= self._maxsize:
+                    self._room.clear()
+                    # Checked again after the clear: a consumer that took a
+                    # message in between has set the event, or will.
+                    if self._bounded and self._items.qsize() >= self._maxsize:
+                        self._room.wait()
+            finally:
                 self.put_waiting = False
-            self._items.append(item)
-            if self._getters:
-                self._not_empty.notify()
+        self._items.put(item)
 
     def get(self, timeout: Optional[float] = None) -> Any:
         """Take the oldest message. Safe to call from any thread.
 
         Args:
             timeout: seconds to wait; ``None`` waits as long as it takes and
-                0 only takes a message that is already there.
+                0 (or less) only takes a message that is already there.
 
         Raises:
             TimeoutError: no message within ``timeout``.
             QueueClosed: the queue is empty and will stay so.
         """
-        with self._mutex:
-            if not self._items:
-                self._getters += 1
-                try:
-                    self._wait_for_item(timeout)
-                finally:
-                    self._getters -= 1
-                if not self._items:
-                    raise QueueClosed
-            item = self._items.popleft()
-            if self.put_waiting:
-                self._not_full.notify()
-            return item
-
-    def _wait_for_item(self, timeout: Optional[float]) -> None:
-        """Wait until an item arrives or the queue closes; holds ``_mutex``."""
-        if timeout is None:
-            while not self._items and not self._closed:
-                self._not_empty.wait()
-            return
-        deadline = time.monotonic() + timeout
-        while not self._items and not self._closed:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"no message received within {timeout} seconds")
-            self._not_empty.wait(remaining)
+        try:
+            if timeout is None:
+                item = self._items.get()
+            elif timeout <= 0:
+                item = self._items.get(block=False)
+            else:
+                item = self._items.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no message received within {timeout} seconds") from None
+        if item is _CLOSED:
+            self._items.put(_CLOSED)
+            raise QueueClosed
+        if self.put_waiting:
+            self._room.set()
+        return item
 
     def unbound(self) -> None:
         """Let :meth:`put` append without waiting from now on."""
-        with self._mutex:
-            self._bounded = False
-            self._not_full.notify_all()
+        self._bounded = False
+        self._room.set()
 
     def close(self) -> None:
-        """Mark the end of the messages and wake every waiting consumer."""
-        with self._mutex:
-            self._closed = True
-            self._bounded = False
-            self._not_empty.notify_all()
-            self._not_full.notify_all()
+        """Mark the end of the messages and wake every waiting consumer.
+
+        Called by the reader thread, once, after its last :meth:`put`.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._bounded = False
+        self._items.put(_CLOSED)
+        self._room.set()
