@@ -976,11 +976,20 @@ def node() -> str:
     if exe is None:
         pytest.skip("Node.js (node) is not on PATH: the Node ws interop tests can't run on this machine")
     if not (NODE_DIR / "node_modules" / "ws" / "package.json").is_file():
-        pytest.fail(
-            f"node is on PATH but the ws package isn't installed in {NODE_DIR}: "
-            f"run `{NPM_CI}` from the repository root",
-            pytrace=False,
+        # The pinned ws is a test dependency, like pip's test extra: install
+        # it from the lock file so that `python -m pytest` alone is enough.
+        npm = shutil.which("npm")
+        result = None if npm is None else subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--prefix", str(NODE_DIR)],
+            capture_output=True, text=True, timeout=300,
         )
+        if result is None or result.returncode != 0:
+            output = "npm not found" if result is None else result.stderr[-2000:]
+            pytest.fail(
+                f"node is on PATH but the ws package isn't installed in {NODE_DIR} "
+                f"and `{NPM_CI}` failed: {output}",
+                pytrace=False,
+            )
     return exe
 
 
