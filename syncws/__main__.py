@@ -43,7 +43,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import ConnectionClosed, InvalidHandshake, InvalidURI, connect, serve
 # "1001 (going away) reason", as exception messages say it.
-from .exceptions import _describe_close as describe_close
+from .framing import describe_close
 from .protocol import OK_CLOSE_CODES, WebSocketCommonProtocol
 from .version import __version__
 

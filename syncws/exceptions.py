@@ -178,19 +178,6 @@ class InvalidState(WebSocketException):
     """An operation is not allowed in the connection's current state."""
 
 
-def _describe_close(code: Optional[int], reason: str) -> str:
-    """Render a close code and reason for an error message."""
-    # Imported here because framing imports this module.
-    from .framing import describe_close_code
-
-    if code is None:
-        return "no close frame received or sent"
-    text = f"{code} ({describe_close_code(code)})"
-    if reason:
-        text = f"{text} {reason}"
-    return text
-
-
 class ConnectionClosed(InvalidState):
     """The connection is closed; raised by operations on it.
 
@@ -206,7 +193,10 @@ class ConnectionClosed(InvalidState):
     def __init__(self, code: int, reason: str = "") -> None:
         self.code = code
         self.reason = reason
-        super().__init__(f"connection closed: {_describe_close(code, reason)}")
+        # Imported here because framing imports this module.
+        from .framing import describe_close
+
+        super().__init__(f"connection closed: {describe_close(code, reason)}")
 
 
 class ConnectionClosedOK(ConnectionClosed):

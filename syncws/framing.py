@@ -34,6 +34,7 @@ __all__ = [
     "serialize_close",
     "is_valid_close_code",
     "describe_close_code",
+    "describe_close",
     "apply_mask",
 ]
 
@@ -119,6 +120,12 @@ def describe_close_code(code: int) -> str:
         if 4000 <= code < 5000:
             return "private use"
         return "unknown"
+
+
+def describe_close(code: int, reason: str = "") -> str:
+    """Render a close code and reason for logs and errors: ``1001 (going away) bye``."""
+    text = f"{code} ({describe_close_code(code)})"
+    return f"{text} {reason}" if reason else text
 
 
 def is_valid_close_code(code: int) -> bool:
