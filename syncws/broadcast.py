@@ -36,7 +36,8 @@ def broadcast(
     Args:
         connections: the connections, e.g. ``server.connections``.
         message: ``str`` or bytes-like.
-        timeout: seconds a slow connection may take; ``None`` waits forever.
+        timeout: seconds a slow connection may take; ``None`` uses each
+            connection's ``write_timeout``.
 
     Returns:
         The connections that failed, mapped to their exception (empty when

@@ -462,8 +462,7 @@ class WebSocketCommonProtocol:
                 connection is aborted.
         """
         opcode, payload, fragments = _prepare_message(message)
-        wait = timeout if timeout is not None else self.write_timeout
-        deadline = None if wait is None else time.monotonic() + wait
+        deadline = self._write_deadline(timeout)
         with self._message_lock:
             self._send_locked(opcode, payload, fragments, deadline, compress)
 
@@ -510,8 +509,7 @@ class WebSocketCommonProtocol:
             # well under 64 bytes.
             if self.state is State.OPEN and len(payload) + 64 > self._send_room():
                 return False
-            deadline = None if timeout is None else time.monotonic() + timeout
-            self._send_locked(opcode, payload, None, deadline)
+            self._send_locked(opcode, payload, None, self._write_deadline(timeout))
             return True
         finally:
             self._message_lock.release()
@@ -600,6 +598,8 @@ class WebSocketCommonProtocol:
             ValueError: a ping with the same payload is still waiting for
                 its pong, or the payload is too long.
             ConnectionClosed: the connection is closed.
+            TimeoutError: the peer didn't read the ping within
+                ``write_timeout``; the connection is aborted.
         """
         if isinstance(data, str):
             data = data.encode()
@@ -620,7 +620,7 @@ class WebSocketCommonProtocol:
                 raise ValueError(f"a ping payload is at most 125 bytes, got {len(data)}")
             self._pings[data] = (event, time.monotonic())
         try:
-            self._write_frame(Opcode.PING, data)
+            self._write_frame(Opcode.PING, data, deadline=self._write_deadline())
         except BaseException:
             with self._pings_lock:
                 self._pings.pop(data, None)
@@ -637,12 +637,14 @@ class WebSocketCommonProtocol:
         Raises:
             ValueError: the payload is too long.
             ConnectionClosed: the connection is closed.
+            TimeoutError: the peer didn't read the pong within
+                ``write_timeout``; the connection is aborted.
         """
         if isinstance(data, str):
             data = data.encode()
         if len(data) > 125:
             raise ValueError(f"a pong payload is at most 125 bytes, got {len(data)}")
-        self._write_frame(Opcode.PONG, bytes(data))
+        self._write_frame(Opcode.PONG, bytes(data), deadline=self._write_deadline())
 
     # -- closing -------------------------------------------------------------
 
@@ -779,6 +781,11 @@ class WebSocketCommonProtocol:
         else:
             self._send_all(header, deadline)
             self._send_all(payload, deadline)
+
+    def _write_deadline(self, timeout: Optional[float] = None) -> Optional[float]:
+        """When a write started now must end: ``timeout`` or ``write_timeout``."""
+        wait = timeout if timeout is not None else self.write_timeout
+        return None if wait is None else time.monotonic() + wait
 
     def _next_mask_key(self) -> bytes:
         """A fresh masking key; the caller holds ``_write_lock``.
@@ -1093,9 +1100,14 @@ class WebSocketCommonProtocol:
 
             elif opcode is Opcode.PING:
                 # Answer unless we are closing: no frame may follow a close.
+                # A peer that pings but never reads would block the pong
+                # forever, and this thread with it: the write deadline ends
+                # that (TimeoutError is an OSError: the connection is lost).
                 with self._write_lock:
                     if self.state is State.OPEN:
-                        self._write_frame_locked(Opcode.PONG, frame.data)
+                        self._write_frame_locked(
+                            Opcode.PONG, frame.data, deadline=self._write_deadline()
+                        )
 
             elif opcode is Opcode.PONG:
                 self._acknowledge_pings(bytes(frame.data))

@@ -803,3 +803,31 @@ def test_asyncio_peer(aio_serve):
     ws.close(4001, "bye")
     assert results.get(timeout=5) == (4001, "bye")
     assert ws.close_code == 4001
+
+
+@pytest.mark.timeout(30)
+def test_peer_that_pings_but_never_reads_cannot_pin_the_reader(raw_serve):
+    """Pongs to a peer that never reads fill the buffers; write_timeout ends it."""
+    stop = threading.Event()
+
+    def handler(conn):
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        pings = frame(0x9, b"p" * 125) * 1000
+        conn.sock.settimeout(1)
+        while not stop.is_set():
+            try:
+                conn.sock.sendall(pings)
+            except socket.timeout:
+                continue  # our buffers are full too: hold the connection open
+            except OSError:  # the client gave up on us: done
+                return
+
+    ws = syncws.connect(raw_serve(handler), ping_interval=None, write_timeout=1, close_timeout=1)
+    try:
+        with pytest.raises(ConnectionClosedError) as info:
+            ws.recv(timeout=20)
+        assert info.value.code == 1006
+        ws.wait_closed(5)
+        assert ws.state_name == "CLOSED"
+    finally:
+        stop.set()
