@@ -531,13 +531,12 @@ class WebSocketCommonProtocol:
     ) -> None:
         """Send a whole message in one frame, compressed when negotiated."""
         deflate = self._deflate
-        if deflate is not None and compress is not False and (
+        compressed = deflate is not None and compress is not False and (
             compress or len(payload) >= deflate.threshold
-        ):
+        )
+        if compressed:
             payload = deflate.compress(payload, True)
-            self._write_frame(opcode, payload, deadline=deadline, rsv1=True)
-        else:
-            self._write_frame(opcode, payload, deadline=deadline)
+        self._write_frame(opcode, payload, deadline=deadline, rsv1=compressed)
 
     def _send_fragments(
         self, fragments: Iterator[Any], deadline: Optional[float], compress: Optional[bool]
@@ -603,6 +602,25 @@ class WebSocketCommonProtocol:
         """
         if isinstance(data, str):
             data = data.encode()
+        elif data is not None:
+            data = bytes(data)
+        if data is not None and len(data) > 125:
+            raise ValueError(f"a ping payload is at most 125 bytes, got {len(data)}")
+        data, event = self._register_ping(data)
+        try:
+            self._write_frame(Opcode.PING, data, deadline=self._write_deadline())
+        except BaseException:
+            self._forget_ping(data)
+            raise
+        self._pings_sent += 1
+        return event
+
+    def _register_ping(self, data: Optional[bytes]) -> Tuple[bytes, threading.Event]:
+        """Record a ping about to be sent, with 4 random bytes if ``data`` is None.
+
+        Returns the payload and the event its pong will set. Raises
+        ValueError if a ping with this payload is already pending.
+        """
         event = threading.Event()
         with self._pings_lock:
             if data is None:
@@ -614,19 +632,13 @@ class WebSocketCommonProtocol:
                     f"a ping with payload {data!r} is already waiting for its pong; "
                     f"wait for it or use another payload"
                 )
-            else:
-                data = bytes(data)
-            if len(data) > 125:
-                raise ValueError(f"a ping payload is at most 125 bytes, got {len(data)}")
             self._pings[data] = (event, time.monotonic())
-        try:
-            self._write_frame(Opcode.PING, data, deadline=self._write_deadline())
-        except BaseException:
-            with self._pings_lock:
-                self._pings.pop(data, None)
-            raise
-        self._pings_sent += 1
-        return event
+        return data, event
+
+    def _forget_ping(self, data: bytes) -> None:
+        """Drop a ping that couldn't be sent."""
+        with self._pings_lock:
+            self._pings.pop(data, None)
 
     def pong(self, data: Union[str, bytes] = b"") -> None:
         """Send an unsolicited pong (a one-way heartbeat).
@@ -720,8 +732,7 @@ class WebSocketCommonProtocol:
         thread = self._reader_thread
         if thread is None or thread is threading.current_thread():
             return
-        grace = self.close_timeout if self.close_timeout is not None else None
-        thread.join(None if grace is None else grace + 1)
+        thread.join(None if self.close_timeout is None else self.close_timeout + 1)
         if thread.is_alive():
             self._abort()
             thread.join()
@@ -932,13 +943,9 @@ class WebSocketCommonProtocol:
         try:
             if self.state is not State.OPEN:
                 return
-            data = os.urandom(4)
-            event = threading.Event()
-            with self._pings_lock:
-                self._pings[data] = (event, time.monotonic())
+            data, event = self._register_ping(None)
             if not self._try_write_control_locked(Opcode.PING, data):
-                with self._pings_lock:
-                    self._pings.pop(data, None)
+                self._forget_ping(data)
                 return
             self._pings_sent += 1
         finally:
@@ -1157,8 +1164,9 @@ class WebSocketCommonProtocol:
         self.logger.info("%s: failing with %d (%s): %s", self._name(), code, describe_close_code(code), reason)
         with self._write_lock:
             if self.state is State.OPEN:
+                reason = _truncate_reason(reason)
                 try:
-                    self._send_close_locked(code, _truncate_reason(reason), serialize_close(code, _truncate_reason(reason)))
+                    self._send_close_locked(code, reason, serialize_close(code, reason))
                 except (OSError, TimeoutError):
                     return
             self.state = State.CLOSING
