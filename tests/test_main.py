@@ -425,4 +425,4 @@ def test_client_reports_a_lost_connection(raw_serve: Any, cli: Any) -> None:
     uri = raw_serve(lambda conn: conn.close())  # handshake, then TCP closes: no close frame
     client = cli(uri)
     assert client.wait() == 1
-    assert client.stderr.rest().strip() == "connection lost: 1006 (abnormal closure)"
+    assert client.stderr.rest().strip() == "connection lost: 1006 (abnormal closure) TCP closed without a close frame"
