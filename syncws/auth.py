@@ -65,7 +65,7 @@ def basic_auth(
         raise TypeError("pass either credentials or check_credentials")
     if credentials is not None:
         pairs = [credentials] if isinstance(credentials, tuple) and len(credentials) == 2 and isinstance(credentials[0], str) else list(credentials)
-        known = {username: password for username, password in pairs}  # type: ignore[misc]
+        known = {username: password for username, password in pairs}
 
         def check_credentials(username: str, password: str) -> bool:
             expected = known.get(username)
