@@ -30,12 +30,12 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Any, Iterator, List, Optional
+from typing import Any, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
-from .core import Data, Fragment
+from .core import BytesLike, Data, Fragment
 from .exceptions import ConcurrencyError
 
-__all__ = ["MessageQueue", "QueueClosed", "Assembler"]
+__all__ = ["MessageQueue", "QueueClosed", "Assembler", "Outgoing", "prepare_message"]
 
 
 class QueueClosed(Exception):
@@ -248,4 +248,95 @@ def _convert(data: Data, decode: Optional[bool]) -> Data:
         return data.decode()
     if not decode and type(data) is str:
         return data.encode()
+    return data
+
+
+class Outgoing(NamedTuple):
+    """What ``send()`` was given, ready for the core.
+
+    Attributes:
+        payload: the bytes of a message sent in one frame; ``None`` when
+            ``fragments`` is set.
+        text: whether it is a text message.
+        fragments: for an iterable, its frames as ``(payload, fin)``.
+    """
+
+    payload: Optional[BytesLike]
+    text: bool
+    fragments: Optional[Iterator[Tuple[BytesLike, bool]]]
+
+
+def prepare_message(message: Any, text: Optional[bool]) -> Outgoing:
+    """Classify and encode what ``send()`` was given.
+
+    Args:
+        message: ``str``, a bytes-like object, or an iterable of either.
+        text: ``send()``'s ``text`` argument: ``None`` follows the type.
+
+    Returns:
+        The message, ready to send. For an iterable, its first item is
+        checked here, before anything is sent, so that a wrong type leaves
+        the connection usable.
+
+    Raises:
+        TypeError: an unsupported type (or a dict, whose keys are never what
+            was meant).
+    """
+    if isinstance(message, str):
+        return Outgoing(message.encode(), text is not False, None)
+    if isinstance(message, (bytes, bytearray, memoryview)):
+        return Outgoing(_as_bytes(message), text is True, None)
+    if isinstance(message, dict):
+        raise TypeError("send() got a dict; send json.dumps(data) instead")
+    if not isinstance(message, Iterable):
+        raise TypeError(
+            f"send() takes str, a bytes-like object or an iterable of them, "
+            f"not {type(message).__name__}"
+        )
+    items = iter(message)
+    first = next(items, _END)
+    if first is _END:
+        return Outgoing(None, False, iter(()))  # an empty iterable is no message
+    first_is_str = isinstance(first, str)
+    _fragment_payload(first, first_is_str, first)
+    return Outgoing(None, first_is_str if text is None else text, _fragments(first, items, first_is_str))
+
+
+# Marks the end of an iterable passed to send(); None could be an item.
+_END = object()
+
+
+def _fragments(first: Any, rest: Iterator[Any], text: bool) -> Iterator[Tuple[BytesLike, bool]]:
+    """Yield ``(payload, fin)`` per item, reading one ahead to know the last."""
+    item = first
+    while True:
+        payload = _fragment_payload(item, text, first)
+        following = next(rest, _END)
+        yield payload, following is _END
+        if following is _END:
+            return
+        item = following
+
+
+def _fragment_payload(fragment: Any, text: bool, first: Any) -> BytesLike:
+    """The bytes of one item of a fragmented message, checking its type."""
+    if text and isinstance(fragment, str):
+        return fragment.encode()
+    if not text and isinstance(fragment, (bytes, bytearray, memoryview)):
+        return _as_bytes(fragment)
+    if fragment is first:
+        raise TypeError(
+            f"send() takes an iterable of str or of bytes-likes, "
+            f"not of {type(fragment).__name__}"
+        )
+    raise TypeError(
+        f"a fragmented message mixes types: started with "
+        f"{type(first).__name__}, then got {type(fragment).__name__}"
+    )
+
+
+def _as_bytes(data: BytesLike) -> BytesLike:
+    """Give a bytes-like object whose ``len()`` counts bytes."""
+    if isinstance(data, memoryview) and (data.itemsize != 1 or not data.c_contiguous):
+        return data.tobytes()
     return data

@@ -50,8 +50,9 @@ from .core import (
 )
 from .exceptions import ConcurrencyError, ConnectionClosed, ConnectionClosedOK, InvalidState
 from .framing import serialize_close
-from .messages import Assembler, MessageQueue, QueueClosed
+from .messages import Assembler, MessageQueue, QueueClosed, prepare_message
 from .transport import Transport
+from .keepalive import Keepalive
 from .writer import Writer
 
 __all__ = ["State", "Stats", "WebSocketCommonProtocol", "Data"]
@@ -230,9 +231,9 @@ class WebSocketCommonProtocol:
         # Set by the reader thread when it has closed everything.
         self._closed = threading.Event()
         self._close_timer: Optional[timers.Timer] = None
-        self._keepalive_timer: Optional[timers.Timer] = None
+        self._keepalive: Optional[Keepalive] = None
+        # Pings sent by ping(); keepalive counts its own.
         self._pings_sent = 0
-        self._pings_missed = 0
         self._opened_at = 0.0
         self._debug = False
 
@@ -291,14 +292,15 @@ class WebSocketCommonProtocol:
     def stats(self) -> Stats:
         """A :class:`Stats` snapshot of the connection's counters."""
         core = self._core
+        keepalive = self._keepalive
         return Stats(
             messages_in=core.messages_received,
             messages_out=core.messages_sent,
             bytes_in=core.bytes_received,
             bytes_out=core.bytes_sent,
             queued=len(self._messages),
-            pings_sent=self._pings_sent,
-            pings_missed=self._pings_missed,
+            pings_sent=self._pings_sent + (keepalive.pings_sent if keepalive else 0),
+            pings_missed=keepalive.pings_missed if keepalive else 0,
         )
 
     def __str__(self) -> str:
@@ -345,7 +347,12 @@ class WebSocketCommonProtocol:
         )
         self._reader_thread.start()
         if self.ping_interval is not None:
-            self._keepalive_timer = timers.call_later(self.ping_interval, self._keepalive)
+            assert self._writer is not None
+            self._keepalive = Keepalive(
+                self._writer, interval=self.ping_interval, timeout=self.ping_timeout,
+                reader_paused=lambda: self._messages.put_waiting, on_timeout=self._keepalive_timed_out,
+            )
+            self._keepalive.start()
 
     def abort(self, cause: str = "aborted") -> None:
         """Drop the connection at once, without a closing handshake.
@@ -364,6 +371,9 @@ class WebSocketCommonProtocol:
             self.transport.abort()
             if unopened:
                 self.transport.close()
+        # A reader thread waiting for room in the queue must get to see the
+        # end of the stream.
+        self._messages.unbound()
         if unopened:
             self._messages.close()
             self._closed.set()
@@ -476,43 +486,23 @@ class WebSocketCommonProtocol:
                 connection is aborted.
         """
         deadline = self._write_deadline(timeout)
-        if isinstance(message, str):
-            payload: BytesLike = message.encode()
-            is_text = text is not False
-        elif isinstance(message, (bytes, bytearray, memoryview)):
-            payload = _as_bytes(message)
-            is_text = text is True
-        elif isinstance(message, dict):
-            # A dict is iterable, but sending its keys is never what was meant.
-            raise TypeError("send() got a dict; send json.dumps(data) instead")
-        elif isinstance(message, Iterable):
-            self._send_fragments(iter(message), deadline, text, compress)
-            return
+        outgoing = prepare_message(message, text)
+        if outgoing.fragments is None:
+            assert outgoing.payload is not None
+            with self._message_lock:
+                self._send_frame(outgoing.payload, outgoing.text, True, compress, deadline)
         else:
-            raise TypeError(
-                f"send() takes str, a bytes-like object or an iterable of them, "
-                f"not {type(message).__name__}"
-            )
-        with self._message_lock:
-            self._send_frame(payload, is_text, True, compress, deadline)
+            self._send_fragments(outgoing.fragments, outgoing.text, deadline, compress)
 
     def _send_fragments(
-        self, fragments: Iterator[Any], deadline: Optional[float], text: Optional[bool], compress: Optional[bool]
+        self, fragments: Iterator[Tuple[BytesLike, bool]], text: bool, deadline: Optional[float],
+        compress: Optional[bool],
     ) -> None:
-        """Send one message made of the iterable's items, one frame each.
+        """Send one fragmented message: a frame per ``(payload, fin)``.
 
-        One item is read ahead so the last one goes out with FIN set. The
-        first item is checked before anything is sent: a wrong type there
-        leaves the connection usable. After that, half a message is on the
-        wire and RFC 6455 has no way to cancel it, so an error fails the
-        connection with 1011.
+        Once a frame is out, RFC 6455 has no way to cancel the message, so an
+        error from the iterable fails the connection with 1011.
         """
-        first = next(fragments, _END)
-        if first is _END:
-            return  # nothing to send: an empty iterable is no message
-        first_is_str = isinstance(first, str)
-        _fragment_payload(first, first_is_str, first)  # raises TypeError before any effect
-        is_text = first_is_str if text is None else text
         if not self._message_lock.acquire(blocking=False):
             if self._fragmented_send:
                 raise ConcurrencyError(
@@ -522,14 +512,8 @@ class WebSocketCommonProtocol:
             self._message_lock.acquire()
         self._fragmented_send = True
         try:
-            fragment = first
-            while True:
-                payload = _fragment_payload(fragment, first_is_str, first)
-                following = next(fragments, _END)
-                self._send_frame(payload, is_text, following is _END, compress, deadline)
-                if following is _END:
-                    return
-                fragment = following
+            for payload, fin in fragments:
+                self._send_frame(payload, text, fin, compress, deadline)
         except (OSError, ConnectionClosed, InvalidState):
             raise
         except Exception:
@@ -593,8 +577,9 @@ class WebSocketCommonProtocol:
             transport = self.transport
             if transport is None or size + 64 > transport.room():
                 return False
-            payload = message.encode() if isinstance(message, str) else _as_bytes(message)
-            self._send_frame(payload, isinstance(message, str), True, None, self._write_deadline(timeout))
+            outgoing = prepare_message(message, None)
+            assert outgoing.payload is not None
+            self._send_frame(outgoing.payload, outgoing.text, True, None, self._write_deadline(timeout))
             return True
         finally:
             self._message_lock.release()
@@ -792,29 +777,8 @@ class WebSocketCommonProtocol:
                 self.close_timeout, lambda: self.abort("the closing handshake timed out")
             )
 
-    # -- keepalive -------------------------------------------------------------
-
-    def _keepalive(self) -> None:
-        """Timer callback: send a keepalive ping and schedule the next one."""
-        if self._core.state is not State.OPEN:
-            return
-        assert self.ping_interval is not None
-        self._keepalive_timer = timers.call_later(self.ping_interval, self._keepalive)
-        if self._messages.put_waiting:
-            return  # the peer is sending faster than we consume: it is alive
-        event = threading.Event()
-        assert self._writer is not None
-        if not self._writer.try_now(lambda core: core.send_ping(None, (event, time.monotonic()))):
-            return  # a send is under way: its own deadline watches the peer
-        self._pings_sent += 1
-        if self.ping_timeout is not None:
-            timers.call_later(self.ping_timeout, lambda: self._keepalive_check(event))
-
-    def _keepalive_check(self, event: threading.Event) -> None:
-        """Timer callback: drop the connection if the keepalive pong didn't come."""
-        if event.is_set() or self._core.state is not State.OPEN or self._messages.put_waiting:
-            return
-        self._pings_missed += 1
+    def _keepalive_timed_out(self) -> None:
+        """Keepalive callback (timer thread): the peer stopped answering pings."""
         reason = "keepalive ping timeout"
         self.logger.info("%s: no pong within %s seconds; closing", self, self.ping_timeout)
         # The peer doesn't answer: send the close frame only if that can be
@@ -910,9 +874,10 @@ class WebSocketCommonProtocol:
             with self._core_lock:
                 self._core.receive_eof(cause)
             transport.close()
-        for timer in (self._close_timer, self._keepalive_timer):
-            if timer is not None:
-                timer.cancel()
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        if self._keepalive is not None:
+            self._keepalive.stop()
         self._messages.close()
         self._closed.set()
         self.logger.info(
@@ -924,10 +889,6 @@ class WebSocketCommonProtocol:
         )
 
 
-# Marks the end of an iterable passed to send(); None could be an item.
-_END = object()
-
-
 def _describe(message: Union[Data, Fragment]) -> str:
     """One line for DEBUG logs, payload truncated."""
     flags = ""
@@ -937,27 +898,3 @@ def _describe(message: Union[Data, Fragment]) -> str:
     kind = "TEXT" if isinstance(message, str) else "BINARY"
     more = "..." if len(message) > 24 else ""
     return f"{kind} {message[:24]!r}{more} [{len(message)}]{flags}"
-
-
-def _fragment_payload(fragment: Any, text: bool, first: Any) -> BytesLike:
-    """The bytes of one item of a fragmented message, checking its type."""
-    if text and isinstance(fragment, str):
-        return fragment.encode()
-    if not text and isinstance(fragment, (bytes, bytearray, memoryview)):
-        return _as_bytes(fragment)
-    if fragment is first:
-        raise TypeError(
-            f"send() takes an iterable of str or of bytes-likes, "
-            f"not of {type(fragment).__name__}"
-        )
-    raise TypeError(
-        f"a fragmented message mixes types: started with "
-        f"{type(first).__name__}, then got {type(fragment).__name__}"
-    )
-
-
-def _as_bytes(data: BytesLike) -> BytesLike:
-    """Give a bytes-like object whose ``len()`` counts bytes."""
-    if isinstance(data, memoryview) and (data.itemsize != 1 or not data.c_contiguous):
-        return data.tobytes()
-    return data

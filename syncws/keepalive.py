@@ -1,0 +1,88 @@
+"""Keepalive: ping the peer now and then, and drop it when it stops answering.
+
+Theory of operation: every ``interval`` seconds the shared timer thread
+(:mod:`syncws.timers`) sends a ping, but only if that can't block (the write
+lock free, the socket writable: a send in progress has its own deadline
+watching the peer). ``timeout`` seconds later it checks that the pong came;
+if not, the peer is dead and ``on_timeout()`` drops the connection.
+
+One case needs the kernel's help: while the reader thread waits for room in
+a full queue, it doesn't read, so a pong can't be seen. A live peer's TCP
+stack still acknowledges our ping at once, even while its application
+doesn't read; so a ping that is still unacknowledged after ``timeout``
+means the peer is gone (:meth:`~syncws.transport.Transport.has_unacknowledged_data`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable, Optional
+
+from . import timers
+from .core import State
+from .writer import Writer
+
+__all__ = ["Keepalive"]
+
+
+class Keepalive:
+    """The keepalive pings of one connection.
+
+    Args:
+        writer: the connection's write side.
+        interval: seconds between pings.
+        timeout: seconds to wait for a pong; ``None`` never gives up.
+        reader_paused: tells whether the reader thread waits on a full queue.
+        on_timeout: called (on the timer thread, must not block) when a
+            pong didn't come in time.
+    """
+
+    def __init__(
+        self,
+        writer: Writer,
+        *,
+        interval: float,
+        timeout: Optional[float],
+        reader_paused: Callable[[], bool],
+        on_timeout: Callable[[], None],
+    ) -> None:
+        self.writer = writer
+        self.interval = interval
+        self.timeout = timeout
+        self.reader_paused = reader_paused
+        self.on_timeout = on_timeout
+        #: Pings sent by keepalive, and those whose pong didn't come.
+        self.pings_sent = 0
+        self.pings_missed = 0
+        self._timer: Optional[timers.Timer] = None
+
+    def start(self) -> None:
+        """Schedule the first ping."""
+        self._timer = timers.call_later(self.interval, self._ping)
+
+    def stop(self) -> None:
+        """Cancel the next ping."""
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _ping(self) -> None:
+        """Timer callback: send a ping and schedule the next one."""
+        if self.writer.core.state is not State.OPEN:
+            return
+        self._timer = timers.call_later(self.interval, self._ping)
+        event = threading.Event()
+        if not self.writer.try_now(lambda core: core.send_ping(None, (event, time.monotonic()))):
+            return  # a send is under way: its own deadline watches the peer
+        self.pings_sent += 1
+        if self.timeout is not None:
+            timers.call_later(self.timeout, lambda: self._check(event))
+
+    def _check(self, event: threading.Event) -> None:
+        """Timer callback: give up on the peer if the pong didn't come."""
+        if event.is_set() or self.writer.core.state is not State.OPEN:
+            return
+        if self.reader_paused() and not self.writer.transport.has_unacknowledged_data():
+            return  # alive: its pong waits behind data we don't read yet
+        self.pings_missed += 1
+        self.on_timeout()
