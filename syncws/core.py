@@ -68,7 +68,7 @@ from .exceptions import (
     PayloadTooBig,
     WebSocketProtocolError,
 )
-from .framing import MAX_CONTROL_PAYLOAD, Opcode, encode_frame, parse_close, serialize_close
+from .framing import MAX_CONTROL_PAYLOAD, Opcode, check_header, encode_frame, parse_close, serialize_close
 from .masking import apply_mask, apply_mask_inplace
 
 __all__ = [
@@ -162,9 +162,6 @@ class Failed(NamedTuple):
 
 Event = Union[str, bytes, Fragment, PongReceived, CloseReceived, Failed]
 
-# The raw 4-bit opcodes that exist; any other is a protocol error.
-_DATA_OPCODES = (Opcode.CONT, Opcode.TEXT, Opcode.BINARY)
-_OPCODES = {opcode.value: opcode for opcode in Opcode}
 _UNPACK_U64 = __import__("struct").Struct("!Q").unpack_from
 _utf8_decode = codecs.utf_8_decode
 
@@ -435,48 +432,20 @@ class ConnectionCore:
             WebSocketProtocolError: the header breaks the protocol.
             PayloadTooBig: the announced length exceeds a limit.
         """
-        try:
-            opcode = _OPCODES[first & 0x0F]
-        except KeyError:
-            raise WebSocketProtocolError(f"reserved opcode 0x{first & 0x0F:X}") from None
-        if first & 0x30:
-            raise WebSocketProtocolError(
-                f"reserved bits set without a negotiated extension: 0x{(first & 0x70) >> 4:X}"
-            )
-        if bool(second & 0x80) == self.is_client:
-            raise WebSocketProtocolError(
-                "incorrect masking: a server must not mask its frames"
-                if self.is_client
-                else "incorrect masking: a client must mask its frames"
-            )
+        opcode = check_header(
+            first, second, length, mask=not self.is_client, allow_rsv1=self.deflate is not None
+        )
         if opcode >= Opcode.CLOSE:
-            # Control frames: never fragmented, at most 125 bytes, and RSV1
-            # means nothing for them (RFC 7692 §6.1).
-            if not first & 0x80:
-                raise WebSocketProtocolError(f"fragmented control frame ({opcode.name})")
-            if length > MAX_CONTROL_PAYLOAD:
-                raise WebSocketProtocolError(
-                    f"control frame too long: {opcode.name} with a 7-bit length of {length}"
-                )
-            if first & 0x40:
-                raise WebSocketProtocolError(f"RSV1 set on a control frame ({opcode.name})")
             return opcode
-        if length >> 63:
-            raise WebSocketProtocolError("payload length with the most significant bit set")
         if opcode is Opcode.CONT:
             if self._message is None:
                 raise WebSocketProtocolError("continuation frame without a message to continue")
             if first & 0x40:
                 raise WebSocketProtocolError("RSV1 set on a continuation frame")
-        else:
-            if self._message is not None:
-                raise WebSocketProtocolError(
-                    f"{opcode.name} frame inside a fragmented message: expected a continuation frame"
-                )
-            if first & 0x40 and self.deflate is None:
-                raise WebSocketProtocolError(
-                    "reserved bits set without a negotiated extension: 0x4"
-                )
+        elif self._message is not None:
+            raise WebSocketProtocolError(
+                f"{opcode.name} frame inside a fragmented message: expected a continuation frame"
+            )
         if self.close_sent is None:
             self._check_size(length, "frame")
         return opcode

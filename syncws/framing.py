@@ -34,6 +34,7 @@ __all__ = [
     "DATA_OPCODES",
     "CONTROL_OPCODES",
     "read_frame",
+    "check_header",
     "encode_frame",
     "serialize_frame",
     "MAX_CONTROL_PAYLOAD",
@@ -125,47 +126,15 @@ def read_frame(
         PayloadTooBig: the announced length exceeds ``max_size`` (1009).
     """
     first, second = read_exact(2)
-
-    try:
-        opcode = _OPCODES[first & 0x0F]
-    except KeyError:
-        raise WebSocketProtocolError(
-            f"reserved opcode 0x{first & 0x0F:X}"
-        ) from None
-    fin = bool(first & 0x80)
-    if first & 0x70:
-        if first & 0x30 or not allow_rsv1:
-            raise WebSocketProtocolError(
-                f"reserved bits set without a negotiated extension: "
-                f"0x{(first & 0x70) >> 4:X}"
-            )
-    if bool(second & 0x80) != mask:
-        raise WebSocketProtocolError(
-            "incorrect masking: a client must mask its frames"
-            if mask
-            else "incorrect masking: a server must not mask its frames"
-        )
-
+    # Checked before anything more is read; the 7-bit length is enough for
+    # every rule but the 64-bit length's, checked once that length is read.
     length = second & 0x7F
-    if opcode >= Opcode.CLOSE:
-        # Control frames: never fragmented, payload <= 125 bytes, and their
-        # RSV1 has no meaning under permessage-deflate (RFC 7692 §6.1).
-        if not fin:
-            raise WebSocketProtocolError(f"fragmented control frame ({opcode.name})")
-        if length > MAX_CONTROL_PAYLOAD:
-            raise WebSocketProtocolError(
-                f"control frame too long: {opcode.name} with a 7-bit length of {length}"
-            )
-        if first & 0x40:
-            raise WebSocketProtocolError(f"RSV1 set on a control frame ({opcode.name})")
-    elif length == 126:
+    opcode = check_header(first, second, length, mask=mask, allow_rsv1=allow_rsv1)
+    if length == 126:
         (length,) = _UNPACK_U16(read_exact(2))
     elif length == 127:
         (length,) = _UNPACK_U64(read_exact(8))
-        if length >> 63:
-            raise WebSocketProtocolError(
-                "payload length with the most significant bit set"
-            )
+        check_header(first, second, length, mask=mask, allow_rsv1=allow_rsv1)
 
     if max_size is not None and length > max_size:
         raise PayloadTooBig(
@@ -182,7 +151,59 @@ def read_frame(
     else:
         data = read_exact(length)
 
-    return Frame(fin, opcode, data, bool(first & 0x40), bool(first & 0x20), bool(first & 0x10))
+    return Frame(bool(first & 0x80), opcode, data, bool(first & 0x40), bool(first & 0x20), bool(first & 0x10))
+
+
+def check_header(first: int, second: int, length: int, *, mask: bool, allow_rsv1: bool) -> Opcode:
+    """Apply the rules of RFC 6455 §5.2 that a frame header must follow on its own.
+
+    The rules that depend on what came before (a continuation frame needs a
+    message to continue) belong to the connection (:mod:`syncws.core`).
+
+    Args:
+        first: the header's first byte (FIN, RSV1-3, opcode).
+        second: its second byte (MASK, 7-bit length).
+        length: the payload length (extended lengths decoded), or the
+            7-bit length of the second byte: every rule but the one on
+            64-bit lengths can be checked with it.
+        mask: whether frames must be masked (a server reading a client).
+        allow_rsv1: whether RSV1 may be set (permessage-deflate was
+            negotiated); it never may on a control frame.
+
+    Returns:
+        The frame's opcode.
+
+    Raises:
+        WebSocketProtocolError: the header breaks a rule (close code 1002).
+    """
+    try:
+        opcode = _OPCODES[first & 0x0F]
+    except KeyError:
+        raise WebSocketProtocolError(f"reserved opcode 0x{first & 0x0F:X}") from None
+    if first & 0x30 or (first & 0x40 and not allow_rsv1):
+        raise WebSocketProtocolError(
+            f"reserved bits set without a negotiated extension: 0x{(first & 0x70) >> 4:X}"
+        )
+    if bool(second & 0x80) != mask:
+        raise WebSocketProtocolError(
+            "incorrect masking: a client must mask its frames"
+            if mask
+            else "incorrect masking: a server must not mask its frames"
+        )
+    if opcode >= Opcode.CLOSE:
+        # Control frames: never fragmented, payload <= 125 bytes, and their
+        # RSV1 has no meaning under permessage-deflate (RFC 7692 §6.1).
+        if not first & 0x80:
+            raise WebSocketProtocolError(f"fragmented control frame ({opcode.name})")
+        if length > MAX_CONTROL_PAYLOAD:
+            raise WebSocketProtocolError(
+                f"control frame too long: {opcode.name} with a 7-bit length of {second & 0x7F}"
+            )
+        if first & 0x40:
+            raise WebSocketProtocolError(f"RSV1 set on a control frame ({opcode.name})")
+    elif length >> 63:
+        raise WebSocketProtocolError("payload length with the most significant bit set")
+    return opcode
 
 
 def frame_header(
