@@ -1,0 +1,175 @@
+"""Memory bounds under hostile peers, measured over real sockets (issue 11, points 1 and 3).
+
+Each test runs a syncws server in this process against a hand-made client that
+misbehaves, and measures the peak of Python's traced memory while it does
+(tracemalloc sees bytes, bytearrays, str and zlib buffers alike). The bounds
+asserted are the documented ones (docs/design.rst, "The bounded queue and
+back-pressure") with room for the test's own objects.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import socket
+import threading
+import time
+import tracemalloc
+from typing import Any, Iterator, List
+
+import pytest
+
+import syncws
+from conftest import frame
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@contextlib.contextmanager
+def traced_peak() -> Iterator[List[int]]:
+    """Measure the peak traced memory above the starting level."""
+    result: List[int] = []
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        yield result
+        result.append(tracemalloc.get_traced_memory()[1] - baseline)
+    finally:
+        tracemalloc.stop()
+
+
+def raw_client(port: int) -> socket.socket:
+    """Open a WebSocket connection by hand (no compression) and return its socket."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def flood(sock: socket.socket, data: bytes, stop: threading.Event) -> int:
+    """Send ``data`` again and again, ignoring everything the server says; return bytes sent."""
+    sent = 0
+    sock.settimeout(0.5)
+    while not stop.is_set():
+        try:
+            sock.sendall(data)
+        except socket.timeout:
+            continue  # the server stopped reading: TCP pushes back
+        except OSError:
+            break  # the server dropped us
+        sent += len(data)
+    return sent
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("how", ["handler-close", "server-close"])
+def test_memory_bounded_while_a_peer_ignores_our_close(how: str) -> None:
+    """A client that ignores our close frame and streams 512 KiB messages
+    can't grow the server's memory: data after our close frame is dropped."""
+    message = frame(0x2, os.urandom(512 * KiB), mask=b"abcd")
+    started = threading.Event()
+
+    def handler(ws: Any) -> None:
+        ws.recv(timeout=10)
+        started.set()
+        if how == "handler-close":
+            ws.close()
+        else:
+            ws.wait_closed(10)
+
+    stop = threading.Event()
+    with traced_peak() as peak:
+        with syncws.serve(
+            handler, "127.0.0.1", 0, compression=None, max_size=MiB, max_queue=4,
+            close_timeout=3, ping_interval=None,
+        ) as server:
+            sock = raw_client(server.port)
+            result: List[int] = []
+            flooder = threading.Thread(target=lambda: result.append(flood(sock, message, stop)))
+            flooder.start()
+            assert started.wait(10)
+            if how == "server-close":
+                server.close()
+            time.sleep(2.5)  # the peer keeps flooding while we wait for its close frame
+            stop.set()
+            flooder.join(10)
+            sock.close()
+    # The queue (4 messages), the frame being read and one read: ~3 MiB.
+    assert peak[0] < 8 * MiB, f"peak {peak[0] / MiB:.1f} MiB after the peer sent {result[0] / MiB:.0f} MiB"
+    assert result[0] > 16 * MiB  # the peer really did flood
+
+
+@pytest.mark.timeout(30)
+def test_tiny_fragments_cost_memory_by_bytes_not_by_fragment() -> None:
+    """A message in 2-byte fragments to a handler that doesn't read: TCP
+    pushes back within the bound; once the handler reads, the message goes
+    over max_size and the connection fails with 1009."""
+    release = threading.Event()
+    outcome: List[Any] = []
+
+    def handler(ws: Any) -> None:
+        release.wait(20)  # doesn't read until the peer is blocked
+        try:
+            ws.recv(timeout=10)
+        except syncws.ConnectionClosed as exc:
+            outcome.append(exc)
+
+    # 8 KiB of payload in 4096 frames, again and again: 0.6 MiB would take
+    # tens of MiB as an object per fragment.
+    first = frame(0x2, b"ab", fin=False, mask=b"abcd")
+    more = b"".join(frame(0x0, b"cd", fin=False, mask=b"abcd") for _ in range(4096))
+    stop = threading.Event()
+    with traced_peak() as peak:
+        with syncws.serve(
+            handler, "127.0.0.1", 0, compression=None, max_size=128 * KiB, max_queue=4,
+            ping_interval=None, close_timeout=2,
+        ) as server:
+            sock = raw_client(server.port)
+            sock.sendall(first)
+            progress: List[int] = [0]
+
+            def send() -> None:
+                # Blocking sends, counted as they go: progress stalls when
+                # TCP pushes back; closing the socket ends the thread.
+                sock.settimeout(None)
+                while not stop.is_set():
+                    view = memoryview(more)
+                    while view:
+                        try:
+                            sent = sock.send(view)
+                        except OSError:
+                            return
+                        progress[0] += sent
+                        view = view[sent:]
+
+            sender = threading.Thread(target=send)
+            sender.start()
+            # Wait until TCP pushes back: nothing more goes out for a second.
+            last = -1
+            while progress[0] != last:
+                last = progress[0]
+                time.sleep(1)
+            blocked_peak = tracemalloc.get_traced_memory()[1]
+            release.set()
+            deadline = time.monotonic() + 10
+            while not outcome and time.monotonic() < deadline:
+                time.sleep(0.05)
+            stop.set()
+            sock.shutdown(socket.SHUT_RDWR)
+            sender.join(10)
+            sock.close()
+    assert outcome and outcome[0].code == 1006 and "max_size" in outcome[0].reason, outcome
+    # (max_queue + 1) x max_size is 640 KiB, and the kernel's buffers hold
+    # the rest of what the peer sent.
+    assert blocked_peak < 2 * MiB, f"peak {blocked_peak / MiB:.1f} MiB while blocked"
+    assert peak[0] < 2 * MiB, f"peak {peak[0] / MiB:.1f} MiB"
