@@ -166,6 +166,11 @@ _UNPACK_U64 = __import__("struct").Struct("!Q").unpack_from
 _utf8_decode = codecs.utf_8_decode
 
 
+def _deflate_bound(size: int) -> int:
+    """The most bytes deflate may take to encode ``size`` bytes (zlib's ``compressBound``)."""
+    return size + (size >> 12) + (size >> 14) + (size >> 25) + 13
+
+
 def _truncate_reason(reason: str) -> str:
     """Cut a close reason to the 123 bytes a close frame can carry."""
     encoded = reason.encode()
@@ -447,22 +452,26 @@ class ConnectionCore:
                 f"{opcode.name} frame inside a fragmented message: expected a continuation frame"
             )
         if self.close_sent is None:
-            self._check_size(length, "frame")
+            compressed = bool(first & 0x40) or (self._message is not None and self._message.compressed)
+            self._check_size(length, compressed)
         return opcode
 
-    def _check_size(self, length: int, what: str) -> None:
-        """Refuse ``length`` more bytes of a frame or message over a limit."""
-        if self.max_fragment_size is not None and length > self.max_fragment_size:
-            raise PayloadTooBig(
-                f"{what} of {length} bytes exceeds max_size's fragment limit of "
-                f"{self.max_fragment_size} bytes"
-            )
-        if self.max_message_size is not None:
-            received = self._message.size if self._message is not None else 0
-            if received + length > self.max_message_size:
+    def _check_size(self, length: int, compressed: bool) -> None:
+        """Refuse a frame whose announced length goes over a limit.
+
+        A compressed frame's payload may exceed the size it inflates to by
+        deflate's worst-case overhead on data that doesn't compress; its
+        output is checked exactly while it inflates.
+        """
+        received = self._message.size if self._message is not None else 0
+        for limit, what in (
+            (self.max_fragment_size, "max_size's fragment limit"),
+            (None if self.max_message_size is None else self.max_message_size - received, "max_size"),
+        ):
+            if limit is not None and length > (_deflate_bound(limit) if compressed else limit):
                 raise PayloadTooBig(
-                    f"message of more than {self.max_message_size} bytes exceeds max_size "
-                    f"({received + length} bytes so far)"
+                    f"frame of {length} bytes exceeds {what} "
+                    f"({limit} more bytes allowed{' after decompression' if compressed else ''})"
                 )
 
     def _start_partial(
