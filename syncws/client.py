@@ -29,6 +29,7 @@ from .extensions import permessage_deflate
 from .http import Headers, HeadersLike, read_response, serialize_request
 from .protocol import WebSocketCommonProtocol
 from .proxy import open_tunnel, proxy_for
+from .settings import SizeSetting, check_settings
 from .streamreader import StreamReader
 from .uri import WebSocketURI, host_header, parse_uri
 from .version import __version__
@@ -177,8 +178,8 @@ def connect(
     *,
     create_protocol: Optional[Type[WebSocketClientProtocol]] = None,
     timeout: Optional[float] = 10,
-    max_size: Optional[int] = 2**20,
-    max_queue: Optional[int] = 2**5,
+    max_size: SizeSetting = 2**20,
+    max_queue: SizeSetting = 2**5,
     read_limit: int = 2**16,
     write_limit: int = 2**16,
     origin: Optional[str] = None,
@@ -214,8 +215,9 @@ def connect(
         timeout: seconds for the opening and the closing handshakes (seed
             name; ``open_timeout`` and ``close_timeout`` override it).
         max_size: the largest incoming message in bytes; ``None`` for no
-            limit.
-        max_queue: received messages buffered before reading pauses.
+            limit; or ``(message, fragment)`` (see :mod:`syncws.settings`).
+        max_queue: received messages buffered before reading pauses; or
+            ``(high, low)``: pause at ``high``, resume at ``low``.
         read_limit: bytes asked of the socket per read.
         write_limit: payloads up to this size go out with their header in
             one system call.
@@ -261,7 +263,9 @@ def connect(
         ProxyError: the HTTP proxy refused the tunnel.
         OSError: TCP or TLS failed.
         TimeoutError: the opening handshake didn't finish in time.
-        TypeError: an unknown keyword argument.
+        TypeError: an unknown keyword argument, or a setting of the wrong
+            type (see :func:`syncws.settings.check_settings`).
+        ValueError: a setting out of range (the message names it).
     """
     connect_host = kwds.pop("host", None)
     connect_port = kwds.pop("port", None)
@@ -272,7 +276,13 @@ def connect(
         raise TypeError("pass extra_headers or additional_headers, not both")
     if additional_headers is not None:
         extra_headers = additional_headers
-    open_timeout = open_timeout if open_timeout is not None else timeout
+    settings = check_settings(
+        max_size=max_size, max_queue=max_queue, timeout=timeout, open_timeout=open_timeout,
+        close_timeout=close_timeout, write_timeout=write_timeout, read_limit=read_limit,
+        write_limit=write_limit, ping_interval=ping_interval, ping_timeout=ping_timeout,
+        compression=compression,
+    )
+    open_timeout = settings.open_timeout
     wsuri = parse_uri(uri)
     if ssl is not None and ssl is not False and not wsuri.secure and ssl is not True and sock is None:
         raise ValueError("ssl= was given for a ws:// URI: use wss://")
@@ -285,8 +295,10 @@ def connect(
         port=wsuri.port,
         secure=wsuri.secure,
         timeout=timeout,
-        max_size=max_size,
-        max_queue=max_queue,
+        # TODO(lead): the fragment limit and the low-water mark of the
+        # normalized settings, once the connection takes them.
+        max_size=settings.max_message_size,
+        max_queue=settings.max_queue_high,
         read_limit=read_limit,
         write_limit=write_limit,
         ping_interval=ping_interval,

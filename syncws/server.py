@@ -37,6 +37,7 @@ from .extensions import permessage_deflate
 from .framing import CloseCode, serialize_close
 from .http import Headers, HeadersLike, read_request, serialize_response
 from .protocol import State, WebSocketCommonProtocol
+from .settings import SizeSetting, check_settings
 from .streamreader import StreamReader
 from .version import __version__
 
@@ -642,8 +643,8 @@ def serve(
     *,
     create_protocol: Optional[Type[WebSocketServerProtocol]] = None,
     timeout: Optional[float] = 10,
-    max_size: Optional[int] = 2**20,
-    max_queue: Optional[int] = 2**5,
+    max_size: SizeSetting = 2**20,
+    max_queue: SizeSetting = 2**5,
     read_limit: int = 2**16,
     write_limit: int = 2**16,
     origins: Optional[Sequence[Optional[str]]] = None,
@@ -685,9 +686,9 @@ def serve(
         create_protocol: a :class:`WebSocketServerProtocol` subclass.
         timeout: seconds for the opening and closing handshakes (seed name).
         max_size: the largest incoming message in bytes; ``None`` for no
-            limit.
+            limit; or ``(message, fragment)`` (see :mod:`syncws.settings`).
         max_queue: received messages buffered per connection before reading
-            pauses.
+            pauses; or ``(high, low)``: pause at ``high``, resume at ``low``.
         read_limit: bytes asked of the socket per read.
         write_limit: payloads up to this size go out with their header in
             one system call.
@@ -719,7 +720,9 @@ def serve(
 
     Raises:
         OSError: the address can't be bound.
-        TypeError: an unknown keyword argument.
+        TypeError: an unknown keyword argument, or a setting of the wrong
+            type (see :func:`syncws.settings.check_settings`).
+        ValueError: a setting out of range (the message names it).
     """
     reuse_port = kwds.pop("reuse_port", False)
     additional_headers = kwds.pop("additional_headers", None)
@@ -729,7 +732,13 @@ def serve(
         extra_headers = additional_headers
     if kwds:
         raise TypeError(f"serve() got unexpected keyword arguments: {', '.join(sorted(kwds))}")
-    permessage_deflate.ServerDeflateFactory.from_compression(compression)  # validates before binding
+    # Validates before binding.
+    settings = check_settings(
+        max_size=max_size, max_queue=max_queue, timeout=timeout, open_timeout=open_timeout,
+        close_timeout=close_timeout, write_timeout=write_timeout, read_limit=read_limit,
+        write_limit=write_limit, ping_interval=ping_interval, ping_timeout=ping_timeout,
+        compression=compression,
+    )
     if isinstance(logger, str) or logger is None:
         logger = logging.getLogger(logger or "syncws.server")
     if sock is not None:
@@ -739,7 +748,7 @@ def serve(
     else:
         sockets = _listening_sockets(host, port or 0, backlog)
     protocol_class = create_protocol or WebSocketServerProtocol
-    open_timeout = open_timeout if open_timeout is not None else timeout
+    open_timeout = settings.open_timeout
 
     def make_protocol(server: WebSocketServer) -> WebSocketServerProtocol:
         return protocol_class(
@@ -749,8 +758,10 @@ def serve(
             port=port,
             secure=ssl is not None,
             timeout=timeout,
-            max_size=max_size,
-            max_queue=max_queue,
+            # TODO(lead): the fragment limit and the low-water mark of the
+            # normalized settings, once the connection takes them.
+            max_size=settings.max_message_size,
+            max_queue=settings.max_queue_high,
             read_limit=read_limit,
             write_limit=write_limit,
             ping_interval=ping_interval,
