@@ -14,7 +14,8 @@ import random
 import socket
 import ssl as ssl_module
 import time
-from typing import Any, Iterator, Optional, Sequence, Type, Union
+import urllib.parse
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Type, Union
 
 from . import handshake, timers
 from .exceptions import (
@@ -34,7 +35,7 @@ from .streamreader import StreamReader
 from .uri import WebSocketURI, host_header, parse_uri
 from .version import __version__
 
-__all__ = ["connect", "unix_connect", "reconnect", "WebSocketClientProtocol", "USER_AGENT"]
+__all__ = ["connect", "unix_connect", "reconnect", "WebSocketClientProtocol", "USER_AGENT", "REDIRECT_STATUSES"]
 
 #: The default ``User-Agent`` header.
 USER_AGENT = f"Python/{'.'.join(map(str, __import__('sys').version_info[:2]))} syncws/{__version__}"
@@ -115,7 +116,7 @@ class WebSocketClientProtocol(WebSocketCommonProtocol):
         response = read_response(self._stream.read_line)
         self.response_headers = response.headers
         if response.status_code != 101:
-            raise InvalidStatusCode(response.status_code, self._read_error_body(response.headers))
+            raise InvalidStatusCode(response.status_code, self._read_error_body(response.headers), response.headers)
         handshake.check_response(response.headers.get_joined, key)
         self.subprotocol = _chosen_subprotocol(response.headers, subprotocols)
         self._deflate = _accepted_extensions(response.headers, deflate_factory)
@@ -198,6 +199,7 @@ def connect(
     server_hostname: Optional[str] = None,
     proxy: Union[str, bool, None] = True,
     logger: Union[logging.Logger, str, None] = None,
+    max_redirects: int = 10,
     **kwds: Any,
 ) -> WebSocketClientProtocol:
     """Open a WebSocket connection and return it, ready to use.
@@ -249,6 +251,12 @@ def connect(
             like ``"http://user:pass@proxy:3128"`` uses that proxy; ``None``
             connects directly.
         logger: a logger or logger name (default ``syncws.client``).
+        max_redirects: how many HTTP redirects (301, 302, 303, 307, 308) to
+            follow; 0 follows none. ``ws://`` may redirect to ``wss://``,
+            never the other way; ``Authorization``, ``Cookie`` and
+            ``Proxy-Authorization`` headers are dropped when the redirect
+            leaves the origin (scheme, host, port). Each hop gets its own
+            ``open_timeout``.
         **kwds: ``host`` and ``port`` to connect somewhere other than the
             URI says (the ``Host`` header still follows the URI), and
             ``source_address`` to bind the local end.
@@ -260,6 +268,9 @@ def connect(
         InvalidURI: the URI isn't a valid WebSocket URI.
         InvalidHandshake: the server refused or botched the handshake (see
             :exc:`~syncws.InvalidStatusCode`, :exc:`~syncws.InvalidHeader`).
+        InvalidStatusCode: also for a redirect not followed (too many,
+            ``wss://`` to ``ws://``, no ``Location``), with the response's
+            ``status_code``, ``headers`` and ``body``.
         ProxyError: the HTTP proxy refused the tunnel.
         OSError: TCP or TLS failed.
         TimeoutError: the opening handshake didn't finish in time.
@@ -267,6 +278,10 @@ def connect(
             type (see :func:`syncws.settings.check_settings`).
         ValueError: a setting out of range (the message names it).
     """
+    # The arguments as given, for following a redirect with the same ones.
+    arguments = dict(locals())
+    arguments.update(arguments.pop("kwds"))
+    redirected_from: List[str] = kwds.pop("_redirected_from", [])
     connect_host = kwds.pop("host", None)
     connect_port = kwds.pop("port", None)
     source_address = kwds.pop("source_address", None)
@@ -276,6 +291,8 @@ def connect(
         raise TypeError("pass extra_headers or additional_headers, not both")
     if additional_headers is not None:
         extra_headers = additional_headers
+    if not isinstance(max_redirects, int) or isinstance(max_redirects, bool) or max_redirects < 0:
+        raise ValueError(f"max_redirects must be an int >= 0, got {max_redirects!r}")
     settings = check_settings(
         max_size=max_size, max_queue=max_queue, timeout=timeout, open_timeout=open_timeout,
         close_timeout=close_timeout, write_timeout=write_timeout, read_limit=read_limit,
@@ -355,11 +372,81 @@ def connect(
             raise TimeoutError(
                 f"the opening handshake with {uri} didn't finish within {open_timeout} seconds"
             )
+    except InvalidStatusCode as exc:
+        sock.close()
+        if exc.status_code not in REDIRECT_STATUSES:
+            raise
+        target = _redirect_target(uri, wsuri, exc, max_redirects, redirected_from, arguments["sock"] is not None)
+        logging.getLogger("syncws.client").info("%s redirected to %s (HTTP %d)", uri, target, exc.status_code)
+        arguments.update(uri=target, _redirected_from=redirected_from + [uri])
+        if _origin(parse_uri(target)) != _origin(wsuri):
+            # Credentials and the connect-to override were for the old origin.
+            arguments.update(extra_headers=_without_credentials(extra_headers), additional_headers=None)
+            arguments.pop("host", None)
+            arguments.pop("port", None)
+        return connect(**arguments)
     except BaseException:
         sock.close()
         raise
     protocol.connection_open(sock, protocol._stream, deflate=protocol._deflate)
     return protocol
+
+
+#: The statuses :func:`connect` follows as redirects.
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+# Request headers that carry credentials, dropped when a redirect changes
+# the origin (as browsers and HTTP clients do).
+_CREDENTIAL_HEADERS = ("Authorization", "Cookie", "Proxy-Authorization")
+
+
+def _origin(wsuri: WebSocketURI) -> Tuple[bool, str, int]:
+    return wsuri.secure, wsuri.host.lower(), wsuri.port
+
+
+def _without_credentials(headers: Optional[HeadersLike]) -> Optional[Headers]:
+    if headers is None:
+        return None
+    kept = Headers(headers)
+    for name in _CREDENTIAL_HEADERS:
+        if name in kept:
+            del kept[name]
+    return kept
+
+
+def _redirect_target(
+    uri: str,
+    wsuri: WebSocketURI,
+    exc: InvalidStatusCode,
+    max_redirects: int,
+    redirected_from: List[str],
+    own_socket: bool,
+) -> str:
+    """Return the URI a redirect points to, or raise ``exc`` with the reason
+    it isn't followed (the response stays on the exception)."""
+
+    def refuse(detail: str) -> InvalidStatusCode:
+        return InvalidStatusCode(exc.status_code, exc.body, exc.headers, detail=detail)
+
+    location = exc.headers.get_joined("Location")
+    if location is None:
+        raise refuse("a redirect without a Location header")
+    if own_socket:
+        raise refuse(f"redirect to {location} not followed: connect() was given a socket")
+    if len(redirected_from) >= max_redirects:
+        raise refuse(f"redirect to {location} not followed: more than max_redirects={max_redirects}")
+    target = urllib.parse.urljoin(uri, location.strip())
+    scheme, rest = target.split(":", 1) if ":" in target else ("", target)
+    target = {"http": "ws", "https": "wss"}.get(scheme.lower(), scheme) + ":" + rest
+    try:
+        new = parse_uri(target)
+    except InvalidURI as uri_error:
+        raise refuse(f"redirect to an invalid URI: {uri_error}") from None
+    if wsuri.secure and not new.secure:
+        raise refuse(f"redirect from {uri} to {target} refused: it would drop TLS")
+    if target in redirected_from or target == uri:
+        raise refuse(f"redirect loop: {' -> '.join(redirected_from + [uri, target])}")
+    return target
 
 
 def unix_connect(path: str, uri: Optional[str] = None, **kwargs: Any) -> WebSocketClientProtocol:
