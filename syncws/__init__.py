@@ -29,6 +29,7 @@ from .exceptions import (
     WebSocketProtocolError,
 )
 from .extensions.permessage_deflate import DeflateSettings
+from .hooks import ServerResponse, respond
 from .http import Headers
 from .protocol import State, Stats, WebSocketCommonProtocol
 from .server import WebSocketServer, WebSocketServerProtocol, serve, unix_serve
@@ -52,6 +53,7 @@ __all__ = [
     "InvalidURI",
     "NegotiationError",
     "PayloadTooBig",
+    "ServerResponse",
     "ProxyError",
     "State",
     "Stats",
@@ -66,6 +68,7 @@ __all__ = [
     "broadcast",
     "connect",
     "reconnect",
+    "respond",
     "serve",
     "unix_connect",
     "unix_serve",
