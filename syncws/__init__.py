@@ -7,7 +7,7 @@ which are imported by module: :mod:`syncws.framing`, :mod:`syncws.handshake`,
 
 from .broadcast import broadcast
 from .auth import basic_auth
-from .client import WebSocketClientProtocol, connect, reconnect, unix_connect
+from .client import Reconnect, WebSocketClientProtocol, connect, reconnect, unix_connect
 from .exceptions import (
     AbortHandshake,
     ConnectionClosed,
@@ -55,6 +55,7 @@ __all__ = [
     "PayloadTooBig",
     "ServerResponse",
     "ProxyError",
+    "Reconnect",
     "State",
     "Stats",
     "WebSocketClientProtocol",

@@ -13,9 +13,10 @@ import logging
 import random
 import socket
 import ssl as ssl_module
+import threading
 import time
 import urllib.parse
-from typing import Any, Iterator, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type, Union
 
 from . import handshake, timers
 from .exceptions import (
@@ -35,7 +36,10 @@ from .streamreader import StreamReader
 from .uri import WebSocketURI, host_header, parse_uri
 from .version import __version__
 
-__all__ = ["connect", "unix_connect", "reconnect", "WebSocketClientProtocol", "USER_AGENT", "REDIRECT_STATUSES"]
+__all__ = [
+    "connect", "unix_connect", "reconnect", "Reconnect", "retry_transient",
+    "WebSocketClientProtocol", "USER_AGENT", "REDIRECT_STATUSES",
+]
 
 #: The default ``User-Agent`` header.
 USER_AGENT = f"Python/{'.'.join(map(str, __import__('sys').version_info[:2]))} syncws/{__version__}"
@@ -485,20 +489,147 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (OSError, TimeoutError, EOFError))
 
 
+def retry_transient(exc: Exception) -> Optional[Exception]:
+    """The default ``process_exception`` of :func:`reconnect`.
+
+    Retries network errors, timeouts and HTTP 500, 502, 503 and 504; any
+    other failure (a bad URI, a 4xx, a TLS certificate error, a protocol
+    mismatch) would fail the same way again, so it is raised.
+
+    Args:
+        exc: what :func:`connect` raised.
+
+    Returns:
+        ``None`` to retry, or the exception to raise.
+    """
+    return None if _is_transient(exc) else exc
+
+
+class Reconnect(Iterator[WebSocketClientProtocol]):
+    """The iterator :func:`reconnect` returns: one open connection at a time.
+
+    Asking for the next connection closes the previous one. Stop the loop
+    by breaking out of it (the current connection is closed when the
+    iterator is dropped, or at once with :meth:`close`), from the loop
+    itself with :meth:`close`, or from any thread with :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        initial_delay: float,
+        max_delay: float,
+        factor: float,
+        min_uptime: float,
+        process_exception: Callable[[Exception], Optional[Exception]],
+        connect_kwargs: Dict[str, Any],
+    ) -> None:
+        self.uri = uri
+        self.initial_delay = initial_delay
+        self.max_delay = max_delay
+        self.factor = factor
+        self.min_uptime = min_uptime
+        self.process_exception = process_exception
+        self.connect_kwargs = connect_kwargs
+        #: The connection last yielded, until the next one is asked for.
+        self.connection: Optional[WebSocketClientProtocol] = None
+        #: How many connections were opened.
+        self.connections_opened = 0
+        self._opened_at = 0.0
+        # The current backoff ceiling; grows with each failure, back to
+        # initial_delay after a connection that lived min_uptime.
+        self._ceiling = initial_delay
+        # Set by stop() (any thread): ends the backoff wait and the loop.
+        self._stopped = threading.Event()
+        self._logger = logging.getLogger("syncws.client")
+
+    def __iter__(self) -> "Reconnect":
+        return self
+
+    def __next__(self) -> WebSocketClientProtocol:
+        previous, self.connection = self.connection, None
+        if previous is not None:
+            previous.close()
+            lived = time.monotonic() - self._opened_at
+            if lived < self.min_uptime:
+                # Died young: a server that accepts and then fails at once
+                # is a failure, or a crash loop gets hammered.
+                self._backoff(f"the connection lived only {lived:.2f} s")
+            else:
+                self._ceiling = self.initial_delay
+        while not self._stopped.is_set():
+            try:
+                connection = connect(self.uri, **self.connect_kwargs)
+            except Exception as exc:
+                to_raise = self.process_exception(exc)
+                if to_raise is not None:
+                    raise to_raise
+                self._backoff(f"connecting failed ({exc})")
+                continue
+            if self._stopped.is_set():
+                connection.close()
+                break
+            self.connection = connection
+            self.connections_opened += 1
+            self._opened_at = time.monotonic()
+            return connection
+        raise StopIteration
+
+    def _backoff(self, why: str) -> None:
+        """Wait before the next attempt: between half and all of the ceiling."""
+        delay = self._ceiling * random.uniform(0.5, 1.0)
+        self._logger.info("%s: %s; retrying in %.1f s", self.uri, why, delay)
+        self._ceiling = min(self._ceiling * self.factor, self.max_delay)
+        self._stopped.wait(delay)
+
+    def stop(self) -> None:
+        """End the loop from any thread: the current connection closes (so a
+        ``recv()`` on it ends), a backoff wait is cut short, and the loop
+        yields nothing more."""
+        self._stopped.set()
+        connection = self.connection
+        if connection is not None:
+            connection.close()
+
+    def close(self) -> None:
+        """Close the current connection and end the loop (as a generator's close)."""
+        self.stop()
+
+    def __del__(self) -> None:
+        # Breaking out of ``for ws in reconnect(...)`` drops the iterator:
+        # close the connection it yielded last rather than leak it.
+        connection = getattr(self, "connection", None)
+        if connection is not None:
+            connection.close()
+
+    def __enter__(self) -> "Reconnect":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+
 def reconnect(
     uri: str,
     *,
     initial_delay: float = 1.0,
     max_delay: float = 60.0,
     factor: float = 1.618,
+    min_uptime: float = 10.0,
+    process_exception: Optional[Callable[[Exception], Optional[Exception]]] = None,
     **connect_kwargs: Any,
-) -> Iterator[WebSocketClientProtocol]:
+) -> Reconnect:
     """Yield a new connection each time the previous one is done with.
 
-    Connection attempts that fail with a transient error (network errors,
-    timeouts, HTTP 500/502/503/504) are retried after an exponentially
-    growing delay with full jitter; other errors are raised. The delay
-    resets once a connection opens::
+    A failed attempt is retried after a delay that grows while attempts
+    keep failing: between half and all of a ceiling that starts at
+    ``initial_delay`` and is multiplied by ``factor`` after each failure, up
+    to ``max_delay``. A connection that closes less than ``min_uptime``
+    seconds after it opened counts as a failure too, so a server that
+    accepts and then crashes at once sees a handful of attempts, not a
+    flood. The ceiling goes back to ``initial_delay`` after a connection
+    that lived ``min_uptime`` seconds::
 
         for ws in syncws.reconnect("ws://localhost:8765"):
             try:
@@ -507,30 +638,39 @@ def reconnect(
             except syncws.ConnectionClosed:
                 continue
 
+    To stop: ``break`` out of the loop (the current connection is closed),
+    or call :meth:`Reconnect.stop` from any thread (the current connection is
+    closed, a backoff wait is cut short, and the loop ends), or use the
+    iterator as a context manager.
+
     Args:
         uri: as for :func:`connect`.
         initial_delay: the first retry delay ceiling, in seconds.
         max_delay: the largest retry delay ceiling, in seconds.
         factor: how much the ceiling grows after each failure.
+        min_uptime: seconds a connection must last to count as a success.
+        process_exception: ``(exc) -> None`` to retry after what
+            :func:`connect` raised, or an exception to raise (``exc`` itself
+            to let it through); default :func:`retry_transient`.
         **connect_kwargs: as for :func:`connect`.
 
-    Yields:
-        Open connections, one at a time.
+    Returns:
+        The :class:`Reconnect` iterator of open connections.
+
+    Raises:
+        ValueError: a delay or factor out of range.
     """
-    ceiling = initial_delay
-    while True:
-        try:
-            connection = connect(uri, **connect_kwargs)
-        except Exception as exc:
-            if not _is_transient(exc):
-                raise
-            delay = random.uniform(0, ceiling)
-            logging.getLogger("syncws.client").info(
-                "connecting to %s failed (%s); retrying in %.1f s", uri, exc, delay
-            )
-            time.sleep(delay)
-            ceiling = min(ceiling * factor, max_delay)
-            continue
-        ceiling = initial_delay
-        with connection:
-            yield connection
+    for name, value in (("initial_delay", initial_delay), ("max_delay", max_delay), ("min_uptime", min_uptime)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+            raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    if not isinstance(factor, (int, float)) or not factor >= 1:
+        raise ValueError(f"factor must be a number >= 1, got {factor!r}")
+    return Reconnect(
+        uri,
+        initial_delay=initial_delay,
+        max_delay=max_delay,
+        factor=factor,
+        min_uptime=min_uptime,
+        process_exception=process_exception or retry_transient,
+        connect_kwargs=connect_kwargs,
+    )
