@@ -30,6 +30,7 @@ from .exceptions import (
 from .extensions import permessage_deflate
 from .http import Headers, HeadersLike, read_response, serialize_request
 from .protocol import WebSocketCommonProtocol
+from .logs import connection_label, format_head, format_status, opened_line
 from .proxy import open_tunnel, proxy_for
 from .settings import SizeSetting, check_settings
 from .streamreader import StreamReader
@@ -116,8 +117,19 @@ class WebSocketClientProtocol(WebSocketCommonProtocol):
             headers["User-Agent"] = self.user_agent_header
         self.request_headers = headers
 
+        debug = self.logger.isEnabledFor(logging.DEBUG)
+        if debug:
+            self.logger.debug(
+                "%s request: %s", connection_label(self),
+                format_head(f"GET {wsuri.resource_name}", headers.items()),
+            )
         self._sock.sendall(serialize_request(wsuri.resource_name, headers))
         response = read_response(self._stream.read_line)
+        if debug:
+            self.logger.debug(
+                "%s response: %s", connection_label(self),
+                format_head(format_status(response.status_code), response.headers.items()),
+            )
         self.response_headers = response.headers
         if response.status_code != 101:
             raise InvalidStatusCode(response.status_code, self._read_error_body(response.headers), response.headers)
@@ -393,6 +405,8 @@ def connect(
         sock.close()
         raise
     protocol.connection_open(sock, protocol._stream, deflate=protocol._deflate)
+    extensions = [permessage_deflate.EXTENSION_NAME] if protocol._deflate is not None else []
+    protocol.logger.info("%s", opened_line(protocol, wsuri.resource_name, protocol.subprotocol, extensions))
     return protocol
 
 

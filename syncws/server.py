@@ -38,6 +38,7 @@ from .framing import CloseCode, serialize_close
 from .auth import BasicAuth
 from .hooks import Origins, ProcessResponse, ServerResponse, as_response, check_origins, origin_allowed, respond
 from .http import Headers, HeadersLike, Request, read_request, serialize_response
+from .logs import connection_label, format_address, format_head, format_status, opened_line
 from .protocol import State, WebSocketCommonProtocol
 from .settings import SizeSetting, check_settings
 from .streamreader import StreamReader
@@ -239,6 +240,11 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
         assert self._sock is not None and self._stream is not None
         request = read_request(self._stream.read_line)
         self.request = request
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug(
+                "%s request: %s", connection_label(self),
+                format_head(f"{request.method} {request.path}", request.headers.items()),
+            )
         self.path = request.path
         self.request_headers = request.headers
         self.raw_request_headers = request.headers.items()
@@ -301,6 +307,12 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
                 )
             self._sock.sendall(serialize_response(101, response_headers))
             self._handshake_answered = True
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug(
+                "%s response: %s", connection_label(self), format_head(format_status(101), response_headers.items())
+            )
+        extensions = [permessage_deflate.EXTENSION_NAME] if self._deflate is not None else []
+        self.logger.info("%s", opened_line(self, request.path, self.subprotocol, extensions))
         return request.path
 
     def _cancel_handshake(self) -> None:
@@ -379,7 +391,10 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
             self.logger.debug("%s: handshake failed: %r", self._name(), exc)
         else:
             status, headers, body = answer
-            self.logger.info("%s: handshake refused with %d: %s", self._name(), status, exc)
+            self.logger.info(
+                "%s refused with %s: peer %s, path %s: %s", connection_label(self), format_status(status),
+                format_address(self.remote_address), self.request.path if self.request else "?", exc,
+            )
             _send_http_answer(self._sock, status, headers, body, self.server_header)  # type: ignore[arg-type]
         self._close_unopened()
 
@@ -662,6 +677,13 @@ class WebSocketServer:
         self.wait_closed()
 
 
+def _bound_address(sock: socket.socket) -> Any:
+    try:
+        return sock.getsockname()
+    except OSError:
+        return None
+
+
 def _remaining(deadline: Optional[float]) -> Optional[float]:
     if deadline is None:
         return None
@@ -869,6 +891,7 @@ def serve(
             process_response=process_response,
         )
 
+    logger.info("server listening on %s", ", ".join(format_address(_bound_address(sock)) for sock in sockets))
     return WebSocketServer(
         sockets,
         make_protocol,
