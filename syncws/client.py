@@ -31,7 +31,7 @@ from .extensions import permessage_deflate
 from .http import Headers, HeadersLike, read_response, serialize_request
 from .protocol import WebSocketCommonProtocol
 from .logs import connection_label, format_head, format_status, opened_line
-from .proxy import open_tunnel, proxy_for
+from .proxy import open_proxy, proxy_for
 from .settings import SizeSetting, check_settings
 from .streamreader import StreamReader
 from .uri import WebSocketURI, host_header, parse_uri
@@ -262,10 +262,14 @@ def connect(
         user_agent_header: the ``User-Agent`` header; ``None`` omits it.
         server_hostname: the name to check the TLS certificate against,
             when it isn't the URI's host.
-        proxy: ``True`` (default) uses the HTTP proxy the environment names
-            (``https_proxy`` / ``http_proxy``, minus ``no_proxy``); a URL
-            like ``"http://user:pass@proxy:3128"`` uses that proxy; ``None``
-            connects directly.
+        proxy: ``True`` (default) uses the proxy the environment names
+            (``wss_proxy`` / ``ws_proxy``, ``socks_proxy``, ``https_proxy``
+            / ``http_proxy``, ``all_proxy``, minus ``no_proxy``: see
+            :mod:`syncws.proxy`); a URL like
+            ``"http://user:pass@proxy:3128"`` or
+            ``"socks5h://user:pass@proxy:1080"`` uses that proxy (SOCKS
+            needs ``pip install 'syncws[socks]'``); ``None`` connects
+            directly.
         logger: a logger or logger name (default ``syncws.client``).
         max_redirects: how many HTTP redirects (301, 302, 303, 307, 308) to
             follow; 0 follows none. ``ws://`` may redirect to ``wss://``,
@@ -287,7 +291,8 @@ def connect(
         InvalidStatusCode: also for a redirect not followed (too many,
             ``wss://`` to ``ws://``, no ``Location``), with the response's
             ``status_code``, ``headers`` and ``body``.
-        ProxyError: the HTTP proxy refused the tunnel.
+        ProxyError: the proxy refused the tunnel.
+        ImportError: a SOCKS proxy without python-socks installed.
         OSError: TCP or TLS failed.
         TimeoutError: the opening handshake didn't finish in time.
         TypeError: an unknown keyword argument, or a setting of the wrong
@@ -346,7 +351,7 @@ def connect(
     started = time.monotonic()
     proxy_url = proxy_for(wsuri, proxy) if sock is None else None
     if proxy_url is not None:
-        sock = open_tunnel(
+        sock = open_proxy(
             proxy_url,
             connect_host or wsuri.host,
             connect_port or wsuri.port,
