@@ -121,8 +121,7 @@ def opened_line(connection: Any, path: str, subprotocol: Optional[str], extensio
         extensions: names of the negotiated extensions.
 
     Returns:
-        ``connection 1a2b3c4d opened: peer 127.0.0.1:53210, path /chat,
-        subprotocol chat``, with the extensions after.
+        The line (see the module's examples).
     """
     parts = [f"peer {format_address(connection.remote_address)}", f"path {path}"]
     parts.append(f"subprotocol {subprotocol}" if subprotocol is not None else "no subprotocol")
@@ -140,6 +139,6 @@ def closed_line(connection: Any, code: int, reason: str, duration: float) -> str
         duration: seconds since the connection opened.
 
     Returns:
-        ``connection 1a2b3c4d closed: 1000 (OK) bye, after 12.34 s``.
+        The line (see the module's examples).
     """
     return f"{connection_label(connection)} closed: {describe_close(code, reason)}, after {duration:.2f} s"
