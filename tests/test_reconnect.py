@@ -137,17 +137,24 @@ def test_default_retries_503_but_not_404() -> None:
     assert excinfo.value.status_code == 404 and answers == []
 
 
-def test_stop_from_another_thread_closes_the_current_connection() -> None:
-    closed: "queue.Queue[Any]" = queue.Queue()
+def close_code_reporter(closed: "queue.Queue[Any]", greeting: Any = None) -> Any:
+    """A handler that (optionally) greets, waits for the close, reports its code."""
 
     def handler(ws: Any) -> None:
+        if greeting is not None:
+            ws.send(greeting)
         try:
             ws.recv(timeout=20)
         except ConnectionClosed:
             pass
         closed.put(ws.close_code)
 
-    with syncws.serve(handler, "127.0.0.1", 0) as server:
+    return handler
+
+
+def test_stop_from_another_thread_closes_the_current_connection() -> None:
+    closed: "queue.Queue[Any]" = queue.Queue()
+    with syncws.serve(close_code_reporter(closed), "127.0.0.1", 0) as server:
         connections = syncws.reconnect(f"ws://127.0.0.1:{server.port}/")
         yielded = []
         timer = threading.Timer(0.2, connections.stop)
@@ -171,16 +178,7 @@ def test_stop_cuts_a_backoff_wait_short() -> None:
 
 def test_break_closes_the_current_connection() -> None:
     closed: "queue.Queue[Any]" = queue.Queue()
-
-    def handler(ws: Any) -> None:
-        ws.send("hello")
-        try:
-            ws.recv(timeout=20)
-        except ConnectionClosed:
-            pass
-        closed.put(ws.close_code)
-
-    with syncws.serve(handler, "127.0.0.1", 0) as server:
+    with syncws.serve(close_code_reporter(closed, "hello"), "127.0.0.1", 0) as server:
         for ws in syncws.reconnect(f"ws://127.0.0.1:{server.port}/"):
             assert ws.recv(timeout=5) == "hello"
             break

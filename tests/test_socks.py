@@ -27,6 +27,7 @@ from syncws.proxy import proxy_for
 from syncws.uri import parse_uri
 
 from conftest import CERT_FILE, KEY_FILE, wait_for
+from test_proxy import TunnelProxy
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -115,24 +116,19 @@ def dante(tmp_path: Path) -> Iterator[int]:
         yield port
 
 
-class Socks4aServer:
-    """SOCKS4a (CONNECT only): records the host name each client sent."""
+class Socks4aServer(TunnelProxy):
+    """SOCKS4a (CONNECT only): records the host name each client sent.
+
+    The accepting side is the HTTP CONNECT test proxy's; only the request
+    differs.
+    """
 
     def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
         self.requested: List[str] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
+        self.port = self.listener.getsockname()[1]
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
+    def _tunnel(self, client: socket.socket) -> None:
         with client:
             client.settimeout(10)
             data = b""
@@ -150,9 +146,6 @@ class Socks4aServer:
             client.sendall(b"\0\x5a" + b"\0" * 6)
             with upstream:
                 relay(client, upstream)
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 def relay(a: socket.socket, b: socket.socket) -> None:
