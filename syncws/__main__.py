@@ -48,7 +48,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 from . import ConnectionClosed, InvalidHandshake, InvalidURI, connect, serve
 # "1001 (going away) reason", as exception messages say it.
 from .framing import describe_close
-from .protocol import OK_CLOSE_CODES, WebSocketCommonProtocol
+from .close_codes import OK_CLOSE_CODES
+from .protocol import WebSocketCommonProtocol
 from .version import __version__
 
 __all__ = ["main"]

@@ -49,7 +49,7 @@ def broadcast(
         if not connection.open:
             continue
         try:
-            if not connection._send_nowait(message, timeout):
+            if not connection.send_nowait(message, timeout):
                 slow.append(connection)
         except Exception as exc:
             failures[connection] = exc

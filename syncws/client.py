@@ -33,7 +33,7 @@ from .protocol import WebSocketCommonProtocol
 from .logs import connection_label, format_head, format_status, opened_line
 from .proxy import open_proxy, proxy_for
 from .settings import SizeSetting, check_settings
-from .streamreader import StreamReader
+from .transport import Transport
 from .uri import WebSocketURI, host_header, parse_uri
 from .version import __version__
 
@@ -94,7 +94,8 @@ class WebSocketClientProtocol(WebSocketCommonProtocol):
             NegotiationError: the server chose an extension or subprotocol
                 that wasn't offered.
         """
-        assert self._sock is not None and self._stream is not None
+        transport = self.transport
+        assert transport is not None, "connection_made() must come first"
         self.path = wsuri.resource_name
         headers = Headers()
         headers["Host"] = host_header(wsuri)
@@ -123,8 +124,8 @@ class WebSocketClientProtocol(WebSocketCommonProtocol):
                 "%s request: %s", connection_label(self),
                 format_head(f"GET {wsuri.resource_name}", headers.items()),
             )
-        self._sock.sendall(serialize_request(wsuri.resource_name, headers))
-        response = read_response(self._stream.read_line)
+        transport.write(serialize_request(wsuri.resource_name, headers), None)
+        response = read_response(transport.read_line)
         if debug:
             self.logger.debug(
                 "%s response: %s", connection_label(self),
@@ -135,11 +136,13 @@ class WebSocketClientProtocol(WebSocketCommonProtocol):
             raise InvalidStatusCode(response.status_code, self._read_error_body(response.headers), response.headers)
         handshake.check_response(response.headers.get_joined, key)
         self.subprotocol = _chosen_subprotocol(response.headers, subprotocols)
-        self._deflate = _accepted_extensions(response.headers, deflate_factory)
+        deflate = _accepted_extensions(response.headers, deflate_factory)
+        self.extensions = [] if deflate is None else [deflate]
 
     def _read_error_body(self, headers: Headers) -> bytes:
         """Read the body of a refused handshake, for the error message."""
-        assert self._stream is not None
+        transport = self.transport
+        assert transport is not None
         try:
             length = int(headers.get("Content-Length", "") or -1)
         except ValueError:
@@ -150,7 +153,7 @@ class WebSocketClientProtocol(WebSocketCommonProtocol):
         body = b""
         try:
             while len(body) < limit:
-                chunk = self._stream.read_available(limit - len(body))
+                chunk = transport.read_available(limit - len(body))
                 if not chunk:
                     break
                 body += chunk
@@ -333,10 +336,8 @@ def connect(
         port=wsuri.port,
         secure=wsuri.secure,
         timeout=timeout,
-        # TODO(lead): the fragment limit and the low-water mark of the
-        # normalized settings, once the connection takes them.
-        max_size=settings.max_message_size,
-        max_queue=settings.max_queue_high,
+        max_size=settings.max_size,
+        max_queue=settings.max_queue,
         read_limit=read_limit,
         write_limit=write_limit,
         ping_interval=ping_interval,
@@ -365,28 +366,20 @@ def connect(
             source_address=source_address,
         )
     remaining = None if open_timeout is None else max(0.0, open_timeout - (time.monotonic() - started))
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+    transport = Transport(sock, read_limit=read_limit)
+    protocol.connection_made(transport)
     try:
-        sock.settimeout(None)
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        protocol._sock = sock
-        with timers.deadline(remaining, protocol._abort) as handshake_deadline:
+        # The deadline shuts the socket down, which ends whatever step of
+        # the handshake is blocked; `expired` tells that from a real error.
+        with timers.deadline(remaining, transport.abort) as handshake_deadline:
             try:
                 if wsuri.secure or ssl is True or isinstance(ssl, ssl_module.SSLContext):
                     context = ssl if isinstance(ssl, ssl_module.SSLContext) else ssl_module.create_default_context()
-                    sock = context.wrap_socket(
-                        sock,
-                        server_hostname=server_hostname or wsuri.host,
-                        do_handshake_on_connect=False,
-                    )
-                    protocol._sock = sock
-                    sock.do_handshake()
-                protocol._set_addresses(sock)
-                protocol._stream = StreamReader(sock, read_limit)
+                    transport.start_tls(context, server_hostname=server_hostname or wsuri.host)
                 protocol.handshake(wsuri, origin=origin, subprotocols=subprotocols, extra_headers=extra_headers)
             except (OSError, InvalidMessage):
-                # When time ran out, this is only the socket shut down by
-                # the deadline: the timeout below is the real error.
                 if not handshake_deadline.expired:
                     raise
         if handshake_deadline.expired:
@@ -394,7 +387,7 @@ def connect(
                 f"the opening handshake with {uri} didn't finish within {open_timeout} seconds"
             )
     except InvalidStatusCode as exc:
-        sock.close()
+        protocol.abort(f"the server answered HTTP {exc.status_code}")
         if exc.status_code not in REDIRECT_STATUSES:
             raise
         target = _redirect_target(uri, wsuri, exc, max_redirects, redirected_from, arguments["sock"] is not None)
@@ -407,10 +400,10 @@ def connect(
             arguments.pop("port", None)
         return connect(**arguments)
     except BaseException:
-        sock.close()
+        protocol.abort("the opening handshake failed")
         raise
-    protocol.connection_open(sock, protocol._stream, deflate=protocol._deflate)
-    extensions = [permessage_deflate.EXTENSION_NAME] if protocol._deflate is not None else []
+    protocol.connection_open()
+    extensions = [permessage_deflate.EXTENSION_NAME] if protocol.extensions else []
     protocol.logger.info("%s", opened_line(protocol, wsuri.resource_name, protocol.subprotocol, extensions))
     return protocol
 

@@ -18,6 +18,7 @@ The tree::
     │   ├── InvalidStatusCode
     │   ├── NegotiationError
     │   └── ProxyError
+    ├── ConcurrencyError (also a RuntimeError)
     ├── InvalidState
     │   └── ConnectionClosed
     │       ├── ConnectionClosedOK
@@ -32,6 +33,8 @@ from __future__ import annotations
 import http
 from typing import Any, Iterable, Optional, Tuple
 
+from .close_codes import describe_close
+
 __all__ = [
     "WebSocketException",
     "InvalidHandshake",
@@ -44,6 +47,7 @@ __all__ = [
     "InvalidStatusCode",
     "NegotiationError",
     "ProxyError",
+    "ConcurrencyError",
     "InvalidState",
     "ConnectionClosed",
     "ConnectionClosedOK",
@@ -203,6 +207,16 @@ class ProxyError(InvalidHandshake):
         super().__init__(message)
 
 
+class ConcurrencyError(WebSocketException, RuntimeError):
+    """Two threads did at once what one connection allows one thread to do.
+
+    Raised by ``recv()`` / ``recv_streaming()`` while another thread is
+    receiving, and by a ``send()`` of a fragmented message while another
+    thread is sending one: a bug in the caller, reported instead of silently
+    sharing (or interleaving) messages.
+    """
+
+
 class InvalidState(WebSocketException):
     """An operation is not allowed in the connection's current state."""
 
@@ -211,29 +225,28 @@ class ConnectionClosed(InvalidState):
     """The connection is closed; raised by operations on it.
 
     Args:
-        code: the close code of the connection (1006 when TCP was lost without
-            a closing handshake).
-        reason: the close reason.
+        code: the connection's close code: the code of the close frame
+            received (1005 if it had none), or 1006 when none was received.
+        reason: the connection's close reason: the reason of the close frame
+            received, or else what ended the connection.
 
-    ``code`` and ``reason`` are the ones the peer sent when it closed first,
-    otherwise the ones this side sent.
+    ``code`` and ``reason`` always equal the connection's ``close_code`` and
+    ``close_reason``; the close frame this side sent, if any, is the
+    connection's ``close_sent``.
     """
 
     def __init__(self, code: int, reason: str = "") -> None:
         self.code = code
         self.reason = reason
-        # Imported here because framing imports this module.
-        from .framing import describe_close
-
         super().__init__(f"connection closed: {describe_close(code, reason)}")
 
 
 class ConnectionClosedOK(ConnectionClosed):
-    """The connection closed normally (1000 or 1001)."""
+    """The connection closed normally (1000, 1001, or 1005: a close frame without a code)."""
 
 
 class ConnectionClosedError(ConnectionClosed):
-    """The connection closed with an error (any code but 1000 and 1001)."""
+    """The connection closed with an error (any code but 1000, 1001 and 1005)."""
 
 
 class InvalidURI(WebSocketException):

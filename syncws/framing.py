@@ -18,6 +18,12 @@ import os
 import struct
 from typing import Callable, NamedTuple, Optional, Tuple
 
+from .close_codes import (
+    CloseCode,
+    describe_close,
+    describe_close_code,
+    is_valid_close_code,
+)
 from .exceptions import PayloadTooBig, WebSocketProtocolError
 from .masking import apply_mask, apply_mask_inplace
 
@@ -28,7 +34,9 @@ __all__ = [
     "DATA_OPCODES",
     "CONTROL_OPCODES",
     "read_frame",
+    "encode_frame",
     "serialize_frame",
+    "MAX_CONTROL_PAYLOAD",
     "frame_header",
     "parse_close",
     "serialize_close",
@@ -58,49 +66,6 @@ CONTROL_OPCODES = frozenset({Opcode.CLOSE, Opcode.PING, Opcode.PONG})
 _OPCODES = {opcode.value: opcode for opcode in Opcode}
 
 
-class CloseCode(enum.IntEnum):
-    """Close codes (RFC 6455 §7.4 and the IANA registry)."""
-
-    NORMAL_CLOSURE = 1000
-    GOING_AWAY = 1001
-    PROTOCOL_ERROR = 1002
-    UNSUPPORTED_DATA = 1003
-    # 1004 is reserved.
-    NO_STATUS_RCVD = 1005
-    ABNORMAL_CLOSURE = 1006
-    INVALID_DATA = 1007
-    POLICY_VIOLATION = 1008
-    MESSAGE_TOO_BIG = 1009
-    MANDATORY_EXTENSION = 1010
-    INTERNAL_ERROR = 1011
-    SERVICE_RESTART = 1012
-    TRY_AGAIN_LATER = 1013
-    BAD_GATEWAY = 1014
-    TLS_HANDSHAKE = 1015
-
-
-_CLOSE_CODE_EXPLANATIONS = {
-    CloseCode.NORMAL_CLOSURE: "OK",
-    CloseCode.GOING_AWAY: "going away",
-    CloseCode.PROTOCOL_ERROR: "protocol error",
-    CloseCode.UNSUPPORTED_DATA: "unsupported data",
-    CloseCode.NO_STATUS_RCVD: "no status received",
-    CloseCode.ABNORMAL_CLOSURE: "abnormal closure",
-    CloseCode.INVALID_DATA: "invalid frame payload data",
-    CloseCode.POLICY_VIOLATION: "policy violation",
-    CloseCode.MESSAGE_TOO_BIG: "message too big",
-    CloseCode.MANDATORY_EXTENSION: "mandatory extension",
-    CloseCode.INTERNAL_ERROR: "internal error",
-    CloseCode.SERVICE_RESTART: "service restart",
-    CloseCode.TRY_AGAIN_LATER: "try again later",
-    CloseCode.BAD_GATEWAY: "bad gateway",
-    CloseCode.TLS_HANDSHAKE: "TLS handshake failure",
-}
-
-# Codes that only describe a connection locally and must never be sent in a
-# close frame (RFC 6455 §7.4.1): 1004 reserved, 1005, 1006, 1015.
-_SENDABLE_REGISTERED_CODES = frozenset(range(1000, 1004)) | frozenset(range(1007, 1015))
-
 MAX_CONTROL_PAYLOAD = 125
 
 _UNPACK_U16 = struct.Struct("!H").unpack
@@ -108,29 +73,6 @@ _UNPACK_U64 = struct.Struct("!Q").unpack
 _PACK_2B = struct.Struct("!BB").pack
 _PACK_2B_U16 = struct.Struct("!BBH").pack
 _PACK_2B_U64 = struct.Struct("!BBQ").pack
-
-
-def describe_close_code(code: int) -> str:
-    """Return a short human explanation of a close code, for logs and errors."""
-    try:
-        return _CLOSE_CODE_EXPLANATIONS[CloseCode(code)]
-    except ValueError:
-        if 3000 <= code < 4000:
-            return "registered"
-        if 4000 <= code < 5000:
-            return "private use"
-        return "unknown"
-
-
-def describe_close(code: int, reason: str = "") -> str:
-    """Render a close code and reason for logs and errors: ``1001 (going away) bye``."""
-    text = f"{code} ({describe_close_code(code)})"
-    return f"{text} {reason}" if reason else text
-
-
-def is_valid_close_code(code: int) -> bool:
-    """Tell whether ``code`` may appear in a close frame (RFC 6455 §7.4)."""
-    return code in _SENDABLE_REGISTERED_CODES or 3000 <= code < 5000
 
 
 class Frame(NamedTuple):
@@ -279,6 +221,51 @@ def frame_header(
     return header
 
 
+def encode_frame(
+    fin: bool,
+    opcode: int,
+    payload: "bytes | bytearray | memoryview",
+    *,
+    rsv1: bool = False,
+    mask_key: Optional[bytes] = None,
+) -> Tuple[bytes, "bytes | bytearray | memoryview"]:
+    """Serialize a frame as its header and its (masked) payload: the one serializer.
+
+    The two parts are returned apart so that a large payload can be written
+    after its header without being copied into one buffer; join them for a
+    frame's bytes (as :func:`serialize_frame` does).
+
+    Args:
+        fin: whether this is the last frame of a message.
+        opcode: the frame's opcode.
+        payload: the unmasked payload.
+        rsv1: set RSV1 (the first frame of a compressed message).
+        mask_key: the 4-byte masking key, for frames a client sends
+            (RFC 6455 §5.3); ``None`` for frames a server sends.
+
+    Returns:
+        ``(header, payload)``, the payload masked when ``mask_key`` is given.
+
+    Raises:
+        ValueError: a control frame that is fragmented, longer than 125
+            bytes or has RSV1 set.
+    """
+    if opcode >= Opcode.CLOSE:
+        name = Opcode(opcode).name
+        if not fin:
+            raise ValueError(f"a {name} frame can't be fragmented")
+        if len(payload) > MAX_CONTROL_PAYLOAD:
+            raise ValueError(
+                f"a {name} payload is at most {MAX_CONTROL_PAYLOAD} bytes, got {len(payload)}"
+            )
+        if rsv1:
+            raise ValueError(f"RSV1 can't be set on a {name} frame")
+    header = frame_header(fin, opcode, len(payload), rsv1=rsv1, mask_key=mask_key)
+    if mask_key is not None:
+        payload = apply_mask(payload, mask_key)
+    return header, payload
+
+
 def serialize_frame(frame: Frame, *, mask: bool) -> bytes:
     """Serialize a frame, masking it with a fresh random key if ``mask``.
 
@@ -293,25 +280,16 @@ def serialize_frame(frame: Frame, *, mask: bool) -> bytes:
         ValueError: a control frame that is fragmented, longer than 125
             bytes or has RSV1 set, or RSV2/RSV3 set (no extension here uses them).
     """
-    if frame.opcode in CONTROL_OPCODES:
-        if not frame.fin:
-            raise ValueError(f"a {frame.opcode.name} frame can't be fragmented")
-        if len(frame.data) > MAX_CONTROL_PAYLOAD:
-            raise ValueError(
-                f"a {frame.opcode.name} payload is at most {MAX_CONTROL_PAYLOAD} bytes, "
-                f"got {len(frame.data)}"
-            )
-        if frame.rsv1:
-            raise ValueError(f"RSV1 can't be set on a {frame.opcode.name} frame")
     if frame.rsv2 or frame.rsv3:
         raise ValueError("RSV2 and RSV3 aren't used by any supported extension")
-    mask_key = os.urandom(4) if mask else None
-    header = frame_header(
-        frame.fin, frame.opcode, len(frame.data), rsv1=frame.rsv1, mask_key=mask_key
+    header, payload = encode_frame(
+        frame.fin,
+        frame.opcode,
+        frame.data,
+        rsv1=frame.rsv1,
+        mask_key=os.urandom(4) if mask else None,
     )
-    if mask_key is None:
-        return header + frame.data
-    return header + apply_mask(frame.data, mask_key)
+    return header + bytes(payload)
 
 
 def parse_close(data: bytes) -> Tuple[int, str]:

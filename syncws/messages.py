@@ -1,10 +1,15 @@
-"""The bounded queue that hands whole messages from the reader thread to
-``recv()``.
+"""The bounded queue that hands received messages and fragments from the
+reader thread to ``recv()``, and the assembly of fragments into messages.
 
-Theory of operation: the reader thread is the only producer; any number of
-threads may consume. When ``maxsize`` messages are waiting, :meth:`put`
-blocks, so the reader thread stops reading the socket and TCP flow control
-pushes back on the peer: memory stays bounded by about ``maxsize`` messages.
+Theory of operation: the reader thread is the only producer of a
+:class:`MessageQueue`. Its items are whole messages (``str`` or ``bytes``)
+and the :class:`~syncws.core.Fragment` items of fragmented messages, so that
+``recv_streaming()`` yields fragments as they arrive. When ``high`` items are
+waiting, :meth:`~MessageQueue.put` blocks until consumers have brought them
+down to ``low``, so the reader thread stops reading the socket and TCP flow
+control pushes back on the peer: memory stays bounded by about ``high``
+frames. :class:`Assembler` is the one consumer: it joins fragments for
+``recv()`` and refuses a second concurrent caller.
 
 The hand-off is a :class:`queue.SimpleQueue`, whose ``put`` and ``get`` are
 implemented in C: a thread wake-up is the dominant cost of a round trip, and
@@ -12,20 +17,25 @@ this is the cheapest one CPython offers. The bound is kept beside it: the
 reader checks the size before each put and, only when the queue is full,
 waits on an event that consumers set once they have taken a message.
 
-Two events lift the bound. While the connection closes, the reader must keep
+Two events lift the bound. When the connection closes, the reader must keep
 reading to see the peer's close frame, so :meth:`unbound` lets it append
-without waiting (for at most the closing timeout). When the reader thread
-ends, :meth:`close` appends an end marker: consumers get every message that
-was queued before it, then :exc:`QueueClosed`.
+without waiting (the connection's core drops data received after our close
+frame, so only what was parsed before it can still come). When the reader
+thread ends, :meth:`close` appends an end marker: consumers get every item
+that was queued before it, then :exc:`QueueClosed`.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Optional
+import time
+from typing import Any, Iterator, List, Optional
 
-__all__ = ["MessageQueue", "QueueClosed"]
+from .core import Data, Fragment
+from .exceptions import ConcurrencyError
+
+__all__ = ["MessageQueue", "QueueClosed", "Assembler"]
 
 
 class QueueClosed(Exception):
@@ -38,16 +48,19 @@ _CLOSED = object()
 
 
 class MessageQueue:
-    """A FIFO of messages with a blocking, bounded :meth:`put`.
+    """A FIFO of messages and fragments with a blocking, bounded :meth:`put`.
 
     Args:
-        maxsize: how many messages may wait before :meth:`put` blocks;
-            ``None`` or 0 for no bound.
+        high: how many items may wait before :meth:`put` blocks; ``None`` or
+            0 for no bound.
+        low: once blocked, :meth:`put` waits until no more than this many
+            items wait; ``high - 1`` by default.
     """
 
-    def __init__(self, maxsize: Optional[int]) -> None:
+    def __init__(self, high: Optional[int], low: Optional[int] = None) -> None:
         self._items: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
-        self._maxsize = maxsize or 0
+        self._maxsize = high or 0
+        self._low = self._maxsize - 1 if low is None else low
         # Cleared once when the connection starts closing or the queue closes.
         self._bounded = self._maxsize > 0
         # Set by close(); read without a lock (a bool flips once).
@@ -72,11 +85,11 @@ class MessageQueue:
         if self._bounded and self._items.qsize() >= self._maxsize:
             self.put_waiting = True
             try:
-                while self._bounded and self._items.qsize() >= self._maxsize:
+                while self._bounded and self._items.qsize() > self._low:
                     self._room.clear()
                     # Checked again after the clear: a consumer that took a
                     # message in between has set the event, or will.
-                    if self._bounded and self._items.qsize() >= self._maxsize:
+                    if self._bounded and self._items.qsize() > self._low:
                         self._room.wait()
             finally:
                 self.put_waiting = False
@@ -105,7 +118,7 @@ class MessageQueue:
         if item is _CLOSED:
             self._items.put(_CLOSED)
             raise QueueClosed
-        if self.put_waiting:
+        if self.put_waiting and self._items.qsize() <= self._low:
             self._room.set()
         return item
 
@@ -125,3 +138,114 @@ class MessageQueue:
         self._bounded = False
         self._items.put(_CLOSED)
         self._room.set()
+
+
+class Assembler:
+    """What ``recv()`` and ``recv_streaming()`` do with the queue's items.
+
+    One thread at a time may receive: a second concurrent caller gets
+    :exc:`~syncws.ConcurrencyError`, since two threads sharing one
+    connection's messages is a bug (each would get a random share). A
+    fragmented message that a timeout interrupts is kept for the next call.
+
+    Args:
+        items: the queue the reader thread fills.
+    """
+
+    def __init__(self, items: MessageQueue) -> None:
+        self.items = items
+        # Held by the thread inside recv() or recv_streaming(); tried, never
+        # waited for.
+        self._receiving = threading.Lock()
+        # Fragments of a message already taken when a timeout interrupted
+        # recv(), for the next call.
+        self._partial: List[Data] = []
+
+    def _enter(self) -> None:
+        if not self._receiving.acquire(blocking=False):
+            raise ConcurrencyError(
+                "another thread is already receiving on this connection: "
+                "call recv() / recv_streaming() from one thread at a time"
+            )
+
+    def get(self, timeout: Optional[float] = None, decode: Optional[bool] = None) -> Data:
+        """Return the next whole message.
+
+        Args:
+            timeout: seconds to wait; ``None`` forever; 0 only what arrived.
+            decode: ``None`` gives text as ``str`` and binary as ``bytes``;
+                ``False`` gives text as UTF-8 ``bytes``; ``True`` decodes
+                binary as UTF-8.
+
+        Raises:
+            TimeoutError: no whole message within ``timeout``.
+            QueueClosed: no message will come any more.
+            ConcurrencyError: another thread is receiving.
+            UnicodeDecodeError: ``decode=True`` and a binary message isn't UTF-8.
+        """
+        self._enter()
+        try:
+            if not self._partial:
+                item = self.items.get(timeout)
+                if type(item) is not Fragment:
+                    return _convert(item, decode)
+                self._partial.append(item.data)
+                if item.fin:
+                    return _convert(self._take_partial(), decode)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                item = self.items.get(remaining)
+                self._partial.append(item.data)
+                if item.fin:
+                    return _convert(self._take_partial(), decode)
+        finally:
+            self._receiving.release()
+
+    def _take_partial(self) -> Data:
+        pieces = self._partial
+        self._partial = []
+        return pieces[0] if len(pieces) == 1 else pieces[0][:0].join(pieces)  # type: ignore[arg-type]
+
+    def stream(self, timeout: Optional[float] = None, decode: Optional[bool] = None) -> Iterator[Data]:
+        """Yield the fragments of the next message as they arrive.
+
+        Args:
+            timeout: seconds to wait for the message's first fragment.
+            decode: as for :meth:`get`, per fragment.
+
+        Raises:
+            TimeoutError: no message within ``timeout``.
+            QueueClosed: no message will come any more.
+            ConcurrencyError: another thread is receiving.
+        """
+        self._enter()
+        try:
+            if self._partial:
+                yield _convert(self._take_partial(), decode)
+            else:
+                item = self.items.get(timeout)
+                if type(item) is not Fragment:
+                    yield _convert(item, decode)
+                    return
+                yield _convert(item.data, decode)
+                if item.fin:
+                    return
+            while True:
+                item = self.items.get()
+                yield _convert(item.data, decode)
+                if item.fin:
+                    return
+        finally:
+            self._receiving.release()
+
+
+def _convert(data: Data, decode: Optional[bool]) -> Data:
+    """Apply recv()'s ``decode`` argument to a message or fragment."""
+    if decode is None:
+        return data
+    if decode and type(data) is bytes:
+        return data.decode()
+    if not decode and type(data) is str:
+        return data.encode()
+    return data

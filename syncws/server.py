@@ -41,7 +41,7 @@ from .http import Headers, HeadersLike, Request, read_request, serialize_respons
 from .logs import connection_label, format_address, format_head, format_status, opened_line
 from .protocol import State, WebSocketCommonProtocol
 from .settings import SizeSetting, check_settings
-from .streamreader import StreamReader
+from .transport import Transport
 from .version import __version__
 
 __all__ = ["serve", "unix_serve", "WebSocketServer", "WebSocketServerProtocol", "SERVER_HEADER"]
@@ -120,8 +120,11 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
         self.origin: Optional[str] = None
         #: The request headers as ``(name, value)`` pairs, as received.
         self.raw_request_headers: List[Tuple[str, str]] = []
-        # Set under _write_lock: the 101 went out / the server cancelled
-        # the handshake while closing.
+        # Orders the 101 response against WebSocketServer.close(): the
+        # server either cancels the handshake before the 101 goes out, or
+        # lets it through and then closes the open connection. The flags
+        # below are set under it.
+        self._handshake_lock = threading.Lock()
         self._handshake_answered = False
         self._handshake_cancelled = False
 
@@ -237,8 +240,9 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
             InvalidHandshake: the request isn't a valid handshake (the
                 server answers 400, 403, 405, 426 or 431 from it).
         """
-        assert self._sock is not None and self._stream is not None
-        request = read_request(self._stream.read_line)
+        transport = self.transport
+        assert transport is not None, "connection_made() must come first"
+        request = read_request(transport.read_line)
         self.request = request
         if self.logger.isEnabledFor(logging.DEBUG):
             self.logger.debug(
@@ -299,19 +303,19 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
         # Ordered against _cancel_handshake(): a server that is closing
         # either cancels the handshake before the 101 goes out, or lets it
         # through and then closes the open connection with its close code.
-        with self._write_lock:
+        with self._handshake_lock:
             if self._handshake_cancelled:
                 raise AbortHandshake(
                     http.HTTPStatus.SERVICE_UNAVAILABLE, [],
                     b"Failed to open a WebSocket connection: the server is shutting down.\n",
                 )
-            self._sock.sendall(serialize_response(101, response_headers))
+            transport.write(serialize_response(101, response_headers), None)
             self._handshake_answered = True
         if self.logger.isEnabledFor(logging.DEBUG):
             self.logger.debug(
                 "%s response: %s", connection_label(self), format_head(format_status(101), response_headers.items())
             )
-        extensions = [permessage_deflate.EXTENSION_NAME] if self._deflate is not None else []
+        extensions = [permessage_deflate.EXTENSION_NAME] if self.extensions else []
         self.logger.info("%s", opened_line(self, request.path, self.subprotocol, extensions))
         return request.path
 
@@ -321,10 +325,11 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
         Called by :meth:`WebSocketServer.close`; never blocks for long (the
         lock is held only while a 101 response is written).
         """
-        with self._write_lock:
+        with self._handshake_lock:
             if not self._handshake_answered:
                 self._handshake_cancelled = True
-                self._abort()
+                if self.transport is not None:
+                    self.transport.abort()
 
     def _negotiate_extensions(self, request_headers: Headers, response_headers: Headers) -> None:
         """Accept permessage-deflate when the client offers it acceptably."""
@@ -339,42 +344,43 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
         ]
         accepted = factory.accept(offers) if offers else None
         if accepted is not None:
-            params, self._deflate = accepted
+            params, deflate = accepted
+            self.extensions = [deflate]
             response_headers["Sec-WebSocket-Extensions"] = handshake.build_extension_list(
                 [(permessage_deflate.EXTENSION_NAME, params)]
             )
 
-    def _run(self, sock: socket.socket, ssl_context: Optional[ssl_module.SSLContext], open_timeout: Optional[float]) -> bool:
+    def _run(self, transport: Transport, ssl_context: Optional[ssl_module.SSLContext],
+             open_timeout: Optional[float]) -> bool:
         """Set the connection up; return whether the handler should run."""
-        self._sock = sock
-        with timers.deadline(open_timeout, self._abort) as handshake_deadline:
+        self.connection_made(transport)
+        # The deadline shuts the socket down, which ends whatever step of
+        # the handshake is blocked; `expired` tells that from a real error.
+        with timers.deadline(open_timeout, transport.abort) as handshake_deadline:
             try:
                 if ssl_context is not None:
-                    sock = ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-                    self._sock = sock
-                    sock.do_handshake()
-                self._stream = StreamReader(sock, self.read_limit)
+                    transport.start_tls(ssl_context, server_side=True)
                 self.handshake(self.origins, self.available_subprotocols, self.extra_headers)
             except (OSError, InvalidHandshake) as exc:
                 if handshake_deadline.expired:
-                    self.logger.info("%s: opening handshake timed out", self._name())
-                    self._close_unopened()
+                    self.logger.info("%s: opening handshake timed out", self)
+                    self.abort("the opening handshake timed out")
                     return False
                 self._refuse(exc)
                 return False
             except Exception:
                 # A bug in process_request, get_response_status or the like:
                 # answer 500 and keep serving.
-                self.logger.exception("%s: the opening handshake raised", self._name())
+                self.logger.exception("%s: the opening handshake raised", self)
                 self._refuse(AbortHandshake(
                     http.HTTPStatus.INTERNAL_SERVER_ERROR, [],
                     b"Failed to open a WebSocket connection: internal server error.\n",
                 ))
                 return False
         if handshake_deadline.expired:
-            self._close_unopened()
+            self.abort("the opening handshake timed out")
             return False
-        self.connection_open(sock, self._stream, deflate=self._deflate)
+        self.connection_open()
         return True
 
     def _refuse(self, exc: Exception) -> None:
@@ -385,18 +391,19 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
                 response = self.process_response(self.request, ServerResponse(answer[0], Headers(answer[1]), answer[2]))
                 answer = (response.status_code, response.headers.items(), response.body)
             except Exception:
-                self.logger.exception("%s: process_response raised; answering as it was", self._name())
+                self.logger.exception("%s: process_response raised; answering as it was", self)
         if answer is None:
             # Nothing worth answering: the client left, or TLS failed.
-            self.logger.debug("%s: handshake failed: %r", self._name(), exc)
+            self.logger.debug("%s: handshake failed: %r", self, exc)
         else:
             status, headers, body = answer
             self.logger.info(
                 "%s refused with %s: peer %s, path %s: %s", connection_label(self), format_status(status),
                 format_address(self.remote_address), self.request.path if self.request else "?", exc,
             )
-            _send_http_answer(self._sock, status, headers, body, self.server_header)  # type: ignore[arg-type]
-        self._close_unopened()
+            assert self.transport is not None
+            _send_http_answer(self.transport.sock, status, headers, body, self.server_header)
+        self.abort(f"the opening handshake failed: {exc}")
 
 
 def _http_answer(exc: Exception) -> Optional[Tuple[int, List[Tuple[str, str]], bytes]]:
@@ -556,11 +563,11 @@ class WebSocketServer:
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
             protocol = self._make_protocol(self)
-            protocol._set_addresses(sock)
+            transport = Transport(sock, read_limit=protocol.read_limit)
             with self._lock:
                 self._pending.add(protocol)
             try:
-                opened = protocol._run(sock, self._ssl_context, self._open_timeout)
+                opened = protocol._run(transport, self._ssl_context, self._open_timeout)
             finally:
                 with self._lock:
                     self._pending.discard(protocol)
@@ -594,9 +601,9 @@ class WebSocketServer:
         except ConnectionClosed as exc:
             # The peer closed while the handler was using the connection:
             # the normal way for a handler to end, not a crash.
-            protocol.logger.debug("%s: handler ended by %s", protocol._name(), exc)
+            protocol.logger.debug("%s: handler ended by %s", protocol, exc)
         except Exception:
-            protocol.logger.exception("%s: the handler raised", protocol._name())
+            protocol.logger.exception("%s: the handler raised", protocol)
             protocol.close(CloseCode.INTERNAL_ERROR, "internal error")
         else:
             protocol.close()
@@ -635,7 +642,7 @@ class WebSocketServer:
             # Still in the opening handshake: nothing to close politely.
             connection._cancel_handshake()
         for connection in connections:
-            connection._start_closing(code, reason)
+            connection.start_closing(code, reason)
         self._closed.set()
 
     def wait_closed(self, timeout: Optional[float] = None) -> None:
@@ -870,10 +877,8 @@ def serve(
             port=port,
             secure=ssl is not None,
             timeout=timeout,
-            # TODO(lead): the fragment limit and the low-water mark of the
-            # normalized settings, once the connection takes them.
-            max_size=settings.max_message_size,
-            max_queue=settings.max_queue_high,
+            max_size=settings.max_size,
+            max_queue=settings.max_queue,
             read_limit=read_limit,
             write_limit=write_limit,
             ping_interval=ping_interval,

@@ -27,17 +27,18 @@ class StreamReader:
         sock: a connected socket in blocking mode (or with a timeout during
             the handshake).
         read_limit: the most bytes asked of the socket per ``recv``.
+        buffered: bytes already read from the socket, served first.
 
     Reads raise :exc:`EOFError` when the peer closes the stream before the
     requested bytes arrive, and let the socket's :exc:`OSError` through.
     """
 
-    def __init__(self, sock: socket.socket, read_limit: int = 2**16) -> None:
+    def __init__(self, sock: socket.socket, read_limit: int = 2**16, buffered: bytes = b"") -> None:
         self._recv = sock.recv
         self._recv_into = sock.recv_into
         self._read_limit = read_limit
         # Buffered bytes are self._data[self._pos:].
-        self._data = b""
+        self._data = buffered
         self._pos = 0
         #: Total bytes received from the socket, for the connection's stats.
         self.bytes_received = 0
@@ -124,6 +125,13 @@ class StreamReader:
         line = self._data[self._pos : end]
         self._pos = end
         return line
+
+    def take_buffered(self) -> bytes:
+        """Return the buffered bytes and forget them (the reader moves on without it)."""
+        data = self._data[self._pos :]
+        self._data = b""
+        self._pos = 0
+        return data
 
     def read_available(self, limit: int) -> bytes:
         """Return what is buffered, or else one ``recv`` of at most ``limit``.

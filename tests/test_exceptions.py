@@ -18,6 +18,7 @@ from syncws.exceptions import (
     InvalidHeader,
     InvalidMessage,
     InvalidOrigin,
+    ConcurrencyError,
     InvalidState,
     InvalidStatusCode,
     InvalidUpgrade,
@@ -42,6 +43,7 @@ PARENTS = {
     NegotiationError: InvalidHandshake,
     ProxyError: InvalidHandshake,
     InvalidState: WebSocketException,
+    ConcurrencyError: WebSocketException,
     ConnectionClosed: InvalidState,
     ConnectionClosedOK: ConnectionClosed,
     ConnectionClosedError: ConnectionClosed,
@@ -59,7 +61,8 @@ def test_all_lists_every_exception() -> None:
 
 @pytest.mark.parametrize("cls, parent", PARENTS.items(), ids=lambda c: getattr(c, "__name__", ""))
 def test_direct_parent(cls: type, parent: type) -> None:
-    assert cls.__bases__ == (parent,)
+    # ConcurrencyError is also a RuntimeError: a bug in the caller.
+    assert cls.__bases__ == ((parent, RuntimeError) if cls is ConcurrencyError else (parent,))
     assert issubclass(cls, WebSocketException)
     assert issubclass(cls, Exception)
 

@@ -425,7 +425,7 @@ def test_client_reports_a_lost_connection(raw_serve: Any, cli: Any) -> None:
     uri = raw_serve(lambda conn: conn.close())  # handshake, then TCP closes: no close frame
     client = cli(uri)
     assert client.wait() == 1
-    assert client.stderr.rest().strip() == "connection lost: 1006 (abnormal closure)"
+    assert client.stderr.rest().strip() == "connection lost: 1006 (abnormal closure) TCP closed without a close frame"
 
 
 # -- client options and piped input ------------------------------------------------------
@@ -460,14 +460,13 @@ def test_header_origin_and_subprotocol_options() -> None:
 
     def handler(ws: Any) -> None:
         seen.put((ws.request_headers, ws.subprotocol))
-        ws.send(f"subprotocol {ws.subprotocol}")
         for _ in ws:
-            pass
+            ws.send(f"subprotocol {ws.subprotocol}")
 
     with syncws.serve(handler, HOST, 0, subprotocols=["chat.v2", "chat.v1"]) as srv:
         result = run_cli(
             "--header", "X-Token: abc 123", "--header", "X-Other:two", "--origin", "https://app.example",
-            "--subprotocol", "chat.v1", "--subprotocol", "chat.v2", f"ws://{HOST}:{srv.port}/", stdin="",
+            "--subprotocol", "chat.v1", "--subprotocol", "chat.v2", f"ws://{HOST}:{srv.port}/", stdin="which?\n",
         )
         assert result.returncode == 0, result.stderr
         headers, subprotocol = seen.get(timeout=TIMEOUT)

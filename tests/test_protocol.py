@@ -384,10 +384,15 @@ def test_protocol_error_closes_with_code(raw_serve, bad, kwargs, code):
     ws = syncws.connect(raw_serve(handler), ping_interval=None, **kwargs)
     with pytest.raises(ConnectionClosedError) as excinfo:
         ws.recv(timeout=5)
-    assert excinfo.value.code == code
+    # We failed the connection (RFC 6455 §7.1.7): the peer's answering close
+    # frame isn't processed, so the close code is 1006, the reason says what
+    # the peer did, and our close frame is in close_sent.
+    assert excinfo.value.code == 1006
+    assert excinfo.value.reason == ws.close_sent[1] != ""
     assert results.get(timeout=5)[0] == code
     assert ws.close_sent is not None and ws.close_sent[0] == code
     ws.wait_closed(5)
+    assert (ws.close_code, ws.close_reason) == (excinfo.value.code, excinfo.value.reason)
     ws.close()
 
 
@@ -407,7 +412,9 @@ def test_too_big_closes_before_payload_arrives(raw_serve):
     assert elapsed < 1
     with pytest.raises(ConnectionClosedError) as excinfo:
         ws.recv(timeout=5)
-    assert excinfo.value.code == 1009
+    assert excinfo.value.code == 1006  # we failed it: the cause is the reason
+    assert "max_size" in excinfo.value.reason
+    assert ws.close_sent[0] == 1009
     ws.close()
 
 
@@ -611,9 +618,31 @@ def test_fragmented_receive(ws_serve):
 
     with syncws.connect(ws_serve(handler)) as ws:
         assert ws.recv(timeout=5) == "abcdef"
-        assert list(ws.recv_streaming(timeout=5)) == [b"12", b"34", b"56"]
-        assert list(ws.recv_streaming(timeout=5)) == ["x", "y"]
+        # Fragments that arrive together may come out joined (RFC 6455 §5.4
+        # gives fragment boundaries no meaning); their content and order stay.
+        assert b"".join(ws.recv_streaming(timeout=5)) == b"123456"
+        assert "".join(ws.recv_streaming(timeout=5)) == "xy"
         assert list(ws.recv_streaming(timeout=5)) == [b"single"]
+
+
+def test_recv_streaming_yields_fragments_as_they_arrive(raw_serve):
+    """Each fragment comes out when it arrives, not when the message ends."""
+    gaps = 0.3
+
+    def handler(conn):
+        conn.send(frame(0x1, b"one ", fin=False))
+        time.sleep(gaps)
+        conn.send(frame(0x0, b"two ", fin=False))
+        time.sleep(gaps)
+        conn.send(frame(0x0, b"three"))
+        conn.read_close()
+
+    with syncws.connect(raw_serve(handler), ping_interval=None) as ws:
+        started = time.monotonic()
+        arrivals = [(piece, time.monotonic() - started) for piece in ws.recv_streaming(timeout=5)]
+    assert [piece for piece, _ in arrivals] == ["one ", "two ", "three"]
+    assert arrivals[0][1] < gaps / 2  # not held until the message is complete
+    assert arrivals[1][1] < gaps * 1.5
 
 
 # -- ping, pong, keepalive -----------------------------------------------------------
@@ -677,8 +706,9 @@ def test_keepalive_closes_unresponsive_peer(raw_serve):
     assert time.monotonic() - started < 2
     with pytest.raises(ConnectionClosedError) as excinfo:
         ws.recv(timeout=1)
-    assert excinfo.value.code == 1011
+    assert excinfo.value.code == 1006  # no close frame came back
     assert "keepalive" in excinfo.value.reason
+    assert ws.close_sent[0] == 1011
     assert ws.stats.pings_sent >= 1
     assert ws.stats.pings_missed >= 1
     code, reason = results.get(timeout=5)

@@ -1,0 +1,950 @@
+"""The live connection as a socket-free state machine (RFC 6455 §5-7, RFC 7692).
+
+Theory of operation
+-------------------
+:class:`ConnectionCore` holds every rule that applies to a WebSocket
+connection once its opening handshake is done, and does no I/O:
+
+* **bytes in, events out.** :meth:`~ConnectionCore.receive_data` parses
+  whatever bytes the socket gave, however they are split, and returns events:
+  a whole message received in one frame comes out as itself (``str`` or
+  ``bytes``, so the common case costs no event object), the frames of a
+  fragmented message as :class:`Fragment` events, and then :class:`PongReceived`,
+  :class:`CloseReceived` and :class:`Failed`. Pings are answered here.
+  :meth:`~ConnectionCore.receive_eof` says the peer closed TCP.
+* **calls in, bytes out.** :meth:`~ConnectionCore.send_data`,
+  :meth:`~ConnectionCore.send_ping`, :meth:`~ConnectionCore.send_pong`,
+  :meth:`~ConnectionCore.send_close` and :meth:`~ConnectionCore.fail` append
+  serialized frames to an output buffer that
+  :meth:`~ConnectionCore.data_to_send` empties, in order.
+
+It never reads a clock, starts a thread or touches a socket: what it can't
+know (a ping's sender wants to be told of its pong; the connection was lost,
+and why) is passed in. So each rule is tested with bytes alone
+(``tests/test_core.py``) and the whole machine can be fuzzed.
+
+The rules it keeps, each in one place:
+
+1. **States** change only in :meth:`~ConnectionCore._set_state`, along
+   :data:`TRANSITIONS`: ``CONNECTING → OPEN → CLOSING → CLOSED``.
+   ``CLOSING`` starts when a close frame is sent or received; ``CLOSED`` when
+   the transport is gone.
+2. **Nothing follows our close frame** (§5.5.1): every send checks that none
+   was sent, and every frame goes through the one output buffer.
+3. **A failure stops the input** (§7.1.7): after :meth:`fail` (or a protocol
+   error found here), further bytes are discarded, the peer's close frame
+   included.
+4. **Data after our close frame is dropped** (§1.4 allows it): a peer that
+   keeps streaming while we close can't grow our memory.
+5. **Sizes** are checked before a payload is buffered: a frame's announced
+   length against ``max_fragment_size`` and what is left of
+   ``max_message_size``; a compressed frame's output while it inflates.
+6. **UTF-8** is validated as the bytes arrive, inside a frame too, so a bad
+   text message fails with the chunk that holds its first invalid byte.
+7. **The close code** of a closed connection (:attr:`close_code`) is the one
+   the peer's close frame carried (1005 if it carried none), or 1006 when no
+   close frame was received; :attr:`close_reason` is the peer's reason, or
+   else what ended the connection. The exception for a closed connection
+   (:meth:`closed_exception`) carries the same two values.
+
+Threads: the core is not thread-safe. :mod:`syncws.protocol` calls it under
+one lock, never held during I/O; :meth:`receive_data` is only ever called by
+one thread at a time (the reader thread).
+"""
+
+from __future__ import annotations
+
+import codecs
+import enum
+import os
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
+
+from .close_codes import OK_CLOSE_CODES, CloseCode, describe_close
+from .exceptions import (
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    InvalidState,
+    PayloadTooBig,
+    WebSocketProtocolError,
+)
+from .framing import MAX_CONTROL_PAYLOAD, Opcode, encode_frame, parse_close, serialize_close
+from .masking import apply_mask, apply_mask_inplace
+
+__all__ = [
+    "State",
+    "TRANSITIONS",
+    "ConnectionCore",
+    "Fragment",
+    "PongReceived",
+    "CloseReceived",
+    "Failed",
+    "Event",
+    "Data",
+]
+
+Data = Union[str, bytes]
+BytesLike = Union[bytes, bytearray, memoryview]
+
+
+class State(enum.IntEnum):
+    """The state of a connection."""
+
+    CONNECTING = 0
+    OPEN = 1
+    CLOSING = 2
+    CLOSED = 3
+
+
+#: The transitions a connection may make; every other one is a bug.
+TRANSITIONS: Dict[State, frozenset] = {  # type: ignore[type-arg]
+    State.CONNECTING: frozenset({State.OPEN, State.CLOSED}),
+    State.OPEN: frozenset({State.CLOSING, State.CLOSED}),
+    State.CLOSING: frozenset({State.CLOSED}),
+    State.CLOSED: frozenset(),
+}
+
+
+class Fragment(NamedTuple):
+    """One frame of a fragmented message.
+
+    Attributes:
+        data: the frame's payload, decompressed; ``str`` in a text message
+            (a character split between frames comes whole with the later
+            one), ``bytes`` in a binary one.
+        fin: whether this is the message's last frame.
+    """
+
+    data: Data
+    fin: bool
+
+
+class PongReceived(NamedTuple):
+    """A pong arrived.
+
+    Attributes:
+        data: its payload.
+        waiters: the waiters given to :meth:`ConnectionCore.send_ping` for
+            the pings it acknowledges (its own and every earlier one), oldest
+            first; empty for an unsolicited pong.
+    """
+
+    data: bytes
+    waiters: List[Any]
+
+
+class CloseReceived(NamedTuple):
+    """The peer's close frame arrived; it was answered if we hadn't closed.
+
+    Attributes:
+        code: its code (1005 when it had none).
+        reason: its reason.
+    """
+
+    code: int
+    reason: str
+
+
+class Failed(NamedTuple):
+    """The peer broke the protocol (or a limit) and the connection was failed.
+
+    A close frame with ``code`` was queued if none had been sent; the input
+    that follows is discarded.
+
+    Attributes:
+        code: the close code the failure calls for (1002, 1007, 1009...).
+        reason: what the peer did.
+    """
+
+    code: int
+    reason: str
+
+
+Event = Union[str, bytes, Fragment, PongReceived, CloseReceived, Failed]
+
+# The raw 4-bit opcodes that exist; any other is a protocol error.
+_DATA_OPCODES = (Opcode.CONT, Opcode.TEXT, Opcode.BINARY)
+_OPCODES = {opcode.value: opcode for opcode in Opcode}
+_UNPACK_U64 = __import__("struct").Struct("!Q").unpack_from
+_utf8_decode = codecs.utf_8_decode
+
+
+def _truncate_reason(reason: str) -> str:
+    """Cut a close reason to the 123 bytes a close frame can carry."""
+    encoded = reason.encode()
+    if len(encoded) <= MAX_CONTROL_PAYLOAD - 2:
+        return reason
+    return encoded[: MAX_CONTROL_PAYLOAD - 5].decode(errors="ignore") + "..."
+
+
+class _Message:
+    """The message being received: what its frames share.
+
+    Attributes:
+        text: a text message (its frames are decoded as UTF-8).
+        compressed: its first frame had RSV1 (permessage-deflate).
+        size: bytes received so far, decompressed.
+        carry: the bytes of a UTF-8 character cut at the end of the last piece.
+        fragmented: a frame of it was delivered already, as a :class:`Fragment`.
+    """
+
+    __slots__ = ("text", "compressed", "size", "carry", "fragmented")
+
+    def __init__(self, text: bool, compressed: bool) -> None:
+        self.text = text
+        self.compressed = compressed
+        self.size = 0
+        self.carry = b""
+        self.fragmented = False
+
+
+class _PartialFrame:
+    """A data frame whose payload is still arriving.
+
+    Its payload goes into ``buffer``, allocated once at its announced length
+    (already checked against the limits), and is unmasked and decoded piece
+    by piece as it arrives. A frame received after our close frame has no
+    buffer: its bytes are only counted, then dropped.
+    """
+
+    __slots__ = ("fin", "length", "mask_key", "received", "processed", "buffer", "pieces")
+
+    def __init__(self, fin: bool, length: int, mask_key: Optional[bytes], keep: bool) -> None:
+        self.fin = fin
+        self.length = length
+        self.mask_key = mask_key
+        self.received = 0
+        # Bytes of buffer unmasked and decoded so far.
+        self.processed = 0
+        self.buffer: Optional[bytearray] = bytearray(length) if keep else None
+        self.pieces: List[Data] = []
+
+
+class ConnectionCore:
+    """One WebSocket connection's protocol, without I/O.
+
+    Args:
+        is_client: whether this is the client side: it masks the frames it
+            sends and requires unmasked ones.
+        max_message_size: the largest message accepted, in bytes after
+            decompression; ``None`` for no limit. Over it: 1009.
+        max_fragment_size: the largest frame accepted, likewise.
+        deflate: the negotiated permessage-deflate codec
+            (:class:`~syncws.extensions.permessage_deflate.PerMessageDeflate`),
+            or ``None``.
+
+    The core starts in ``CONNECTING``; :meth:`open` starts the connection.
+    """
+
+    def __init__(
+        self,
+        *,
+        is_client: bool,
+        max_message_size: Optional[int] = 2**20,
+        max_fragment_size: Optional[int] = None,
+        deflate: Any = None,
+    ) -> None:
+        self.is_client = is_client
+        self.max_message_size = max_message_size
+        self.max_fragment_size = max_fragment_size
+        self.deflate = deflate
+        self.state = State.CONNECTING
+        #: ``(code, reason)`` of the close frame received, or ``None``.
+        self.close_rcvd: Optional[Tuple[int, str]] = None
+        #: ``(code, reason)`` of the close frame sent (or that we tried to
+        #: send), or ``None``.
+        self.close_sent: Optional[Tuple[int, str]] = None
+        #: Frames and bytes, in and out (frame headers included).
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.messages_received = 0
+        self.messages_sent = 0
+        # What ended the connection, when no close frame says it.
+        self._cause = ""
+        # Input not parsed yet: the start of a frame header.
+        self._pending = b""
+        # The data frame whose payload is arriving, and the message it is in.
+        self._partial: Optional[_PartialFrame] = None
+        self._message: Optional[_Message] = None
+        # Frames of the current message received in this batch of input,
+        # not emitted yet (see _deliver).
+        self._held: List[Data] = []
+        # True once input is discarded: after a failure, or once the peer's
+        # close frame arrived (nothing may follow it).
+        self._input_closed = False
+        # Whether we are in the middle of sending a fragmented message, and
+        # whether that message is compressed.
+        self._sending_fragmented = False
+        self._sending_compressed = False
+        # Pings waiting for their pong: payload -> waiter, in sending order.
+        self._pings: Dict[bytes, Any] = {}
+        # Serialized frames waiting to be written, in order.
+        self._outgoing: List[BytesLike] = []
+        # Random bytes for masking keys (RFC 6455 §5.3), drawn 1 KiB at a
+        # time: one system call per 256 frames instead of one per frame.
+        self._mask_pool = b""
+        self._mask_position = 0
+
+    # -- state -----------------------------------------------------------------
+
+    def _set_state(self, state: State) -> None:
+        """Move to ``state``: the one place where the state changes."""
+        assert state in TRANSITIONS[self.state], f"{self.state.name} -> {state.name}"
+        self.state = state
+
+    def open(self, deflate: Any = None) -> None:
+        """Start the connection once the opening handshake succeeded.
+
+        Args:
+            deflate: the negotiated permessage-deflate codec, if any.
+        """
+        if deflate is not None:
+            self.deflate = deflate
+        self._set_state(State.OPEN)
+
+    @property
+    def input_closed(self) -> bool:
+        """``True`` once no more input is processed: the peer's close frame
+        arrived, or the connection failed. Only the end of TCP matters then."""
+        return self._input_closed
+
+    @property
+    def close_code(self) -> Optional[int]:
+        """The connection's close code (RFC 6455 §7.1.5); ``None`` until it is closed.
+
+        The code of the close frame received (1005 if it had none), or 1006
+        when none was received.
+        """
+        if self.state is not State.CLOSED:
+            return None
+        return self.close_rcvd[0] if self.close_rcvd else CloseCode.ABNORMAL_CLOSURE
+
+    @property
+    def close_reason(self) -> Optional[str]:
+        """The connection's close reason; ``None`` until it is closed.
+
+        The reason of the close frame received; without one, what ended the
+        connection (a failure we detected, a keepalive timeout, a lost
+        connection...).
+        """
+        if self.state is not State.CLOSED:
+            return None
+        return self.close_rcvd[1] if self.close_rcvd else self._cause
+
+    def closed_exception(self) -> ConnectionClosed:
+        """The exception for an operation on this closed connection.
+
+        Its ``code`` and ``reason`` are :attr:`close_code` and
+        :attr:`close_reason`; it is :exc:`~syncws.ConnectionClosedOK` when
+        the code is one of :data:`~syncws.close_codes.OK_CLOSE_CODES`.
+
+        Raises:
+            AssertionError: the connection isn't closed yet.
+        """
+        assert self.state is State.CLOSED, "closed_exception() before CLOSED"
+        code = self.close_code
+        reason = self.close_reason
+        assert code is not None and reason is not None
+        if code in OK_CLOSE_CODES:
+            return ConnectionClosedOK(code, reason)
+        return ConnectionClosedError(code, reason)
+
+    # -- input -------------------------------------------------------------------
+
+    def receive_data(self, data: BytesLike) -> List[Event]:
+        """Parse bytes received from the peer.
+
+        Args:
+            data: the next bytes of the stream, split anywhere.
+
+        Returns:
+            The events they complete, in order. Protocol errors don't raise:
+            they fail the connection and come out as a :class:`Failed` event.
+        """
+        self.bytes_received += len(data)
+        events: List[Event] = []
+        if self._input_closed:
+            return events
+        try:
+            if self._partial is not None:
+                data = self._continue_frame(data, events)
+            self._parse(data, events)
+        except WebSocketProtocolError as exc:
+            self._fail_on_input(exc.code, str(exc), events)
+        except PayloadTooBig as exc:
+            self._fail_on_input(CloseCode.MESSAGE_TOO_BIG, str(exc), events)
+        self._release_held(events)
+        return events
+
+    def _parse(self, data: BytesLike, events: List[Event]) -> None:
+        """Parse whole frames from the start of the pending bytes and ``data``."""
+        buffer = self._pending + data if self._pending else data
+        self._pending = b""
+        position = 0
+        end = len(buffer)
+        while end - position >= 2 and not self._input_closed:
+            first = buffer[position]
+            second = buffer[position + 1]
+            length = second & 0x7F
+            header_size = 2
+            if length == 126:
+                header_size = 4
+            elif length == 127:
+                header_size = 10
+            if second & 0x80:
+                header_size += 4
+            if end - position < header_size:
+                break
+            if length == 126:
+                length = (buffer[position + 2] << 8) | buffer[position + 3]
+            elif length == 127:
+                (length,) = _UNPACK_U64(buffer, position + 2)
+            mask_key = (
+                bytes(buffer[position + header_size - 4 : position + header_size])
+                if second & 0x80
+                else None
+            )
+            opcode = self._check_header(first, second, length)
+            position += header_size
+            if end - position >= length:
+                payload = buffer[position : position + length]
+                position += length
+                if mask_key is not None:
+                    payload = apply_mask(payload, mask_key)
+                self._receive_frame(bool(first & 0x80), opcode, bool(first & 0x40), payload, events)
+            else:
+                # A data frame longer than what arrived (a control frame is
+                # at most 127 bytes, so always whole here or still pending).
+                if opcode >= Opcode.CLOSE:
+                    position -= header_size
+                    break
+                self._start_partial(bool(first & 0x80), opcode, bool(first & 0x40), length, mask_key)
+                rest = self._continue_frame(buffer[position:end], events)
+                assert not rest
+                return
+        if position < end and not self._input_closed:
+            self._pending = bytes(buffer[position:end])
+
+    def _check_header(self, first: int, second: int, length: int) -> Opcode:
+        """Apply RFC 6455 §5.2 and the size limits to a frame header.
+
+        Returns:
+            The frame's opcode.
+
+        Raises:
+            WebSocketProtocolError: the header breaks the protocol.
+            PayloadTooBig: the announced length exceeds a limit.
+        """
+        try:
+            opcode = _OPCODES[first & 0x0F]
+        except KeyError:
+            raise WebSocketProtocolError(f"reserved opcode 0x{first & 0x0F:X}") from None
+        if first & 0x30:
+            raise WebSocketProtocolError(
+                f"reserved bits set without a negotiated extension: 0x{(first & 0x70) >> 4:X}"
+            )
+        if bool(second & 0x80) == self.is_client:
+            raise WebSocketProtocolError(
+                "incorrect masking: a server must not mask its frames"
+                if self.is_client
+                else "incorrect masking: a client must mask its frames"
+            )
+        if opcode >= Opcode.CLOSE:
+            # Control frames: never fragmented, at most 125 bytes, and RSV1
+            # means nothing for them (RFC 7692 §6.1).
+            if not first & 0x80:
+                raise WebSocketProtocolError(f"fragmented control frame ({opcode.name})")
+            if length > MAX_CONTROL_PAYLOAD:
+                raise WebSocketProtocolError(
+                    f"control frame too long: {opcode.name} with a 7-bit length of {length}"
+                )
+            if first & 0x40:
+                raise WebSocketProtocolError(f"RSV1 set on a control frame ({opcode.name})")
+            return opcode
+        if length >> 63:
+            raise WebSocketProtocolError("payload length with the most significant bit set")
+        if opcode is Opcode.CONT:
+            if self._message is None:
+                raise WebSocketProtocolError("continuation frame without a message to continue")
+            if first & 0x40:
+                raise WebSocketProtocolError("RSV1 set on a continuation frame")
+        else:
+            if self._message is not None:
+                raise WebSocketProtocolError(
+                    f"{opcode.name} frame inside a fragmented message: expected a continuation frame"
+                )
+            if first & 0x40 and self.deflate is None:
+                raise WebSocketProtocolError(
+                    "reserved bits set without a negotiated extension: 0x4"
+                )
+        if self.close_sent is None:
+            self._check_size(length, "frame")
+        return opcode
+
+    def _check_size(self, length: int, what: str) -> None:
+        """Refuse ``length`` more bytes of a frame or message over a limit."""
+        if self.max_fragment_size is not None and length > self.max_fragment_size:
+            raise PayloadTooBig(
+                f"{what} of {length} bytes exceeds max_size's fragment limit of "
+                f"{self.max_fragment_size} bytes"
+            )
+        if self.max_message_size is not None:
+            received = self._message.size if self._message is not None else 0
+            if received + length > self.max_message_size:
+                raise PayloadTooBig(
+                    f"message of more than {self.max_message_size} bytes exceeds max_size "
+                    f"({received + length} bytes so far)"
+                )
+
+    def _start_partial(
+        self, fin: bool, opcode: Opcode, rsv1: bool, length: int, mask_key: Optional[bytes]
+    ) -> None:
+        """Begin a data frame whose payload spans several receives."""
+        if opcode is not Opcode.CONT:
+            self._message = _Message(opcode is Opcode.TEXT, rsv1)
+        self._partial = _PartialFrame(fin, length, mask_key, keep=self.close_sent is None)
+
+    def _continue_frame(self, data: BytesLike, events: List[Event]) -> BytesLike:
+        """Take the payload bytes of the partial frame from ``data``.
+
+        Returns:
+            What follows the frame in ``data`` (empty unless it completed).
+        """
+        partial = self._partial
+        assert partial is not None
+        take = min(len(data), partial.length - partial.received)
+        start = partial.received
+        partial.received += take
+        if partial.buffer is not None:
+            partial.buffer[start : start + take] = data[:take]
+            self._process_partial(partial, events)
+        if partial.received == partial.length:
+            self._partial = None
+            if partial.buffer is None:  # dropped: received after our close
+                if partial.fin:
+                    self._message = None
+            else:
+                self._end_frame(partial, events)
+        return data[take:]
+
+    def get_buffer(self) -> Optional[memoryview]:
+        """Where the next bytes of a large frame's payload may be received directly.
+
+        A reader may ``recv_into`` this view and then call
+        :meth:`buffer_updated`, saving a copy of every byte of large frames;
+        or it may call :meth:`receive_data` as usual.
+
+        Returns:
+            The part of the partial frame's payload still missing, or
+            ``None`` between frames.
+        """
+        partial = self._partial
+        if partial is None or partial.buffer is None or self._input_closed:
+            return None
+        return memoryview(partial.buffer)[partial.received :]
+
+    def buffer_updated(self, size: int) -> List[Event]:
+        """Account for ``size`` bytes received into :meth:`get_buffer`'s view.
+
+        Args:
+            size: how many bytes were written at the start of that view.
+
+        Returns:
+            The events they complete, as for :meth:`receive_data`.
+        """
+        self.bytes_received += size
+        events: List[Event] = []
+        partial = self._partial
+        if partial is None or self._input_closed:
+            return events  # failed meanwhile: the bytes are discarded
+        assert partial.buffer is not None and 0 < size <= partial.length - partial.received
+        partial.received += size
+        try:
+            self._process_partial(partial, events)
+            if partial.received == partial.length:
+                self._partial = None
+                self._end_frame(partial, events)
+        except WebSocketProtocolError as exc:
+            self._fail_on_input(exc.code, str(exc), events)
+        except PayloadTooBig as exc:
+            self._fail_on_input(CloseCode.MESSAGE_TOO_BIG, str(exc), events)
+        self._release_held(events)
+        return events
+
+    def _process_partial(self, partial: _PartialFrame, events: List[Event]) -> None:
+        """Unmask and decode the newly arrived bytes of a partial frame.
+
+        Text and compressed payloads are handled as they arrive, so invalid
+        UTF-8 or a decompression bomb fails the connection before the frame
+        is complete; a binary payload waits for its end.
+        """
+        message = self._message
+        assert message is not None and partial.buffer is not None
+        start, end = partial.processed, partial.received
+        if end == start:
+            return
+        view = memoryview(partial.buffer)[start:end]
+        if partial.mask_key is not None:
+            offset = start % 4
+            key = partial.mask_key[offset:] + partial.mask_key[:offset]
+            apply_mask_inplace(view, key)
+        if not message.text and not message.compressed:
+            partial.processed = end
+            return
+        last = partial.fin and end == partial.length
+        partial.pieces.append(self._decode(message, view, last))
+        partial.processed = end
+
+    def _end_frame(self, partial: _PartialFrame, events: List[Event]) -> None:
+        """Deliver a partial frame once its payload is complete."""
+        message = self._message
+        assert message is not None and partial.buffer is not None
+        if not message.text and not message.compressed:
+            message.size += partial.length
+            self._deliver(message, bytes(partial.buffer), partial.fin, events)
+            return
+        pieces = partial.pieces
+        data: Data = pieces[0] if len(pieces) == 1 else pieces[0][:0].join(pieces)  # type: ignore[arg-type]
+        self._deliver(message, data, partial.fin, events)
+
+    def _decode(self, message: _Message, data: BytesLike, last: bool) -> Data:
+        """Decompress and decode one piece of a message's payload.
+
+        Args:
+            message: the message the piece belongs to.
+            data: the (unmasked) piece.
+            last: whether it ends the message.
+
+        Returns:
+            ``str`` for a text message, ``bytes`` for a binary one.
+        """
+        if message.compressed:
+            remaining = None
+            if self.max_message_size is not None:
+                remaining = self.max_message_size - message.size
+            if self.max_fragment_size is not None and (
+                remaining is None or self.max_fragment_size < remaining
+            ):
+                remaining = self.max_fragment_size
+            data = self.deflate.decompress(data, last, remaining)
+        message.size += len(data)  # decompressed bytes count against max_size
+        if not message.text:
+            return data if type(data) is bytes else bytes(data)
+        if message.carry:
+            data = message.carry + data
+        try:
+            text, consumed = _utf8_decode(data, "strict", last)
+        except UnicodeDecodeError as exc:
+            raise WebSocketProtocolError(
+                f"invalid UTF-8 in a text message: {exc.reason}", code=CloseCode.INVALID_DATA
+            ) from None
+        message.carry = bytes(data[consumed:])
+        return text
+
+    def _receive_frame(
+        self, fin: bool, opcode: Opcode, rsv1: bool, payload: BytesLike, events: List[Event]
+    ) -> None:
+        """Handle a whole frame (its payload unmasked)."""
+        if opcode >= Opcode.CLOSE:
+            self._receive_control(opcode, payload, events)
+            return
+        if self.close_sent is not None:
+            # Rule 4: after our close frame, data is dropped; only the
+            # message boundaries are followed, to keep parsing right.
+            self._message = None if fin else (self._message or _Message(False, False))
+            return
+        message = self._message
+        if opcode is not Opcode.CONT:
+            if fin and not rsv1:
+                # The common case: a whole uncompressed message in one frame.
+                self.messages_received += 1
+                if opcode is Opcode.TEXT:
+                    try:
+                        events.append(str(payload, "utf-8"))
+                    except UnicodeDecodeError as exc:
+                        raise WebSocketProtocolError(
+                            f"invalid UTF-8 in a text message: {exc.reason}",
+                            code=CloseCode.INVALID_DATA,
+                        ) from None
+                else:
+                    events.append(payload if type(payload) is bytes else bytes(payload))
+                return
+            message = self._message = _Message(opcode is Opcode.TEXT, rsv1)
+        assert message is not None
+        self._deliver(message, self._decode(message, payload, fin), fin, events)
+
+    def _deliver(self, message: _Message, data: Data, fin: bool, events: List[Event]) -> None:
+        """Emit one decoded frame of a message: as the whole message, or as fragments.
+
+        The frames of a fragmented message that arrive in one batch of input
+        are held and come out as one :class:`Fragment` (see
+        :meth:`_release_held`): a peer sending tiny fragments can't make the
+        connection hold an object per fragment.
+        """
+        if fin and not message.fragmented:
+            self._message = None
+            self.messages_received += 1
+            events.append(data)
+            return
+        message.fragmented = True
+        self._held.append(data)
+        if fin:
+            self._message = None
+            self.messages_received += 1
+            self._release_held(events, fin=True)
+
+    def _release_held(self, events: List[Event], fin: bool = False) -> None:
+        """Emit the held frames of the message being received as one fragment."""
+        held = self._held
+        if held:
+            self._held = []
+            data: Data = held[0] if len(held) == 1 else held[0][:0].join(held)  # type: ignore[arg-type]
+            events.append(Fragment(data, fin))
+
+    def _receive_control(self, opcode: Opcode, payload: BytesLike, events: List[Event]) -> None:
+        """Handle a ping, a pong or a close frame."""
+        self._release_held(events)
+        data = bytes(payload)
+        if opcode is Opcode.PING:
+            # Answered unless we closed: nothing may follow our close frame.
+            if self.close_sent is None and self.state is State.OPEN:
+                self._write_frame(Opcode.PONG, data)
+        elif opcode is Opcode.PONG:
+            events.append(PongReceived(data, self._acknowledge_pings(data)))
+        else:
+            code, reason = parse_close(data)
+            self.close_rcvd = (code, reason)
+            self._input_closed = True
+            if self.close_sent is None:
+                # Echo the code (RFC 6455 §5.5.1); a close frame without one
+                # is answered with an empty one.
+                echo = b"" if code == CloseCode.NO_STATUS_RCVD else serialize_close(code, reason)
+                self.close_sent = (code, reason)
+                self._write_frame(Opcode.CLOSE, echo)
+            if self.state is State.OPEN:
+                self._set_state(State.CLOSING)
+            events.append(CloseReceived(code, reason))
+
+    def _acknowledge_pings(self, data: bytes) -> List[Any]:
+        """Pop the pings a pong with ``data`` acknowledges; return their waiters."""
+        if data not in self._pings:
+            return []  # an unsolicited pong: a heartbeat
+        waiters = []
+        while True:
+            key = next(iter(self._pings))
+            waiters.append(self._pings.pop(key))
+            if key == data:
+                return waiters
+
+    def _fail_on_input(self, code: int, reason: str, events: List[Event]) -> None:
+        """Fail the connection over what the peer sent."""
+        self._release_held(events)
+        self.fail(code, reason)
+        events.append(Failed(code, reason))
+
+    def receive_eof(self, cause: str = "") -> None:
+        """The transport is gone: the peer closed TCP, or it was aborted.
+
+        Args:
+            cause: why, for :attr:`close_reason` when no close frame
+                arrived (a close frame's reason or an earlier cause wins).
+        """
+        if not self._cause:
+            if cause:
+                self._cause = cause
+            elif self.close_sent is not None and self.close_rcvd is None:
+                self._cause = f"no close frame received after sending {describe_close(*self.close_sent)}"
+            else:
+                self._cause = "TCP closed without a close frame"
+        self._input_closed = True
+        self._partial = None
+        self._pending = b""
+        if self.state is not State.CLOSED:
+            self._set_state(State.CLOSED)
+
+    # -- output ------------------------------------------------------------------
+
+    def data_to_send(self) -> List[BytesLike]:
+        """Take the bytes waiting to be written, in order: headers and payloads."""
+        outgoing = self._outgoing
+        if outgoing:
+            self._outgoing = []
+        return outgoing
+
+    @property
+    def has_data_to_send(self) -> bool:
+        """Whether frames are waiting to be written."""
+        return bool(self._outgoing)
+
+    def _check_open(self) -> None:
+        """Refuse to send once a close frame was sent (or before the handshake)."""
+        if self.state is not State.OPEN or self.close_sent is not None:
+            if self.state is State.CONNECTING:
+                raise InvalidState("the opening handshake isn't done yet")
+            raise InvalidState(f"the connection is {self.state.name.lower()}")
+
+    def send_data(
+        self,
+        payload: BytesLike,
+        *,
+        text: bool,
+        fin: bool = True,
+        compress: Optional[bool] = None,
+    ) -> None:
+        """Send one frame of a message: a whole message, or its next fragment.
+
+        The frames of a fragmented message are sent by calls with
+        ``fin=False`` then one with ``fin=True``; the first sets the type.
+
+        Args:
+            payload: the frame's payload (UTF-8 bytes for text).
+            text: a text message; ignored after its first frame.
+            fin: whether this frame ends the message.
+            compress: with permessage-deflate, ``None`` compresses a whole
+                message of at least the codec's ``threshold`` bytes and every
+                fragmented message, ``False`` never, ``True`` always; fixed
+                by the message's first frame.
+
+        Raises:
+            InvalidState: the connection isn't open, or a close frame was sent.
+        """
+        self._check_open()
+        deflate = self.deflate
+        if self._sending_fragmented:
+            opcode = Opcode.CONT
+            compressed = self._sending_compressed
+            rsv1 = False
+        else:
+            opcode = Opcode.TEXT if text else Opcode.BINARY
+            compressed = deflate is not None and compress is not False and (
+                compress or not fin or len(payload) >= deflate.threshold
+            )
+            rsv1 = compressed
+        if compressed:
+            payload = deflate.compress(payload, fin)
+        self._sending_fragmented = not fin
+        self._sending_compressed = compressed and not fin
+        if fin:
+            self.messages_sent += 1
+        self._write_frame(opcode, payload, fin=fin, rsv1=rsv1)
+
+    @property
+    def sending_fragmented(self) -> bool:
+        """Whether a fragmented message was started and not finished."""
+        return self._sending_fragmented
+
+    def send_ping(self, data: Optional[bytes], waiter: Any) -> bytes:
+        """Send a ping and remember who waits for its pong.
+
+        Args:
+            data: the payload (at most 125 bytes), or ``None`` for 4 random
+                bytes.
+            waiter: anything; a :class:`PongReceived` event returns it when
+                the matching pong (or a later one) arrives.
+
+        Returns:
+            The payload sent.
+
+        Raises:
+            ValueError: a ping with this payload waits for its pong, or the
+                payload is too long.
+            InvalidState: the connection isn't open.
+        """
+        self._check_open()
+        if data is None:
+            data = os.urandom(4)
+            while data in self._pings:
+                data = os.urandom(4)
+        elif data in self._pings:
+            raise ValueError(
+                f"a ping with payload {data!r} is already waiting for its pong; "
+                f"wait for it or use another payload"
+            )
+        self._write_frame(Opcode.PING, data)
+        self._pings[data] = waiter
+        return data
+
+    def send_pong(self, data: bytes) -> None:
+        """Send a pong (an unsolicited one is a one-way heartbeat).
+
+        Raises:
+            ValueError: the payload is over 125 bytes.
+            InvalidState: the connection isn't open.
+        """
+        self._check_open()
+        self._write_frame(Opcode.PONG, data)
+
+    def send_close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Start the closing handshake: send a close frame, go to ``CLOSING``.
+
+        Args:
+            code: the close code.
+            reason: the close reason, at most 123 bytes of UTF-8.
+
+        Raises:
+            ValueError: a code that can't be sent or a reason that is too long.
+            InvalidState: a close frame was sent already, or the connection
+                isn't open.
+        """
+        payload = serialize_close(code, reason)
+        self._check_open()
+        self.close_sent = (code, reason)
+        self._write_frame(Opcode.CLOSE, payload)
+        self._set_state(State.CLOSING)
+
+    def fail(self, code: int, reason: str) -> None:
+        """Fail the connection (RFC 6455 §7.1.7): close with ``code``, stop reading.
+
+        The close frame is sent if none was; the input that follows is
+        discarded. Without a close frame from the peer, ``reason`` becomes
+        the connection's :attr:`close_reason`.
+
+        Args:
+            code: the close code (1002, 1007, 1009, 1011...).
+            reason: why, cut to fit a close frame.
+        """
+        reason = _truncate_reason(reason)
+        if not self._cause:
+            self._cause = reason
+        self._input_closed = True
+        self._partial = None
+        self._pending = b""
+        if self.state is State.OPEN and self.close_sent is None:
+            self.close_sent = (code, reason)
+            self._write_frame(Opcode.CLOSE, serialize_close(code, reason))
+        if self.state is State.OPEN:
+            self._set_state(State.CLOSING)
+
+    def abandon(self, cause: str) -> None:
+        """Give up on the connection without a closing handshake.
+
+        For a transport that must be dropped (a send that timed out, a
+        handshake that never finished): nothing more is sent, the state
+        becomes ``CLOSED`` once :meth:`receive_eof` is called.
+
+        Args:
+            cause: why, for :attr:`close_reason`.
+        """
+        if not self._cause:
+            self._cause = cause
+        if self.state is State.CONNECTING:
+            self._set_state(State.CLOSED)
+        elif self.state is State.OPEN:
+            self._set_state(State.CLOSING)
+
+    def _write_frame(
+        self, opcode: Opcode, payload: BytesLike, *, fin: bool = True, rsv1: bool = False
+    ) -> None:
+        """Serialize a frame into the output buffer, masked on the client side."""
+        mask_key = None
+        if self.is_client:
+            position = self._mask_position
+            if position >= len(self._mask_pool):
+                self._mask_pool = os.urandom(1024)
+                position = 0
+            self._mask_position = position + 4
+            mask_key = self._mask_pool[position : position + 4]
+        header, payload = encode_frame(fin, opcode, payload, rsv1=rsv1, mask_key=mask_key)
+        self.bytes_sent += len(header) + len(payload)
+        self._outgoing.append(header)
+        self._outgoing.append(payload)

@@ -1,0 +1,222 @@
+"""A connected socket as a WebSocket connection uses it.
+
+Theory of operation: one :class:`Transport` wraps a connection's socket from
+its first byte to its last, and is the only code that calls the socket.
+
+* **Reading**: the opening handshake reads the HTTP head line by line
+  through a :class:`~syncws.streamreader.StreamReader`; whatever arrived
+  after the head is then handed over with :meth:`Transport.take_buffered`, and
+  the reader thread reads with :meth:`~Transport.recv` and
+  :meth:`~Transport.recv_into`.
+* **Writing** (:meth:`~Transport.write`) first tries one non-blocking
+  ``send`` (``MSG_DONTWAIT`` on POSIX sockets without TLS): when the kernel
+  buffer has room, a frame costs one system call and no timer. Only when it
+  is full does the write block, watched by a timer of :mod:`syncws.timers`
+  that aborts the transport at the deadline.
+* **Aborting** (:meth:`~Transport.abort`) shuts the socket down, which never
+  blocks and wakes every thread blocked on it: that is how deadlines are
+  enforced on blocking sockets from the timer thread.
+
+The transport holds no protocol state: which bytes to write and when is the
+connection's business (:mod:`syncws.protocol`).
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import ssl as ssl_module
+import time
+from typing import Any, Optional, Union
+
+from . import timers
+from .streamreader import StreamReader
+
+__all__ = ["Transport"]
+
+# MSG_DONTWAIT lets a write try without blocking on a socket whose reads
+# block, with no syscall to switch modes; POSIX only, and not for TLS.
+_MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+
+BytesLike = Union[bytes, bytearray, memoryview]
+
+
+class Transport:
+    """A connected socket: buffered handshake reads, bounded writes, abort.
+
+    Args:
+        sock: a connected socket (TCP, Unix, or TLS); it is put in blocking
+            mode.
+        read_limit: the most bytes asked of the socket per read.
+        buffered: bytes already read from the socket by someone else (a WSGI
+            server that read past the request head), served first.
+
+    Thread safety: reads are for one thread at a time (the handshake's, then
+    the reader thread's); writes for one thread at a time (the connection
+    serializes them under its write lock); :meth:`abort` from any thread.
+    """
+
+    def __init__(self, sock: socket.socket, *, read_limit: int = 2**16, buffered: bytes = b"") -> None:
+        sock.settimeout(None)
+        self.sock = sock
+        self.read_limit = read_limit
+        self._stream = StreamReader(sock, read_limit, buffered=buffered)
+        #: Set (by the timer thread) just before a write that ran past its
+        #: deadline is aborted, so the writer can tell a timeout from a lost
+        #: peer.
+        self.write_timed_out = False
+        #: The addresses, remembered while the socket can tell them.
+        self.local_address: Any = None
+        self.remote_address: Any = None
+        try:
+            self.local_address = sock.getsockname()
+            self.remote_address = sock.getpeername()
+        except OSError:  # the peer may already be gone
+            pass
+
+    @property
+    def secure(self) -> bool:
+        """Whether the socket is a TLS socket."""
+        return isinstance(self.sock, ssl_module.SSLSocket)
+
+    def start_tls(self, context: ssl_module.SSLContext, *, server_hostname: Optional[str] = None,
+                  server_side: bool = False) -> None:
+        """Wrap the socket in TLS and perform the TLS handshake.
+
+        Args:
+            context: the TLS context.
+            server_hostname: the name to check the server's certificate
+                against (client side).
+            server_side: whether this is the server side.
+
+        Raises:
+            ssl.SSLError: the TLS handshake failed.
+            OSError: the connection failed (or was aborted by a deadline).
+        """
+        self.sock = context.wrap_socket(
+            self.sock, server_side=server_side, server_hostname=server_hostname,
+            do_handshake_on_connect=False,
+        )
+        self._stream = StreamReader(self.sock, self.read_limit)
+        self.sock.do_handshake()
+
+    # -- reading -----------------------------------------------------------------
+
+    def read_line(self, limit: int) -> bytes:
+        """Read one line of the HTTP head (see :meth:`StreamReader.read_line`)."""
+        return self._stream.read_line(limit)
+
+    def read_available(self, limit: int) -> bytes:
+        """Read what is buffered or one ``recv`` (an HTTP body); ``b""`` at the end."""
+        return self._stream.read_available(limit)
+
+    def take_buffered(self) -> bytes:
+        """Take the bytes read past the HTTP head, for the frame parser."""
+        return self._stream.take_buffered()
+
+    def recv(self, size: int) -> bytes:
+        """One blocking ``recv`` of at most ``size`` bytes; ``b""`` at the end of the stream."""
+        return self.sock.recv(size)
+
+    def recv_into(self, buffer: memoryview) -> int:
+        """One blocking ``recv_into``; 0 at the end of the stream."""
+        return self.sock.recv_into(buffer)
+
+    def drain(self) -> None:
+        """Discard input until the peer closes, or an abort ends the wait."""
+        try:
+            while self.sock.recv(self.read_limit):
+                pass
+        except OSError:
+            pass
+
+    # -- writing -----------------------------------------------------------------
+
+    def write(self, data: BytesLike, deadline: Optional[float]) -> None:
+        """Write all of ``data``, within ``deadline`` (a ``time.monotonic()`` value).
+
+        Raises:
+            TimeoutError: the deadline passed; the transport was aborted, since
+                part of a frame may have gone out.
+            OSError: the connection is lost.
+        """
+        size = len(data)
+        if _MSG_DONTWAIT and not self.secure:
+            try:
+                sent = self.sock.send(data, _MSG_DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            if sent == size:
+                return
+            data = memoryview(data)[sent:]
+        timer = None
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._deadline_passed()
+                raise TimeoutError("write timed out: the connection was aborted")
+            timer = timers.call_later(remaining, self._deadline_passed)
+        try:
+            self.sock.sendall(data)
+        except OSError:
+            if self.write_timed_out:
+                raise TimeoutError(
+                    "write timed out: the peer stopped reading; the connection was aborted"
+                ) from None
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _deadline_passed(self) -> None:
+        """Timer callback: a write ran past its deadline."""
+        self.write_timed_out = True
+        self.abort()
+
+    def writable_now(self) -> bool:
+        """Tell whether the socket buffer has room, without waiting."""
+        try:
+            if hasattr(select, "poll"):
+                poller = select.poll()
+                poller.register(self.sock, select.POLLOUT)
+                return bool(poller.poll(0))
+            return bool(select.select([], [self.sock], [], 0)[1])
+        except (OSError, ValueError):  # closed under us
+            return False
+
+    def room(self) -> int:
+        """Bytes the socket surely accepts now without blocking (maybe fewer)."""
+        if not self.writable_now():
+            return 0
+        try:
+            send_buffer = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        except OSError:
+            return 0
+        # A TCP socket reports writable once a third of its buffer is free
+        # (Linux); a quarter leaves room for TLS records' overhead.
+        return int(send_buffer // 4)
+
+    # -- ending ------------------------------------------------------------------
+
+    def abort(self) -> None:
+        """Shut the socket down, waking every thread blocked on it.
+
+        Never blocks; safe from any thread, the timer thread included.
+        """
+        try:
+            # socket.socket.shutdown, not SSLSocket.shutdown: the latter
+            # drops the TLS object under a reader thread that may be using it.
+            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+        except OSError:
+            pass  # already shut down or never connected
+
+    def shutdown_write(self) -> None:
+        """Send our FIN: we are done writing (the server's way to end TCP, §7.1.1)."""
+        try:
+            socket.socket.shutdown(self.sock, socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """Release the socket."""
+        self.sock.close()
