@@ -59,7 +59,7 @@ def broadcast(
         ) as pool:
             futures = {pool.submit(c.send, message, timeout): c for c in slow}
             for future in concurrent.futures.as_completed(futures):
-                exc = future.exception()
-                if isinstance(exc, Exception):
-                    failures[futures[future]] = exc
+                error = future.exception()
+                if isinstance(error, Exception):
+                    failures[futures[future]] = error
     return failures

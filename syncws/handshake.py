@@ -464,7 +464,7 @@ def _parse_quoted_string(text: str, pos: int) -> Tuple[str, int]:
     """
     assert text[pos] == '"'
     start = pos
-    chars = []
+    chars: List[str] = []
     pos += 1
     while pos < len(text):
         char = text[pos]

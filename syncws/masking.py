@@ -72,8 +72,8 @@ try:
     from ._speedups import apply_mask as _c_apply_mask
     from ._speedups import apply_mask_inplace as _c_apply_mask_inplace
 except ImportError:
-    _c_apply_mask = None
-    _c_apply_mask_inplace = None
+    _c_apply_mask = None  # type: ignore[assignment]
+    _c_apply_mask_inplace = None  # type: ignore[assignment]
 
 __all__ = [
     "HAS_SPEEDUPS",

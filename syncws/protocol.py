@@ -13,13 +13,9 @@ I/O. This module runs it over a :class:`~syncws.transport.Transport`:
   core takes no more input (the peer's close frame arrived, or the peer
   broke the protocol), the thread ends TCP the RFC's way, closes the socket,
   closes the queue and ends.
-* **Writes** happen in the caller's thread. ``_write_lock`` is held from the
-  moment a frame is produced by the core to the moment its bytes are in the
-  socket, so frames go out whole and in the order the core made them (no
-  frame after our close frame). Frames the reader thread makes (pongs, the
-  reply to a close frame) wait in the core's output buffer; the reader
-  writes them when the lock is free, and otherwise the thread holding it
-  writes them after its own, before it lets go.
+* **Writes** happen in the caller's thread, through a
+  :class:`~syncws.writer.Writer`: frames go out whole and in the order the
+  core made them, within deadlines.
 * ``_core_lock`` guards the core. It is held only while the core computes,
   never during I/O, so the reader parsing and a writer blocked on a full
   socket never wait for each other.
@@ -27,8 +23,8 @@ I/O. This module runs it over a :class:`~syncws.transport.Transport`:
   one shared thread of :mod:`syncws.timers`. They never block: when time is
   up they abort the transport, which wakes every thread blocked on it.
 
-Lock order: ``_message_lock`` (one message's frames), then ``_write_lock``,
-then ``_core_lock``; never the other way round.
+Lock order: ``_message_lock`` (one message's frames), then the writer's
+lock, then ``_core_lock``; never the other way round.
 """
 
 from __future__ import annotations
@@ -56,6 +52,7 @@ from .exceptions import ConcurrencyError, ConnectionClosed, ConnectionClosedOK, 
 from .framing import serialize_close
 from .messages import Assembler, MessageQueue, QueueClosed
 from .transport import Transport
+from .writer import Writer
 
 __all__ = ["State", "Stats", "WebSocketCommonProtocol", "Data"]
 
@@ -221,8 +218,8 @@ class WebSocketCommonProtocol:
         )
         # Guards _core; held only while it computes, never during I/O.
         self._core_lock = threading.Lock()
-        # Held from producing a frame to writing its last byte.
-        self._write_lock = threading.Lock()
+        # The write side, from connection_made() on.
+        self._writer: Optional[Writer] = None
         # Keeps the frames of one message together; taken before
         # _write_lock. _fragmented_send says a fragmented message holds it.
         self._message_lock = threading.Lock()
@@ -319,6 +316,10 @@ class WebSocketCommonProtocol:
             transport: the connected socket.
         """
         self.transport = transport
+        self._writer = Writer(
+            self._core, self._core_lock, transport,
+            write_limit=self.write_limit, write_timeout=self.write_timeout,
+        )
         self.local_address = transport.local_address
         self.remote_address = transport.remote_address
 
@@ -542,15 +543,18 @@ class WebSocketCommonProtocol:
         self, payload: BytesLike, text: bool, fin: bool, compress: Optional[bool], deadline: Optional[float]
     ) -> None:
         """Have the core make one data frame and write it."""
+        if self._debug:
+            kind = "TEXT" if text else "BINARY"
+            self.logger.debug("%s > %s [%d bytes]%s", self, kind, len(payload), "" if fin else " (not fin)")
+        self._send(lambda core: core.send_data(payload, text=text, fin=fin, compress=compress), deadline)
+
+    def _send(self, produce: Callable[[ConnectionCore], Any], deadline: Optional[float]) -> None:
+        """Write the frames ``produce(core)`` makes; report a closed connection."""
+        writer = self._writer
         try:
-            with self._write_lock:
-                with self._core_lock:
-                    self._core.send_data(payload, text=text, fin=fin, compress=compress)
-                    data = self._core.data_to_send()
-                if self._debug:
-                    kind = "TEXT" if text else "BINARY"
-                    self.logger.debug("%s > %s [%d bytes]%s", self, kind, len(payload), "" if fin else " (not fin)")
-                self._write(data, deadline)
+            if writer is None:
+                raise InvalidState("the opening handshake isn't done yet")
+            writer.send(produce, deadline)
         except ConnectionClosed:
             raise
         except InvalidState:
@@ -561,7 +565,6 @@ class WebSocketCommonProtocol:
             raise
         except OSError as exc:
             raise self._closed_exception() from exc
-        self._flush_output(blocking=False)
 
     def send_nowait(self, message: Data, timeout: Optional[float] = None) -> bool:
         """Send ``message`` only if that can't block; for :func:`~syncws.broadcast`.
@@ -621,7 +624,7 @@ class WebSocketCommonProtocol:
         if data is not None and len(data) > 125:
             raise ValueError(f"a ping payload is at most 125 bytes, got {len(data)}")
         event = threading.Event()
-        self._send_control(lambda core: core.send_ping(data, (event, time.monotonic())))
+        self._send(lambda core: core.send_ping(data, (event, time.monotonic())), self._write_deadline())
         self._pings_sent += 1
         return event
 
@@ -642,27 +645,7 @@ class WebSocketCommonProtocol:
         if len(data) > 125:
             raise ValueError(f"a pong payload is at most 125 bytes, got {len(data)}")
         payload = bytes(data)
-        self._send_control(lambda core: core.send_pong(payload))
-
-    def _send_control(self, produce: Callable[[ConnectionCore], Any]) -> None:
-        """Have the core make a control frame and write it."""
-        try:
-            with self._write_lock:
-                with self._core_lock:
-                    produce(self._core)
-                    data = self._core.data_to_send()
-                self._write(data, self._write_deadline())
-        except ConnectionClosed:
-            raise
-        except InvalidState:
-            if self._core.state is State.CONNECTING:
-                raise
-            raise self._closed_exception() from None
-        except TimeoutError:
-            raise
-        except OSError as exc:
-            raise self._closed_exception() from exc
-        self._flush_output(blocking=False)
+        self._send(lambda core: core.send_pong(payload), self._write_deadline())
 
     # -- closing -------------------------------------------------------------
 
@@ -685,13 +668,14 @@ class WebSocketCommonProtocol:
                 long.
         """
         serialize_close(code, reason)  # validates before any effect
-        if self._reader_thread is None:
+        writer = self._writer
+        if self._reader_thread is None or writer is None:
             self.abort("closed before the opening handshake finished")
             return
         # A send stuck on a peer that stopped reading holds the write lock:
         # wait for it no longer than the closing handshake may take.
         wait = -1 if self.close_timeout is None else self.close_timeout
-        if self._write_lock.acquire(timeout=wait):
+        if writer.lock.acquire(timeout=wait):
             try:
                 with self._core_lock:
                     closing = self._core.state is State.OPEN and self._core.close_sent is None
@@ -700,11 +684,11 @@ class WebSocketCommonProtocol:
                     data = self._core.data_to_send()
                 if closing:
                     self._start_close_timer()
-                self._write(data, self._close_deadline())
-            except (OSError, TimeoutError):
-                pass  # _write aborted the transport: the reader ends
+                writer.write_locked(data, self._close_deadline())
+            except OSError:
+                pass  # the writer aborted the transport: the reader ends
             finally:
-                self._write_lock.release()
+                writer.lock.release()
         else:
             self.abort(f"close({code}) gave up waiting for a send blocked on the peer")
         # The reader must keep reading to see the peer's close frame, even if
@@ -732,7 +716,8 @@ class WebSocketCommonProtocol:
             return
         if give_up_at is None:
             give_up_at = time.monotonic() + (self.close_timeout or 0)
-        if self._try_write_now(lambda core: core.send_close(code, reason)):
+        assert self._writer is not None
+        if self._writer.try_now(lambda core: core.send_close(code, reason)):
             self._start_close_timer()
             self._messages.unbound()
         elif time.monotonic() < give_up_at:
@@ -760,14 +745,11 @@ class WebSocketCommonProtocol:
 
     def _fail_from_sender(self, code: int, reason: str) -> None:
         """Fail the connection from an application thread."""
-        with self._write_lock:
-            with self._core_lock:
-                self._core.fail(code, reason)
-                data = self._core.data_to_send()
-            try:
-                self._write(data, self._close_deadline())
-            except OSError:
-                pass
+        assert self._writer is not None
+        try:
+            self._writer.send(lambda core: core.fail(code, reason), self._close_deadline())
+        except OSError:
+            pass  # the writer aborted the transport: the reader ends
         self._start_close_timer()
         self._messages.unbound()
 
@@ -793,87 +775,7 @@ class WebSocketCommonProtocol:
             self.abort("the closing handshake didn't end")
             thread.join()
 
-    # -- writing ---------------------------------------------------------------
-
-    def _write(self, data: List[BytesLike], deadline: Optional[float]) -> None:
-        """Write the frames the core produced; the caller holds ``_write_lock``.
-
-        Small frames go out in one system call; a payload over
-        ``write_limit`` is written apart from its header, uncopied. After a
-        failed write half a frame may be on the wire, so nothing more may
-        follow: the connection is abandoned.
-
-        Raises:
-            TimeoutError: past ``deadline``; the transport was aborted.
-            OSError: the connection is lost.
-        """
-        assert self._write_lock.locked()
-        if not data:
-            return
-        transport = self.transport
-        assert transport is not None
-        try:
-            if len(data) == 2 and len(data[1]) <= self.write_limit:
-                transport.write(data[0] + data[1], deadline)  # type: ignore[operator]
-            elif sum(map(len, data)) <= self.write_limit:
-                transport.write(b"".join(data), deadline)
-            else:
-                for part in data:
-                    transport.write(part, deadline)
-        except TimeoutError:
-            with self._core_lock:
-                self._core.abandon("a write timed out: the peer stopped reading")
-            transport.abort()
-            raise
-        except OSError as exc:
-            with self._core_lock:
-                self._core.abandon(f"connection lost while writing: {exc}")
-            transport.abort()
-            raise
-
-    def _flush_output(self, blocking: bool) -> None:
-        """Write frames the reader or timer thread left in the core.
-
-        Without ``blocking``, returns at once when another thread holds the
-        write lock: that thread writes them after its own frames.
-        """
-        while self._core.has_data_to_send:
-            if not self._write_lock.acquire(blocking=blocking):
-                return
-            try:
-                with self._core_lock:
-                    data = self._core.data_to_send()
-                self._write(data, self._write_deadline())
-            except OSError:
-                return  # the transport is aborted: the reader ends
-            finally:
-                self._write_lock.release()
-
-    def _try_write_now(self, produce: Callable[[ConnectionCore], Any]) -> bool:
-        """Make a small control frame and write it, only if that can't block.
-
-        For the timer thread, which must never block. Returns whether the
-        frame was produced and written.
-        """
-        transport = self.transport
-        if transport is None or not self._write_lock.acquire(blocking=False):
-            return False
-        try:
-            if not transport.writable_now():
-                return False
-            with self._core_lock:
-                try:
-                    produce(self._core)
-                except InvalidState:
-                    return False
-                data = self._core.data_to_send()
-            # A socket reported writable has room for a frame this small.
-            self._write(data, None)
-            return True
-        except OSError:
-            return False
-        finally:
-            self._write_lock.release()
+    # -- deadlines -------------------------------------------------------------
 
     def _write_deadline(self, timeout: Optional[float] = None) -> Optional[float]:
         """When a write started now must end: ``timeout`` or ``write_timeout``."""
@@ -901,7 +803,8 @@ class WebSocketCommonProtocol:
         if self._messages.put_waiting:
             return  # the peer is sending faster than we consume: it is alive
         event = threading.Event()
-        if not self._try_write_now(lambda core: core.send_ping(None, (event, time.monotonic()))):
+        assert self._writer is not None
+        if not self._writer.try_now(lambda core: core.send_ping(None, (event, time.monotonic()))):
             return  # a send is under way: its own deadline watches the peer
         self._pings_sent += 1
         if self.ping_timeout is not None:
@@ -916,7 +819,8 @@ class WebSocketCommonProtocol:
         self.logger.info("%s: no pong within %s seconds; closing", self, self.ping_timeout)
         # The peer doesn't answer: send the close frame only if that can be
         # done at once, and don't wait for the peer's.
-        self._try_write_now(lambda core: core.fail(CloseCode.INTERNAL_ERROR, reason))
+        assert self._writer is not None
+        self._writer.try_now(lambda core: core.fail(CloseCode.INTERNAL_ERROR, reason))
         self.abort(reason)
 
     # -- the reader thread -------------------------------------------------------
@@ -924,7 +828,8 @@ class WebSocketCommonProtocol:
     def _run_reader(self, buffered: bytes) -> None:
         """The reader thread: feed the core until the connection ends."""
         transport = self.transport
-        assert transport is not None
+        writer = self._writer
+        assert transport is not None and writer is not None
         core = self._core
         lock = self._core_lock
         read_limit = self.read_limit
@@ -952,12 +857,12 @@ class WebSocketCommonProtocol:
                 if events:
                     self._handle_events(events)
                 if core.has_data_to_send:
-                    self._flush_output(blocking=False)
+                    writer.flush(blocking=False)
             else:
                 # The peer's close frame arrived, or it broke the protocol:
                 # write the close frame, then end TCP (RFC 6455 §7.1.1: the
                 # server closes first; a client waits for it).
-                self._flush_output(blocking=True)
+                writer.flush(blocking=True)
                 self._messages.unbound()
                 self._start_close_timer()
                 if not self.is_client:
@@ -970,7 +875,7 @@ class WebSocketCommonProtocol:
             cause = "internal error in the reader thread"
             with lock:
                 core.fail(CloseCode.INTERNAL_ERROR, "internal error")
-            self._flush_output(blocking=False)
+            writer.flush(blocking=False)
         finally:
             self._finish(cause)
 
@@ -981,7 +886,7 @@ class WebSocketCommonProtocol:
             kind = type(event)
             if kind is str or kind is bytes or kind is Fragment:
                 if self._debug:
-                    self.logger.debug("%s < %s", self, _describe(event))
+                    self.logger.debug("%s < %s", self, _describe(event))  # type: ignore[arg-type]
                 put(event)
             elif kind is PongReceived:
                 assert isinstance(event, PongReceived)
@@ -999,9 +904,9 @@ class WebSocketCommonProtocol:
     def _finish(self, cause: str) -> None:
         """Close the socket and wake everyone: the reader thread's last act."""
         transport = self.transport
-        assert transport is not None
+        assert transport is not None and self._writer is not None
         transport.abort()  # a writer blocked on the socket lets go of the lock
-        with self._write_lock:
+        with self._writer.lock:
             with self._core_lock:
                 self._core.receive_eof(cause)
             transport.close()

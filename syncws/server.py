@@ -730,7 +730,7 @@ def _listening_sockets(host: Optional[str], port: int, backlog: int) -> List[soc
         for family, _, _, _, address in dict.fromkeys((i[0], 0, 0, 0, i[4]) for i in infos):
             if port == 0 and sockets:
                 # Keep one port for all addresses, as the first bind chose it.
-                address = (address[0], sockets[0].getsockname()[1]) + tuple(address[2:])
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
             sockets.append(socket.create_server(address, family=family, backlog=backlog))
     except BaseException:
         for sock in sockets:

@@ -1,0 +1,162 @@
+"""Writing what a connection's core produces: in order, whole, within deadlines.
+
+Theory of operation: the core (:mod:`syncws.core`) appends every frame it
+makes to one output buffer. A :class:`Writer` empties that buffer into the
+transport under :attr:`Writer.lock`, which is held from the moment a frame is
+produced to the moment its last byte is in the socket, so frames go out
+whole and in the order the core made them: no frame can slip behind our
+close frame.
+
+Frames made by a thread that must not block (the reader thread's pongs and
+close replies, the timer thread's pings) stay in the buffer when the lock is
+busy: :meth:`Writer.flush` only tries the lock, and the thread that holds it
+flushes again after letting go, so nothing is left behind. (The check after
+release sees whatever was added before the other thread failed to take the
+lock, which happened while the lock was still held.)
+
+After a failed write, half a frame may be on the wire and nothing may follow
+it: the core abandons the connection and the transport is aborted.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, List, Optional
+
+from .core import BytesLike, ConnectionCore
+from .exceptions import InvalidState
+from .transport import Transport
+
+__all__ = ["Writer"]
+
+
+class Writer:
+    """The write side of one connection.
+
+    Args:
+        core: the connection's core.
+        core_lock: the lock that guards ``core``; taken after :attr:`lock`.
+        transport: the connected socket.
+        write_limit: frames whose payload is at most this size go out with
+            their header in one system call.
+        write_timeout: the default seconds a write may take; ``None`` for
+            no limit.
+    """
+
+    def __init__(
+        self,
+        core: ConnectionCore,
+        core_lock: threading.Lock,
+        transport: Transport,
+        *,
+        write_limit: int,
+        write_timeout: Optional[float],
+    ) -> None:
+        self.core = core
+        self.core_lock = core_lock
+        self.transport = transport
+        self.write_limit = write_limit
+        self.write_timeout = write_timeout
+        #: Held from producing a frame to writing its last byte.
+        self.lock = threading.Lock()
+
+    def deadline(self, timeout: Optional[float] = None) -> Optional[float]:
+        """When a write started now must end: ``timeout`` or ``write_timeout``."""
+        wait = timeout if timeout is not None else self.write_timeout
+        return None if wait is None else time.monotonic() + wait
+
+    def send(self, produce: Callable[[ConnectionCore], Any], deadline: Optional[float]) -> None:
+        """Have the core make frames with ``produce(core)``, then write them.
+
+        Raises:
+            whatever ``produce`` raises (nothing is written then);
+            TimeoutError: past ``deadline``; the transport was aborted.
+            OSError: the connection is lost.
+        """
+        with self.lock:
+            with self.core_lock:
+                produce(self.core)
+                data = self.core.data_to_send()
+            self.write_locked(data, deadline)
+        self.flush(blocking=False)
+
+    def write_locked(self, data: List[BytesLike], deadline: Optional[float]) -> None:
+        """Write frames the core produced; the caller holds :attr:`lock`.
+
+        A payload over ``write_limit`` is written apart from its header,
+        uncopied.
+
+        Raises:
+            TimeoutError: past ``deadline``; the transport was aborted.
+            OSError: the connection is lost.
+        """
+        assert self.lock.locked()
+        if not data:
+            return
+        transport = self.transport
+        try:
+            if max(map(len, data)) <= self.write_limit:
+                transport.write(b"".join(data), deadline)
+            else:
+                for part in data:
+                    transport.write(part, deadline)
+        except TimeoutError:
+            self._abandon("a write timed out: the peer stopped reading")
+            raise
+        except OSError as exc:
+            self._abandon(f"connection lost while writing: {exc}")
+            raise
+
+    def _abandon(self, cause: str) -> None:
+        with self.core_lock:
+            self.core.abandon(cause)
+        self.transport.abort()
+
+    def flush(self, blocking: bool) -> None:
+        """Write the frames other threads left in the core's buffer.
+
+        Without ``blocking``, returns at once when another thread holds the
+        lock: that thread flushes after its own frames. Never raises: a
+        failed write aborts the transport, which ends the connection.
+        """
+        while self.core.has_data_to_send:
+            if not self.lock.acquire(blocking=blocking):
+                return
+            try:
+                with self.core_lock:
+                    data = self.core.data_to_send()
+                self.write_locked(data, self.deadline())
+            except OSError:
+                return
+            finally:
+                self.lock.release()
+
+    def try_now(self, produce: Callable[[ConnectionCore], Any]) -> bool:
+        """Make a small control frame and write it, only if that can't block.
+
+        For the timer thread, which must never block: the lock must be free
+        and the socket writable. ``produce`` may raise
+        :exc:`~syncws.InvalidState` to give up.
+
+        Returns:
+            Whether the frame was made and written.
+        """
+        if not self.lock.acquire(blocking=False):
+            return False
+        try:
+            if not self.transport.writable_now():
+                return False
+            with self.core_lock:
+                try:
+                    produce(self.core)
+                except InvalidState:
+                    return False
+                data = self.core.data_to_send()
+            # A socket reported writable has room for a frame this small.
+            self.write_locked(data, None)
+            return True
+        except OSError:
+            return False
+        finally:
+            self.lock.release()
