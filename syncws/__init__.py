@@ -7,7 +7,7 @@ which are imported by module: :mod:`syncws.framing`, :mod:`syncws.handshake`,
 
 from .broadcast import broadcast
 from .auth import basic_auth
-from .client import WebSocketClientProtocol, connect, reconnect, unix_connect
+from .client import Reconnect, WebSocketClientProtocol, connect, reconnect, unix_connect
 from .exceptions import (
     AbortHandshake,
     ConnectionClosed,
@@ -30,6 +30,7 @@ from .exceptions import (
     WebSocketProtocolError,
 )
 from .extensions.permessage_deflate import DeflateSettings
+from .hooks import ServerResponse, respond
 from .http import Headers
 from .protocol import State, Stats, WebSocketCommonProtocol
 from .server import WebSocketServer, WebSocketServerProtocol, serve, unix_serve
@@ -54,7 +55,9 @@ __all__ = [
     "InvalidURI",
     "NegotiationError",
     "PayloadTooBig",
+    "ServerResponse",
     "ProxyError",
+    "Reconnect",
     "State",
     "Stats",
     "WebSocketClientProtocol",
@@ -68,6 +71,7 @@ __all__ = [
     "broadcast",
     "connect",
     "reconnect",
+    "respond",
     "serve",
     "unix_connect",
     "unix_serve",

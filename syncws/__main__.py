@@ -16,6 +16,9 @@ Three threads:
   returns once the connection is closed, whoever closed it;
 * a daemon **stdin thread** reads lines and sends them; at end of input
   (Ctrl-D) it closes the connection, which ends the main thread's ``recv()``.
+  When stdin isn't a terminal (``printf 'a\nb' | python -m syncws URI``), it
+  first waits for as many replies as it sent lines, so that the echoes get
+  printed, giving up when none arrives for ``--reply-timeout`` seconds.
 
 Reading stdin is the one wait nothing can interrupt portably (a blocked
 ``read()`` ignores the socket closing), so it gets the thread that may be
@@ -37,6 +40,7 @@ import ipaddress
 import logging
 import os
 import signal
+import ssl
 import sys
 import threading
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -64,6 +68,9 @@ EXIT_INTERRUPTED = 130
 
 # How many bytes of a binary message are shown, in hex.
 BINARY_PREVIEW = 16
+
+# Piped input: at its end, how long to wait for the next reply before closing.
+DEFAULT_REPLY_TIMEOUT = 2.0
 
 # How long the main thread waits in recv() before checking for Ctrl-C again.
 # On POSIX a blocked recv() takes KeyboardInterrupt at once; on Windows a
@@ -132,9 +139,20 @@ def _echo(websocket: WebSocketCommonProtocol) -> None:
 class InteractiveClient:
     """Send stdin lines over a connection and print what comes back."""
 
-    def __init__(self, websocket: WebSocketCommonProtocol, stdin_fd: int) -> None:
+    def __init__(
+        self, websocket: WebSocketCommonProtocol, stdin_fd: int, reply_timeout: Optional[float] = None
+    ) -> None:
         self.websocket = websocket
         self.stdin_fd = stdin_fd
+        # None: close at end of input at once (a terminal). A number: first
+        # wait for a reply to each line sent, as long as one arrives within
+        # that many seconds of the previous one (piped input).
+        self.reply_timeout = reply_timeout
+        # Lines sent (stdin thread) and messages printed (main thread);
+        # _progress guards both and wakes the stdin thread on each message.
+        self._progress = threading.Condition()
+        self._sent = 0
+        self._received = 0
         # Set before this side starts the closing handshake (end of input or
         # Ctrl-C), so the main thread can tell our close from the server's.
         # Written by the stdin thread or the main thread, read by the main
@@ -163,6 +181,9 @@ class InteractiveClient:
             except ConnectionClosed as exc:
                 return self._report_close(exc)
             print("< " + format_message(message), flush=True)
+            with self._progress:
+                self._received += 1
+                self._progress.notify_all()
 
     def _report_close(self, exc: ConnectionClosed) -> int:
         if self.closing.is_set():
@@ -193,20 +214,76 @@ class InteractiveClient:
                     lines.append(pending)  # a last line without a newline
                 for line in lines:
                     self.websocket.send(line[:-1] if line.endswith("\r") else line)
+                    with self._progress:
+                        self._sent += 1
                 if not chunk:
                     break
         except ConnectionClosed:
             return  # the main thread reports how it ended
         except TimeoutError:
             return  # the server stopped reading: syncws aborted the connection
+        self._wait_for_replies()
         self._close()
+
+    def _wait_for_replies(self) -> None:
+        """Piped input: wait until a reply per line sent was printed, or until
+        none arrived for ``reply_timeout`` seconds (stdin thread)."""
+        if self.reply_timeout is None:
+            return
+        with self._progress:
+            while self._received < self._sent and self.websocket.open:
+                before = self._received
+                self._progress.wait(self.reply_timeout)
+                if self._received == before:
+                    return  # silence: the server doesn't answer every line
+
+
+def parse_header(text: str) -> Tuple[str, str]:
+    """Read a ``--header 'Name: value'`` option.
+
+    Args:
+        text: the option's value.
+
+    Returns:
+        ``(name, value)``, both stripped.
+
+    Raises:
+        argparse.ArgumentTypeError: no colon, or an empty name.
+    """
+    name, colon, value = text.partition(":")
+    if not colon or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected 'Name: value', got {text!r}")
+    return name.strip(), value.strip()
+
+
+def _insecure_context() -> ssl.SSLContext:
+    """A TLS context that checks nothing: for --insecure only."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def run_client(args: argparse.Namespace) -> int:
     """``python -m syncws URI``."""
     uri: str = args.uri
+    options: Dict[str, object] = {
+        "compression": None if args.no_compression else "deflate",
+        "additional_headers": args.header or None,
+        "subprotocols": args.subprotocol or None,
+        "origin": args.origin,
+    }
+    if args.insecure:
+        if uri.lower().startswith("wss:"):
+            _error(
+                "WARNING: --insecure: the server's TLS certificate is NOT checked; "
+                "anyone on the network path can read and change this connection"
+            )
+            options["ssl"] = _insecure_context()
+        else:
+            _error("warning: --insecure does nothing for a ws:// URI (no TLS)")
     try:
-        websocket = connect(uri, compression=None if args.no_compression else "deflate")
+        websocket = connect(uri, **options)  # type: ignore[arg-type]
     except InvalidURI as exc:
         _error(str(exc))
         return EXIT_ERROR
@@ -219,9 +296,12 @@ def run_client(args: argparse.Namespace) -> int:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         _error(f"could not connect to {uri}: {reason}")
         return EXIT_ERROR
-    if os.isatty(sys.stdin.fileno()):
-        _status(f"connected to {uri}; type a line to send it, Ctrl-D or Ctrl-C to quit")
-    return InteractiveClient(websocket, sys.stdin.fileno()).run()
+    interactive = os.isatty(sys.stdin.fileno())
+    if interactive:
+        protocol = f" (subprotocol {websocket.subprotocol})" if websocket.subprotocol else ""
+        _status(f"connected to {uri}{protocol}; type a line to send it, Ctrl-D or Ctrl-C to quit")
+    reply_timeout = None if interactive else args.reply_timeout
+    return InteractiveClient(websocket, sys.stdin.fileno(), reply_timeout).run()
 
 
 # -- the echo server ------------------------------------------------------------
@@ -344,7 +424,9 @@ def _client_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         usage=(
-            f"{PROG} [-h] [--version] [--no-compression] URI\n"
+            f"{PROG} [-h] [--version] [--no-compression] [--header 'NAME: VALUE'] ...\n"
+            f"       {' ' * len(PROG)} [--subprotocol NAME] ... [--origin ORIGIN] [--insecure]\n"
+            f"       {' ' * len(PROG)} [--reply-timeout SECONDS] URI\n"
             f"       {PROG} serve [-h] [--host HOST] [--port PORT]\n"
             f"       {PROG} demo [-h]"
         ),
@@ -363,6 +445,26 @@ def _client_parser() -> argparse.ArgumentParser:
     parser.add_argument("uri", metavar="URI", help="the ws:// or wss:// URI to connect to")
     parser.add_argument(
         "--no-compression", action="store_true", help="don't offer permessage-deflate"
+    )
+    parser.add_argument(
+        "--header", action="append", type=parse_header, metavar="'NAME: VALUE'",
+        help="an extra request header (repeatable), e.g. --header 'Authorization: Bearer x'",
+    )
+    parser.add_argument(
+        "--subprotocol", action="append", metavar="NAME",
+        help="a subprotocol to offer (repeatable, in order of preference)",
+    )
+    parser.add_argument("--origin", help="the Origin header to send")
+    parser.add_argument(
+        "--insecure", action="store_true",
+        help="don't check the server's TLS certificate (wss://): for tests only",
+    )
+    parser.add_argument(
+        "--reply-timeout", type=float, default=DEFAULT_REPLY_TIMEOUT, metavar="SECONDS",
+        help=(
+            "with piped input, at its end: wait for a reply to each line sent, "
+            f"as long as one arrives within SECONDS of the last (default: {DEFAULT_REPLY_TIMEOUT:g})"
+        ),
     )
     parser.add_argument("--version", action="version", version=f"syncws {__version__}")
     return parser

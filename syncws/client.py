@@ -13,8 +13,10 @@ import logging
 import random
 import socket
 import ssl as ssl_module
+import threading
 import time
-from typing import Any, Iterator, Optional, Sequence, Type, Union
+import urllib.parse
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type, Union
 
 from . import handshake, timers
 from .exceptions import (
@@ -28,12 +30,17 @@ from .exceptions import (
 from .extensions import permessage_deflate
 from .http import Headers, HeadersLike, read_response, serialize_request
 from .protocol import WebSocketCommonProtocol
-from .proxy import open_tunnel, proxy_for
+from .logs import connection_label, format_head, format_status, opened_line
+from .proxy import open_proxy, proxy_for
+from .settings import SizeSetting, check_settings
 from .transport import Transport
 from .uri import WebSocketURI, host_header, parse_uri
 from .version import __version__
 
-__all__ = ["connect", "unix_connect", "reconnect", "WebSocketClientProtocol", "USER_AGENT"]
+__all__ = [
+    "connect", "unix_connect", "reconnect", "Reconnect", "retry_transient",
+    "WebSocketClientProtocol", "USER_AGENT", "REDIRECT_STATUSES",
+]
 
 #: The default ``User-Agent`` header.
 USER_AGENT = f"Python/{'.'.join(map(str, __import__('sys').version_info[:2]))} syncws/{__version__}"
@@ -111,11 +118,22 @@ class WebSocketClientProtocol(WebSocketCommonProtocol):
             headers["User-Agent"] = self.user_agent_header
         self.request_headers = headers
 
+        debug = self.logger.isEnabledFor(logging.DEBUG)
+        if debug:
+            self.logger.debug(
+                "%s request: %s", connection_label(self),
+                format_head(f"GET {wsuri.resource_name}", headers.items()),
+            )
         transport.write(serialize_request(wsuri.resource_name, headers), None)
         response = read_response(transport.read_line)
+        if debug:
+            self.logger.debug(
+                "%s response: %s", connection_label(self),
+                format_head(format_status(response.status_code), response.headers.items()),
+            )
         self.response_headers = response.headers
         if response.status_code != 101:
-            raise InvalidStatusCode(response.status_code, self._read_error_body(response.headers))
+            raise InvalidStatusCode(response.status_code, self._read_error_body(response.headers), response.headers)
         handshake.check_response(response.headers.get_joined, key)
         self.subprotocol = _chosen_subprotocol(response.headers, subprotocols)
         deflate = _accepted_extensions(response.headers, deflate_factory)
@@ -180,8 +198,8 @@ def connect(
     *,
     create_protocol: Optional[Type[WebSocketClientProtocol]] = None,
     timeout: Optional[float] = 10,
-    max_size: Optional[int] = 2**20,
-    max_queue: Optional[int] = 2**5,
+    max_size: SizeSetting = 2**20,
+    max_queue: SizeSetting = 2**5,
     read_limit: int = 2**16,
     write_limit: int = 2**16,
     origin: Optional[str] = None,
@@ -200,6 +218,7 @@ def connect(
     server_hostname: Optional[str] = None,
     proxy: Union[str, bool, None] = True,
     logger: Union[logging.Logger, str, None] = None,
+    max_redirects: int = 10,
     **kwds: Any,
 ) -> WebSocketClientProtocol:
     """Open a WebSocket connection and return it, ready to use.
@@ -217,8 +236,9 @@ def connect(
         timeout: seconds for the opening and the closing handshakes (seed
             name; ``open_timeout`` and ``close_timeout`` override it).
         max_size: the largest incoming message in bytes; ``None`` for no
-            limit.
-        max_queue: received messages buffered before reading pauses.
+            limit; or ``(message, fragment)`` (see :mod:`syncws.settings`).
+        max_queue: received messages buffered before reading pauses; or
+            ``(high, low)``: pause at ``high``, resume at ``low``.
         read_limit: bytes asked of the socket per read.
         write_limit: payloads up to this size go out with their header in
             one system call.
@@ -245,11 +265,21 @@ def connect(
         user_agent_header: the ``User-Agent`` header; ``None`` omits it.
         server_hostname: the name to check the TLS certificate against,
             when it isn't the URI's host.
-        proxy: ``True`` (default) uses the HTTP proxy the environment names
-            (``https_proxy`` / ``http_proxy``, minus ``no_proxy``); a URL
-            like ``"http://user:pass@proxy:3128"`` uses that proxy; ``None``
-            connects directly.
+        proxy: ``True`` (default) uses the proxy the environment names
+            (``wss_proxy`` / ``ws_proxy``, ``socks_proxy``, ``https_proxy``
+            / ``http_proxy``, ``all_proxy``, minus ``no_proxy``: see
+            :mod:`syncws.proxy`); a URL like
+            ``"http://user:pass@proxy:3128"`` or
+            ``"socks5h://user:pass@proxy:1080"`` uses that proxy (SOCKS
+            needs ``pip install 'syncws[socks]'``); ``None`` connects
+            directly.
         logger: a logger or logger name (default ``syncws.client``).
+        max_redirects: how many HTTP redirects (301, 302, 303, 307, 308) to
+            follow; 0 follows none. ``ws://`` may redirect to ``wss://``,
+            never the other way; ``Authorization``, ``Cookie`` and
+            ``Proxy-Authorization`` headers are dropped when the redirect
+            leaves the origin (scheme, host, port). Each hop gets its own
+            ``open_timeout``.
         **kwds: ``host`` and ``port`` to connect somewhere other than the
             URI says (the ``Host`` header still follows the URI), and
             ``source_address`` to bind the local end.
@@ -261,11 +291,21 @@ def connect(
         InvalidURI: the URI isn't a valid WebSocket URI.
         InvalidHandshake: the server refused or botched the handshake (see
             :exc:`~syncws.InvalidStatusCode`, :exc:`~syncws.InvalidHeader`).
-        ProxyError: the HTTP proxy refused the tunnel.
+        InvalidStatusCode: also for a redirect not followed (too many,
+            ``wss://`` to ``ws://``, no ``Location``), with the response's
+            ``status_code``, ``headers`` and ``body``.
+        ProxyError: the proxy refused the tunnel.
+        ImportError: a SOCKS proxy without python-socks installed.
         OSError: TCP or TLS failed.
         TimeoutError: the opening handshake didn't finish in time.
-        TypeError: an unknown keyword argument.
+        TypeError: an unknown keyword argument, or a setting of the wrong
+            type (see :func:`syncws.settings.check_settings`).
+        ValueError: a setting out of range (the message names it).
     """
+    # The arguments as given, for following a redirect with the same ones.
+    arguments = dict(locals())
+    arguments.update(arguments.pop("kwds"))
+    redirected_from: List[str] = kwds.pop("_redirected_from", [])
     connect_host = kwds.pop("host", None)
     connect_port = kwds.pop("port", None)
     source_address = kwds.pop("source_address", None)
@@ -275,7 +315,15 @@ def connect(
         raise TypeError("pass extra_headers or additional_headers, not both")
     if additional_headers is not None:
         extra_headers = additional_headers
-    open_timeout = open_timeout if open_timeout is not None else timeout
+    if not isinstance(max_redirects, int) or isinstance(max_redirects, bool) or max_redirects < 0:
+        raise ValueError(f"max_redirects must be an int >= 0, got {max_redirects!r}")
+    settings = check_settings(
+        max_size=max_size, max_queue=max_queue, timeout=timeout, open_timeout=open_timeout,
+        close_timeout=close_timeout, write_timeout=write_timeout, read_limit=read_limit,
+        write_limit=write_limit, ping_interval=ping_interval, ping_timeout=ping_timeout,
+        compression=compression,
+    )
+    open_timeout = settings.open_timeout
     wsuri = parse_uri(uri)
     if ssl is not None and ssl is not False and not wsuri.secure and ssl is not True and sock is None:
         raise ValueError("ssl= was given for a ws:// URI: use wss://")
@@ -288,8 +336,8 @@ def connect(
         port=wsuri.port,
         secure=wsuri.secure,
         timeout=timeout,
-        max_size=max_size,
-        max_queue=max_queue,
+        max_size=settings.max_size,
+        max_queue=settings.max_queue,
         read_limit=read_limit,
         write_limit=write_limit,
         ping_interval=ping_interval,
@@ -304,7 +352,7 @@ def connect(
     started = time.monotonic()
     proxy_url = proxy_for(wsuri, proxy) if sock is None else None
     if proxy_url is not None:
-        sock = open_tunnel(
+        sock = open_proxy(
             proxy_url,
             connect_host or wsuri.host,
             connect_port or wsuri.port,
@@ -338,11 +386,83 @@ def connect(
             raise TimeoutError(
                 f"the opening handshake with {uri} didn't finish within {open_timeout} seconds"
             )
+    except InvalidStatusCode as exc:
+        protocol.abort(f"the server answered HTTP {exc.status_code}")
+        if exc.status_code not in REDIRECT_STATUSES:
+            raise
+        target = _redirect_target(uri, wsuri, exc, max_redirects, redirected_from, arguments["sock"] is not None)
+        logging.getLogger("syncws.client").info("%s redirected to %s (HTTP %d)", uri, target, exc.status_code)
+        arguments.update(uri=target, _redirected_from=redirected_from + [uri])
+        if _origin(parse_uri(target)) != _origin(wsuri):
+            # Credentials and the connect-to override were for the old origin.
+            arguments.update(extra_headers=_without_credentials(extra_headers), additional_headers=None)
+            arguments.pop("host", None)
+            arguments.pop("port", None)
+        return connect(**arguments)
     except BaseException:
         protocol.abort("the opening handshake failed")
         raise
     protocol.connection_open()
+    extensions = [permessage_deflate.EXTENSION_NAME] if protocol.extensions else []
+    protocol.logger.info("%s", opened_line(protocol, wsuri.resource_name, protocol.subprotocol, extensions))
     return protocol
+
+
+#: The statuses :func:`connect` follows as redirects.
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+# Request headers that carry credentials, dropped when a redirect changes
+# the origin (as browsers and HTTP clients do).
+_CREDENTIAL_HEADERS = ("Authorization", "Cookie", "Proxy-Authorization")
+
+
+def _origin(wsuri: WebSocketURI) -> Tuple[bool, str, int]:
+    return wsuri.secure, wsuri.host.lower(), wsuri.port
+
+
+def _without_credentials(headers: Optional[HeadersLike]) -> Optional[Headers]:
+    if headers is None:
+        return None
+    kept = Headers(headers)
+    for name in _CREDENTIAL_HEADERS:
+        if name in kept:
+            del kept[name]
+    return kept
+
+
+def _redirect_target(
+    uri: str,
+    wsuri: WebSocketURI,
+    exc: InvalidStatusCode,
+    max_redirects: int,
+    redirected_from: List[str],
+    own_socket: bool,
+) -> str:
+    """Return the URI a redirect points to, or raise ``exc`` with the reason
+    it isn't followed (the response stays on the exception)."""
+
+    def refuse(detail: str) -> InvalidStatusCode:
+        return InvalidStatusCode(exc.status_code, exc.body, exc.headers, detail=detail)
+
+    location = exc.headers.get_joined("Location")
+    if location is None:
+        raise refuse("a redirect without a Location header")
+    if own_socket:
+        raise refuse(f"redirect to {location} not followed: connect() was given a socket")
+    if len(redirected_from) >= max_redirects:
+        raise refuse(f"redirect to {location} not followed: more than max_redirects={max_redirects}")
+    target = urllib.parse.urljoin(uri, location.strip())
+    scheme, rest = target.split(":", 1) if ":" in target else ("", target)
+    target = {"http": "ws", "https": "wss"}.get(scheme.lower(), scheme) + ":" + rest
+    try:
+        new = parse_uri(target)
+    except InvalidURI as uri_error:
+        raise refuse(f"redirect to an invalid URI: {uri_error}") from None
+    if wsuri.secure and not new.secure:
+        raise refuse(f"redirect from {uri} to {target} refused: it would drop TLS")
+    if target in redirected_from or target == uri:
+        raise refuse(f"redirect loop: {' -> '.join(redirected_from + [uri, target])}")
+    return target
 
 
 def unix_connect(path: str, uri: Optional[str] = None, **kwargs: Any) -> WebSocketClientProtocol:
@@ -381,20 +501,147 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (OSError, TimeoutError, EOFError))
 
 
+def retry_transient(exc: Exception) -> Optional[Exception]:
+    """The default ``process_exception`` of :func:`reconnect`.
+
+    Retries network errors, timeouts and HTTP 500, 502, 503 and 504; any
+    other failure (a bad URI, a 4xx, a TLS certificate error, a protocol
+    mismatch) would fail the same way again, so it is raised.
+
+    Args:
+        exc: what :func:`connect` raised.
+
+    Returns:
+        ``None`` to retry, or the exception to raise.
+    """
+    return None if _is_transient(exc) else exc
+
+
+class Reconnect(Iterator[WebSocketClientProtocol]):
+    """The iterator :func:`reconnect` returns: one open connection at a time.
+
+    Asking for the next connection closes the previous one. Stop the loop
+    by breaking out of it (the current connection is closed when the
+    iterator is dropped, or at once with :meth:`close`), from the loop
+    itself with :meth:`close`, or from any thread with :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        initial_delay: float,
+        max_delay: float,
+        factor: float,
+        min_uptime: float,
+        process_exception: Callable[[Exception], Optional[Exception]],
+        connect_kwargs: Dict[str, Any],
+    ) -> None:
+        self.uri = uri
+        self.initial_delay = initial_delay
+        self.max_delay = max_delay
+        self.factor = factor
+        self.min_uptime = min_uptime
+        self.process_exception = process_exception
+        self.connect_kwargs = connect_kwargs
+        #: The connection last yielded, until the next one is asked for.
+        self.connection: Optional[WebSocketClientProtocol] = None
+        #: How many connections were opened.
+        self.connections_opened = 0
+        self._opened_at = 0.0
+        # The current backoff ceiling; grows with each failure, back to
+        # initial_delay after a connection that lived min_uptime.
+        self._ceiling = initial_delay
+        # Set by stop() (any thread): ends the backoff wait and the loop.
+        self._stopped = threading.Event()
+        self._logger = logging.getLogger("syncws.client")
+
+    def __iter__(self) -> "Reconnect":
+        return self
+
+    def __next__(self) -> WebSocketClientProtocol:
+        previous, self.connection = self.connection, None
+        if previous is not None:
+            previous.close()
+            lived = time.monotonic() - self._opened_at
+            if lived < self.min_uptime:
+                # Died young: a server that accepts and then fails at once
+                # is a failure, or a crash loop gets hammered.
+                self._backoff(f"the connection lived only {lived:.2f} s")
+            else:
+                self._ceiling = self.initial_delay
+        while not self._stopped.is_set():
+            try:
+                connection = connect(self.uri, **self.connect_kwargs)
+            except Exception as exc:
+                to_raise = self.process_exception(exc)
+                if to_raise is not None:
+                    raise to_raise
+                self._backoff(f"connecting failed ({exc})")
+                continue
+            if self._stopped.is_set():
+                connection.close()
+                break
+            self.connection = connection
+            self.connections_opened += 1
+            self._opened_at = time.monotonic()
+            return connection
+        raise StopIteration
+
+    def _backoff(self, why: str) -> None:
+        """Wait before the next attempt: between half and all of the ceiling."""
+        delay = self._ceiling * random.uniform(0.5, 1.0)
+        self._logger.info("%s: %s; retrying in %.1f s", self.uri, why, delay)
+        self._ceiling = min(self._ceiling * self.factor, self.max_delay)
+        self._stopped.wait(delay)
+
+    def stop(self) -> None:
+        """End the loop from any thread: the current connection closes (so a
+        ``recv()`` on it ends), a backoff wait is cut short, and the loop
+        yields nothing more."""
+        self._stopped.set()
+        connection = self.connection
+        if connection is not None:
+            connection.close()
+
+    def close(self) -> None:
+        """Close the current connection and end the loop (as a generator's close)."""
+        self.stop()
+
+    def __del__(self) -> None:
+        # Breaking out of ``for ws in reconnect(...)`` drops the iterator:
+        # close the connection it yielded last rather than leak it.
+        connection = getattr(self, "connection", None)
+        if connection is not None:
+            connection.close()
+
+    def __enter__(self) -> "Reconnect":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+
 def reconnect(
     uri: str,
     *,
     initial_delay: float = 1.0,
     max_delay: float = 60.0,
     factor: float = 1.618,
+    min_uptime: float = 10.0,
+    process_exception: Optional[Callable[[Exception], Optional[Exception]]] = None,
     **connect_kwargs: Any,
-) -> Iterator[WebSocketClientProtocol]:
+) -> Reconnect:
     """Yield a new connection each time the previous one is done with.
 
-    Connection attempts that fail with a transient error (network errors,
-    timeouts, HTTP 500/502/503/504) are retried after an exponentially
-    growing delay with full jitter; other errors are raised. The delay
-    resets once a connection opens::
+    A failed attempt is retried after a delay that grows while attempts
+    keep failing: between half and all of a ceiling that starts at
+    ``initial_delay`` and is multiplied by ``factor`` after each failure, up
+    to ``max_delay``. A connection that closes less than ``min_uptime``
+    seconds after it opened counts as a failure too, so a server that
+    accepts and then crashes at once sees a handful of attempts, not a
+    flood. The ceiling goes back to ``initial_delay`` after a connection
+    that lived ``min_uptime`` seconds::
 
         for ws in syncws.reconnect("ws://localhost:8765"):
             try:
@@ -403,30 +650,39 @@ def reconnect(
             except syncws.ConnectionClosed:
                 continue
 
+    To stop: ``break`` out of the loop (the current connection is closed),
+    or call :meth:`Reconnect.stop` from any thread (the current connection is
+    closed, a backoff wait is cut short, and the loop ends), or use the
+    iterator as a context manager.
+
     Args:
         uri: as for :func:`connect`.
         initial_delay: the first retry delay ceiling, in seconds.
         max_delay: the largest retry delay ceiling, in seconds.
         factor: how much the ceiling grows after each failure.
+        min_uptime: seconds a connection must last to count as a success.
+        process_exception: ``(exc) -> None`` to retry after what
+            :func:`connect` raised, or an exception to raise (``exc`` itself
+            to let it through); default :func:`retry_transient`.
         **connect_kwargs: as for :func:`connect`.
 
-    Yields:
-        Open connections, one at a time.
+    Returns:
+        The :class:`Reconnect` iterator of open connections.
+
+    Raises:
+        ValueError: a delay or factor out of range.
     """
-    ceiling = initial_delay
-    while True:
-        try:
-            connection = connect(uri, **connect_kwargs)
-        except Exception as exc:
-            if not _is_transient(exc):
-                raise
-            delay = random.uniform(0, ceiling)
-            logging.getLogger("syncws.client").info(
-                "connecting to %s failed (%s); retrying in %.1f s", uri, exc, delay
-            )
-            time.sleep(delay)
-            ceiling = min(ceiling * factor, max_delay)
-            continue
-        ceiling = initial_delay
-        with connection:
-            yield connection
+    for name, value in (("initial_delay", initial_delay), ("max_delay", max_delay), ("min_uptime", min_uptime)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+            raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    if not isinstance(factor, (int, float)) or not factor >= 1:
+        raise ValueError(f"factor must be a number >= 1, got {factor!r}")
+    return Reconnect(
+        uri,
+        initial_delay=initial_delay,
+        max_delay=max_delay,
+        factor=factor,
+        min_uptime=min_uptime,
+        process_exception=process_exception or retry_transient,
+        connect_kwargs=connect_kwargs,
+    )

@@ -31,7 +31,7 @@ The tree::
 from __future__ import annotations
 
 import http
-from typing import Iterable, Optional, Tuple
+from typing import Any, Iterable, Optional, Tuple
 
 from .close_codes import describe_close
 
@@ -146,17 +146,46 @@ class InvalidUpgrade(InvalidHeader):
 class InvalidStatusCode(InvalidHandshake):
     """The server answered the handshake with a status other than 101.
 
+    Raised as well for a redirect that :func:`~syncws.connect` won't follow
+    (``wss://`` to ``ws://``, too many of them, no ``Location``), so that the
+    caller has the whole response: ``Location``, ``Retry-After``...
+
     Args:
         status_code: the HTTP status the server answered with.
         body: the start of the response body, when the server sent one.
+        headers: the response headers (a :class:`syncws.http.Headers`); the
+            seed's ``InvalidStatusCode(status_code, headers)`` is accepted
+            too.
+        detail: why a redirect wasn't followed, added to the message.
+
+    Attributes:
+        status_code: the HTTP status.
+        headers: the response headers, empty when unknown.
+        body: the start of the response body (at most 64 KiB).
     """
 
-    def __init__(self, status_code: int, body: bytes = b"") -> None:
+    def __init__(
+        self,
+        status_code: int,
+        body: Any = b"",
+        headers: Any = None,
+        *,
+        detail: Optional[str] = None,
+    ) -> None:
+        # Imported here: syncws.http imports this module.
+        from .http import Headers
+
+        if not isinstance(body, (bytes, bytearray, memoryview)):
+            # The seed's form: InvalidStatusCode(status_code, headers).
+            body, headers = b"", body
         self.status_code = status_code
-        self.body = body
+        self.headers = headers if isinstance(headers, Headers) else Headers(headers or ())
+        self.body = bytes(body)
         message = f"server rejected WebSocket connection: HTTP {status_code}"
+        if detail:
+            message = f"{message} ({detail})"
         if body:
-            text = body[:200].decode("utf-8", "replace").strip()
+            text = self.body[:200].decode("utf-8", "replace").strip()
             message = f"{message}: {text}"
         super().__init__(message)
 

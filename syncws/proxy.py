@@ -1,9 +1,29 @@
-"""Reaching a WebSocket server through an HTTP proxy (``CONNECT``, RFC 9110 §9.3.6).
+"""Reaching a WebSocket server through a proxy: HTTP ``CONNECT`` (RFC 9110
+§9.3.6) or SOCKS (SOCKS5h, SOCKS5, SOCKS4a, SOCKS4).
 
 By default :func:`~syncws.connect` follows the environment like other HTTP
-clients: ``https_proxy`` for ``wss://``, ``http_proxy`` for ``ws://``, and
-``no_proxy`` for the hosts to reach directly. The proxy is asked to open a
-TCP tunnel to the server; TLS and the WebSocket handshake then go through it.
+clients, and like websockets: ``no_proxy`` names the hosts to reach
+directly; otherwise the first of ``wss_proxy`` (``ws_proxy`` for ``ws://``),
+``socks_proxy``, ``https_proxy`` (``http_proxy`` for ``ws://``) and
+``all_proxy`` that is set. Any of them may name a SOCKS proxy
+(``socks5h://proxy:1080``) or an HTTP one (``http://proxy:3128``); a
+``socks_proxy`` without a scheme is SOCKS5h. The proxy opens a TCP tunnel to
+the server; TLS and the WebSocket handshake then go through it.
+
+SOCKS needs the optional ``python-socks`` package: ``pip install
+'syncws[socks]'``. The scheme says who resolves the server's name:
+
+==========  ============================================
+scheme      resolved by
+==========  ============================================
+socks5h     the proxy (the name is sent; the safest)
+socks5      this machine (the address is sent)
+socks4a     the proxy
+socks4      this machine (IPv4 only)
+==========  ============================================
+
+Credentials in the URL (``socks5h://user:password@proxy:1080``) are sent
+with SOCKS5's username/password method (RFC 1929), or as SOCKS4's user id.
 """
 
 from __future__ import annotations
@@ -20,7 +40,10 @@ from .http import Headers, read_response, serialize_request
 from .streamreader import StreamReader
 from .uri import WebSocketURI
 
-__all__ = ["proxy_for", "open_tunnel"]
+__all__ = ["proxy_for", "open_tunnel", "open_socks", "open_proxy", "SOCKS_SCHEMES"]
+
+#: The SOCKS schemes, and whether the proxy resolves the server's name.
+SOCKS_SCHEMES = {"socks5h": True, "socks5": False, "socks4a": True, "socks4": False}
 
 
 def proxy_for(wsuri: WebSocketURI, proxy: Union[str, bool, None]) -> Optional[str]:
@@ -41,9 +64,112 @@ def proxy_for(wsuri: WebSocketURI, proxy: Union[str, bool, None]) -> Optional[st
     proxies = urllib.request.getproxies()
     if urllib.request.proxy_bypass(wsuri.host):
         return None
+    socks = proxies.get("socks")
+    if socks and "://" not in socks:
+        socks = f"socks5h://{socks}"
     if wsuri.secure:
-        return proxies.get("wss") or proxies.get("https")
-    return proxies.get("ws") or proxies.get("http")
+        return proxies.get("wss") or socks or proxies.get("https") or proxies.get("all")
+    return proxies.get("ws") or socks or proxies.get("http") or proxies.get("all")
+
+
+def open_proxy(
+    proxy_url: str,
+    host: str,
+    port: int,
+    *,
+    timeout: Optional[float],
+    source_address: Optional[Tuple[str, int]] = None,
+) -> socket.socket:
+    """Open a tunnel to ``host:port`` through the proxy ``proxy_url``, SOCKS or HTTP.
+
+    Args:
+        proxy_url: ``socks5h://``, ``socks5://``, ``socks4a://``,
+            ``socks4://``, ``http://`` or ``https://``, with optional
+            ``user:password@``.
+        host: the WebSocket server's host.
+        port: its port.
+        timeout: seconds for reaching the proxy and its answer.
+        source_address: where to bind the local end.
+
+    Returns:
+        A socket tunnelled to the server, in blocking mode.
+
+    Raises:
+        ProxyError: the proxy refused or didn't speak its protocol.
+        ImportError: a SOCKS proxy without ``python-socks`` installed.
+        ValueError: an unsupported scheme.
+        OSError: the proxy can't be reached.
+    """
+    scheme = proxy_url.split("://", 1)[0].lower() if "://" in proxy_url else "http"
+    if scheme in SOCKS_SCHEMES:
+        return open_socks(proxy_url, host, port, timeout=timeout, source_address=source_address)
+    return open_tunnel(proxy_url, host, port, timeout=timeout, source_address=source_address)
+
+
+def open_socks(
+    proxy_url: str,
+    host: str,
+    port: int,
+    *,
+    timeout: Optional[float],
+    source_address: Optional[Tuple[str, int]] = None,
+) -> socket.socket:
+    """Connect to a SOCKS proxy and have it open a connection to ``host:port``.
+
+    Args:
+        proxy_url: ``socks5h://``, ``socks5://``, ``socks4a://`` or
+            ``socks4://`` ``[user:password@]host[:port]`` (port 1080 by
+            default).
+        host: the WebSocket server's host.
+        port: its port.
+        timeout: seconds for reaching the proxy and its answer.
+        source_address: where to bind the local end.
+
+    Returns:
+        A socket connected to the server through the proxy, in blocking mode.
+
+    Raises:
+        ImportError: ``python-socks`` isn't installed (``pip install
+            'syncws[socks]'``).
+        ProxyError: the proxy refused (bad credentials, host unreachable...)
+            or didn't speak SOCKS.
+        ValueError: not a SOCKS URL, or no host.
+        OSError: the proxy can't be reached.
+        TimeoutError: the proxy didn't answer within ``timeout``.
+    """
+    parsed = urllib.parse.urlsplit(proxy_url)
+    scheme = parsed.scheme.lower()
+    if scheme not in SOCKS_SCHEMES:
+        raise ValueError(f"not a SOCKS proxy URL: {proxy_url!r} (schemes: {', '.join(SOCKS_SCHEMES)})")
+    if not parsed.hostname:
+        raise ValueError(f"proxy URL {proxy_url!r} has no host")
+    try:
+        from python_socks import ProxyError as SocksError
+        from python_socks import ProxyType
+        from python_socks.sync import Proxy
+    except ImportError as exc:
+        raise ImportError(
+            f"connecting through the SOCKS proxy {parsed.hostname}:{parsed.port or 1080} needs the "
+            f"python-socks package: pip install 'syncws[socks]'"
+        ) from exc
+    proxy = Proxy(
+        ProxyType.SOCKS5 if scheme.startswith("socks5") else ProxyType.SOCKS4,
+        parsed.hostname,
+        parsed.port or 1080,
+        username=urllib.parse.unquote(parsed.username) if parsed.username is not None else None,
+        password=urllib.parse.unquote(parsed.password) if parsed.password is not None else None,
+        rdns=SOCKS_SCHEMES[scheme],
+    )
+    try:
+        # local_addr only when asked: older python-socks releases lack it.
+        extra = {} if source_address is None else {"local_addr": source_address}
+        sock: socket.socket = proxy.connect(host, port, timeout=timeout, **extra)
+    except SocksError as exc:
+        raise ProxyError(
+            f"SOCKS proxy {parsed.hostname}:{parsed.port or 1080} couldn't connect to {host}:{port}: {exc}"
+        ) from exc
+    sock.settimeout(None)
+    return sock
 
 
 def open_tunnel(
@@ -72,14 +198,14 @@ def open_tunnel(
     Raises:
         ProxyError: the proxy refused (status other than 2xx) or didn't
             answer HTTP.
-        ValueError: an unsupported proxy scheme (SOCKS, ...).
+        ValueError: not an HTTP proxy URL (see :func:`open_proxy` for SOCKS).
         OSError: the proxy can't be reached.
     """
     parsed = urllib.parse.urlsplit(proxy_url if "://" in proxy_url else f"http://{proxy_url}")
     if parsed.scheme not in ("http", "https"):
         raise ValueError(
             f"unsupported proxy scheme {parsed.scheme!r} in {proxy_url!r}: "
-            f"only http:// and https:// proxies (HTTP CONNECT) are supported"
+            f"use http://, https:// or (through open_proxy()) {', '.join(f'{k}://' for k in SOCKS_SCHEMES)}"
         )
     if not parsed.hostname:
         raise ValueError(f"proxy URL {proxy_url!r} has no host")

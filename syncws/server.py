@@ -35,8 +35,12 @@ from .exceptions import (
 )
 from .extensions import permessage_deflate
 from .framing import CloseCode, serialize_close
-from .http import Headers, HeadersLike, read_request, serialize_response
+from .auth import BasicAuth
+from .hooks import Origins, ProcessResponse, ServerResponse, as_response, check_origins, origin_allowed, respond
+from .http import Headers, HeadersLike, Request, read_request, serialize_response
+from .logs import connection_label, format_address, format_head, format_status, opened_line
 from .protocol import State, WebSocketCommonProtocol
+from .settings import SizeSetting, check_settings
 from .transport import Transport
 from .version import __version__
 
@@ -46,6 +50,7 @@ __all__ = ["serve", "unix_serve", "WebSocketServer", "WebSocketServerProtocol", 
 SERVER_HEADER = f"Python syncws/{__version__}"
 
 ProcessRequest = Callable[[str, Headers], Optional[Tuple[int, HeadersLike, bytes]]]
+SelectSubprotocol = Callable[["WebSocketServerProtocol", Sequence[str]], Optional[str]]
 
 
 class WebSocketServerProtocol(WebSocketCommonProtocol):
@@ -64,6 +69,11 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
             on with the handshake or ``(status, headers, body)`` to answer
             plain HTTP.
         server_header: the ``Server`` header; ``None`` omits it.
+        select_subprotocol: ``(connection, client_subprotocols)`` returning
+            the subprotocol to use or ``None``, instead of
+            :meth:`select_subprotocol`'s policy.
+        process_response: ``(connection, request, response)``, called with
+            every response of the handshake (see :mod:`syncws.hooks`).
         **kwargs: the keyword arguments of
             :class:`~syncws.protocol.WebSocketCommonProtocol`.
 
@@ -79,12 +89,14 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
         ws_handler: Callable[..., Any],
         ws_server: "WebSocketServer",
         *,
-        origins: Optional[Sequence[Optional[str]]] = None,
+        origins: Optional[Origins] = None,
         subprotocols: Optional[Sequence[str]] = None,
         extra_headers: Any = None,
         compression: Any = "deflate",
         process_request: Optional[ProcessRequest] = None,
         server_header: Optional[str] = SERVER_HEADER,
+        select_subprotocol: Optional[SelectSubprotocol] = None,
+        process_response: Optional[ProcessResponse] = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -96,6 +108,14 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
         self.compression = compression
         self._process_request = process_request
         self.server_header = server_header
+        self._select_subprotocol = select_subprotocol
+        self._process_response_hook = process_response
+        #: The opening handshake's request, once read.
+        self.request: Optional[Request] = None
+        #: The user name :func:`~syncws.basic_auth` authenticated, or ``None``.
+        self.username: Optional[str] = None
+        # Whether process_response already saw the handshake's response.
+        self._response_processed = False
         #: The ``Origin`` header of the request, or ``None``.
         self.origin: Optional[str] = None
         #: The request headers as ``(name, value)`` pairs, as received.
@@ -123,14 +143,51 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
         """
         if self._process_request is None:
             return None
-        return self._process_request(path, request_headers)
+        answer = self._process_request(path, request_headers)
+        if answer is None and isinstance(self._process_request, BasicAuth):
+            self.username = BasicAuth.username(request_headers)
+        return answer
+
+    def respond(self, status: int, text: str) -> ServerResponse:
+        """Build a plain-text HTTP response (see :func:`syncws.hooks.respond`).
+
+        Args:
+            status: the HTTP status.
+            text: the body.
+
+        Returns:
+            The response, to return from ``process_request`` or
+            ``process_response``.
+        """
+        return respond(status, text)
+
+    def process_response(self, request: Request, response: ServerResponse) -> ServerResponse:
+        """Give the ``process_response`` hook of :func:`serve` the last word.
+
+        Called once per handshake, with the 101 or with the plain HTTP
+        answer (refusals included).
+
+        Args:
+            request: the request.
+            response: the response about to be sent.
+
+        Returns:
+            The response to send: the hook's, or ``response`` (its headers
+            possibly changed in place).
+        """
+        self._response_processed = True
+        if self._process_response_hook is None:
+            return response
+        answer = self._process_response_hook(self, request, response)
+        return response if answer is None else as_response(answer, "process_response")
 
     def select_subprotocol(
         self, client_protos: Sequence[str], server_protos: Sequence[str]
     ) -> Optional[str]:
         """Pick the subprotocol: the server's most preferred one the client offers.
 
-        Override it for another policy.
+        Override it for another policy, or pass ``select_subprotocol`` to
+        :func:`serve`, which is then called instead.
 
         Args:
             client_protos: the client's subprotocols, in its order.
@@ -139,6 +196,8 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
         Returns:
             The chosen subprotocol, or ``None`` to use none.
         """
+        if self._select_subprotocol is not None:
+            return self._select_subprotocol(self, client_protos)
         for protocol in server_protos:
             if protocol in client_protos:
                 return protocol
@@ -161,7 +220,7 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
 
     def handshake(
         self,
-        origins: Optional[Sequence[Optional[str]]] = None,
+        origins: Optional[Origins] = None,
         subprotocols: Optional[Sequence[str]] = None,
         extra_headers: Any = None,
     ) -> str:
@@ -184,6 +243,12 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
         transport = self.transport
         assert transport is not None, "connection_made() must come first"
         request = read_request(transport.read_line)
+        self.request = request
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug(
+                "%s request: %s", connection_label(self),
+                format_head(f"{request.method} {request.path}", request.headers.items()),
+            )
         self.path = request.path
         self.request_headers = request.headers
         self.raw_request_headers = request.headers.items()
@@ -196,21 +261,25 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
             )
         answer = self.process_request(request.path, request.headers)
         if answer is not None:
-            status, headers, body = answer
-            raise AbortHandshake(status, Headers(headers).items(), body)
+            status, headers, body = as_response(answer, "process_request")
+            raise AbortHandshake(status, headers.items(), body)
 
         key = handshake.check_request(request.headers.get_joined)
         self.origin = request.headers.get_joined("Origin")
-        if origins is not None and self.origin not in origins:
+        if origins is not None and not origin_allowed(self.origin, origins):
             raise InvalidOrigin(self.origin)
 
         response_headers = Headers()
         offered = request.headers.get_joined("Sec-WebSocket-Protocol")
-        if offered is not None and subprotocols:
-            self.subprotocol = self.select_subprotocol(
-                handshake.parse_subprotocol_list(offered), subprotocols
-            )
+        if offered is not None and (subprotocols or self._select_subprotocol is not None):
+            client_protos = handshake.parse_subprotocol_list(offered)
+            self.subprotocol = self.select_subprotocol(client_protos, subprotocols or [])
             if self.subprotocol is not None:
+                if self.subprotocol not in client_protos:
+                    raise ValueError(
+                        f"select_subprotocol chose {self.subprotocol!r}, which the client "
+                        f"didn't offer ({client_protos})"
+                    )
                 response_headers["Sec-WebSocket-Protocol"] = self.subprotocol
         self._negotiate_extensions(request.headers, response_headers)
 
@@ -226,6 +295,10 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
             response_headers.update(extra_headers)
         if self.server_header is not None and "Server" not in response_headers:
             response_headers["Server"] = self.server_header
+        response = self.process_response(request, ServerResponse(101, response_headers, b""))
+        if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
+            raise AbortHandshake(response.status_code, response.headers.items(), response.body)
+        response_headers = response.headers
         self.response_headers = response_headers
         # Ordered against _cancel_handshake(): a server that is closing
         # either cancels the handshake before the 101 goes out, or lets it
@@ -238,6 +311,12 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
                 )
             transport.write(serialize_response(101, response_headers), None)
             self._handshake_answered = True
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug(
+                "%s response: %s", connection_label(self), format_head(format_status(101), response_headers.items())
+            )
+        extensions = [permessage_deflate.EXTENSION_NAME] if self.extensions else []
+        self.logger.info("%s", opened_line(self, request.path, self.subprotocol, extensions))
         return request.path
 
     def _cancel_handshake(self) -> None:
@@ -307,12 +386,21 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
     def _refuse(self, exc: Exception) -> None:
         """Answer a failed handshake with plain HTTP, then close."""
         answer = _http_answer(exc)
+        if answer is not None and self.request is not None and not self._response_processed:
+            try:
+                response = self.process_response(self.request, ServerResponse(answer[0], Headers(answer[1]), answer[2]))
+                answer = (response.status_code, response.headers.items(), response.body)
+            except Exception:
+                self.logger.exception("%s: process_response raised; answering as it was", self)
         if answer is None:
             # Nothing worth answering: the client left, or TLS failed.
             self.logger.debug("%s: handshake failed: %r", self, exc)
         else:
             status, headers, body = answer
-            self.logger.info("%s: handshake refused with %d: %s", self, status, exc)
+            self.logger.info(
+                "%s refused with %s: peer %s, path %s: %s", connection_label(self), format_status(status),
+                format_address(self.remote_address), self.request.path if self.request else "?", exc,
+            )
             assert self.transport is not None
             _send_http_answer(self.transport.sock, status, headers, body, self.server_header)
         self.abort(f"the opening handshake failed: {exc}")
@@ -351,6 +439,8 @@ def _send_http_answer(
         response_headers["Server"] = server_header
     if "Content-Type" not in response_headers:
         response_headers["Content-Type"] = "text/plain; charset=utf-8"
+    if "Content-Length" in response_headers:
+        del response_headers["Content-Length"]  # the body decides it
     response_headers["Content-Length"] = str(len(body))
     response_headers["Connection"] = "close"
     try:
@@ -594,6 +684,13 @@ class WebSocketServer:
         self.wait_closed()
 
 
+def _bound_address(sock: socket.socket) -> Any:
+    try:
+        return sock.getsockname()
+    except OSError:
+        return None
+
+
 def _remaining(deadline: Optional[float]) -> Optional[float]:
     if deadline is None:
         return None
@@ -649,11 +746,11 @@ def serve(
     *,
     create_protocol: Optional[Type[WebSocketServerProtocol]] = None,
     timeout: Optional[float] = 10,
-    max_size: Optional[int] = 2**20,
-    max_queue: Optional[int] = 2**5,
+    max_size: SizeSetting = 2**20,
+    max_queue: SizeSetting = 2**5,
     read_limit: int = 2**16,
     write_limit: int = 2**16,
-    origins: Optional[Sequence[Optional[str]]] = None,
+    origins: Optional[Origins] = None,
     subprotocols: Optional[Sequence[str]] = None,
     extra_headers: Any = None,
     compression: Any = "deflate",
@@ -669,6 +766,8 @@ def serve(
     server_header: Optional[str] = SERVER_HEADER,
     logger: Union[logging.Logger, str, None] = None,
     backlog: int = 128,
+    select_subprotocol: Optional[SelectSubprotocol] = None,
+    process_response: Optional[ProcessResponse] = None,
     **kwds: Any,
 ) -> WebSocketServer:
     """Start a WebSocket server; it is listening and accepting on return.
@@ -692,13 +791,16 @@ def serve(
         create_protocol: a :class:`WebSocketServerProtocol` subclass.
         timeout: seconds for the opening and closing handshakes (seed name).
         max_size: the largest incoming message in bytes; ``None`` for no
-            limit.
+            limit; or ``(message, fragment)`` (see :mod:`syncws.settings`).
         max_queue: received messages buffered per connection before reading
-            pauses.
+            pauses; or ``(high, low)``: pause at ``high``, resume at ``low``.
         read_limit: bytes asked of the socket per read.
         write_limit: payloads up to this size go out with their header in
             one system call.
-        origins: allowed ``Origin`` values; others get HTTP 403.
+        origins: allowed ``Origin`` values: strings, compiled regular
+            expressions (:class:`re.Pattern`, matched against the whole
+            value) and ``None`` for a request without ``Origin``; others get
+            HTTP 403.
         subprotocols: the server's subprotocols, in order of preference.
         extra_headers: headers for the 101 response (seed name): a mapping,
             pairs, or ``(path, request_headers) -> mapping or pairs``.
@@ -709,7 +811,8 @@ def serve(
         ping_interval: seconds between keepalive pings; ``None`` disables.
         ping_timeout: seconds to wait for a pong; ``None`` waits forever.
         process_request: ``(path, request_headers)`` returning ``None`` or
-            ``(status, headers, body)`` to answer plain HTTP.
+            ``(status, headers, body)`` (e.g. :func:`syncws.respond`) to
+            answer plain HTTP.
         open_timeout: seconds for TLS and the opening handshake.
         close_timeout: seconds for the closing handshake.
         write_timeout: seconds a send may take before its connection is
@@ -718,6 +821,15 @@ def serve(
         server_header: the ``Server`` header; ``None`` omits it.
         logger: a logger or logger name (default ``syncws.server``).
         backlog: the listen backlog.
+        select_subprotocol: ``(connection, client_subprotocols)`` returning
+            the subprotocol to use (one the client offered) or ``None``;
+            called whenever the client offers subprotocols, instead of
+            picking among ``subprotocols``.
+        process_response: ``(connection, request, response)``, called with
+            every handshake response, the 101 and the refusals; it may change
+            ``response.headers`` in place and return ``None``, or return
+            another response (:func:`syncws.respond`, or ``(status, headers,
+            body)``): a status other than 101 refuses the connection.
         **kwds: ``additional_headers`` (modern name of ``extra_headers``),
             and ``reuse_port=True`` to share the port between processes.
 
@@ -726,7 +838,9 @@ def serve(
 
     Raises:
         OSError: the address can't be bound.
-        TypeError: an unknown keyword argument.
+        TypeError: an unknown keyword argument, or a setting of the wrong
+            type (see :func:`syncws.settings.check_settings`).
+        ValueError: a setting out of range (the message names it).
     """
     reuse_port = kwds.pop("reuse_port", False)
     additional_headers = kwds.pop("additional_headers", None)
@@ -736,7 +850,14 @@ def serve(
         extra_headers = additional_headers
     if kwds:
         raise TypeError(f"serve() got unexpected keyword arguments: {', '.join(sorted(kwds))}")
-    permessage_deflate.ServerDeflateFactory.from_compression(compression)  # validates before binding
+    # Validates before binding.
+    check_origins(origins)
+    settings = check_settings(
+        max_size=max_size, max_queue=max_queue, timeout=timeout, open_timeout=open_timeout,
+        close_timeout=close_timeout, write_timeout=write_timeout, read_limit=read_limit,
+        write_limit=write_limit, ping_interval=ping_interval, ping_timeout=ping_timeout,
+        compression=compression,
+    )
     if isinstance(logger, str) or logger is None:
         logger = logging.getLogger(logger or "syncws.server")
     if sock is not None:
@@ -746,7 +867,7 @@ def serve(
     else:
         sockets = _listening_sockets(host, port or 0, backlog)
     protocol_class = create_protocol or WebSocketServerProtocol
-    open_timeout = open_timeout if open_timeout is not None else timeout
+    open_timeout = settings.open_timeout
 
     def make_protocol(server: WebSocketServer) -> WebSocketServerProtocol:
         return protocol_class(
@@ -756,8 +877,8 @@ def serve(
             port=port,
             secure=ssl is not None,
             timeout=timeout,
-            max_size=max_size,
-            max_queue=max_queue,
+            max_size=settings.max_size,
+            max_queue=settings.max_queue,
             read_limit=read_limit,
             write_limit=write_limit,
             ping_interval=ping_interval,
@@ -771,8 +892,11 @@ def serve(
             compression=compression,
             process_request=process_request,
             server_header=server_header,
+            select_subprotocol=select_subprotocol,
+            process_response=process_response,
         )
 
+    logger.info("server listening on %s", ", ".join(format_address(_bound_address(sock)) for sock in sockets))
     return WebSocketServer(
         sockets,
         make_protocol,

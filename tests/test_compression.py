@@ -767,6 +767,33 @@ def test_server_frames_on_the_wire():
     ]
 
 
+@pytest.mark.timeout(20)
+def test_server_accepts_a_bare_offer():
+    """OkHttp, Java and Go clients offer exactly ``permessage-deflate``: the
+    server accepts it and inflates with the 15-bit window RFC 7692 implies."""
+    big = json_text(3000, 3)
+    with syncws_server() as (uri, seen):
+        raw, head = raw_connect(uri, offer="permessage-deflate")
+        try:
+            # No client_max_window_bits in the response: the offer had none.
+            assert extension_params(header(head, "Sec-WebSocket-Extensions")) == (
+                "permessage-deflate", {"server_max_window_bits=12"})
+            assert seen.get(timeout=5).extensions
+            # Compressed with a full 32 KiB window, as such a client does,
+            # with context takeover across the two messages.
+            compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+            for _ in range(2):
+                payload = compressor.compress(big.encode()) + compressor.flush(zlib.Z_SYNC_FLUSH)
+                raw.send_frame(Opcode.TEXT, payload[:-4], rsv1=True)
+            frames = [raw.read_frame(), raw.read_frame()]
+            raw.send_frame(Opcode.CLOSE, struct.pack("!H", 1000))
+            frames += raw.frames_until_close()
+        finally:
+            raw.close()
+    # The echoes come back compressed with the server's 12-bit window.
+    assert inflate_messages(frames, wbits=12) == [(Opcode.TEXT, True, big.encode())] * 2
+
+
 # -- hostile peers ---------------------------------------------------------------------
 
 

@@ -426,3 +426,81 @@ def test_client_reports_a_lost_connection(raw_serve: Any, cli: Any) -> None:
     client = cli(uri)
     assert client.wait() == 1
     assert client.stderr.rest().strip() == "connection lost: 1006 (abnormal closure) TCP closed without a close frame"
+
+
+# -- client options and piped input ------------------------------------------------------
+
+
+def echo_websockets(ws: Any) -> None:
+    for message in ws:
+        ws.send(message)
+
+
+@pytest.mark.parametrize("peer", ["syncws", "websockets"])
+def test_piped_input_prints_the_echoes_before_closing(server: Any, ws_serve: Any, peer: str) -> None:
+    # printf 'a\nb' | python -m syncws URI: once closed before the echoes came.
+    uri = server(echo_and_record) if peer == "syncws" else ws_serve(echo_websockets)
+    result = run_cli(uri, stdin="a\nb")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "< a\n< b\n"
+    if peer == "syncws":
+        assert server.seen.get(timeout=TIMEOUT) == ("closed", 1000, "")
+
+
+def test_piped_input_gives_up_on_a_silent_server(server: Any) -> None:
+    uri = server(record)
+    result = run_cli("--reply-timeout", "0.3", uri, stdin="one\ntwo\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert [server.seen.get(timeout=TIMEOUT) for _ in range(3)] == ["one", "two", ("closed", 1000, "")]
+
+
+def test_header_origin_and_subprotocol_options() -> None:
+    seen: "queue.Queue[Any]" = queue.Queue()
+
+    def handler(ws: Any) -> None:
+        seen.put((ws.request_headers, ws.subprotocol))
+        for _ in ws:
+            ws.send(f"subprotocol {ws.subprotocol}")
+
+    with syncws.serve(handler, HOST, 0, subprotocols=["chat.v2", "chat.v1"]) as srv:
+        result = run_cli(
+            "--header", "X-Token: abc 123", "--header", "X-Other:two", "--origin", "https://app.example",
+            "--subprotocol", "chat.v1", "--subprotocol", "chat.v2", f"ws://{HOST}:{srv.port}/", stdin="which?\n",
+        )
+        assert result.returncode == 0, result.stderr
+        headers, subprotocol = seen.get(timeout=TIMEOUT)
+    assert headers["X-Token"] == "abc 123" and headers["X-Other"] == "two"
+    assert headers["Origin"] == "https://app.example"
+    assert headers["Sec-WebSocket-Protocol"] == "chat.v1, chat.v2"
+    assert subprotocol == "chat.v2"
+    assert result.stdout == "< subprotocol chat.v2\n"
+
+
+def test_bad_header_option_is_a_usage_error() -> None:
+    result = run_cli("--header", "no colon here", "ws://127.0.0.1:9/")
+    assert result.returncode == 2
+    assert "expected 'Name: value'" in result.stderr
+
+
+def test_insecure_skips_the_certificate_check_loudly() -> None:
+    from conftest import CERT_FILE, KEY_FILE
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(CERT_FILE, KEY_FILE)
+    with syncws.serve(lambda ws: [ws.send(m) for m in ws], HOST, 0, ssl=context) as srv:
+        uri = f"wss://localhost:{srv.port}/"
+        refused = run_cli(uri, stdin="x\n")
+        assert refused.returncode == 1
+        assert "certificate verify failed" in refused.stderr
+        result = run_cli("--insecure", uri, stdin="hello over tls\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "< hello over tls\n"
+    assert "WARNING: --insecure" in result.stderr and "NOT checked" in result.stderr
+
+
+def test_insecure_with_ws_says_it_does_nothing(server: Any) -> None:
+    result = run_cli("--insecure", server(echo_and_record), stdin="")
+    assert result.returncode == 0
+    assert "does nothing for a ws:// URI" in result.stderr

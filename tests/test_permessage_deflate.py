@@ -428,15 +428,18 @@ def test_server_declines_malformed_offer(offer, reason, caplog):
     assert reason in caplog.text
 
 
-def test_server_declines_client_that_cannot_be_limited():
-    """The server requires a 12-bit client window; an offer without
-    client_max_window_bits can't grant it, since the response may not carry it."""
-    assert ServerDeflateFactory().accept([[]]) is None
-    assert (
-        ServerDeflateFactory().accept([[("server_no_context_takeover", None)]]) is None
-    )
-    # ...but a later offer that can be limited is accepted.
-    accepted = ServerDeflateFactory().accept([[], [("client_max_window_bits", None)]])
+def test_server_accepts_bare_offer_with_15_bit_client_window():
+    """RFC 7692 §7.1.2.2: an offer without client_max_window_bits can't be
+    limited; the server accepts it and inflates with the implied 15 bits."""
+    accepted = ServerDeflateFactory().accept([[]])
+    assert accepted is not None
+    params, codec = accepted
+    assert params == [("server_max_window_bits", "12")]
+    assert codec.remote_max_window_bits == 15 and codec.local_max_window_bits == 12
+    accepted = ServerDeflateFactory().accept([[("server_no_context_takeover", None)]])
+    assert accepted is not None
+    # An offer that can be limited still is.
+    accepted = ServerDeflateFactory().accept([[("client_max_window_bits", None)]])
     assert accepted is not None and accepted[0][-1] == ("client_max_window_bits", "12")
 
 

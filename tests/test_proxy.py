@@ -133,6 +133,6 @@ def test_proxy_refusal_raises_proxy_error(echo_server: syncws.WebSocketServer) -
         proxy.close()
 
 
-def test_socks_proxy_is_refused_clearly() -> None:
-    with pytest.raises(ValueError, match="only http:// and https:// proxies"):
-        syncws.connect("ws://127.0.0.1:9/", proxy="socks5://127.0.0.1:1080")
+def test_unsupported_proxy_scheme_is_refused_clearly() -> None:
+    with pytest.raises(ValueError, match="unsupported proxy scheme 'ftp'"):
+        syncws.connect("ws://127.0.0.1:9/", proxy="ftp://127.0.0.1:1080")

@@ -1,0 +1,144 @@
+"""How syncws writes its log lines, so that every module writes them alike.
+
+Loggers: ``syncws.server`` and ``syncws.client`` (or the ``logger=`` given
+to :func:`~syncws.serve` / :func:`~syncws.connect`). Levels:
+
+INFO
+    The life of servers and connections, never anything per message::
+
+        server listening on 127.0.0.1:8765
+        connection 1a2b3c4d opened: peer 127.0.0.1:53210, path /chat, subprotocol chat, permessage-deflate
+        connection 1a2b3c4d refused with 403 (Forbidden): peer 127.0.0.1:53210, path /chat: invalid Origin header: ...
+        connection 1a2b3c4d closed: 1000 (OK) bye, after 12.34 s
+
+DEBUG
+    The handshake's heads and each frame::
+
+        connection 1a2b3c4d request: GET /chat
+          Host: localhost:8765
+          ...
+
+A connection is always named ``connection <the first 8 hex digits of its
+id>``, an address ``host:port`` (``[v6]:port``, or the Unix socket's path),
+and a close code with :func:`syncws.framing.describe_close`: ``1000 (OK)``.
+"""
+
+from __future__ import annotations
+
+import http
+from typing import Any, Iterable, Optional, Tuple
+
+from .framing import describe_close
+
+__all__ = ["connection_label", "format_address", "format_head", "format_status", "opened_line", "closed_line"]
+
+
+def connection_label(connection: Any) -> str:
+    """Name a connection in log lines: ``connection 1a2b3c4d``.
+
+    Args:
+        connection: anything with a :class:`uuid.UUID` ``id``.
+
+    Returns:
+        The label.
+    """
+    return f"connection {connection.id.hex[:8]}"
+
+
+def format_address(address: Any) -> str:
+    """Render a socket address: ``127.0.0.1:8765``, ``[::1]:8765``, a Unix path.
+
+    Args:
+        address: what ``getsockname()`` / ``getpeername()`` returned, or
+            ``None`` when unknown.
+
+    Returns:
+        The address as text (``?`` when unknown, ``unix`` for an unnamed
+        Unix socket).
+    """
+    if address is None:
+        return "?"
+    if isinstance(address, (str, bytes)):
+        text = address.decode(errors="replace") if isinstance(address, bytes) else address
+        return text or "unix"
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = str(address[0])
+        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+    return str(address)
+
+
+def format_status(status: int) -> str:
+    """Render an HTTP status with its phrase: ``403 (Forbidden)``.
+
+    Args:
+        status: the status code.
+
+    Returns:
+        The status as text.
+    """
+    try:
+        return f"{int(status)} ({http.HTTPStatus(status).phrase})"
+    except ValueError:
+        return str(int(status))
+
+
+def format_head(start_line: str, headers: Iterable[Tuple[str, str]]) -> str:
+    """Render an HTTP head for a DEBUG line, one header per indented line.
+
+    Credentials (``Authorization``, ``Proxy-Authorization``, cookies) are
+    replaced by ``[redacted]``.
+
+    Args:
+        start_line: e.g. ``GET /chat`` or ``101 (Switching Protocols)``.
+        headers: ``(name, value)`` pairs.
+
+    Returns:
+        The head as text.
+    """
+    return "\n".join([start_line] + [f"  {name}: {_redacted(name, value)}" for name, value in headers])
+
+
+# Headers whose values are secrets: a DEBUG log is no place for them.
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+
+
+def _redacted(name: str, value: str) -> str:
+    if name.lower() not in _SECRET_HEADERS:
+        return value
+    if name.lower().endswith("authorization"):
+        scheme, _, _ = value.partition(" ")
+        return f"{scheme} [redacted]"
+    return "[redacted]"
+
+
+def opened_line(connection: Any, path: str, subprotocol: Optional[str], extensions: Iterable[str] = ()) -> str:
+    """The INFO line for a connection that completed its opening handshake.
+
+    Args:
+        connection: the connection (its ``id`` and ``remote_address``).
+        path: the request path.
+        subprotocol: the negotiated subprotocol, if any.
+        extensions: names of the negotiated extensions.
+
+    Returns:
+        The line (see the module's examples).
+    """
+    parts = [f"peer {format_address(connection.remote_address)}", f"path {path}"]
+    parts.append(f"subprotocol {subprotocol}" if subprotocol is not None else "no subprotocol")
+    parts.extend(extensions)
+    return f"{connection_label(connection)} opened: {', '.join(parts)}"
+
+
+def closed_line(connection: Any, code: int, reason: str, duration: float) -> str:
+    """The INFO line for a connection that closed (for the protocol layer).
+
+    Args:
+        connection: the connection.
+        code: the close code (1006 when the TCP connection just dropped).
+        reason: the close reason.
+        duration: seconds since the connection opened.
+
+    Returns:
+        The line (see the module's examples).
+    """
+    return f"{connection_label(connection)} closed: {describe_close(code, reason)}, after {duration:.2f} s"

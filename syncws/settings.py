@@ -1,0 +1,264 @@
+"""The settings a connection shares on both sides, checked once.
+
+:func:`connect` and :func:`serve` pass their keyword arguments through
+:func:`check_settings` before any socket is opened, so a bad value fails at
+the call, with the parameter's name and the value, rather than later in a
+connection's reader thread. The result, :class:`ConnectionSettings`, holds
+the values normalized: the two forms of ``max_size`` and ``max_queue`` (one
+number, or a pair) become pairs, and ``timeout`` is resolved into
+``open_timeout`` and ``close_timeout``.
+
+The settings
+------------
+
+``max_size``
+    The largest incoming message, in bytes, after decompression: an ``int``
+    (the same limit for a message and for each of its frames), ``None`` (no
+    limit), or a pair ``(message, fragment)`` whose members are each an
+    ``int`` or ``None``; a fragment limit larger than the message limit means
+    nothing and is refused. A peer that goes over it gets close code 1009.
+``max_queue``
+    How many received messages may wait for ``recv()`` before the reader
+    stops reading the socket (TCP then pushes back on the peer): an ``int``
+    (the high-water mark; reading resumes at a quarter of it, as in
+    websockets), ``None`` (no limit: memory is then bounded by nothing), or a
+    pair ``(high, low)``: stop at ``high`` messages, resume at ``low``.
+``timeout``
+    Seconds for the opening and the closing handshakes (seed name);
+    ``open_timeout`` and ``close_timeout`` override it. ``None`` waits
+    forever. Every timeout is a number >= 0 or ``None``.
+``open_timeout``
+    Seconds for TCP, TLS and the opening handshake.
+``close_timeout``
+    Seconds for the closing handshake.
+``write_timeout``
+    Seconds a send may stall before the connection is aborted.
+``read_limit``
+    Bytes asked of the socket per read: a positive ``int``.
+``write_limit``
+    Payloads up to this many bytes go out with their frame header in one
+    system call: a positive ``int``.
+``ping_interval``
+    Seconds between keepalive pings, ``> 0``; ``None`` disables keepalive.
+``ping_timeout``
+    Seconds to wait for a keepalive pong before closing with 1011, ``> 0``;
+    ``None`` waits forever.
+``compression``
+    ``"deflate"`` (permessage-deflate with the side's defaults), a
+    :class:`~syncws.extensions.permessage_deflate.DeflateSettings`, or
+    ``None`` (no compression).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from typing import Any, Iterator, Optional, Tuple, Union
+
+from .extensions.permessage_deflate import ClientDeflateFactory, Compression
+
+__all__ = ["ConnectionSettings", "check_settings", "SizeLimits", "SizeSetting"]
+
+#: The pair forms of ``max_size`` and ``max_queue``, normalized.
+SizeLimits = Tuple[Optional[int], Optional[int]]
+
+#: What ``max_size`` and ``max_queue`` accept: one number, ``None`` or a pair.
+SizeSetting = Union[int, None, Tuple[Optional[int], Optional[int]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectionSettings:
+    """The connection settings of :func:`connect` / :func:`serve`, checked and normalized.
+
+    Attributes:
+        max_size: ``(message, fragment)`` limits in bytes, ``None`` for no
+            limit; ``max_size=N`` gives ``(N, N)``.
+        max_queue: ``(high, low)`` in messages, ``None`` for no limit;
+            ``max_queue=N`` gives ``(N, N // 4)``.
+        open_timeout: seconds for the opening handshake, or ``None``.
+        close_timeout: seconds for the closing handshake, or ``None``.
+        write_timeout: seconds a send may stall, or ``None``.
+        read_limit: bytes asked of the socket per read.
+        write_limit: payloads sent with their header in one system call.
+        ping_interval: seconds between keepalive pings, or ``None``.
+        ping_timeout: seconds to wait for a pong, or ``None``.
+        compression: ``"deflate"``, a ``DeflateSettings`` or ``None``, as given.
+    """
+
+    max_size: SizeLimits
+    max_queue: SizeLimits
+    open_timeout: Optional[float]
+    close_timeout: Optional[float]
+    write_timeout: Optional[float]
+    read_limit: int
+    write_limit: int
+    ping_interval: Optional[float]
+    ping_timeout: Optional[float]
+    compression: Compression
+
+    @property
+    def max_message_size(self) -> Optional[int]:
+        """The message limit of :attr:`max_size`."""
+        return self.max_size[0]
+
+    @property
+    def max_fragment_size(self) -> Optional[int]:
+        """The fragment (frame) limit of :attr:`max_size`."""
+        return self.max_size[1]
+
+    @property
+    def max_queue_high(self) -> Optional[int]:
+        """The high-water mark of :attr:`max_queue`."""
+        return self.max_queue[0]
+
+    @property
+    def max_queue_low(self) -> Optional[int]:
+        """The low-water mark of :attr:`max_queue`."""
+        return self.max_queue[1]
+
+
+def _is_int(value: Any) -> bool:
+    # bool is an int subclass, but max_size=True is a mistake, not 1.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positive_int(name: str, value: Any, *, nullable: bool) -> Optional[int]:
+    """Check a count or a size: an int >= 1 (or None when ``nullable``)."""
+    if value is None and nullable:
+        return None
+    if not _is_int(value):
+        allowed = "an int or None" if nullable else "an int"
+        raise TypeError(f"{name} must be {allowed}, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value!r}")
+    return int(value)
+
+
+def _seconds(name: str, value: Any, *, allow_zero: bool = True) -> Optional[float]:
+    """Check a duration: a finite number >= 0 (> 0 unless ``allow_zero``), or None."""
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number of seconds or None, got {value!r}")
+    if math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound} seconds or None, got {value!r}")
+    return float(value) if not math.isinf(value) else None
+
+
+def _pair(name: str, value: Any, first: str, second: str) -> Tuple[Any, Any]:
+    """Unpack a ``(first, second)`` tuple or list, naming the parameter if it isn't one."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{name} must be an int, None or a ({first}, {second}) pair, got {value!r}")
+    return value[0], value[1]
+
+
+@contextlib.contextmanager
+def _naming(name: str, value: Any) -> Iterator[None]:
+    """Put ``name=value`` in front of the message of an error about a part of it."""
+    try:
+        yield
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{name}={value!r}: {exc}") from None
+
+
+def _max_size(value: Any) -> SizeLimits:
+    if value is None or _is_int(value):
+        limit = _positive_int("max_size", value, nullable=True)
+        return limit, limit
+    message, fragment = _pair("max_size", value, "message", "fragment")
+    with _naming("max_size", value):
+        message = _positive_int("the message limit", message, nullable=True)
+        fragment = _positive_int("the fragment limit", fragment, nullable=True)
+    if message is not None and fragment is not None and fragment > message:
+        raise ValueError(
+            f"max_size={value!r}: the fragment limit can't exceed the message limit"
+        )
+    return message, fragment
+
+
+def _max_queue(value: Any) -> SizeLimits:
+    if value is None:
+        return None, None
+    if _is_int(value):
+        high = _positive_int("max_queue", value, nullable=False)
+        assert high is not None
+        return high, high // 4
+    high, low = _pair("max_queue", value, "high", "low")
+    with _naming("max_queue", value):
+        high = _positive_int("the high-water mark", high, nullable=True)
+    if high is None:
+        if low is not None:
+            raise ValueError(f"max_queue={value!r}: a low-water mark needs a high-water mark")
+        return None, None
+    if low is None:
+        return high, high // 4
+    if not _is_int(low):
+        raise TypeError(f"max_queue={value!r}: the low-water mark must be an int or None, got {low!r}")
+    if not 0 <= low <= high:
+        raise ValueError(f"max_queue={value!r}: the low-water mark must be between 0 and the high-water mark")
+    return high, int(low)
+
+
+def check_settings(
+    *,
+    max_size: Any = 2**20,
+    max_queue: Any = 2**5,
+    timeout: Any = 10,
+    open_timeout: Any = None,
+    close_timeout: Any = None,
+    write_timeout: Any = 60,
+    read_limit: Any = 2**16,
+    write_limit: Any = 2**16,
+    ping_interval: Any = 20,
+    ping_timeout: Any = 20,
+    compression: Any = "deflate",
+) -> ConnectionSettings:
+    """Check the shared connection settings and normalize them.
+
+    Called by :func:`~syncws.connect` and :func:`~syncws.serve` before any
+    socket is opened. The module's docstring describes each setting.
+
+    Args:
+        max_size: an int, ``None`` or ``(message, fragment)``.
+        max_queue: an int, ``None`` or ``(high, low)``.
+        timeout: seconds, the default of ``open_timeout`` and ``close_timeout``.
+        open_timeout: seconds for the opening handshake; ``None``: ``timeout``.
+        close_timeout: seconds for the closing handshake; ``None``: ``timeout``.
+        write_timeout: seconds a send may stall.
+        read_limit: bytes per socket read, a positive int.
+        write_limit: the one-system-call payload limit, a positive int.
+        ping_interval: seconds between pings (> 0), or ``None``.
+        ping_timeout: seconds to wait for a pong (> 0), or ``None``.
+        compression: ``"deflate"``, a ``DeflateSettings`` or ``None``.
+
+    Returns:
+        The normalized settings.
+
+    Raises:
+        TypeError: a setting has the wrong type (the message names it and
+            the value).
+        ValueError: a setting is out of range (the message names it and the
+            value).
+    """
+    timeout_ = _seconds("timeout", timeout)
+    open_ = _seconds("open_timeout", open_timeout)
+    close_ = _seconds("close_timeout", close_timeout)
+    read_limit_ = _positive_int("read_limit", read_limit, nullable=False)
+    write_limit_ = _positive_int("write_limit", write_limit, nullable=False)
+    assert read_limit_ is not None and write_limit_ is not None
+    # Both factories accept the same values: checking with one checks both.
+    ClientDeflateFactory.from_compression(compression)
+    return ConnectionSettings(
+        max_size=_max_size(max_size),
+        max_queue=_max_queue(max_queue),
+        open_timeout=open_ if open_timeout is not None else timeout_,
+        close_timeout=close_ if close_timeout is not None else timeout_,
+        write_timeout=_seconds("write_timeout", write_timeout),
+        read_limit=read_limit_,
+        write_limit=write_limit_,
+        ping_interval=_seconds("ping_interval", ping_interval, allow_zero=False),
+        ping_timeout=_seconds("ping_timeout", ping_timeout, allow_zero=False),
+        compression=compression,
+    )

@@ -1,0 +1,116 @@
+"""Log lines (syncws.logs): INFO for a server's and a connection's life,
+DEBUG for handshake heads, nothing at INFO per message. Captured with caplog."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from types import SimpleNamespace
+from typing import Any, List
+
+import pytest
+import websockets.sync.client
+
+import syncws
+from syncws.logs import closed_line, format_address, format_head, format_status
+
+pytestmark = pytest.mark.timeout(20)
+
+
+def echo(ws: Any) -> None:
+    for message in ws:
+        ws.send(message)
+
+
+def messages(caplog: pytest.LogCaptureFixture, level: int, logger: str) -> List[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == level and r.name == logger]
+
+
+def test_server_and_connection_life_at_info(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="syncws")
+    with syncws.serve(echo, "127.0.0.1", 0, subprotocols=["chat"]) as server:
+        with syncws.connect(f"ws://127.0.0.1:{server.port}/room?x=1", subprotocols=["chat"]) as ws:
+            ws.send("hi")
+            assert ws.recv(timeout=5) == "hi"
+            client_id = ws.id.hex[:8]
+            client_port = ws.local_address[1]
+    server_lines = messages(caplog, logging.INFO, "syncws.server")
+    assert f"server listening on 127.0.0.1:{server.port}" in server_lines
+    opened = [line for line in server_lines if " opened: " in line]
+    assert len(opened) == 1
+    assert re.fullmatch(
+        rf"connection [0-9a-f]{{8}} opened: peer 127\.0\.0\.1:{client_port}, path /room\?x=1, "
+        r"subprotocol chat, permessage-deflate",
+        opened[0],
+    ), opened[0]
+    client_lines = messages(caplog, logging.INFO, "syncws.client")
+    assert (
+        f"connection {client_id} opened: peer 127.0.0.1:{server.port}, path /room?x=1, "
+        "subprotocol chat, permessage-deflate"
+    ) in client_lines
+
+
+def test_refused_handshake_at_info(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="syncws")
+    with syncws.serve(echo, "127.0.0.1", 0, origins=["https://good.example"]) as server:
+        with pytest.raises(syncws.InvalidStatusCode):
+            syncws.connect(f"ws://127.0.0.1:{server.port}/secret", origin="https://evil.example")
+    refused = [line for line in messages(caplog, logging.INFO, "syncws.server") if " refused with " in line]
+    assert len(refused) == 1
+    assert re.match(
+        r"connection [0-9a-f]{8} refused with 403 \(Forbidden\): peer 127\.0\.0\.1:\d+, path /secret: ",
+        refused[0],
+    ), refused[0]
+    assert "evil.example" in refused[0]
+
+
+def test_handshake_heads_at_debug_with_credentials_redacted(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="syncws")
+    with syncws.serve(echo, "127.0.0.1", 0) as server:
+        with syncws.connect(f"ws://alice:secret@127.0.0.1:{server.port}/x", additional_headers={"Cookie": "sid=42"}):
+            pass
+    debug = messages(caplog, logging.DEBUG, "syncws.server") + messages(caplog, logging.DEBUG, "syncws.client")
+    request = [line for line in debug if " request: GET /x" in line]
+    response = [line for line in debug if " response: 101 (Switching Protocols)" in line]
+    assert len(request) == 2 and len(response) == 2  # each side logs both heads
+    for line in request:
+        assert "\n  Upgrade: websocket" in line
+        assert "\n  Authorization: Basic [redacted]" in line and "\n  Cookie: [redacted]" in line
+    assert "secret" not in caplog.text and "sid=42" not in caplog.text
+    assert all("Sec-WebSocket-Accept: " in line for line in response)
+
+
+def test_nothing_at_info_per_message(caplog: pytest.LogCaptureFixture) -> None:
+    with syncws.serve(echo, "127.0.0.1", 0) as server:
+        with syncws.connect(f"ws://127.0.0.1:{server.port}/") as ws:
+            caplog.set_level(logging.INFO, logger="syncws")
+            caplog.clear()
+            for i in range(50):
+                ws.send(f"message {i}")
+                assert ws.recv(timeout=5) == f"message {i}"
+            ws.ping().wait(5)
+            assert [r for r in caplog.records if r.levelno >= logging.INFO] == []
+
+
+def test_websockets_client_opened_line(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="syncws.server")
+    with syncws.serve(echo, "127.0.0.1", 0) as server:
+        with websockets.sync.client.connect(f"ws://127.0.0.1:{server.port}/ws", compression=None, open_timeout=5):
+            pass
+    assert any(
+        re.fullmatch(r"connection [0-9a-f]{8} opened: peer 127\.0\.0\.1:\d+, path /ws, no subprotocol", line)
+        for line in messages(caplog, logging.INFO, "syncws.server")
+    )
+
+
+def test_formats() -> None:
+    assert format_address(("127.0.0.1", 80)) == "127.0.0.1:80"
+    assert format_address(("::1", 80, 0, 0)) == "[::1]:80"
+    assert format_address("/tmp/s.sock") == "/tmp/s.sock"
+    assert format_address("") == "unix" and format_address(None) == "?"
+    assert format_status(403) == "403 (Forbidden)" and format_status(599) == "599"
+    assert format_head("GET /", [("Proxy-Authorization", "Basic abc")]) == "GET /\n  Proxy-Authorization: Basic [redacted]"
+    connection = SimpleNamespace(id=uuid.UUID("1a2b3c4d" + "0" * 24))
+    assert closed_line(connection, 1000, "bye", 12.345) == "connection 1a2b3c4d closed: 1000 (OK) bye, after 12.35 s"
+    assert closed_line(connection, 1006, "", 0.5) == "connection 1a2b3c4d closed: 1006 (abnormal closure), after 0.50 s"

@@ -1,0 +1,239 @@
+"""connect() follows HTTP redirects (301, 302, 303, 307, 308), within limits.
+
+Against a raw socket server that answers redirects by hand, syncws.serve and
+the ``websockets`` server with a ``process_request`` answering 302.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http
+import queue
+import socket
+import ssl
+import threading
+from typing import Any, Callable, Iterator, List, Tuple
+
+import pytest
+
+import syncws
+from syncws import InvalidStatusCode
+from syncws.http import Headers
+
+from conftest import CERT_FILE, KEY_FILE
+
+pytestmark = pytest.mark.timeout(20)
+
+
+def echo(ws: Any) -> None:
+    for message in ws:
+        ws.send(message)
+
+
+@contextlib.contextmanager
+def redirector(answer: Callable[[str], bytes]) -> Iterator[Tuple[int, "queue.Queue[str]"]]:
+    """A raw HTTP server: each request's head goes on the queue and gets
+    ``answer(path)``; yields ``(port, heads)``."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    heads: "queue.Queue[str]" = queue.Queue()
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.is_set():
+            try:
+                sock, _ = listener.accept()
+            except OSError:
+                return
+            with sock:
+                sock.settimeout(5)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                head = data.split(b"\r\n\r\n")[0].decode("latin-1")
+                heads.put(head)
+                sock.sendall(answer(head.split(" ")[1]))
+                sock.shutdown(socket.SHUT_WR)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1], heads
+    finally:
+        stop.set()
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)  # wakes accept()
+        listener.close()
+        thread.join(5)
+
+
+def redirect(status: int, location: str, body: bytes = b"moved\n", extra: str = "") -> bytes:
+    return (
+        f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\nLocation: {location}\r\n{extra}"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def header(head: str, name: str) -> List[str]:
+    values = []
+    for line in head.split("\r\n")[1:]:
+        key, _, value = line.partition(":")
+        if key.strip().lower() == name.lower():
+            values.append(value.strip())
+    return values
+
+
+@contextlib.contextmanager
+def syncws_echo(**kwargs: Any) -> Iterator[Tuple[syncws.WebSocketServer, "queue.Queue[Any]"]]:
+    seen: "queue.Queue[Any]" = queue.Queue()
+
+    def handler(ws: Any) -> None:
+        seen.put(ws)
+        echo(ws)
+
+    with syncws.serve(handler, "127.0.0.1", 0, **kwargs) as server:
+        yield server, seen
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_follows_redirect_to_another_origin_dropping_credentials(status: int) -> None:
+    with syncws_echo() as (server, seen), redirector(
+        lambda path: redirect(status, f"ws://localhost:{server.port}/final?x=1")
+    ) as (port, heads):
+        with syncws.connect(
+            f"ws://user:secret@127.0.0.1:{port}/start",
+            additional_headers={"Cookie": "a=1", "Proxy-Authorization": "Basic eDp5", "X-Keep": "yes"},
+        ) as ws:
+            ws.send("hello")
+            assert ws.recv(timeout=5) == "hello"
+            assert ws.path == "/final?x=1"
+        first = heads.get(timeout=5)
+        assert header(first, "Cookie") == ["a=1"] and header(first, "X-Keep") == ["yes"]
+        assert header(first, "Authorization") == ["Basic dXNlcjpzZWNyZXQ="]  # user:secret
+        final = seen.get(timeout=5).request_headers
+        assert "Cookie" not in final and "Authorization" not in final
+        assert "Proxy-Authorization" not in final
+        assert final["X-Keep"] == "yes"
+        assert final["Host"] == f"localhost:{server.port}"
+
+
+def test_same_origin_redirect_keeps_credentials_syncws_process_request() -> None:
+    def process_request(path: str, headers: Headers) -> Any:
+        if path == "/old":
+            return 302, [("Location", "/new")], b"see /new\n"
+        return None
+
+    with syncws_echo(process_request=process_request) as (server, seen):
+        with syncws.connect(f"ws://bob:pw@127.0.0.1:{server.port}/old", additional_headers={"Cookie": "c=2"}) as ws:
+            assert ws.path == "/new"
+            ws.send("x")
+            assert ws.recv(timeout=5) == "x"
+        headers = seen.get(timeout=5).request_headers
+        assert headers["Cookie"] == "c=2"
+        assert headers["Authorization"].startswith("Basic ")
+
+
+def test_redirect_from_websockets_server(ws_serve: Any) -> None:
+    from websockets.datastructures import Headers as WSHeaders
+    from websockets.http11 import Response
+
+    target = ws_serve(echo)
+
+    def process_request(connection: Any, request: Any) -> Any:
+        return Response(302, "Found", WSHeaders([("Location", f"{target}/there"), ("Content-Length", "0")]), b"")
+
+    origin = ws_serve(echo, process_request=process_request)
+    with syncws.connect(origin + "/here") as ws:
+        assert ws.path == "/there"
+        ws.send(b"bin")
+        assert ws.recv(timeout=5) == b"bin"
+
+
+def test_too_many_redirects_carries_the_response() -> None:
+    def answer(path: str) -> bytes:
+        n = int(path.strip("/") or 0)
+        return redirect(307, f"/{n + 1}", body=b"again\n", extra="Retry-After: 3\r\n")
+
+    with redirector(answer) as (port, heads):
+        with pytest.raises(InvalidStatusCode) as excinfo:
+            syncws.connect(f"ws://127.0.0.1:{port}/0", max_redirects=3)
+        assert heads.qsize() == 4  # the first request and 3 redirects
+    exc = excinfo.value
+    assert exc.status_code == 307
+    assert isinstance(exc.headers, Headers)
+    assert exc.headers["Location"] == "/4" and exc.headers["Retry-After"] == "3"
+    assert exc.body == b"again\n"
+    assert "max_redirects=3" in str(exc)
+
+
+def test_max_redirects_zero_follows_none() -> None:
+    with redirector(lambda path: redirect(302, "/elsewhere")) as (port, heads):
+        with pytest.raises(InvalidStatusCode) as excinfo:
+            syncws.connect(f"ws://127.0.0.1:{port}/", max_redirects=0)
+    assert excinfo.value.status_code == 302
+    assert excinfo.value.headers["Location"] == "/elsewhere"
+    assert heads.qsize() == 1
+
+
+def test_redirect_loop_is_refused() -> None:
+    with redirector(lambda path: redirect(302, "/a" if path == "/b" else "/b")) as (port, heads):
+        with pytest.raises(InvalidStatusCode, match="redirect loop"):
+            syncws.connect(f"ws://127.0.0.1:{port}/a")
+
+
+def test_redirect_without_location() -> None:
+    answer = b"HTTP/1.1 302 Found\r\nContent-Length: 0\r\n\r\n"
+    with redirector(lambda path: answer) as (port, _):
+        with pytest.raises(InvalidStatusCode, match="without a Location") as excinfo:
+            syncws.connect(f"ws://127.0.0.1:{port}/")
+    assert excinfo.value.status_code == 302
+
+
+@pytest.fixture
+def server_tls() -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(CERT_FILE, KEY_FILE)
+    return context
+
+
+def test_ws_to_wss_is_followed(server_tls: ssl.SSLContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The default context of the wss:// hop trusts the test certificate.
+    monkeypatch.setenv("SSL_CERT_FILE", str(CERT_FILE))
+    with syncws_echo(ssl=server_tls) as (server, seen), redirector(
+        lambda path: redirect(301, f"wss://localhost:{server.port}/secure")
+    ) as (port, _):
+        with syncws.connect(f"ws://127.0.0.1:{port}/") as ws:
+            assert ws.secure and ws.path == "/secure"
+            ws.send("tls")
+            assert ws.recv(timeout=5) == "tls"
+
+
+def test_wss_to_ws_is_refused(server_tls: ssl.SSLContext) -> None:
+    with syncws_echo() as (plain, seen):
+        location = f"ws://127.0.0.1:{plain.port}/plain"
+
+        def process_request(path: str, headers: Headers) -> Any:
+            return 302, [("Location", location)], b"go plain\n"
+
+        with syncws_echo(ssl=server_tls, process_request=process_request) as (secure, _):
+            client_context = ssl.create_default_context(cafile=str(CERT_FILE))
+            with pytest.raises(InvalidStatusCode, match="drop TLS") as excinfo:
+                syncws.connect(f"wss://localhost:{secure.port}/", ssl=client_context)
+        assert seen.empty()  # the plain server was never reached
+    assert excinfo.value.headers["Location"] == location
+    assert excinfo.value.body == b"go plain\n"
+
+
+def test_http_location_maps_to_ws() -> None:
+    with syncws_echo() as (server, _), redirector(
+        lambda path: redirect(308, f"http://127.0.0.1:{server.port}/via-http")
+    ) as (port, _):
+        with syncws.connect(f"ws://127.0.0.1:{port}/") as ws:
+            assert ws.path == "/via-http"
+
+
+def test_max_redirects_is_checked() -> None:
+    with pytest.raises(ValueError, match="max_redirects"):
+        syncws.connect("ws://127.0.0.1:9/", max_redirects=-1)
