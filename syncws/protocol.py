@@ -51,6 +51,7 @@ from .core import (
 from .exceptions import ConcurrencyError, ConnectionClosed, ConnectionClosedOK, InvalidState
 from .framing import serialize_close
 from .messages import Assembler, MessageQueue, QueueClosed, prepare_message
+from .settings import ConnectionSettings, check_settings
 from .transport import Transport
 from .keepalive import Keepalive
 from .writer import Writer
@@ -81,37 +82,6 @@ class Stats(NamedTuple):
     pings_missed: int
 
 
-def split_limit(name: str, value: Any, default_second: Callable[[int], int]) -> Tuple[Optional[int], Optional[int]]:
-    """Normalize a limit given as ``N``, ``None`` or a pair ``(first, second)``.
-
-    Args:
-        name: the parameter's name, for errors.
-        value: what the caller passed.
-        default_second: the second value derived from a single ``N``.
-
-    Returns:
-        The pair, ``(None, None)`` for no limit.
-
-    Raises:
-        TypeError: not an int, ``None`` or a pair of them.
-        ValueError: a negative value.
-    """
-    if value is None:
-        return None, None
-    if isinstance(value, tuple):
-        if len(value) != 2:
-            raise TypeError(f"{name} must be an int, None or a pair, got {value!r}")
-        first, second = value
-    elif isinstance(value, int) and not isinstance(value, bool):
-        first, second = value, default_second(value)
-    else:
-        raise TypeError(f"{name} must be an int, None or a pair, got {value!r}")
-    for part in (first, second):
-        if part is not None and (not isinstance(part, int) or isinstance(part, bool) or part < 0):
-            raise ValueError(f"{name} must hold ints >= 0 or None, got {value!r}")
-    return first, second
-
-
 class WebSocketCommonProtocol:
     """A WebSocket connection: what the client and the server share.
 
@@ -123,34 +93,19 @@ class WebSocketCommonProtocol:
         host: the host the connection is with (informational).
         port: the port (informational).
         secure: whether the connection uses TLS (informational).
-        timeout: seconds for the closing handshake (seed name of
-            ``close_timeout``).
-        max_size: the largest incoming message in bytes (after
-            decompression), or a pair ``(message, fragment)`` that also
-            limits each frame; bigger ones close the connection with 1009.
-            ``None`` for no limit.
-        max_queue: how many received frames may wait for ``recv()`` before
-            the reader thread stops reading, or a pair ``(high, low)``: it
-            stops at ``high`` and reads again once ``low`` are left
-            (``high // 4`` by default); ``None`` or 0 for no bound. A message
-            in one frame counts as one.
-        read_limit: bytes asked of the socket per read.
-        write_limit: payloads up to this size are written together with
-            their frame header in one system call; bigger ones separately,
-            without copying them.
-        ping_interval: seconds between keepalive pings; ``None`` disables
-            keepalive.
-        ping_timeout: seconds to wait for a keepalive pong before dropping
-            the connection; ``None`` never drops it.
-        close_timeout: modern name of ``timeout``; wins when both are given.
-        write_timeout: seconds a ``send()`` may take before the connection is
-            aborted (a peer that stopped reading); ``None`` waits forever.
         logger: a logger or a logger name; defaults to ``syncws.client`` or
             ``syncws.server``.
+        settings: the connection settings, as :func:`~syncws.connect` and
+            :func:`~syncws.serve` checked them.
+        **options: without ``settings``, the same settings by name
+            (``max_size``, ``max_queue``, ``timeout``, ``close_timeout``,
+            ``write_timeout``, ``read_limit``, ``write_limit``,
+            ``ping_interval``, ``ping_timeout``): see :mod:`syncws.settings`,
+            which documents each.
 
     Raises:
-        TypeError: a limit of the wrong type.
-        ValueError: a negative limit.
+        TypeError: an unknown option, or a setting of the wrong type.
+        ValueError: a setting out of range.
     """
 
     #: True on the client side: frames are masked when sent.
@@ -163,30 +118,28 @@ class WebSocketCommonProtocol:
         host: Optional[str] = None,
         port: Optional[int] = None,
         secure: Optional[bool] = None,
-        timeout: Optional[float] = 10,
-        max_size: Union[int, Tuple[Optional[int], Optional[int]], None] = 2**20,
-        max_queue: Union[int, Tuple[Optional[int], Optional[int]], None] = 2**5,
-        read_limit: int = 2**16,
-        write_limit: int = 2**16,
-        ping_interval: Optional[float] = 20,
-        ping_timeout: Optional[float] = 20,
-        close_timeout: Optional[float] = None,
-        write_timeout: Optional[float] = 60,
         logger: Union[logging.Logger, str, None] = None,
+        settings: Optional[ConnectionSettings] = None,
+        **options: Any,
     ) -> None:
+        if settings is None:
+            settings = check_settings(**options)
+        elif options:
+            raise TypeError(f"pass settings or options, not both: {', '.join(sorted(options))}")
+        #: The connection's :class:`~syncws.settings.ConnectionSettings`.
+        self.settings = settings
         self.host = host
         self.port = port
         self.secure = secure
-        self.close_timeout = close_timeout if close_timeout is not None else timeout
-        max_message, max_fragment = split_limit("max_size", max_size, lambda size: size)
-        queue_high, queue_low = split_limit("max_queue", max_queue, lambda high: high // 4)
-        self.max_size = max_message
-        self.max_queue = queue_high
-        self.read_limit = read_limit
-        self.write_limit = write_limit
-        self.ping_interval = ping_interval
-        self.ping_timeout = ping_timeout
-        self.write_timeout = write_timeout
+        # The settings the seed exposes as attributes.
+        self.close_timeout = settings.close_timeout
+        self.max_size = settings.max_message_size
+        self.max_queue = settings.max_queue_high
+        self.read_limit = settings.read_limit
+        self.write_limit = settings.write_limit
+        self.ping_interval = settings.ping_interval
+        self.ping_timeout = settings.ping_timeout
+        self.write_timeout = settings.write_timeout
         if logger is None:
             logger = f"syncws.{self.side}"
         if isinstance(logger, str):
@@ -214,8 +167,8 @@ class WebSocketCommonProtocol:
 
         self._core = ConnectionCore(
             is_client=self.is_client,
-            max_message_size=max_message,
-            max_fragment_size=max_fragment,
+            max_message_size=settings.max_message_size,
+            max_fragment_size=settings.max_fragment_size,
         )
         # Guards _core; held only while it computes, never during I/O.
         self._core_lock = threading.Lock()
@@ -225,7 +178,7 @@ class WebSocketCommonProtocol:
         # _write_lock. _fragmented_send says a fragmented message holds it.
         self._message_lock = threading.Lock()
         self._fragmented_send = False
-        self._messages = MessageQueue(queue_high, queue_low)
+        self._messages = MessageQueue(settings.max_queue_high, settings.max_queue_low)
         self._assembler = Assembler(self._messages)
         self._reader_thread: Optional[threading.Thread] = None
         # Set by the reader thread when it has closed everything.
