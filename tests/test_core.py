@@ -794,7 +794,9 @@ def test_fragment_over_max_fragment_size(side: str) -> None:
 
 def test_fragments_under_max_fragment_size(side: str) -> None:
     core = make(side, max_message_size=None, max_fragment_size=10)
-    data = b"".join(peer_frame(core, CONT if i else BINARY, b"x" * 10, fin=i == 9) for i in range(10))
+    data = b"".join(
+        peer_frame(core, CONT if i else BINARY, b"x" * 10, fin=i == 9) for i in range(10)
+    )
     assert core.receive_data(data) == [Fragment(b"x" * 100, True)]
 
 
@@ -913,7 +915,8 @@ def test_receive_compressed_message_in_many_frames(side: str) -> None:
     events = []
     for i, part in enumerate(parts):
         fin = i == len(parts) - 1
-        frame = peer_frame(core, CONT if i else TEXT, codec.compress(part, fin), fin=fin, rsv1=i == 0)
+        payload = codec.compress(part, fin)
+        frame = peer_frame(core, CONT if i else TEXT, payload, fin=fin, rsv1=i == 0)
         events += core.receive_data(frame)
     assert events == [
         Fragment("first ", False),
@@ -935,7 +938,9 @@ def test_receive_compressed_frame_in_chunks(side: str) -> None:
 def test_receive_compressed_messages_with_context_takeover(side: str) -> None:
     core = make(side, deflate=True)
     codec = peer_deflate(core)
-    data = b"".join(peer_frame(core, TEXT, codec.compress(b"same text", True), rsv1=True) for _ in range(3))
+    data = b"".join(
+        peer_frame(core, TEXT, codec.compress(b"same text", True), rsv1=True) for _ in range(3)
+    )
     assert core.receive_data(data) == ["same text"] * 3
 
 
@@ -1598,7 +1603,9 @@ def test_get_buffer_gives_the_missing_part(side: str) -> None:
     assert len(core.get_buffer()) == 600
 
 
-@pytest.mark.parametrize("opcode, payload", [(BINARY, bytes(range(256)) * 200), (TEXT, "é€😀" * 3000)])
+@pytest.mark.parametrize(
+    "opcode, payload", [(BINARY, bytes(range(256)) * 200), (TEXT, "é€😀" * 3000)]
+)
 def test_buffer_updated_gives_the_same_events(side: str, opcode: Opcode, payload) -> None:
     a, b = make(side), make(side)
     data = peer_frame(a, opcode, payload) + peer_frame(a, TEXT, "next")
@@ -1704,3 +1711,47 @@ def test_messages_received_counts_compressed_messages(side: str) -> None:
     codec = peer_deflate(core)
     core.receive_data(peer_frame(core, TEXT, codec.compress(b"abc", True), rsv1=True))
     assert core.messages_received == 1
+
+
+# -- input buffers -------------------------------------------------------------------------
+
+
+def test_receive_nothing(side: str) -> None:
+    core = make(side)
+    assert core.receive_data(b"") == []
+    assert core.bytes_received == 0
+
+
+def test_events_dont_alias_the_input_buffer(side: str) -> None:
+    core = make(side)
+    data = bytearray(
+        peer_frame(core, BINARY, b"whole")
+        + peer_frame(core, BINARY, b"frag", fin=False)
+        + peer_frame(core, PONG, b"pong")
+        + peer_frame(core, CONT, b"ment")
+    )
+    events = core.receive_data(memoryview(data))
+    data[:] = bytes(len(data))
+    assert events == [
+        b"whole",
+        Fragment(b"frag", False),
+        PongReceived(b"pong", []),
+        Fragment(b"ment", True),
+    ]
+
+
+def test_64_bit_header_one_byte_at_a_time(side: str) -> None:
+    core = make(side, max_message_size=None)
+    payload = bytes(range(256)) * 300
+    data = peer_frame(core, BINARY, payload)
+    for i in range(14):
+        assert core.receive_data(data[i : i + 1]) == []
+    assert core.receive_data(data[14:]) == [payload]
+
+
+def test_client_mask_keys_are_refilled() -> None:
+    core = make("client")
+    for i in range(600):  # more frames than one pool of keys
+        core.send_data(i.to_bytes(2, "big"), text=False)
+    frames = sent(core)
+    assert [frame.data for frame in frames] == [i.to_bytes(2, "big") for i in range(600)]

@@ -80,7 +80,7 @@ class Message(NamedTuple):
 
 
 class Control(NamedTuple):
-    """A ping or pong the peer sends, after frame ``after`` of the message it follows."""
+    """A ping or pong the peer sends."""
 
     opcode: Opcode
     payload: bytes
@@ -308,12 +308,18 @@ def frame_soup(draw: Any, core: ConnectionCore) -> bytes:
             st.one_of(
                 st.binary(max_size=200),
                 st.text(max_size=50).map(str.encode),
-                st.text(max_size=200).map(lambda text: peer_deflate(core).compress(text.encode(), True)),
+                st.text(max_size=200).map(
+                    lambda text: peer_deflate(core).compress(text.encode(), True)
+                ),
                 st.builds(serialize_close, SENDABLE_CODES, st.text(max_size=10)),
             )
         )
         masked = draw(st.sampled_from([None, None, None, True, False]))
-        length = draw(st.one_of(st.none(), st.none(), st.integers(0, 2**16 + 10), st.integers(0, 2**64 - 1)))
+        length = draw(
+            st.one_of(
+                st.none(), st.none(), st.integers(0, 2**16 + 10), st.integers(0, 2**64 - 1)
+            )
+        )
         frames.append(raw_frame(core, first, payload, masked=masked, length=length))
     return b"".join(frames)
 
