@@ -694,28 +694,25 @@ def test_code_point_above_u10ffff(side: str) -> None:
 _AUTOBAHN_6_4 = "κόσμε".encode() + b"\xf4\x90\x80\x80" + b"edited"
 
 
-def test_fail_fast_inside_one_frame_autobahn_6_4_3(side: str) -> None:
-    # One text frame, sent in three chunks: "κόσμε", a code point above
-    # U+10FFFF, "edited". The failure comes with the second chunk.
+@pytest.mark.parametrize(
+    "cut, failing",
+    [
+        # 6.4.3: chunks "κόσμε", f4 90 80 80, "edited": fails with the 2nd.
+        (10, 4),
+        # 6.4.4: cut after f4, then 90 alone: f4 90 can't start a valid
+        # character, so it fails with the chunk holding 90.
+        (11, 1),
+    ],
+    ids=["autobahn-6.4.3", "autobahn-6.4.4"],
+)
+def test_fail_fast_inside_one_frame(side: str, cut: int, failing: int) -> None:
     core = make(side)
     data = peer_frame(core, TEXT, _AUTOBAHN_6_4)
     start = len(data) - len(_AUTOBAHN_6_4)
-    assert core.receive_data(data[: start + 10]) == []
-    events = core.receive_data(data[start + 10 : start + 14])
+    assert core.receive_data(data[: start + cut]) == []
+    events = core.receive_data(data[start + cut : start + cut + failing])
     assert_failed(core, events, 1007)
-    assert core.receive_data(data[start + 14 :]) == []
-
-
-def test_fail_fast_on_an_invalid_prefix_autobahn_6_4_4(side: str) -> None:
-    # The same frame cut after f4 and after f4 90, which can't start a
-    # valid character: the failure comes with the chunk holding 90.
-    core = make(side)
-    data = peer_frame(core, TEXT, _AUTOBAHN_6_4)
-    start = len(data) - len(_AUTOBAHN_6_4)
-    assert core.receive_data(data[: start + 11]) == []
-    events = core.receive_data(data[start + 11 : start + 12])
-    assert_failed(core, events, 1007)
-    assert core.receive_data(data[start + 12 :]) == []
+    assert core.receive_data(data[start + cut + failing :]) == []
 
 
 def test_valid_text_frame_in_chunks_keeps_no_early_failure(side: str) -> None:

@@ -169,21 +169,31 @@ def serialize(
     return b"".join(stream), sent_messages, pings, pongs
 
 
-def feed(core: ConnectionCore, data: bytes, cuts: List[int], use_buffer: List[bool]) -> List[Any]:
-    """Feed ``data`` cut at ``cuts``, through get_buffer when ``use_buffer`` says so."""
-    events: List[Any] = []
-    bounds = [0] + sorted(set(cuts)) + [len(data)]
-    for index, (start, end) in enumerate(zip(bounds, bounds[1:])):
-        chunk = data[start:end]
+def split(data: bytes, cuts: List[int]) -> List[bytes]:
+    """Cut ``data`` at ``cuts`` (taken modulo its length + 1)."""
+    bounds = [0] + sorted(cut % (len(data) + 1) for cut in cuts) + [len(data)]
+    return [data[start:end] for start, end in zip(bounds, bounds[1:])]
+
+
+def feed_chunks(
+    core: ConnectionCore, chunks: List[bytes], use_buffer: List[bool]
+) -> List[List[Any]]:
+    """Feed ``chunks``, through get_buffer when ``use_buffer`` says so; the events of each call."""
+    batches = []
+    for index, chunk in enumerate(chunks):
         buffer = core.get_buffer()
         if buffer is not None and use_buffer[index % len(use_buffer)] and chunk:
             size = min(len(buffer), len(chunk))
             buffer[:size] = chunk[:size]
-            events += core.buffer_updated(size)
+            batches.append(core.buffer_updated(size))
             chunk = chunk[size:]
-        if chunk:
-            events += core.receive_data(chunk)
-    return events
+        batches.append(core.receive_data(chunk))
+    return batches
+
+
+def feed(core: ConnectionCore, data: bytes, cuts: List[int], use_buffer: List[bool]) -> List[Any]:
+    """Feed ``data`` cut at ``cuts``; all the events."""
+    return [event for batch in feed_chunks(core, split(data, cuts), use_buffer) for event in batch]
 
 
 def summary(core: ConnectionCore, events: List[Any]) -> Tuple[Any, ...]:
@@ -279,16 +289,7 @@ def check_events(core: ConnectionCore, batches: List[List[Any]]) -> None:
 
 def fuzz(core: ConnectionCore, chunks: List[bytes], use_buffer: List[bool]) -> None:
     """Feed ``chunks`` to ``core`` every way, checking what comes out."""
-    batches = []
-    for index, chunk in enumerate(chunks):
-        buffer = core.get_buffer()
-        if buffer is not None and use_buffer[index % len(use_buffer)] and chunk:
-            size = min(len(buffer), len(chunk))
-            buffer[:size] = chunk[:size]
-            batches.append(core.buffer_updated(size))
-            chunk = chunk[size:]
-        batches.append(core.receive_data(chunk))
-    check_events(core, batches)
+    check_events(core, feed_chunks(core, chunks, use_buffer))
 
 
 # Frames a peer could send, well-formed or not: any first byte, the right or
@@ -322,11 +323,6 @@ def frame_soup(draw: Any, core: ConnectionCore) -> bytes:
         )
         frames.append(raw_frame(core, first, payload, masked=masked, length=length))
     return b"".join(frames)
-
-
-def split(data: bytes, cuts: List[int]) -> List[bytes]:
-    bounds = [0] + sorted(cut % (len(data) + 1) for cut in cuts) + [len(data)]
-    return [data[start:end] for start, end in zip(bounds, bounds[1:])]
 
 
 @FUZZ_TIMEOUT
