@@ -672,6 +672,20 @@ def test_valid_character_split_anywhere_across_frames(side: str, cut: int) -> No
     assert list(join_messages(core.receive_data(data))) == ["€😀"]
 
 
+def test_invalid_prefix_split_between_fragments_autobahn_6_4_2(side: str) -> None:
+    core = make(side)
+    assert core.receive_data(peer_frame(core, TEXT, b"\xf4", fin=False)) == [Fragment("", False)]
+    events = core.receive_data(peer_frame(core, CONT, b"\x90", fin=False))
+    assert_failed(core, events, 1007)
+
+
+def test_truncated_character_then_empty_last_fragment(side: str) -> None:
+    core = make(side)
+    core.receive_data(peer_frame(core, TEXT, b"\xc3", fin=False))
+    events = core.receive_data(peer_frame(core, CONT, b""))
+    assert_failed(core, events, 1007)
+
+
 def test_surrogate_in_one_frame(side: str) -> None:
     core = make(side)
     events = core.receive_data(peer_frame(core, TEXT, b"a\xed\xa0\x80b"))
