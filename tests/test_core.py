@@ -1138,6 +1138,7 @@ def test_peer_close_with_a_bad_utf8_reason(side: str) -> None:
 def test_peer_close_failure_sets_the_close_code_1006(side: str) -> None:
     core = make(side)
     [failed] = core.receive_data(peer_frame(core, CLOSE, b"\x03"))
+    assert isinstance(failed, Failed)
     core.receive_eof()
     assert (core.close_code, core.close_reason) == (1006, failed.reason)
 
@@ -1398,7 +1399,7 @@ def test_fail_close_code_and_reason(side: str, code: int) -> None:
 def test_protocol_error_close_code_and_reason(side: str, build, code: int) -> None:
     core = make(side, max_message_size=10)
     [failed] = core.receive_data(build(core))
-    assert failed.code == code
+    assert isinstance(failed, Failed) and failed.code == code
     core.receive_eof("TCP reset")
     assert (core.close_code, core.close_reason) == (1006, failed.reason)
     exc = core.closed_exception()
@@ -1611,7 +1612,8 @@ def test_get_buffer_gives_the_missing_part(side: str) -> None:
     core = make(side)
     data = peer_frame(core, BINARY, b"x" * 1000)
     core.receive_data(data[: len(data) - 600])
-    assert len(core.get_buffer()) == 600
+    buffer = core.get_buffer()
+    assert buffer is not None and len(buffer) == 600
 
 
 @pytest.mark.parametrize(
@@ -1639,6 +1641,7 @@ def test_buffer_updated_invalid_utf8_fails_fast(side: str) -> None:
     start = len(data) - len(payload)
     assert core.receive_data(data[: start + 50]) == []
     buffer = core.get_buffer()
+    assert buffer is not None
     buffer[:100] = data[start + 50 : start + 150]
     events = core.buffer_updated(100)
     assert_failed(core, events, 1007)
@@ -1657,6 +1660,7 @@ def test_buffer_updated_after_failure_yields_nothing(side: str) -> None:
     data = peer_frame(core, BINARY, b"x" * 1000)
     core.receive_data(data[:100])
     buffer = core.get_buffer()
+    assert buffer is not None
     core.fail(1011, "stop")
     buffer[:10] = data[100:110]
     assert core.buffer_updated(10) == []
