@@ -6,6 +6,9 @@
   ``get_buffer``/``buffer_updated``), gives the same messages, pongs, close
   and output as the stream fed whole, on both sides, with and without
   permessage-deflate.
+* What one core sends (messages in fragments, compressed or not, pings,
+  pongs, a close), another core of the other side reads back, split anyhow;
+  its answers resolve the first core's pings.
 * Arbitrary input never raises: errors come out as one :class:`Failed` event,
   after which input yields nothing, and what the core sends stays a valid
   sequence of frames.
@@ -260,6 +263,64 @@ def test_split_stream_with_limits_fails_the_same_way(data: Any, side: str) -> No
     split = make(side, **limits)
     events = feed(split, stream, cuts, [True, False])
     assert summary(split, events)[:5] == summary(whole, expected)[:5]
+
+
+# -- what a core sends, another core reads ------------------------------------------------------
+
+
+@st.composite
+def calls(draw: Any) -> List[Tuple[str, Any]]:
+    """send_data/send_ping/send_pong calls: messages in fragments, controls between."""
+    result: List[Tuple[str, Any]] = []
+    for _ in range(draw(st.integers(0, 6))):
+        if draw(st.booleans()):
+            result.append((draw(st.sampled_from(["ping", "pong"])), draw(st.binary(max_size=125))))
+            continue
+        text = draw(st.booleans())
+        piece = st.text(max_size=20) if text else st.binary(max_size=30)
+        pieces = draw(st.lists(piece, min_size=1, max_size=4))
+        compress = draw(st.sampled_from([None, True, False]))
+        for index, piece in enumerate(pieces):
+            fin = index == len(pieces) - 1
+            payload = piece.encode() if isinstance(piece, str) else piece
+            result.append(("data", (payload, text, fin, compress)))
+        result.append(("message", pieces[0][:0].join(pieces)))
+    return result
+
+
+@pytest.mark.parametrize("deflate", [False, True], ids=["plain", "deflate"])
+@PROPERTY
+@given(data=st.data(), side=SIDES, threshold=st.integers(0, 40))
+def test_round_trip_between_two_cores(deflate: bool, data: Any, side: str, threshold: int) -> None:
+    sender = make(side, deflate=deflate, threshold=threshold)
+    receiver = make("server" if side == "client" else "client", deflate=deflate)
+    script = data.draw(calls())
+    expected_messages = []
+    pongs = []
+    for name, argument in script:
+        if name == "data":
+            payload, text, fin, compress = argument
+            sender.send_data(payload, text=text, fin=fin, compress=compress)
+        elif name == "message":
+            expected_messages.append(argument)
+        elif name == "ping":
+            if argument not in pongs:  # a payload may wait for one pong only
+                sender.send_ping(argument, argument)
+                pongs.append(argument)
+        else:
+            sender.send_pong(argument)
+    sender.send_close(1000, "done")
+    stream = output(sender)
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=10))
+    events = feed(receiver, stream, cuts, [True, False])
+    assert list(join_messages(events)) == expected_messages
+    assert events[-1] == CloseReceived(1000, "done")
+    # The receiver's answers (pongs, then the close echo) resolve the sender's pings.
+    answers = sender.receive_data(output(receiver))
+    waiters = [w for event in answers if isinstance(event, PongReceived) for w in event.waiters]
+    assert waiters == pongs
+    assert answers[-1] == CloseReceived(1000, "done")
+    assert sender.bytes_sent == receiver.bytes_received
 
 
 # -- arbitrary input never raises -------------------------------------------------------------
