@@ -188,9 +188,10 @@ class _Message:
         size: bytes received so far, decompressed.
         carry: the bytes of a UTF-8 character cut at the end of the last piece.
         fragmented: a frame of it was delivered already, as a :class:`Fragment`.
+        frame_size: bytes of the current frame so far, decompressed.
     """
 
-    __slots__ = ("text", "compressed", "size", "carry", "fragmented")
+    __slots__ = ("text", "compressed", "size", "carry", "fragmented", "frame_size")
 
     def __init__(self, text: bool, compressed: bool) -> None:
         self.text = text
@@ -198,6 +199,7 @@ class _Message:
         self.size = 0
         self.carry = b""
         self.fragmented = False
+        self.frame_size = 0
 
 
 class _PartialFrame:
@@ -464,15 +466,18 @@ class ConnectionCore:
         output is checked exactly while it inflates.
         """
         received = self._message.size if self._message is not None else 0
-        for limit, what in (
-            (self.max_fragment_size, "max_size's fragment limit"),
-            (None if self.max_message_size is None else self.max_message_size - received, "max_size"),
-        ):
-            if limit is not None and length > (_deflate_bound(limit) if compressed else limit):
-                raise PayloadTooBig(
-                    f"frame of {length} bytes exceeds {what} "
-                    f"({limit} more bytes allowed{' after decompression' if compressed else ''})"
-                )
+        slack = _deflate_bound if compressed else int
+        after = " after decompression" if compressed else ""
+        if self.max_fragment_size is not None and length > slack(self.max_fragment_size):
+            raise PayloadTooBig(
+                f"frame of {length} bytes exceeds max_size's fragment limit of "
+                f"{self.max_fragment_size} bytes{after}"
+            )
+        if self.max_message_size is not None and length > slack(self.max_message_size - received):
+            raise PayloadTooBig(
+                f"message of more than {self.max_message_size} bytes{after} exceeds max_size "
+                f"({received + length} bytes so far)"
+            )
 
     def _start_partial(
         self, fin: bool, opcode: Opcode, rsv1: bool, length: int, mask_key: Optional[bytes]
@@ -480,6 +485,8 @@ class ConnectionCore:
         """Begin a data frame whose payload spans several receives."""
         if opcode is not Opcode.CONT:
             self._message = _Message(opcode is Opcode.TEXT, rsv1)
+        elif self._message is not None:
+            self._message.frame_size = 0
         self._partial = _PartialFrame(fin, length, mask_key, keep=self.close_sent is None)
 
     def _continue_frame(self, data: BytesLike, events: List[Event]) -> BytesLike:
@@ -600,12 +607,14 @@ class ConnectionCore:
             remaining = None
             if self.max_message_size is not None:
                 remaining = self.max_message_size - message.size
-            if self.max_fragment_size is not None and (
-                remaining is None or self.max_fragment_size < remaining
-            ):
-                remaining = self.max_fragment_size
+            if self.max_fragment_size is not None:
+                left_in_frame = self.max_fragment_size - message.frame_size
+                if remaining is None or left_in_frame < remaining:
+                    remaining = left_in_frame
             data = self.deflate.decompress(data, last, remaining)
-        message.size += len(data)  # decompressed bytes count against max_size
+        # Decompressed bytes count against max_size.
+        message.size += len(data)
+        message.frame_size += len(data)
         if not message.text:
             return data if type(data) is bytes else bytes(data)
         if message.carry:
@@ -616,7 +625,14 @@ class ConnectionCore:
             raise WebSocketProtocolError(
                 f"invalid UTF-8 in a text message: {exc.reason}", code=CloseCode.INVALID_DATA
             ) from None
-        message.carry = bytes(data[consumed:])
+        carry = bytes(data[consumed:])
+        if len(carry) >= 2 and carry[0] == 0xED and carry[1] >= 0xA0:
+            # CPython waits for a surrogate's last byte to refuse it; its
+            # first two already make the text invalid (fail fast).
+            raise WebSocketProtocolError(
+                "invalid UTF-8 in a text message: a surrogate (ED A0-BF)", code=CloseCode.INVALID_DATA
+            )
+        message.carry = carry
         return text
 
     def _receive_frame(
@@ -635,7 +651,6 @@ class ConnectionCore:
         if opcode is not Opcode.CONT:
             if fin and not rsv1:
                 # The common case: a whole uncompressed message in one frame.
-                self.messages_received += 1
                 if opcode is Opcode.TEXT:
                     try:
                         events.append(str(payload, "utf-8"))
@@ -646,9 +661,11 @@ class ConnectionCore:
                         ) from None
                 else:
                     events.append(payload if type(payload) is bytes else bytes(payload))
+                self.messages_received += 1
                 return
             message = self._message = _Message(opcode is Opcode.TEXT, rsv1)
         assert message is not None
+        message.frame_size = 0
         self._deliver(message, self._decode(message, payload, fin), fin, events)
 
     def _deliver(self, message: _Message, data: Data, fin: bool, events: List[Event]) -> None:
@@ -693,7 +710,7 @@ class ConnectionCore:
             code, reason = parse_close(data)
             self.close_rcvd = (code, reason)
             self._input_closed = True
-            if self.close_sent is None:
+            if self.close_sent is None and self.state is State.OPEN:
                 # Echo the code (RFC 6455 §5.5.1); a close frame without one
                 # is answered with an empty one.
                 echo = b"" if code == CloseCode.NO_STATUS_RCVD else serialize_close(code, reason)
@@ -717,6 +734,7 @@ class ConnectionCore:
     def _fail_on_input(self, code: int, reason: str, events: List[Event]) -> None:
         """Fail the connection over what the peer sent."""
         self._release_held(events)
+        reason = _truncate_reason(reason)
         self.fail(code, reason)
         events.append(Failed(code, reason))
 
@@ -880,8 +898,12 @@ class ConnectionCore:
         Args:
             code: the close code (1002, 1007, 1009, 1011...).
             reason: why, cut to fit a close frame.
+
+        Raises:
+            ValueError: a code that can't be sent (checked before any effect).
         """
         reason = _truncate_reason(reason)
+        payload = serialize_close(code, reason)  # validates before any effect
         if not self._cause:
             self._cause = reason
         self._input_closed = True
@@ -889,7 +911,7 @@ class ConnectionCore:
         self._pending = b""
         if self.state is State.OPEN and self.close_sent is None:
             self.close_sent = (code, reason)
-            self._write_frame(Opcode.CLOSE, serialize_close(code, reason))
+            self._write_frame(Opcode.CLOSE, payload)
         if self.state is State.OPEN:
             self._set_state(State.CLOSING)
 

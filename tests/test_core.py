@@ -739,11 +739,6 @@ def test_valid_text_frame_in_chunks_keeps_no_early_failure(side: str) -> None:
     assert events == [text]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: CPython's incremental decoder accepts b'\\xed\\xa0' as an incomplete "
-    "character, so a surrogate prefix at the end of a chunk isn't failed fast",
-)
 def test_fail_fast_on_a_surrogate_prefix(side: str) -> None:
     core = make(side)
     data = peer_frame(core, TEXT, b"a\xed\xa0\x80" + b"b" * 100)
@@ -873,12 +868,6 @@ def test_compressed_frame_over_max_fragment_size_whole(side: str) -> None:
     assert_failed(core, events, 1009)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: for a compressed frame arriving in chunks, _decode() bounds each "
-    "chunk's output by max_fragment_size instead of the frame's total, so the frame "
-    "inflates past the fragment limit",
-)
 def test_compressed_frame_over_max_fragment_size_in_chunks(side: str) -> None:
     core = make(side, deflate=True, max_message_size=None, max_fragment_size=300)
     payload = peer_deflate(core).compress(_compressible_kilobyte(), True)
@@ -1485,12 +1474,6 @@ def test_ping_after_abandon_is_not_answered(side: str) -> None:
     assert output(core) == b""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: _receive_control() echoes a close frame whenever close_sent is None, "
-    "without checking the state, so after abandon() (CLOSING, 'nothing more is sent') "
-    "a peer's close frame queues an echo",
-)
 def test_peer_close_after_abandon_is_not_answered(side: str) -> None:
     core = make(side)
     core.abandon("send timed out")
@@ -1710,11 +1693,6 @@ def test_messages_counters(side: str) -> None:
     assert core.messages_sent == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: a text message in one frame is counted in messages_received before "
-    "its UTF-8 is checked; the same message in fragments isn't counted when it fails",
-)
 def test_invalid_text_message_is_not_counted(side: str) -> None:
     core = make(side)
     core.receive_data(peer_frame(core, TEXT, b"\xff"))
