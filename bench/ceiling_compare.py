@@ -39,8 +39,8 @@ faster. On 2 shared cores, trust ratios, not absolute rates, and not the
 second decimal. Library defaults are kept (queue sizes, keepalive, UTF-8
 validation) except ``max_size``, raised to 32 MiB, and proxies, off.
 
-``bench/server_load.py`` reuses this script's servers (``--serve``) for the
-server-only scenario.
+The servers are ``bench/servers.py``'s, which ``bench/server_load.py``
+(the server-only scenario) shares.
 """
 
 from __future__ import annotations
@@ -49,11 +49,10 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Tuple
 
 # Benchmark this checkout's syncws, whatever is installed.
 BENCH = os.path.dirname(os.path.abspath(__file__))
@@ -64,7 +63,8 @@ sys.path.insert(0, BENCH)
 import syncws  # noqa: E402
 
 import ceiling  # noqa: E402
-from roundtrip import Client, pipelined, round_trips  # noqa: E402
+from roundtrip import Client, round_trips  # noqa: E402
+from servers import ECHO, HOST, LIBRARIES, MAX_SIZE, SINK, SINK_END, start_server, stop_server  # noqa: E402
 
 try:
     import websockets
@@ -73,107 +73,13 @@ try:
 except ImportError:
     sys.exit("bench/ceiling_compare.py compares syncws with websockets, which is not installed: pip install websockets")
 
-HOST = "127.0.0.1"
-MAX_SIZE = 32 * 2**20
-LIBRARIES = ("syncws", "ceiling", "websockets")
-NODE_SERVER = os.path.join(BENCH, "node", "server.js")
-NODE_MODULES = os.path.join(REPO, "tests", "interop", "node", "node_modules")
 #: A measurement that takes longer than this has hung: say so and stop.
 HUNG = 120.0
-
-# The first message of a connection picks what the server does with it.
-ECHO, SINK = "echo", "sink"
-#: Ends a SINK stream; the server answers how many messages came before it.
-SINK_END = "end"
 
 SMALL = "x" * 16
 MEDIUM = ("0123456789abcdef" * 64)[:1024]
 LARGE = os.urandom(2**20)
 HUGE = os.urandom(16 * 2**20)
-
-
-# -- servers, each in a process of its own --------------------------------------------
-
-
-def handler(connection: Any) -> None:
-    """The handler of every server: ECHO or SINK, as the first message says.
-
-    A connection that closes without a message (connect + close) ends here
-    at once. The libraries' ConnectionClosed ends the handler quietly.
-    """
-    try:
-        mode = connection.recv()
-        if mode == SINK:
-            count = 0
-            for message in connection:
-                if message == SINK_END:
-                    connection.send(str(count))
-                    count = 0
-                else:
-                    count += 1
-        else:
-            for message in connection:
-                connection.send(message)
-    except (syncws.ConnectionClosed, websockets.ConnectionClosed, ceiling.ConnectionClosed):
-        pass
-
-
-def run_server(library: str) -> None:
-    """Serve ``handler`` on a free port, print it, and stop when stdin closes."""
-    import resource
-
-    # The server-only scenario opens 1000+ connections.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if library == "syncws":
-        server: Any = syncws.serve(handler, HOST, 0, compression=None, max_size=MAX_SIZE, backlog=1024)
-        port, stop = server.port, server.close
-    elif library == "ceiling":
-        server = ceiling.serve(handler, HOST, 0, max_size=MAX_SIZE)
-        port, stop = server.port, server.close
-    else:
-        server = websockets.sync.server.serve(handler, HOST, 0, compression=None, max_size=MAX_SIZE)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        port, stop = server.socket.getsockname()[1], server.shutdown
-    print(port, flush=True)
-    sys.stdin.read()  # the parent closes our stdin when it is done, or dies
-    stop()
-
-
-class Server(NamedTuple):
-    """A server process and the port it listens on."""
-
-    library: str
-    process: subprocess.Popen
-    port: int
-
-
-def start_server(library: str) -> Server:
-    """Start one server process: a library of LIBRARIES, or "node" (Node's ws)."""
-    if library == "node":
-        command = ["node", NODE_SERVER]
-        env = dict(os.environ, NODE_PATH=NODE_MODULES)
-    else:
-        command = [sys.executable, os.path.abspath(__file__), "--serve", library]
-        env = None
-    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-    assert process.stdout is not None
-    port = process.stdout.readline().strip()
-    if not port:
-        process.kill()
-        raise RuntimeError(f"the {library} server didn't start")
-    return Server(library, process, int(port))
-
-
-def stop_server(server: Server) -> None:
-    """Close the server's stdin (it exits) and wait; kill it if it doesn't."""
-    assert server.process.stdin is not None
-    server.process.stdin.close()
-    try:
-        server.process.wait(10)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
 
 
 # -- clients ----------------------------------------------------------------------------
@@ -322,11 +228,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, help="rounds per row (default 5; --quick: 3)")
     parser.add_argument("--quick", action="store_true", help="fewer messages and rounds: a rough look")
-    parser.add_argument("--serve", choices=LIBRARIES, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve:
-        run_server(args.serve)
-        return
     rounds = args.rounds or (3 if args.quick else 5)
 
     from syncws.masking import HAS_SPEEDUPS

@@ -3,7 +3,7 @@
 // Usage: NODE_PATH=tests/interop/node/node_modules node bench/node/server.js
 //   Listens on 127.0.0.1, port 0, prints the port on one line, and runs until
 //   its stdin closes. Compression off. Like the handler of
-//   bench/ceiling_compare.py, the first message of a connection picks what
+//   bench/servers.py, the first message of a connection picks what
 //   the server does: "sink" counts messages until "end" and answers the
 //   count; anything else echoes every following message.
 'use strict';
