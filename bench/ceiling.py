@@ -21,10 +21,11 @@ the payload's length as a 4-byte big-endian unsigned integer) and the
 payload. The types are :data:`TEXT`, :data:`BINARY` and :data:`CLOSE` (with an
 empty payload).
 
-Data path, to know what the ceiling costs per byte: the reader receives into a
-64 KiB buffer and cuts small messages out of it (one copy each); a message
-longer than what is buffered is received straight into a ``bytearray`` of its
-size, then decoded (text) or copied once into ``bytes`` (binary). A send of up
+Data path, to know what the ceiling costs per byte: the reader receives up to
+64 KiB at a time (``recv``, so no buffer stays allocated between messages)
+and cuts small messages out of what it got (one copy each); a message longer
+than what is there is received straight into a ``bytearray`` of its size,
+then decoded (text) or copied once into ``bytes`` (binary). A send of up
 to 64 KiB joins header and payload into one ``sendall``; a longer one sends
 the header, then the payload without copying it.
 
@@ -105,33 +106,30 @@ class Connection:
             self._room.set()
 
     def _read_messages(self) -> None:
-        recv_into = self._sock.recv_into
-        buffer = bytearray(CHUNK)
-        view = memoryview(buffer)
-        start = end = 0  # buffered bytes: buffer[start:end]
+        recv, recv_into = self._sock.recv, self._sock.recv_into
+        data = b""  # received, not yet parsed: data[position:]
+        position = 0
         while True:
-            # Refill until a whole header is buffered.
-            while end - start < HEADER_SIZE:
-                if start:
-                    buffer[: end - start] = buffer[start:end]
-                    start, end = 0, end - start
-                received = recv_into(view[end:])
-                if not received:
+            # Receive until a whole header is there.
+            while len(data) - position < HEADER_SIZE:
+                chunk = recv(CHUNK)
+                if not chunk:
                     raise ConnectionClosed("the peer closed the TCP connection")
-                end += received
-            kind, length = _HEADER.unpack_from(buffer, start)
-            start += HEADER_SIZE
+                data = data[position:] + chunk if position < len(data) else chunk
+                position = 0
+            kind, length = _HEADER.unpack_from(data, position)
+            position += HEADER_SIZE
             if length > self._max_size:
                 raise ConnectionClosed(f"message of {length} bytes over max_size")
-            if end - start >= length:
-                payload: Any = view[start : start + length]
-                start += length
+            if len(data) - position >= length:
+                payload: Any = memoryview(data)[position : position + length]
+                position += length
             else:
-                # Longer than what is buffered: receive the rest in place.
+                # Longer than what is there: receive the rest in place.
                 payload = bytearray(length)
-                have = end - start
-                payload[:have] = view[start:end]
-                start = end = 0
+                have = len(data) - position
+                payload[:have] = memoryview(data)[position:]
+                data, position = b"", 0
                 target = memoryview(payload)
                 while have < length:
                     received = recv_into(target[have:])

@@ -35,7 +35,11 @@ from round to round, so a burst of load hits all of them alike. Printed:
 the median rate of each library, and the median over rounds of the
 per-round ratios (with their range): a ratio compares two measurements taken
 seconds apart, which is what survives a loaded machine. Above 1, syncws is
-faster. On 2 shared cores, trust ratios, not absolute rates, and not the
+faster. Last column and table: CPU time per operation, client and server
+processes together (the server's from ``/proc``): unlike wall time it hardly
+grows when other programs load the machine, so its ratio is the steadier
+measure of what syncws costs beside the ceiling (above 1, syncws spends
+more). On 2 shared cores, trust ratios, not absolute rates, and not the
 second decimal. Library defaults are kept (queue sizes, keepalive, UTF-8
 validation) except ``max_size``, raised to 32 MiB, and proxies, off.
 
@@ -63,8 +67,7 @@ sys.path.insert(0, BENCH)
 import syncws  # noqa: E402
 
 import ceiling  # noqa: E402
-from roundtrip import Client, round_trips  # noqa: E402
-from servers import ECHO, HOST, LIBRARIES, MAX_SIZE, SINK, SINK_END, start_server, stop_server  # noqa: E402
+from servers import ECHO, HOST, LIBRARIES, MAX_SIZE, SINK, SINK_END, Server, start_server, stop_server  # noqa: E402
 
 try:
     import websockets
@@ -76,16 +79,11 @@ except ImportError:
 #: A measurement that takes longer than this has hung: say so and stop.
 HUNG = 120.0
 
-SMALL = "x" * 16
-MEDIUM = ("0123456789abcdef" * 64)[:1024]
-LARGE = os.urandom(2**20)
-HUGE = os.urandom(16 * 2**20)
-
-
 # -- clients ----------------------------------------------------------------------------
 
 
 def _open(library: str, port: int) -> Any:
+    """A connection of ``library`` to its server: send, recv and close alike."""
     if library == "syncws":
         return syncws.connect(f"ws://{HOST}:{port}/", compression=None, max_size=MAX_SIZE, proxy=None)
     if library == "ceiling":
@@ -95,81 +93,124 @@ def _open(library: str, port: int) -> Any:
     )
 
 
-def connect(library: str, port: int, mode: str) -> Client:
-    """Open a connection and tell the server what to do with it."""
-    ws = _open(library, port)
-    ws.send(mode)
-    return Client(ws.send, ws.recv, ws.close)
-
-
 # -- what is measured ----------------------------------------------------------------------
 
 
-def one_way(client: Client, message: str, count: int) -> float:
-    """Stream ``count`` messages, then wait for the server's count; return seconds."""
-    send = client.send
+class Meter:
+    """Wall-clock and CPU time of one measurement, client and server processes.
+
+    CPU time per operation doesn't grow when other programs load the
+    machine (wall time does), so it is the steadier measure of what each
+    library costs. The server's comes from /proc/PID/stat, in clock ticks
+    (10 ms): measurements are made long enough for that to be small.
+    """
+
+    TICK = 1 / os.sysconf("SC_CLK_TCK")
+
+    def __init__(self, server_pid: int) -> None:
+        self._stat = f"/proc/{server_pid}/stat"
+        self.wall = self.client_cpu = self.server_cpu = 0.0
+
+    def _server_cpu(self) -> float:
+        with open(self._stat) as file:
+            fields = file.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) * self.TICK  # utime + stime
+
+    def start(self) -> None:
+        """Mark the start of the measured part (after warm-up)."""
+        self._server_start = self._server_cpu()
+        self._client_start = time.process_time()
+        self._wall_start = time.perf_counter()
+
+    def stop(self) -> None:
+        """Mark its end."""
+        self.wall = time.perf_counter() - self._wall_start
+        self.client_cpu = time.process_time() - self._client_start
+        self.server_cpu = self._server_cpu() - self._server_start
+
+
+def echoes(ws: Any, meter: Meter, message: Any, count: int, warm_up: int) -> None:
+    """Send ``message`` and receive its echo ``count`` times, one at a time."""
+    ws.send(ECHO)
+    send, recv = ws.send, ws.recv
+    for _ in range(warm_up):
+        send(message)
+        recv()
+    meter.start()
+    for _ in range(count):
+        send(message)
+        if recv() != message:
+            raise AssertionError("the echo differs from the message")
+    meter.stop()
+
+
+def one_way(ws: Any, meter: Meter, message: str, count: int) -> None:
+    """Stream ``count`` messages, then wait for the server's count of them."""
+    ws.send(SINK)
+    send = ws.send
     for _ in range(min(count, 200)):  # warm-up
         send(message)
     send(SINK_END)
-    client.recv()
-    start = time.perf_counter()
+    ws.recv()
+    meter.start()
     for _ in range(count):
         send(message)
     send(SINK_END)
-    received = int(client.recv())
-    elapsed = time.perf_counter() - start
+    received = int(ws.recv())
+    meter.stop()
     if received != count:
         raise AssertionError(f"the server counted {received} messages of {count}")
-    return elapsed
 
 
-def connect_close(library: str, port: int, count: int) -> float:
-    """Open and close ``count`` connections one after the other; return seconds."""
+def connect_close(library: str, port: int, meter: Meter, count: int) -> None:
+    """Open and close ``count`` connections one after the other."""
     for _ in range(min(count, 20)):  # warm-up
         _open(library, port).close()
-    start = time.perf_counter()
+    meter.start()
     for _ in range(count):
         _open(library, port).close()
-    return time.perf_counter() - start
+    meter.stop()
 
 
 class Row(NamedTuple):
     title: str
-    #: (library, port) -> seconds
-    run: Callable[[str, int], float]
+    #: (library, port, meter): runs the measurement, meter.start() to stop()
+    run: Callable[[str, int, Meter], None]
     #: how many things a run does, for the rate
-    count: float
+    amount: float
     unit: str
 
 
-def _with_client(mode: str, measure: Callable[[Client], float]) -> Callable[[str, int], float]:
-    def run(library: str, port: int) -> float:
-        client = connect(library, port, mode)
+def _with_connection(measure: Callable[[Any, Meter], None]) -> Callable[[str, int, Meter], None]:
+    def run(library: str, port: int, meter: Meter) -> None:
+        ws = _open(library, port)
         try:
-            return measure(client)
+            measure(ws, meter)
         finally:
-            client.close()
+            ws.close()
 
     return run
 
 
 def rows(quick: bool) -> List[Row]:
     n_small, n_medium, n_connect, n_large, n_huge = (
-        (2000, 5000, 100, 30, 4) if quick else (5000, 20000, 300, 100, 8)
+        (2000, 5000, 100, 30, 4) if quick else (5000, 20000, 300, 100, 10)
     )
+    small, medium = "x" * 16, ("0123456789abcdef" * 64)[:1024]
+    large, huge = os.urandom(2**20), os.urandom(16 * 2**20)
     return [
-        Row(f"(a) 16 B round trips, N={n_small}", _with_client(ECHO, lambda c: round_trips(c, SMALL, n_small)),
-            n_small, "/s"),
-        Row(f"(b) 1 KiB pipelined one way, N={n_medium}", _with_client(SINK, lambda c: one_way(c, MEDIUM, n_medium)),
-            n_medium, "msg/s"),
-        Row(f"(c) connect + close, N={n_connect}", lambda library, port: connect_close(library, port, n_connect),
-            n_connect, "conn/s"),
-        Row(f"(d) echo 1 MiB, N={n_large}", _with_client(ECHO, lambda c: round_trips(c, LARGE, n_large)),
-            n_large * len(LARGE) / 1e6, "MB/s"),
-        # glibc serves the first few 16 MiB buffers with fresh mmaps (page
-        # faults on every page) until its mmap threshold adapts: warm up more.
-        Row(f"(e) echo 16 MiB, N={n_huge}", _with_client(ECHO, lambda c: round_trips(c, HUGE, 3) and round_trips(c, HUGE, n_huge)),
-            n_huge * len(HUGE) / 1e6, "MB/s"),
+        Row(f"(a) 16 B round trips, N={n_small}",
+            _with_connection(lambda ws, m: echoes(ws, m, small, n_small, 200)), n_small, "/s"),
+        Row(f"(b) 1 KiB pipelined one way, N={n_medium}",
+            _with_connection(lambda ws, m: one_way(ws, m, medium, n_medium)), n_medium, "msg/s"),
+        Row(f"(c) connect + close, N={n_connect}",
+            lambda library, port, m: connect_close(library, port, m, n_connect), n_connect, "conn/s"),
+        Row(f"(d) echo 1 MiB, N={n_large}",
+            _with_connection(lambda ws, m: echoes(ws, m, large, n_large, 5)), n_large * len(large) / 1e6, "MB/s"),
+        # glibc serves the first 16 MiB buffers with fresh mmaps (a page
+        # fault per page) until its mmap threshold adapts: warm up more.
+        Row(f"(e) echo 16 MiB, N={n_huge}",
+            _with_connection(lambda ws, m: echoes(ws, m, huge, n_huge, 3)), n_huge * len(huge) / 1e6, "MB/s"),
     ]
 
 
@@ -179,28 +220,36 @@ def _hung(title: str, library: str) -> None:
     os._exit(1)  # the servers see their stdin close and exit too
 
 
-def measure(row: Row, ports: Dict[str, int], rounds: int) -> List[Dict[str, float]]:
-    """Rates of every library, round by round, the order rotating each round."""
+class Measurement(NamedTuple):
+    rate: float  # row.amount per wall-clock second
+    cpu: float  # CPU seconds per row.amount, client + server
+
+
+def measure(row: Row, servers: Dict[str, Server], rounds: int) -> List[Dict[str, Measurement]]:
+    """Every library's measurement, round by round, the order rotating each round."""
     results = []
     for r in range(rounds):
-        rates: Dict[str, float] = {}
+        round_results: Dict[str, Measurement] = {}
         for i in range(len(LIBRARIES)):
             library = LIBRARIES[(r + i) % len(LIBRARIES)]
+            meter = Meter(servers[library].process.pid)
             watchdog = threading.Timer(HUNG, _hung, (row.title, library))
             watchdog.daemon = True
             watchdog.start()
             try:
-                rates[library] = row.count / row.run(library, ports[library])
+                row.run(library, servers[library].port, meter)
             finally:
                 watchdog.cancel()
-        results.append(rates)
+            round_results[library] = Measurement(
+                row.amount / meter.wall, (meter.client_cpu + meter.server_cpu) / row.amount
+            )
+        results.append(round_results)
     return results
 
 
-def ratio(results: List[Dict[str, float]], library: str, other: str) -> Tuple[float, float, float]:
-    """Median, min and max over rounds of library's rate ÷ other's."""
-    ratios = [rates[library] / rates[other] for rates in results]
-    return statistics.median(ratios), min(ratios), max(ratios)
+def ratio(values: List[float]) -> str:
+    """Median of per-round ratios, with their range."""
+    return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
 
 
 def _rate(value: float) -> str:
@@ -237,33 +286,46 @@ def main() -> None:
     print(f"{describe_machine()}; servers in their own processes, {HOST}; compression off; {rounds} rounds")
     print()
     started = time.perf_counter()
-    servers = [start_server(library) for library in LIBRARIES]
+    cpu_log: List[Tuple[Row, Dict[str, float]]] = []
+    servers = {library: start_server(library) for library in LIBRARIES}
     try:
-        ports = {server.library: server.port for server in servers}
         header = (
-            f"{'row':<34} {'syncws':>10} {'ceiling':>10} {'websockets':>10} {'unit':>6}"
-            f" {'syncws÷ceiling':>18} {'syncws÷websockets':>18}"
+            f"{'row':<34} {'syncws':>9} {'ceiling':>9} {'websockets':>10} {'unit':>6}"
+            f" {'syncws÷ceiling':>17} {'syncws÷websockets':>18} {'CPU/op: syncws÷ceiling':>23}"
         )
         print(header)
         print("-" * len(header))
         for row in rows(args.quick):
-            results = measure(row, ports, rounds)
-            medians = {lib: statistics.median(rates[lib] for rates in results) for lib in LIBRARIES}
-            ratios = []
-            for other in ("ceiling", "websockets"):
-                median, low, high = ratio(results, "syncws", other)
-                ratios.append(f"{median:.2f} ({low:.2f}–{high:.2f})")
+            results = measure(row, servers, rounds)
+            rate = {lib: statistics.median(result[lib].rate for result in results) for lib in LIBRARIES}
             print(
-                f"{row.title:<34} {_rate(medians['syncws']):>10} {_rate(medians['ceiling']):>10}"
-                f" {_rate(medians['websockets']):>10} {row.unit:>6} {ratios[0]:>18} {ratios[1]:>18}",
+                f"{row.title:<34} {_rate(rate['syncws']):>9} {_rate(rate['ceiling']):>9}"
+                f" {_rate(rate['websockets']):>10} {row.unit:>6}"
+                f" {ratio([r['syncws'].rate / r['ceiling'].rate for r in results]):>17}"
+                f" {ratio([r['syncws'].rate / r['websockets'].rate for r in results]):>18}"
+                f" {ratio([r['syncws'].cpu / r['ceiling'].cpu for r in results]):>23}",
                 flush=True,
             )
+            cpu = {lib: statistics.median(result[lib].cpu for result in results) for lib in LIBRARIES}
+            cpu_log.append((row, cpu))
     finally:
-        for server in servers:
+        for server in servers.values():
             stop_server(server)
     print()
-    print("rates: medians over rounds; ratios: median of the per-round ratios (min–max); > 1: syncws is faster.")
+    print("CPU time per operation, client + server processes (median):")
+    for row, cpu in cpu_log:
+        unit = "MB" if row.unit == "MB/s" else row.unit.split("/")[0] or "round trip"
+        print(f"  {row.title:<34} " + "  ".join(f"{lib} {_cpu(cpu[lib])}" for lib in LIBRARIES) + f"  per {unit}")
+    print()
+    print(
+        "rates: medians over rounds; ratios: median of the per-round ratios (min–max); rate ratios > 1: "
+        "syncws is faster; CPU ratio > 1: syncws spends more CPU per operation."
+    )
     print(f"total time: {time.perf_counter() - started:.1f} s")
+
+
+def _cpu(seconds: float) -> str:
+    return f"{seconds * 1e6:,.1f} µs" if seconds < 0.01 else f"{seconds * 1e3:,.1f} ms"
 
 
 if __name__ == "__main__":
