@@ -86,6 +86,9 @@ class Connection:
         self._messages: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         self._room = threading.Event()
         self._bounded = True
+        # True while the reader waits for room: only then do consumers set
+        # _room (Event.set costs a Condition round, a wake-up is rare).
+        self._waiting = False
         # Serializes writes; _close_sent is set under it.
         self._write_lock = threading.Lock()
         self._close_sent = False
@@ -148,9 +151,13 @@ class Connection:
 
     def _put(self, message: Data) -> None:
         while self._bounded and self._messages.qsize() >= self._max_queue:
+            self._waiting = True
             self._room.clear()
+            # Checked again after the clear: a consumer that took a message
+            # in between has seen _waiting and set _room, or will.
             if self._bounded and self._messages.qsize() >= self._max_queue:
                 self._room.wait()
+            self._waiting = False
         self._messages.put(message)
 
     # -- any thread --------------------------------------------------------------------
@@ -169,7 +176,8 @@ class Connection:
         if message is _END:
             self._messages.put(_END)
             raise ConnectionClosed("the connection is closed")
-        self._room.set()
+        if self._waiting:
+            self._room.set()
         return message  # type: ignore[no-any-return]
 
     def __iter__(self) -> Iterator[Data]:

@@ -36,7 +36,7 @@ the median rate of each library, and the median over rounds of the
 per-round ratios (with their range): a ratio compares two measurements taken
 seconds apart, which is what survives a loaded machine. Above 1, syncws is
 faster. Last column and table: CPU time per operation, client and server
-processes together (the server's from ``/proc``): unlike wall time it hardly
+processes together (the server reports its own): unlike wall time it hardly
 grows when other programs load the machine, so its ratio is the steadier
 measure of what syncws costs beside the ceiling (above 1, syncws spends
 more). On 2 shared cores, trust ratios, not absolute rates, and not the
@@ -67,7 +67,7 @@ sys.path.insert(0, BENCH)
 import syncws  # noqa: E402
 
 import ceiling  # noqa: E402
-from servers import ECHO, HOST, LIBRARIES, MAX_SIZE, SINK, SINK_END, Server, start_server, stop_server  # noqa: E402
+from servers import ECHO, HOST, LIBRARIES, MAX_SIZE, SINK, SINK_END, Server, server_cpu, start_server, stop_server  # noqa: E402
 
 try:
     import websockets
@@ -101,20 +101,16 @@ class Meter:
 
     CPU time per operation doesn't grow when other programs load the
     machine (wall time does), so it is the steadier measure of what each
-    library costs. The server's comes from /proc/PID/stat, in clock ticks
-    (10 ms): measurements are made long enough for that to be small.
+    library costs. Both processes count every thread's, those that ended
+    included; the server reports its own on request.
     """
 
-    TICK = 1 / os.sysconf("SC_CLK_TCK")
-
-    def __init__(self, server_pid: int) -> None:
-        self._stat = f"/proc/{server_pid}/stat"
+    def __init__(self, server: Server) -> None:
+        self._server = server
         self.wall = self.client_cpu = self.server_cpu = 0.0
 
     def _server_cpu(self) -> float:
-        with open(self._stat) as file:
-            fields = file.read().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) * self.TICK  # utime + stime
+        return server_cpu(self._server)
 
     def start(self) -> None:
         """Mark the start of the measured part (after warm-up)."""
@@ -223,6 +219,7 @@ def _hung(title: str, library: str) -> None:
 class Measurement(NamedTuple):
     rate: float  # row.amount per wall-clock second
     cpu: float  # CPU seconds per row.amount, client + server
+    client_cpu: float  # the client's share of cpu
 
 
 def measure(row: Row, servers: Dict[str, Server], rounds: int) -> List[Dict[str, Measurement]]:
@@ -232,7 +229,7 @@ def measure(row: Row, servers: Dict[str, Server], rounds: int) -> List[Dict[str,
         round_results: Dict[str, Measurement] = {}
         for i in range(len(LIBRARIES)):
             library = LIBRARIES[(r + i) % len(LIBRARIES)]
-            meter = Meter(servers[library].process.pid)
+            meter = Meter(servers[library])
             watchdog = threading.Timer(HUNG, _hung, (row.title, library))
             watchdog.daemon = True
             watchdog.start()
@@ -241,7 +238,8 @@ def measure(row: Row, servers: Dict[str, Server], rounds: int) -> List[Dict[str,
             finally:
                 watchdog.cancel()
             round_results[library] = Measurement(
-                row.amount / meter.wall, (meter.client_cpu + meter.server_cpu) / row.amount
+                row.amount / meter.wall, (meter.client_cpu + meter.server_cpu) / row.amount,
+                meter.client_cpu / row.amount,
             )
         results.append(round_results)
     return results
@@ -286,7 +284,7 @@ def main() -> None:
     print(f"{describe_machine()}; servers in their own processes, {HOST}; compression off; {rounds} rounds")
     print()
     started = time.perf_counter()
-    cpu_log: List[Tuple[Row, Dict[str, float]]] = []
+    cpu_log: List[Tuple[Row, Dict[str, Tuple[float, float]]]] = []
     servers = {library: start_server(library) for library in LIBRARIES}
     try:
         header = (
@@ -306,16 +304,20 @@ def main() -> None:
                 f" {ratio([r['syncws'].cpu / r['ceiling'].cpu for r in results]):>23}",
                 flush=True,
             )
-            cpu = {lib: statistics.median(result[lib].cpu for result in results) for lib in LIBRARIES}
+            cpu = {
+                lib: (statistics.median(r[lib].cpu for r in results), statistics.median(r[lib].client_cpu for r in results))
+                for lib in LIBRARIES
+            }
             cpu_log.append((row, cpu))
     finally:
         for server in servers.values():
             stop_server(server)
     print()
-    print("CPU time per operation, client + server processes (median):")
+    print("CPU time per operation, client + server processes (medians; in brackets: the client's share):")
     for row, cpu in cpu_log:
         unit = "MB" if row.unit == "MB/s" else row.unit.split("/")[0] or "round trip"
-        print(f"  {row.title:<34} " + "  ".join(f"{lib} {_cpu(cpu[lib])}" for lib in LIBRARIES) + f"  per {unit}")
+        print(f"  {row.title:<36} per {unit}")
+        print("      " + "   ".join(f"{lib} {_cpu(cpu[lib][0])} ({_cpu(cpu[lib][1])})" for lib in LIBRARIES))
     print()
     print(
         "rates: medians over rounds; ratios: median of the per-round ratios (min–max); rate ratios > 1: "

@@ -1,8 +1,9 @@
 """The servers of the ceiling benchmarks, each in a process of its own.
 
 ``python bench/servers.py LIBRARY`` serves :func:`handler` on a free port of
-127.0.0.1 with compression off, prints the port on one line, and stops when
-its standard input closes. LIBRARY is ``syncws`` (this checkout's),
+127.0.0.1 with compression off, prints the port on one line, answers each
+line it reads with the CPU seconds it has used (:func:`server_cpu`), and
+stops when its standard input closes. LIBRARY is ``syncws`` (this checkout's),
 ``ceiling`` (``bench/ceiling.py``) or ``websockets`` (websockets.sync).
 :func:`start_server` also starts ``node``: Node's ``ws`` (``bench/node/server.js``).
 
@@ -19,6 +20,7 @@ import resource
 import subprocess
 import sys
 import threading
+import time
 from typing import Any, NamedTuple, Tuple, Type
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
@@ -89,7 +91,11 @@ def serve(library: str) -> None:
     else:
         raise ValueError(f"unknown library {library!r}")
     print(port, flush=True)
-    sys.stdin.read()  # the parent closes our stdin when it is done, or dies
+    # Each line on stdin asks for the CPU time this process has used so far
+    # (every thread, those that ended included). The parent closes our stdin
+    # when it is done, or dies.
+    for _ in sys.stdin:
+        print(time.process_time(), flush=True)
     stop()
 
 
@@ -117,6 +123,14 @@ def start_server(library: str) -> Server:
         process.wait()
         raise RuntimeError(f"the {library} server didn't start")
     return Server(library, process, int(port))
+
+
+def server_cpu(server: Server) -> float:
+    """CPU seconds the server process has used so far, all its threads."""
+    assert server.process.stdin is not None and server.process.stdout is not None
+    server.process.stdin.write("\n")
+    server.process.stdin.flush()
+    return float(server.process.stdout.readline())
 
 
 def stop_server(server: Server) -> None:
