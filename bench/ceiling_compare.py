@@ -275,6 +275,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, help="rounds per row (default 5; --quick: 3)")
     parser.add_argument("--quick", action="store_true", help="fewer messages and rounds: a rough look")
+    parser.add_argument("--rows", default="abcde", help="which rows, by letter (default abcde)")
     args = parser.parse_args()
     rounds = args.rounds or (3 if args.quick else 5)
 
@@ -294,6 +295,8 @@ def main() -> None:
         print(header)
         print("-" * len(header))
         for row in rows(args.quick):
+            if row.title[1] not in args.rows:
+                continue
             results = measure(row, servers, rounds)
             rate = {lib: statistics.median(result[lib].rate for result in results) for lib in LIBRARIES}
             print(
