@@ -28,6 +28,11 @@ Reported per server and connection count:
   high-water mark, the handshakes included), and RSS per connection:
   ``(VmHWM - RSS before the load) / connections``;
 * threads: the most threads the server process had (sampled every 0.1 s);
+* CPU and µs/msg: the server process's CPU time during the window (all its
+  threads, from /proc, 10 ms ticks), as a share of one core and per echo.
+  A server using a whole core is CPU-bound and µs/msg is its cost; one
+  using less is waiting (on the load generator, or on a machine too busy
+  to run it): µs/msg is the steadier number on a loaded machine;
 * ratios: syncws's msg/s and peak RSS divided by the ceiling's and by
   websockets.sync's, from the same round.
 
@@ -63,6 +68,13 @@ PROTOCOLS = {"syncws": "ws", "ceiling": "raw", "websockets": "ws", "node": "ws"}
 SAMPLE_EVERY = 0.1
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (every thread), from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as file:
+        fields = file.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def status(pid: int) -> Dict[str, int]:
     """VmRSS and VmHWM (KiB) and Threads of a process, from /proc/PID/status."""
     values = {}
@@ -85,6 +97,8 @@ class Result(NamedTuple):
     peak_rss: int  # KiB, VmHWM
     threads: int  # the most seen
     open_seconds: float
+    cpu_share: float  # the server's CPU seconds per second of the window (1.0: one core)
+    cpu_per_message: float  # the server's CPU seconds per echo in the window
 
 
 def run_one(library: str, connections: int, seconds: float) -> Result:
@@ -106,25 +120,36 @@ def run_one(library: str, connections: int, seconds: float) -> Result:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        load = subprocess.run(
+        load = subprocess.Popen(
             ["node", LOAD, PROTOCOLS[library], str(server.port), str(connections), str(seconds)],
-            env=dict(os.environ, NODE_PATH=NODE_MODULES), capture_output=True, text=True,
-            timeout=seconds + 150,
+            env=dict(os.environ, NODE_PATH=NODE_MODULES), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
+        assert load.stdout is not None
+        cpu: Dict[str, float] = {}
+        lines = []
+        for line in load.stdout:  # "start", "stop", then the JSON report
+            if line.strip() in ("start", "stop"):
+                cpu[line.strip()] = cpu_seconds(pid)
+            else:
+                lines.append(line)
+        stderr = load.stderr.read() if load.stderr is not None else ""
+        load.wait(seconds + 150)
         done.set()
         sampler.join()
         peak = status(pid)["VmHWM"]
     finally:
         stop_server(server)
-    if load.returncode != 0 or not load.stdout.strip():
-        raise RuntimeError(f"the load generator failed against {library}: {load.stderr.strip()[-500:]}")
-    if load.stderr.strip():
-        print(f"  load.js against {library}: {load.stderr.strip()[-300:]}", file=sys.stderr)
-    report = json.loads(load.stdout.strip().splitlines()[-1])
+    if load.returncode != 0 or not lines:
+        raise RuntimeError(f"the load generator failed against {library}: {stderr.strip()[-500:]}")
+    if stderr.strip():
+        print(f"  load.js against {library}: {stderr.strip()[-300:]}", file=sys.stderr)
+    report = json.loads(lines[-1])
+    window_cpu = cpu.get("stop", 0.0) - cpu.get("start", 0.0)
     return Result(
         report["per_second"], report["opened"], report["failed"],
         report["stalled"] + report["failed"] + (connections - report["opened"] - report["failed"]),
         report["min"], report["median"], before, peak, most_threads[0], report["open_seconds"],
+        window_cpu / seconds, window_cpu / max(report["messages"], 1),
     )
 
 
@@ -145,7 +170,8 @@ def main() -> None:
     started = time.perf_counter()
     header = (
         f"{'server':<11} {'conns':>5} {'msg/s':>8} {'min/median':>11} {'stalled':>7} {'RSS idle':>8} {'peak RSS':>9}"
-        f" {'KiB/conn':>8} {'threads':>7} {'÷ceiling msg/s, RSS':>20} {'÷websockets msg/s, RSS':>23}"
+        f" {'KiB/conn':>8} {'threads':>7} {'CPU':>5} {'µs/msg':>7}"
+        f" {'÷ceiling msg/s, RSS':>20} {'÷websockets msg/s, RSS':>23}"
     )
     for connections in args.connections:
         results: Dict[str, List[Result]] = {library: [] for library in SERVERS}
@@ -174,7 +200,10 @@ def main() -> None:
             print(
                 f"{library:<11} {connections:>5} {rate:>8,.0f} {f'{worst.min}/{worst.median}':>11}"
                 f" {worst.stalled:>7} {idle / 1024:>6.1f}Mi {peak / 1024:>7.1f}Mi {per_connection:>8,.0f}"
-                f" {max(run.threads for run in runs):>7} {ratios[0]:>20} {ratios[1]:>23}",
+                f" {max(run.threads for run in runs):>7}"
+                f" {statistics.median(run.cpu_share for run in runs):>5.0%}"
+                f" {statistics.median(run.cpu_per_message for run in runs) * 1e6:>7.1f}"
+                f" {ratios[0]:>20} {ratios[1]:>23}",
                 flush=True,
             )
         print()

@@ -13,6 +13,7 @@
 // 2. Once every connection is open (or failed), each one sends a 16-byte text
 //    message and, on every echo, the next one: one message in flight per
 //    connection, for SECONDS seconds. Echoes are counted per connection.
+//    It prints "start" and "stop" lines as the window opens and closes.
 // 3. Closes every connection (closing handshake), then prints one JSON line:
 //    opened, failed, messages, per-connection min / median / max, stalled
 //    (connections with no echo in the whole window), closed, and timings.
@@ -169,6 +170,7 @@ let stopTimer = null;
 
 function startRun() {
   openedMs = Date.now() - t0;
+  process.stdout.write('start\n'); // the window opens: bench/server_load.py samples the server
   running = true;
   for (const entry of connections) entry.conn.send(MESSAGE);
   stopTimer = setTimeout(stopRun, seconds * 1000);
@@ -176,6 +178,7 @@ function startRun() {
 
 function stopRun() {
   running = false;
+  process.stdout.write('stop\n');
   for (const entry of connections) entry.conn.close();
   if (connections.length === 0) finish();
   setTimeout(finish, CLOSE_TIMEOUT).unref();
