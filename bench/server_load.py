@@ -36,6 +36,12 @@ Reported per server and connection count:
 * ratios: syncws's msg/s and peak RSS divided by the ceiling's and by
   websockets.sync's, from the same round.
 
+``--switch-interval 0.05`` runs the Python servers with
+``sys.setswitchinterval(0.05)`` instead of Python's 5 ms: with 2000 threads,
+most of them ready at once, the default makes the interpreter hand its lock
+from thread to thread so often that the servers spend milliseconds of CPU
+per message (see ``docs/performance.rst``).
+
 Rounds alternate between the servers; with ``--rounds`` > 1 the medians
 are printed. Both the load generator and the server share the machine's
 cores, as they would on a 2-core box; on a loaded machine trust the ratios
@@ -53,7 +59,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Dict, List, NamedTuple, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH)
@@ -101,9 +107,9 @@ class Result(NamedTuple):
     cpu_per_message: float  # the server's CPU seconds per echo in the window
 
 
-def run_one(library: str, connections: int, seconds: float) -> Result:
+def run_one(library: str, connections: int, seconds: float, switch_interval: Optional[float]) -> Result:
     """Start a server, load it from Node, sample it, stop it."""
-    server = start_server(library)
+    server = start_server(library, switch_interval)
     pid = server.process.pid
     try:
         time.sleep(0.5)  # let the server's imports settle before the baseline
@@ -159,13 +165,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, help="window of round trips per run (default 10; --quick: 4)")
     parser.add_argument("--rounds", type=int, default=1, help="rounds, alternating servers (default 1)")
     parser.add_argument("--connections", type=int, nargs="+", default=[100, 1000], help="default: 100 1000")
+    parser.add_argument(
+        "--switch-interval", type=float, metavar="SECONDS",
+        help="sys.setswitchinterval() in the Python servers (default: Python's, 0.005)",
+    )
     args = parser.parse_args()
     seconds = args.seconds or (4.0 if args.quick else 10.0)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    interval = args.switch_interval if args.switch_interval is not None else sys.getswitchinterval()
     print(f"{describe_machine()}; Node {node}; load: bench/node/load.js, 16 B round trips, {seconds:g} s per run")
+    print(f"Python servers' switch interval: {interval * 1000:g} ms")
     print()
     started = time.perf_counter()
     header = (
@@ -178,7 +190,7 @@ def main() -> None:
         for r in range(args.rounds):
             for i in range(len(SERVERS)):
                 library = SERVERS[(r + i) % len(SERVERS)]
-                results[library].append(run_one(library, connections, seconds))
+                results[library].append(run_one(library, connections, seconds, args.switch_interval))
         print(header)
         print("-" * len(header))
         for library in SERVERS:

@@ -3,7 +3,8 @@
 ``python bench/servers.py LIBRARY`` serves :func:`handler` on a free port of
 127.0.0.1 with compression off, prints the port on one line, answers each
 line it reads with the CPU seconds it has used (:func:`server_cpu`), and
-stops when its standard input closes. LIBRARY is ``syncws`` (this checkout's),
+stops when its standard input closes. An optional second argument sets
+the interpreter's switch interval (:func:`sys.setswitchinterval`). LIBRARY is ``syncws`` (this checkout's),
 ``ceiling`` (``bench/ceiling.py``) or ``websockets`` (websockets.sync).
 :func:`start_server` also starts ``node``: Node's ``ws`` (``bench/node/server.js``).
 
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, NamedTuple, Tuple, Type
+from typing import Any, NamedTuple, Optional, Tuple, Type
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
@@ -107,13 +108,19 @@ class Server(NamedTuple):
     port: int
 
 
-def start_server(library: str) -> Server:
-    """Start one server process: a library of LIBRARIES, or "node" (Node's ws)."""
+def start_server(library: str, switch_interval: Optional[float] = None) -> Server:
+    """Start one server process: a library of LIBRARIES, or "node" (Node's ws).
+
+    ``switch_interval``: for the Python servers, the interpreter's
+    :func:`sys.setswitchinterval` (None: Python's default, 5 ms).
+    """
     if library == "node":
         command = ["node", NODE_SERVER]
         env = dict(os.environ, NODE_PATH=NODE_MODULES)
     else:
         command = [sys.executable, os.path.abspath(__file__), library]
+        if switch_interval is not None:
+            command.append(str(switch_interval))
         env = None
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     assert process.stdout is not None
@@ -145,6 +152,8 @@ def stop_server(server: Server) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python bench/servers.py syncws|ceiling|websockets")
+    if len(sys.argv) not in (2, 3):
+        sys.exit("usage: python bench/servers.py syncws|ceiling|websockets [SWITCH_INTERVAL]")
+    if len(sys.argv) == 3:
+        sys.setswitchinterval(float(sys.argv[2]))
     serve(sys.argv[1])
