@@ -281,7 +281,7 @@ def main() -> None:
 
     from syncws.masking import HAS_SPEEDUPS
 
-    print(f"syncws {syncws.__version__} (C speedups: {'yes' if HAS_SPEEDUPS else 'no'}), websockets {websockets.__version__}")
+    print(f"syncws {syncws.__version__} (C speedups: {'yes' if HAS_SPEEDUPS else 'no'}), websockets {getattr(websockets, '__version__', '?')}")
     print(f"{describe_machine()}; servers in their own processes, {HOST}; compression off; {rounds} rounds")
     print()
     started = time.perf_counter()

@@ -104,7 +104,7 @@ class Server(NamedTuple):
     """A server process and the port it listens on."""
 
     library: str
-    process: subprocess.Popen
+    process: "subprocess.Popen[str]"
     port: int
 
 
