@@ -52,7 +52,11 @@ def test_many_pipelined_messages_arrive_whole_and_in_order(client: ceiling.Conne
     # More than max_queue (32) and more than one 64 KiB read: exercises the
     # queue's bound and messages cut across reads.
     messages = [f"{i:04d}" + "y" * 1019 for i in range(2000)]
-    sender = threading.Thread(target=lambda: [client.send(m) for m in messages])
+    def send_all() -> None:
+        for message in messages:
+            client.send(message)
+
+    sender = threading.Thread(target=send_all)
     sender.start()
     received = [client.recv(timeout=10) for _ in messages]
     sender.join(10)
