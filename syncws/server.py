@@ -180,48 +180,9 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
         """
         assert self._sock is not None and self._stream is not None
         request = read_request(self._stream.read_line)
-        self.path = request.path
-        self.request_headers = request.headers
-        self.raw_request_headers = request.headers.items()
-        if request.method != "GET":
-            raise AbortHandshake(
-                http.HTTPStatus.METHOD_NOT_ALLOWED,
-                [("Allow", "GET")],
-                f"Failed to open a WebSocket connection: {request.method} isn't allowed; "
-                f"a WebSocket handshake is a GET request.\n".encode(),
-            )
-        answer = self.process_request(request.path, request.headers)
-        if answer is not None:
-            status, headers, body = answer
-            raise AbortHandshake(status, Headers(headers).items(), body)
-
-        key = handshake.check_request(request.headers.get_joined)
-        self.origin = request.headers.get_joined("Origin")
-        if origins is not None and self.origin not in origins:
-            raise InvalidOrigin(self.origin)
-
-        response_headers = Headers()
-        offered = request.headers.get_joined("Sec-WebSocket-Protocol")
-        if offered is not None and subprotocols:
-            self.subprotocol = self.select_subprotocol(
-                handshake.parse_subprotocol_list(offered), subprotocols
-            )
-            if self.subprotocol is not None:
-                response_headers["Sec-WebSocket-Protocol"] = self.subprotocol
-        self._negotiate_extensions(request.headers, response_headers)
-
-        status = self.get_response_status(response_headers.__setitem__)
-        if status != http.HTTPStatus.SWITCHING_PROTOCOLS:
-            status = http.HTTPStatus(status)
-            raise AbortHandshake(status, response_headers.items(), f"{status.phrase}\n".encode())
-
-        handshake.build_response(response_headers.__setitem__, key)
-        if callable(extra_headers):
-            extra_headers = extra_headers(request.path, request.headers)
-        if extra_headers is not None:
-            response_headers.update(extra_headers)
-        if self.server_header is not None and "Server" not in response_headers:
-            response_headers["Server"] = self.server_header
+        response_headers = self.negotiate(
+            request.path, request.headers, request.method, origins, subprotocols, extra_headers
+        )
         self.response_headers = response_headers
         # Ordered against _cancel_handshake(): a server that is closing
         # either cancels the handshake before the 101 goes out, or lets it
@@ -235,6 +196,84 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
             self._sock.sendall(serialize_response(101, response_headers))
             self._handshake_answered = True
         return request.path
+
+    def negotiate(
+        self,
+        path: str,
+        request_headers: Headers,
+        method: str = "GET",
+        origins: Optional[Sequence[Optional[str]]] = None,
+        subprotocols: Optional[Sequence[str]] = None,
+        extra_headers: Any = None,
+    ) -> Headers:
+        """Decide the answer to a parsed handshake request, writing nothing.
+
+        Checks the request against the rules of :meth:`handshake` (method,
+        :meth:`process_request`, the WebSocket headers, origins,
+        :meth:`get_response_status`), negotiates the subprotocol and
+        permessage-deflate, and sets ``path``, ``request_headers``,
+        ``origin`` and ``subprotocol``. Used by :meth:`handshake` and by
+        :mod:`syncws.wsgi`, whose server already parsed the request.
+
+        Args:
+            path: the request path with its query.
+            request_headers: the request headers.
+            method: the request method.
+            origins: allowed origins, as for :func:`serve`.
+            subprotocols: the server's subprotocols.
+            extra_headers: headers for the 101 response.
+
+        Returns:
+            The headers of the 101 response.
+
+        Raises:
+            AbortHandshake: the request is to be answered with plain HTTP
+                instead (the status, headers and body are on the exception).
+            InvalidHandshake: the request isn't a valid handshake.
+        """
+        self.path = path
+        self.request_headers = request_headers
+        self.raw_request_headers = request_headers.items()
+        if method != "GET":
+            raise AbortHandshake(
+                http.HTTPStatus.METHOD_NOT_ALLOWED,
+                [("Allow", "GET")],
+                f"Failed to open a WebSocket connection: {method} isn't allowed; "
+                f"a WebSocket handshake is a GET request.\n".encode(),
+            )
+        answer = self.process_request(path, request_headers)
+        if answer is not None:
+            status, headers, body = answer
+            raise AbortHandshake(status, Headers(headers).items(), body)
+
+        key = handshake.check_request(request_headers.get_joined)
+        self.origin = request_headers.get_joined("Origin")
+        if origins is not None and self.origin not in origins:
+            raise InvalidOrigin(self.origin)
+
+        response_headers = Headers()
+        offered = request_headers.get_joined("Sec-WebSocket-Protocol")
+        if offered is not None and subprotocols:
+            self.subprotocol = self.select_subprotocol(
+                handshake.parse_subprotocol_list(offered), subprotocols
+            )
+            if self.subprotocol is not None:
+                response_headers["Sec-WebSocket-Protocol"] = self.subprotocol
+        self._negotiate_extensions(request_headers, response_headers)
+
+        status = self.get_response_status(response_headers.__setitem__)
+        if status != http.HTTPStatus.SWITCHING_PROTOCOLS:
+            status = http.HTTPStatus(status)
+            raise AbortHandshake(status, response_headers.items(), f"{status.phrase}\n".encode())
+
+        handshake.build_response(response_headers.__setitem__, key)
+        if callable(extra_headers):
+            extra_headers = extra_headers(path, request_headers)
+        if extra_headers is not None:
+            response_headers.update(extra_headers)
+        if self.server_header is not None and "Server" not in response_headers:
+            response_headers["Server"] = self.server_header
+        return response_headers
 
     def _cancel_handshake(self) -> None:
         """Drop a connection whose opening handshake isn't answered yet.
@@ -300,7 +339,7 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
 
     def _refuse(self, exc: Exception) -> None:
         """Answer a failed handshake with plain HTTP, then close."""
-        answer = _http_answer(exc)
+        answer = http_answer(exc)
         if answer is None:
             # Nothing worth answering: the client left, or TLS failed.
             self.logger.debug("%s: handshake failed: %r", self._name(), exc)
@@ -311,8 +350,17 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
         self._close_unopened()
 
 
-def _http_answer(exc: Exception) -> Optional[Tuple[int, List[Tuple[str, str]], bytes]]:
-    """Map a handshake failure to the HTTP answer it deserves."""
+def http_answer(exc: Exception) -> Optional[Tuple[int, List[Tuple[str, str]], bytes]]:
+    """Map a handshake failure to the HTTP answer it deserves.
+
+    Args:
+        exc: what :meth:`WebSocketServerProtocol.negotiate` or reading the
+            request raised.
+
+    Returns:
+        ``(status, headers, body)``, or ``None`` when nobody is left to
+        answer (the client went away, a network or TLS error).
+    """
     if isinstance(exc, AbortHandshake):
         return exc.status, list(Headers(exc.headers).items()), exc.body
     if isinstance(exc, InvalidMessage) and isinstance(exc.__cause__, EOFError):
