@@ -41,7 +41,7 @@ def index(request: Any) -> Any:
     return FileResponse(open(PAGE, "rb"), content_type="text/html")
 
 
-@django_websocket()
+@django_websocket(max_size=4 * 2**20)  # messages up to 4 MiB
 def echo(request: Any, websocket: Any) -> None:
     for message in websocket:
         websocket.send(message)

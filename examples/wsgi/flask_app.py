@@ -40,7 +40,7 @@ def index() -> Any:
 
 
 @flask_route(app, "/ws/echo")
-@flask_websocket()
+@flask_websocket(max_size=4 * 2**20)  # messages up to 4 MiB
 def echo(websocket: Any) -> None:
     for message in websocket:
         websocket.send(message)
