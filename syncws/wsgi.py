@@ -44,6 +44,7 @@ import http
 import logging
 import signal
 import socket
+import ssl
 import threading
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Type, Union, cast
 
@@ -149,13 +150,23 @@ def _server_socket(environ: Mapping[str, Any]) -> Tuple[socket.socket, bytes]:
     Raises:
         ServerNotSupported: the server doesn't give its socket.
     """
-    sock = environ.get("gunicorn.socket")
-    if isinstance(sock, socket.socket):
-        return sock, _gunicorn_read_ahead(environ.get("wsgi.input"))
-    sock = environ.get("werkzeug.socket")
-    if isinstance(sock, socket.socket):
-        return sock, _buffered_read_ahead(sock, environ.get("wsgi.input"))
     software = str(environ.get("SERVER_SOFTWARE") or "this WSGI server")
+    for key, read_ahead in (("gunicorn.socket", _gunicorn_read_ahead), ("werkzeug.socket", _buffered_read_ahead)):
+        sock = environ.get(key)
+        if sock is None:
+            continue
+        if isinstance(sock, ssl.SSLSocket):
+            raise ServerNotSupported(
+                f"syncws.wsgi can't take over a TLS connection from {software} (an SSLSocket "
+                "can't be shared): terminate TLS in a proxy such as nginx in front of it."
+            )
+        if not isinstance(sock, socket.socket):
+            raise ServerNotSupported(
+                f"syncws.wsgi can't take over the connection from {software}: its socket is a "
+                f"{type(sock).__module__}.{type(sock).__qualname__}, not a blocking socket (an "
+                "async worker such as gevent or eventlet). Use gunicorn -k gthread or -k sync."
+            )
+        return sock, read_ahead(sock, environ.get("wsgi.input"))
     if software.startswith("waitress"):
         why = "waitress keeps its sockets to itself and buffers responses"
     elif software.startswith("WSGIServer/"):
@@ -169,7 +180,7 @@ def _server_socket(environ: Mapping[str, Any]) -> Tuple[socket.socket, bytes]:
     )
 
 
-def _gunicorn_read_ahead(body: Any) -> bytes:
+def _gunicorn_read_ahead(sock: socket.socket, body: Any) -> bytes:
     """Take what gunicorn's parser read past the request head."""
     unreader = getattr(getattr(body, "reader", None), "unreader", None)
     if unreader is None:
@@ -441,9 +452,11 @@ def _run(handler: Callable[[], Any], websocket: WebSocketServerProtocol) -> None
     try:
         handler()
     except ConnectionClosed as exc:
-        websocket.logger.debug("%s: handler ended by %s", websocket._name(), exc)
+        # The client closed while the handler used the connection: the
+        # normal way for a handler to end.
+        websocket.logger.debug("connection %s: handler ended by %s", websocket.id, exc)
     except Exception:
-        websocket.logger.exception("%s: the handler raised", websocket._name())
+        websocket.logger.exception("connection %s from %s: the handler raised", websocket.id, websocket.remote_address)
         websocket.close(CloseCode.INTERNAL_ERROR, "internal error")
     finally:
         websocket.close()
@@ -705,8 +718,8 @@ def django_websocket(**options: Any) -> Callable[[Callable[..., Any]], Callable[
 def gunicorn_post_worker_init(worker: Any) -> None:
     """gunicorn's ``post_worker_init`` hook: shutdown and heartbeat for WebSockets.
 
-    In the worker process, wraps gunicorn's SIGTERM handler so that a
-    graceful stop first closes every open WebSocket with 1001 (going away)
+    In the worker process, wraps gunicorn's SIGTERM handler (and SIGINT's
+    and SIGQUIT's) so that a graceful stop first closes every open WebSocket with 1001 (going away)
     through :func:`close_all`; their handlers return and the worker exits
     within ``graceful_timeout`` instead of dropping them when it expires.
     In a sync worker, whose only thread runs the handler, it also keeps the
@@ -723,18 +736,22 @@ def gunicorn_post_worker_init(worker: Any) -> None:
         worker: the gunicorn worker.
     """
     global _heartbeat
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_sigterm(signum: int, frame: Any) -> None:
-        count = close_all(CloseCode.GOING_AWAY, "server shutting down")
-        if count:
-            logger.info("SIGTERM: closing %d WebSocket connections with 1001", count)
-        if callable(previous):
-            previous(signum, frame)
-
-    signal.signal(signal.SIGTERM, on_sigterm)
+    # SIGTERM is gunicorn's graceful stop; SIGINT and SIGQUIT stop at once
+    # (0.1 s later): the close frames go out if they can.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(signum, functools.partial(_close_then, signal.getsignal(signum)))
+    # As gunicorn sets it: SIGTERM must not interrupt system calls.
     signal.siginterrupt(signal.SIGTERM, False)
     if type(worker).__name__ == "SyncWorker":
         timeout = float(getattr(worker, "timeout", 0) or 0)
         if timeout > 0:
             _heartbeat = (worker.notify, max(timeout / 4, 0.5))
+
+
+def _close_then(previous: Any, signum: int, frame: Any) -> None:
+    """A signal handler: close the WebSockets with 1001, then gunicorn's handler."""
+    count = close_all(CloseCode.GOING_AWAY, "server shutting down")
+    if count:
+        logger.info("%s: closing %d WebSocket connections with 1001", signal.Signals(signum).name, count)
+    if callable(previous):
+        previous(signum, frame)
