@@ -58,11 +58,11 @@ def free_port() -> int:
 class ServerProcess:
     """A WSGI server in a child process, its log in a temporary file."""
 
-    def __init__(self, name: str, argv: List[str], port: int) -> None:
+    def __init__(self, name: str, argv: List[str], port: int, **env: str) -> None:
         self.name = name
         self.port = port
         self.log = tempfile.NamedTemporaryFile(prefix=f"syncws-{name}-", suffix=".log", delete=False)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, EXAMPLES, APPS]), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, EXAMPLES, APPS]), PYTHONUNBUFFERED="1", **env)
         self.process = subprocess.Popen(argv, cwd=EXAMPLES, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self._wait_listening(30)
 
@@ -436,6 +436,34 @@ def test_unsupported_server_gets_a_clear_error() -> None:
     environ["SERVER_SOFTWARE"] = "WSGIServer/0.2 CPython/3.11"
     with pytest.raises(ServerNotSupported, match="runserver"):
         accept(environ)
+
+
+@pytest.mark.parametrize("kind", ["waitress", "runserver"])
+def test_servers_without_hand_over_answer_500_and_log_why(kind: str) -> None:
+    port = free_port()
+    if kind == "waitress":
+        pytest.importorskip("waitress")
+        argv = [sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", "flask_test_app:app"]
+        expected = "from waitress"
+    else:
+        code = (
+            "import sys, django_app; from django.core.management import call_command; "
+            "call_command('runserver', sys.argv[1], use_reloader=False)"
+        )
+        argv = [sys.executable, "-c", code, f"127.0.0.1:{port}"]
+        expected = "Django's runserver"
+    # DJANGO_DEBUG: Django logs request errors to the console only in debug.
+    server = ServerProcess(kind, argv, port, DJANGO_DEBUG="1")
+    try:
+        with pytest.raises(InvalidStatusCode) as info:
+            syncws.connect(f"{server.ws}/ws/echo")
+        assert info.value.status_code == 500
+        assert b"/ws/echo" in get(f"{server.url}/").read()  # plain HTTP still served
+    finally:
+        server.stop()
+        log = server.read_log()
+        os.unlink(server.log.name)
+    assert "ServerNotSupported" in log and expected in log and "gunicorn" in log, log
 
 
 def test_tls_and_async_sockets_get_a_clear_error() -> None:
