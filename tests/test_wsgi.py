@@ -290,16 +290,20 @@ def test_100_websockets_while_http_is_answered(fixture: str, request: Any) -> No
 
 # -- Flask: session and login, options of accept() ---------------------------------------
 
-def test_login_protected_route_refuses_anonymous_upgrade(flask_gunicorn: ServerProcess) -> None:
+@pytest.mark.parametrize("fixture, status", [("flask_gunicorn", 401), ("django_gunicorn", 403)])
+def test_login_protected_route_refuses_anonymous_upgrade(fixture: str, status: int, request: Any) -> None:
+    server: ServerProcess = request.getfixturevalue(fixture)
     with pytest.raises(InvalidStatusCode) as info:
-        syncws.connect(f"{flask_gunicorn.ws}/ws/whoami")
-    assert info.value.status_code == 401
+        syncws.connect(f"{server.ws}/ws/whoami")
+    assert info.value.status_code == status
 
 
-def test_session_is_visible_in_the_handler(flask_gunicorn: ServerProcess) -> None:
-    response = get(f"{flask_gunicorn.url}/login", data=b"user=alice", method="POST")
+@pytest.mark.parametrize("fixture", ["flask_gunicorn", "django_gunicorn"])
+def test_session_is_visible_in_the_handler(fixture: str, request: Any) -> None:
+    server: ServerProcess = request.getfixturevalue(fixture)
+    response = get(f"{server.url}/login", data=b"user=alice", method="POST")
     cookie = response.headers["Set-Cookie"].split(";")[0]
-    with syncws.connect(f"{flask_gunicorn.ws}/ws/whoami", extra_headers={"Cookie": cookie}) as ws:
+    with syncws.connect(f"{server.ws}/ws/whoami", extra_headers={"Cookie": cookie}) as ws:
         assert ws.recv(timeout=10) == "hello alice"
         ws.send("hi")
         assert ws.recv(timeout=10) == "alice: hi"

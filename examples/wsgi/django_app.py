@@ -11,8 +11,14 @@ Run it with::
 Django's ``runserver`` can't hand its socket over (syncws answers 500 and
 logs why); use gunicorn, also in development.
 
-Routes: ``GET /`` (a page whose script echoes a few messages through the
-WebSocket) and ``/ws/echo`` (echoes every text and binary message).
+Routes:
+
+* ``GET /``: a page whose script echoes a few messages through ``/ws/echo``;
+* ``/ws/echo``: a WebSocket echoing every text and binary message;
+* ``POST /login`` (form field ``user``) and ``POST /logout``: a session
+  (signed cookies: no database needed);
+* ``/ws/whoami``: a WebSocket for logged-in users only (403 otherwise); the
+  handler sees ``request.session``.
 """
 
 import os
@@ -25,11 +31,20 @@ settings.configure(
     SECRET_KEY=os.environ.get("SECRET_KEY", "development only: set SECRET_KEY"),
     ALLOWED_HOSTS=["127.0.0.1", "localhost", "[::1]"],
     ROOT_URLCONF=__name__,
-    MIDDLEWARE=["django.middleware.common.CommonMiddleware"],
+    MIDDLEWARE=[
+        "django.middleware.common.CommonMiddleware",
+        "django.contrib.sessions.middleware.SessionMiddleware",
+    ],
+    SESSION_ENGINE="django.contrib.sessions.backends.signed_cookies",
 )
 
 from django.core.wsgi import get_wsgi_application  # noqa: E402  (after settings)
-from django.http import FileResponse  # noqa: E402
+import functools  # noqa: E402
+from typing import Callable  # noqa: E402
+
+from django.http import FileResponse, HttpResponse, HttpResponseForbidden  # noqa: E402
+from django.views.decorators.csrf import csrf_exempt  # noqa: E402
+from django.views.decorators.http import require_POST  # noqa: E402
 from django.urls import path  # noqa: E402
 
 from syncws.wsgi import django_websocket  # noqa: E402
@@ -47,9 +62,47 @@ def echo(request: Any, websocket: Any) -> None:
         websocket.send(message)
 
 
+@csrf_exempt  # an example without forms; keep CSRF protection in real projects
+@require_POST
+def login(request: Any) -> Any:
+    request.session["user"] = request.POST["user"]
+    return HttpResponse("logged in\n")
+
+
+@csrf_exempt
+@require_POST
+def logout(request: Any) -> Any:
+    request.session.flush()
+    return HttpResponse("logged out\n")
+
+
+def session_login_required(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Refuse anonymous requests with 403, before any WebSocket upgrade."""
+
+    @functools.wraps(view)
+    def wrapper(request: Any, *args: Any, **kwargs: Any) -> Any:
+        if "user" not in request.session:
+            return HttpResponseForbidden("log in first\n")
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+@session_login_required
+@django_websocket()
+def whoami(request: Any, websocket: Any) -> None:
+    user = request.session["user"]
+    websocket.send(f"hello {user}")
+    for message in websocket:
+        websocket.send(f"{user}: {message}")
+
+
 urlpatterns = [
     path("", index),
     path("ws/echo", echo),
+    path("login", login),
+    path("logout", logout),
+    path("ws/whoami", whoami),
 ]
 
 application = get_wsgi_application()
