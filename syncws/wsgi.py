@@ -597,15 +597,13 @@ def flask_websocket(**options: Any) -> Callable[[Callable[..., Any]], Callable[.
         def endpoint(*args: Any, **kwargs: Any) -> Any:
             import flask  # only when a Flask view runs
 
-            try:
-                websocket = accept(flask.request.environ, **options)
-            except AbortHandshake as exc:
-                status, headers, body = _refusal(exc)
+            def refuse(status: int, headers: List[Tuple[str, str]], body: bytes) -> Any:
                 return flask.Response(body, status=status, headers=headers)
-            _run(lambda: view(websocket, *args, **kwargs), websocket)
-            response = _handed_over_class(flask.Response)(status=101)
-            response.handed_over = HandedOver(websocket)
-            return response
+
+            return _upgrade_view(
+                flask.request.environ, options, lambda websocket: view(websocket, *args, **kwargs),
+                refuse, flask.Response,
+            )
 
         return endpoint
 
@@ -637,6 +635,30 @@ def flask_route(scaffold: Any, rule: str, **route_options: Any) -> Callable[[Cal
         return view
 
     return decorator
+
+
+def _upgrade_view(
+    environ: Mapping[str, Any],
+    options: Mapping[str, Any],
+    handler: Handler,
+    refuse: Callable[[int, List[Tuple[str, str]], bytes], Any],
+    response_class: type,
+) -> Any:
+    """The body of a framework's WebSocket view.
+
+    Accepts the upgrade, runs the handler, and returns the framework's
+    response: ``refuse(status, headers, body)`` for a refused upgrade, or an
+    instance of :func:`_handed_over_class` of ``response_class``.
+    """
+    try:
+        websocket = accept(environ, **options)
+    except AbortHandshake as exc:
+        _, headers, body = _refusal(exc)
+        return refuse(int(exc.status), headers, body)
+    _run(lambda: handler(websocket), websocket)
+    response = _handed_over_class(response_class)(status=101)
+    response.handed_over = HandedOver(websocket)
+    return response
 
 
 @functools.lru_cache(maxsize=None)
@@ -693,19 +715,19 @@ def django_websocket(**options: Any) -> Callable[[Callable[..., Any]], Callable[
         def endpoint(request: Any, *args: Any, **kwargs: Any) -> Any:
             HttpResponse = importlib.import_module("django.http").HttpResponse  # only when a Django view runs
 
-            try:
-                websocket = accept(request.META, **options)
-            except AbortHandshake as exc:
-                status, headers, body = _refusal(exc)
-                refusal = HttpResponse(body, status=exc.status)
+            def refuse(status: int, headers: List[Tuple[str, str]], body: bytes) -> Any:
+                response = HttpResponse(body, status=status)
                 for name, value in headers:
-                    refusal[name] = value
-                return refusal
-            _run(lambda: view(request, websocket, *args, **kwargs), websocket)
-            response = _handed_over_class(HttpResponse)(status=101)
-            response.handed_over = HandedOver(websocket)
-            for name, value in response.handed_over.headers():
-                response[name] = value
+                    response[name] = value
+                return response
+
+            response = _upgrade_view(
+                request.META, options, lambda websocket: view(request, websocket, *args, **kwargs),
+                refuse, HttpResponse,
+            )
+            if response.status_code == 101:  # Django passes these to start_response
+                for name, value in response.handed_over.headers():
+                    response[name] = value
             return response
 
         return endpoint

@@ -165,7 +165,17 @@ def flask_werkzeug() -> Iterator[ServerProcess]:
     server.close()
 
 
-@pytest.fixture(params=["flask_gunicorn", "django_gunicorn", "flask_werkzeug"])
+@pytest.fixture(scope="module")
+def flask_run() -> Iterator[ServerProcess]:
+    """``flask run``: werkzeug's development server through Flask's CLI."""
+    port = free_port()
+    argv = [sys.executable, "-m", "flask", "--app", "flask_test_app", "run", "--port", str(port)]
+    server = ServerProcess("flask-run", argv, port)
+    yield server
+    server.close()
+
+
+@pytest.fixture(params=["flask_gunicorn", "django_gunicorn", "flask_werkzeug", "flask_run"])
 def any_server(request: Any) -> ServerProcess:
     return request.getfixturevalue(request.param)  # type: ignore[no-any-return]
 
