@@ -46,7 +46,8 @@ import signal
 import socket
 import ssl
 import threading
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Type, Union, cast
+import weakref
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Type, Union, cast
 
 from .exceptions import AbortHandshake, ConnectionClosed, InvalidHandshake
 from .extensions import permessage_deflate
@@ -250,7 +251,9 @@ def _start_connection(protocol: WebSocketServerProtocol, sock: socket.socket, re
 
 # Guards _open and _shutting_down; taken briefly, never while blocking.
 _lock = threading.Lock()
-_open: Set[WebSocketServerProtocol] = set()
+# Weak: a connection that accept()'s caller dropped without telling anyone
+# leaves the set when it is collected.
+_open: "weakref.WeakSet[WebSocketServerProtocol]" = weakref.WeakSet()
 # Set by close_all(): further upgrades get 503.
 _shutting_down = False
 # A sync gunicorn worker's notify(), called while a handler holds its only
