@@ -281,7 +281,7 @@ def test_frames_sent_with_the_handshake_and_nothing_after_the_close(any_server: 
 # -- capacity -------------------------------------------------------------------
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("fixture", ["flask_gunicorn", "django_gunicorn"])
+@pytest.mark.parametrize("fixture", ["flask_gunicorn", "django_gunicorn", "flask_werkzeug"])
 def test_100_websockets_while_http_is_answered(fixture: str, request: Any) -> None:
     server: ServerProcess = request.getfixturevalue(fixture)
     connections = [syncws.connect(f"{server.ws}/ws/echo", compression=None) for _ in range(100)]
