@@ -25,6 +25,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import pytest
 
 import syncws
+from syncws import framing
 from syncws.exceptions import InvalidStatusCode
 from syncws.wsgi import HandedOver, ServerNotSupported, accept, websocket_app
 
@@ -253,9 +254,7 @@ def raw_handshake(port: int, path: str, extra: bytes = b"") -> socket.socket:
 
 
 def masked(opcode: int, payload: bytes) -> bytes:
-    mask = os.urandom(4)
-    data = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + data
+    return framing.serialize_frame(framing.Frame(True, framing.Opcode(opcode), payload), mask=True)
 
 
 def read_all(sock: socket.socket) -> bytes:
@@ -268,11 +267,20 @@ def read_all(sock: socket.socket) -> bytes:
 
 
 def test_frames_sent_with_the_handshake_and_nothing_after_the_close(any_server: ServerProcess) -> None:
-    # A client that doesn't wait for the 101: the server read its frame
-    # together with the request head, and must not lose it.
-    sock = raw_handshake(any_server.port, "/ws/echo", masked(0x1, b"early"))
+    # A client that doesn't wait for the 101: the server read some of its
+    # frames together with the request head, and must lose none of them.
+    big = os.urandom(200_000)  # more than one read of the server and of syncws
+    sock = raw_handshake(any_server.port, "/ws/echo", masked(0x1, b"early") + masked(0x2, big))
     with sock:
         assert sock.recv(7) == b"\x81\x05early"
+        header = b""
+        while len(header) < 10:
+            header += sock.recv(10 - len(header))
+        assert header == b"\x82\x7f" + len(big).to_bytes(8, "big")
+        echoed = b""
+        while len(echoed) < len(big):
+            echoed += sock.recv(len(big) - len(echoed))
+        assert echoed == big
         sock.sendall(masked(0x8, b"\x03\xe8bye"))
         # The close frame echoed, then the server closes TCP: no HTTP bytes.
         assert read_all(sock) == b"\x88\x05\x03\xe8bye"
