@@ -426,7 +426,13 @@ def accept(
         sock.close()
         raise
     with _lock:
-        _open.add(protocol)
+        # close_all() may have run since the check above: then it didn't
+        # see this connection, which closes at once.
+        closing = _shutting_down
+        if not closing:
+            _open.add(protocol)
+    if closing:
+        protocol.close(CloseCode.GOING_AWAY, "server shutting down")
     return protocol
 
 
