@@ -243,12 +243,64 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
         transport = self.transport
         assert transport is not None, "connection_made() must come first"
         request = read_request(transport.read_line)
-        self.request = request
         if self.logger.isEnabledFor(logging.DEBUG):
             self.logger.debug(
                 "%s request: %s", connection_label(self),
                 format_head(f"{request.method} {request.path}", request.headers.items()),
             )
+        response_headers = self.negotiate(request, origins, subprotocols, extra_headers)
+        self.response_headers = response_headers
+        # Ordered against _cancel_handshake(): a server that is closing
+        # either cancels the handshake before the 101 goes out, or lets it
+        # through and then closes the open connection with its close code.
+        with self._handshake_lock:
+            if self._handshake_cancelled:
+                raise AbortHandshake(
+                    http.HTTPStatus.SERVICE_UNAVAILABLE, [],
+                    b"Failed to open a WebSocket connection: the server is shutting down.\n",
+                )
+            transport.write(serialize_response(101, response_headers), None)
+            self._handshake_answered = True
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug(
+                "%s response: %s", connection_label(self), format_head(format_status(101), response_headers.items())
+            )
+        extensions = [permessage_deflate.EXTENSION_NAME] if self.extensions else []
+        self.logger.info("%s", opened_line(self, request.path, self.subprotocol, extensions))
+        return request.path
+
+    def negotiate(
+        self,
+        request: Request,
+        origins: Optional[Origins] = None,
+        subprotocols: Optional[Sequence[str]] = None,
+        extra_headers: Any = None,
+    ) -> Headers:
+        """Decide the answer to a parsed handshake request, writing nothing.
+
+        Checks the request against the rules of :meth:`handshake` (method,
+        :meth:`process_request`, the WebSocket headers, origins,
+        :meth:`get_response_status`), negotiates the subprotocol and
+        permessage-deflate, runs :meth:`process_response`, and sets
+        ``request``, ``path``, ``request_headers``, ``origin`` and
+        ``subprotocol``. Used by :meth:`handshake` and by :mod:`syncws.wsgi`,
+        whose server already parsed the request.
+
+        Args:
+            request: the request's method, path and headers.
+            origins: allowed origins, as for :func:`serve`.
+            subprotocols: the server's subprotocols.
+            extra_headers: headers for the 101 response.
+
+        Returns:
+            The headers of the 101 response.
+
+        Raises:
+            AbortHandshake: the request is to be answered with plain HTTP
+                instead (the status, headers and body are on the exception).
+            InvalidHandshake: the request isn't a valid handshake.
+        """
+        self.request = request
         self.path = request.path
         self.request_headers = request.headers
         self.raw_request_headers = request.headers.items()
@@ -299,25 +351,7 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
         if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
             raise AbortHandshake(response.status_code, response.headers.items(), response.body)
         response_headers = response.headers
-        self.response_headers = response_headers
-        # Ordered against _cancel_handshake(): a server that is closing
-        # either cancels the handshake before the 101 goes out, or lets it
-        # through and then closes the open connection with its close code.
-        with self._handshake_lock:
-            if self._handshake_cancelled:
-                raise AbortHandshake(
-                    http.HTTPStatus.SERVICE_UNAVAILABLE, [],
-                    b"Failed to open a WebSocket connection: the server is shutting down.\n",
-                )
-            transport.write(serialize_response(101, response_headers), None)
-            self._handshake_answered = True
-        if self.logger.isEnabledFor(logging.DEBUG):
-            self.logger.debug(
-                "%s response: %s", connection_label(self), format_head(format_status(101), response_headers.items())
-            )
-        extensions = [permessage_deflate.EXTENSION_NAME] if self.extensions else []
-        self.logger.info("%s", opened_line(self, request.path, self.subprotocol, extensions))
-        return request.path
+        return response_headers
 
     def _cancel_handshake(self) -> None:
         """Drop a connection whose opening handshake isn't answered yet.
@@ -385,7 +419,7 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
 
     def _refuse(self, exc: Exception) -> None:
         """Answer a failed handshake with plain HTTP, then close."""
-        answer = _http_answer(exc)
+        answer = http_answer(exc)
         if answer is not None and self.request is not None and not self._response_processed:
             try:
                 response = self.process_response(self.request, ServerResponse(answer[0], Headers(answer[1]), answer[2]))
@@ -402,12 +436,21 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
                 format_address(self.remote_address), self.request.path if self.request else "?", exc,
             )
             assert self.transport is not None
-            _send_http_answer(self.transport.sock, status, headers, body, self.server_header)
+            _sendhttp_answer(self.transport.sock, status, headers, body, self.server_header)
         self.abort(f"the opening handshake failed: {exc}")
 
 
-def _http_answer(exc: Exception) -> Optional[Tuple[int, List[Tuple[str, str]], bytes]]:
-    """Map a handshake failure to the HTTP answer it deserves."""
+def http_answer(exc: Exception) -> Optional[Tuple[int, List[Tuple[str, str]], bytes]]:
+    """Map a handshake failure to the HTTP answer it deserves.
+
+    Args:
+        exc: what :meth:`WebSocketServerProtocol.negotiate` or reading the
+            request raised.
+
+    Returns:
+        ``(status, headers, body)``, or ``None`` when nobody is left to
+        answer (the client went away, a network or TLS error).
+    """
     if isinstance(exc, AbortHandshake):
         return exc.status, list(Headers(exc.headers).items()), exc.body
     if isinstance(exc, InvalidMessage) and isinstance(exc.__cause__, EOFError):
@@ -426,7 +469,7 @@ def _http_answer(exc: Exception) -> Optional[Tuple[int, List[Tuple[str, str]], b
     return http.HTTPStatus.BAD_REQUEST, [], body
 
 
-def _send_http_answer(
+def _sendhttp_answer(
     sock: socket.socket,
     status: int,
     headers: Iterable[Tuple[str, str]],
@@ -548,7 +591,7 @@ class WebSocketServer:
         """Answer 503 without starting a thread, then let the client go."""
         self.logger.warning("max_connections (%s) reached: answering 503", self._max_connections)
         sock.setblocking(False)
-        _send_http_answer(
+        _sendhttp_answer(
             sock, http.HTTPStatus.SERVICE_UNAVAILABLE, [("Retry-After", "1")],
             b"Failed to open a WebSocket connection: the server is at its connection limit.\n",
             self._server_header,

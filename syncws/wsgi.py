@@ -1,0 +1,755 @@
+"""WebSocket endpoints inside WSGI applications (Flask, Django, any WSGI app).
+
+Theory of operation: a WSGI server parses the upgrade request and calls the
+application with its ``environ``. :func:`accept` checks that request with the
+rules and options of :func:`~syncws.serve` (the negotiation is
+:meth:`~syncws.WebSocketServerProtocol.negotiate`, shared with the server),
+writes the 101 response on the server's own socket, and starts a
+:class:`~syncws.WebSocketServerProtocol` on it: the same connection as
+``serve()`` gives, with its reader thread, bounded queue, keepalive,
+compression, limits and close codes. The handler then runs in the WSGI
+server's thread, inside the framework's request (Flask's request context,
+Django's ``request``, sessions and login included).
+
+The hand-over, server by server (see ``docs/wsgi.rst``):
+
+* the socket comes from ``environ["gunicorn.socket"]`` (gunicorn's sync and
+  gthread workers) or ``environ["werkzeug.socket"]`` (werkzeug's dev server,
+  ``flask run``); other servers (waitress, Django's ``runserver``...) don't
+  give it to applications and get :exc:`ServerNotSupported`;
+* the connection works on a ``dup()`` of that socket: it shuts the TCP
+  connection down and closes its own descriptor, the server closes its
+  socket once, as it always does;
+* bytes the server read past the request head (a client that didn't wait for
+  the 101) are handed to the frame reader first;
+* once the WebSocket is over, the application returns :class:`HandedOver`, a
+  WSGI body with the status ``101`` for the access log, whose iteration
+  raises :exc:`ConnectionHandedOver`, a :exc:`BrokenPipeError`. gunicorn,
+  werkzeug and wsgiref all take a broken pipe as a client that left: they
+  write nothing more, log nothing above debug, close the socket and free the
+  thread.
+
+Under gunicorn, :func:`gunicorn_post_worker_init` (or the config module
+``syncws.gunicorn_conf``) closes the open WebSockets with 1001 on SIGTERM, so
+the worker stops within its graceful timeout, and keeps a sync worker's
+heartbeat going while it serves a WebSocket.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import importlib
+import http
+import logging
+import signal
+import socket
+import ssl
+import threading
+import time
+import weakref
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Type, Union, cast
+
+from .exceptions import AbortHandshake, ConnectionClosed, InvalidHandshake
+from .framing import CloseCode
+from .http import Headers, Request, serialize_response
+from .server import SERVER_HEADER, WebSocketServerProtocol, http_answer
+from .settings import check_settings
+from .transport import Transport
+
+__all__ = [
+    "accept",
+    "websocket_app",
+    "WebSocketMiddleware",
+    "flask_websocket",
+    "flask_route",
+    "django_websocket",
+    "HandedOver",
+    "ConnectionHandedOver",
+    "ServerNotSupported",
+    "close_all",
+    "gunicorn_post_worker_init",
+]
+
+logger = logging.getLogger("syncws.wsgi")
+
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[Dict[str, Any], StartResponse], Iterable[bytes]]
+Handler = Callable[[WebSocketServerProtocol], Any]
+
+# Headers a WSGI application must not send (PEP 3333, wsgiref asserts it).
+_HOP_BY_HOP = {"connection", "upgrade", "keep-alive", "transfer-encoding", "te", "trailer",
+               "proxy-authenticate", "proxy-authorization"}
+
+
+class ServerNotSupported(RuntimeError):
+    """The WSGI server doesn't hand its client socket to applications.
+
+    Raised by :func:`accept` (so a WebSocket route answers 500 and the
+    server's log says why). The message names the server and what to run
+    instead.
+    """
+
+
+class ConnectionHandedOver(BrokenPipeError):
+    """Raised by iterating :class:`HandedOver`: the WSGI server must stop here.
+
+    A :exc:`BrokenPipeError` on purpose: gunicorn, werkzeug and wsgiref treat
+    it as a client that went away, so they write nothing more on the socket,
+    which carried a WebSocket, and log nothing above debug.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(errno.EPIPE, "the connection was handed over to a WebSocket, now closed")
+
+
+class HandedOver:
+    """The WSGI response of a request whose connection became a WebSocket.
+
+    Return it from the WSGI application once the WebSocket is closed::
+
+        ws = syncws.wsgi.accept(environ)
+        ...
+        return syncws.wsgi.HandedOver(ws)(start_response)
+
+    Calling it calls ``start_response`` with ``101 Switching Protocols`` and
+    the end-to-end response headers, for the server's access log only; the
+    server never sends them, because iterating the body raises
+    :exc:`ConnectionHandedOver`.
+
+    Args:
+        websocket: the connection :func:`accept` returned.
+    """
+
+    def __init__(self, websocket: WebSocketServerProtocol) -> None:
+        self.websocket = websocket
+
+    def headers(self) -> List[Tuple[str, str]]:
+        """The 101 response's headers a WSGI application may pass on.
+
+        Returns:
+            ``(name, value)`` pairs without hop-by-hop headers.
+        """
+        response_headers = self.websocket.response_headers or Headers()
+        return [(k, v) for k, v in response_headers.items() if k.lower() not in _HOP_BY_HOP]
+
+    def __call__(self, start_response: StartResponse) -> "HandedOver":
+        start_response("101 Switching Protocols", self.headers())
+        return self
+
+    def __iter__(self) -> Iterator[bytes]:
+        raise ConnectionHandedOver()
+
+    def close(self) -> None:
+        """WSGI's ``close()``: nothing left to release."""
+
+
+# -- finding the server's socket ------------------------------------------------
+
+def _server_socket(environ: Mapping[str, Any]) -> Tuple[socket.socket, bytes]:
+    """Return the client socket of the WSGI server and the bytes it read ahead.
+
+    Raises:
+        ServerNotSupported: the server doesn't give its socket.
+    """
+    software = str(environ.get("SERVER_SOFTWARE") or "this WSGI server")
+    for key, read_ahead in (("gunicorn.socket", _gunicorn_read_ahead), ("werkzeug.socket", _buffered_read_ahead)):
+        sock = environ.get(key)
+        if sock is None:
+            continue
+        if isinstance(sock, ssl.SSLSocket):
+            raise ServerNotSupported(
+                f"syncws.wsgi can't take over a TLS connection from {software} (an SSLSocket "
+                "can't be shared): terminate TLS in a proxy such as nginx in front of it."
+            )
+        if not isinstance(sock, socket.socket):
+            raise ServerNotSupported(
+                f"syncws.wsgi can't take over the connection from {software}: its socket is a "
+                f"{type(sock).__module__}.{type(sock).__qualname__}, not a blocking socket (an "
+                "async worker such as gevent or eventlet). Use gunicorn -k gthread or -k sync."
+            )
+        return sock, read_ahead(sock, environ.get("wsgi.input"))
+    if software.startswith("waitress"):
+        why = "waitress keeps its sockets to itself and buffers responses"
+    elif software.startswith("WSGIServer/"):
+        why = "wsgiref (Django's runserver) doesn't give its socket to applications"
+    else:
+        why = "it doesn't put its client socket in the WSGI environ"
+    raise ServerNotSupported(
+        f"syncws.wsgi can't take over the connection from {software}: {why}. "
+        "Serve WebSocket routes with gunicorn (-k gthread --threads N, or the sync worker) "
+        "or werkzeug's development server (flask run, werkzeug.serving.run_simple)."
+    )
+
+
+def _gunicorn_read_ahead(sock: socket.socket, body: Any) -> bytes:
+    """Take what gunicorn's parser read past the request head."""
+    unreader = getattr(getattr(body, "reader", None), "unreader", None)
+    if unreader is None:
+        return b""
+    take = getattr(unreader, "take_buffered", None)
+    if take is not None:
+        return bytes(take())
+    buf = getattr(unreader, "buf", None)  # gunicorn < 25: an io.BytesIO
+    if buf is None:
+        return b""
+    data = bytes(buf.getvalue())
+    buf.seek(0)
+    buf.truncate()
+    return data
+
+
+def _buffered_read_ahead(sock: socket.socket, stream: Any) -> bytes:
+    """Take what a buffered ``wsgi.input`` (werkzeug's rfile) holds, without blocking."""
+    read1 = getattr(stream, "read1", None)
+    if read1 is None:
+        return b""
+    timeout = sock.gettimeout()
+    sock.setblocking(False)  # read1 returns the buffer, or b"" when none
+    try:
+        return bytes(read1(1 << 16) or b"")
+    except OSError:
+        return b""
+    finally:
+        sock.settimeout(timeout)
+
+
+# -- the connections this process has open, for SIGTERM ------------------------------
+
+# Guards _open and _shutting_down; taken briefly, never while blocking.
+_lock = threading.Lock()
+# Weak: a connection that accept()'s caller dropped without telling anyone
+# leaves the set when it is collected.
+_open: "weakref.WeakSet[WebSocketServerProtocol]" = weakref.WeakSet()
+# Set by close_all(): further upgrades get 503.
+_shutting_down = False
+# A sync gunicorn worker's notify(), called while a handler holds its only
+# thread (see gunicorn_post_worker_init); None elsewhere.
+_heartbeat: Optional[Tuple[Callable[[], None], float]] = None
+
+
+def close_all(code: int = CloseCode.GOING_AWAY, reason: str = "") -> int:
+    """Close every WebSocket :func:`accept` opened in this process.
+
+    Never blocks (safe from a signal handler): each connection is closed
+    from a thread of its own, so a stalled client holds up nobody. Handlers
+    blocked in ``recv()`` get :exc:`~syncws.ConnectionClosed` and return.
+    Upgrades that arrive afterwards are refused with 503.
+
+    Args:
+        code: the close code, 1001 (going away) by default.
+        reason: the close reason.
+
+    Returns:
+        How many connections were being closed.
+    """
+    global _shutting_down
+    with _lock:
+        _shutting_down = True
+        connections = list(_open)
+    for connection in connections:
+        threading.Thread(
+            target=connection.close, args=(code, reason), name="syncws-wsgi-close", daemon=True
+        ).start()
+    return len(connections)
+
+
+# -- accepting ---------------------------------------------------------------------
+
+def _request_headers(environ: Mapping[str, Any]) -> Headers:
+    """Rebuild the request headers from the CGI-style ``HTTP_*`` keys."""
+    headers = Headers()
+    for key, value in environ.items():
+        if key.startswith("HTTP_") and isinstance(value, str):
+            headers[key[5:].replace("_", "-").title()] = value
+    for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+        if environ.get(key):
+            headers[key.replace("_", "-").title()] = environ[key]
+    return headers
+
+
+def _request_path(environ: Mapping[str, Any]) -> str:
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if raw:
+        return str(raw)
+    path = str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", "")) or "/"
+    query = environ.get("QUERY_STRING")
+    return f"{path}?{query}" if query else path
+
+
+def accept(
+    environ: Mapping[str, Any],
+    *,
+    create_protocol: Optional[Type[WebSocketServerProtocol]] = None,
+    timeout: Optional[float] = 10,
+    max_size: Optional[int] = 2**20,
+    max_queue: Optional[int] = 2**5,
+    read_limit: int = 2**16,
+    write_limit: int = 2**16,
+    origins: Optional[Sequence[Optional[str]]] = None,
+    subprotocols: Optional[Sequence[str]] = None,
+    extra_headers: Any = None,
+    compression: Any = "deflate",
+    ping_interval: Optional[float] = 20,
+    ping_timeout: Optional[float] = 20,
+    process_request: Optional[Callable[[str, Headers], Any]] = None,
+    open_timeout: Optional[float] = None,
+    close_timeout: Optional[float] = None,
+    write_timeout: Optional[float] = 60,
+    server_header: Optional[str] = SERVER_HEADER,
+    logger: Union[logging.Logger, str, None] = None,
+) -> WebSocketServerProtocol:
+    """Accept the WebSocket upgrade of a WSGI request on the server's socket.
+
+    Checks the request like :func:`~syncws.serve` does, writes the 101
+    response and returns the open connection. When done with it, close it
+    and return :class:`HandedOver` from the application (or use
+    :func:`websocket_app`, which does all that).
+
+    Args:
+        environ: the WSGI environ of the request.
+        create_protocol: a :class:`~syncws.WebSocketServerProtocol` subclass.
+        timeout: seconds for the closing handshake (and the 101's write).
+        max_size: the largest incoming message; bigger ones close with 1009.
+        max_queue: received messages buffered before reading pauses.
+        read_limit: bytes asked of the socket per read.
+        write_limit: payloads up to this size go out with their header.
+        origins: allowed ``Origin`` values; others get 403.
+        subprotocols: the server's subprotocols, in order of preference.
+        extra_headers: headers for the 101 response, as for ``serve()``.
+        compression: ``"deflate"`` (default), ``None`` or ``DeflateSettings``.
+        ping_interval: seconds between keepalive pings; ``None`` disables.
+        ping_timeout: seconds to wait for a pong; ``None`` waits forever.
+        process_request: ``(path, request_headers)`` returning ``None`` or
+            ``(status, headers, body)`` to answer plain HTTP.
+        open_timeout: seconds to write the 101 response.
+        close_timeout: seconds for the closing handshake.
+        write_timeout: seconds a send may take before the connection is
+            aborted.
+        server_header: the ``Server`` header of the 101; ``None`` omits it.
+        logger: a logger or logger name (default ``syncws.server``).
+
+    Returns:
+        The open :class:`~syncws.WebSocketServerProtocol`.
+
+    Raises:
+        AbortHandshake: the request isn't a WebSocket upgrade this endpoint
+            accepts; ``status``, ``headers`` and ``body`` hold the HTTP
+            answer ``serve()`` would give (400, 403, 405, 426, 503...).
+        ServerNotSupported: the WSGI server can't hand its socket over.
+        OSError: the client went away before the 101 was written.
+    """
+    settings = check_settings(
+        max_size=max_size, max_queue=max_queue, timeout=timeout, open_timeout=open_timeout,
+        close_timeout=close_timeout, write_timeout=write_timeout, read_limit=read_limit,
+        write_limit=write_limit, ping_interval=ping_interval, ping_timeout=ping_timeout,
+        compression=compression,
+    )
+    protocol_class = create_protocol or WebSocketServerProtocol
+    protocol = protocol_class(
+        _no_handler,
+        cast(Any, None),  # no WebSocketServer: the WSGI server is the server
+        host=str(environ.get("SERVER_NAME", "")) or None,
+        port=int(environ.get("SERVER_PORT") or 0) or None,
+        secure=environ.get("wsgi.url_scheme") == "https",
+        settings=settings,
+        logger=logger,
+        origins=origins,
+        subprotocols=subprotocols,
+        extra_headers=extra_headers,
+        compression=compression,
+        process_request=process_request,
+        server_header=server_header,
+    )
+    try:
+        request = Request(
+            str(environ.get("REQUEST_METHOD", "GET")), _request_path(environ), _request_headers(environ)
+        )
+        response_headers = protocol.negotiate(request, origins, subprotocols, extra_headers)
+    except InvalidHandshake as exc:
+        if isinstance(exc, AbortHandshake):
+            raise
+        answer = http_answer(exc)
+        assert answer is not None  # every InvalidHandshake has an answer
+        raise AbortHandshake(*answer) from exc
+    if _shutting_down:
+        raise AbortHandshake(
+            http.HTTPStatus.SERVICE_UNAVAILABLE, [("Retry-After", "1")],
+            b"Failed to open a WebSocket connection: the server is shutting down.\n",
+        )
+    server_sock, read_ahead = _server_socket(environ)
+    sock = server_sock.dup()
+    try:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        transport = Transport(sock, read_limit=settings.read_limit, buffered=read_ahead)
+        protocol.connection_made(transport)
+        protocol.response_headers = response_headers
+        deadline = None if settings.open_timeout is None else time.monotonic() + settings.open_timeout
+        transport.write(serialize_response(101, response_headers), deadline)
+        protocol.connection_open()
+    except BaseException:
+        sock.close()
+        raise
+    with _lock:
+        # close_all() may have run since the check above: then it didn't
+        # see this connection, which closes at once.
+        closing = _shutting_down
+        if not closing:
+            _open.add(protocol)
+    if closing:
+        protocol.close(CloseCode.GOING_AWAY, "server shutting down")
+    return protocol
+
+
+def _no_handler(websocket: WebSocketServerProtocol) -> None:
+    """The handler slot of a protocol :func:`accept` made: the caller runs its own."""
+
+
+def _forget(websocket: WebSocketServerProtocol) -> None:
+    with _lock:
+        _open.discard(websocket)
+
+
+def _refusal(exc: AbortHandshake) -> Tuple[str, List[Tuple[str, str]], bytes]:
+    """The WSGI status, headers and body answering a refused upgrade."""
+    status = http.HTTPStatus(exc.status)
+    # Connection and Upgrade (426) are hop-by-hop: WSGI forbids them.
+    headers = [(k, v) for k, v in Headers(exc.headers).items() if k.lower() not in _HOP_BY_HOP]
+    if "content-type" not in {k.lower() for k, _ in headers}:
+        headers.append(("Content-Type", "text/plain; charset=utf-8"))
+    return f"{status.value} {status.phrase}", headers, exc.body
+
+
+def _run(handler: Callable[[], Any], websocket: WebSocketServerProtocol) -> None:
+    """Run a handler on an open connection, then close it as ``serve()`` does."""
+    stop_heartbeat = _start_heartbeat()
+    try:
+        handler()
+    except ConnectionClosed as exc:
+        # The client closed while the handler used the connection: the
+        # normal way for a handler to end.
+        websocket.logger.debug("connection %s: handler ended by %s", websocket.id, exc)
+    except Exception:
+        websocket.logger.exception("connection %s from %s: the handler raised", websocket.id, websocket.remote_address)
+        websocket.close(CloseCode.INTERNAL_ERROR, "internal error")
+    finally:
+        websocket.close()
+        _forget(websocket)
+        stop_heartbeat()
+
+
+def _start_heartbeat() -> Callable[[], None]:
+    """Keep a sync gunicorn worker's heartbeat while a handler holds it."""
+    heartbeat = _heartbeat
+    if heartbeat is None:
+        return lambda: None
+    notify, interval = heartbeat
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(interval):
+            notify()
+
+    threading.Thread(target=beat, name="syncws-wsgi-heartbeat", daemon=True).start()
+    return done.set
+
+
+def websocket_app(handler: Handler, **options: Any) -> WSGIApp:
+    """Make a WSGI application out of a WebSocket handler.
+
+    The application accepts the upgrade (see :func:`accept`), runs
+    ``handler(websocket)`` in the server's thread, closes the connection
+    with 1000 when the handler returns or 1011 when it raises (the error is
+    logged), then returns :class:`HandedOver`. A request that isn't a valid
+    upgrade gets the HTTP answer ``serve()`` would give (400, 403, 426...).
+
+    Args:
+        handler: ``handler(websocket)``; ``websocket.path`` and
+            ``websocket.request_headers`` describe the request.
+        **options: the keyword arguments of :func:`accept`.
+
+    Returns:
+        A WSGI application.
+
+    Raises:
+        TypeError: an unknown option.
+        ValueError: an invalid ``compression``.
+    """
+    _check_options(options)
+
+    def app(environ: Dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            websocket = accept(environ, **options)
+        except AbortHandshake as exc:
+            status, headers, body = _refusal(exc)
+            start_response(status, headers + [("Content-Length", str(len(body)))])
+            return [body]
+        _run(lambda: handler(websocket), websocket)
+        return HandedOver(websocket)(start_response)
+
+    return app
+
+
+def _check_options(options: Mapping[str, Any]) -> None:
+    """Reject unknown options and bad values when the endpoint is defined."""
+    known = set(accept.__kwdefaults__ or {})
+    unknown = set(options) - known
+    if unknown:
+        raise TypeError(f"unexpected WebSocket options: {', '.join(sorted(unknown))}")
+    setting_names = check_settings.__kwdefaults__ or {}
+    check_settings(**{name: value for name, value in options.items() if name in setting_names})
+
+
+class WebSocketMiddleware:
+    """WSGI middleware mounting WebSocket handlers on paths, for any WSGI app.
+
+    ::
+
+        app = WebSocketMiddleware(app, {"/ws/echo": echo}, compression=None)
+
+    A request whose ``PATH_INFO`` is one of the paths goes to its handler
+    (see :func:`websocket_app`); every other request to ``app``.
+
+    Args:
+        app: the WSGI application.
+        handlers: ``{path: handler(websocket)}``.
+        **options: the keyword arguments of :func:`accept`, for every path.
+
+    Raises:
+        TypeError: an unknown option.
+    """
+
+    def __init__(self, app: WSGIApp, handlers: Mapping[str, Handler], **options: Any) -> None:
+        self.app = app
+        self.routes: Dict[str, WSGIApp] = {
+            path: websocket_app(handler, **options) for path, handler in handlers.items()
+        }
+
+    def __call__(self, environ: Dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        route = self.routes.get(str(environ.get("PATH_INFO", "")))
+        if route is None:
+            return self.app(environ, start_response)
+        return route(environ, start_response)
+
+
+# -- frameworks ------------------------------------------------------------------------
+
+def flask_websocket(**options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Turn a Flask view into a WebSocket endpoint; routing stays Flask's.
+
+    ::
+
+        @syncws.wsgi.flask_route(app, "/ws/chat/<room>")
+        @syncws.wsgi.flask_websocket(subprotocols=["chat"])
+        def chat(websocket, room):
+            for message in websocket:
+                websocket.send(f"{room}: {message}")
+
+    Register the view with :func:`flask_route` or with
+    ``app.route(rule, websocket=True)``: werkzeug's router only matches an
+    upgrade request with a WebSocket rule.
+
+    The view gets the open connection first, then the URL parameters. It
+    runs inside the request context: ``flask.request``, ``session``,
+    ``g`` and login extensions work. Decorators above this one (login
+    checks) run before the upgrade and may refuse it with 401/403. The
+    response headers are gone with the 101: changes to the session inside
+    the handler aren't saved.
+
+    Args:
+        **options: the keyword arguments of :func:`accept`.
+
+    Returns:
+        A decorator.
+
+    Raises:
+        TypeError: an unknown option.
+    """
+    _check_options(options)
+
+    def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(view)
+        def endpoint(*args: Any, **kwargs: Any) -> Any:
+            import flask  # only when a Flask view runs
+
+            def refuse(status: int, headers: List[Tuple[str, str]], body: bytes) -> Any:
+                return flask.Response(body, status=status, headers=headers)
+
+            return _upgrade_view(
+                flask.request.environ, options, lambda websocket: view(websocket, *args, **kwargs),
+                refuse, flask.Response,
+            )
+
+        return endpoint
+
+    return decorator
+
+
+def flask_route(scaffold: Any, rule: str, **route_options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a :func:`flask_websocket` view on a Flask app or blueprint.
+
+    werkzeug's router matches upgrade requests with WebSocket rules only
+    (``websocket=True``), and plain requests with the others. This registers
+    the view under ``rule`` both ways, so that a plain request gets the
+    answer :func:`~syncws.serve` gives (426 Upgrade Required) rather than
+    werkzeug's bare 400.
+
+    Args:
+        scaffold: a :class:`flask.Flask` or :class:`flask.Blueprint`.
+        rule: the URL rule, with its parameters (``/ws/chat/<room>``).
+        **route_options: options of ``add_url_rule`` (``endpoint``...).
+
+    Returns:
+        A decorator registering the view and returning it unchanged.
+    """
+
+    def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
+        endpoint = route_options.pop("endpoint", None) or view.__name__
+        scaffold.add_url_rule(rule, endpoint, view, websocket=True, **route_options)
+        scaffold.add_url_rule(rule, endpoint, view, **route_options)
+        return view
+
+    return decorator
+
+
+def _upgrade_view(
+    environ: Mapping[str, Any],
+    options: Mapping[str, Any],
+    handler: Handler,
+    refuse: Callable[[int, List[Tuple[str, str]], bytes], Any],
+    response_class: type,
+) -> Any:
+    """The body of a framework's WebSocket view.
+
+    Accepts the upgrade, runs the handler, and returns the framework's
+    response: ``refuse(status, headers, body)`` for a refused upgrade, or an
+    instance of :func:`_handed_over_class` of ``response_class``.
+    """
+    try:
+        websocket = accept(environ, **options)
+    except AbortHandshake as exc:
+        _, headers, body = _refusal(exc)
+        return refuse(int(exc.status), headers, body)
+    _run(lambda: handler(websocket), websocket)
+    response = _handed_over_class(response_class)(status=101)
+    response.handed_over = HandedOver(websocket)
+    return response
+
+
+@functools.lru_cache(maxsize=None)
+def _handed_over_class(base: type) -> Any:
+    """A subclass of a framework's response class that answers :class:`HandedOver`.
+
+    Flask calls its response as a WSGI application; Django iterates it and
+    closes it. Either way the server gets :class:`HandedOver`'s behaviour.
+    """
+
+    class HandedOverResponse(base):  # type: ignore[misc]
+        handed_over: HandedOver
+
+        def __call__(self, environ: Dict[str, Any], start_response: StartResponse) -> HandedOver:
+            return self.handed_over(start_response)
+
+        def __iter__(self) -> Iterator[bytes]:
+            return iter(self.handed_over)
+
+    HandedOverResponse.__qualname__ = HandedOverResponse.__name__ = f"HandedOver{base.__name__}"
+    return HandedOverResponse
+
+
+def django_websocket(**options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Turn a Django view into a WebSocket endpoint; routing stays Django's.
+
+    ::
+
+        @syncws.wsgi.django_websocket()
+        def echo(request, websocket):
+            for message in websocket:
+                websocket.send(message)
+
+        urlpatterns = [path("ws/echo", echo)]
+
+    The view gets Django's ``request`` (``request.user``, ``session``) and
+    the open connection, then the URL parameters. Decorators above this one
+    (``login_required``, permission checks) run before the upgrade and may
+    refuse it.
+
+    Args:
+        **options: the keyword arguments of :func:`accept`.
+
+    Returns:
+        A decorator.
+
+    Raises:
+        TypeError: an unknown option.
+    """
+    _check_options(options)
+
+    def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(view)
+        def endpoint(request: Any, *args: Any, **kwargs: Any) -> Any:
+            HttpResponse = importlib.import_module("django.http").HttpResponse  # only when a Django view runs
+
+            def refuse(status: int, headers: List[Tuple[str, str]], body: bytes) -> Any:
+                response = HttpResponse(body, status=status)
+                for name, value in headers:
+                    response[name] = value
+                return response
+
+            response = _upgrade_view(
+                request.META, options, lambda websocket: view(request, websocket, *args, **kwargs),
+                refuse, HttpResponse,
+            )
+            if response.status_code == 101:  # Django passes these to start_response
+                for name, value in response.handed_over.headers():
+                    response[name] = value
+            return response
+
+        return endpoint
+
+    return decorator
+
+
+# -- gunicorn ---------------------------------------------------------------------------
+
+def gunicorn_post_worker_init(worker: Any) -> None:
+    """gunicorn's ``post_worker_init`` hook: shutdown and heartbeat for WebSockets.
+
+    In the worker process, wraps gunicorn's SIGTERM handler (and SIGINT's
+    and SIGQUIT's) so that a graceful stop first closes every open WebSocket with 1001 (going away)
+    through :func:`close_all`; their handlers return and the worker exits
+    within ``graceful_timeout`` instead of dropping them when it expires.
+    In a sync worker, whose only thread runs the handler, it also keeps the
+    worker's heartbeat going while a WebSocket is open (otherwise gunicorn
+    kills the worker after ``timeout`` seconds).
+
+    Use it from a gunicorn config file::
+
+        from syncws.wsgi import gunicorn_post_worker_init as post_worker_init
+
+    or run ``gunicorn -c python:syncws.gunicorn_conf ...``.
+
+    Args:
+        worker: the gunicorn worker.
+    """
+    global _heartbeat
+    # SIGTERM is gunicorn's graceful stop; SIGINT and SIGQUIT stop at once
+    # (0.1 s later): the close frames go out if they can.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(signum, functools.partial(_close_then, signal.getsignal(signum)))
+    # As gunicorn sets it: SIGTERM must not interrupt system calls.
+    signal.siginterrupt(signal.SIGTERM, False)
+    if type(worker).__name__ == "SyncWorker":
+        timeout = float(getattr(worker, "timeout", 0) or 0)
+        if timeout > 0:
+            _heartbeat = (worker.notify, max(timeout / 4, 0.5))
+
+
+def _close_then(previous: Any, signum: int, frame: Any) -> None:
+    """A signal handler: close the WebSockets with 1001, then gunicorn's handler."""
+    count = close_all(CloseCode.GOING_AWAY, "server shutting down")
+    if count:
+        logger.info("%s: closing %d WebSocket connections with 1001", signal.Signals(signum).name, count)
+    if callable(previous):
+        previous(signum, frame)

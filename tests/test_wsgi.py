@@ -1,0 +1,591 @@
+"""syncws.wsgi over real WSGI servers: gunicorn (gthread, sync), werkzeug, a browser.
+
+Every server is a child process started here on a free port of 127.0.0.1 and
+stopped by its PID; its log is checked for errors when it stops.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Dict, Iterator, List, Optional
+
+import pytest
+
+import syncws
+from syncws import framing
+from syncws.exceptions import InvalidStatusCode
+from syncws.wsgi import HandedOver, ServerNotSupported, accept, websocket_app
+
+gunicorn = pytest.importorskip("gunicorn")
+flask = pytest.importorskip("flask")
+django = pytest.importorskip("django")
+websockets_sync = pytest.importorskip("websockets.sync.client")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples", "wsgi")
+APPS = os.path.join(ROOT, "tests", "wsgi_apps")
+MiB = 1 << 20
+
+
+def _no_control_socket() -> List[str]:
+    """gunicorn >= 25 opens a control socket at a fixed path: not for tests."""
+    from gunicorn.config import KNOWN_SETTINGS
+
+    return ["--no-control-socket"] if any(s.name == "control_socket_disable" for s in KNOWN_SETTINGS) else []
+
+
+NO_CONTROL_SOCKET = _no_control_socket()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """A WSGI server in a child process, its log in a temporary file."""
+
+    def __init__(self, name: str, argv: List[str], port: int, **env: str) -> None:
+        self.name = name
+        self.port = port
+        self.log = tempfile.NamedTemporaryFile(prefix=f"syncws-{name}-", suffix=".log", delete=False)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, EXAMPLES, APPS]), PYTHONUNBUFFERED="1", **env)
+        self.process = subprocess.Popen(argv, cwd=EXAMPLES, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self._wait_listening(30)
+
+    def _wait_listening(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.read_log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                self.process_wait(0.05)
+        raise RuntimeError(f"{self.name} isn't listening after {timeout} s: {self.read_log()}")
+
+    def process_wait(self, seconds: float) -> None:
+        try:
+            self.process.wait(seconds)
+        except subprocess.TimeoutExpired:
+            pass
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def read_log(self) -> str:
+        with open(self.log.name, encoding="utf-8", errors="replace") as log:
+            return log.read()
+
+    def worker_pids(self) -> List[int]:
+        """gunicorn's workers: the master's children."""
+        pid = self.process.pid
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            return [int(p) for p in children.read().split()]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+        return int(self.process.returncode)
+
+    def errors(self) -> List[str]:
+        bad = ("Traceback", "[ERROR]", "Error on request", "Exception")
+        return [line for line in self.read_log().splitlines() if any(b in line for b in bad)]
+
+    def close(self) -> None:
+        self.stop()
+        errors = self.errors()
+        os.unlink(self.log.name)
+        assert not errors, f"{self.name} logged errors: {errors}"
+
+
+def gunicorn_server(app: str, *args: str, name: str = "gunicorn") -> ServerProcess:
+    port = free_port()
+    argv = [
+        sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "--chdir", EXAMPLES,
+        "-c", "python:syncws.gunicorn_conf", *NO_CONTROL_SOCKET, *args, app,
+    ]
+    return ServerProcess(name, argv, port)
+
+
+def werkzeug_server(app: str) -> ServerProcess:
+    port = free_port()
+    module, name = app.split(":")
+    code = (
+        "import sys; from werkzeug.serving import run_simple; "
+        f"from {module} import {name} as app; "
+        "run_simple('127.0.0.1', int(sys.argv[1]), app, threaded=True)"
+    )
+    return ServerProcess("werkzeug", [sys.executable, "-c", code, str(port)], port)
+
+
+@pytest.fixture(scope="module")
+def flask_gunicorn() -> Iterator[ServerProcess]:
+    server = gunicorn_server("flask_test_app:app", "-k", "gthread", "--threads", "130", name="gunicorn-flask")
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def django_gunicorn() -> Iterator[ServerProcess]:
+    server = gunicorn_server("django_app:application", "-k", "gthread", "--threads", "130", name="gunicorn-django")
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def flask_werkzeug() -> Iterator[ServerProcess]:
+    server = werkzeug_server("flask_test_app:app")
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def flask_run() -> Iterator[ServerProcess]:
+    """``flask run``: werkzeug's development server through Flask's CLI."""
+    port = free_port()
+    argv = [sys.executable, "-m", "flask", "--app", "flask_test_app", "run", "--port", str(port)]
+    server = ServerProcess("flask-run", argv, port)
+    yield server
+    server.close()
+
+
+@pytest.fixture(params=["flask_gunicorn", "django_gunicorn", "flask_werkzeug", "flask_run"])
+def any_server(request: Any) -> ServerProcess:
+    return request.getfixturevalue(request.param)  # type: ignore[no-any-return]
+
+
+def get(url: str, **kwargs: Any) -> Any:
+    return urllib.request.urlopen(urllib.request.Request(url, **kwargs), timeout=10)
+
+
+# -- echo over every server, two clients ----------------------------------------------
+
+def test_echo_text_and_binary_syncws(any_server: ServerProcess) -> None:
+    payload = os.urandom(MiB)
+    with syncws.connect(f"{any_server.ws}/ws/echo", max_size=2 * MiB) as ws:
+        ws.send("héllo")
+        assert ws.recv(timeout=10) == "héllo"
+        ws.send(payload)
+        assert ws.recv(timeout=10) == payload
+        assert "permessage-deflate" in ws.response_headers["Sec-WebSocket-Extensions"]
+        ws.close()
+    assert ws.close_code == 1000
+
+
+def test_echo_text_and_binary_websockets(any_server: ServerProcess) -> None:
+    payload = os.urandom(MiB)
+    with websockets_sync.connect(f"{any_server.ws}/ws/echo", max_size=2 * MiB, open_timeout=10) as ws:
+        ws.send("héllo")
+        assert ws.recv(timeout=10) == "héllo"
+        ws.send(payload)
+        assert ws.recv(timeout=10) == payload
+        assert ws.response.headers["Sec-WebSocket-Extensions"].startswith("permessage-deflate")
+
+
+def test_page_is_served(any_server: ServerProcess) -> None:
+    body = get(f"{any_server.url}/").read().decode()
+    assert "new WebSocket(" in body and "/ws/echo" in body
+
+
+def test_plain_get_on_websocket_route_gets_426(any_server: ServerProcess) -> None:
+    with pytest.raises(urllib.error.HTTPError) as info:
+        get(f"{any_server.url}/ws/echo")
+    assert info.value.code == 426
+    assert b"Failed to open a WebSocket connection" in info.value.read()
+
+
+def test_bad_handshake_gets_400(any_server: ServerProcess) -> None:
+    # http.client, since urllib forces "Connection: close".
+    connection = http.client.HTTPConnection("127.0.0.1", any_server.port, timeout=10)
+    connection.request("GET", "/ws/echo", headers={
+        "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "not base64 of 16 bytes",
+    })
+    response = connection.getresponse()
+    assert response.status == 400
+    assert b"Sec-WebSocket-Key" in response.read()
+    connection.close()
+
+
+def raw_handshake(port: int, path: str, extra: bytes = b"") -> socket.socket:
+    """Send a handshake (and maybe bytes right behind it); return the socket after the 101."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    sock.sendall(request + extra)
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(1)
+        assert chunk, head
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    assert b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head
+    return sock
+
+
+def masked(opcode: int, payload: bytes) -> bytes:
+    return framing.serialize_frame(framing.Frame(True, framing.Opcode(opcode), payload), mask=True)
+
+
+def read_all(sock: socket.socket) -> bytes:
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_frames_sent_with_the_handshake_and_nothing_after_the_close(any_server: ServerProcess) -> None:
+    # A client that doesn't wait for the 101: the server read some of its
+    # frames together with the request head, and must lose none of them.
+    big = os.urandom(200_000)  # more than one read of the server and of syncws
+    sock = raw_handshake(any_server.port, "/ws/echo", masked(0x1, b"early") + masked(0x2, big))
+    with sock:
+        assert sock.recv(7) == b"\x81\x05early"
+        header = b""
+        while len(header) < 10:
+            header += sock.recv(10 - len(header))
+        assert header == b"\x82\x7f" + len(big).to_bytes(8, "big")
+        echoed = b""
+        while len(echoed) < len(big):
+            echoed += sock.recv(len(big) - len(echoed))
+        assert echoed == big
+        sock.sendall(masked(0x8, b"\x03\xe8bye"))
+        # The close frame echoed, then the server closes TCP: no HTTP bytes.
+        assert read_all(sock) == b"\x88\x05\x03\xe8bye"
+
+
+# -- capacity -------------------------------------------------------------------
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("fixture", ["flask_gunicorn", "django_gunicorn", "flask_werkzeug"])
+def test_100_websockets_while_http_is_answered(fixture: str, request: Any) -> None:
+    server: ServerProcess = request.getfixturevalue(fixture)
+    connections = [syncws.connect(f"{server.ws}/ws/echo", compression=None) for _ in range(100)]
+    try:
+        for i, ws in enumerate(connections):
+            ws.send(f"message {i}")
+        for _ in range(5):
+            assert b"/ws/echo" in get(f"{server.url}/").read()
+        for i, ws in enumerate(connections):
+            assert ws.recv(timeout=10) == f"message {i}"
+    finally:
+        for ws in connections:
+            ws.close()
+    assert all(ws.close_code == 1000 for ws in connections)
+
+
+# -- Flask: session and login, options of accept() ---------------------------------------
+
+@pytest.mark.parametrize("fixture, status", [("flask_gunicorn", 401), ("django_gunicorn", 403)])
+def test_login_protected_route_refuses_anonymous_upgrade(fixture: str, status: int, request: Any) -> None:
+    server: ServerProcess = request.getfixturevalue(fixture)
+    with pytest.raises(InvalidStatusCode) as info:
+        syncws.connect(f"{server.ws}/ws/whoami")
+    assert info.value.status_code == status
+
+
+@pytest.mark.parametrize("fixture", ["flask_gunicorn", "django_gunicorn"])
+def test_session_is_visible_in_the_handler(fixture: str, request: Any) -> None:
+    server: ServerProcess = request.getfixturevalue(fixture)
+    response = get(f"{server.url}/login", data=b"user=alice", method="POST")
+    cookie = response.headers["Set-Cookie"].split(";")[0]
+    with syncws.connect(f"{server.ws}/ws/whoami", extra_headers={"Cookie": cookie}) as ws:
+        assert ws.recv(timeout=10) == "hello alice"
+        ws.send("hi")
+        assert ws.recv(timeout=10) == "alice: hi"
+
+
+def test_origins_and_subprotocols(flask_gunicorn: ServerProcess) -> None:
+    with syncws.connect(f"{flask_gunicorn.ws}/ws/chat/lobby", origin="http://good.example",
+                        subprotocols=["chat.v1", "chat.v2"]) as ws:
+        assert ws.subprotocol == "chat.v2"
+        assert ws.recv(timeout=10) == "lobby chat.v2"
+    with syncws.connect(f"{flask_gunicorn.ws}/ws/chat/den", subprotocols=["other"]) as ws:
+        assert ws.subprotocol is None
+        assert ws.recv(timeout=10) == "den None"
+    with pytest.raises(InvalidStatusCode) as info:
+        syncws.connect(f"{flask_gunicorn.ws}/ws/chat/lobby", origin="http://evil.example")
+    assert info.value.status_code == 403
+
+
+def test_compression_negotiated_or_not(flask_gunicorn: ServerProcess) -> None:
+    with syncws.connect(f"{flask_gunicorn.ws}/ws/echo") as ws:
+        ws.send("a" * 10000)
+        assert ws.recv(timeout=10) == "a" * 10000
+        assert ws.extensions
+    with syncws.connect(f"{flask_gunicorn.ws}/ws/plain") as ws:
+        assert not ws.extensions
+        assert "Sec-WebSocket-Extensions" not in ws.response_headers
+
+
+def test_max_size_closes_with_1009(flask_gunicorn: ServerProcess) -> None:
+    with syncws.connect(f"{flask_gunicorn.ws}/ws/limited", compression=None) as ws:
+        ws.send(b"x" * 1024)
+        assert ws.recv(timeout=10) == b"x" * 1024
+        ws.send(b"x" * 1025)
+        ws.wait_closed(10)
+    assert ws.close_code == 1009
+
+
+def test_handler_that_raises_closes_with_1011(flask_werkzeug: ServerProcess, flask_gunicorn: ServerProcess) -> None:
+    for server in (flask_werkzeug, flask_gunicorn):
+        with syncws.connect(f"{server.ws}/ws/fail") as ws:
+            ws.send("go")
+            ws.wait_closed(10)
+        assert ws.close_code == 1011
+        with syncws.connect(f"{server.ws}/ws/echo") as ws:
+            ws.send("still serving")
+            assert ws.recv(timeout=10) == "still serving"
+
+
+# -- the sync worker and the middleware ---------------------------------------------------
+
+@pytest.mark.timeout(90)
+def test_middleware_on_gunicorn_sync_worker() -> None:
+    server = gunicorn_server("bare_app:app", "-k", "sync", "--timeout", "2", name="gunicorn-sync")
+    try:
+        assert get(f"{server.url}/").read() == b"hello from a bare WSGI app\n"
+        with syncws.connect(f"{server.ws}/ws/echo") as ws:
+            ws.send("one")
+            assert ws.recv(timeout=10) == "one"
+            # Longer than --timeout: the hook keeps the worker's heartbeat.
+            [worker] = server.worker_pids()
+            # The arbiter kills a worker silent for 2 s: stay idle for 5.
+            with pytest.raises(TimeoutError):
+                ws.recv(timeout=5)
+            ws.send("two")
+            assert ws.recv(timeout=10) == "two"
+            assert server.worker_pids() == [worker]
+        assert get(f"{server.url}/").read() == b"hello from a bare WSGI app\n"
+    finally:
+        server.close()
+
+
+# -- shutdown and leaks -------------------------------------------------------------------
+
+@pytest.mark.timeout(90)
+def test_sigterm_closes_websockets_with_1001() -> None:
+    server = gunicorn_server("flask_app:app", "-k", "gthread", "--threads", "8",
+                             "--graceful-timeout", "20", name="gunicorn-sigterm")
+    try:
+        connections = [syncws.connect(f"{server.ws}/ws/echo") for _ in range(3)]
+        for ws in connections:
+            ws.send("ping")
+            assert ws.recv(timeout=10) == "ping"
+        start = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        for ws in connections:
+            ws.wait_closed(15)
+            assert ws.close_code == 1001
+            assert ws.close_reason == "server shutting down"
+        assert server.process.wait(15) == 0
+        assert time.monotonic() - start < 10  # well within the graceful timeout
+    finally:
+        server.close()
+
+
+def worker_resources(pid: int) -> Dict[str, int]:
+    with open(f"/proc/{pid}/status") as status:
+        threads = next(int(line.split()[1]) for line in status if line.startswith("Threads:"))
+    return {"fds": len(os.listdir(f"/proc/{pid}/fd")), "threads": threads}
+
+
+@pytest.mark.timeout(180)
+def test_no_thread_or_fd_left_after_500_connections(flask_gunicorn: ServerProcess) -> None:
+    [worker] = flask_gunicorn.worker_pids()
+    # Warm up: the pool's threads and the timer thread exist from here on.
+    for _ in range(20):
+        with syncws.connect(f"{flask_gunicorn.ws}/ws/echo") as ws:
+            ws.send("warm")
+            ws.recv(timeout=10)
+    before = worker_resources(worker)
+    for i in range(500):
+        with syncws.connect(f"{flask_gunicorn.ws}/ws/echo") as ws:
+            ws.send(f"{i}")
+            assert ws.recv(timeout=10) == f"{i}"
+    deadline = time.monotonic() + 10
+    after = worker_resources(worker)
+    while after != before and time.monotonic() < deadline:
+        # gunicorn closes a socket on its main thread after the handler ends.
+        threading.Event().wait(0.1)
+        after = worker_resources(worker)
+    assert after["fds"] <= before["fds"], (before, after)
+    assert after["threads"] <= before["threads"], (before, after)
+
+
+# -- servers that can't hand their socket over ---------------------------------------------
+
+def test_unsupported_server_gets_a_clear_error() -> None:
+    environ = {
+        "REQUEST_METHOD": "GET", "PATH_INFO": "/ws", "SERVER_SOFTWARE": "waitress",
+        "HTTP_HOST": "example.com", "HTTP_UPGRADE": "websocket", "HTTP_CONNECTION": "Upgrade",
+        "HTTP_SEC_WEBSOCKET_KEY": "dGhlIHNhbXBsZSBub25jZQ==", "HTTP_SEC_WEBSOCKET_VERSION": "13",
+    }
+    with pytest.raises(ServerNotSupported, match="waitress.*gunicorn"):
+        accept(environ)
+    environ["SERVER_SOFTWARE"] = "WSGIServer/0.2 CPython/3.11"
+    with pytest.raises(ServerNotSupported, match="runserver"):
+        accept(environ)
+
+
+@pytest.mark.parametrize("kind", ["waitress", "runserver"])
+def test_servers_without_hand_over_answer_500_and_log_why(kind: str) -> None:
+    port = free_port()
+    if kind == "waitress":
+        pytest.importorskip("waitress")
+        argv = [sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", "flask_test_app:app"]
+        expected = "from waitress"
+    else:
+        code = (
+            "import sys, django_app; from django.core.management import call_command; "
+            "call_command('runserver', sys.argv[1], use_reloader=False)"
+        )
+        argv = [sys.executable, "-c", code, f"127.0.0.1:{port}"]
+        expected = "Django's runserver"
+    # DJANGO_DEBUG: Django logs request errors to the console only in debug.
+    server = ServerProcess(kind, argv, port, DJANGO_DEBUG="1")
+    try:
+        with pytest.raises(InvalidStatusCode) as info:
+            syncws.connect(f"{server.ws}/ws/echo")
+        assert info.value.status_code == 500
+        assert b"/ws/echo" in get(f"{server.url}/").read()  # plain HTTP still served
+    finally:
+        server.stop()
+        log = server.read_log()
+        os.unlink(server.log.name)
+    assert "ServerNotSupported" in log and expected in log and "gunicorn" in log, log
+
+
+def test_tls_and_async_sockets_get_a_clear_error() -> None:
+    environ = {
+        "REQUEST_METHOD": "GET", "PATH_INFO": "/ws", "SERVER_SOFTWARE": "gunicorn/27",
+        "HTTP_HOST": "example.com", "HTTP_UPGRADE": "websocket", "HTTP_CONNECTION": "Upgrade",
+        "HTTP_SEC_WEBSOCKET_KEY": "dGhlIHNhbXBsZSBub25jZQ==", "HTTP_SEC_WEBSOCKET_VERSION": "13",
+    }
+    with socket.socket() as raw:
+        context = ssl.create_default_context()
+        with context.wrap_socket(raw, server_hostname="example.com", do_handshake_on_connect=False) as tls:
+            with pytest.raises(ServerNotSupported, match="TLS.*nginx"):
+                accept(dict(environ, **{"gunicorn.socket": tls}))
+    with pytest.raises(ServerNotSupported, match="gevent.*gthread"):
+        accept(dict(environ, **{"gunicorn.socket": object()}))
+
+
+def test_not_an_upgrade_is_answered_before_looking_for_a_socket() -> None:
+    statuses: List[str] = []
+    app = websocket_app(lambda ws: None)
+    body = app({"REQUEST_METHOD": "GET", "PATH_INFO": "/ws", "SERVER_SOFTWARE": "waitress"},
+               lambda status, headers: statuses.append(status))
+    assert statuses == ["426 Upgrade Required"]
+    assert b"missing Connection header" in b"".join(body)
+
+
+def test_options_are_checked_when_the_endpoint_is_defined() -> None:
+    with pytest.raises(TypeError, match="max_sise"):
+        websocket_app(lambda ws: None, max_sise=10)
+    with pytest.raises(ValueError):
+        websocket_app(lambda ws: None, compression="brotli")
+
+
+def test_handed_over_raises_a_broken_pipe() -> None:
+    with pytest.raises(BrokenPipeError):
+        iter(HandedOver(syncws.WebSocketServerProtocol(lambda ws: None, None)))  # type: ignore[arg-type]
+
+
+# -- a real browser ----------------------------------------------------------------------------
+
+def chromium() -> Optional[str]:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(chromium() is None, reason="no chromium installed (apt-get install chromium)")
+def test_browser_gets_its_echoes(flask_gunicorn: ServerProcess) -> None:
+    profile = tempfile.mkdtemp(prefix="syncws-chromium-")
+    browser = subprocess.Popen(
+        [
+            str(chromium()), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+            "--no-first-run", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", f"--user-data-dir={profile}", "--remote-debugging-address=127.0.0.1",
+            "--remote-debugging-port=0", f"{flask_gunicorn.url}/",
+        ],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert browser.stderr is not None
+        devtools = None
+        for line in browser.stderr:
+            if "DevTools listening on" in line:
+                devtools = line.split()[-1]
+                break
+        assert devtools, "chromium didn't start its DevTools endpoint"
+        port = devtools.split("/")[2].split(":")[1]
+        threading.Thread(target=browser.stderr.read, daemon=True).start()  # keep the pipe drained
+        pages = json.load(get(f"http://127.0.0.1:{port}/json/list"))
+        [page] = [p for p in pages if p["type"] == "page" and p["url"].startswith(flask_gunicorn.url)]
+        with syncws.connect(page["webSocketDebuggerUrl"], max_size=None) as cdp:
+            # Wait for the page's script, then for its echoes.
+            expression = (
+                "new Promise(resolve => { const check = () => window.echoesDone"
+                " ? window.echoesDone.then(resolve) : setTimeout(check, 50); check(); })"
+            )
+            deadline = time.monotonic() + 60
+            for request_id in range(1, 100):
+                cdp.send(json.dumps({"id": request_id, "method": "Runtime.evaluate", "params": {
+                    "expression": expression, "awaitPromise": True, "returnByValue": True, "timeout": 30000}}))
+                answer = json.loads(cdp.recv(timeout=deadline - time.monotonic()))
+                while answer.get("id") != request_id:  # events
+                    answer = json.loads(cdp.recv(timeout=deadline - time.monotonic()))
+                # The first evaluation may land in the blank page the browser
+                # starts with, destroyed when ours commits: evaluate again.
+                if "destroyed" not in answer.get("error", {}).get("message", ""):
+                    break
+        assert "result" in answer, answer
+        assert answer["result"]["result"].get("value") == [
+            "hello", "héllo wörld", "¡syncws!", "binary:0,1,2,253,254,255"
+        ], answer
+    finally:
+        browser.terminate()
+        try:
+            browser.wait(20)
+        except subprocess.TimeoutExpired:
+            browser.kill()
+            browser.wait()
+        shutil.rmtree(profile, ignore_errors=True)
+

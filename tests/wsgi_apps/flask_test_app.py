@@ -1,0 +1,48 @@
+"""The Flask example plus the routes tests/test_wsgi.py needs (limits, errors...).
+
+Run by the tests with examples/wsgi on sys.path.
+"""
+
+import logging
+from typing import Any
+
+from flask_app import app  # examples/wsgi/flask_app.py
+
+from syncws.wsgi import flask_route, flask_websocket
+
+
+# The failing handler's traceback is expected: keep it out of the server log,
+# which the tests check for errors.
+logging.getLogger("syncws.tests.expected").addHandler(logging.NullHandler())
+logging.getLogger("syncws.tests.expected").propagate = False
+
+
+def _echo(websocket: Any) -> None:
+    for message in websocket:
+        websocket.send(message)
+
+
+@flask_route(app, "/ws/limited")
+@flask_websocket(max_size=1024)
+def limited(websocket: Any) -> None:
+    _echo(websocket)
+
+
+@flask_route(app, "/ws/plain")
+@flask_websocket(compression=None)
+def plain(websocket: Any) -> None:
+    _echo(websocket)
+
+
+@flask_route(app, "/ws/chat/<room>")
+@flask_websocket(origins=["http://good.example", None], subprotocols=["chat.v2", "chat.v1"])
+def chat(websocket: Any, room: str) -> None:
+    websocket.send(f"{room} {websocket.subprotocol}")
+    _echo(websocket)
+
+
+@flask_route(app, "/ws/fail")
+@flask_websocket(logger="syncws.tests.expected")
+def fail(websocket: Any) -> None:
+    websocket.recv()
+    raise RuntimeError("this handler fails on purpose")
