@@ -251,6 +251,10 @@ class ConnectionCore:
         self.is_client = is_client
         self.max_message_size = max_message_size
         self.max_fragment_size = max_fragment_size
+        # The largest frame within both limits, for the parser's fast path.
+        self._fast_limit = min(
+            2**63 if limit is None else limit for limit in (max_message_size, max_fragment_size)
+        )
         self.deflate = deflate
         self.state = State.CONNECTING
         #: ``(code, reason)`` of the close frame received, or ``None``.
@@ -282,8 +286,9 @@ class ConnectionCore:
         self._sending_compressed = False
         # Pings waiting for their pong: payload -> waiter, in sending order.
         self._pings: Dict[bytes, Any] = {}
-        # Serialized frames waiting to be written, in order.
-        self._outgoing: List[BytesLike] = []
+        #: Serialized frames waiting to be written, in order (headers and
+        #: payloads); :meth:`data_to_send` takes them.
+        self.outgoing: List[BytesLike] = []
         # Random bytes for masking keys (RFC 6455 §5.3), drawn 1 KiB at a
         # time: one system call per 256 frames instead of one per frame.
         self._mask_pool = b""
@@ -386,6 +391,10 @@ class ConnectionCore:
         self._pending = b""
         position = 0
         end = len(buffer)
+        # For the fast path below: the mask bit frames must carry, and the
+        # largest frame that fits every limit (-1: the general path decides).
+        mask_bit = 0 if self.is_client else 0x80
+        fast_limit = self._fast_limit if self._message is None and self.close_sent is None else -1
         while end - position >= 2 and not self._input_closed:
             first = buffer[position]
             second = buffer[position + 1]
@@ -403,6 +412,33 @@ class ConnectionCore:
                 length = (buffer[position + 2] << 8) | buffer[position + 3]
             elif length == 127:
                 (length,) = _UNPACK_U64(buffer, position + 2)
+            if (
+                (first == 0x81 or first == 0x82)
+                and second & 0x80 == mask_bit
+                and length <= fast_limit
+                and end - position - header_size >= length
+            ):
+                # The common case, with every check of the general path: a
+                # whole text or binary message in one uncompressed frame
+                # (FIN set, RSV clear, masked as it must be), within limits,
+                # outside a fragmented message, before our close frame.
+                start = position + header_size
+                position = start + length
+                payload = buffer[start:position]
+                if mask_bit:
+                    payload = apply_mask(payload, buffer[start - 4 : start])
+                if first == 0x81:
+                    try:
+                        events.append(str(payload, "utf-8"))
+                    except UnicodeDecodeError as exc:
+                        raise WebSocketProtocolError(
+                            f"invalid UTF-8 in a text message: {exc.reason}",
+                            code=CloseCode.INVALID_DATA,
+                        ) from None
+                else:
+                    events.append(payload if type(payload) is bytes else bytes(payload))
+                self.messages_received += 1
+                continue
             mask_key = (
                 bytes(buffer[position + header_size - 4 : position + header_size])
                 if second & 0x80
@@ -416,6 +452,7 @@ class ConnectionCore:
                 if mask_key is not None:
                     payload = apply_mask(payload, mask_key)
                 self._receive_frame(bool(first & 0x80), opcode, bool(first & 0x40), payload, events)
+                fast_limit = self._fast_limit if self._message is None and self.close_sent is None else -1
             else:
                 # A data frame longer than what arrived (a control frame is
                 # at most 127 bytes, so always whole here or still pending).
@@ -762,15 +799,10 @@ class ConnectionCore:
 
     def data_to_send(self) -> List[BytesLike]:
         """Take the bytes waiting to be written, in order: headers and payloads."""
-        outgoing = self._outgoing
+        outgoing = self.outgoing
         if outgoing:
-            self._outgoing = []
+            self.outgoing = []
         return outgoing
-
-    @property
-    def has_data_to_send(self) -> bool:
-        """Whether frames are waiting to be written."""
-        return bool(self._outgoing)
 
     def _check_open(self) -> None:
         """Refuse to send once a close frame was sent (or before the handshake)."""
@@ -804,7 +836,8 @@ class ConnectionCore:
         Raises:
             InvalidState: the connection isn't open, or a close frame was sent.
         """
-        self._check_open()
+        if self.state is not State.OPEN or self.close_sent is not None:
+            self._check_open()
         deflate = self.deflate
         if self._sending_fragmented:
             opcode = Opcode.CONT
@@ -946,5 +979,4 @@ class ConnectionCore:
             mask_key = self._mask_pool[position : position + 4]
         header, payload = encode_frame(fin, opcode, payload, rsv1=rsv1, mask_key=mask_key)
         self.bytes_sent += len(header) + len(payload)
-        self._outgoing.append(header)
-        self._outgoing.append(payload)
+        self.outgoing += (header, payload)

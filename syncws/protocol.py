@@ -439,6 +439,10 @@ class WebSocketCommonProtocol:
                 connection is aborted.
         """
         deadline = self._write_deadline(timeout)
+        if type(message) is str and text is None:  # the common case, first
+            with self._message_lock:
+                self._send_frame(message.encode(), True, True, compress, deadline)
+            return
         outgoing = prepare_message(message, text)
         if outgoing.fragments is None:
             assert outgoing.payload is not None
@@ -483,7 +487,17 @@ class WebSocketCommonProtocol:
         if self._debug:
             kind = "TEXT" if text else "BINARY"
             self.logger.debug("%s > %s [%d bytes]%s", self, kind, len(payload), "" if fin else " (not fin)")
-        self._send(lambda core: core.send_data(payload, text=text, fin=fin, compress=compress), deadline)
+        writer = self._writer
+        try:
+            if writer is None:
+                raise InvalidState("the opening handshake isn't done yet")
+            writer.send_data(payload, text, fin, compress, deadline)
+        except InvalidState as exc:
+            raise self._refused(exc) from None
+        except TimeoutError:
+            raise
+        except OSError as exc:
+            raise self._closed_exception() from exc
 
     def _send(self, produce: Callable[[ConnectionCore], Any], deadline: Optional[float]) -> None:
         """Write the frames ``produce(core)`` makes; report a closed connection."""
@@ -492,16 +506,18 @@ class WebSocketCommonProtocol:
             if writer is None:
                 raise InvalidState("the opening handshake isn't done yet")
             writer.send(produce, deadline)
-        except ConnectionClosed:
-            raise
-        except InvalidState:
-            if self._core.state is State.CONNECTING:
-                raise
-            raise self._closed_exception() from None
+        except InvalidState as exc:
+            raise self._refused(exc) from None
         except TimeoutError:
             raise
         except OSError as exc:
             raise self._closed_exception() from exc
+
+    def _refused(self, exc: InvalidState) -> InvalidState:
+        """What to raise when the core refused to send: the closed connection's exception."""
+        if isinstance(exc, ConnectionClosed) or self._core.state is State.CONNECTING:
+            return exc
+        return self._closed_exception()
 
     def send_nowait(self, message: Data, timeout: Optional[float] = None) -> bool:
         """Send ``message`` only if that can't block; for :func:`~syncws.broadcast`.
@@ -773,7 +789,7 @@ class WebSocketCommonProtocol:
                         events = core.receive_data(data)
                 if events:
                     self._handle_events(events)
-                if core.has_data_to_send:
+                if core.outgoing:
                     writer.flush(blocking=False)
             else:
                 # The peer's close frame arrived, or it broke the protocol:

@@ -61,6 +61,8 @@ class Transport:
         sock.settimeout(None)
         self.sock = sock
         self.read_limit = read_limit
+        # Whether write() may try a non-blocking send first (not with TLS).
+        self._try_nowait = bool(_MSG_DONTWAIT)
         self._stream = StreamReader(sock, read_limit, buffered=buffered)
         #: Set (by the timer thread) just before a write that ran past its
         #: deadline is aborted, so the writer can tell a timeout from a lost
@@ -98,6 +100,7 @@ class Transport:
             self.sock, server_side=server_side, server_hostname=server_hostname,
             do_handshake_on_connect=False,
         )
+        self._try_nowait = False
         self._stream = StreamReader(self.sock, self.read_limit)
         self.sock.do_handshake()
 
@@ -142,7 +145,7 @@ class Transport:
             OSError: the connection is lost.
         """
         size = len(data)
-        if _MSG_DONTWAIT and not self.secure:
+        if self._try_nowait:
             try:
                 sent = self.sock.send(data, _MSG_DONTWAIT)
             except BlockingIOError:

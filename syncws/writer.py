@@ -66,6 +66,25 @@ class Writer:
         wait = timeout if timeout is not None else self.write_timeout
         return None if wait is None else time.monotonic() + wait
 
+    def send_data(
+        self, payload: BytesLike, text: bool, fin: bool, compress: Optional[bool], deadline: Optional[float]
+    ) -> None:
+        """Have the core make one data frame and write it: the hot path of ``send()``.
+
+        Raises:
+            InvalidState: the connection isn't open (nothing is written).
+            TimeoutError: past ``deadline``; the transport was aborted.
+            OSError: the connection is lost.
+        """
+        core = self.core
+        with self.lock:
+            with self.core_lock:
+                core.send_data(payload, text=text, fin=fin, compress=compress)
+                data = core.data_to_send()
+            self.write_locked(data, deadline)
+        if core.outgoing:
+            self.flush(blocking=False)
+
     def send(self, produce: Callable[[ConnectionCore], Any], deadline: Optional[float]) -> None:
         """Have the core make frames with ``produce(core)``, then write them.
 
@@ -79,7 +98,8 @@ class Writer:
                 produce(self.core)
                 data = self.core.data_to_send()
             self.write_locked(data, deadline)
-        self.flush(blocking=False)
+        if self.core.outgoing:
+            self.flush(blocking=False)
 
     def write_locked(self, data: List[BytesLike], deadline: Optional[float]) -> None:
         """Write frames the core produced; the caller holds :attr:`lock`.
@@ -96,7 +116,10 @@ class Writer:
             return
         transport = self.transport
         try:
-            if max(map(len, data)) <= self.write_limit:
+            if len(data) == 2 and len(data[1]) <= self.write_limit:
+                # One frame, the common case: header and payload in one call.
+                transport.write(data[0] + data[1], deadline)  # type: ignore[operator]
+            elif max(map(len, data)) <= self.write_limit:
                 transport.write(b"".join(data), deadline)
             else:
                 for part in data:
@@ -120,7 +143,7 @@ class Writer:
         lock: that thread flushes after its own frames. Never raises: a
         failed write aborts the transport, which ends the connection.
         """
-        while self.core.has_data_to_send:
+        while self.core.outgoing:
             if not self.lock.acquire(blocking=blocking):
                 return
             try:

@@ -332,12 +332,12 @@ def test_send_64_bit_header() -> None:
 
 def test_data_to_send_empties_the_buffer() -> None:
     core = make("server")
-    assert not core.has_data_to_send
+    assert not core.outgoing
     core.send_data(b"a", text=False)
     core.send_data(b"b", text=False)
-    assert core.has_data_to_send
+    assert core.outgoing
     assert output(core) == b"\x82\x01a\x82\x01b"
-    assert not core.has_data_to_send
+    assert not core.outgoing
     assert core.data_to_send() == []
 
 
