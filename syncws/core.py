@@ -166,6 +166,13 @@ _UNPACK_U64 = __import__("struct").Struct("!Q").unpack_from
 _utf8_decode = codecs.utf_8_decode
 
 
+# Without a size limit, a partial frame's first buffer; it doubles as bytes
+# arrive.
+_FIRST_BUFFER = 2**16
+# Larger than any frame length (a 64-bit length with its top bit clear).
+_NO_LIMIT = 2**63
+
+
 def _deflate_bound(size: int) -> int:
     """The most bytes deflate may take to encode ``size`` bytes (zlib's ``compressBound``)."""
     return size + (size >> 12) + (size >> 14) + (size >> 25) + 13
@@ -205,23 +212,34 @@ class _Message:
 class _PartialFrame:
     """A data frame whose payload is still arriving.
 
-    Its payload goes into ``buffer``, allocated once at its announced length
-    (already checked against the limits), and is unmasked and decoded piece
-    by piece as it arrives. A frame received after our close frame has no
-    buffer: its bytes are only counted, then dropped.
+    Its payload goes into ``buffer``, unmasked and decoded piece by piece as
+    it arrives. The buffer is allocated at the announced length when a size
+    limit bounds it (one allocation, no copy); without a limit it starts
+    small and doubles as bytes arrive, so announcing a huge frame costs
+    nothing until its bytes come. A frame received after our close frame has
+    no buffer: its bytes are only counted, then dropped.
     """
 
     __slots__ = ("fin", "length", "mask_key", "received", "processed", "buffer", "pieces")
 
-    def __init__(self, fin: bool, length: int, mask_key: Optional[bytes], keep: bool) -> None:
+    def __init__(self, fin: bool, length: int, mask_key: Optional[bytes], keep: bool, first_size: int) -> None:
         self.fin = fin
         self.length = length
         self.mask_key = mask_key
         self.received = 0
         # Bytes of buffer unmasked and decoded so far.
         self.processed = 0
-        self.buffer: Optional[bytearray] = bytearray(length) if keep else None
+        self.buffer: Optional[bytearray] = bytearray(min(length, first_size)) if keep else None
         self.pieces: List[Data] = []
+
+    def reserve(self, size: int) -> bytearray:
+        """Make room in the buffer for ``size`` more bytes (at most the frame's rest)."""
+        buffer = self.buffer
+        assert buffer is not None
+        needed = min(self.length, self.received + size)
+        if needed > len(buffer):
+            buffer.extend(bytes(min(max(needed, 2 * len(buffer)), self.length) - len(buffer)))
+        return buffer
 
 
 class ConnectionCore:
@@ -253,7 +271,7 @@ class ConnectionCore:
         self.max_fragment_size = max_fragment_size
         # The largest frame within both limits, for the parser's fast path.
         self._fast_limit = min(
-            2**63 if limit is None else limit for limit in (max_message_size, max_fragment_size)
+            _NO_LIMIT if limit is None else limit for limit in (max_message_size, max_fragment_size)
         )
         self.deflate = deflate
         self.state = State.CONNECTING
@@ -524,7 +542,8 @@ class ConnectionCore:
             self._message = _Message(opcode is Opcode.TEXT, rsv1)
         elif self._message is not None:
             self._message.frame_size = 0
-        self._partial = _PartialFrame(fin, length, mask_key, keep=self.close_sent is None)
+        first_size = length if self._fast_limit < _NO_LIMIT else _FIRST_BUFFER
+        self._partial = _PartialFrame(fin, length, mask_key, self.close_sent is None, first_size)
 
     def _continue_frame(self, data: BytesLike, events: List[Event]) -> BytesLike:
         """Take the payload bytes of the partial frame from ``data``.
@@ -538,7 +557,7 @@ class ConnectionCore:
         start = partial.received
         partial.received += take
         if partial.buffer is not None:
-            partial.buffer[start : start + take] = data[:take]
+            partial.reserve(take)[start : start + take] = data[:take]
             self._process_partial(partial, events)
         if partial.received == partial.length:
             self._partial = None
@@ -563,7 +582,10 @@ class ConnectionCore:
         partial = self._partial
         if partial is None or partial.buffer is None or self._input_closed:
             return None
-        return memoryview(partial.buffer)[partial.received :]
+        buffer = partial.buffer
+        if len(buffer) == partial.received:
+            buffer = partial.reserve(len(buffer))  # full: double it
+        return memoryview(buffer)[partial.received :]
 
     def buffer_updated(self, size: int) -> List[Event]:
         """Account for ``size`` bytes received into :meth:`get_buffer`'s view.

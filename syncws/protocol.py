@@ -23,8 +23,8 @@ I/O. This module runs it over a :class:`~syncws.transport.Transport`:
   one shared thread of :mod:`syncws.timers`. They never block: when time is
   up they abort the transport, which wakes every thread blocked on it.
 
-Lock order: ``_message_lock`` (one message's frames), then the writer's
-lock, then ``_core_lock``; never the other way round.
+Lock order: the writer's ``message_lock`` (one message's frames), then its
+``lock``, then ``_core_lock``; never the other way round.
 """
 
 from __future__ import annotations
@@ -39,21 +39,18 @@ from . import timers
 from .close_codes import CloseCode, describe_close
 from .core import (
     BytesLike,
-    CloseReceived,
     ConnectionCore,
     Data,
-    Event,
-    Failed,
-    Fragment,
-    PongReceived,
     State,
 )
-from .exceptions import ConcurrencyError, ConnectionClosed, ConnectionClosedOK, InvalidState
+from .exceptions import ConnectionClosed, ConnectionClosedOK, InvalidState
 from .framing import serialize_close
 from .messages import Assembler, MessageQueue, QueueClosed, prepare_message
 from .settings import ConnectionSettings, check_settings
 from .transport import Transport
 from .keepalive import Keepalive
+from .logs import closed_line, connection_label, format_address
+from .reader import Reader
 from .writer import Writer
 
 __all__ = ["State", "Stats", "WebSocketCommonProtocol", "Data"]
@@ -174,10 +171,6 @@ class WebSocketCommonProtocol:
         self._core_lock = threading.Lock()
         # The write side, from connection_made() on.
         self._writer: Optional[Writer] = None
-        # Keeps the frames of one message together; taken before
-        # _write_lock. _fragmented_send says a fragmented message holds it.
-        self._message_lock = threading.Lock()
-        self._fragmented_send = False
         self._messages = MessageQueue(settings.max_queue_high, settings.max_queue_low)
         self._assembler = Assembler(self._messages)
         self._reader_thread: Optional[threading.Thread] = None
@@ -257,7 +250,7 @@ class WebSocketCommonProtocol:
         )
 
     def __str__(self) -> str:
-        return f"{self.side} connection {self.id.hex[:8]} with {self.remote_address}"
+        return f"{connection_label(self)} ({self.side}, peer {format_address(self.remote_address)})"
 
     # -- setting up ------------------------------------------------------------
 
@@ -292,8 +285,14 @@ class WebSocketCommonProtocol:
             self._core.open(deflate)
         self._debug = self.logger.isEnabledFor(logging.DEBUG)
         self._opened_at = time.monotonic()
+        assert self._writer is not None
+        reader = Reader(
+            self._core, self._core_lock, transport, self._writer, self._messages,
+            is_client=self.is_client, logger=self.logger, label=connection_label(self),
+            on_pong=self._pong_received, on_closing=self._start_close_timer, on_end=self._finish,
+        )
         self._reader_thread = threading.Thread(
-            target=self._run_reader,
+            target=reader.run,
             args=(transport.take_buffered(),),
             name=f"syncws-reader-{self.remote_address}",
             daemon=True,
@@ -438,86 +437,41 @@ class WebSocketCommonProtocol:
             TimeoutError: the peer didn't read the message in time; the
                 connection is aborted.
         """
-        deadline = self._write_deadline(timeout)
         if type(message) is str and text is None:  # the common case, first
-            with self._message_lock:
-                self._send_frame(message.encode(), True, True, compress, deadline)
-            return
-        outgoing = prepare_message(message, text)
-        if outgoing.fragments is None:
-            assert outgoing.payload is not None
-            with self._message_lock:
-                self._send_frame(outgoing.payload, outgoing.text, True, compress, deadline)
+            payload: Optional[BytesLike] = message.encode()
+            is_text = True
         else:
-            self._send_fragments(outgoing.fragments, outgoing.text, deadline, compress)
-
-    def _send_fragments(
-        self, fragments: Iterator[Tuple[BytesLike, bool]], text: bool, deadline: Optional[float],
-        compress: Optional[bool],
-    ) -> None:
-        """Send one fragmented message: a frame per ``(payload, fin)``.
-
-        Once a frame is out, RFC 6455 has no way to cancel the message, so an
-        error from the iterable fails the connection with 1011.
-        """
-        if not self._message_lock.acquire(blocking=False):
-            if self._fragmented_send:
-                raise ConcurrencyError(
-                    "another thread is sending a fragmented message on this connection: "
-                    "send fragmented messages from one thread at a time"
-                )
-            self._message_lock.acquire()
-        self._fragmented_send = True
-        try:
-            for payload, fin in fragments:
-                self._send_frame(payload, text, fin, compress, deadline)
-        except (OSError, ConnectionClosed, InvalidState):
-            raise
-        except Exception:
-            self._fail_from_sender(CloseCode.INTERNAL_ERROR, "error while sending a fragmented message")
-            raise
-        finally:
-            self._fragmented_send = False
-            self._message_lock.release()
-
-    def _send_frame(
-        self, payload: BytesLike, text: bool, fin: bool, compress: Optional[bool], deadline: Optional[float]
-    ) -> None:
-        """Have the core make one data frame and write it."""
+            outgoing = prepare_message(message, text)
+            if outgoing.fragments is not None:
+                try:
+                    self._send(Writer.send_fragments, outgoing.fragments, outgoing.text, compress, timeout)
+                except (OSError, InvalidState):
+                    raise
+                except Exception:
+                    self._start_close_timer()  # the writer failed the connection with 1011
+                    raise
+                return
+            payload, is_text = outgoing.payload, outgoing.text
         if self._debug:
-            kind = "TEXT" if text else "BINARY"
-            self.logger.debug("%s > %s [%d bytes]%s", self, kind, len(payload), "" if fin else " (not fin)")
+            assert payload is not None
+            self.logger.debug("%s > %s [%d bytes]", self, "TEXT" if is_text else "BINARY", len(payload))
+        self._send(Writer.send_message, payload, is_text, compress, timeout)
+
+    def _send(self, method: Callable[..., Any], *args: Any) -> Any:
+        """Call ``method(writer, *args)``; report a refused send as the closed connection."""
         writer = self._writer
         try:
             if writer is None:
                 raise InvalidState("the opening handshake isn't done yet")
-            writer.send_data(payload, text, fin, compress, deadline)
+            return method(writer, *args)
         except InvalidState as exc:
-            raise self._refused(exc) from None
+            if isinstance(exc, ConnectionClosed) or self._core.state is State.CONNECTING:
+                raise
+            raise self._closed_exception() from None
         except TimeoutError:
             raise
         except OSError as exc:
             raise self._closed_exception() from exc
-
-    def _send(self, produce: Callable[[ConnectionCore], Any], deadline: Optional[float]) -> None:
-        """Write the frames ``produce(core)`` makes; report a closed connection."""
-        writer = self._writer
-        try:
-            if writer is None:
-                raise InvalidState("the opening handshake isn't done yet")
-            writer.send(produce, deadline)
-        except InvalidState as exc:
-            raise self._refused(exc) from None
-        except TimeoutError:
-            raise
-        except OSError as exc:
-            raise self._closed_exception() from exc
-
-    def _refused(self, exc: InvalidState) -> InvalidState:
-        """What to raise when the core refused to send: the closed connection's exception."""
-        if isinstance(exc, ConnectionClosed) or self._core.state is State.CONNECTING:
-            return exc
-        return self._closed_exception()
 
     def send_nowait(self, message: Data, timeout: Optional[float] = None) -> bool:
         """Send ``message`` only if that can't block; for :func:`~syncws.broadcast`.
@@ -535,23 +489,12 @@ class WebSocketCommonProtocol:
             ConnectionClosed: the connection is closed.
             TimeoutError: as for :meth:`send`.
         """
-        if not isinstance(message, (str, bytes, bytearray, memoryview)):
+        outgoing = prepare_message(message, None)
+        if outgoing.payload is None:
             raise TypeError(f"broadcast() sends str or bytes-like messages, not {type(message).__name__}")
-        if not self.open or not self._message_lock.acquire(blocking=False):
-            return False  # a worker thread will send it, or report why not
-        try:
-            # Headers, and deflate's worst case on incompressible data, add
-            # well under 64 bytes.
-            size = len(message) * (4 if isinstance(message, str) else 1)
-            transport = self.transport
-            if transport is None or size + 64 > transport.room():
-                return False
-            outgoing = prepare_message(message, None)
-            assert outgoing.payload is not None
-            self._send_frame(outgoing.payload, outgoing.text, True, None, self._write_deadline(timeout))
-            return True
-        finally:
-            self._message_lock.release()
+        if not self.open:
+            return False  # a worker thread will report why
+        return bool(self._send(Writer.send_nowait, outgoing.payload, outgoing.text, timeout))
 
     def ping(self, data: Union[str, bytes, None] = None) -> threading.Event:
         """Send a ping.
@@ -571,14 +514,9 @@ class WebSocketCommonProtocol:
             TimeoutError: the peer didn't read the ping within
                 ``write_timeout``; the connection is aborted.
         """
-        if isinstance(data, str):
-            data = data.encode()
-        elif data is not None:
-            data = bytes(data)
-        if data is not None and len(data) > 125:
-            raise ValueError(f"a ping payload is at most 125 bytes, got {len(data)}")
+        payload = data.encode() if isinstance(data, str) else None if data is None else bytes(data)
         event = threading.Event()
-        self._send(lambda core: core.send_ping(data, (event, time.monotonic())), self._write_deadline())
+        self._send(Writer.send, lambda core: core.send_ping(payload, (event, time.monotonic())), None)
         self._pings_sent += 1
         return event
 
@@ -594,12 +532,8 @@ class WebSocketCommonProtocol:
             TimeoutError: the peer didn't read the pong within
                 ``write_timeout``; the connection is aborted.
         """
-        if isinstance(data, str):
-            data = data.encode()
-        if len(data) > 125:
-            raise ValueError(f"a pong payload is at most 125 bytes, got {len(data)}")
-        payload = bytes(data)
-        self._send(lambda core: core.send_pong(payload), self._write_deadline())
+        payload = data.encode() if isinstance(data, str) else bytes(data)
+        self._send(Writer.send, lambda core: core.send_pong(payload), None)
 
     # -- closing -------------------------------------------------------------
 
@@ -628,22 +562,8 @@ class WebSocketCommonProtocol:
             return
         # A send stuck on a peer that stopped reading holds the write lock:
         # wait for it no longer than the closing handshake may take.
-        wait = -1 if self.close_timeout is None else self.close_timeout
-        if writer.lock.acquire(timeout=wait):
-            try:
-                with self._core_lock:
-                    closing = self._core.state is State.OPEN and self._core.close_sent is None
-                    if closing:
-                        self._core.send_close(code, reason)
-                    data = self._core.data_to_send()
-                if closing:
-                    self._start_close_timer()
-                writer.write_locked(data, self._close_deadline())
-            except OSError:
-                pass  # the writer aborted the transport: the reader ends
-            finally:
-                writer.lock.release()
-        else:
+        sent = writer.send_close(code, reason, self.close_timeout, on_sent=self._start_close_timer)
+        if sent is None:
             self.abort(f"close({code}) gave up waiting for a send blocked on the peer")
         # The reader must keep reading to see the peer's close frame, even if
         # nobody consumes messages any more.
@@ -697,16 +617,6 @@ class WebSocketCommonProtocol:
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
 
-    def _fail_from_sender(self, code: int, reason: str) -> None:
-        """Fail the connection from an application thread."""
-        assert self._writer is not None
-        try:
-            self._writer.send(lambda core: core.fail(code, reason), self._close_deadline())
-        except OSError:
-            pass  # the writer aborted the transport: the reader ends
-        self._start_close_timer()
-        self._messages.unbound()
-
     def _closed_exception(self) -> ConnectionClosed:
         """Wait for the connection to be closed, then build its exception.
 
@@ -731,14 +641,6 @@ class WebSocketCommonProtocol:
 
     # -- deadlines -------------------------------------------------------------
 
-    def _write_deadline(self, timeout: Optional[float] = None) -> Optional[float]:
-        """When a write started now must end: ``timeout`` or ``write_timeout``."""
-        wait = timeout if timeout is not None else self.write_timeout
-        return None if wait is None else time.monotonic() + wait
-
-    def _close_deadline(self) -> Optional[float]:
-        return None if self.close_timeout is None else time.monotonic() + self.close_timeout
-
     def _start_close_timer(self) -> None:
         """Drop TCP if the closing handshake isn't over within the timeout."""
         if self._close_timer is None and self.close_timeout is not None:
@@ -758,81 +660,9 @@ class WebSocketCommonProtocol:
 
     # -- the reader thread -------------------------------------------------------
 
-    def _run_reader(self, buffered: bytes) -> None:
-        """The reader thread: feed the core until the connection ends."""
-        transport = self.transport
-        writer = self._writer
-        assert transport is not None and writer is not None
-        core = self._core
-        lock = self._core_lock
-        read_limit = self.read_limit
-        cause = ""
-        try:
-            with lock:
-                events = core.receive_data(buffered)
-            self._handle_events(events)
-            while not core.input_closed:
-                with lock:
-                    buffer = core.get_buffer()
-                if buffer is not None and len(buffer) >= read_limit:
-                    # A large frame: read straight into its payload.
-                    size = transport.recv_into(buffer)
-                    if not size:
-                        break
-                    with lock:
-                        events = core.buffer_updated(size)
-                else:
-                    data = transport.recv(read_limit)
-                    if not data:
-                        break
-                    with lock:
-                        events = core.receive_data(data)
-                if events:
-                    self._handle_events(events)
-                if core.outgoing:
-                    writer.flush(blocking=False)
-            else:
-                # The peer's close frame arrived, or it broke the protocol:
-                # write the close frame, then end TCP (RFC 6455 §7.1.1: the
-                # server closes first; a client waits for it).
-                writer.flush(blocking=True)
-                self._messages.unbound()
-                self._start_close_timer()
-                if not self.is_client:
-                    transport.shutdown_write()
-                transport.drain()
-        except OSError as exc:
-            cause = f"connection lost: {exc}" if str(exc) else "connection lost"
-        except Exception:
-            self.logger.exception("%s: unexpected error in the reader thread", self)
-            cause = "internal error in the reader thread"
-            with lock:
-                core.fail(CloseCode.INTERNAL_ERROR, "internal error")
-            writer.flush(blocking=False)
-        finally:
-            self._finish(cause)
-
-    def _handle_events(self, events: List[Event]) -> None:
-        """Act on what the core made of the input: the reader thread's job."""
-        put = self._messages.put
-        for event in events:
-            kind = type(event)
-            if kind is str or kind is bytes or kind is Fragment:
-                if self._debug:
-                    self.logger.debug("%s < %s", self, _describe(event))  # type: ignore[arg-type]
-                put(event)
-            elif kind is PongReceived:
-                assert isinstance(event, PongReceived)
-                now = time.monotonic()
-                for ping_event, sent_at in event.waiters:
-                    ping_event.set()
-                    self.latency = now - sent_at
-            elif kind is Failed:
-                assert isinstance(event, Failed)
-                self.logger.info("%s: failing with %s", self, describe_close(event.code, event.reason))
-            elif kind is CloseReceived and self._debug:
-                assert isinstance(event, CloseReceived)
-                self.logger.debug("%s < CLOSE %s", self, describe_close(event.code, event.reason))
+    def _pong_received(self, latency: float) -> None:
+        """Reader callback: a ping's pong came back."""
+        self.latency = latency
 
     def _finish(self, cause: str) -> None:
         """Close the socket and wake everyone: the reader thread's last act."""
@@ -849,21 +679,6 @@ class WebSocketCommonProtocol:
             self._keepalive.stop()
         self._messages.close()
         self._closed.set()
-        self.logger.info(
-            "%s closed: %s after %.1f s (sent: %s)",
-            self,
-            describe_close(self._core.close_code or CloseCode.ABNORMAL_CLOSURE, self._core.close_reason or ""),
-            time.monotonic() - self._opened_at,
-            describe_close(*self._core.close_sent) if self._core.close_sent else "no close frame",
-        )
-
-
-def _describe(message: Union[Data, Fragment]) -> str:
-    """One line for DEBUG logs, payload truncated."""
-    flags = ""
-    if isinstance(message, Fragment):
-        flags = "" if message.fin else " (not fin)"
-        message = message.data
-    kind = "TEXT" if isinstance(message, str) else "BINARY"
-    more = "..." if len(message) > 24 else ""
-    return f"{kind} {message[:24]!r}{more} [{len(message)}]{flags}"
+        core = self._core
+        assert core.close_code is not None and core.close_reason is not None
+        self.logger.info("%s", closed_line(self, core.close_code, core.close_reason, time.monotonic() - self._opened_at))

@@ -20,7 +20,7 @@ import socket
 import ssl as ssl_module
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Type, Union
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Set, Tuple, Type, Union
 
 from . import handshake, timers
 from .exceptions import (

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
-from .core import BytesLike, ConnectionCore
-from .exceptions import InvalidState
+from .close_codes import CloseCode
+from .core import BytesLike, ConnectionCore, State
+from .exceptions import ConcurrencyError, InvalidState
 from .transport import Transport
 
 __all__ = ["Writer"]
@@ -60,6 +61,10 @@ class Writer:
         self.write_timeout = write_timeout
         #: Held from producing a frame to writing its last byte.
         self.lock = threading.Lock()
+        #: Keeps the frames of one message together; taken before
+        #: :attr:`lock`. ``_fragmented`` says a fragmented message holds it.
+        self.message_lock = threading.Lock()
+        self._fragmented = False
 
     def deadline(self, timeout: Optional[float] = None) -> Optional[float]:
         """When a write started now must end: ``timeout`` or ``write_timeout``."""
@@ -85,14 +90,116 @@ class Writer:
         if core.outgoing:
             self.flush(blocking=False)
 
-    def send(self, produce: Callable[[ConnectionCore], Any], deadline: Optional[float]) -> None:
-        """Have the core make frames with ``produce(core)``, then write them.
+    def send_message(self, payload: BytesLike, text: bool, compress: Optional[bool], timeout: Optional[float]) -> None:
+        """Send a whole message in one frame, after any fragmented message in progress.
+
+        ``timeout`` (``write_timeout`` when ``None``) bounds the write; the
+        other sending methods take it alike.
+        """
+        deadline = self.deadline(timeout)
+        with self.message_lock:
+            self.send_data(payload, text, True, compress, deadline)
+
+    def send_fragments(
+        self, fragments: Iterator[Tuple[BytesLike, bool]], text: bool, compress: Optional[bool],
+        timeout: Optional[float],
+    ) -> None:
+        """Send one fragmented message: a frame per ``(payload, fin)``, all within ``timeout``.
+
+        Once a frame is out, RFC 6455 has no way to cancel the message, so an
+        error from the iterable fails the connection with 1011.
+
+        Raises:
+            ConcurrencyError: another thread is sending a fragmented message.
+        """
+        if not self.message_lock.acquire(blocking=False):
+            if self._fragmented:
+                raise ConcurrencyError(
+                    "another thread is sending a fragmented message on this connection: "
+                    "send fragmented messages from one thread at a time"
+                )
+            self.message_lock.acquire()
+        deadline = self.deadline(timeout)
+        self._fragmented = True
+        try:
+            for payload, fin in fragments:
+                self.send_data(payload, text, fin, compress, deadline)
+        except (OSError, InvalidState):
+            raise
+        except Exception:
+            reason = "error while sending a fragmented message"
+            try:
+                self.send(lambda core: core.fail(CloseCode.INTERNAL_ERROR, reason), None)
+            except OSError:
+                pass  # the transport is aborted: the reader ends
+            raise
+        finally:
+            self._fragmented = False
+            self.message_lock.release()
+
+    def send_nowait(self, payload: BytesLike, text: bool, timeout: Optional[float]) -> bool:
+        """Send a whole message only if that can't block (for ``broadcast()``).
+
+        Returns:
+            ``False``, having sent nothing, when another send is under way or
+            the frame might not fit in the socket buffer at once.
+        """
+        if not self.message_lock.acquire(blocking=False):
+            return False
+        try:
+            # Headers, and deflate's worst case on incompressible data, add
+            # well under 64 bytes.
+            if len(payload) + 64 > self.transport.room():
+                return False
+            self.send_data(payload, text, True, None, self.deadline(timeout))
+            return True
+        finally:
+            self.message_lock.release()
+
+    def send_close(
+        self, code: int, reason: str, timeout: Optional[float], on_sent: Callable[[], None]
+    ) -> Optional[bool]:
+        """Send a close frame unless one was sent, waiting at most ``timeout`` for the lock.
+
+        Args:
+            code: the close code.
+            reason: the close reason.
+            timeout: seconds to wait for the lock (a send blocked on a peer
+                that stopped reading holds it) and for the write; ``None``
+                waits forever.
+            on_sent: called once the core made the frame, before it is
+                written (to arm the closing deadline).
+
+        Returns:
+            ``None`` when the lock couldn't be had in time, else whether a
+            close frame was made (a failed write aborts the transport).
+        """
+        if not self.lock.acquire(timeout=-1 if timeout is None else timeout):
+            return None
+        try:
+            with self.core_lock:
+                closing = self.core.state is State.OPEN and self.core.close_sent is None
+                if closing:
+                    self.core.send_close(code, reason)
+                data = self.core.data_to_send()
+            if closing:
+                on_sent()
+            self.write_locked(data, None if timeout is None else time.monotonic() + timeout)
+        except OSError:
+            pass  # the transport is aborted: the reader ends
+        finally:
+            self.lock.release()
+        return closing
+
+    def send(self, produce: Callable[[ConnectionCore], Any], timeout: Optional[float]) -> None:
+        """Have the core make frames with ``produce(core)``, then write them within ``timeout``.
 
         Raises:
             whatever ``produce`` raises (nothing is written then);
             TimeoutError: past ``deadline``; the transport was aborted.
             OSError: the connection is lost.
         """
+        deadline = self.deadline(timeout)
         with self.lock:
             with self.core_lock:
                 produce(self.core)

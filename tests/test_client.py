@@ -24,7 +24,7 @@ from syncws import (
 )
 from syncws.handshake import accept_key
 
-from conftest import CERT_FILE, KEY_FILE, basic_auth_value, wait_for
+from conftest import CERT_FILE, KEY_FILE, basic_auth_value
 
 pytestmark = pytest.mark.timeout(20)
 

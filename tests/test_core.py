@@ -1748,3 +1748,20 @@ def test_client_mask_keys_are_refilled() -> None:
         core.send_data(i.to_bytes(2, "big"), text=False)
     frames = sent(core)
     assert [frame.data for frame in frames] == [i.to_bytes(2, "big") for i in range(600)]
+
+
+def test_a_huge_announced_frame_without_a_limit_costs_nothing_until_its_bytes_come(side: str) -> None:
+    # With max_size=None a peer may announce a frame of 2**40 bytes: the
+    # buffer grows with what arrives instead of being allocated up front.
+    core = make(side, max_message_size=None, max_fragment_size=None)
+    tracemalloc.start()
+    try:
+        assert core.receive_data(raw_frame(core, 0x82, b"x" * 1000, length=2**40)) == []
+        for _ in range(100):
+            assert core.receive_data(b"y" * 1000) == []
+        buffer = core.get_buffer()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert buffer is not None and len(buffer) < 2**20
+    assert peak < 2**20, peak

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Iterator, List
 
 import pytest
 

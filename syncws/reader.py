@@ -1,0 +1,168 @@
+"""The reader thread of a connection: socket → core → queue.
+
+Theory of operation: the reader thread is the only reader of the socket. It
+feeds what it reads to the connection's core (:mod:`syncws.core`), under the
+core's lock, and acts on the events that come out: messages and fragments go
+to the bounded :class:`~syncws.messages.MessageQueue` (when it is full, the
+thread waits there, stops reading, and TCP pushes back on the peer); pongs
+set the events their pings wait on; frames the core made in answer (pongs,
+the reply to a close frame) are flushed by the writer. For a large frame the
+core offers the frame's own payload buffer, so its bytes go from the kernel
+straight to where they stay.
+
+Once the core takes no more input (the peer's close frame arrived, or the
+peer broke the protocol), the thread ends TCP the RFC's way: the server
+shuts its side down first (RFC 6455 §7.1.1), a client waits for the server
+to, both within the closing deadline. Then it hands over to ``on_end``, which
+closes everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable, List, Union
+
+from .close_codes import CloseCode, describe_close
+from .core import CloseReceived, ConnectionCore, Data, Event, Failed, Fragment, PongReceived
+from .messages import MessageQueue
+from .transport import Transport
+from .writer import Writer
+
+__all__ = ["Reader"]
+
+
+class Reader:
+    """Runs one connection's reader thread.
+
+    Args:
+        core: the connection's core; :meth:`run` is its only input.
+        core_lock: the lock that guards ``core``.
+        transport: the socket.
+        writer: the connection's write side, for the frames the core makes.
+        messages: the queue ``recv()`` takes from.
+        is_client: whether this is the client side (which waits for the
+            server to close TCP).
+        logger: where to log, with ``label`` in front of each line.
+        label: names the connection in logs.
+        on_pong: called with the latency of each ping a pong acknowledges.
+        on_closing: called when the closing handshake starts on input (to arm
+            the closing deadline).
+        on_end: called last, with what ended the connection (or ``""``).
+    """
+
+    def __init__(
+        self,
+        core: ConnectionCore,
+        core_lock: threading.Lock,
+        transport: Transport,
+        writer: Writer,
+        messages: MessageQueue,
+        *,
+        is_client: bool,
+        logger: logging.Logger,
+        label: str,
+        on_pong: Callable[[float], None],
+        on_closing: Callable[[], None],
+        on_end: Callable[[str], None],
+    ) -> None:
+        self.core = core
+        self.core_lock = core_lock
+        self.transport = transport
+        self.writer = writer
+        self.messages = messages
+        self.is_client = is_client
+        self.logger = logger
+        self.label = label
+        self.on_pong = on_pong
+        self.on_closing = on_closing
+        self.on_end = on_end
+        self.debug = logger.isEnabledFor(logging.DEBUG)
+
+    def run(self, buffered: bytes) -> None:
+        """The thread's body: feed the core until the connection ends.
+
+        Args:
+            buffered: bytes that arrived after the opening handshake's HTTP
+                head, parsed first.
+        """
+        core, lock, transport = self.core, self.core_lock, self.transport
+        read_limit = transport.read_limit
+        cause = ""
+        try:
+            with lock:
+                events = core.receive_data(buffered)
+            self.handle(events)
+            while not core.input_closed:
+                # Only this thread changes the partial frame get_buffer()
+                # looks at; a concurrent fail() only makes it moot.
+                buffer = core.get_buffer()
+                if buffer is not None and len(buffer) >= read_limit:
+                    # A large frame: read straight into its payload.
+                    size = transport.recv_into(buffer)
+                    if not size:
+                        break
+                    with lock:
+                        events = core.buffer_updated(size)
+                else:
+                    data = transport.recv(read_limit)
+                    if not data:
+                        break
+                    with lock:
+                        events = core.receive_data(data)
+                if events:
+                    self.handle(events)
+                if core.outgoing:
+                    self.writer.flush(blocking=False)
+            else:
+                # The close frame goes out before our FIN.
+                self.writer.flush(blocking=True)
+                self.messages.unbound()
+                self.on_closing()
+                if not self.is_client:
+                    transport.shutdown_write()
+                transport.drain()
+        except OSError as exc:
+            cause = f"connection lost: {exc}" if str(exc) else "connection lost"
+        except Exception:
+            self.logger.exception("%s: unexpected error in the reader thread", self.label)
+            cause = "internal error in the reader thread"
+            with lock:
+                core.fail(CloseCode.INTERNAL_ERROR, "internal error")
+            self.writer.flush(blocking=False)
+        finally:
+            self.on_end(cause)
+
+    def handle(self, events: List[Event]) -> None:
+        """Act on what the core made of the input."""
+        put = self.messages.put
+        for event in events:
+            kind = type(event)
+            if kind is str or kind is bytes or kind is Fragment:
+                if self.debug:
+                    self.logger.debug("%s < %s", self.label, _describe(event))  # type: ignore[arg-type]
+                put(event)
+            elif kind is PongReceived:
+                assert isinstance(event, PongReceived)
+                now = time.monotonic()
+                for ping_event, sent_at in event.waiters:
+                    ping_event.set()
+                    self.on_pong(now - sent_at)
+            elif kind is Failed:
+                assert isinstance(event, Failed)
+                self.logger.info("%s failing with %s", self.label, describe_close(event.code, event.reason))
+            elif kind is CloseReceived and self.debug:
+                assert isinstance(event, CloseReceived)
+                self.logger.debug("%s < CLOSE %s", self.label, describe_close(event.code, event.reason))
+
+
+def _describe(message: Union[Data, Fragment]) -> str:
+    """One line for DEBUG logs, payload truncated."""
+    flags = ""
+    if isinstance(message, Fragment):
+        flags = "" if message.fin else " (not fin)"
+        message = message.data
+    kind = "TEXT" if isinstance(message, str) else "BINARY"
+    more = "..." if len(message) > 24 else ""
+    return f"{kind} {message[:24]!r}{more} [{len(message)}]{flags}"
