@@ -571,9 +571,10 @@ class ConnectionCore:
     def get_buffer(self) -> Optional[memoryview]:
         """Where the next bytes of a large frame's payload may be received directly.
 
-        A reader may ``recv_into`` this view and then call
+        A reader may ``recv_into`` this view, release it, and then call
         :meth:`buffer_updated`, saving a copy of every byte of large frames;
-        or it may call :meth:`receive_data` as usual.
+        or it may call :meth:`receive_data` as usual. (The view must be
+        released before the next call: the core may grow the buffer.)
 
         Returns:
             The part of the partial frame's payload still missing, or

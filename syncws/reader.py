@@ -98,9 +98,14 @@ class Reader:
                 # Only this thread changes the partial frame get_buffer()
                 # looks at; a concurrent fail() only makes it moot.
                 buffer = core.get_buffer()
-                if buffer is not None and len(buffer) >= read_limit:
-                    # A large frame: read straight into its payload.
-                    size = transport.recv_into(buffer)
+                if buffer is not None and len(buffer) < read_limit:
+                    buffer.release()  # the core may grow the buffer
+                    buffer = None
+                if buffer is not None:
+                    # A large frame: read straight into its payload. The
+                    # view is released at once: the core may grow the buffer.
+                    with buffer:
+                        size = transport.recv_into(buffer)
                     if not size:
                         break
                     with lock:

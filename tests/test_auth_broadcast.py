@@ -285,7 +285,7 @@ def test_broadcast_a_client_that_stops_reading_does_not_stall_others(make_server
         assert done.wait(8), f"broadcast still running after {time.monotonic() - start:.1f} s; calls took {durations}"
         assert max(durations) < 3, durations
 
-        assert list(failures) == slow
+        assert list(failures) == slow, failures
         assert isinstance(failures[slow[0]], TimeoutError)
         assert not slow[0].open
 
