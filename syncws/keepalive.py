@@ -26,6 +26,14 @@ from .writer import Writer
 __all__ = ["Keepalive"]
 
 
+def _never() -> bool:
+    return False
+
+
+def _nothing() -> None:
+    pass
+
+
 class Keepalive:
     """The keepalive pings of one connection.
 
@@ -62,9 +70,16 @@ class Keepalive:
         self._timer = timers.call_later(self.interval, self._ping)
 
     def stop(self) -> None:
-        """Cancel the next ping."""
+        """Cancel the next ping, and let go of the connection's callbacks.
+
+        Dropping them breaks the cycle connection → keepalive → bound method
+        → connection, so a closed connection is freed at once, not by the
+        garbage collector.
+        """
         if self._timer is not None:
             self._timer.cancel()
+        self.reader_paused = _never
+        self.on_timeout = _nothing
 
     def _ping(self) -> None:
         """Timer callback: send a ping and schedule the next one."""
