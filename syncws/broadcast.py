@@ -10,7 +10,6 @@ never delays the others.
 
 from __future__ import annotations
 
-import concurrent.futures
 from typing import Dict, Iterable, Optional
 
 from .protocol import Data, WebSocketCommonProtocol
@@ -54,6 +53,8 @@ def broadcast(
         except Exception as exc:
             failures[connection] = exc
     if slow:
+        import concurrent.futures  # only when some connection is slow
+
         with concurrent.futures.ThreadPoolExecutor(
             max_workers=min(_MAX_WORKERS, len(slow)), thread_name_prefix="syncws-broadcast"
         ) as pool:

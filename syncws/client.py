@@ -12,11 +12,10 @@ import base64
 import logging
 import random
 import socket
-import ssl as ssl_module
 import threading
 import time
 import urllib.parse
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type, Union
 
 from . import handshake, timers
 from .exceptions import (
@@ -36,6 +35,9 @@ from .settings import SizeSetting, check_settings
 from .transport import Transport
 from .uri import WebSocketURI, host_header, parse_uri
 from .version import __version__
+
+if TYPE_CHECKING:  # ssl costs megabytes of memory: imported only for wss://
+    import ssl as ssl_module
 
 __all__ = [
     "connect", "unix_connect", "reconnect", "Reconnect", "retry_transient",
@@ -367,7 +369,9 @@ def connect(
         # the handshake is blocked; `expired` tells that from a real error.
         with timers.deadline(remaining, transport.abort) as handshake_deadline:
             try:
-                if wsuri.secure or ssl is True or isinstance(ssl, ssl_module.SSLContext):
+                if wsuri.secure or ssl is True or (ssl is not None and ssl is not False):
+                    import ssl as ssl_module  # only for wss://: it costs megabytes
+
                     context = ssl if isinstance(ssl, ssl_module.SSLContext) else ssl_module.create_default_context()
                     transport.start_tls(context, server_hostname=server_hostname or wsuri.host)
                 protocol.handshake(wsuri, origin=origin, subprotocols=subprotocols, extra_headers=extra_headers)
@@ -488,7 +492,7 @@ _RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
 def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, InvalidStatusCode):
         return exc.status_code in _RETRYABLE_STATUS
-    if isinstance(exc, (InvalidURI, InvalidHandshake, ssl_module.SSLCertVerificationError)):
+    if isinstance(exc, (InvalidURI, InvalidHandshake)) or type(exc).__name__ == "SSLCertVerificationError":
         return False
     return isinstance(exc, (OSError, TimeoutError, EOFError))
 

@@ -29,10 +29,16 @@ Theory of operation:
 from __future__ import annotations
 
 import base64
-import hashlib
+import os
 import re
-import secrets
 from typing import Callable, List, Optional, Sequence, Tuple, Type, TypeVar
+
+try:
+    # The built-in SHA-1 avoids loading OpenSSL's libcrypto (megabytes of
+    # memory in every process) for one digest per handshake.
+    from _sha1 import sha1 as _sha1  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - a Python built without it
+    from hashlib import sha1 as _sha1
 
 from .exceptions import InvalidHeader, InvalidUpgrade
 
@@ -98,9 +104,7 @@ def accept_key(key: str) -> str:
     """
     # SHA-1 is a protocol constant here, not a security measure; saying so
     # keeps it available on FIPS-restricted builds of Python.
-    digest = hashlib.sha1(
-        (key + GUID).encode("ascii"), usedforsecurity=False
-    ).digest()
+    digest = _sha1((key + GUID).encode("ascii"), usedforsecurity=False).digest()
     return base64.b64encode(digest).decode("ascii")
 
 
@@ -113,7 +117,7 @@ def build_request(set_header: SetHeader) -> str:
     Returns:
         The ``Sec-WebSocket-Key`` that was sent, to check the response with.
     """
-    key = base64.b64encode(secrets.token_bytes(_KEY_LENGTH)).decode("ascii")
+    key = base64.b64encode(os.urandom(_KEY_LENGTH)).decode("ascii")
     set_header("Upgrade", "websocket")
     set_header("Connection", "Upgrade")
     set_header("Sec-WebSocket-Key", key)

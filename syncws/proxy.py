@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import base64
 import socket
-import ssl as ssl_module
 import urllib.parse
-import urllib.request
 from typing import Any, Optional, Tuple, Union
 
 from .exceptions import InvalidMessage, ProxyError
@@ -61,6 +59,8 @@ def proxy_for(wsuri: WebSocketURI, proxy: Union[str, bool, None]) -> Optional[st
         return None
     if proxy is not True:
         return proxy
+    import urllib.request  # megabytes (http.client, email): only when a proxy is looked up
+
     proxies = urllib.request.getproxies()
     if urllib.request.proxy_bypass(wsuri.host):
         return None
@@ -213,6 +213,8 @@ def open_tunnel(
     sock: Any = socket.create_connection((parsed.hostname, proxy_port), timeout=timeout, source_address=source_address)
     try:
         if parsed.scheme == "https":
+            import ssl as ssl_module  # only for an https:// proxy
+
             context = ssl_module.create_default_context()
             sock = context.wrap_socket(sock, server_hostname=parsed.hostname)
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -17,10 +17,9 @@ import inspect
 import logging
 import os
 import socket
-import ssl as ssl_module
 import threading
 import time
-from typing import Any, Callable, Iterable, List, Optional, Sequence, Set, Tuple, Type, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, List, Optional, Sequence, Set, Tuple, Type, Union
 
 from . import handshake, timers
 from .exceptions import (
@@ -43,6 +42,9 @@ from .protocol import State, WebSocketCommonProtocol
 from .settings import SizeSetting, check_settings
 from .transport import Transport
 from .version import __version__
+
+if TYPE_CHECKING:  # ssl costs megabytes of memory: imported only for wss://
+    import ssl as ssl_module
 
 __all__ = ["serve", "unix_serve", "WebSocketServer", "WebSocketServerProtocol", "SERVER_HEADER"]
 

@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import select
 import socket
-import ssl as ssl_module
 import sys
 import time
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from . import timers
 from .streamreader import StreamReader
+
+if TYPE_CHECKING:  # ssl costs megabytes of memory: imported only for wss://
+    import ssl as ssl_module
 
 __all__ = ["Transport"]
 
@@ -62,7 +64,7 @@ class Transport:
         self.sock = sock
         self.read_limit = read_limit
         # Whether write() may try a non-blocking send first (not with TLS).
-        self._try_nowait = bool(_MSG_DONTWAIT)
+        self._try_nowait = bool(_MSG_DONTWAIT) and not self.secure
         self._stream = StreamReader(sock, read_limit, buffered=buffered)
         #: Set (by the timer thread) just before a write that ran past its
         #: deadline is aborted, so the writer can tell a timeout from a lost
@@ -80,7 +82,7 @@ class Transport:
     @property
     def secure(self) -> bool:
         """Whether the socket is a TLS socket."""
-        return isinstance(self.sock, ssl_module.SSLSocket)
+        return hasattr(self.sock, "cipher")  # an SSLSocket, without importing ssl
 
     def start_tls(self, context: ssl_module.SSLContext, *, server_hostname: Optional[str] = None,
                   server_side: bool = False) -> None:
