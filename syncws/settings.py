@@ -18,11 +18,12 @@ The settings
     ``int`` or ``None``; a fragment limit larger than the message limit means
     nothing and is refused. A peer that goes over it gets close code 1009.
 ``max_queue``
-    How many received messages may wait for ``recv()`` before the reader
-    stops reading the socket (TCP then pushes back on the peer): an ``int``
-    (the high-water mark; reading resumes at a quarter of it, as in
+    How many received messages (and fragments of fragmented messages: a
+    message in one frame counts one) may wait for ``recv()`` before the
+    reader stops reading the socket (TCP then pushes back on the peer): an
+    ``int`` (the high-water mark; reading resumes at a quarter of it, as in
     websockets), ``None`` (no limit: memory is then bounded by nothing), or a
-    pair ``(high, low)``: stop at ``high`` messages, resume at ``low``.
+    pair ``(high, low)``: stop at ``high``, resume at ``low``.
 ``timeout``
     Seconds for the opening and the closing handshakes (seed name);
     ``open_timeout`` and ``close_timeout`` override it. ``None`` waits
