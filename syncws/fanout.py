@@ -278,6 +278,15 @@ class Fanout:
         with self._lock:
             return {m.connection for m in self._channels.get(channel, ())}
 
+    def pending(self) -> int:
+        """Messages waiting in local members' mailboxes: a gauge of slow clients.
+
+        Returns:
+            The count, over every member.
+        """
+        with self._lock:
+            return sum(len(m.mailbox) for m in self._members.values())
+
     def channels(self) -> Set[str]:
         """The channels with at least one local member (a snapshot).
 

@@ -100,7 +100,8 @@ class ChatServer:
         if path == "/":
             return 200, [("Content-Type", "text/html; charset=utf-8")], PAGE.encode()
         if path == "/stats":
-            body = dict(dataclasses.asdict(self.fanout.stats), pid=os.getpid())
+            members = sum(len(self.fanout.members(room)) for room in self.fanout.channels())
+            body = dict(dataclasses.asdict(self.fanout.stats), pid=os.getpid(), members=members, pending=self.fanout.pending())
             return 200, [("Content-Type", "application/json")], json.dumps(body).encode()
         return 404, [("Content-Type", "text/plain")], b"not found: try / or /chat/<room>\n"
 
