@@ -148,7 +148,7 @@ class ChatServer:
     """``examples/chat/server.py`` on a free port; its log in a file."""
 
     def __init__(self, directory: Path, redis_url: Optional[str], name: str, host: str = HOST,
-                 prefix: Sequence[str] = ()) -> None:
+                 prefix: Sequence[str] = (), extra: Sequence[str] = ()) -> None:
         self.log_path = directory / f"{name}.log"
         self.host = host
         env = dict(os.environ)
@@ -156,6 +156,7 @@ class ChatServer:
         command = [*prefix, sys.executable, str(CHAT_SERVER), "--host", host, "--port", "0"]
         if redis_url:
             command += ["--redis", redis_url]
+        command += extra
         self._log: IO[bytes] = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             command, env=env, stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.DEVNULL, text=True,

@@ -138,10 +138,18 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port, printed at start")
     parser.add_argument("--redis", metavar="URL", help="share rooms with every server on this Redis, e.g. redis://localhost:6379/0")
+    parser.add_argument(
+        "--redis-ping", type=float, default=5.0, metavar="SECONDS",
+        help="ping Redis this often, and give up on a connection silent this long (default: 5)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s: %(message)s")
 
-    fanout: Fanout = RedisFanout(args.redis, on_gap=report_gap) if args.redis else LocalFanout()
+    fanout: Fanout
+    if args.redis:
+        fanout = RedisFanout(args.redis, on_gap=report_gap, ping_interval=args.redis_ping, ping_timeout=args.redis_ping)
+    else:
+        fanout = LocalFanout()
     chat = ChatServer(fanout)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
