@@ -628,7 +628,12 @@ class RedisFanout(Fanout):
                     self.stats.reconnects += 1
                 self._serve_subscription(pubsub, down_since)
                 return  # closed
-            except (self._redis.RedisError, OSError) as exc:
+            except Exception as exc:
+                # Connection errors are expected; anything else is a bug,
+                # logged with its traceback, but the thread carries on:
+                # without it no message reaches this process.
+                if not isinstance(exc, (self._redis.RedisError, OSError)):
+                    logger.exception("redis subscriber failed; reconnecting")
                 if down_since is None:
                     down_since = time.monotonic()
                     logger.warning("redis subscription to %s lost: %s; reconnecting", self.url, exc)

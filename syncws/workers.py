@@ -123,8 +123,10 @@ def load_handler(spec: str) -> Callable[..., Any]:
         raise HandlerImportError(f"handler {spec!r}: expected module:name, e.g. myapp.server:handler")
     try:
         target: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise HandlerImportError(f"handler {spec!r}: cannot import module {module_name!r}: {exc}") from exc
+    except Exception as exc:  # ImportError, or whatever the module raised
+        raise HandlerImportError(
+            f"handler {spec!r}: cannot import module {module_name!r}: {type(exc).__name__}: {exc}"
+        ) from exc
     for part in attribute.split("."):
         try:
             target = getattr(target, part)
@@ -248,8 +250,11 @@ class Supervisor:
         """Reserve the address (and pick the port for port 0).
 
         Raises:
-            OSError: the address can't be bound.
+            OSError: the address can't be bound, or the system has no
+                ``SO_REUSEPORT``.
         """
+        if not hasattr(socket, "SO_REUSEPORT"):
+            raise OSError("SO_REUSEPORT isn't available on this system: several processes can't share a port")
         infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, _, _, _, address = infos[0]
         sock = socket.socket(family, socket.SOCK_STREAM)

@@ -203,10 +203,11 @@ def test_a_client_that_never_reads_does_not_delay_the_room(deployment: Deploymen
                 assert message.startswith(f"r0 {got} ")
                 got += 1
         elapsed = time.monotonic() - start
-        # Well under the 10 s it takes to give up on the stalled client...
-        assert elapsed < 5, f"the readers waited {elapsed:.1f} s"
-        # ... which really is stalled: its messages wait in its mailbox.
-        assert deployment.stats(chat)["pending"] > 0
+        # The readers had everything while the stalled client's messages
+        # still waited in its mailbox, before the 10 s send timeout gave up
+        # on it: they didn't wait for it.
+        stats = deployment.stats(chat)
+        assert stats["pending"] > 0 and stats["failures"] == 0, (stats, elapsed)
     finally:
         for reader in readers:
             reader.close()

@@ -215,7 +215,7 @@ def test_chat_across_hosts_and_a_silent_network_cut(hosts: Hosts) -> None:
             assert time.monotonic() < deadline, "app1 didn't notice the cut"
             time.sleep(0.05)
         detected = time.monotonic() - cut
-        assert detected < 5  # ping_interval + ping_timeout = 1 s, plus a poll
+        assert detected < 8  # ping_interval + ping_timeout = 1 s, plus polls, on a loaded machine
         # Published meanwhile on app2: lost for app1's members.
         app2_sender = next(c for c in clients if c[0] == 2 and c[1] == "room0")
         for number in range(5, 8):

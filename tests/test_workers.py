@@ -134,7 +134,20 @@ def supervised(tmp_path: Path) -> Iterator[Supervised]:
                 server.kill()
 
 
-def test_load_handler_errors() -> None:
+def test_serve_reuse_port_shares_the_port() -> None:
+    with syncws.serve(lambda ws: None, HOST, 0, reuse_port=True) as first:
+        # A second listener on the same port: allowed with reuse_port only.
+        with syncws.serve(lambda ws: None, HOST, first.port, reuse_port=True) as second:
+            assert second.port == first.port
+        with pytest.raises(OSError):
+            syncws.serve(lambda ws: None, HOST, first.port)
+
+
+def test_load_handler_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "broken_app.py").write_text("raise RuntimeError('no config')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(HandlerImportError, match="cannot import module 'broken_app': RuntimeError: no config"):
+        load_handler("broken_app:handler")
     with pytest.raises(HandlerImportError, match="expected module:name"):
         load_handler("no_colon")
     with pytest.raises(HandlerImportError, match="cannot import module 'no_such_module_xyz'"):
