@@ -25,10 +25,12 @@ The **supervisor** (:func:`run_supervisor`, the parent) does no serving:
   would inherit the parent's threads' locks in whatever state they were, and
   a fresh interpreter shares nothing with the parent but its pipes, so a
   worker that crashes, even in C code, takes nothing else with it;
-* it waits for signals only: ``SIGCHLD`` (a worker ended), ``SIGTERM`` and
+* it waits for signals: ``SIGCHLD`` (a worker ended), ``SIGTERM`` and
   ``SIGINT``, delivered to a pipe by :func:`signal.set_wakeup_fd` so the
   main loop can :func:`select.select` on it with the time of the next
-  restart as timeout;
+  restart as timeout; and for each new worker's *ready pipe*, on which the
+  worker writes once it listens, so "serving" is announced only when
+  connections will be accepted;
 * a worker that ends while the supervisor runs is restarted after a delay
   that doubles on each quick death (from :data:`RESTART_DELAY` up to
   :data:`MAX_RESTART_DELAY`) and goes back to the start once a worker has
@@ -140,7 +142,9 @@ def load_handler(spec: str) -> Callable[..., Any]:
 # -- the worker -----------------------------------------------------------------
 
 
-def run_worker(spec: str, host: str, port: int, watch_fd: Optional[int] = None) -> int:
+def run_worker(
+    spec: str, host: str, port: int, watch_fd: Optional[int] = None, ready_fd: Optional[int] = None
+) -> int:
     """Serve ``spec`` on ``host:port`` with ``SO_REUSEPORT`` until told to stop.
 
     Stops on ``SIGTERM`` or ``SIGINT``, or when ``watch_fd`` reaches end of
@@ -152,6 +156,8 @@ def run_worker(spec: str, host: str, port: int, watch_fd: Optional[int] = None) 
         host: the interface.
         port: the port, shared with the other workers.
         watch_fd: a file descriptor whose end of file means "stop".
+        ready_fd: a file descriptor written to, then closed, once the
+            server listens.
 
     Returns:
         The exit status: 0, or :data:`EXIT_CONFIG` when the handler doesn't
@@ -187,6 +193,9 @@ def run_worker(spec: str, host: str, port: int, watch_fd: Optional[int] = None) 
 
         threading.Thread(target=watch, name="syncws-worker-watch", daemon=True).start()
     logger.info("worker %d serving on %s:%d", os.getpid(), host, server.port)
+    if ready_fd is not None:
+        os.write(ready_fd, b"ready")
+        os.close(ready_fd)
     # A timed wait lets the signal handler run promptly on every platform.
     while not stop.wait(1.0):
         pass
@@ -208,6 +217,8 @@ class _Slot:
         self.started = 0.0  # monotonic time of the last start
         self.delay = RESTART_DELAY  # before the next restart
         self.restart_at: Optional[float] = None  # when dead: monotonic time to restart
+        self.ready_fd: Optional[int] = None  # until the worker says it listens
+        self.ready = False  # it said so
 
 
 class Supervisor:
@@ -269,16 +280,41 @@ class Supervisor:
         self.port = sock.getsockname()[1]
 
     def _start(self, slot: _Slot) -> None:
+        ready_read, ready_write = os.pipe()
         command = [
             self.python, "-m", "syncws.workers",
-            "--host", self.host, "--port", str(self.port), self.spec,
+            "--host", self.host, "--port", str(self.port), "--ready-fd", str(ready_write), self.spec,
         ]
         # stdin: the pipe whose end of file tells the worker we are gone;
         # stdout and stderr are ours.
-        slot.process = subprocess.Popen(command, stdin=subprocess.PIPE)
+        try:
+            slot.process = subprocess.Popen(command, stdin=subprocess.PIPE, pass_fds=(ready_write,))
+        finally:
+            os.close(ready_write)
+        os.set_blocking(ready_read, False)
+        self._close_ready(slot)
+        slot.ready_fd = ready_read
+        slot.ready = False
         slot.started = time.monotonic()
         slot.restart_at = None
         logger.info("started worker %d (pid %d)", slot.index, slot.process.pid)
+
+    def _close_ready(self, slot: _Slot) -> None:
+        if slot.ready_fd is not None:
+            os.close(slot.ready_fd)
+            slot.ready_fd = None
+
+    def _read_ready(self, readable: Sequence[int]) -> None:
+        """Note the workers that said they listen (or closed their pipe)."""
+        for slot in self.slots:
+            if slot.ready_fd is None or slot.ready_fd not in readable:
+                continue
+            try:
+                data = os.read(slot.ready_fd, 16)
+            except BlockingIOError:
+                continue
+            slot.ready = bool(data)  # end of file: it ended first; _reap sees to it
+            self._close_ready(slot)
 
     def _reap(self, now: float) -> None:
         """Notice workers that ended; schedule their restarts."""
@@ -290,6 +326,7 @@ class Supervisor:
             uptime = now - slot.started
             if process.stdin is not None:
                 process.stdin.close()
+            self._close_ready(slot)
             slot.process = None
             if status == EXIT_CONFIG:
                 self._failed = f"worker {slot.index} (pid {process.pid}) could not start; see its error above"
@@ -307,7 +344,7 @@ class Supervisor:
         """Run until ``SIGTERM`` or ``SIGINT``; must run in the main thread.
 
         Args:
-            ready: called once every worker has been started.
+            ready: called once every worker listens.
 
         Returns:
             The exit status: 0 after a signal, 1 when a worker couldn't start.
@@ -333,11 +370,14 @@ class Supervisor:
                 previous[signum] = signal.signal(signum, on_signal)
             for slot in self.slots:
                 self._start(slot)
-            if ready is not None:
-                ready(self)
+            announced = False
             while not stop_signals and self._failed is None:
                 now = time.monotonic()
                 self._reap(now)
+                if not announced and all(slot.ready for slot in self.slots) and self._failed is None:
+                    announced = True
+                    if ready is not None:
+                        ready(self)
                 for slot in self.slots:
                     if slot.restart_at is not None and slot.restart_at <= now and self._failed is None:
                         self._start(slot)
@@ -345,7 +385,9 @@ class Supervisor:
                     break
                 pending = [s.restart_at for s in self.slots if s.restart_at is not None]
                 timeout = max(0.0, min(pending) - now) if pending else None
-                select.select([read_fd], [], [], timeout)
+                ready_fds = [slot.ready_fd for slot in self.slots if slot.ready_fd is not None]
+                readable, _, _ = select.select([read_fd, *ready_fds], [], [], timeout)
+                self._read_ready(readable)
                 try:
                     while os.read(read_fd, 512):
                         pass
@@ -353,6 +395,8 @@ class Supervisor:
                     pass
         finally:
             self._stop_all()
+            for slot in self.slots:
+                self._close_ready(slot)
             signal.set_wakeup_fd(old_wakeup)
             for number, handler in previous.items():
                 signal.signal(number, handler)
@@ -419,8 +463,8 @@ def run_supervisor(
         host: the interface.
         port: the port; 0 picks a free one.
         processes: how many workers; ``None`` for one per CPU.
-        ready: called with the :class:`Supervisor` once the workers are
-            started (its ``port`` is the bound port).
+        ready: called with the :class:`Supervisor` once every worker
+            listens (its ``port`` is the bound port).
 
     Returns:
         The exit status: 0 after a signal, 1 when a worker couldn't start.
@@ -437,10 +481,11 @@ def _worker_main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m syncws.workers", description="One worker (started by the supervisor).")
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--ready-fd", type=int)
     parser.add_argument("handler")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    return run_worker(args.handler, args.host, args.port, watch_fd=sys.stdin.fileno())
+    return run_worker(args.handler, args.host, args.port, watch_fd=sys.stdin.fileno(), ready_fd=args.ready_fd)
 
 
 if __name__ == "__main__":

@@ -161,6 +161,9 @@ def test_load_handler_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 @pytest.mark.timeout(30)
 def test_two_workers_share_the_port_and_echo_200_clients(supervised: Supervised) -> None:
+    # "serving on" comes once both workers listen: the first try connects.
+    with syncws.connect(supervised.uri, timeout=5) as websocket:
+        int(websocket.recv(5))
     workers = supervised.pids_seen(2)
     assert supervised.process.pid not in workers
     clients = []
@@ -225,8 +228,9 @@ def test_workers_exit_when_the_supervisor_is_killed(supervised: Supervised) -> N
 def test_handler_that_does_not_import_stops_the_supervisor(tmp_path: Path) -> None:
     server = Supervised(tmp_path, handler="pidapp:missing")
     try:
-        server.wait_serving()
         assert server.process.wait(TIMEOUT) == 1
+        assert server.process.stdout is not None
+        assert server.process.stdout.read() == ""  # never announced "serving"
         assert wait_until(lambda: any("could not start" in line for line in server.stderr), 5)
         assert any("'pidapp' has no attribute 'missing'" in line for line in server.stderr)
     finally:
