@@ -73,6 +73,7 @@ __all__ = [
     "DEFAULT_HANDLER",
     "EXIT_CONFIG",
     "HandlerImportError",
+    "Supervisor",
     "load_handler",
     "run_supervisor",
     "run_worker",

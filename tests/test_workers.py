@@ -190,7 +190,7 @@ def test_killed_worker_is_replaced(supervised: Supervised) -> None:
     replacement = supervised.pids_seen(1, exclude=workers)
     assert len(replacement) == 1 and victim not in replacement
     assert supervised.process.poll() is None
-    assert any("signal SIGKILL" in line and "restarting" in line for line in supervised.stderr)
+    assert wait_until(lambda: any("signal SIGKILL" in line and "restarting" in line for line in supervised.stderr))
 
 
 @pytest.mark.timeout(30)
