@@ -141,6 +141,11 @@ def test_serve_reuse_port_shares_the_port() -> None:
             assert second.port == first.port
         with pytest.raises(OSError):
             syncws.serve(lambda ws: None, HOST, first.port)
+    # IPv6 addresses too (they used to be bound as IPv4).
+    with syncws.serve(lambda ws: None, "::1", 0, reuse_port=True) as first:
+        with syncws.serve(lambda ws: None, "::1", first.port, reuse_port=True):
+            with syncws.connect(f"ws://[::1]:{first.port}/", timeout=5) as websocket:
+                assert websocket.remote_address[0] == "::1"
 
 
 def test_load_handler_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
