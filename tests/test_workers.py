@@ -93,7 +93,7 @@ class Supervised:
         deadline = time.monotonic() + TIMEOUT
         while True:
             try:
-                return syncws.connect(self.uri, timeout=5)
+                return syncws.connect(self.uri, timeout=TIMEOUT)
             except (ConnectionError, syncws.InvalidHandshake):
                 if time.monotonic() > deadline:
                     raise
@@ -101,7 +101,7 @@ class Supervised:
 
     def answering_pid(self) -> int:
         with self.connect() as websocket:
-            return int(websocket.recv(5))
+            return int(websocket.recv(TIMEOUT))
 
     def pids_seen(self, want: int, exclude: Set[int] = frozenset()) -> Set[int]:  # type: ignore[assignment]
         """Connect until ``want`` different worker PIDs (not in ``exclude``) answered."""
@@ -144,7 +144,7 @@ def test_serve_reuse_port_shares_the_port() -> None:
     # IPv6 addresses too (they used to be bound as IPv4).
     with syncws.serve(lambda ws: None, "::1", 0, reuse_port=True) as first:
         with syncws.serve(lambda ws: None, "::1", first.port, reuse_port=True):
-            with syncws.connect(f"ws://[::1]:{first.port}/", timeout=5) as websocket:
+            with syncws.connect(f"ws://[::1]:{first.port}/", timeout=TIMEOUT) as websocket:
                 assert websocket.remote_address[0] == "::1"
 
 
@@ -167,20 +167,20 @@ def test_load_handler_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 @pytest.mark.timeout(30)
 def test_two_workers_share_the_port_and_echo_200_clients(supervised: Supervised) -> None:
     # "serving on" comes once both workers listen: the first try connects.
-    with syncws.connect(supervised.uri, timeout=5) as websocket:
-        int(websocket.recv(5))
+    with syncws.connect(supervised.uri, timeout=TIMEOUT) as websocket:
+        int(websocket.recv(TIMEOUT))
     workers = supervised.pids_seen(2)
     assert supervised.process.pid not in workers
     clients = []
     try:
         for _ in range(200):
             clients.append(supervised.connect())
-        pids = {int(c.recv(5)) for c in clients}
+        pids = {int(c.recv(TIMEOUT)) for c in clients}
         assert pids == workers  # the kernel spread the 200 over both
         for i, client in enumerate(clients):
             client.send(f"message {i}")
         for i, client in enumerate(clients):
-            assert client.recv(5) == f"message {i}"
+            assert client.recv(TIMEOUT) == f"message {i}"
     finally:
         for client in clients:
             client.close()
@@ -206,7 +206,7 @@ def test_sigterm_closes_clients_with_1001_and_leaves_no_process(supervised: Supe
     try:
         while pids != workers or len(clients) < 10:
             clients.append(supervised.connect())
-            pids.add(int(clients[-1].recv(5)))
+            pids.add(int(clients[-1].recv(TIMEOUT)))
         supervised.process.send_signal(signal.SIGTERM)
         for client in clients:
             with pytest.raises(syncws.ConnectionClosed) as info:
