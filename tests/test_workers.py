@@ -164,7 +164,7 @@ def test_load_handler_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert load_handler("syncws.workers:load_handler") is load_handler
 
 
-@pytest.mark.timeout(30)
+@pytest.mark.timeout(60)
 def test_two_workers_share_the_port_and_echo_200_clients(supervised: Supervised) -> None:
     # "serving on" comes once both workers listen: the first try connects.
     with syncws.connect(supervised.uri, timeout=TIMEOUT) as websocket:
@@ -186,7 +186,7 @@ def test_two_workers_share_the_port_and_echo_200_clients(supervised: Supervised)
             client.close()
 
 
-@pytest.mark.timeout(30)
+@pytest.mark.timeout(60)
 def test_killed_worker_is_replaced(supervised: Supervised) -> None:
     workers = supervised.pids_seen(2)
     victim = min(workers)
@@ -198,7 +198,7 @@ def test_killed_worker_is_replaced(supervised: Supervised) -> None:
     assert wait_until(lambda: any("signal SIGKILL" in line and "restarting" in line for line in supervised.stderr))
 
 
-@pytest.mark.timeout(30)
+@pytest.mark.timeout(60)
 def test_sigterm_closes_clients_with_1001_and_leaves_no_process(supervised: Supervised) -> None:
     workers = supervised.pids_seen(2)
     clients = []
@@ -220,7 +220,7 @@ def test_sigterm_closes_clients_with_1001_and_leaves_no_process(supervised: Supe
     assert not alive(supervised.process.pid)
 
 
-@pytest.mark.timeout(30)
+@pytest.mark.timeout(60)
 def test_workers_exit_when_the_supervisor_is_killed(supervised: Supervised) -> None:
     workers = supervised.pids_seen(2)
     supervised.process.kill()  # no chance to stop its workers
@@ -229,7 +229,7 @@ def test_workers_exit_when_the_supervisor_is_killed(supervised: Supervised) -> N
     assert wait_until(lambda: not any(alive(pid) for pid in workers))
 
 
-@pytest.mark.timeout(30)
+@pytest.mark.timeout(60)
 def test_handler_that_does_not_import_stops_the_supervisor(tmp_path: Path) -> None:
     server = Supervised(tmp_path, handler="pidapp:missing")
     try:
