@@ -31,7 +31,8 @@ Two classes, one interface (:class:`Fanout`):
 **Delivery to local members** follows :func:`syncws.broadcast`'s policy: one
 slow or dead client never stalls the others; a send that takes longer than
 ``timeout`` aborts that connection, and failures are reported (``on_failure``
-and the log), not raised. :func:`~syncws.broadcast` itself isn't called here
+and the log), not raised; a member whose send failed is dropped from every
+channel. :func:`~syncws.broadcast` itself isn't called here
 because it returns only once its slow sends are done, and a stream of
 messages can't wait for the slowest member before the next one. Instead,
 every member has a *mailbox* (a FIFO of messages). Delivering appends to
@@ -235,9 +236,7 @@ class Fanout:
             member = self._members.get(connection)
             if member is None or channel not in member.channels:
                 return
-            emptied = self._remove(member, channel)
-        if emptied:
-            self._channel_removed(channel)
+            self._remove(member, channel)
 
     def unsubscribe_all(self, connection: WebSocketCommonProtocol) -> None:
         """Remove ``connection`` from every channel: call it when it ends.
@@ -249,12 +248,11 @@ class Fanout:
             member = self._members.get(connection)
             if member is None:
                 return
-            emptied = [c for c in list(member.channels) if self._remove(member, c)]
-        for channel in emptied:
-            self._channel_removed(channel)
+            for channel in list(member.channels):
+                self._remove(member, channel)
 
-    def _remove(self, member: _Member, channel: str) -> bool:
-        """Drop ``member`` from ``channel``; whether the channel emptied (lock held)."""
+    def _remove(self, member: _Member, channel: str) -> None:
+        """Drop ``member`` from ``channel`` (lock held)."""
         member.channels.discard(channel)
         if not member.channels:
             del self._members[member.connection]
@@ -263,8 +261,7 @@ class Fanout:
         members.discard(member)
         if not members:
             del self._channels[channel]
-            return True
-        return False
+            self._channel_emptied(channel)
 
     def members(self, channel: str) -> Set[WebSocketCommonProtocol]:
         """The local connections subscribed to ``channel``.
@@ -296,8 +293,9 @@ class Fanout:
         with self._lock:
             return set(self._channels)
 
-    # Hooks for subclasses: a channel got its first local member or lost
-    # its last one. Called without the lock.
+    # Hooks for subclasses. A channel got its first local member, or a
+    # member joined a channel that had some (without the lock: they may
+    # wait); a channel lost its last local member (with the lock held).
 
     def _channel_added(self, channel: str) -> bool:
         return True
@@ -305,7 +303,7 @@ class Fanout:
     def _channel_live(self, channel: str) -> bool:
         return True
 
-    def _channel_removed(self, channel: str) -> None:
+    def _channel_emptied(self, channel: str) -> None:
         pass
 
     # -- publishing and delivery -------------------------------------------
@@ -333,7 +331,7 @@ class Fanout:
             if not members or self._closed:
                 return
             self.stats.received += 1
-            for member in members:
+            for member in list(members):  # _fail() may remove some
                 if member.failed:
                     continue
                 if len(member.mailbox) >= self.max_pending:
@@ -349,11 +347,13 @@ class Fanout:
             self._ready.put(member)
 
     def _fail(self, member: _Member, exc: Exception) -> None:
-        """Drop a member that can't keep up (lock held); report it."""
+        """Drop a member from every channel (lock held); report it."""
         member.failed = True
         member.mailbox.clear()
         self.stats.failures += 1
         logger.warning("dropping %s from %s: %s", _name(member.connection), sorted(member.channels), exc)
+        for channel in list(member.channels):
+            self._remove(member, channel)
         if isinstance(exc, OverflowError) or self.on_failure is not None:
             # In a thread of its own: closing waits for the closing
             # handshake, and the callback may call unsubscribe_all().
@@ -611,10 +611,9 @@ class RedisFanout(Fanout):
             event = self._confirmed.get(channel)
         return event is None or event.wait(self.timeout)
 
-    def _channel_removed(self, channel: str) -> None:
-        with self._lock:
-            if channel not in self._channels:
-                self._confirmed.pop(channel, None)
+    def _channel_emptied(self, channel: str) -> None:
+        # A later first member waits for a new confirmation.
+        self._confirmed.pop(channel, None)
 
     def _subscriber(self) -> None:
         """The subscriber thread: connect, subscribe, read, reconnect."""

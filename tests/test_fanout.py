@@ -202,6 +202,8 @@ def test_local_stalled_member_does_not_delay_the_others_and_is_dropped_when_full
         ((connection, exc),) = failures
         assert isinstance(exc, OverflowError) and "more than 50 messages waiting" in str(exc)
         assert fanout.stats.failures == 1
+        members = fanout.members("r")  # dropped from the room, the readers stay
+        assert connection not in members and len(members) == 3
         # Its send under way times out (1 s) and aborts the connection,
         # before the 1008 "too slow to keep up" can be written.
         with pytest.raises(syncws.ConnectionClosed) as info:
