@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, List, Optional, Sequence
+from typing import IO, Any, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 CHAT_SERVER = REPO / "examples" / "chat" / "server.py"
@@ -44,6 +44,13 @@ def wait_port(port: int, timeout: float = START_TIMEOUT, process: Optional[subpr
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nothing listening on {HOST}:{port} after {timeout} s")
             time.sleep(0.02)
+
+
+def wait_message(websocket: Any, text: str, timeout: float = START_TIMEOUT) -> None:
+    """Read messages from a syncws connection until ``text`` arrives."""
+    deadline = time.monotonic() + timeout
+    while websocket.recv(max(0.0, deadline - time.monotonic())) != text:
+        pass
 
 
 def stop(process: Optional[subprocess.Popen], sig: int = signal.SIGTERM, timeout: float = 10) -> None:

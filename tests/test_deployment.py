@@ -24,7 +24,7 @@ from typing import Dict, Iterator, List, Tuple
 import pytest
 
 import syncws
-from services import HOST, NGINX_CONF, ChatServer, Nginx, Redis, start_chat_servers
+from services import HOST, NGINX_CONF, ChatServer, Nginx, Redis, start_chat_servers, wait_message
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed (apt-get install redis-server)"),
@@ -86,9 +86,7 @@ def join(deployment: Deployment, room: str, name: str) -> syncws.WebSocketClient
     """
     websocket = syncws.connect(deployment.uri(room), timeout=TIMEOUT, compression=None)
     websocket.send(f"hello {name}")
-    deadline = time.monotonic() + TIMEOUT
-    while websocket.recv(max(0.0, deadline - time.monotonic())) != f"hello {name}":
-        pass
+    wait_message(websocket, f"hello {name}", TIMEOUT)
     return websocket
 
 
@@ -182,9 +180,7 @@ def test_a_client_that_never_reads_does_not_delay_the_room(deployment: Deploymen
     stalled = syncws.connect(f"ws://{HOST}:{chat.port}/chat/slow", sock=sock, timeout=TIMEOUT, max_queue=1, compression=None)
     try:
         stalled.send("hello stalled")
-        deadline = time.monotonic() + TIMEOUT
-        while readers[0].recv(max(0.0, deadline - time.monotonic())) != "hello stalled":
-            pass
+        wait_message(readers[0], "hello stalled", TIMEOUT)
         # About 4 MiB per member: far more than the stalled client's
         # buffers hold, so one sender thread stays blocked on it (until the
         # fan-out's 10 s send timeout aborts it).
@@ -227,9 +223,7 @@ def test_redis_restart_delivery_resumes_and_the_gap_is_reported(deployment: Depl
         for index, chat in enumerate(deployment.chats):
             websocket = syncws.connect(f"ws://{HOST}:{chat.port}/chat/restart", timeout=TIMEOUT, compression=None)
             websocket.send(f"hello p{index}")
-            deadline = time.monotonic() + TIMEOUT
-            while websocket.recv(max(0.0, deadline - time.monotonic())) != f"hello p{index}":
-                pass
+            wait_message(websocket, f"hello p{index}", TIMEOUT)
             clients.append(websocket)
         gaps_before = [deployment.stats(chat)["gaps"] for chat in deployment.chats]
 

@@ -22,7 +22,7 @@ import pytest
 
 import syncws
 from syncws.fanout import Fanout, Gap, LocalFanout, PublishError, RedisFanout, _pack
-from services import HOST, Redis
+from services import HOST, Redis, wait_message
 
 TIMEOUT = 10.0
 
@@ -42,13 +42,6 @@ def room_server(fanout: Fanout) -> syncws.WebSocketServer:
             fanout.unsubscribe_all(websocket)
 
     return syncws.serve(handler, HOST, 0, compression=None)
-
-
-def wait_message(websocket: syncws.WebSocketClientProtocol, text: str) -> None:
-    """Read until ``text`` arrives."""
-    deadline = time.monotonic() + TIMEOUT
-    while websocket.recv(max(0.0, deadline - time.monotonic())) != text:
-        pass
 
 
 def join(server: syncws.WebSocketServer, room: str, name: str, **kwargs: Any) -> syncws.WebSocketClientProtocol:

@@ -27,7 +27,7 @@ from typing import Dict, Iterator, List, Tuple
 import pytest
 
 import syncws
-from services import ChatServer, stop
+from services import ChatServer, stop, wait_message
 
 TIMEOUT = 15.0
 SUBNET = "10.213"  # private addresses, one /24 per link
@@ -172,9 +172,7 @@ def hosts(tmp_path: Path) -> Iterator[Hosts]:
 def join(hosts: Hosts, n: int, room: str, name: str) -> syncws.WebSocketClientProtocol:
     websocket = syncws.connect(hosts.uri(n, room), timeout=TIMEOUT, compression=None, max_queue=None)
     websocket.send(f"hello {name}")
-    deadline = time.monotonic() + TIMEOUT
-    while websocket.recv(max(0.0, deadline - time.monotonic())) != f"hello {name}":
-        pass
+    wait_message(websocket, f"hello {name}", TIMEOUT)
     return websocket
 
 
