@@ -62,8 +62,9 @@ nothing. :class:`RedisFanout` detects and reports this two ways:
   while the publisher's wasn't) reports a :class:`Gap` with the count of
   messages lost.
 
-A publisher that can't reach Redis raises :exc:`PublishError`: it knows the
-message didn't go, and its sequence numbers stay contiguous.
+A publisher that can't reach Redis raises :exc:`PublishError`. The
+message's sequence number is spent all the same (a publish that timed out
+may still have reached Redis), so subscribers count it lost if it didn't go.
 """
 
 from __future__ import annotations
@@ -591,12 +592,15 @@ class RedisFanout(Fanout):
         """
         message = _check_message(message)
         with self._publish_lock:
-            sequence = self._sequences.get(channel, 0) + 1
+            # The number is used even if PUBLISH fails: a command that timed
+            # out may have reached Redis, and reusing its number would make
+            # the next message look like a repeat. When it didn't go,
+            # subscribers count it lost.
+            sequence = self._sequences[channel] = self._sequences.get(channel, 0) + 1
             try:
                 self._publisher_client.publish(self.prefix + channel, _pack(self.publisher_id, sequence, message))
             except self._redis.RedisError as exc:
                 raise PublishError(f"cannot publish to {channel!r} on {self.url}: {exc}") from exc
-            self._sequences[channel] = sequence
             self.stats.published += 1
 
     # -- subscriptions --------------------------------------------------------

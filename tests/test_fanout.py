@@ -339,6 +339,8 @@ def test_redis_restart_reconnects_and_reports_the_outage(nodes: List[Node], redi
         sender.send(f"after {number}")
     assert receive(receiver, 10) == [f"after {n}" for n in range(10)]
     assert_silent(receiver)
+    # The failed publish spent its sequence number: counted lost too.
+    assert two.gaps[1:] == [Gap(("a",), lost=1, publisher=one.fanout.publisher_id)]
 
 
 @needs_redis
