@@ -326,6 +326,8 @@ def test_redis_restart_reconnects_and_reports_the_outage(nodes: List[Node], redi
     one, two = nodes
     sender = join(one.server, "a", "sender")
     receiver = join(two.server, "a", "receiver")
+    sender.send("before")  # so that two knows where one's numbers are
+    assert receive(receiver, 1) == ["before"]
     redis_server.kill()
     with pytest.raises(PublishError, match="cannot publish to 'a'"):
         one.fanout.publish("a", "lost")
