@@ -9,10 +9,13 @@ with N worker processes on 127.0.0.1, then Node's ``ws`` (``bench/load.js``,
 from ``tests/interop/node/node_modules``) opens ``--connections`` connections
 (default 1000) and keeps one 32-byte message in flight on each: every echo
 sends the next. The rate is echoes received per second over ``--seconds``,
-after a one-second warm-up. Node runs in one process of its own, so on a
-machine with C cores, N workers and the load generator share them: with 2
-cores, ``--processes 2`` can't double the rate of 1, since Node takes its
-share.
+after a one-second warm-up. Node runs in one process of its own, so the N
+workers and the load generator share the machine's cores.
+
+Reading the numbers: each worker holds connections/N connections, so
+besides a second core it also has half the threads contending for its
+interpreter lock; the gain from 1 to 2 processes can exceed 2x. On a busy
+machine, runs vary several-fold: compare runs made back to back.
 """
 
 from __future__ import annotations
