@@ -572,6 +572,9 @@ class RedisFanout(Fanout):
         self._confirmed: Dict[str, threading.Event] = {}
         # (publisher, channel) -> last sequence number seen (subscriber thread only).
         self._last_seen: Dict[Tuple[str, str], int] = {}
+        # Monotonic time the subscription was lost, until it is whole again
+        # (subscriber thread only).
+        self._down_since: Optional[float] = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._subscriber, name="syncws-fanout-redis", daemon=True)
         self._thread.start()
@@ -622,14 +625,13 @@ class RedisFanout(Fanout):
     def _subscriber(self) -> None:
         """The subscriber thread: connect, subscribe, read, reconnect."""
         delay = self.reconnect_delay
-        down_since: Optional[float] = None  # monotonic time the connection was lost
         while not self._stop.is_set():
             pubsub = self._subscriber_client.pubsub()
             try:
                 pubsub.ping()  # connects, or raises
-                if down_since is not None:
+                if self._down_since is not None:
                     self.stats.reconnects += 1
-                self._serve_subscription(pubsub, down_since)
+                self._serve_subscription(pubsub)
                 return  # closed
             except Exception as exc:
                 # Connection errors are expected; anything else is a bug,
@@ -637,8 +639,10 @@ class RedisFanout(Fanout):
                 # without it no message reaches this process.
                 if not isinstance(exc, (self._redis.RedisError, OSError)):
                     logger.exception("redis subscriber failed; reconnecting")
-                if down_since is None:
-                    down_since = time.monotonic()
+                if self._down_since is None:
+                    # A new outage (the last one was over): retry soon.
+                    self._down_since = time.monotonic()
+                    delay = self.reconnect_delay
                     logger.warning("redis subscription to %s lost: %s; reconnecting", self.url, exc)
                 else:
                     logger.debug("reconnecting to %s failed: %s", self.url, exc)
@@ -656,11 +660,10 @@ class RedisFanout(Fanout):
             delay = min(delay * 2, self.max_reconnect_delay)
         return
 
-    def _serve_subscription(self, pubsub: Any, down_since: Optional[float]) -> None:
+    def _serve_subscription(self, pubsub: Any) -> None:
         """Run one subscription connection until it breaks (raises) or we close."""
         pending: Set[str] = set()  # SUBSCRIBE sent, confirmation not yet read
         last_heard = last_ping = time.monotonic()
-        reported = down_since is None
         while not self._stop.is_set():
             with self._lock:
                 wanted = set(self._channels)
@@ -674,11 +677,10 @@ class RedisFanout(Fanout):
                 pubsub.unsubscribe(*(self.prefix + c for c in to_unsubscribe))
                 with self._lock:
                     self._live -= to_unsubscribe
-            if not reported and not pending:
+            if self._down_since is not None and not pending:
                 # Every wanted channel is live again: the outage is over.
-                assert down_since is not None
-                reported = True
-                self._report_outage(time.monotonic() - down_since, tuple(sorted(wanted)))
+                self._report_outage(time.monotonic() - self._down_since, tuple(sorted(wanted)))
+                self._down_since = None
             message = pubsub.get_message(timeout=_POLL)
             now = time.monotonic()
             if message is not None:
@@ -706,9 +708,12 @@ class RedisFanout(Fanout):
         if kind == "subscribe":
             pending.discard(channel)
             with self._lock:
-                self._live.add(channel)
-                event = self._confirmed.setdefault(channel, threading.Event())
-            event.set()
+                self._live.add(channel)  # unsubscribed next round if no longer wanted
+                # No event for a channel emptied meanwhile: a stale, set
+                # event would let its next first member skip the wait.
+                event = self._confirmed.setdefault(channel, threading.Event()) if channel in self._channels else None
+            if event is not None:
+                event.set()
         elif kind == "unsubscribe":
             with self._lock:
                 self._live.discard(channel)

@@ -393,3 +393,24 @@ def test_redis_subscribe_while_redis_is_down(tmp_path: Path) -> None:
     finally:
         node.close()
         server.stop()
+
+
+@needs_redis
+@pytest.mark.timeout(30)
+def test_redis_each_outage_is_reported_with_its_own_duration(nodes: List[Node], redis_server: Redis) -> None:
+    one, two = nodes
+    receiver = join(two.server, "a", "receiver")
+    outages = []
+    for _ in range(2):
+        two.gap.clear()
+        redis_server.kill()
+        redis_server.start()
+        assert two.gap.wait(TIMEOUT)
+        outages.append((time.monotonic(), two.gaps[-1]))
+    (first_seen, first), (_, second) = outages
+    assert first.duration is not None and second.duration is not None
+    # Measured from the second loss, not from the first one.
+    assert second.duration < time.monotonic() - first_seen
+    assert two.fanout.stats.reconnects == 2
+    one.fanout.publish("a", "back")
+    assert receive(receiver, 1) == ["back"]
