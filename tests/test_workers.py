@@ -240,3 +240,42 @@ def test_handler_that_does_not_import_stops_the_supervisor(tmp_path: Path) -> No
         assert any("'pidapp' has no attribute 'missing'" in line for line in server.stderr)
     finally:
         server.kill()
+
+
+def test_processes_must_be_positive() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "syncws", "serve", "--processes", "0"],
+        capture_output=True, text=True, cwd=REPO, timeout=TIMEOUT,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    assert result.returncode == 2
+    assert "--processes: must be at least 1, got 0" in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_one_process_serves_a_named_handler(tmp_path: Path) -> None:
+    (tmp_path / "pidapp.py").write_text(PID_HANDLER)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(tmp_path)]))
+    bad = subprocess.run(
+        [sys.executable, "-m", "syncws", "serve", "--port", "0", "pidapp:nope"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=TIMEOUT,
+    )
+    assert bad.returncode == 1 and "'pidapp' has no attribute 'nope'" in bad.stderr
+    process = subprocess.Popen(
+        [sys.executable, "-m", "syncws", "serve", "--host", HOST, "--port", "0", "pidapp:handler"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        port = int(line.split(":")[2].split("/")[0])
+        with syncws.connect(f"ws://{HOST}:{port}/", timeout=TIMEOUT) as websocket:
+            assert int(websocket.recv(TIMEOUT)) == process.pid
+            websocket.send("ping")
+            assert websocket.recv(TIMEOUT) == "ping"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(TIMEOUT) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(TIMEOUT)
