@@ -4,6 +4,7 @@
 
     python -m syncws ws://localhost:8765/      # interactive client
     python -m syncws serve [--host H] [--port P]   # echo server
+    python -m syncws serve --processes 4 app:handler  # 4 processes, one port
     python -m syncws demo                       # a client and a server, end to end
 
 Theory of operation of the interactive client
@@ -45,7 +46,7 @@ import sys
 import threading
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from . import ConnectionClosed, InvalidHandshake, InvalidURI, connect, serve
+from . import ConnectionClosed, InvalidHandshake, InvalidURI, connect, serve, workers
 # "1001 (going away) reason", as exception messages say it.
 from .framing import describe_close
 from .close_codes import OK_CLOSE_CODES
@@ -315,6 +316,13 @@ def run_server(args: argparse.Namespace) -> int:
     the closing handshakes.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.processes is not None:
+        return _run_processes(args)
+    try:
+        handler = workers.load_handler(args.handler) if args.handler else _echo
+    except workers.HandlerImportError as exc:
+        _error(str(exc))
+        return EXIT_ERROR
     interrupts: List[int] = []
 
     def interrupt(signum: int, frame: object) -> None:
@@ -331,7 +339,7 @@ def run_server(args: argparse.Namespace) -> int:
             signal.signal(signum, interrupt)
 
     try:
-        server = serve(_echo, args.host, args.port)
+        server = serve(handler, args.host, args.port)
     except OSError as exc:
         _error(f"could not listen on {args.host}:{args.port}: {exc.strerror or exc}")
         return EXIT_ERROR
@@ -353,6 +361,25 @@ def run_server(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     _status("server closed")
     return EXIT_OK
+
+
+def _run_processes(args: argparse.Namespace) -> int:
+    """``serve --processes N``: a supervisor and N workers (syncws.workers)."""
+
+    def ready(supervisor: workers.Supervisor) -> None:
+        print(
+            f"serving on {websocket_uri((supervisor.host, supervisor.port))} with "
+            f"{len(supervisor.slots)} worker processes (supervisor pid {os.getpid()})",
+            flush=True,
+        )
+
+    try:
+        return workers.run_supervisor(
+            args.handler or workers.DEFAULT_HANDLER, args.host, args.port, args.processes or None, ready=ready
+        )
+    except OSError as exc:
+        _error(f"could not listen on {args.host}:{args.port}: {exc.strerror or exc}")
+        return EXIT_ERROR
 
 
 # -- the demo -----------------------------------------------------------------
@@ -427,7 +454,7 @@ def _client_parser() -> argparse.ArgumentParser:
             f"{PROG} [-h] [--version] [--no-compression] [--header 'NAME: VALUE'] ...\n"
             f"       {' ' * len(PROG)} [--subprotocol NAME] ... [--origin ORIGIN] [--insecure]\n"
             f"       {' ' * len(PROG)} [--reply-timeout SECONDS] URI\n"
-            f"       {PROG} serve [-h] [--host HOST] [--port PORT]\n"
+            f"       {PROG} serve [-h] [--host HOST] [--port PORT] [--processes [N]] [module:handler]\n"
             f"       {PROG} demo [-h]"
         ),
         description=(
@@ -473,7 +500,7 @@ def _client_parser() -> argparse.ArgumentParser:
 def _serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=f"{PROG} serve",
-        description="Run a WebSocket echo server until Ctrl-C (or SIGTERM).",
+        description="Run a WebSocket server (echo, or module:handler) until Ctrl-C (or SIGTERM).",
     )
     parser.add_argument(
         "--host", default=DEFAULT_HOST, help=f"the interface to listen on (default: {DEFAULT_HOST})"
@@ -482,7 +509,23 @@ def _serve_parser() -> argparse.ArgumentParser:
         "--port", type=int, default=DEFAULT_PORT,
         help=f"the port (default: {DEFAULT_PORT}; 0 picks a free one, printed at start)",
     )
+    parser.add_argument(
+        "--processes", type=_processes, nargs="?", const=0, metavar="N",
+        help="run N worker processes sharing the port (SO_REUSEPORT) under a supervisor; "
+        "without N, one per CPU",
+    )
+    parser.add_argument(
+        "handler", nargs="?", metavar="module:handler",
+        help="the handler to serve, e.g. myapp.server:handler (default: echo)",
+    )
     return parser
+
+
+def _processes(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _demo_parser() -> argparse.ArgumentParser:

@@ -762,13 +762,17 @@ def _takes_path(handler: Callable[..., Any]) -> bool:
     return len(positional) >= 2 or (variadic and len(positional) < 2)
 
 
-def _listening_sockets(host: Optional[str], port: int, backlog: int) -> List[socket.socket]:
-    """Bind every address ``host`` resolves to (all interfaces for ``None``)."""
+def _listening_sockets(host: Optional[str], port: int, backlog: int, reuse_port: bool = False) -> List[socket.socket]:
+    """Bind every address ``host`` resolves to (all interfaces for ``None``).
+
+    ``reuse_port`` sets ``SO_REUSEPORT`` on each, so that other processes
+    can listen on the same addresses.
+    """
     if host is None or host == "":
         # One dual-stack socket where the system allows it, else IPv4.
         if socket.has_dualstack_ipv6():
-            return [socket.create_server(("", port), family=socket.AF_INET6, backlog=backlog, dualstack_ipv6=True, reuse_port=False)]
-        return [socket.create_server(("", port), backlog=backlog)]
+            return [socket.create_server(("", port), family=socket.AF_INET6, backlog=backlog, dualstack_ipv6=True, reuse_port=reuse_port)]
+        return [socket.create_server(("", port), backlog=backlog, reuse_port=reuse_port)]
     sockets: List[socket.socket] = []
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     try:
@@ -776,7 +780,7 @@ def _listening_sockets(host: Optional[str], port: int, backlog: int) -> List[soc
             if port == 0 and sockets:
                 # Keep one port for all addresses, as the first bind chose it.
                 address = (address[0], sockets[0].getsockname()[1], *address[2:])
-            sockets.append(socket.create_server(address, family=family, backlog=backlog))
+            sockets.append(socket.create_server(address, family=family, backlog=backlog, reuse_port=reuse_port))
     except BaseException:
         for sock in sockets:
             sock.close()
@@ -907,10 +911,8 @@ def serve(
         logger = logging.getLogger(logger or "syncws.server")
     if sock is not None:
         sockets = [sock]
-    elif reuse_port:
-        sockets = [socket.create_server((host or "", port or 0), backlog=backlog, reuse_port=True)]
     else:
-        sockets = _listening_sockets(host, port or 0, backlog)
+        sockets = _listening_sockets(host, port or 0, backlog, reuse_port=bool(reuse_port))
     protocol_class = create_protocol or WebSocketServerProtocol
     open_timeout = settings.open_timeout
 

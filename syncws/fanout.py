@@ -1,0 +1,767 @@
+"""Fan-out: a message published to a channel reaches every connection subscribed to it.
+
+::
+
+    rooms = syncws.fanout.RedisFanout("redis://localhost:6379/0")  # or LocalFanout()
+
+    def handler(websocket):
+        room = websocket.path
+        rooms.subscribe(room, websocket)
+        try:
+            for message in websocket:
+                rooms.publish(room, message)
+        finally:
+            rooms.unsubscribe_all(websocket)
+
+Theory of operation
+-------------------
+Two classes, one interface (:class:`Fanout`):
+
+* :class:`LocalFanout` delivers within one process: ``publish()`` hands the
+  message straight to the local members.
+* :class:`RedisFanout` delivers across processes and machines through Redis
+  pub/sub (``pip install 'syncws[redis]'``). ``publish()`` sends an
+  envelope to Redis, and **every** process, the publisher's included, gets
+  it back from its subscription: a message reaches a local member only that
+  way, so it arrives exactly once. One **subscriber thread** per
+  :class:`RedisFanout` owns the subscription connection: it subscribes a
+  channel in Redis when its first local member joins and unsubscribes when
+  the last one leaves, reads messages, and hands them to the local members.
+
+**Delivery to local members** follows :func:`syncws.broadcast`'s policy: one
+slow or dead client never stalls the others; a send that takes longer than
+``timeout`` aborts that connection, and failures are reported (``on_failure``
+and the log), not raised; a member whose send failed is dropped from every
+channel. :func:`~syncws.broadcast` itself isn't called here
+because it returns only once its slow sends are done, and a stream of
+messages can't wait for the slowest member before the next one. Instead,
+every member has a *mailbox* (a FIFO of messages). Delivering appends to
+the mailboxes of a channel's members and puts the members that weren't
+already waiting on a queue; a small pool of sender threads takes members
+from that queue and empties each mailbox in order, one sender per member at
+a time. A member that doesn't read blocks one sender until its send times
+out (the connection is then aborted); the others keep going. A mailbox over
+``max_pending`` messages means the member can't keep up: it is dropped from
+every channel and reported.
+
+**Order**: messages from one publisher (one thread calling ``publish()``)
+reach every member in the order they were published: Redis keeps the order
+of one client connection, the subscriber thread appends to mailboxes in the
+order it reads, and a mailbox is emptied by one sender at a time.
+
+**Gaps**: Redis pub/sub is fire-and-forget: while a subscriber is
+disconnected, messages published to its channels are lost, and Redis says
+nothing. :class:`RedisFanout` detects and reports this two ways:
+
+* the subscriber thread notices a lost connection (an error, or no answer to
+  its pings for ``ping_timeout`` seconds), reconnects with a growing delay,
+  subscribes again, and then reports the outage as a :class:`Gap` with its
+  duration;
+* each envelope carries its publisher's id and a sequence number per
+  channel. A subscriber that sees a number jump (its connection was cut
+  while the publisher's wasn't) reports a :class:`Gap` with the count of
+  messages lost.
+
+A publisher that can't reach Redis raises :exc:`PublishError`. The
+message's sequence number is spent all the same (a publish that timed out
+may still have reached Redis), so subscribers count it lost if it didn't go.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+import queue
+import random
+import threading
+import time
+import uuid
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Set, Tuple
+
+from .exceptions import WebSocketException
+from .protocol import Data, WebSocketCommonProtocol
+
+__all__ = ["Fanout", "FanoutStats", "Gap", "LocalFanout", "PublishError", "RedisFanout"]
+
+logger = logging.getLogger("syncws.fanout")
+
+#: Sender threads per fan-out: enough to wait on several slow clients at
+#: once without a thread per connection.
+SENDERS = 16
+
+# How long the subscriber thread blocks reading Redis before it looks at its
+# subscription requests again: the latency of a first subscribe().
+_POLL = 0.05
+
+
+class PublishError(WebSocketException):
+    """A message couldn't be handed to the message broker (it is not sent)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Gap:
+    """Messages that some local members may have missed.
+
+    Attributes:
+        channels: the channels concerned.
+        duration: seconds the subscription was down, for an outage; ``None``
+            for a gap seen in a publisher's sequence numbers.
+        lost: how many messages were lost, when known (sequence gaps);
+            ``None`` after an outage, where Redis can't say.
+        publisher: the publisher whose messages were lost, for a sequence gap.
+    """
+
+    channels: Tuple[str, ...]
+    duration: Optional[float] = None
+    lost: Optional[int] = None
+    publisher: Optional[str] = None
+
+
+@dataclasses.dataclass
+class FanoutStats:
+    """Counters, updated as things happen (read them from any thread).
+
+    Attributes:
+        published: messages this process published.
+        received: messages that reached this process for local members.
+        delivered: sends to local members that succeeded.
+        failures: members dropped after a failed send or a full mailbox.
+        gaps: :class:`Gap` reports (outages and sequence gaps).
+        reconnects: times the subscriber reconnected to the broker.
+    """
+
+    published: int = 0
+    received: int = 0
+    delivered: int = 0
+    failures: int = 0
+    gaps: int = 0
+    reconnects: int = 0
+
+
+class _Member:
+    """One connection's mailbox; guarded by the fan-out's lock."""
+
+    __slots__ = ("connection", "mailbox", "scheduled", "failed", "channels")
+
+    def __init__(self, connection: WebSocketCommonProtocol) -> None:
+        self.connection = connection
+        self.mailbox: Deque[Data] = collections.deque()
+        self.scheduled = False  # on the ready queue or being emptied by a sender
+        self.failed = False  # dropped: gets nothing more
+        self.channels: Set[str] = set()
+
+
+FailureCallback = Callable[[WebSocketCommonProtocol, Exception], None]
+
+
+class Fanout:
+    """Channels of local connections, and delivery to them.
+
+    Subclasses decide how a published message reaches :meth:`_deliver` in
+    every process; this class keeps the membership and the delivery policy.
+    Every method is safe to call from any thread.
+
+    Args:
+        timeout: seconds a send to one member may take; past it the
+            connection is aborted (``None``: each connection's
+            ``write_timeout``).
+        max_pending: messages waiting for one member before it is dropped.
+        on_failure: called with ``(connection, exception)`` when a member is
+            dropped (from a sender thread; keep it short).
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout: Optional[float] = 10,
+        max_pending: int = 1024,
+        on_failure: Optional[FailureCallback] = None,
+    ) -> None:
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be at least 1, got {max_pending}")
+        self.timeout = timeout
+        self.max_pending = max_pending
+        self.on_failure = on_failure
+        self.stats = FanoutStats()
+        # Guards _channels, _members and every _Member's fields.
+        self._lock = threading.Lock()
+        self._channels: Dict[str, Set[_Member]] = {}
+        self._members: Dict[WebSocketCommonProtocol, _Member] = {}
+        # Members with mail, for the senders; None tells a sender to stop.
+        self._ready: "queue.SimpleQueue[Optional[_Member]]" = queue.SimpleQueue()
+        self._senders: List[threading.Thread] = []
+        self._closed = False
+
+    # -- membership -------------------------------------------------------
+
+    def subscribe(self, channel: str, connection: WebSocketCommonProtocol) -> bool:
+        """Make ``connection`` a member of ``channel``.
+
+        Args:
+            channel: the channel (room) name.
+            connection: an open connection.
+
+        Returns:
+            ``True`` once messages published to ``channel`` from now on will
+            reach ``connection``; ``False`` when that can't be confirmed yet
+            (the broker is unreachable: the membership stands and takes
+            effect once it is back).
+
+        Raises:
+            RuntimeError: the fan-out is closed.
+            TypeError: ``channel`` isn't a ``str``.
+        """
+        if not isinstance(channel, str):
+            raise TypeError(f"channel must be a str, got {type(channel).__name__}")
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this fan-out is closed")
+            member = self._members.get(connection)
+            if member is None:
+                member = self._members[connection] = _Member(connection)
+            first = channel not in self._channels
+            self._channels.setdefault(channel, set()).add(member)
+            member.channels.add(channel)
+        return self._channel_added(channel) if first else self._channel_live(channel)
+
+    def unsubscribe(self, channel: str, connection: WebSocketCommonProtocol) -> None:
+        """Remove ``connection`` from ``channel`` (nothing if it isn't a member).
+
+        Args:
+            channel: the channel.
+            connection: the connection.
+        """
+        with self._lock:
+            member = self._members.get(connection)
+            if member is None or channel not in member.channels:
+                return
+            self._remove(member, channel)
+
+    def unsubscribe_all(self, connection: WebSocketCommonProtocol) -> None:
+        """Remove ``connection`` from every channel: call it when it ends.
+
+        Args:
+            connection: the connection.
+        """
+        with self._lock:
+            member = self._members.get(connection)
+            if member is None:
+                return
+            for channel in list(member.channels):
+                self._remove(member, channel)
+
+    def _remove(self, member: _Member, channel: str) -> None:
+        """Drop ``member`` from ``channel`` (lock held)."""
+        member.channels.discard(channel)
+        if not member.channels:
+            del self._members[member.connection]
+            member.mailbox.clear()
+        members = self._channels[channel]
+        members.discard(member)
+        if not members:
+            del self._channels[channel]
+            self._channel_emptied(channel)
+
+    def members(self, channel: str) -> Set[WebSocketCommonProtocol]:
+        """The local connections subscribed to ``channel``.
+
+        Args:
+            channel: the channel.
+
+        Returns:
+            A new set (a snapshot).
+        """
+        with self._lock:
+            return {m.connection for m in self._channels.get(channel, ())}
+
+    def pending(self) -> int:
+        """Messages waiting in local members' mailboxes: a gauge of slow clients.
+
+        Returns:
+            The count, over every member.
+        """
+        with self._lock:
+            return sum(len(m.mailbox) for m in self._members.values())
+
+    def channels(self) -> Set[str]:
+        """The channels with at least one local member (a snapshot).
+
+        Returns:
+            A new set.
+        """
+        with self._lock:
+            return set(self._channels)
+
+    # Hooks for subclasses. A channel got its first local member, or a
+    # member joined a channel that had some (without the lock: they may
+    # wait); a channel lost its last local member (with the lock held).
+
+    def _channel_added(self, channel: str) -> bool:
+        return True
+
+    def _channel_live(self, channel: str) -> bool:
+        return True
+
+    def _channel_emptied(self, channel: str) -> None:
+        pass
+
+    # -- publishing and delivery -------------------------------------------
+
+    def publish(self, channel: str, message: Data) -> None:
+        """Send ``message`` to every member of ``channel``, wherever it is.
+
+        Returns once the message is on its way, not when it was delivered.
+
+        Args:
+            channel: the channel.
+            message: ``str`` (a text message) or bytes-like (binary).
+
+        Raises:
+            PublishError: the message couldn't be handed to the broker.
+            TypeError: ``message`` is neither ``str`` nor bytes-like.
+        """
+        raise NotImplementedError
+
+    def _deliver(self, channel: str, message: Data) -> None:
+        """Queue ``message`` for every local member of ``channel``."""
+        to_wake = []
+        with self._lock:
+            members = self._channels.get(channel)
+            if not members or self._closed:
+                return
+            self.stats.received += 1
+            for member in list(members):  # _fail() may remove some
+                if member.failed:
+                    continue
+                if len(member.mailbox) >= self.max_pending:
+                    self._fail(member, OverflowError(f"more than {self.max_pending} messages waiting: too slow"))
+                    continue
+                member.mailbox.append(message)
+                if not member.scheduled:
+                    member.scheduled = True
+                    to_wake.append(member)
+            if to_wake and not self._senders:
+                self._start_senders()
+        for member in to_wake:
+            self._ready.put(member)
+
+    def _fail(self, member: _Member, exc: Exception) -> None:
+        """Drop a member from every channel (lock held); report it."""
+        member.failed = True
+        member.mailbox.clear()
+        self.stats.failures += 1
+        logger.warning("dropping %s from %s: %s", _name(member.connection), sorted(member.channels), exc)
+        for channel in list(member.channels):
+            self._remove(member, channel)
+        if isinstance(exc, OverflowError) or self.on_failure is not None:
+            # In a thread of its own: closing waits for the closing
+            # handshake, and the callback may call unsubscribe_all().
+            threading.Thread(
+                target=self._after_failure, args=(member.connection, exc), name="syncws-fanout-failure", daemon=True
+            ).start()
+
+    def _after_failure(self, connection: WebSocketCommonProtocol, exc: Exception) -> None:
+        if isinstance(exc, OverflowError):
+            # Still open but too slow: tell it why it gets nothing more.
+            # (A send that timed out has aborted its connection already.)
+            connection.close(1008, "too slow to keep up")
+        if self.on_failure is not None:
+            self.on_failure(connection, exc)
+
+    def _start_senders(self) -> None:
+        for i in range(SENDERS):
+            thread = threading.Thread(target=self._send_loop, name=f"syncws-fanout-sender-{i}", daemon=True)
+            thread.start()
+            self._senders.append(thread)
+
+    def _send_loop(self) -> None:
+        """A sender thread: empty the mailboxes of members with mail."""
+        while True:
+            member = self._ready.get()
+            if member is None:
+                return
+            sent = 0  # counted at the next lock acquisition
+            while True:
+                with self._lock:
+                    self.stats.delivered += sent
+                    if member.failed or not member.mailbox:
+                        member.scheduled = False
+                        break
+                    message = member.mailbox.popleft()
+                try:
+                    member.connection.send(message, timeout=self.timeout)
+                except Exception as exc:
+                    with self._lock:
+                        if not member.failed:
+                            self._fail(member, exc)
+                        member.scheduled = False
+                    break
+                sent = 1
+
+    def close(self) -> None:
+        """Stop delivering and release the threads and broker connections.
+
+        Idempotent. Messages still in mailboxes are dropped.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            senders = list(self._senders)
+            for member in self._members.values():
+                member.mailbox.clear()
+        for _ in senders:
+            self._ready.put(None)
+        for thread in senders:
+            thread.join()
+
+    def __enter__(self) -> "Fanout":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+def _name(connection: WebSocketCommonProtocol) -> str:
+    try:
+        return str(connection.remote_address)
+    except Exception:
+        return repr(connection)
+
+
+def _check_message(message: Data) -> Data:
+    if isinstance(message, str):
+        return message
+    if isinstance(message, (bytes, bytearray, memoryview)):
+        return bytes(message)
+    raise TypeError(f"message must be str or bytes-like, got {type(message).__name__}")
+
+
+class LocalFanout(Fanout):
+    """Fan-out within one process: :meth:`publish` delivers directly.
+
+    Same arguments as :class:`Fanout`.
+    """
+
+    def publish(self, channel: str, message: Data) -> None:
+        """Send ``message`` to every member of ``channel`` in this process.
+
+        Args:
+            channel: the channel.
+            message: ``str`` or bytes-like.
+
+        Raises:
+            TypeError: ``message`` is neither ``str`` nor bytes-like.
+        """
+        message = _check_message(message)
+        with self._lock:
+            self.stats.published += 1
+        self._deliver(channel, message)
+
+
+# -- Redis --------------------------------------------------------------------
+
+# An envelope is b"<publisher> <sequence> <t|b>\n" followed by the payload
+# (UTF-8 for text). The sequence number counts per publisher and channel.
+
+
+def _pack(publisher: str, sequence: int, message: Data) -> bytes:
+    if isinstance(message, str):
+        return b"%s %d t\n%s" % (publisher.encode(), sequence, message.encode())
+    return b"%s %d b\n%s" % (publisher.encode(), sequence, message)
+
+
+def _unpack(envelope: bytes) -> Tuple[str, int, Data]:
+    """Raises ValueError on anything that isn't an envelope."""
+    head, sep, payload = envelope.partition(b"\n")
+    publisher, sequence, kind = head.split(b" ")
+    if not sep or kind not in (b"t", b"b"):
+        raise ValueError("not a syncws envelope")
+    return publisher.decode(), int(sequence), payload.decode() if kind == b"t" else payload
+
+
+def _import_redis() -> Any:
+    try:
+        import redis
+        import redis.backoff
+        import redis.retry
+    except ImportError as exc:
+        raise ImportError(
+            "syncws.fanout.RedisFanout needs redis-py: pip install 'syncws[redis]'"
+        ) from exc
+    return redis
+
+
+GapCallback = Callable[[Gap], None]
+
+
+class RedisFanout(Fanout):
+    """Fan-out across processes and machines over Redis pub/sub.
+
+    Every process that shares ``url`` (and ``prefix``) shares the channels.
+    See the module docstring for delivery, order and gaps.
+
+    Args:
+        url: ``redis://[[user]:password@]host[:port][/db]`` (or ``rediss://``,
+            ``unix://``).
+        prefix: put before every channel name in Redis.
+        timeout: as for :class:`Fanout`; also bounds each Redis command
+            and connection attempt.
+        max_pending: as for :class:`Fanout`.
+        on_failure: as for :class:`Fanout`.
+        on_gap: called with a :class:`Gap` when messages may have been lost
+            (from the subscriber thread; keep it short).
+        ping_interval: seconds between pings on the subscription
+            connection, to notice a silent network cut.
+        ping_timeout: seconds without any answer before the subscription
+            connection is considered dead.
+        reconnect_delay: the first delay before reconnecting, doubled on
+            each failure (with jitter) up to ``max_reconnect_delay``.
+        max_reconnect_delay: the longest delay between attempts.
+
+    Raises:
+        ImportError: redis-py isn't installed (``syncws[redis]``).
+        ValueError: ``url`` isn't a Redis URL.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "syncws:",
+        timeout: Optional[float] = 10,
+        max_pending: int = 1024,
+        on_failure: Optional[FailureCallback] = None,
+        on_gap: Optional[GapCallback] = None,
+        ping_interval: float = 5.0,
+        ping_timeout: float = 5.0,
+        reconnect_delay: float = 0.1,
+        max_reconnect_delay: float = 5.0,
+    ) -> None:
+        redis = _import_redis()
+        super().__init__(timeout=timeout, max_pending=max_pending, on_failure=on_failure)
+        self.url = url
+        self.prefix = prefix
+        self.on_gap = on_gap
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.reconnect_delay = reconnect_delay
+        self.max_reconnect_delay = max_reconnect_delay
+        self._redis = redis
+        # Our own reconnection policy; redis-py's retries would block the
+        # subscriber thread out of our sight.
+        client_options: Dict[str, Any] = dict(
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
+        )
+        self._publisher_client = redis.Redis.from_url(url, **client_options)
+        self._subscriber_client = redis.Redis.from_url(url, **client_options)
+        # Unique per process and instance, so a restarted publisher starts
+        # new sequences instead of looking like a gap.
+        self.publisher_id = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        # Held across numbering and PUBLISH, so numbers go out in order.
+        self._publish_lock = threading.Lock()
+        self._sequences: Dict[str, int] = {}
+        # Subscriber thread state. _live: channels Redis confirmed on the
+        # current connection (written by the subscriber thread, read under
+        # _lock); _confirmed: an Event per channel a subscribe() waits on.
+        self._live: Set[str] = set()
+        self._confirmed: Dict[str, threading.Event] = {}
+        # (publisher, channel) -> last sequence number seen (subscriber thread only).
+        self._last_seen: Dict[Tuple[str, str], int] = {}
+        # Monotonic time the subscription was lost, until it is whole again
+        # (subscriber thread only).
+        self._down_since: Optional[float] = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._subscriber, name="syncws-fanout-redis", daemon=True)
+        self._thread.start()
+
+    # -- publishing ---------------------------------------------------------
+
+    def publish(self, channel: str, message: Data) -> None:
+        """Publish ``message`` to ``channel`` on every process.
+
+        Args:
+            channel: the channel.
+            message: ``str`` or bytes-like.
+
+        Raises:
+            PublishError: Redis couldn't be reached (the message is not
+                sent).
+            TypeError: ``message`` is neither ``str`` nor bytes-like.
+        """
+        message = _check_message(message)
+        with self._publish_lock:
+            # The number is used even if PUBLISH fails: a command that timed
+            # out may have reached Redis, and reusing its number would make
+            # the next message look like a repeat. When it didn't go,
+            # subscribers count it lost.
+            sequence = self._sequences[channel] = self._sequences.get(channel, 0) + 1
+            try:
+                self._publisher_client.publish(self.prefix + channel, _pack(self.publisher_id, sequence, message))
+            except self._redis.RedisError as exc:
+                raise PublishError(f"cannot publish to {channel!r} on {self.url}: {exc}") from exc
+            self.stats.published += 1
+
+    # -- subscriptions --------------------------------------------------------
+
+    def _channel_added(self, channel: str) -> bool:
+        with self._lock:
+            event = self._confirmed.setdefault(channel, threading.Event())
+        return event.wait(self.timeout)
+
+    def _channel_live(self, channel: str) -> bool:
+        with self._lock:
+            event = self._confirmed.get(channel)
+        return event is None or event.wait(self.timeout)
+
+    def _channel_emptied(self, channel: str) -> None:
+        # A later first member waits for a new confirmation.
+        self._confirmed.pop(channel, None)
+
+    def _subscriber(self) -> None:
+        """The subscriber thread: connect, subscribe, read, reconnect."""
+        delay = self.reconnect_delay
+        while not self._stop.is_set():
+            pubsub = self._subscriber_client.pubsub()
+            try:
+                pubsub.ping()  # connects, or raises
+                if self._down_since is not None:
+                    self.stats.reconnects += 1
+                self._serve_subscription(pubsub)
+                return  # closed
+            except Exception as exc:
+                # Connection errors are expected; anything else is a bug,
+                # logged with its traceback, but the thread carries on:
+                # without it no message reaches this process.
+                if not isinstance(exc, (self._redis.RedisError, OSError)):
+                    logger.exception("redis subscriber failed; reconnecting")
+                if self._down_since is None:
+                    # A new outage (the last one was over): retry soon.
+                    self._down_since = time.monotonic()
+                    delay = self.reconnect_delay
+                    logger.warning("redis subscription to %s lost: %s; reconnecting", self.url, exc)
+                else:
+                    logger.debug("reconnecting to %s failed: %s", self.url, exc)
+            finally:
+                with self._lock:
+                    self._live.clear()
+                    # subscribe() must wait again until Redis confirms.
+                    for event in self._confirmed.values():
+                        event.clear()
+                try:
+                    pubsub.close()
+                except Exception:  # a broken connection may fail to close
+                    pass
+            self._stop.wait(delay * (0.5 + random.random()))
+            delay = min(delay * 2, self.max_reconnect_delay)
+        return
+
+    def _serve_subscription(self, pubsub: Any) -> None:
+        """Run one subscription connection until it breaks (raises) or we close."""
+        pending: Set[str] = set()  # SUBSCRIBE sent, confirmation not yet read
+        last_heard = last_ping = time.monotonic()
+        while not self._stop.is_set():
+            with self._lock:
+                wanted = set(self._channels)
+                live = set(self._live)
+            to_subscribe = wanted - live - pending
+            to_unsubscribe = live - wanted
+            if to_subscribe:
+                pubsub.subscribe(*(self.prefix + c for c in to_subscribe))
+                pending |= to_subscribe
+            if to_unsubscribe:
+                pubsub.unsubscribe(*(self.prefix + c for c in to_unsubscribe))
+                with self._lock:
+                    self._live -= to_unsubscribe
+            if self._down_since is not None and not pending:
+                # Every wanted channel is live again: the outage is over.
+                self._report_outage(time.monotonic() - self._down_since, tuple(sorted(wanted)))
+                self._down_since = None
+            message = pubsub.get_message(timeout=_POLL)
+            now = time.monotonic()
+            if message is not None:
+                last_heard = now
+                self._handle(message, pending)
+            if pubsub.subscribed:
+                # Pings are answered on the subscription connection only
+                # while it is subscribed (redis-py reads nothing otherwise).
+                if now - last_ping >= self.ping_interval:
+                    pubsub.ping()
+                    last_ping = now
+                if now - last_heard > self.ping_interval + self.ping_timeout:
+                    raise self._redis.ConnectionError(
+                        f"no answer from {self.url} for {now - last_heard:.1f} seconds"
+                    )
+            else:
+                last_heard = now
+
+    def _handle(self, message: Dict[str, Any], pending: Set[str]) -> None:
+        kind = message["type"]
+        if kind == "pong":
+            return
+        raw = message["channel"]
+        channel = (raw.decode() if isinstance(raw, bytes) else raw)[len(self.prefix):]
+        if kind == "subscribe":
+            pending.discard(channel)
+            with self._lock:
+                self._live.add(channel)  # unsubscribed next round if no longer wanted
+                # No event for a channel emptied meanwhile: a stale, set
+                # event would let its next first member skip the wait.
+                event = self._confirmed.setdefault(channel, threading.Event()) if channel in self._channels else None
+            if event is not None:
+                event.set()
+        elif kind == "unsubscribe":
+            with self._lock:
+                self._live.discard(channel)
+                stale = [key for key in self._last_seen if key[1] == channel]
+            for key in stale:
+                del self._last_seen[key]
+        elif kind == "message":
+            try:
+                publisher, sequence, payload = _unpack(message["data"])
+            except (ValueError, UnicodeDecodeError):
+                logger.warning("ignoring a message on %s that isn't a syncws envelope", channel)
+                return
+            key = (publisher, channel)
+            last = self._last_seen.get(key)
+            if last is not None and sequence <= last:
+                logger.warning("dropping a repeated message %d from %s on %s", sequence, publisher, channel)
+                return
+            self._last_seen[key] = sequence
+            if last is not None and sequence > last + 1:
+                lost = sequence - last - 1
+                logger.warning("%d messages from publisher %s on %r were lost", lost, publisher, channel)
+                self._gap(Gap((channel,), lost=lost, publisher=publisher))
+            self._deliver(channel, payload)
+
+    def _report_outage(self, duration: float, channels: Tuple[str, ...]) -> None:
+        logger.warning(
+            "redis subscription to %s restored after a %.2f s gap: messages published meanwhile "
+            "on %d channels were not delivered",
+            self.url, duration, len(channels),
+        )
+        self._gap(Gap(channels, duration=duration))
+
+    def _gap(self, gap: Gap) -> None:
+        with self._lock:
+            self.stats.gaps += 1
+        if self.on_gap is not None:
+            try:
+                self.on_gap(gap)
+            except Exception:
+                logger.exception("on_gap raised")
+
+    def close(self) -> None:
+        """Stop the subscriber thread and the senders; close Redis connections.
+
+        Idempotent.
+        """
+        self._stop.set()
+        self._thread.join()
+        super().close()
+        self._publisher_client.close()
+        self._subscriber_client.close()

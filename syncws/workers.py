@@ -1,0 +1,493 @@
+"""Several server processes on one port: a supervisor and its workers.
+
+::
+
+    python -m syncws serve --processes 4 --port 8765 myapp:handler
+
+Theory of operation
+-------------------
+A thread-per-connection server uses one core at a time (the interpreter
+lock); to use more, run several processes. The kernel shares one port
+between them: every worker binds its own listening socket with
+``SO_REUSEPORT`` (:func:`syncws.serve` with ``reuse_port=True``) and Linux
+spreads incoming connections over those sockets by a hash of the
+connection's addresses. No socket is passed around and no process accepts
+for another.
+
+The **supervisor** (:func:`run_supervisor`, the parent) does no serving:
+
+* it binds the address first, with ``SO_REUSEPORT`` and without
+  listening, which checks the address once with a clear error, picks the
+  port when asked for port 0, and keeps that port reserved for the workers
+  while one restarts. A socket that doesn't listen takes no connections;
+* it starts N workers as fresh interpreters (:mod:`subprocess`, running
+  ``python -m syncws.workers``), not with :func:`os.fork`: a forked child
+  would inherit the parent's threads' locks in whatever state they were, and
+  a fresh interpreter shares nothing with the parent but its pipes, so a
+  worker that crashes, even in C code, takes nothing else with it;
+* it waits for signals: ``SIGCHLD`` (a worker ended), ``SIGTERM`` and
+  ``SIGINT``, delivered to a pipe by :func:`signal.set_wakeup_fd` so the
+  main loop can :func:`select.select` on it with the time of the next
+  restart as timeout; and for each new worker's *ready pipe*, on which the
+  worker writes once it listens, so "serving" is announced only when
+  connections will be accepted;
+* a worker that ends while the supervisor runs is restarted after a delay
+  that doubles on each quick death (from :data:`RESTART_DELAY` up to
+  :data:`MAX_RESTART_DELAY`) and goes back to the start once a worker has
+  stayed up :data:`STABLE_AFTER` seconds, so a handler that crashes at
+  import doesn't spin the CPU;
+* a worker that can't start at all (a handler that doesn't import, an
+  address that can't be bound) exits with :data:`EXIT_CONFIG`: restarting it
+  would fail the same way, so the supervisor stops everything and reports;
+* on ``SIGTERM`` or ``SIGINT`` it sends ``SIGTERM`` to every worker and
+  waits for them (at most ``shutdown_timeout`` seconds, then ``SIGKILL``);
+  then it exits. No process is left behind.
+
+Each **worker** (:func:`run_worker`) serves the handler until ``SIGTERM`` or
+``SIGINT``, then closes the server: every open connection gets 1001 (going
+away), and the worker exits once their threads are done. Its standard input
+is a pipe from the supervisor that is never written: when it reads end of
+file, the supervisor is gone (even killed with ``SIGKILL``), and the worker
+closes the same way instead of serving on as an orphan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import importlib
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from .server import serve
+
+__all__ = [
+    "DEFAULT_HANDLER",
+    "EXIT_CONFIG",
+    "HandlerImportError",
+    "Supervisor",
+    "load_handler",
+    "run_supervisor",
+    "run_worker",
+]
+
+logger = logging.getLogger("syncws.workers")
+
+#: The handler served when none is named: the command line's echo handler.
+DEFAULT_HANDLER = "syncws.__main__:_echo"
+
+#: A worker's exit status when it can't start (bad handler, address in use):
+#: ``EX_CONFIG`` from ``sysexits.h``. Restarting wouldn't help.
+EXIT_CONFIG = 78
+
+#: Seconds before restarting a worker that died, doubled after each quick
+#: death up to :data:`MAX_RESTART_DELAY`.
+RESTART_DELAY = 0.1
+MAX_RESTART_DELAY = 30.0
+
+#: A worker up this many seconds is stable: its next restart delay is back to
+#: :data:`RESTART_DELAY`.
+STABLE_AFTER = 10.0
+
+#: Seconds the supervisor waits for workers to close their connections on
+#: shutdown before it kills them.
+SHUTDOWN_TIMEOUT = 15.0
+
+
+class HandlerImportError(ImportError):
+    """A ``module:handler`` specification that doesn't name a callable."""
+
+
+def load_handler(spec: str) -> Callable[..., Any]:
+    """Import the handler that ``spec`` names.
+
+    Args:
+        spec: ``"package.module:name"``; ``name`` may be dotted
+            (``"app:Chat.handler"``).
+
+    Returns:
+        The callable.
+
+    Raises:
+        HandlerImportError: ``spec`` isn't ``module:name``, the module doesn't
+            import, it has no such attribute, or the attribute isn't
+            callable. The message says which.
+    """
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise HandlerImportError(f"handler {spec!r}: expected module:name, e.g. myapp.server:handler")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or whatever the module raised
+        raise HandlerImportError(
+            f"handler {spec!r}: cannot import module {module_name!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise HandlerImportError(f"handler {spec!r}: {module_name!r} has no attribute {attribute!r}") from None
+    if not callable(target):
+        raise HandlerImportError(f"handler {spec!r}: {type(target).__name__} object is not callable")
+    return target  # type: ignore[no-any-return]
+
+
+# -- the worker -----------------------------------------------------------------
+
+
+def run_worker(
+    spec: str, host: str, port: int, watch_fd: Optional[int] = None, ready_fd: Optional[int] = None
+) -> int:
+    """Serve ``spec`` on ``host:port`` with ``SO_REUSEPORT`` until told to stop.
+
+    Stops on ``SIGTERM`` or ``SIGINT``, or when ``watch_fd`` reaches end of
+    file (the supervisor is gone): the server closes every connection with
+    1001 and this returns once they are done.
+
+    Args:
+        spec: the handler, ``module:name``.
+        host: the interface.
+        port: the port, shared with the other workers.
+        watch_fd: a file descriptor whose end of file means "stop".
+        ready_fd: a file descriptor written to, then closed, once the
+            server listens.
+
+    Returns:
+        The exit status: 0, or :data:`EXIT_CONFIG` when the handler doesn't
+        import or the address can't be bound.
+    """
+    # Set by a signal or by the watcher thread; the main thread waits on it.
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+    try:
+        handler = load_handler(spec)
+        server = serve(handler, host, port, reuse_port=True)
+    except HandlerImportError as exc:
+        logger.error("worker %d: %s", os.getpid(), exc)
+        return EXIT_CONFIG
+    except OSError as exc:
+        logger.error("worker %d: cannot listen on %s:%d: %s", os.getpid(), host, port, exc.strerror or exc)
+        return EXIT_CONFIG
+    if watch_fd is not None:
+
+        def watch() -> None:
+            # Blocks until the supervisor's end of the pipe closes.
+            try:
+                while os.read(watch_fd, 512):
+                    pass
+            except OSError:
+                pass
+            stop.set()
+
+        threading.Thread(target=watch, name="syncws-worker-watch", daemon=True).start()
+    logger.info("worker %d serving on %s:%d", os.getpid(), host, server.port)
+    if ready_fd is not None:
+        os.write(ready_fd, b"ready")
+        os.close(ready_fd)
+    # A timed wait lets the signal handler run promptly on every platform.
+    while not stop.wait(1.0):
+        pass
+    logger.info("worker %d closing %d connections", os.getpid(), len(server.connections))
+    server.close()
+    server.wait_closed()
+    return 0
+
+
+# -- the supervisor -------------------------------------------------------------
+
+
+class _Slot:
+    """One worker's place: its process and its restart schedule."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.process: Optional["subprocess.Popen[bytes]"] = None
+        self.started = 0.0  # monotonic time of the last start
+        self.delay = RESTART_DELAY  # before the next restart
+        self.restart_at: Optional[float] = None  # when dead: monotonic time to restart
+        self.ready_fd: Optional[int] = None  # until the worker says it listens
+        self.ready = False  # it said so
+
+
+class Supervisor:
+    """Start, watch, restart and stop the workers; see the module docstring.
+
+    Args:
+        spec: the handler, ``module:name``.
+        host: the interface.
+        port: the port; 0 picks a free one (:attr:`port` has it after
+            :meth:`bind`).
+        processes: how many workers.
+        shutdown_timeout: seconds to wait for workers on shutdown before
+            killing them.
+        python: the interpreter for the workers (default: this one).
+    """
+
+    def __init__(
+        self,
+        spec: str,
+        host: str,
+        port: int,
+        processes: int,
+        *,
+        shutdown_timeout: float = SHUTDOWN_TIMEOUT,
+        python: Optional[str] = None,
+    ) -> None:
+        if processes < 1:
+            raise ValueError(f"processes must be at least 1, got {processes}")
+        self.spec = spec
+        self.host = host
+        self.port = port
+        self.shutdown_timeout = shutdown_timeout
+        self.python = python or sys.executable
+        self.slots = [_Slot(i) for i in range(processes)]
+        # Bound, never listening: reserves the port (see the module docstring).
+        self._reserved: Optional[socket.socket] = None
+        self._failed: Optional[str] = None  # why the supervisor gave up
+
+    def bind(self) -> None:
+        """Reserve the address (and pick the port for port 0).
+
+        Raises:
+            OSError: the address can't be bound, or the system has no
+                ``SO_REUSEPORT``.
+        """
+        if not hasattr(socket, "SO_REUSEPORT"):
+            raise OSError("SO_REUSEPORT isn't available on this system: several processes can't share a port")
+        infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, address = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(address)
+        except BaseException:
+            sock.close()
+            raise
+        self._reserved = sock
+        self.port = sock.getsockname()[1]
+
+    def _start(self, slot: _Slot) -> None:
+        ready_read, ready_write = os.pipe()
+        command = [
+            self.python, "-m", "syncws.workers",
+            "--host", self.host, "--port", str(self.port), "--ready-fd", str(ready_write), self.spec,
+        ]
+        # stdin: the pipe whose end of file tells the worker we are gone;
+        # stdout and stderr are ours.
+        try:
+            slot.process = subprocess.Popen(command, stdin=subprocess.PIPE, pass_fds=(ready_write,))
+        finally:
+            os.close(ready_write)
+        os.set_blocking(ready_read, False)
+        self._close_ready(slot)
+        slot.ready_fd = ready_read
+        slot.ready = False
+        slot.started = time.monotonic()
+        slot.restart_at = None
+        logger.info("started worker %d (pid %d)", slot.index, slot.process.pid)
+
+    def _close_ready(self, slot: _Slot) -> None:
+        if slot.ready_fd is not None:
+            os.close(slot.ready_fd)
+            slot.ready_fd = None
+
+    def _read_ready(self, readable: Sequence[int]) -> None:
+        """Note the workers that said they listen (or closed their pipe)."""
+        for slot in self.slots:
+            if slot.ready_fd is None or slot.ready_fd not in readable:
+                continue
+            try:
+                data = os.read(slot.ready_fd, 16)
+            except BlockingIOError:
+                continue
+            slot.ready = bool(data)  # end of file: it ended first; _reap sees to it
+            self._close_ready(slot)
+
+    def _reap(self, now: float) -> None:
+        """Notice workers that ended; schedule their restarts."""
+        for slot in self.slots:
+            process = slot.process
+            if process is None or process.poll() is None:
+                continue
+            status = process.returncode
+            uptime = now - slot.started
+            if process.stdin is not None:
+                process.stdin.close()
+            self._close_ready(slot)
+            slot.process = None
+            if status == EXIT_CONFIG:
+                self._failed = f"worker {slot.index} (pid {process.pid}) could not start; see its error above"
+                return
+            if uptime >= STABLE_AFTER:
+                slot.delay = RESTART_DELAY
+            slot.restart_at = now + slot.delay
+            logger.warning(
+                "worker %d (pid %d) ended with %s after %.1f s; restarting in %.1f s",
+                slot.index, process.pid, _describe_status(status), uptime, slot.delay,
+            )
+            slot.delay = min(slot.delay * 2, MAX_RESTART_DELAY)
+
+    def run(self, ready: Optional[Callable[["Supervisor"], None]] = None) -> int:
+        """Run until ``SIGTERM`` or ``SIGINT``; must run in the main thread.
+
+        Args:
+            ready: called once every worker listens.
+
+        Returns:
+            The exit status: 0 after a signal, 1 when a worker couldn't start.
+
+        Raises:
+            OSError: the address can't be bound.
+        """
+        if self._reserved is None:
+            self.bind()
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)
+        os.set_blocking(write_fd, False)
+        stop_signals: List[int] = []
+
+        def on_signal(signum: int, frame: object) -> None:
+            if signum != signal.SIGCHLD:
+                stop_signals.append(signum)
+
+        previous: Dict[int, Any] = {}
+        old_wakeup = signal.set_wakeup_fd(write_fd)
+        try:
+            for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+                previous[signum] = signal.signal(signum, on_signal)
+            for slot in self.slots:
+                self._start(slot)
+            announced = False
+            while not stop_signals and self._failed is None:
+                now = time.monotonic()
+                self._reap(now)
+                if not announced and all(slot.ready for slot in self.slots) and self._failed is None:
+                    announced = True
+                    if ready is not None:
+                        ready(self)
+                for slot in self.slots:
+                    if slot.restart_at is not None and slot.restart_at <= now and self._failed is None:
+                        self._start(slot)
+                if stop_signals or self._failed is not None:
+                    break
+                pending = [s.restart_at for s in self.slots if s.restart_at is not None]
+                timeout = max(0.0, min(pending) - now) if pending else None
+                ready_fds = [slot.ready_fd for slot in self.slots if slot.ready_fd is not None]
+                readable, _, _ = select.select([read_fd, *ready_fds], [], [], timeout)
+                self._read_ready(readable)
+                try:
+                    while os.read(read_fd, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+        finally:
+            self._stop_all()
+            for slot in self.slots:
+                self._close_ready(slot)
+            signal.set_wakeup_fd(old_wakeup)
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+            os.close(read_fd)
+            os.close(write_fd)
+            if self._reserved is not None:
+                self._reserved.close()
+        if self._failed is not None:
+            logger.error("%s", self._failed)
+            return 1
+        return 0
+
+    def _stop_all(self) -> None:
+        """SIGTERM every worker, wait for them, SIGKILL the late ones."""
+        running = [s.process for s in self.slots if s.process is not None]
+        for process in running:
+            _send_signal(process, signal.SIGTERM)
+        deadline = time.monotonic() + self.shutdown_timeout
+        for process in running:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                logger.warning("worker pid %d still running after %.1f s: killing it", process.pid, self.shutdown_timeout)
+                _send_signal(process, signal.SIGKILL)
+                process.wait()
+            if process.stdin is not None:
+                process.stdin.close()
+        for slot in self.slots:
+            slot.process = None
+
+
+def _send_signal(process: "subprocess.Popen[bytes]", signum: int) -> None:
+    try:
+        process.send_signal(signum)
+    except OSError as exc:  # already reaped
+        if exc.errno != errno.ESRCH:
+            raise
+
+
+def _describe_status(status: int) -> str:
+    if status < 0:
+        try:
+            return f"signal {signal.Signals(-status).name}"
+        except ValueError:
+            return f"signal {-status}"
+    return f"status {status}"
+
+
+def run_supervisor(
+    spec: str = DEFAULT_HANDLER,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    processes: Optional[int] = None,
+    *,
+    ready: Optional[Callable[[Supervisor], None]] = None,
+) -> int:
+    """Serve ``spec`` from ``processes`` workers sharing ``host:port``.
+
+    Blocks until ``SIGTERM`` or ``SIGINT`` (Ctrl-C); must run in the main
+    thread, since it handles signals.
+
+    Args:
+        spec: the handler, ``module:name``, imported by each worker.
+        host: the interface.
+        port: the port; 0 picks a free one.
+        processes: how many workers; ``None`` for one per CPU.
+        ready: called with the :class:`Supervisor` once every worker
+            listens (its ``port`` is the bound port).
+
+    Returns:
+        The exit status: 0 after a signal, 1 when a worker couldn't start.
+
+    Raises:
+        OSError: the address can't be bound.
+        ValueError: ``processes`` is below 1.
+    """
+    supervisor = Supervisor(spec, host, port, processes or os.cpu_count() or 1)
+    return supervisor.run(ready)
+
+
+def _worker_main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m syncws.workers", description="One worker (started by the supervisor).")
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--ready-fd", type=int)
+    parser.add_argument("handler")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    return run_worker(args.handler, args.host, args.port, watch_fd=sys.stdin.fileno(), ready_fd=args.ready_fd)
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main())

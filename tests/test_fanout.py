@@ -1,0 +1,416 @@
+"""Tests for ``syncws.fanout``: LocalFanout in one process, RedisFanout over a real redis-server.
+
+A syncws server in this process runs a room handler (``/room`` joins
+``room``; every text message is published to it); clients are syncws clients
+on 127.0.0.1. Two :class:`RedisFanout` instances stand for two processes: they
+share only the Redis server. Redis runs as a child process on a free port and
+is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator, List, Tuple
+
+import pytest
+
+import syncws
+from syncws.fanout import Fanout, Gap, LocalFanout, PublishError, RedisFanout, _pack
+from services import HOST, Redis, wait_message
+
+TIMEOUT = 10.0
+
+needs_redis = pytest.mark.skipif(
+    shutil.which("redis-server") is None, reason="redis-server is not installed (apt-get install redis-server)"
+)
+
+
+def room_server(fanout: Fanout) -> syncws.WebSocketServer:
+    def handler(websocket: syncws.WebSocketServerProtocol) -> None:
+        room = websocket.path.strip("/")
+        fanout.subscribe(room, websocket)
+        try:
+            for message in websocket:
+                fanout.publish(room, message)
+        finally:
+            fanout.unsubscribe_all(websocket)
+
+    return syncws.serve(handler, HOST, 0, compression=None)
+
+
+def join(server: syncws.WebSocketServer, room: str, name: str, **kwargs: Any) -> syncws.WebSocketClientProtocol:
+    """Connect and wait until our own hello comes back: we're in the room."""
+    # An unbounded queue: the client's reader thread never pauses, so a
+    # test that stops early still closes promptly.
+    websocket = syncws.connect(f"ws://{HOST}:{server.port}/{room}", compression=None, max_queue=None, **kwargs)
+    websocket.send(f"hello {name}")
+    wait_message(websocket, f"hello {name}")
+    return websocket
+
+
+def receive(websocket: syncws.WebSocketClientProtocol, count: int) -> List[Any]:
+    deadline = time.monotonic() + TIMEOUT
+    messages = []
+    while len(messages) < count:
+        message = websocket.recv(max(0.0, deadline - time.monotonic()))
+        if isinstance(message, str) and message.startswith("hello "):
+            continue
+        messages.append(message)
+    return messages
+
+
+def check_per_sender(messages: List[Any], senders: int, count: int) -> None:
+    """``"<sender> <n>"`` messages: each sender's, exactly once and in order."""
+    by_sender: dict = {}
+    for message in messages:
+        sender, number = message.split()
+        by_sender.setdefault(sender, []).append(int(number))
+    assert by_sender == {str(s): [n for n in range(count) if n % senders == s] for s in range(senders)}
+
+
+def assert_silent(websocket: syncws.WebSocketClientProtocol, wait: float = 0.2) -> None:
+    """Nothing but hellos (from later joiners) arrives within ``wait``."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            message = websocket.recv(max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            return
+        assert isinstance(message, str) and message.startswith("hello "), message
+
+
+def stalled_client(server: syncws.WebSocketServer, room: str) -> Tuple[syncws.WebSocketClientProtocol, socket.socket]:
+    """A member that stops reading: a tiny receive buffer and queue."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((HOST, server.port))
+    websocket = syncws.connect(f"ws://{HOST}:{server.port}/{room}", sock=sock, compression=None, max_queue=1)
+    return websocket, sock
+
+
+def abort(websocket: syncws.WebSocketClientProtocol, sock: socket.socket) -> None:
+    sock.shutdown(socket.SHUT_RDWR)
+    with pytest.raises(syncws.ConnectionClosed):
+        while True:
+            websocket.recv(TIMEOUT)
+
+
+# -- LocalFanout ------------------------------------------------------------------
+
+
+@pytest.fixture
+def local() -> Iterator[Tuple[LocalFanout, syncws.WebSocketServer]]:
+    fanout = LocalFanout()
+    server = room_server(fanout)
+    try:
+        yield fanout, server
+    finally:
+        server.close()
+        server.wait_closed(TIMEOUT)
+        fanout.close()
+
+
+def test_local_delivers_to_the_room_only_once_in_order(local: Tuple[LocalFanout, syncws.WebSocketServer]) -> None:
+    fanout, server = local
+    a = [join(server, "a", f"a{i}") for i in range(3)]
+    b = join(server, "b", "b0")
+    assert fanout.channels() == {"a", "b"}
+    assert len(fanout.members("a")) == 3
+    for number in range(100):
+        a[number % 3].send(f"a{number % 3} {number}")
+    a[0].send(b"\x00binary")
+    for websocket in a:
+        messages = receive(websocket, 101)
+        binary = messages.index(b"\x00binary")
+        assert "a0 99" in messages[:binary]  # a0 sent it after its texts
+        check_per_sender([m[1:] for m in messages if isinstance(m, str)], 3, 100)
+        assert_silent(websocket)
+    assert_silent(b)
+    assert fanout.stats.published == 101 + 4  # and the hellos
+
+
+def test_local_unsubscribe(local: Tuple[LocalFanout, syncws.WebSocketServer]) -> None:
+    fanout, server = local
+    a = join(server, "a", "a")
+    b = join(server, "a", "b")
+    (server_side_a,) = [c for c in server.connections if c.remote_address == a.local_address]
+    fanout.unsubscribe("a", server_side_a)
+    fanout.unsubscribe("a", server_side_a)  # not a member: nothing
+    fanout.unsubscribe("nowhere", server_side_a)
+    b.send("after")
+    assert receive(b, 1) == ["after"]
+    assert_silent(a)
+    b.close()
+    a.close()
+    deadline = time.monotonic() + TIMEOUT
+    while fanout.channels() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fanout.channels() == set()  # handlers called unsubscribe_all
+
+
+def test_local_bad_arguments() -> None:
+    fanout = LocalFanout()
+    with pytest.raises(TypeError, match="channel must be a str, got int"):
+        fanout.subscribe(1, None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="message must be str or bytes-like, got dict"):
+        fanout.publish("a", {})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_pending must be at least 1"):
+        LocalFanout(max_pending=0)
+    fanout.close()
+    fanout.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        fanout.subscribe("a", None)  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(30)
+def test_local_stalled_member_does_not_delay_the_others_and_is_dropped_when_full() -> None:
+    failures: List[Tuple[Any, Exception]] = []
+    failed = threading.Event()
+
+    def on_failure(connection: Any, exc: Exception) -> None:
+        failures.append((connection, exc))
+        failed.set()
+
+    fanout = LocalFanout(timeout=1, max_pending=50, on_failure=on_failure)
+    server = room_server(fanout)
+    try:
+        readers = [join(server, "r", f"r{i}") for i in range(3)]
+        stalled, sock = stalled_client(server, "r")
+        stalled.send("hello stalled")
+        wait_message(readers[0], "hello stalled")
+        big = b"x" * 65536
+        # ~8 MiB at the pace of the readers: the stalled member's buffers
+        # fill, then its mailbox overflows, while the readers keep up.
+        for _ in range(120):
+            fanout.publish("r", big)
+            for reader in readers:
+                assert receive(reader, 1) == [big]
+        assert failed.wait(TIMEOUT)
+        ((connection, exc),) = failures
+        assert isinstance(exc, OverflowError) and "more than 50 messages waiting" in str(exc)
+        assert fanout.stats.failures == 1
+        members = fanout.members("r")  # dropped from the room, the readers stay
+        assert connection not in members and len(members) == 3
+        # Its send under way times out (1 s) and aborts the connection,
+        # before the 1008 "too slow to keep up" can be written.
+        with pytest.raises(syncws.ConnectionClosed) as info:
+            while True:
+                stalled.recv(TIMEOUT)
+        assert info.value.code in (1006, 1008)
+        sock.close()
+    finally:
+        server.close()
+        server.wait_closed(TIMEOUT)
+        fanout.close()
+
+
+@pytest.mark.timeout(30)
+def test_local_send_timeout_aborts_and_reports() -> None:
+    failed = threading.Event()
+    fanout = LocalFanout(timeout=0.5, on_failure=lambda connection, exc: failed.set())
+    server = room_server(fanout)
+    try:
+        reader = join(server, "r", "reader")
+        stalled, sock = stalled_client(server, "r")
+        stalled.send("hello stalled")
+        wait_message(reader, "hello stalled")
+        for _ in range(100):
+            fanout.publish("r", b"y" * 65536)
+        assert len(receive(reader, 100)) == 100
+        assert failed.wait(TIMEOUT)
+        assert fanout.stats.failures == 1
+        abort(stalled, sock)
+    finally:
+        server.close()
+        server.wait_closed(TIMEOUT)
+        fanout.close()
+
+
+# -- RedisFanout ------------------------------------------------------------------
+
+
+def test_redis_extra_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)  # import redis -> ImportError
+    with pytest.raises(ImportError, match=r"pip install 'syncws\[redis\]'"):
+        RedisFanout("redis://127.0.0.1:1/0")
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Redis]:
+    pytest.importorskip("redis", reason="redis-py is not installed (pip install 'syncws[redis]')")
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    server = Redis(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class Node:
+    """One "process": a RedisFanout and a syncws server using it."""
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        self.gaps: List[Gap] = []
+        self.gap = threading.Event()
+
+        def on_gap(gap: Gap) -> None:
+            self.gaps.append(gap)
+            self.gap.set()
+
+        self.fanout = RedisFanout(url, on_gap=on_gap, **kwargs)
+        self.server = room_server(self.fanout)
+
+    def close(self) -> None:
+        self.server.close()
+        self.server.wait_closed(TIMEOUT)
+        self.fanout.close()
+
+
+@pytest.fixture
+def nodes(redis_server: Redis) -> Iterator[List[Node]]:
+    running = [Node(redis_server.url, timeout=2, ping_interval=0.5, ping_timeout=0.5) for _ in range(2)]
+    try:
+        yield running
+    finally:
+        for node in running:
+            node.close()
+
+
+@needs_redis
+def test_redis_across_processes_exactly_once_in_order(nodes: List[Node]) -> None:
+    one, two = nodes
+    members = [join(one.server, "a", "a0"), join(two.server, "a", "a1"), join(two.server, "a", "a2")]
+    other = join(one.server, "b", "b0")
+    for number in range(200):
+        members[number % 3].send(f"{number % 3} {number}")
+    for websocket in members:
+        check_per_sender(receive(websocket, 200), 3, 200)
+        assert_silent(websocket)
+    assert_silent(other)
+    assert one.gaps == two.gaps == []
+
+
+@needs_redis
+def test_redis_sequence_gap_is_reported(nodes: List[Node], redis_server: Redis) -> None:
+    import redis
+
+    one, two = nodes
+    member = join(two.server, "a", "m")
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        publisher = "some-publisher"
+        client.publish("syncws:a", _pack(publisher, 1, "first"))
+        client.publish("syncws:a", _pack(publisher, 5, "fifth"))  # 2, 3, 4 lost
+        client.publish("syncws:a", _pack(publisher, 5, "fifth again"))  # a repeat: dropped
+        client.publish("syncws:a", b"not an envelope")  # ignored
+        client.publish("syncws:a", _pack(publisher, 6, "sixth"))
+    finally:
+        client.close()
+    assert receive(member, 3) == ["first", "fifth", "sixth"]
+    assert two.gap.wait(TIMEOUT)
+    assert two.gaps == [Gap(("a",), lost=3, publisher=publisher)]
+    assert two.fanout.stats.gaps == 1
+
+
+@needs_redis
+@pytest.mark.timeout(30)
+def test_redis_restart_reconnects_and_reports_the_outage(nodes: List[Node], redis_server: Redis) -> None:
+    one, two = nodes
+    sender = join(one.server, "a", "sender")
+    receiver = join(two.server, "a", "receiver")
+    sender.send("before")  # so that two knows where one's numbers are
+    assert receive(receiver, 1) == ["before"]
+    redis_server.kill()
+    with pytest.raises(PublishError, match="cannot publish to 'a'"):
+        one.fanout.publish("a", "lost")
+    redis_server.start()
+    assert one.gap.wait(TIMEOUT) and two.gap.wait(TIMEOUT)
+    (gap,) = two.gaps
+    assert gap.channels == ("a",) and gap.duration is not None and 0 < gap.duration < TIMEOUT
+    assert gap.lost is None
+    assert two.fanout.stats.reconnects == 1
+    for number in range(10):
+        sender.send(f"after {number}")
+    assert receive(receiver, 10) == [f"after {n}" for n in range(10)]
+    assert_silent(receiver)
+    # The failed publish spent its sequence number: counted lost too.
+    assert two.gaps[1:] == [Gap(("a",), lost=1, publisher=one.fanout.publisher_id)]
+
+
+@needs_redis
+@pytest.mark.timeout(30)
+def test_redis_silent_cut_is_detected_by_pings(
+    nodes: List[Node], redis_server: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A frozen Redis (SIGSTOP) sends no error: only the missing pongs tell."""
+    one, two = nodes
+    receiver = join(two.server, "a", "receiver")
+    assert redis_server.process is not None
+    redis_server.process.send_signal(signal.SIGSTOP)
+    try:
+        # ping_interval + ping_timeout = 1 s without an answer: lost.
+        deadline = time.monotonic() + TIMEOUT
+        while not any("no answer from" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "the frozen Redis went unnoticed"
+            time.sleep(0.05)
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+    assert two.gap.wait(TIMEOUT)
+    assert two.gaps[0].duration is not None
+    one.fanout.publish("a", "back")
+    assert receive(receiver, 1) == ["back"]
+
+
+@needs_redis
+def test_redis_subscribe_while_redis_is_down(tmp_path: Path) -> None:
+    pytest.importorskip("redis")
+    server = Redis(tmp_path)  # not started: nothing listens on its port
+    node = Node(server.url, timeout=0.5, reconnect_delay=0.05, max_reconnect_delay=0.2)
+    try:
+        started = time.monotonic()
+        websocket = syncws.connect(f"ws://{HOST}:{node.server.port}/a", compression=None)
+        # subscribe() in the handler waited 0.5 s, then went on unconfirmed.
+        server.start()
+        assert node.gap.wait(TIMEOUT)
+        deadline = time.monotonic() + TIMEOUT
+        while True:  # the membership took effect once Redis was there
+            websocket.send("hi")
+            try:
+                if websocket.recv(0.2) == "hi":
+                    break
+            except TimeoutError:
+                assert time.monotonic() < deadline
+        assert time.monotonic() - started < TIMEOUT
+        websocket.close()
+    finally:
+        node.close()
+        server.stop()
+
+
+@needs_redis
+@pytest.mark.timeout(30)
+def test_redis_each_outage_is_reported_with_its_own_duration(nodes: List[Node], redis_server: Redis) -> None:
+    one, two = nodes
+    receiver = join(two.server, "a", "receiver")
+    outages = []
+    for _ in range(2):
+        two.gap.clear()
+        redis_server.kill()
+        redis_server.start()
+        assert two.gap.wait(TIMEOUT)
+        outages.append((time.monotonic(), two.gaps[-1]))
+    (first_seen, first), (_, second) = outages
+    assert first.duration is not None and second.duration is not None
+    # Measured from the second loss, not from the first one.
+    assert second.duration < time.monotonic() - first_seen
+    assert two.fanout.stats.reconnects == 2
+    one.fanout.publish("a", "back")
+    assert receive(receiver, 1) == ["back"]

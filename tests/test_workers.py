@@ -1,0 +1,281 @@
+"""Tests for ``syncws.workers``: ``python -m syncws serve --processes N``.
+
+The supervisor runs as users run it, in a subprocess, on 127.0.0.1 and a free
+port. The handler tells the test which worker answered by sending its PID
+first, then echoes. Every wait has a deadline, and every process the test
+started (the supervisor, and through it the workers) is killed at teardown
+if it is still there.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator, List, Set
+
+import pytest
+
+import syncws
+from syncws.workers import HandlerImportError, load_handler
+
+REPO = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+TIMEOUT = 20
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT balancing is Linux's")
+
+PID_HANDLER = '''
+import os
+
+def handler(websocket):
+    websocket.send(str(os.getpid()))
+    for message in websocket:
+        websocket.send(message)
+'''
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` exists and isn't a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_until(predicate, timeout: float = TIMEOUT) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+class Supervised:
+    """``python -m syncws serve --processes N`` with the PID handler."""
+
+    def __init__(self, tmp_path: Path, processes: int = 2, handler: str = "pidapp:handler") -> None:
+        (tmp_path / "pidapp.py").write_text(PID_HANDLER)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(tmp_path)])
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "syncws", "serve", "--processes", str(processes), "--host", HOST, "--port", "0", handler],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.stderr: List[str] = []
+        self._stderr_thread = threading.Thread(target=self._read_stderr, daemon=True)
+        self._stderr_thread.start()
+        self.port = 0
+
+    def _read_stderr(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.stderr.append(line)
+
+    def wait_serving(self) -> None:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()  # bounded by the test's timeout
+        assert line.startswith("serving on ws://127.0.0.1:"), (line, self.stderr)
+        self.port = int(line.split(":")[2].split("/")[0])
+
+    @property
+    def uri(self) -> str:
+        return f"ws://{HOST}:{self.port}/"
+
+    def connect(self) -> "syncws.WebSocketClientProtocol":
+        """Connect to any worker, retrying while workers start or restart."""
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            try:
+                return syncws.connect(self.uri, timeout=TIMEOUT)
+            except (ConnectionError, syncws.InvalidHandshake):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
+    def answering_pid(self) -> int:
+        with self.connect() as websocket:
+            return int(websocket.recv(TIMEOUT))
+
+    def pids_seen(self, want: int, exclude: Set[int] = frozenset()) -> Set[int]:  # type: ignore[assignment]
+        """Connect until ``want`` different worker PIDs (not in ``exclude``) answered."""
+        seen: Set[int] = set()
+        deadline = time.monotonic() + TIMEOUT
+        while len(seen - exclude) < want:
+            assert time.monotonic() < deadline, f"only workers {seen} answered"
+            seen.add(self.answering_pid())
+        return seen - exclude
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(TIMEOUT)
+
+
+@pytest.fixture
+def supervised(tmp_path: Path) -> Iterator[Supervised]:
+    server = Supervised(tmp_path)
+    try:
+        server.wait_serving()
+        yield server
+    finally:
+        # SIGTERM first: the supervisor takes its workers down with it.
+        if server.process.poll() is None:
+            server.process.terminate()
+            try:
+                server.process.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
+def test_serve_reuse_port_shares_the_port() -> None:
+    with syncws.serve(lambda ws: None, HOST, 0, reuse_port=True) as first:
+        # A second listener on the same port: allowed with reuse_port only.
+        with syncws.serve(lambda ws: None, HOST, first.port, reuse_port=True) as second:
+            assert second.port == first.port
+        with pytest.raises(OSError):
+            syncws.serve(lambda ws: None, HOST, first.port)
+    # IPv6 addresses too (they used to be bound as IPv4).
+    with syncws.serve(lambda ws: None, "::1", 0, reuse_port=True) as first:
+        with syncws.serve(lambda ws: None, "::1", first.port, reuse_port=True):
+            with syncws.connect(f"ws://[::1]:{first.port}/", timeout=TIMEOUT) as websocket:
+                assert websocket.remote_address[0] == "::1"
+
+
+def test_load_handler_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "broken_app.py").write_text("raise RuntimeError('no config')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(HandlerImportError, match="cannot import module 'broken_app': RuntimeError: no config"):
+        load_handler("broken_app:handler")
+    with pytest.raises(HandlerImportError, match="expected module:name"):
+        load_handler("no_colon")
+    with pytest.raises(HandlerImportError, match="cannot import module 'no_such_module_xyz'"):
+        load_handler("no_such_module_xyz:handler")
+    with pytest.raises(HandlerImportError, match="has no attribute 'nope'"):
+        load_handler("syncws:nope")
+    with pytest.raises(HandlerImportError, match="str object is not callable"):
+        load_handler("syncws:__version__")
+    assert load_handler("syncws.workers:load_handler") is load_handler
+
+
+@pytest.mark.timeout(60)
+def test_two_workers_share_the_port_and_echo_200_clients(supervised: Supervised) -> None:
+    # "serving on" comes once both workers listen: the first try connects.
+    with syncws.connect(supervised.uri, timeout=TIMEOUT) as websocket:
+        int(websocket.recv(TIMEOUT))
+    workers = supervised.pids_seen(2)
+    assert supervised.process.pid not in workers
+    clients = []
+    try:
+        for _ in range(200):
+            clients.append(supervised.connect())
+        pids = {int(c.recv(TIMEOUT)) for c in clients}
+        assert pids == workers  # the kernel spread the 200 over both
+        for i, client in enumerate(clients):
+            client.send(f"message {i}")
+        for i, client in enumerate(clients):
+            assert client.recv(TIMEOUT) == f"message {i}"
+    finally:
+        for client in clients:
+            client.close()
+
+
+@pytest.mark.timeout(60)
+def test_killed_worker_is_replaced(supervised: Supervised) -> None:
+    workers = supervised.pids_seen(2)
+    victim = min(workers)
+    os.kill(victim, signal.SIGKILL)
+    assert wait_until(lambda: not alive(victim)), "the supervisor didn't reap the killed worker"
+    replacement = supervised.pids_seen(1, exclude=workers)
+    assert len(replacement) == 1 and victim not in replacement
+    assert supervised.process.poll() is None
+    assert wait_until(lambda: any("signal SIGKILL" in line and "restarting" in line for line in supervised.stderr))
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_closes_clients_with_1001_and_leaves_no_process(supervised: Supervised) -> None:
+    workers = supervised.pids_seen(2)
+    clients = []
+    pids: Set[int] = set()
+    try:
+        while pids != workers or len(clients) < 10:
+            clients.append(supervised.connect())
+            pids.add(int(clients[-1].recv(TIMEOUT)))
+        supervised.process.send_signal(signal.SIGTERM)
+        for client in clients:
+            with pytest.raises(syncws.ConnectionClosed) as info:
+                client.recv(TIMEOUT)
+            assert info.value.code == 1001
+        assert supervised.process.wait(TIMEOUT) == 0
+    finally:
+        for client in clients:
+            client.close()
+    assert wait_until(lambda: not any(alive(pid) for pid in workers))
+    assert not alive(supervised.process.pid)
+
+
+@pytest.mark.timeout(60)
+def test_workers_exit_when_the_supervisor_is_killed(supervised: Supervised) -> None:
+    workers = supervised.pids_seen(2)
+    supervised.process.kill()  # no chance to stop its workers
+    supervised.process.wait(TIMEOUT)
+    # Orphans notice the closed pipe, close their server and exit.
+    assert wait_until(lambda: not any(alive(pid) for pid in workers))
+
+
+@pytest.mark.timeout(60)
+def test_handler_that_does_not_import_stops_the_supervisor(tmp_path: Path) -> None:
+    server = Supervised(tmp_path, handler="pidapp:missing")
+    try:
+        assert server.process.wait(TIMEOUT) == 1
+        assert server.process.stdout is not None
+        assert server.process.stdout.read() == ""  # never announced "serving"
+        assert wait_until(lambda: any("could not start" in line for line in server.stderr), 5)
+        assert any("'pidapp' has no attribute 'missing'" in line for line in server.stderr)
+    finally:
+        server.kill()
+
+
+def test_processes_must_be_positive() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "syncws", "serve", "--processes", "0"],
+        capture_output=True, text=True, cwd=REPO, timeout=TIMEOUT,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    assert result.returncode == 2
+    assert "--processes: must be at least 1, got 0" in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_one_process_serves_a_named_handler(tmp_path: Path) -> None:
+    (tmp_path / "pidapp.py").write_text(PID_HANDLER)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(tmp_path)]))
+    bad = subprocess.run(
+        [sys.executable, "-m", "syncws", "serve", "--port", "0", "pidapp:nope"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=TIMEOUT,
+    )
+    assert bad.returncode == 1 and "'pidapp' has no attribute 'nope'" in bad.stderr
+    process = subprocess.Popen(
+        [sys.executable, "-m", "syncws", "serve", "--host", HOST, "--port", "0", "pidapp:handler"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        port = int(line.split(":")[2].split("/")[0])
+        with syncws.connect(f"ws://{HOST}:{port}/", timeout=TIMEOUT) as websocket:
+            assert int(websocket.recv(TIMEOUT)) == process.pid
+            websocket.send("ping")
+            assert websocket.recv(TIMEOUT) == "ping"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(TIMEOUT) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(TIMEOUT)
