@@ -433,12 +433,16 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
             self.logger.debug("%s: handshake failed: %r", self, exc)
         else:
             status, headers, body = answer
-            self.logger.info(
-                "%s refused with %s: peer %s, path %s: %s", connection_label(self), format_status(status),
+            # A page process_request serves (a health check, a chat page)
+            # is no refusal: only errors are logged at INFO.
+            self.logger.log(
+                logging.INFO if status >= 400 else logging.DEBUG,
+                "%s %s with %s: peer %s, path %s: %s", connection_label(self),
+                "refused" if status >= 400 else "answered", format_status(status),
                 format_address(self.remote_address), self.request.path if self.request else "?", exc,
             )
             assert self.transport is not None
-            _sendhttp_answer(self.transport.sock, status, headers, body, self.server_header)
+            _send_http_answer(self.transport.sock, status, headers, body, self.server_header)
         self.abort(f"the opening handshake failed: {exc}")
 
 
@@ -471,7 +475,7 @@ def http_answer(exc: Exception) -> Optional[Tuple[int, List[Tuple[str, str]], by
     return http.HTTPStatus.BAD_REQUEST, [], body
 
 
-def _sendhttp_answer(
+def _send_http_answer(
     sock: socket.socket,
     status: int,
     headers: Iterable[Tuple[str, str]],
@@ -593,7 +597,7 @@ class WebSocketServer:
         """Answer 503 without starting a thread, then let the client go."""
         self.logger.warning("max_connections (%s) reached: answering 503", self._max_connections)
         sock.setblocking(False)
-        _sendhttp_answer(
+        _send_http_answer(
             sock, http.HTTPStatus.SERVICE_UNAVAILABLE, [("Retry-After", "1")],
             b"Failed to open a WebSocket connection: the server is at its connection limit.\n",
             self._server_header,
