@@ -11,8 +11,9 @@ three things, and so does this module:
   option (``TCP_DEFER_ACCEPT``) and its event loop keep a silent connection
   down to a descriptor. Here the accept thread waits for a new connection's
   first byte (the request line, or the TLS ClientHello) in a selector, with
-  no thread, for at most ``first_byte_timeout``. At most ``max_pending``
-  connections wait so; past that the oldest silent one is dropped.
+  no thread, for at most ``first_byte_timeout``. At most
+  :data:`SILENT_PER_SLOT` × ``max_pending`` connections wait so; past that
+  the oldest silent one is dropped.
 - **A deadline for the whole head.** HAProxy's ``timeout http-request`` and
   ``timeout client-hs``, nginx's ``client_header_timeout``, Node's
   ``server.headersTimeout`` (added against CVE-2018-12122, slow headers)
@@ -45,11 +46,16 @@ import threading
 import time
 from typing import Any, Callable, Deque, Dict, Optional, Tuple
 
-__all__ = ["EVICTABLE_AFTER", "HandshakePool", "accept_loop"]
+__all__ = ["EVICTABLE_AFTER", "SILENT_PER_SLOT", "HandshakePool", "accept_loop"]
 
 #: A handshake in a full pool may be dropped for a newcomer once it has
 #: lasted this many seconds; younger ones are never dropped.
 EVICTABLE_AFTER = 1.0
+
+#: Connections that may wait for their first byte, per slot of the pool:
+#: they cost a descriptor each, no thread, and a burst of real clients
+#: looks like this for a moment (connected, request not yet arrived).
+SILENT_PER_SLOT = 8
 
 # How often the accept thread looks for a free slot while connections wait
 # for one: connection threads don't signal the end of a handshake.
@@ -203,7 +209,7 @@ def accept_loop(
     # Connections whose first byte arrived, waiting for a slot, oldest first
     # (served newest first).
     waiting: Deque[Tuple[socket.socket, Any, float]] = collections.deque()
-    max_silent = pool.size
+    max_silent = None if pool.size is None else SILENT_PER_SLOT * pool.size
 
     def drop(sock: socket.socket) -> None:
         try:
@@ -230,7 +236,7 @@ def accept_loop(
                 if key.fileobj is wakeup:
                     continue  # only the server's close() writes to it
                 if key.fileobj is listener:
-                    _accept_batch(listener, selector, silent, max_silent, at_capacity, refuse_busy, logger, drop)
+                    _accept_batch(listener, selector, silent, waiting, max_silent, at_capacity, refuse_busy, logger, drop)
                 else:
                     sock = key.fileobj
                     assert isinstance(sock, socket.socket)
@@ -265,17 +271,33 @@ def accept_loop(
             drop(sock)
 
 
+def _has_data(sock: socket.socket) -> Optional[bool]:
+    """Whether a non-blocking socket has bytes to read; ``None`` at EOF."""
+    try:
+        return True if sock.recv(1, socket.MSG_PEEK) else None
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return None
+
+
 def _accept_batch(
     listener: socket.socket,
     selector: selectors.BaseSelector,
     silent: Dict[socket.socket, Tuple[float, Any]],
+    waiting: Deque[Tuple[socket.socket, Any, float]],
     max_silent: Optional[int],
     at_capacity: Callable[[], bool],
     refuse_busy: Callable[[socket.socket], None],
     logger: logging.Logger,
     drop: Callable[[socket.socket], None],
 ) -> None:
-    """Accept what the backlog holds (up to a batch) into ``silent``."""
+    """Accept what the backlog holds (up to a batch).
+
+    A connection whose first byte is already there goes straight to
+    ``waiting``; the others to ``silent``, where at most ``max_silent``
+    stay: past that, the oldest that is still silent is dropped.
+    """
     for _ in range(_ACCEPT_BATCH):
         try:
             sock, address = listener.accept()
@@ -290,11 +312,27 @@ def _accept_batch(
         if at_capacity():
             refuse_busy(sock)
             continue
-        if max_silent is not None and len(silent) >= max_silent:
+        now = time.monotonic()
+        sock.setblocking(False)
+        ready = _has_data(sock)
+        if ready is None:
+            drop(sock)  # already gone
+            continue
+        if ready:
+            waiting.append((sock, address, now))
+            continue
+        # In a burst, the oldest "silent" ones may have sent their request
+        # since: they move on instead of being dropped.
+        while max_silent is not None and len(silent) >= max_silent:
             oldest = next(iter(silent))
-            logger.info("%d connections sent nothing yet: dropping the oldest", len(silent))
+            accepted, oldest_address = silent.pop(oldest)
             selector.unregister(oldest)
-            del silent[oldest]
-            drop(oldest)
-        silent[sock] = (time.monotonic(), address)
+            state = _has_data(oldest)
+            if state:
+                waiting.append((oldest, oldest_address, accepted))
+            else:
+                if state is not None:
+                    logger.info("%d connections sent nothing yet: dropping the oldest", max_silent)
+                drop(oldest)
+        silent[sock] = (now, address)
         selector.register(sock, selectors.EVENT_READ)

@@ -926,8 +926,8 @@ def serve(
             body)``): a status other than 101 refuses the connection.
         max_pending_handshakes: connections in their opening handshake
             (TLS and the HTTP request) served at once, each by a thread, on
-            top of ``max_connections``; also the most connections that may
-            wait for their first byte, without a thread. When the pool is
+            top of ``max_connections``; eight times as many may wait for
+            their first byte, without a thread. When the pool is
             full, a newcomer waits for a slot, and a handshake that has
             lasted over a second is dropped to make room for it, so slow
             or idle clients can't keep real ones out. ``None`` for no limit.

@@ -158,13 +158,18 @@ def test_silent_connection_dropped_after_first_byte_timeout_without_a_thread() -
 
 
 @pytest.mark.timeout(15)
-def test_silent_connections_beyond_the_pool_size_drop_the_oldest() -> None:
-    with syncws.serve(echo, HOST, 0, max_pending_handshakes=5, first_byte_timeout=30) as server:
-        socks = [socket.create_connection((HOST, server.port), timeout=5) for _ in range(8)]
+def test_silent_connections_beyond_their_limit_drop_the_oldest() -> None:
+    limit = 2 * syncws.admission.SILENT_PER_SLOT
+    with syncws.serve(echo, HOST, 0, max_pending_handshakes=2, first_byte_timeout=30) as server:
+        socks = [socket.create_connection((HOST, server.port), timeout=5) for _ in range(limit + 3)]
         try:
-            # The three oldest are dropped to keep five.
+            # The three oldest are dropped to keep the limit.
             for sock in socks[:3]:
                 assert sock.recv(1) == b""
+            for sock in socks[3:]:
+                sock.setblocking(False)
+                with pytest.raises(BlockingIOError):
+                    sock.recv(1)
             assert timed_echo(f"ws://{HOST}:{server.port}/") < MAX_WAIT
         finally:
             for sock in socks:
