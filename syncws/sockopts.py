@@ -39,12 +39,15 @@ import math
 import socket
 from typing import Optional
 
-__all__ = ["DEFAULT_BACKLOG", "default_backlog", "tune_connection"]
+__all__ = ["DEFAULT_BACKLOG", "default_backlog", "tune_connection", "connection_failed"]
 
 #: The backlog asked for where ``net.core.somaxconn`` can't be read.
 DEFAULT_BACKLOG = 1024
 
 _SOMAXCONN_PATH = "/proc/sys/net/core/somaxconn"
+
+# struct tcp_info starts with tcpi_state; TCP_CLOSE is 7 (include/net/tcp_states.h).
+_TCP_CLOSE = 7
 
 # Keepalive probes sent before the connection is given up, without
 # TCP_USER_TIMEOUT; with it, the timeout decides.
@@ -107,3 +110,28 @@ def tune_connection(
     if hasattr(socket, "TCP_USER_TIMEOUT"):
         # Milliseconds; 0 would mean the system default, so at least 1.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, int(ping_timeout * 1000)))
+
+
+def connection_failed(sock: socket.socket) -> bool:
+    """Whether the kernel has already given a TCP connection up.
+
+    After ``TCP_USER_TIMEOUT`` or unanswered keepalive probes, the socket
+    holds an error (``ETIMEDOUT``) that only the next read or write reports:
+    a connection whose reader is paused (its queue is full) never makes one.
+    This looks without reading or writing, and without clearing the error.
+
+    Args:
+        sock: a TCP socket (or a TLS socket over one).
+
+    Returns:
+        ``True`` when the connection is closed at the TCP level; ``False``
+        while it is alive, for non-TCP sockets, and where ``TCP_INFO``
+        doesn't exist (not Linux).
+    """
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or not hasattr(socket, "TCP_INFO"):
+        return False
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)
+    except OSError:
+        return True  # the descriptor is already closed
+    return info[0] == _TCP_CLOSE
