@@ -10,12 +10,13 @@ network namespaces can't be created (not root, not Linux, no iproute2).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import queue
 import socket
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Iterator, Optional, Tuple
 
 import pytest
 
@@ -61,51 +62,49 @@ def blocked_recv(sock: socket.socket) -> "queue.Queue[Optional[BaseException]]":
     return outcome
 
 
-def raw_client(host: str, port: int) -> str:
-    return (
-        "import socket, time\n"
-        f"s = socket.create_connection(({host!r}, {port}), timeout=5)\n"
-        "print('ready', flush=True)\n"
-        "time.sleep(120)\n"
-    )
+@contextlib.contextmanager
+def raw_connection_to_vanishing_peer() -> Iterator[Tuple[socket.socket, Any]]:
+    """Our end of a TCP connection from a peer in a namespace, and the peer."""
+    with vanishing_peer() as peer, socket.create_server((peer.local, 0)) as listener:
+        listener.settimeout(10)
+        client = peer.run(
+            "import socket, time\n"
+            f"s = socket.create_connection(({peer.local!r}, {listener.getsockname()[1]}), timeout=5)\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(120)\n"
+        )
+        wait_ready(client)
+        conn, _ = listener.accept()
+        with conn:
+            yield conn, peer
 
 
 @pytest.mark.parametrize("in_flight", [False, True], ids=["idle", "data-in-flight"])
 def test_kernel_gives_up_a_vanished_peer(in_flight: bool) -> None:
-    with vanishing_peer() as peer, socket.create_server((peer.local, 0)) as listener:
-        listener.settimeout(10)
-        client = peer.run(raw_client(peer.local, listener.getsockname()[1]))
-        wait_ready(client)
-        conn, _ = listener.accept()
-        with conn:
-            tune_connection(conn, ping_interval=PING_INTERVAL, ping_timeout=PING_TIMEOUT)
-            peer.vanish()
-            start = time.monotonic()
-            if in_flight:
-                conn.sendall(b"never acknowledged")
-            outcome = blocked_recv(conn)
-            # Known without reading, as a paused reader would need it.
-            assert wait_for(lambda: connection_failed(conn), timeout=BOUND + 2)
-            failed_after = time.monotonic() - start
-            exc = outcome.get(timeout=5)
-            assert isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT, exc
-            assert failed_after < BOUND, failed_after
+    with raw_connection_to_vanishing_peer() as (conn, peer):
+        tune_connection(conn, ping_interval=PING_INTERVAL, ping_timeout=PING_TIMEOUT)
+        peer.vanish()
+        start = time.monotonic()
+        if in_flight:
+            conn.sendall(b"never acknowledged")
+        outcome = blocked_recv(conn)
+        # Known without reading, as a paused reader would need it.
+        assert wait_for(lambda: connection_failed(conn), timeout=BOUND + 2)
+        failed_after = time.monotonic() - start
+        exc = outcome.get(timeout=5)
+        assert isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT, exc
+        assert failed_after < BOUND, failed_after
 
 
 def test_without_tuning_a_vanished_peer_goes_unnoticed() -> None:
     # The control: what the kernel does without the options (why they
     # are set). Nothing happens within the bound.
-    with vanishing_peer() as peer, socket.create_server((peer.local, 0)) as listener:
-        listener.settimeout(10)
-        client = peer.run(raw_client(peer.local, listener.getsockname()[1]))
-        wait_ready(client)
-        conn, _ = listener.accept()
-        with conn:
-            peer.vanish()
-            outcome = blocked_recv(conn)
-            with pytest.raises(queue.Empty):
-                outcome.get(timeout=BOUND)
-            assert not connection_failed(conn)
+    with raw_connection_to_vanishing_peer() as (conn, peer):
+        peer.vanish()
+        outcome = blocked_recv(conn)
+        with pytest.raises(queue.Empty):
+            outcome.get(timeout=BOUND)
+        assert not connection_failed(conn)
 
 
 def syncws_client(host: str, port: int, messages: int) -> str:
