@@ -92,13 +92,13 @@ def test_both_sides_of_a_syncws_connection_are_tuned() -> None:
     seen = {}
 
     def handler(ws: Any) -> None:
-        seen["server"] = options(ws._sock)
+        seen["server"] = options(ws.transport.sock)
         ws.send("done")
 
     with syncws.serve(handler, "127.0.0.1", 0, ping_interval=7, ping_timeout=3) as server:
         with syncws.connect(f"ws://127.0.0.1:{server.port}", ping_interval=5, ping_timeout=6) as ws:
             assert ws.recv(timeout=5) == "done"
-            client = options(ws._sock)
+            client = options(ws.transport.sock)
     assert client[1:] == (1, 5, 2, 3, 6000)
     assert seen["server"][1:] == (1, 7, 1, 3, 3000)
 
