@@ -141,13 +141,9 @@ def test_server_notices_a_vanished_client_while_its_handler_reads() -> None:
             assert time.monotonic() - start < BOUND
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 point 6 (protocol.py, the lead's): while its queue is full the reader "
-    "doesn't read and keepalive sends no ping, so the socket's ETIMEDOUT is never seen; "
-    "_keepalive could check syncws.sockopts.connection_failed(sock) when put_waiting",
-)
 def test_server_notices_a_vanished_client_while_its_queue_is_full() -> None:
+    # Issue 11, point 6: the reader waits for room in the queue and reads
+    # nothing; keepalive's ping then stays unacknowledged by TCP.
     entered = threading.Event()
     state: dict = {}
 
