@@ -353,14 +353,16 @@ def test_cancelled_timers_do_not_pile_up_in_the_heap() -> None:
 
 def test_call_later_and_cancel_stay_cheap() -> None:
     # Amortized O(log n): 100,000 schedule/cancel pairs with 10,000 live
-    # timers take well under a second on any machine (about 0.2 s here).
+    # timers take 0.2-0.3 s here on an idle machine. The bound only catches
+    # an O(n) cancel (such as removing each entry from the heap: ~10^9
+    # steps), with room for a loaded CI machine.
     live = [call_later(3600, lambda: None) for _ in range(10_000)]
     try:
         start = time.perf_counter()
         for _ in range(100_000):
             call_later(3600, lambda: None).cancel()
         elapsed = time.perf_counter() - start
-        assert elapsed < 3.0, elapsed
+        assert elapsed < 15.0, elapsed
     finally:
         for timer in live:
             timer.cancel()
