@@ -636,7 +636,15 @@ class WebSocketServer:
             protocol = self._make_protocol(self)
             transport = Transport(sock, read_limit=protocol.read_limit)
             with self._lock:
-                self._pending.add(protocol)
+                # close() cancels the handshakes in _pending: one that
+                # registers after it must not start.
+                closing = self._closing
+                if not closing:
+                    self._pending.add(protocol)
+            if closing:
+                self._handshake_pool.remove(sock)
+                sock.close()
+                return
             self._handshake_pool.cancellable(sock, protocol._cancel_handshake)
             try:
                 opened = protocol._run(transport, self._ssl_context, self._open_timeout)
