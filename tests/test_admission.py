@@ -179,3 +179,31 @@ def test_silent_connections_beyond_their_limit_drop_the_oldest() -> None:
 def test_max_pending_handshakes_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_pending_handshakes"):
         syncws.serve(echo, HOST, 0, max_pending_handshakes=0)
+
+
+@pytest.mark.timeout(15)
+def test_handshake_completing_at_max_connections_is_closed_with_1013() -> None:
+    # Handshakes don't count against max_connections, so one may complete
+    # when the last place has just been taken: it is told to come back.
+    with syncws.serve(echo, HOST, 0, max_connections=1) as server:
+        with socket.create_connection((HOST, server.port), timeout=5) as late:
+            late.sendall(
+                b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            )
+            assert wait_for(lambda: pending(server) == 1)
+            with syncws.connect(f"ws://{HOST}:{server.port}/", open_timeout=5) as first:
+                # The server counts a connection just after sending its 101.
+                assert wait_for(lambda: len(server._connections) == 1)
+                late.sendall(b"\r\n")  # the end of the head
+                data = b""
+                while b"\r\n\r\n" not in data or len(data) < data.index(b"\r\n\r\n") + 8:
+                    chunk = late.recv(4096)
+                    assert chunk, data
+                    data += chunk
+                assert data.startswith(b"HTTP/1.1 101 ")
+                frame = data[data.index(b"\r\n\r\n") + 4:]
+                assert frame[0] == 0x88  # a close frame
+                assert int.from_bytes(frame[2:4], "big") == 1013
+                first.send("still served")
+                assert first.recv(timeout=5) == "still served"
