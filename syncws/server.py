@@ -615,7 +615,14 @@ class WebSocketServer:
             )
             self._threads.add(thread)
         self._handshake_pool.add(sock, thread)
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError as exc:  # "can't start new thread": out of threads or memory
+            self.logger.error("%s: dropped: %s", address, exc)
+            self._handshake_pool.remove(sock)
+            with self._lock:
+                self._threads.discard(thread)
+            sock.close()
 
     def _refuse_busy(self, sock: socket.socket) -> None:
         """Answer 503 without starting a thread, then let the client go."""
