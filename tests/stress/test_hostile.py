@@ -80,9 +80,11 @@ def test_hundreds_of_hostile_sockets(tls: bool) -> None:
                 "wss" if tls else "ws", IDLE, SLOW, max(waits), peak_threads - threads_before, POOL,
                 rss_mib() - rss_before,
             )
-            # The first real client may wait for the oldest slow handshake
-            # to become evictable (EVICTABLE_AFTER); the others don't wait.
-            assert max(waits) < syncws.admission.EVICTABLE_AFTER + 1.0, waits
+            # Three times more slow sockets than the pool holds: a real
+            # client may wait for the oldest handshake to become evictable
+            # (EVICTABLE_AFTER), and for its thread to be scheduled among
+            # ~130 busy ones: measured 0.85-1.95 s on 2 loaded cores.
+            assert max(waits) < syncws.admission.EVICTABLE_AFTER + 2.0, waits
             # Threads: the pool, a real connection and its reader, the
             # dribbler, the accept and timer threads.
             assert peak_threads - threads_before <= POOL + 8
