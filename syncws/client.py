@@ -17,7 +17,7 @@ import time
 import urllib.parse
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type, Union
 
-from . import handshake, timers
+from . import handshake, sockopts, timers
 from .exceptions import (
     InvalidHandshake,
     InvalidHeader,
@@ -360,8 +360,7 @@ def connect(
             source_address=source_address,
         )
     remaining = None if open_timeout is None else max(0.0, open_timeout - (time.monotonic() - started))
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+    sockopts.tune_connection(sock, ping_interval=ping_interval, ping_timeout=ping_timeout)
     transport = Transport(sock, read_limit=read_limit)
     protocol.connection_made(transport)
     try:

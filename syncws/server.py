@@ -21,7 +21,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, List, Optional, Sequence, Set, Tuple, Type, Union
 
-from . import handshake, timers
+from . import admission, handshake, sockopts, timers
 from .exceptions import (
     AbortHandshake,
     ConnectionClosed,
@@ -519,6 +519,10 @@ class WebSocketServer:
         max_connections: Optional[int],
         server_header: Optional[str],
         logger: logging.Logger,
+        max_pending_handshakes: Optional[int] = None,
+        first_byte_timeout: Optional[float] = None,
+        ping_interval: Optional[float] = None,
+        ping_timeout: Optional[float] = None,
     ) -> None:
         #: The listening sockets.
         self.sockets = sockets
@@ -532,6 +536,12 @@ class WebSocketServer:
         self._ssl_context = ssl_context
         self._open_timeout = open_timeout
         self._max_connections = max_connections
+        # Connections in their opening handshake: counted here, not against
+        # max_connections (see syncws.admission).
+        self._handshake_pool = admission.HandshakePool(max_pending_handshakes)
+        self._first_byte_timeout = first_byte_timeout
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
         self._server_header = server_header
         self.logger = logger
         # Guards _threads, _connections and _closing; taken briefly, never
@@ -545,9 +555,15 @@ class WebSocketServer:
         self._closing = False
         self._close_args: Tuple[int, str] = (CloseCode.GOING_AWAY, "")
         self._closed = threading.Event()
+        # One socket pair per accept thread: close() writes to the second
+        # socket to wake the thread up.
+        self._wakeups = [socket.socketpair() for _ in sockets]
         self._accept_threads = [
-            threading.Thread(target=self._accept_loop, args=(sock,), name=f"syncws-accept-{_describe_address(sock)}", daemon=True)
-            for sock in sockets
+            threading.Thread(
+                target=self._accept_loop, args=(sock, wakeup[0]),
+                name=f"syncws-accept-{_describe_address(sock)}", daemon=True,
+            )
+            for sock, wakeup in zip(sockets, self._wakeups)
         ]
         for thread in self._accept_threads:
             thread.start()
@@ -564,34 +580,55 @@ class WebSocketServer:
         with self._lock:
             return {c for c in self._connections if c.state is State.OPEN}
 
-    def _accept_loop(self, listener: socket.socket) -> None:
-        """An accept thread: hand each new connection to a thread of its own."""
-        while True:
-            try:
-                sock, address = listener.accept()
-            except OSError:
-                if self._closing:
-                    return
-                # EMFILE and friends: wait for descriptors to free up rather
-                # than spin or die.
-                self.logger.exception("accept() failed")
-                self._closed.wait(0.1)
-                continue
+    def _accept_loop(self, listener: socket.socket, wakeup: socket.socket) -> None:
+        """An accept thread: admit new connections to their opening handshake."""
+        admission.accept_loop(
+            listener,
+            wakeup=wakeup,
+            pool=self._handshake_pool,
+            # A silent connection is dropped by whichever deadline is first.
+            first_byte_timeout=min(
+                (t for t in (self._first_byte_timeout, self._open_timeout) if t is not None), default=None
+            ),
+            queue_timeout=self._open_timeout,
+            is_closing=lambda: self._closing,
+            at_capacity=self._at_capacity,
+            refuse_busy=self._refuse_busy,
+            start_handshake=self._start_handshake,
+            logger=self.logger,
+        )
+
+    def _at_capacity(self) -> bool:
+        """Whether max_connections WebSocket connections are open."""
+        with self._lock:
+            return self._max_connections is not None and len(self._connections) >= self._max_connections
+
+    def _start_handshake(self, sock: socket.socket, address: Any) -> None:
+        """Give an admitted connection its thread."""
+        try:
+            sockopts.tune_connection(sock, ping_interval=self._ping_interval, ping_timeout=self._ping_timeout)
+        except OSError as exc:  # the client has already gone
+            self.logger.debug("%s: %s", address, exc)
+            sock.close()
+            return
+        with self._lock:
+            if self._closing:
+                sock.close()
+                return
+            thread = threading.Thread(
+                target=self._serve_connection, args=(sock, address),
+                name=f"syncws-server-{address}", daemon=True,
+            )
+            self._threads.add(thread)
+        self._handshake_pool.add(sock, thread)
+        try:
+            thread.start()
+        except RuntimeError as exc:  # "can't start new thread": out of threads or memory
+            self.logger.error("%s: dropped: %s", address, exc)
+            self._handshake_pool.remove(sock)
             with self._lock:
-                if self._closing:
-                    sock.close()
-                    return
-                full = self._max_connections is not None and len(self._threads) >= self._max_connections
-                if not full:
-                    thread = threading.Thread(
-                        target=self._serve_connection, args=(sock, address),
-                        name=f"syncws-server-{address}", daemon=True,
-                    )
-                    self._threads.add(thread)
-            if full:
-                self._refuse_busy(sock)
-            else:
-                thread.start()
+                self._threads.discard(thread)
+            sock.close()
 
     def _refuse_busy(self, sock: socket.socket) -> None:
         """Answer 503 without starting a thread, then let the client go."""
@@ -609,25 +646,41 @@ class WebSocketServer:
     def _serve_connection(self, sock: socket.socket, address: Any) -> None:
         """A connection thread: handshake, handler, close."""
         try:
-            if sock.family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
             protocol = self._make_protocol(self)
             transport = Transport(sock, read_limit=protocol.read_limit)
             with self._lock:
-                self._pending.add(protocol)
+                # close() cancels the handshakes in _pending: one that
+                # registers after it must not start.
+                closing = self._closing
+                if not closing:
+                    self._pending.add(protocol)
+            if closing:
+                self._handshake_pool.remove(sock)
+                sock.close()
+                return
+            self._handshake_pool.cancellable(sock, protocol._cancel_handshake)
             try:
                 opened = protocol._run(transport, self._ssl_context, self._open_timeout)
             finally:
+                self._handshake_pool.remove(sock)
                 with self._lock:
                     self._pending.discard(protocol)
             if not opened:
                 return
             with self._lock:
-                self._connections.add(protocol)
+                # Handshakes don't count against max_connections, so more
+                # may finish than there are free places.
+                full = self._max_connections is not None and len(self._connections) >= self._max_connections
+                if not full:
+                    self._connections.add(protocol)
                 closing = self._closing
             try:
                 if closing:
                     protocol.close(*self._close_args)
+                    return
+                if full:
+                    protocol.logger.warning("max_connections (%s) reached: closing with 1013", self._max_connections)
+                    protocol.close(CloseCode.TRY_AGAIN_LATER, "the server is at its connection limit")
                     return
                 self._run_handler(protocol)
             finally:
@@ -687,6 +740,12 @@ class WebSocketServer:
             except OSError:
                 pass
             sock.close()
+        for _, wakeup in self._wakeups:
+            try:
+                wakeup.send(b"\0")
+            except OSError:
+                pass
+            wakeup.close()
         for connection in pending:
             # Still in the opening handshake: nothing to close politely.
             connection._cancel_handshake()
@@ -818,9 +877,11 @@ def serve(
     max_connections: Optional[int] = None,
     server_header: Optional[str] = SERVER_HEADER,
     logger: Union[logging.Logger, str, None] = None,
-    backlog: int = 128,
+    backlog: Optional[int] = None,
     select_subprotocol: Optional[SelectSubprotocol] = None,
     process_response: Optional[ProcessResponse] = None,
+    max_pending_handshakes: Optional[int] = 128,
+    first_byte_timeout: Optional[float] = 5,
     **kwds: Any,
 ) -> WebSocketServer:
     """Start a WebSocket server; it is listening and accepting on return.
@@ -870,10 +931,15 @@ def serve(
         close_timeout: seconds for the closing handshake.
         write_timeout: seconds a send may take before its connection is
             aborted; ``None`` waits forever.
-        max_connections: connections served at once; more get HTTP 503.
+        max_connections: open WebSocket connections served at once; a new
+            client gets HTTP 503 while there are that many (connections
+            still in their opening handshake don't count: see
+            ``max_pending_handshakes``); ``None`` for no limit.
         server_header: the ``Server`` header; ``None`` omits it.
         logger: a logger or logger name (default ``syncws.server``).
-        backlog: the listen backlog.
+        backlog: the listen backlog; ``None`` asks for the system's maximum
+            (``net.core.somaxconn`` on Linux, else 1024), so that a burst of
+            clients isn't dropped into seconds of SYN retries.
         select_subprotocol: ``(connection, client_subprotocols)`` returning
             the subprotocol to use (one the client offered) or ``None``;
             called whenever the client offers subprotocols, instead of
@@ -883,6 +949,17 @@ def serve(
             ``response.headers`` in place and return ``None``, or return
             another response (:func:`syncws.respond`, or ``(status, headers,
             body)``): a status other than 101 refuses the connection.
+        max_pending_handshakes: connections in their opening handshake
+            (TLS and the HTTP request) served at once, each by a thread, on
+            top of ``max_connections``; eight times as many may wait for
+            their first byte, without a thread. When the pool is
+            full, a newcomer waits for a slot, and a handshake that has
+            lasted over a second is dropped to make room for it, so slow
+            or idle clients can't keep real ones out. ``None`` for no limit.
+        first_byte_timeout: seconds a new connection may stay silent
+            before it is dropped (``open_timeout`` if shorter); it holds no
+            thread meanwhile, and ``open_timeout`` starts again with its
+            first byte. ``None`` for no limit but ``open_timeout``.
         **kwds: ``additional_headers`` (modern name of ``extra_headers``),
             and ``reuse_port=True`` to share the port between processes.
 
@@ -893,7 +970,8 @@ def serve(
         OSError: the address can't be bound.
         TypeError: an unknown keyword argument, or a setting of the wrong
             type (see :func:`syncws.settings.check_settings`).
-        ValueError: a setting out of range (the message names it).
+        ValueError: a setting out of range (the message names it), or
+            ``max_pending_handshakes`` less than 1.
     """
     reuse_port = kwds.pop("reuse_port", False)
     additional_headers = kwds.pop("additional_headers", None)
@@ -913,6 +991,10 @@ def serve(
     )
     if isinstance(logger, str) or logger is None:
         logger = logging.getLogger(logger or "syncws.server")
+    if max_pending_handshakes is not None and max_pending_handshakes < 1:
+        raise ValueError(f"max_pending_handshakes must be >= 1 or None, got {max_pending_handshakes}")
+    if backlog is None:
+        backlog = sockopts.default_backlog()
     if sock is not None:
         sockets = [sock]
     else:
@@ -949,6 +1031,10 @@ def serve(
         max_connections=max_connections,
         server_header=server_header,
         logger=logger,
+        max_pending_handshakes=max_pending_handshakes,
+        first_byte_timeout=first_byte_timeout,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
     )
 
 
@@ -968,7 +1054,8 @@ def unix_serve(ws_handler: Callable[..., Any], path: str, **kwargs: Any) -> WebS
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
-        sock.listen(kwargs.pop("backlog", 128))
+        backlog = kwargs.pop("backlog", None)
+        sock.listen(sockopts.default_backlog() if backlog is None else backlog)
     except BaseException:
         sock.close()
         raise

@@ -26,41 +26,62 @@ __all__ = ["Timer", "call_later", "Deadline", "deadline"]
 logger = logging.getLogger("syncws.timers")
 
 
+def _cancelled_callback() -> None:
+    """What a cancelled timer holds instead of its callback."""
+
+
+# Cancelled entries are removed from the heap in one pass once they are more
+# than half of it and at least this many: below that, leaving them costs less.
+_COMPACT_MIN = 64
+
+
 class Timer:
     """A scheduled callback; :meth:`cancel` it when it is no longer needed."""
 
-    __slots__ = ("when", "callback", "cancelled")
+    __slots__ = ("when", "callback", "cancelled", "_owner")
 
-    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+    def __init__(self, when: float, callback: Callable[[], None], owner: Optional["_TimerThread"] = None) -> None:
         self.when = when
         self.callback = callback
         self.cancelled = False
+        # The heap that holds the timer, until the timer thread takes it out.
+        self._owner = owner
 
     def cancel(self) -> None:
         """Stop the callback from running (a no-op once it has run).
 
-        Safe to call from any thread. The entry stays in the heap until its
-        time comes, which costs less than removing it.
+        Safe to call from any thread. The callback is released at once, so
+        whatever it refers to (a whole connection, for keepalive timers) can
+        be freed without waiting for the timer's time; the heap drops
+        cancelled entries in batches.
         """
-        self.cancelled = True
+        owner = self._owner
+        if owner is None:
+            self.cancelled = True
+            self.callback = _cancelled_callback
+        else:
+            owner.cancel(self)
 
 
 class _TimerThread:
     """The heap of timers and the thread that runs them."""
 
     def __init__(self) -> None:
-        # Protects _heap and _thread; _wakeup is signalled when a timer that
-        # is earlier than every other one is added.
+        # Protects _heap, _cancelled, _thread and the timers' cancelled,
+        # callback and _owner; _wakeup is signalled when a timer that is
+        # earlier than every other one is added.
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
         # Entries are (when, sequence, timer): the sequence breaks ties so
         # Timer objects are never compared.
         self._heap: List[Tuple[float, int, Timer]] = []
+        # How many entries of _heap are cancelled.
+        self._cancelled = 0
         self._sequence = itertools.count()
         self._thread: Optional[threading.Thread] = None
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
-        timer = Timer(time.monotonic() + delay, callback)
+        timer = Timer(time.monotonic() + delay, callback, self)
         with self._lock:
             heapq.heappush(self._heap, (timer.when, next(self._sequence), timer))
             if self._thread is None or not self._thread.is_alive():
@@ -73,6 +94,26 @@ class _TimerThread:
                 self._wakeup.notify()
         return timer
 
+    def cancel(self, timer: Timer) -> None:
+        with self._lock:
+            if timer.cancelled:
+                return
+            timer.cancelled = True
+            timer.callback = _cancelled_callback
+            if timer._owner is None:
+                return  # already taken out of the heap
+            self._cancelled += 1
+            if self._cancelled >= _COMPACT_MIN and 2 * self._cancelled > len(self._heap):
+                # O(n) once every n/2 cancels: O(1) amortized per cancel.
+                # The earliest entry may go, which is harmless: the thread
+                # wakes up, finds a later one, and waits again.
+                for _, _, stale in self._heap:
+                    if stale.cancelled:
+                        stale._owner = None
+                self._heap = [entry for entry in self._heap if not entry[2].cancelled]
+                heapq.heapify(self._heap)
+                self._cancelled = 0
+
     def _run(self) -> None:
         while True:
             with self._lock:
@@ -80,16 +121,23 @@ class _TimerThread:
                     now = time.monotonic()
                     if self._heap and self._heap[0][0] <= now:
                         _, _, timer = heapq.heappop(self._heap)
+                        timer._owner = None
                         if timer.cancelled:
+                            self._cancelled -= 1
                             continue
+                        # Read under the lock: cancel() replaces it.
+                        callback = timer.callback
                         break
                     # Waiting with no timeout on an empty heap is fine: the
                     # thread is a daemon, and call_later notifies it.
                     self._wakeup.wait(self._heap[0][0] - now if self._heap else None)
             try:
-                timer.callback()
+                callback()
             except Exception:  # a broken callback must not stop every timer
-                logger.exception("timer callback %r failed", timer.callback)
+                logger.exception("timer callback %r failed", callback)
+            # Don't keep the last callback (and its connection) alive while
+            # waiting for the next timer.
+            del timer, callback
 
 
 _timers = _TimerThread()

@@ -163,12 +163,13 @@ def _parse_port(uri: str, text: str) -> int:
     # Not str.isdigit(), which accepts "²" and other non-ASCII digits.
     if not re.fullmatch(r"[0-9]+", text):
         raise InvalidURI(uri, f"port {text!r} isn't a number")
-    # Check the length before int(): it refuses strings of over 4300 digits.
-    digits = text.lstrip("0")
-    if len(digits) > 5 or not 1 <= int(text) <= 65535:
+    # Convert only the significant digits, after checking their length:
+    # int() refuses strings of over 4300 characters, leading zeros included.
+    digits = text.lstrip("0") or "0"
+    if len(digits) > 5 or not 1 <= int(digits) <= 65535:
         shown = text if len(text) <= 20 else text[:20] + "..."
         raise InvalidURI(uri, f"port {shown} is out of range 1-65535")
-    return int(text)
+    return int(digits)
 
 
 def _resource_name(path_and_query: str) -> str:

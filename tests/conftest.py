@@ -27,6 +27,17 @@ import pytest
 
 from syncws.handshake import accept_key
 
+STRESS_DIR = Path(__file__).parent / "stress"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
+    """Mark every test of tests/stress/ "stress": setup.cfg deselects them by
+    default, ``-m stress`` selects them."""
+    for item in items:
+        if STRESS_DIR in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.stress)
+
+
 CERTS = Path(__file__).parent / "certs"
 CERT_FILE = str(CERTS / "localhost.crt")
 KEY_FILE = str(CERTS / "localhost.key")

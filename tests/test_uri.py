@@ -182,3 +182,15 @@ def test_agrees_with_websockets(
         theirs.port,
         theirs.resource_name,
     )
+
+
+def test_port_longer_than_int_digit_limit():
+    # int() refuses strings of over 4300 digits with ValueError (Python's
+    # integer-string conversion limit), leading zeros included: it used to
+    # escape from parse_uri. Leading zeros are allowed (RFC 3986's port is
+    # *DIGIT, and "0080" is 80, as in browsers), however many there are.
+    assert parse_uri("ws://localhost:" + "0" * 5000 + "80").port == 80
+    with pytest.raises(InvalidURI, match="out of range"):
+        parse_uri("ws://localhost:" + "0" * 5000)
+    with pytest.raises(InvalidURI, match="out of range"):
+        parse_uri("ws://localhost:" + "0" * 5000 + "9" * 6)

@@ -1,0 +1,137 @@
+"""Socket options for WebSocket connections: latency, dead peers, backlog.
+
+Theory of operation: syncws notices a dead peer with keepalive pings (a ping
+every ``ping_interval``, the connection closed when no pong comes within
+``ping_timeout``). That needs the reader thread to see the pong, and a
+connection whose handler stopped reading doesn't: a peer that vanished
+(no FIN, no RST: unplugged, firewalled, a NAT that forgot it) then went
+unnoticed. The kernel can tell on its own, from TCP, and nothing blocks it:
+
+- ``TCP_USER_TIMEOUT`` (Linux, RFC 5482): data we sent that stays
+  unacknowledged for that long fails the connection with ``ETIMEDOUT``. It is
+  ``ping_timeout``: the next keepalive ping, sent at most ``ping_interval``
+  after the peer vanished, is never acknowledged, so the connection fails
+  within ``ping_interval + ping_timeout``, whatever the handler does. A peer
+  that is alive but doesn't read still acknowledges our zero-window probes:
+  that isn't a dead peer and is left to ``write_timeout``.
+- TCP keepalive probes (``SO_KEEPALIVE``, ``TCP_KEEPIDLE``,
+  ``TCP_KEEPINTVL``, ``TCP_KEEPCNT``): after ``ping_interval`` without
+  receiving anything, probes every ``ping_timeout / 3`` seconds; with
+  ``TCP_USER_TIMEOUT`` set, Linux gives up once ``ping_timeout`` has passed
+  with probes unanswered. This covers a connection with nothing in flight.
+
+Where an option doesn't exist (macOS has ``TCP_KEEPALIVE`` for the idle
+time, Windows none of the TCP ones through :mod:`socket`), it is skipped:
+keepalive pings remain the portable mechanism. Unix sockets get nothing.
+
+The listen backlog: a burst of connections larger than the accept queue is
+not refused but dropped (Linux ignores the handshake's last ACK, or the SYN,
+when the queue is full), and the client retransmits after 1 s, then 3 s, 7 s:
+1000 simultaneous clients behind a backlog of 128 waited seconds. The kernel
+caps whatever ``listen()`` asks at ``net.core.somaxconn`` (4096 since Linux
+5.4, 128 before), so :func:`default_backlog` asks for that much, as Go does;
+nginx and Node ask for 511.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+from typing import Optional
+
+__all__ = ["DEFAULT_BACKLOG", "default_backlog", "tune_connection", "connection_failed"]
+
+#: The backlog asked for where ``net.core.somaxconn`` can't be read.
+DEFAULT_BACKLOG = 1024
+
+_SOMAXCONN_PATH = "/proc/sys/net/core/somaxconn"
+
+# struct tcp_info starts with tcpi_state; TCP_CLOSE is 7 (include/net/tcp_states.h).
+_TCP_CLOSE = 7
+
+# Keepalive probes sent before the connection is given up, without
+# TCP_USER_TIMEOUT; with it, the timeout decides.
+_KEEPALIVE_PROBES = 3
+
+
+def default_backlog() -> int:
+    """The listen backlog syncws asks for when none is given.
+
+    Returns:
+        ``net.core.somaxconn`` where it can be read (Linux), at least 128;
+        :data:`DEFAULT_BACKLOG` elsewhere.
+    """
+    try:
+        with open(_SOMAXCONN_PATH) as f:
+            return max(128, int(f.read().strip()))
+    except (OSError, ValueError):
+        return DEFAULT_BACKLOG
+
+
+def tune_connection(
+    sock: socket.socket,
+    *,
+    ping_interval: Optional[float],
+    ping_timeout: Optional[float],
+) -> None:
+    """Set the options of a new TCP connection, client or server side.
+
+    Disables Nagle's algorithm (``TCP_NODELAY``: a frame goes out at once),
+    and when both ``ping_interval`` and ``ping_timeout`` are set, enables
+    TCP keepalive and ``TCP_USER_TIMEOUT`` so that the kernel fails the
+    connection to a vanished peer within ``ping_interval + ping_timeout``
+    (see the module's docstring). Options the system lacks are skipped; a
+    Unix socket is left alone.
+
+    Args:
+        sock: a connected socket (before TLS is set up).
+        ping_interval: the connection's keepalive interval, or ``None``.
+        ping_timeout: the connection's keepalive timeout, or ``None``.
+
+    Raises:
+        OSError: the socket is closed or an option is refused.
+    """
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+    if ping_interval is None or ping_timeout is None:
+        return  # no deadline to derive: keep the system's defaults
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, True)
+    # The kernel counts keepalive times in whole seconds, at least 1.
+    idle = max(1, math.ceil(ping_interval))
+    interval = max(1, math.ceil(ping_timeout / _KEEPALIVE_PROBES))
+    idle_option = getattr(socket, "TCP_KEEPIDLE", None) or getattr(socket, "TCP_KEEPALIVE", None)
+    if idle_option is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, idle_option, idle)
+    if hasattr(socket, "TCP_KEEPINTVL"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+    if hasattr(socket, "TCP_KEEPCNT"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, _KEEPALIVE_PROBES)
+    if hasattr(socket, "TCP_USER_TIMEOUT"):
+        # Milliseconds; 0 would mean the system default, so at least 1.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, int(ping_timeout * 1000)))
+
+
+def connection_failed(sock: socket.socket) -> bool:
+    """Whether the kernel has already given a TCP connection up.
+
+    After ``TCP_USER_TIMEOUT`` or unanswered keepalive probes, the socket
+    holds an error (``ETIMEDOUT``) that only the next read or write reports:
+    a connection whose reader is paused (its queue is full) never makes one.
+    This looks without reading or writing, and without clearing the error.
+
+    Args:
+        sock: a TCP socket (or a TLS socket over one).
+
+    Returns:
+        ``True`` when the connection is closed at the TCP level; ``False``
+        while it is alive, for non-TCP sockets, and where ``TCP_INFO``
+        doesn't exist (not Linux).
+    """
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or not hasattr(socket, "TCP_INFO"):
+        return False
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)
+    except OSError:
+        return True  # the descriptor is already closed
+    return info[0] == _TCP_CLOSE

@@ -1,0 +1,209 @@
+"""Opening handshakes can't starve real clients (issue 11, point 5).
+
+With ``max_connections=20``, sixty idle sockets used to make every real
+client get 503: connections in their opening handshake counted against the
+limit. Now they have their own pool (``max_pending_handshakes``), silent ones
+wait without a thread and are dropped after ``first_byte_timeout``, and a full
+pool drops its oldest handshake for a newcomer. Each test opens hostile
+sockets on 127.0.0.1 and measures how long a real client takes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import threading
+import time
+from typing import Any, Iterator, List
+
+import pytest
+
+import syncws
+import syncws.admission
+from conftest import CERT_FILE, KEY_FILE, wait_for
+
+HOST = "127.0.0.1"
+# What the issue asks: a real client never waits longer than this.
+MAX_WAIT = 1.0
+
+
+def echo(ws: Any) -> None:
+    for message in ws:
+        ws.send(message)
+
+
+@contextlib.contextmanager
+def hostile_sockets(port: int, count: int, first: bytes = b"", dribble: bytes = b"") -> Iterator[List[socket.socket]]:
+    """``count`` connections that send ``first``, then ``dribble`` a byte a second."""
+    stop = threading.Event()
+    socks = [socket.create_connection((HOST, port), timeout=5) for _ in range(count)]
+
+    def trickle() -> None:
+        position = 0
+        while not stop.wait(1.0) and position < len(dribble):
+            for sock in socks:
+                try:
+                    sock.send(dribble[position:position + 1])
+                except OSError:
+                    pass  # dropped by the server: that's allowed
+            position += 1
+
+    try:
+        for sock in socks:
+            if first:
+                sock.sendall(first)
+        thread = threading.Thread(target=trickle, daemon=True)
+        thread.start()
+        yield socks
+    finally:
+        stop.set()
+        for sock in socks:
+            sock.close()
+
+
+def timed_echo(uri: str, **kwargs: Any) -> float:
+    start = time.monotonic()
+    with syncws.connect(uri, open_timeout=5, **kwargs) as ws:
+        elapsed = time.monotonic() - start
+        ws.send("real")
+        assert ws.recv(timeout=5) == "real"
+    return elapsed
+
+
+def pending(server: Any) -> int:
+    """Connections in their opening handshake (with a thread)."""
+    return len(server._handshake_pool)
+
+
+@pytest.mark.timeout(30)
+def test_idle_and_slow_sockets_dont_starve_real_clients() -> None:
+    with syncws.serve(echo, HOST, 0, max_connections=20) as server:
+        uri = f"ws://{HOST}:{server.port}/"
+        with hostile_sockets(server.port, 60) as idle, hostile_sockets(
+            server.port, 60, first=b"GET / HTTP/1.1\r\n", dribble=b"Host: slowloris.example\r\n"
+        ):
+            # The 60 slow ones are in their handshake, the 60 idle ones wait.
+            assert wait_for(lambda: pending(server) == 60, timeout=5), pending(server)
+            assert len(idle) == 60
+            # 19 real WebSockets open: the 20th still gets in, quickly.
+            opened = [syncws.connect(uri, open_timeout=5) for _ in range(19)]
+            try:
+                waits = []
+                for _ in range(5):
+                    waits.append(timed_echo(uri))
+                    # A connection counts until the server has closed it.
+                    assert wait_for(lambda: len(server._connections) == 19)
+                assert max(waits) < MAX_WAIT, waits
+                # With 20 open, the next one gets 503 at once, as before.
+                opened.append(syncws.connect(uri, open_timeout=5))
+                assert wait_for(lambda: len(server.connections) == 20)
+                with pytest.raises(syncws.InvalidStatusCode) as excinfo:
+                    syncws.connect(uri, open_timeout=5)
+                assert excinfo.value.status_code == 503
+            finally:
+                for ws in opened:
+                    ws.close()
+
+
+@pytest.fixture
+def tls_server_context() -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(CERT_FILE, KEY_FILE)
+    return context
+
+
+@pytest.mark.timeout(30)
+def test_clients_stalling_in_tls_dont_starve_real_clients(tls_server_context: ssl.SSLContext) -> None:
+    client_context = ssl.create_default_context(cafile=CERT_FILE)
+    with syncws.serve(echo, HOST, 0, max_connections=20, ssl=tls_server_context) as server:
+        uri = f"wss://localhost:{server.port}/"
+        # A TLS record header announcing a ClientHello that never comes.
+        partial_hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"
+        with hostile_sockets(server.port, 60), hostile_sockets(server.port, 60, first=partial_hello, dribble=b"\x00" * 30):
+            assert wait_for(lambda: pending(server) == 60, timeout=5), pending(server)
+            waits = [timed_echo(uri, ssl=client_context) for _ in range(5)]
+            assert max(waits) < MAX_WAIT, waits
+
+
+@pytest.mark.timeout(30)
+def test_full_pool_drops_its_oldest_handshake_for_a_newcomer() -> None:
+    with syncws.serve(echo, HOST, 0, max_pending_handshakes=10) as server:
+        uri = f"ws://{HOST}:{server.port}/"
+        with hostile_sockets(server.port, 30, first=b"GET / HTTP/1.1\r\n", dribble=b"X-Slow: 1\r\n" * 3):
+            # Ten slow handshakes fill the pool; twenty more wait for a slot.
+            assert wait_for(lambda: pending(server) == 10, timeout=5), pending(server)
+            # A real client (served before the older waiting ones) takes the
+            # place of the oldest handshake once it is EVICTABLE_AFTER old:
+            # at worst it waits that long, and then it is served at once.
+            limit = syncws.admission.EVICTABLE_AFTER + MAX_WAIT
+            waits = [timed_echo(uri) for _ in range(3)]
+            assert max(waits) < limit, waits
+            assert pending(server) <= 10
+
+
+@pytest.mark.timeout(15)
+def test_silent_connection_dropped_after_first_byte_timeout_without_a_thread() -> None:
+    before = {t.name for t in threading.enumerate()}
+    with syncws.serve(echo, HOST, 0, first_byte_timeout=0.3, open_timeout=10) as server:
+        with socket.create_connection((HOST, server.port), timeout=5) as idle:
+            start = time.monotonic()
+            # No thread for a connection that has sent nothing.
+            assert {t.name for t in threading.enumerate()} - before <= {
+                t.name for t in threading.enumerate() if t.name.startswith(("syncws-accept", "syncws-timers"))
+            }
+            assert idle.recv(1) == b""
+            assert 0.25 < time.monotonic() - start < 2.0
+        assert timed_echo(f"ws://{HOST}:{server.port}/") < MAX_WAIT
+
+
+@pytest.mark.timeout(15)
+def test_silent_connections_beyond_their_limit_drop_the_oldest() -> None:
+    limit = 2 * syncws.admission.SILENT_PER_SLOT
+    with syncws.serve(echo, HOST, 0, max_pending_handshakes=2, first_byte_timeout=30) as server:
+        socks = [socket.create_connection((HOST, server.port), timeout=5) for _ in range(limit + 3)]
+        try:
+            # The three oldest are dropped to keep the limit.
+            for sock in socks[:3]:
+                assert sock.recv(1) == b""
+            for sock in socks[3:]:
+                sock.setblocking(False)
+                with pytest.raises(BlockingIOError):
+                    sock.recv(1)
+            assert timed_echo(f"ws://{HOST}:{server.port}/") < MAX_WAIT
+        finally:
+            for sock in socks:
+                sock.close()
+
+
+def test_max_pending_handshakes_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_pending_handshakes"):
+        syncws.serve(echo, HOST, 0, max_pending_handshakes=0)
+
+
+@pytest.mark.timeout(15)
+def test_handshake_completing_at_max_connections_is_closed_with_1013() -> None:
+    # Handshakes don't count against max_connections, so one may complete
+    # when the last place has just been taken: it is told to come back.
+    with syncws.serve(echo, HOST, 0, max_connections=1) as server:
+        with socket.create_connection((HOST, server.port), timeout=5) as late:
+            late.sendall(
+                b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            )
+            assert wait_for(lambda: pending(server) == 1)
+            with syncws.connect(f"ws://{HOST}:{server.port}/", open_timeout=5) as first:
+                # The server counts a connection just after sending its 101.
+                assert wait_for(lambda: len(server._connections) == 1)
+                late.sendall(b"\r\n")  # the end of the head
+                data = b""
+                while b"\r\n\r\n" not in data or len(data) < data.index(b"\r\n\r\n") + 8:
+                    chunk = late.recv(4096)
+                    assert chunk, data
+                    data += chunk
+                assert data.startswith(b"HTTP/1.1 101 ")
+                frame = data[data.index(b"\r\n\r\n") + 4:]
+                assert frame[0] == 0x88  # a close frame
+                assert int.from_bytes(frame[2:4], "big") == 1013
+                first.send("still served")
+                assert first.recv(timeout=5) == "still served"
