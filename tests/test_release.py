@@ -77,10 +77,5 @@ def test_closed_connections_are_freed_before_their_timers_fire() -> None:
     cycles(collect=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reference cycles in the connection (protocol.py/keepalive.py, the lead's): "
-    "Keepalive holds the bound method _keepalive_timed_out and a closure over self",
-)
 def test_closed_connections_are_freed_without_the_cycle_collector() -> None:
     cycles(collect=False)
