@@ -105,7 +105,7 @@ def _echo(ws: Any) -> None:
 
 def test_tuple_limits_against_websockets(ws_serve: Any) -> None:
     # Once accepted, then every connection died with 1011 in the reader thread.
-    uri = ws_serve(_echo, max_size=(1000, 600))
+    uri = ws_serve(_echo, max_size=1000)
     with syncws.connect(uri, max_size=(1000, 1000), max_queue=(4, 1)) as ws:
         ws.send("x" * 500)
         assert ws.recv(timeout=5) == "x" * 500
