@@ -861,3 +861,110 @@ def test_peer_that_pings_but_never_reads_cannot_pin_the_reader(raw_serve):
         assert ws.state_name == "CLOSED"
     finally:
         stop.set()
+
+
+# -- decode= and text= (issue 9), against websockets ------------------------------
+
+
+def test_recv_decode_and_send_text_against_websockets(ws_serve):
+    received = queue.Queue()
+
+    def handler(ws):
+        # websockets tells a text frame (str) from a binary one (bytes).
+        for _ in range(4):
+            received.put(ws.recv(timeout=5))
+        ws.send("héllo")
+        ws.send(b"caf\xc3\xa9")
+        ws.send(["frag", "ment"])
+        wait_client_close(ws)
+
+    with syncws.connect(ws_serve(handler)) as ws:
+        ws.send(b"caf\xc3\xa9", text=True)  # bytes as a text frame
+        ws.send("plain", text=False)  # str as a binary frame
+        ws.send("as is")
+        ws.send(b"\x00\xff")
+        assert [received.get(timeout=5) for _ in range(4)] == ["café", b"plain", "as is", b"\x00\xff"]
+        assert ws.recv(timeout=5, decode=False) == "héllo".encode()  # text as UTF-8 bytes
+        assert ws.recv(timeout=5, decode=True) == "café"  # binary decoded
+        assert "".encode().join(ws.recv_streaming(timeout=5, decode=False)) == b"fragment"
+
+
+def test_recv_decode_true_on_binary_that_is_not_utf8_raises(ws_serve):
+    def handler(ws):
+        ws.send(b"\xff\xfe")
+        ws.send("next")
+        wait_client_close(ws)
+
+    with syncws.connect(ws_serve(handler)) as ws:
+        with pytest.raises(UnicodeDecodeError):
+            ws.recv(timeout=5, decode=True)
+        assert ws.recv(timeout=5) == "next"  # the connection goes on
+
+
+# -- ConcurrencyError (issue 9) ---------------------------------------------------------
+
+
+def test_two_threads_in_recv_is_a_concurrency_error(ws_serve):
+    with syncws.connect(ws_serve(echo)) as ws:
+        started = threading.Event()
+        outcome = queue.Queue()
+
+        def first():
+            started.set()
+            outcome.put(ws.recv(timeout=5))
+
+        thread = threading.Thread(target=first)
+        thread.start()
+        assert started.wait(5)
+        assert wait_for(lambda: ws._assembler._receiving.locked(), timeout=5)
+        with pytest.raises(syncws.ConcurrencyError, match="another thread is already receiving"):
+            ws.recv(timeout=1)
+        ws.send("for the first")
+        thread.join(5)
+        assert outcome.get(timeout=1) == "for the first"
+        ws.send("now mine")
+        assert ws.recv(timeout=5) == "now mine"
+
+
+def test_two_fragmented_senders_is_a_concurrency_error(ws_serve):
+    def handler(ws):
+        try:
+            for message in ws:
+                ws.send(message)
+        except WSConnectionClosed:
+            pass
+
+    with syncws.connect(ws_serve(handler)) as ws:
+        inside = threading.Event()
+        release = threading.Event()
+
+        def slow_fragments():
+            yield "one "
+            inside.set()
+            release.wait(5)
+            yield "two"
+
+        sender = threading.Thread(target=ws.send, args=(slow_fragments(),))
+        sender.start()
+        assert inside.wait(5)
+        with pytest.raises(syncws.ConcurrencyError, match="fragmented message"):
+            ws.send(["x", "y"])
+        release.set()
+        sender.join(5)
+        assert ws.recv(timeout=5) == "one two"
+        ws.send(["x", "y"])  # fine once the first is done
+        assert ws.recv(timeout=5) == "xy"
+
+
+# -- stats count the same things both ways (issue 9) -------------------------------
+
+
+def test_stats_count_frames_only_both_ways(ws_serve):
+    with syncws.connect(ws_serve(echo), compression=None, ping_interval=None) as ws:
+        assert ws.stats.bytes_in == ws.stats.bytes_out == 0  # the handshake isn't counted
+        ws.send("x" * 100)
+        assert ws.recv(timeout=5) == "x" * 100
+        stats = ws.stats
+        # Our frame: 2 + 4 (mask) + 100 bytes; the echo: 2 + 100 bytes.
+        assert (stats.bytes_out, stats.bytes_in) == (106, 102)
+        assert (stats.messages_out, stats.messages_in) == (1, 1)
