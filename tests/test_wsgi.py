@@ -396,8 +396,9 @@ def test_middleware_on_gunicorn_sync_worker() -> None:
 # -- shutdown and leaks -------------------------------------------------------------------
 
 @pytest.mark.timeout(90)
-def test_sigterm_closes_websockets_with_1001() -> None:
-    server = gunicorn_server("flask_app:app", "-k", "gthread", "--threads", "8",
+@pytest.mark.parametrize("app", ["flask_app:app", "django_app:application"])
+def test_sigterm_closes_websockets_with_1001(app: str) -> None:
+    server = gunicorn_server(app, "-k", "gthread", "--threads", "8",
                              "--graceful-timeout", "20", name="gunicorn-sigterm")
     try:
         connections = [syncws.connect(f"{server.ws}/ws/echo") for _ in range(3)]
@@ -423,16 +424,18 @@ def worker_resources(pid: int) -> Dict[str, int]:
 
 
 @pytest.mark.timeout(180)
-def test_no_thread_or_fd_left_after_500_connections(flask_gunicorn: ServerProcess) -> None:
-    [worker] = flask_gunicorn.worker_pids()
+@pytest.mark.parametrize("fixture", ["flask_gunicorn", "django_gunicorn"])
+def test_no_thread_or_fd_left_after_500_connections(fixture: str, request: pytest.FixtureRequest) -> None:
+    server: ServerProcess = request.getfixturevalue(fixture)
+    [worker] = server.worker_pids()
     # Warm up: the pool's threads and the timer thread exist from here on.
     for _ in range(20):
-        with syncws.connect(f"{flask_gunicorn.ws}/ws/echo") as ws:
+        with syncws.connect(f"{server.ws}/ws/echo") as ws:
             ws.send("warm")
             ws.recv(timeout=10)
     before = worker_resources(worker)
     for i in range(500):
-        with syncws.connect(f"{flask_gunicorn.ws}/ws/echo") as ws:
+        with syncws.connect(f"{server.ws}/ws/echo") as ws:
             ws.send(f"{i}")
             assert ws.recv(timeout=10) == f"{i}"
     deadline = time.monotonic() + 10
