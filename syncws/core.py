@@ -178,6 +178,22 @@ def _deflate_bound(size: int) -> int:
     return size + (size >> 12) + (size >> 14) + (size >> 25) + 13
 
 
+def _whole_message(text: bool, payload: BytesLike) -> Data:
+    """A message received whole in one uncompressed frame, as recv() returns it.
+
+    Raises:
+        WebSocketProtocolError: a text message that isn't UTF-8 (1007).
+    """
+    if not text:
+        return payload if type(payload) is bytes else bytes(payload)
+    try:
+        return str(payload, "utf-8")
+    except UnicodeDecodeError as exc:
+        raise WebSocketProtocolError(
+            f"invalid UTF-8 in a text message: {exc.reason}", code=CloseCode.INVALID_DATA
+        ) from None
+
+
 def _truncate_reason(reason: str) -> str:
     """Cut a close reason to the 123 bytes a close frame can carry."""
     encoded = reason.encode()
@@ -445,16 +461,7 @@ class ConnectionCore:
                 payload = buffer[start:position]
                 if mask_bit:
                     payload = apply_mask(payload, buffer[start - 4 : start])
-                if first == 0x81:
-                    try:
-                        events.append(str(payload, "utf-8"))
-                    except UnicodeDecodeError as exc:
-                        raise WebSocketProtocolError(
-                            f"invalid UTF-8 in a text message: {exc.reason}",
-                            code=CloseCode.INVALID_DATA,
-                        ) from None
-                else:
-                    events.append(payload if type(payload) is bytes else bytes(payload))
+                events.append(_whole_message(first == 0x81, payload))
                 self.messages_received += 1
                 continue
             mask_key = (
@@ -711,16 +718,7 @@ class ConnectionCore:
         if opcode is not Opcode.CONT:
             if fin and not rsv1:
                 # The common case: a whole uncompressed message in one frame.
-                if opcode is Opcode.TEXT:
-                    try:
-                        events.append(str(payload, "utf-8"))
-                    except UnicodeDecodeError as exc:
-                        raise WebSocketProtocolError(
-                            f"invalid UTF-8 in a text message: {exc.reason}",
-                            code=CloseCode.INVALID_DATA,
-                        ) from None
-                else:
-                    events.append(payload if type(payload) is bytes else bytes(payload))
+                events.append(_whole_message(opcode is Opcode.TEXT, payload))
                 self.messages_received += 1
                 return
             message = self._message = _Message(opcode is Opcode.TEXT, rsv1)

@@ -78,7 +78,7 @@ import random
 import threading
 import time
 import uuid
-from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from .exceptions import WebSocketException
 from .protocol import Data, WebSocketCommonProtocol

@@ -13,6 +13,8 @@ handler fails the test at teardown.
 
 from __future__ import annotations
 
+import contextlib
+import tracemalloc
 import asyncio
 import base64
 import os
@@ -21,7 +23,7 @@ import struct
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -315,3 +317,20 @@ def raw_serve():
 
 def basic_auth_value(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@contextlib.contextmanager
+def traced_peak() -> Iterator[List[int]]:
+    """Measure the peak of Python's traced memory above the starting level.
+
+    Yields a list that holds, after the block, the peak in bytes.
+    """
+    result: List[int] = []
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        yield result
+        result.append(tracemalloc.get_traced_memory()[1] - baseline)
+    finally:
+        tracemalloc.stop()

@@ -16,29 +16,15 @@ import socket
 import threading
 import time
 import tracemalloc
-from typing import Any, Iterator, List
+from typing import Any, List
 
 import pytest
 
 import syncws
-from conftest import frame
+from conftest import frame, traced_peak
 
 KiB = 1024
 MiB = 1024 * KiB
-
-
-@contextlib.contextmanager
-def traced_peak() -> Iterator[List[int]]:
-    """Measure the peak traced memory above the starting level."""
-    result: List[int] = []
-    tracemalloc.start()
-    try:
-        baseline = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        yield result
-        result.append(tracemalloc.get_traced_memory()[1] - baseline)
-    finally:
-        tracemalloc.stop()
 
 
 def raw_client(port: int) -> socket.socket:

@@ -35,7 +35,6 @@ import socket
 import struct
 import subprocess
 import threading
-import tracemalloc
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional, Tuple
@@ -43,6 +42,7 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 import pytest
 
 import syncws
+from conftest import traced_peak
 from syncws.exceptions import ConnectionClosedError
 from syncws.extensions.permessage_deflate import DEFAULT_THRESHOLD, DeflateSettings
 from syncws.framing import Frame, Opcode, read_frame
@@ -827,20 +827,6 @@ def test_the_bomb_is_real(bomb):
         total += len(chunk)
         data = decompressor.unconsumed_tail
     assert total == GiB
-
-
-@contextlib.contextmanager
-def traced_peak() -> Iterator[List[int]]:
-    """Measure the process's peak traced memory above the starting level."""
-    result: List[int] = []
-    tracemalloc.start()
-    try:
-        baseline = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        yield result
-        result.append(tracemalloc.get_traced_memory()[1] - baseline)
-    finally:
-        tracemalloc.stop()
 
 
 @pytest.mark.timeout(40)

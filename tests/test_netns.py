@@ -233,7 +233,7 @@ def test_chat_across_hosts_and_a_silent_network_cut(hosts: Hosts) -> None:
             expected = [8] if n == 1 else [5, 6, 7, 8]
             assert collect(websocket, len(expected)) == {app2_sender[2]: expected}
         log = hosts.apps[1].log()
-        assert re.search(rf"3 messages from publisher \S+ on 'room0' were lost", log), log
+        assert re.search(r"3 messages from publisher \S+ on 'room0' were lost", log), log
         assert hosts.stats(1)["gaps"] >= gaps_before + 2  # the outage and the sequence gap
         assert hosts.stats(2)["gaps"] == 0
     finally:

@@ -43,7 +43,7 @@ from syncws.extensions.permessage_deflate import (
     ServerDeflateFactory,
 )
 from syncws.framing import read_frame
-from syncws.http import Headers, read_request, read_response
+from syncws.http import read_request, read_response
 from syncws.uri import parse_uri
 
 pytestmark = pytest.mark.timeout(300)
