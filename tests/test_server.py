@@ -804,13 +804,16 @@ def test_close_ends_pending_handshakes_promptly(make_server):
         # The half-open handshake must not hold wait_closed() for open_timeout.
         server.wait_closed(timeout=2)
         data = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except ConnectionResetError:
+            pass  # dropped with its request head unread: the kernel resets it
         assert time.monotonic() - start < 2.5
-    # Either dropped or told 503, as websockets' server does.
+    # Either dropped (FIN or reset) or told 503, as websockets' server does.
     assert data == b"" or data.startswith(b"HTTP/1.1 503 ")
 
 
