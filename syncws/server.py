@@ -389,7 +389,10 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
     def _run(self, transport: Transport, ssl_context: Optional[ssl_module.SSLContext],
              open_timeout: Optional[float]) -> bool:
         """Set the connection up; return whether the handler should run."""
-        self.connection_made(transport)
+        with self._handshake_lock:
+            self.connection_made(transport)
+            if self._handshake_cancelled:  # the server closed before the transport was known
+                transport.abort()
         # The deadline shuts the socket down, which ends whatever step of
         # the handshake is blocked; `expired` tells that from a real error.
         with timers.deadline(open_timeout, transport.abort) as handshake_deadline:
