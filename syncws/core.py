@@ -57,7 +57,7 @@ from __future__ import annotations
 import codecs
 import enum
 import os
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 from .close_codes import OK_CLOSE_CODES, CloseCode, describe_close
 from .exceptions import (
@@ -406,18 +406,19 @@ class ConnectionCore:
         """
         self.bytes_received += len(data)
         events: List[Event] = []
-        if self._input_closed:
-            return events
+        if not self._input_closed:
+            self._take_input(lambda: self._parse(self._continue_frame(data, events), events), events)
+        return events
+
+    def _take_input(self, step: Callable[[], object], events: List[Event]) -> None:
+        """Run one step of input; a protocol error or a limit fails the connection."""
         try:
-            if self._partial is not None:
-                data = self._continue_frame(data, events)
-            self._parse(data, events)
+            step()
         except WebSocketProtocolError as exc:
             self._fail_on_input(exc.code, str(exc), events)
         except PayloadTooBig as exc:
             self._fail_on_input(CloseCode.MESSAGE_TOO_BIG, str(exc), events)
         self._release_held(events)
-        return events
 
     def _parse(self, data: BytesLike, events: List[Event]) -> None:
         """Parse whole frames from the start of the pending bytes and ``data``."""
@@ -553,13 +554,17 @@ class ConnectionCore:
         self._partial = _PartialFrame(fin, length, mask_key, self.close_sent is None, first_size)
 
     def _continue_frame(self, data: BytesLike, events: List[Event]) -> BytesLike:
-        """Take the payload bytes of the partial frame from ``data``.
+        """Take the payload bytes of the partial frame, if any, from ``data``.
+
+        Bytes already in the frame's buffer past what was processed (put
+        there by :meth:`buffer_updated`) are handled too.
 
         Returns:
-            What follows the frame in ``data`` (empty unless it completed).
+            What follows the frame in ``data`` (all of it between frames).
         """
         partial = self._partial
-        assert partial is not None
+        if partial is None:
+            return data
         take = min(len(data), partial.length - partial.received)
         start = partial.received
         partial.received += take
@@ -611,16 +616,7 @@ class ConnectionCore:
             return events  # failed meanwhile: the bytes are discarded
         assert partial.buffer is not None and 0 < size <= partial.length - partial.received
         partial.received += size
-        try:
-            self._process_partial(partial, events)
-            if partial.received == partial.length:
-                self._partial = None
-                self._end_frame(partial, events)
-        except WebSocketProtocolError as exc:
-            self._fail_on_input(exc.code, str(exc), events)
-        except PayloadTooBig as exc:
-            self._fail_on_input(CloseCode.MESSAGE_TOO_BIG, str(exc), events)
-        self._release_held(events)
+        self._take_input(lambda: self._continue_frame(b"", events), events)
         return events
 
     def _process_partial(self, partial: _PartialFrame, events: List[Event]) -> None:
