@@ -43,7 +43,7 @@ from .core import (
     Data,
     State,
 )
-from .exceptions import ConnectionClosed, ConnectionClosedOK, InvalidState
+from .exceptions import ConcurrencyError, ConnectionClosed, ConnectionClosedOK, InvalidState
 from .framing import serialize_close
 from .messages import Assembler, MessageQueue, QueueClosed, prepare_message
 from .settings import ConnectionSettings, check_settings
@@ -445,8 +445,8 @@ class WebSocketCommonProtocol:
             if outgoing.fragments is not None:
                 try:
                     self._send(Writer.send_fragments, outgoing.fragments, outgoing.text, compress, timeout)
-                except (OSError, InvalidState):
-                    raise
+                except (OSError, InvalidState, ConcurrencyError):
+                    raise  # nothing was sent, or the connection is already gone
                 except Exception:
                     self._start_close_timer()  # the writer failed the connection with 1011
                     raise

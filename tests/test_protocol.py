@@ -954,6 +954,7 @@ def test_two_fragmented_senders_is_a_concurrency_error(ws_serve):
         assert ws.recv(timeout=5) == "one two"
         ws.send(["x", "y"])  # fine once the first is done
         assert ws.recv(timeout=5) == "xy"
+        assert ws.open and ws._close_timer is None  # the refused send didn't start closing
 
 
 # -- stats count the same things both ways (issue 9) -------------------------------
