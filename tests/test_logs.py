@@ -85,6 +85,11 @@ def test_nothing_at_info_per_message(caplog: pytest.LogCaptureFixture) -> None:
     with syncws.serve(echo, "127.0.0.1", 0) as server:
         with syncws.connect(f"ws://127.0.0.1:{server.port}/") as ws:
             caplog.set_level(logging.INFO, logger="syncws")
+            # The server logs "opened" after the 101 went out, maybe after
+            # connect() returned: an echo proves its handler (and so that
+            # line) came first.
+            ws.send("first")
+            assert ws.recv(timeout=5) == "first"
             caplog.clear()
             for i in range(50):
                 ws.send(f"message {i}")
