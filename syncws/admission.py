@@ -202,8 +202,12 @@ def accept_loop(
     """
     listener.setblocking(False)
     selector = selectors.DefaultSelector()
-    selector.register(listener, selectors.EVENT_READ)
-    selector.register(wakeup, selectors.EVENT_READ)
+    try:
+        selector.register(listener, selectors.EVENT_READ)
+        selector.register(wakeup, selectors.EVENT_READ)
+    except (OSError, ValueError):  # the server was closed before this thread got here
+        selector.close()
+        return
     # Silent connections, oldest first: socket -> (accepted at, address).
     silent: Dict[socket.socket, Tuple[float, Any]] = {}
     # Connections whose first byte arrived, waiting for a slot, oldest first
