@@ -1,15 +1,18 @@
 """Buffered reading from a blocking socket: lines for the HTTP head, exact
 byte counts for frames.
 
-One :class:`StreamReader` serves a connection from its first byte to its last:
-the handshake reads the HTTP head line by line, and whatever arrived after the
-head stays buffered for the frame parser, so no byte is lost between the two.
+A connection's opening handshake reads the HTTP head line by line through a
+:class:`StreamReader` (inside :class:`~syncws.transport.Transport`); whatever
+arrived after the head is then taken with :meth:`StreamReader.take_buffered`
+and handed to the connection's core, so no byte is lost between the two.
+:meth:`StreamReader.read_exact` serves :func:`syncws.framing.read_frame` for
+code that reads frames one at a time from a socket (test peers, tools); the
+connection itself parses frames incrementally in :mod:`syncws.core`.
 
-Only one thread reads at a time (the handshake's, then the reader thread), so
-there is no lock. Each refill is one blocking ``recv`` of up to ``read_limit``
-bytes; a payload larger than that is read straight into a buffer of its
-announced length, which the caller may unmask in place.
-"""
+Only one thread reads at a time, so there is no lock. Each refill is one
+blocking ``recv`` of up to ``read_limit`` bytes; a payload larger than that is
+read straight into a buffer of its announced length, which the caller may
+unmask in place."""
 
 from __future__ import annotations
 
