@@ -57,7 +57,7 @@ from __future__ import annotations
 import codecs
 import enum
 import os
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 from .close_codes import OK_CLOSE_CODES, CloseCode, describe_close
 from .exceptions import (
@@ -163,6 +163,11 @@ class Failed(NamedTuple):
 Event = Union[str, bytes, Fragment, PongReceived, CloseReceived, Failed]
 
 _UNPACK_U64 = __import__("struct").Struct("!Q").unpack_from
+
+# Enum members as plain names for the hot paths: on CPython 3.11, reading
+# State.OPEN costs a lookup through the enum's metaclass (about 100 ns).
+_OPEN = State.OPEN
+_CONT, _TEXT, _BINARY = Opcode.CONT, Opcode.TEXT, Opcode.BINARY
 _utf8_decode = codecs.utf_8_decode
 
 
@@ -407,18 +412,22 @@ class ConnectionCore:
         self.bytes_received += len(data)
         events: List[Event] = []
         if not self._input_closed:
-            self._take_input(lambda: self._parse(self._continue_frame(data, events), events), events)
+            self._take_input(data, events)
         return events
 
-    def _take_input(self, step: Callable[[], object], events: List[Event]) -> None:
-        """Run one step of input; a protocol error or a limit fails the connection."""
+    def _take_input(self, data: BytesLike, events: List[Event]) -> None:
+        """Parse input: the partial frame's next bytes, then whole frames.
+
+        A protocol error or a limit fails the connection.
+        """
         try:
-            step()
+            self._parse(self._continue_frame(data, events) if self._partial is not None else data, events)
         except WebSocketProtocolError as exc:
             self._fail_on_input(exc.code, str(exc), events)
         except PayloadTooBig as exc:
             self._fail_on_input(CloseCode.MESSAGE_TOO_BIG, str(exc), events)
-        self._release_held(events)
+        if self._held:
+            self._release_held(events)
 
     def _parse(self, data: BytesLike, events: List[Event]) -> None:
         """Parse whole frames from the start of the pending bytes and ``data``."""
@@ -616,7 +625,8 @@ class ConnectionCore:
             return events  # failed meanwhile: the bytes are discarded
         assert partial.buffer is not None and 0 < size <= partial.length - partial.received
         partial.received += size
-        self._take_input(lambda: self._continue_frame(b"", events), events)
+        # The frame's bytes are in its buffer already; none follow them.
+        self._take_input(b"", events)
         return events
 
     def _process_partial(self, partial: _PartialFrame, events: List[Event]) -> None:
@@ -853,15 +863,15 @@ class ConnectionCore:
         Raises:
             InvalidState: the connection isn't open, or a close frame was sent.
         """
-        if self.state is not State.OPEN or self.close_sent is not None:
+        if self.state is not _OPEN or self.close_sent is not None:
             self._check_open()
         deflate = self.deflate
         if self._sending_fragmented:
-            opcode = Opcode.CONT
+            opcode = _CONT
             compressed = self._sending_compressed
             rsv1 = False
         else:
-            opcode = Opcode.TEXT if text else Opcode.BINARY
+            opcode = _TEXT if text else _BINARY
             compressed = deflate is not None and compress is not False and (
                 compress or not fin or len(payload) >= deflate.threshold
             )
@@ -872,7 +882,7 @@ class ConnectionCore:
         self._sending_compressed = compressed and not fin
         if fin:
             self.messages_sent += 1
-        self._write_frame(opcode, payload, fin=fin, rsv1=rsv1)
+        self._write_frame(opcode, payload, fin, rsv1)
 
     @property
     def sending_fragmented(self) -> bool:
@@ -982,9 +992,7 @@ class ConnectionCore:
         elif self.state is State.OPEN:
             self._set_state(State.CLOSING)
 
-    def _write_frame(
-        self, opcode: Opcode, payload: BytesLike, *, fin: bool = True, rsv1: bool = False
-    ) -> None:
+    def _write_frame(self, opcode: Opcode, payload: BytesLike, fin: bool = True, rsv1: bool = False) -> None:
         """Serialize a frame into the output buffer, masked on the client side."""
         mask_key = None
         if self.is_client:

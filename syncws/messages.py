@@ -163,10 +163,7 @@ class Assembler:
 
     def _enter(self) -> None:
         if not self._receiving.acquire(blocking=False):
-            raise ConcurrencyError(
-                "another thread is already receiving on this connection: "
-                "call recv() / recv_streaming() from one thread at a time"
-            )
+            raise _concurrent_receive()
 
     def get(self, timeout: Optional[float] = None, decode: Optional[bool] = None) -> Data:
         """Return the next whole message.
@@ -183,12 +180,14 @@ class Assembler:
             ConcurrencyError: another thread is receiving.
             UnicodeDecodeError: ``decode=True`` and a binary message isn't UTF-8.
         """
-        self._enter()
+        receiving = self._receiving
+        if not receiving.acquire(False):  # _enter(), inline: this runs for every message
+            raise _concurrent_receive()
         try:
             if not self._partial:
                 item = self.items.get(timeout)
                 if type(item) is not Fragment:
-                    return _convert(item, decode)
+                    return item if decode is None else _convert(item, decode)
                 self._partial.append(item.data)
                 if item.fin:
                     return _convert(self._take_partial(), decode)
@@ -200,7 +199,7 @@ class Assembler:
                 if item.fin:
                     return _convert(self._take_partial(), decode)
         finally:
-            self._receiving.release()
+            receiving.release()
 
     def _take_partial(self) -> Data:
         pieces = self._partial
@@ -238,6 +237,13 @@ class Assembler:
                     return
         finally:
             self._receiving.release()
+
+
+def _concurrent_receive() -> ConcurrencyError:
+    return ConcurrencyError(
+        "another thread is already receiving on this connection: "
+        "call recv() / recv_streaming() from one thread at a time"
+    )
 
 
 def _convert(data: Data, decode: Optional[bool]) -> Data:

@@ -33,7 +33,7 @@ import logging
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterable, Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Iterable, Iterator, List, NamedTuple, NoReturn, Optional, Tuple, Union
 
 from . import timers
 from .close_codes import CloseCode, describe_close
@@ -389,11 +389,15 @@ class WebSocketCommonProtocol:
         without a code) and raises :exc:`~syncws.ConnectionClosedError`
         otherwise.
         """
+        get = self._assembler.get  # recv(), one call shorter: this runs for every message
         while True:
             try:
-                message = self.recv()
-            except ConnectionClosedOK:
-                return
+                message = get()
+            except QueueClosed:
+                closed = self._core.closed_exception()
+                if isinstance(closed, ConnectionClosedOK):
+                    return
+                raise closed from None
             yield message
 
     # -- sending -------------------------------------------------------------
@@ -455,23 +459,39 @@ class WebSocketCommonProtocol:
         if self._debug:
             assert payload is not None
             self.logger.debug("%s > %s [%d bytes]", self, "TEXT" if is_text else "BINARY", len(payload))
-        self._send(Writer.send_message, payload, is_text, compress, timeout)
+        writer = self._writer
+        if writer is None:
+            raise InvalidState("the opening handshake isn't done yet")
+        try:
+            writer.send_message(payload, is_text, compress, timeout)  # type: ignore[arg-type]
+        except (InvalidState, OSError) as exc:
+            self._raise_refused(exc)
 
     def _send(self, method: Callable[..., Any], *args: Any) -> Any:
         """Call ``method(writer, *args)``; report a refused send as the closed connection."""
         writer = self._writer
+        if writer is None:
+            raise InvalidState("the opening handshake isn't done yet")
         try:
-            if writer is None:
-                raise InvalidState("the opening handshake isn't done yet")
             return method(writer, *args)
-        except InvalidState as exc:
-            if isinstance(exc, ConnectionClosed) or self._core.state is State.CONNECTING:
-                raise
+        except (InvalidState, OSError) as exc:
+            self._raise_refused(exc)
+
+    def _raise_refused(self, exc: Exception) -> NoReturn:
+        """Report a send that raised ``exc``: as the closed connection, mostly.
+
+        Before the opening handshake, and for a timeout or a connection
+        already reported closed, ``exc`` itself; otherwise the connection's
+        :exc:`~syncws.ConnectionClosed`, once it is closed (caused by ``exc``
+        when the transport failed).
+        """
+        if isinstance(exc, (ConnectionClosed, TimeoutError)):
+            raise exc
+        if isinstance(exc, InvalidState):
+            if self._core.state is State.CONNECTING:
+                raise exc
             raise self._closed_exception() from None
-        except TimeoutError:
-            raise
-        except OSError as exc:
-            raise self._closed_exception() from exc
+        raise self._closed_exception() from exc
 
     def send_nowait(self, message: Data, timeout: Optional[float] = None) -> bool:
         """Send ``message`` only if that can't block; for :func:`~syncws.broadcast`.

@@ -138,23 +138,33 @@ class Transport:
 
     # -- writing -----------------------------------------------------------------
 
-    def write(self, data: BytesLike, deadline: Optional[float]) -> None:
-        """Write all of ``data``, within ``deadline`` (a ``time.monotonic()`` value).
+    def write(self, data: BytesLike, deadline: Optional[float] = None, *, timeout: Optional[float] = None) -> None:
+        """Write all of ``data`` within a deadline.
+
+        Args:
+            data: the bytes to write.
+            deadline: when the write must be over (a ``time.monotonic()``
+                value).
+            timeout: without ``deadline``, the seconds the write may wait
+                for the peer, counted from when it first has to: a write
+                that the socket buffer takes at once never reads the clock.
+                Neither: no limit.
 
         Raises:
             TimeoutError: the deadline passed; the transport was aborted, since
                 part of a frame may have gone out.
             OSError: the connection is lost.
         """
-        size = len(data)
         if self._try_nowait:
             try:
                 sent = self.sock.send(data, _MSG_DONTWAIT)
             except BlockingIOError:
                 sent = 0
-            if sent == size:
+            if sent == len(data):
                 return
             data = memoryview(data)[sent:]
+        if deadline is None and timeout is not None:
+            deadline = time.monotonic() + timeout
         timer = None
         if deadline is not None:
             remaining = deadline - time.monotonic()
