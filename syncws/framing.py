@@ -408,8 +408,13 @@ def py_pack_frame(first: int, payload: BytesLike, mask_key: Optional[BytesLike],
         # First, so that a bad key or payload raises what apply_mask raises.
         masked = apply_mask(payload, mask_key)
         return _length_header(first, 0x80, len(masked)) + mask_key + masked
-    size = len(payload) if type(payload) is bytes else memoryview(payload).nbytes
-    return _length_header(first, 0, size) + payload
+    if type(payload) is not bytes:
+        view = memoryview(payload)
+        # Concatenation takes only contiguous buffers: gather a strided one
+        # (rare), as the C version does.
+        payload = view if view.c_contiguous else view.tobytes()
+        return _length_header(first, 0, view.nbytes) + payload
+    return _length_header(first, 0, len(payload)) + payload
 
 
 def _check_encodable(fin: bool, opcode: int, length: int, rsv1: bool) -> None:
