@@ -415,21 +415,29 @@ class ConnectionCore:
         self.bytes_received += len(data)
         events: List[Event] = []
         if not self._input_closed:
-            self._take_input(lambda: self._parse(self._continue_frame(data, events), events), events)
+            self._take_input(self._parse, data, events)
         return events
 
-    def _take_input(self, step: Callable[[], object], events: List[Event]) -> None:
-        """Run one step of input; a protocol error or a limit fails the connection."""
+    def _take_input(
+        self, step: Callable[[BytesLike, List[Event]], object], data: BytesLike, events: List[Event]
+    ) -> None:
+        """Run ``step(data, events)``; a protocol error or a limit fails the connection."""
+        # A bound method and its arguments rather than a closure: this runs
+        # once per receive, and building a closure costs as much as a call.
         try:
-            step()
+            step(data, events)
         except WebSocketProtocolError as exc:
             self._fail_on_input(exc.code, str(exc), events)
         except PayloadTooBig as exc:
             self._fail_on_input(CloseCode.MESSAGE_TOO_BIG, str(exc), events)
-        self._release_held(events)
+        if self._held:
+            self._release_held(events)
 
     def _parse(self, data: BytesLike, events: List[Event]) -> None:
-        """Parse whole frames from the start of the pending bytes and ``data``."""
+        """Parse ``data``: the rest of the partial frame, then whole frames from the
+        start of the pending bytes and what follows."""
+        if self._partial is not None:
+            data = self._continue_frame(data, events)
         buffer = self._pending + data if self._pending else data
         self._pending = b""
         position = 0
@@ -614,7 +622,7 @@ class ConnectionCore:
             return events  # failed meanwhile: the bytes are discarded
         assert partial.buffer is not None and 0 < size <= partial.length - partial.received
         partial.received += size
-        self._take_input(lambda: self._continue_frame(b"", events), events)
+        self._take_input(self._continue_frame, b"", events)
         return events
 
     def _process_partial(self, partial: _PartialFrame, events: List[Event]) -> None:
