@@ -4,7 +4,7 @@ Run it as ``python bench/core_parse.py`` (add ``SYNCWS_NO_SPEEDUPS=1`` for the
 pure-Python path); it takes about ten seconds.  This is a benchmark, not a
 test: it prints numbers and never fails on them.
 
-It measures, in microseconds per message, the best of five rounds (noise only
+It measures, in microseconds per message, the best of seven rounds (noise only
 ever adds time):
 
 * ``batch 1 KiB masked``: 64 masked 1 KiB text frames joined into one chunk,
@@ -32,7 +32,7 @@ from syncws.core import ConnectionCore  # noqa: E402
 from syncws.framing import Opcode, encode_frame  # noqa: E402
 from syncws.masking import HAS_SPEEDUPS  # noqa: E402
 
-ROUNDS = 5
+ROUNDS = 7
 
 
 def best(function: Callable[[], object], number: int, messages: int) -> float:
