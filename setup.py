@@ -1,9 +1,10 @@
 """Build script: metadata lives in setup.cfg; this file only adds the optional C speedups.
 
-``syncws._speedups`` (``syncws/speedups.c``) accelerates masking.  It is
-optional: when no working C compiler is available the build prints a warning
-and syncws installs without it, falling back to pure Python at run time (see
-``syncws/masking.py``).  Set ``SYNCWS_REQUIRE_SPEEDUPS=1`` to make a failed
+``syncws._speedups`` (``syncws/speedups.c``) accelerates masking, the parsing
+of the common frames and the serializing of small ones.  It is optional: when
+no working C compiler is available the build prints a warning and syncws
+installs without it, falling back to pure Python at run time (see
+``syncws/accelerator.py``).  Set ``SYNCWS_REQUIRE_SPEEDUPS=1`` to make a failed
 build an error instead, as CI does so that a broken extension cannot go
 unnoticed.
 """
@@ -84,7 +85,7 @@ class OptionalBuildExt(build_ext):
         sys.stderr.write(
             "WARNING: could not build the optional C extension "
             f"syncws._speedups ({type(exc).__name__}: {exc}).\n"
-            "syncws will work, using its slower pure-Python masking.\n"
+            "syncws will work, using its slower pure-Python masking and framing.\n"
         )
 
 

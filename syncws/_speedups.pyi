@@ -1,8 +1,23 @@
-"""Type stub of the optional C accelerator (syncws/speedups.c) for masking."""
+"""Type stub of the optional C accelerator (syncws/speedups.c).
 
-from typing import Union
+Each function mirrors a pure-Python one: masking.py_apply_mask,
+masking.py_apply_mask_inplace, framing.py_parse_simple_frames and
+framing.py_pack_frame.
+"""
+
+from typing import Any, List, Optional, Union
 
 BytesLike = Union[bytes, bytearray, memoryview]
 
 def apply_mask(data: BytesLike, mask: BytesLike, /) -> bytes: ...
 def apply_mask_inplace(buffer: BytesLike, mask: BytesLike, /) -> None: ...
+def parse_simple_frames(
+    buffer: BytesLike,
+    position: int,
+    end: int,
+    masked: bool,
+    limit: int,
+    out: List[Any],
+    /,
+) -> int: ...
+def pack_frame(first: int, payload: BytesLike, mask_key: Optional[BytesLike], /) -> bytes: ...

@@ -68,7 +68,15 @@ from .exceptions import (
     PayloadTooBig,
     WebSocketProtocolError,
 )
-from .framing import MAX_CONTROL_PAYLOAD, Opcode, check_header, encode_frame, parse_close, serialize_close
+from .framing import (
+    MAX_CONTROL_PAYLOAD,
+    Opcode,
+    check_header,
+    encode_frame,
+    parse_close,
+    parse_simple_frames,
+    serialize_close,
+)
 from .masking import apply_mask, apply_mask_inplace
 
 __all__ = [
@@ -416,12 +424,9 @@ class ConnectionCore:
         return events
 
     def _take_input(self, data: BytesLike, events: List[Event]) -> None:
-        """Parse input: the partial frame's next bytes, then whole frames.
-
-        A protocol error or a limit fails the connection.
-        """
+        """Parse input; a protocol error or a limit fails the connection."""
         try:
-            self._parse(self._continue_frame(data, events) if self._partial is not None else data, events)
+            self._parse(data, events)
         except WebSocketProtocolError as exc:
             self._fail_on_input(exc.code, str(exc), events)
         except PayloadTooBig as exc:
@@ -430,16 +435,28 @@ class ConnectionCore:
             self._release_held(events)
 
     def _parse(self, data: BytesLike, events: List[Event]) -> None:
-        """Parse whole frames from the start of the pending bytes and ``data``."""
+        """Parse ``data``: the rest of the partial frame, then whole frames from the
+        start of the pending bytes and what follows."""
+        if self._partial is not None:
+            data = self._continue_frame(data, events)
         buffer = self._pending + data if self._pending else data
         self._pending = b""
         position = 0
         end = len(buffer)
-        # For the fast path below: the mask bit frames must carry, and the
-        # largest frame that fits every limit (-1: the general path decides).
-        mask_bit = 0 if self.is_client else 0x80
-        fast_limit = self._fast_limit if self._message is None and self.close_sent is None else -1
-        while end - position >= 2 and not self._input_closed:
+        masked = not self.is_client
+        while not self._input_closed:
+            if self._message is None and self.close_sent is None:
+                # The common case, in one call: whole text and binary
+                # messages in one uncompressed frame each, within limits
+                # (see parse_simple_frames). It needs no state but what this
+                # condition checks: outside a fragmented message, before our
+                # close frame. It stops at the first other frame, for the
+                # general path below.
+                count = len(events)
+                position = parse_simple_frames(buffer, position, end, masked, self._fast_limit, events)
+                self.messages_received += len(events) - count
+            if end - position < 2:
+                break
             first = buffer[position]
             second = buffer[position + 1]
             length = second & 0x7F
@@ -456,24 +473,6 @@ class ConnectionCore:
                 length = (buffer[position + 2] << 8) | buffer[position + 3]
             elif length == 127:
                 (length,) = _UNPACK_U64(buffer, position + 2)
-            if (
-                (first == 0x81 or first == 0x82)
-                and second & 0x80 == mask_bit
-                and length <= fast_limit
-                and end - position - header_size >= length
-            ):
-                # The common case, with every check of the general path: a
-                # whole text or binary message in one uncompressed frame
-                # (FIN set, RSV clear, masked as it must be), within limits,
-                # outside a fragmented message, before our close frame.
-                start = position + header_size
-                position = start + length
-                payload = buffer[start:position]
-                if mask_bit:
-                    payload = apply_mask(payload, buffer[start - 4 : start])
-                events.append(_whole_message(first == 0x81, payload))
-                self.messages_received += 1
-                continue
             mask_key = (
                 bytes(buffer[position + header_size - 4 : position + header_size])
                 if second & 0x80
@@ -487,7 +486,6 @@ class ConnectionCore:
                 if mask_key is not None:
                     payload = apply_mask(payload, mask_key)
                 self._receive_frame(bool(first & 0x80), opcode, bool(first & 0x40), payload, events)
-                fast_limit = self._fast_limit if self._message is None and self.close_sent is None else -1
             else:
                 # A data frame longer than what arrived (a control frame is
                 # at most 127 bytes, so always whole here or still pending).

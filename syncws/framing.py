@@ -9,14 +9,29 @@ place for the client, the server and the tests.
 A frame holds only what matters after parsing: ``fin``, ``opcode``, the
 unmasked payload and the three reserved bits. The mask exists only while a
 frame is read or written.
+
+Two functions serve the hot paths, each with a C version in the optional
+accelerator (``syncws/speedups.c``, picked by :mod:`syncws.accelerator`) and
+a pure-Python one of the same behaviour, errors included (``py_`` prefix):
+
+* :func:`parse_simple_frames` parses, from a buffer, the run of frames that
+  need none of the connection's state: whole, uncompressed text and binary
+  messages in one frame each. The connection (:mod:`syncws.core`) hands
+  every other frame to its general path; most traffic never reaches it.
+* :func:`pack_frame` serializes a frame into one ``bytes`` object, header
+  and masked payload, for small frames, where one object costs less to
+  build and write than two. It checks no frame rule: :func:`encode_frame`
+  and :func:`encode_frame_bytes` do, then call it or :func:`frame_header`,
+  which share the one encoding of the payload length (:func:`_length_header`).
 """
 
 from __future__ import annotations
 
 import enum
+import operator
 import os
 import struct
-from typing import Callable, NamedTuple, Optional, Tuple
+from typing import Any, Callable, List, NamedTuple, Optional, Tuple, Union
 
 from .close_codes import (
     CloseCode,
@@ -25,6 +40,7 @@ from .close_codes import (
     is_valid_close_code,
 )
 from .exceptions import PayloadTooBig, WebSocketProtocolError
+from .accelerator import SPEEDUPS
 from .masking import apply_mask, apply_mask_inplace
 
 __all__ = [
@@ -36,6 +52,11 @@ __all__ = [
     "read_frame",
     "check_header",
     "encode_frame",
+    "encode_frame_bytes",
+    "pack_frame",
+    "py_pack_frame",
+    "parse_simple_frames",
+    "py_parse_simple_frames",
     "serialize_frame",
     "MAX_CONTROL_PAYLOAD",
     "frame_header",
@@ -69,8 +90,13 @@ _OPCODES = {opcode.value: opcode for opcode in Opcode}
 
 MAX_CONTROL_PAYLOAD = 125
 
+#: Anything exposing the buffer protocol; spelled out because
+#: ``collections.abc.Buffer`` only exists from Python 3.12.
+BytesLike = Union[bytes, bytearray, memoryview]
+
 _UNPACK_U16 = struct.Struct("!H").unpack
 _UNPACK_U64 = struct.Struct("!Q").unpack
+_UNPACK_U64_FROM = struct.Struct("!Q").unpack_from
 _PACK_2B = struct.Struct("!BB").pack
 _PACK_2B_U16 = struct.Struct("!BBH").pack
 _PACK_2B_U64 = struct.Struct("!BBQ").pack
@@ -206,6 +232,118 @@ def check_header(first: int, second: int, length: int, *, mask: bool, allow_rsv1
     return opcode
 
 
+def py_parse_simple_frames(
+    buffer: BytesLike, position: int, end: int, masked: bool, limit: int, out: List[Any], /
+) -> int:
+    """Parse the run of simple frames at ``position``; pure-Python implementation.
+
+    :func:`parse_simple_frames` is this function or its C version. A
+    *simple* frame is a whole text (first byte 0x81) or binary (0x82)
+    message: FIN set, RSV bits clear, masked if and only if ``masked``, a
+    payload of at most ``limit`` bytes, all of it in ``buffer[:end]``, and,
+    for text, valid UTF-8. Such a frame needs none of the connection's
+    state, provided the connection is between messages and hasn't sent its
+    close frame; the caller checks that.
+
+    Parsing stops at the first frame that isn't simple, or is cut by
+    ``end``, and returns where it starts, so that the caller's general path
+    takes it: it raises the right error for a broken frame (invalid UTF-8
+    included, left for it to report), or waits for the rest of a cut one.
+
+    Args:
+        buffer: the received bytes; any C-contiguous bytes-like object,
+            taken as its raw bytes.
+        position: where the first frame starts.
+        end: where the received bytes end; nothing at or after it is read.
+        masked: whether frames must be masked (a server reading a client).
+        limit: the largest payload accepted; a negative limit accepts none.
+        out: the list each message is appended to: ``str`` for text,
+            ``bytes`` for binary (typed ``List[Any]`` so that a list of
+            wider events, such as the connection's, may be given).
+
+    Returns:
+        The position of the first frame not parsed; ``position`` if none was.
+
+    Raises:
+        TypeError: ``out`` isn't a list, or ``buffer`` isn't a C-contiguous
+            bytes-like object.
+        ValueError: not ``0 <= position <= end <= len(buffer)``.
+    """
+    if type(out) is not list:
+        raise TypeError(f"out must be a list, got {type(out).__name__}")
+    if type(buffer) is not bytes and type(buffer) is not bytearray:
+        view = memoryview(buffer)
+        if not view.c_contiguous:
+            raise TypeError("buffer must be C-contiguous, got a strided memoryview")
+        # Items wider than a byte are parsed as their raw bytes, as in C.
+        buffer = view if view.format == "B" and view.ndim == 1 else view.cast("B")
+    if not 0 <= position <= end <= len(buffer):
+        raise ValueError(
+            f"expected 0 <= position <= end <= len(buffer) = {len(buffer)}, "
+            f"got position={position}, end={end}"
+        )
+    mask_bit = 0x80 if masked else 0
+    append = out.append
+    while end - position >= 2:
+        first = buffer[position]
+        second = buffer[position + 1]
+        if (first != 0x81 and first != 0x82) or second & 0x80 != mask_bit:
+            break
+        length = second & 0x7F
+        start = position + 2
+        if length == 126:
+            start = position + 4
+            if start > end:
+                break
+            length = (buffer[position + 2] << 8) | buffer[position + 3]
+        elif length == 127:
+            start = position + 10
+            if start > end:
+                break
+            (length,) = _UNPACK_U64_FROM(buffer, position + 2)
+        if mask_bit:
+            start += 4
+        stop = start + length
+        if stop > end or length > limit:
+            break
+        payload = buffer[start:stop]
+        if mask_bit:
+            payload = apply_mask(payload, buffer[start - 4 : start])
+        if first == 0x81:
+            try:
+                append(str(payload, "utf-8"))
+            except UnicodeDecodeError:
+                break  # the caller's general path reports it
+        else:
+            append(payload if type(payload) is bytes else bytes(payload))
+        position = stop
+    return position
+
+
+def _first_byte(fin: bool, opcode: int, rsv1: bool) -> int:
+    """The first byte of a frame's header: FIN, RSV1 and the opcode."""
+    return (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
+
+
+def _length_header(first: int, mask_bit: int, length: int) -> bytes:
+    """The first 2 to 10 bytes of a header: the payload length in its shortest encoding.
+
+    Args:
+        first: the header's first byte.
+        mask_bit: ``0x80`` for a masked frame, else 0.
+        length: the payload length.
+
+    Raises:
+        struct.error: ``first`` isn't a byte, or ``length`` is negative or
+            doesn't fit 64 bits.
+    """
+    if length < 126:
+        return _PACK_2B(first, mask_bit | length)
+    if length < 0x10000:
+        return _PACK_2B_U16(first, mask_bit | 126, length)
+    return _PACK_2B_U64(first, mask_bit | 127, length)
+
+
 def frame_header(
     fin: bool,
     opcode: int,
@@ -229,17 +367,73 @@ def frame_header(
     Returns:
         The 2 to 14 header bytes.
     """
-    first = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
-    mask_bit = 0x80 if mask_key is not None else 0
-    if length < 126:
-        header = _PACK_2B(first, mask_bit | length)
-    elif length < 0x10000:
-        header = _PACK_2B_U16(first, mask_bit | 126, length)
-    else:
-        header = _PACK_2B_U64(first, mask_bit | 127, length)
+    first = _first_byte(fin, opcode, rsv1)
+    if mask_key is None:
+        return _length_header(first, 0, length)
+    return _length_header(first, 0x80, length) + mask_key
+
+
+def py_pack_frame(first: int, payload: BytesLike, mask_key: Optional[BytesLike], /) -> bytes:
+    """Serialize a frame into one ``bytes`` object; pure-Python implementation.
+
+    :func:`pack_frame` is this function or its C version. It checks no frame
+    rule (:func:`encode_frame_bytes` does, then calls it): the caller knows
+    the frame is valid, as the connection does for the data frames it sends.
+
+    Args:
+        first: the header's first byte: FIN (0x80), RSV1 (0x40), RSV2
+            (0x20), RSV3 (0x10) and the opcode, e.g. ``0x81`` for a whole
+            text message.
+        payload: the unmasked payload; any bytes-like object, taken as its
+            raw bytes.
+        mask_key: the 4-byte masking key, for frames a client sends
+            (RFC 6455 §5.3); ``None`` for frames a server sends.
+
+    Returns:
+        The frame's bytes: its 2 to 14 byte header (the length in its
+        shortest encoding, then the key), then the payload, masked with
+        ``mask_key`` if given.
+
+    Raises:
+        TypeError: ``first`` isn't an integer, or ``payload`` or
+            ``mask_key`` isn't bytes-like.
+        ValueError: ``first`` isn't in 0..255, or ``mask_key`` isn't 4 bytes
+            long.
+    """
+    if type(first) is not int:
+        first = operator.index(first)
+    if not 0 <= first <= 0xFF:
+        raise ValueError(f"the first header byte must be in 0..255, got {first}")
     if mask_key is not None:
-        header += mask_key
-    return header
+        # First, so that a bad key or payload raises what apply_mask raises.
+        masked = apply_mask(payload, mask_key)
+        return _length_header(first, 0x80, len(masked)) + mask_key + masked
+    if type(payload) is not bytes:
+        view = memoryview(payload)
+        # Concatenation takes only contiguous buffers: gather a strided one
+        # (rare), as the C version does.
+        payload = view if view.c_contiguous else view.tobytes()
+        return _length_header(first, 0, view.nbytes) + payload
+    return _length_header(first, 0, len(payload)) + payload
+
+
+def _check_encodable(fin: bool, opcode: int, length: int, rsv1: bool) -> None:
+    """Refuse a frame that may not be sent: the rules of :func:`encode_frame`.
+
+    Raises:
+        ValueError: a control frame that is fragmented, longer than 125
+            bytes or has RSV1 set.
+    """
+    if opcode >= Opcode.CLOSE:
+        name = Opcode(opcode).name
+        if not fin:
+            raise ValueError(f"a {name} frame can't be fragmented")
+        if length > MAX_CONTROL_PAYLOAD:
+            raise ValueError(
+                f"a {name} payload is at most {MAX_CONTROL_PAYLOAD} bytes, got {length}"
+            )
+        if rsv1:
+            raise ValueError(f"RSV1 can't be set on a {name} frame")
 
 
 def encode_frame(
@@ -254,7 +448,8 @@ def encode_frame(
 
     The two parts are returned apart so that a large payload can be written
     after its header without being copied into one buffer; join them for a
-    frame's bytes (as :func:`serialize_frame` does).
+    frame's bytes, or call :func:`encode_frame_bytes`, which does it in one
+    copy.
 
     Args:
         fin: whether this is the last frame of a message.
@@ -271,20 +466,35 @@ def encode_frame(
         ValueError: a control frame that is fragmented, longer than 125
             bytes or has RSV1 set.
     """
-    if opcode >= Opcode.CLOSE:
-        name = Opcode(opcode).name
-        if not fin:
-            raise ValueError(f"a {name} frame can't be fragmented")
-        if len(payload) > MAX_CONTROL_PAYLOAD:
-            raise ValueError(
-                f"a {name} payload is at most {MAX_CONTROL_PAYLOAD} bytes, got {len(payload)}"
-            )
-        if rsv1:
-            raise ValueError(f"RSV1 can't be set on a {name} frame")
+    _check_encodable(fin, opcode, len(payload), rsv1)
     header = frame_header(fin, opcode, len(payload), rsv1=rsv1, mask_key=mask_key)
     if mask_key is not None:
         payload = apply_mask(payload, mask_key)
     return header, payload
+
+
+def encode_frame_bytes(
+    fin: bool,
+    opcode: int,
+    payload: BytesLike,
+    *,
+    rsv1: bool = False,
+    mask_key: Optional[bytes] = None,
+) -> bytes:
+    """Serialize a frame into one ``bytes`` object: :func:`encode_frame`, joined.
+
+    Same arguments, rules and errors as :func:`encode_frame`; the payload is
+    copied once, into the result (see :func:`pack_frame`).
+
+    Returns:
+        The frame's bytes.
+
+    Raises:
+        ValueError: a control frame that is fragmented, longer than 125
+            bytes or has RSV1 set.
+    """
+    _check_encodable(fin, opcode, len(payload), rsv1)
+    return pack_frame(_first_byte(fin, opcode, rsv1), payload, mask_key)
 
 
 def serialize_frame(frame: Frame, *, mask: bool) -> bytes:
@@ -303,14 +513,13 @@ def serialize_frame(frame: Frame, *, mask: bool) -> bytes:
     """
     if frame.rsv2 or frame.rsv3:
         raise ValueError("RSV2 and RSV3 aren't used by any supported extension")
-    header, payload = encode_frame(
+    return encode_frame_bytes(
         frame.fin,
         frame.opcode,
         frame.data,
         rsv1=frame.rsv1,
         mask_key=os.urandom(4) if mask else None,
     )
-    return header + bytes(payload)
 
 
 def parse_close(data: bytes) -> Tuple[int, str]:
@@ -368,3 +577,15 @@ def serialize_close(code: int, reason: str = "") -> bytes:
             f"{MAX_CONTROL_PAYLOAD - 2}"
         )
     return struct.pack("!H", code) + encoded
+
+
+# The public names, bound to the C implementations when the accelerator is
+# there; annotated so that type checkers see one signature either way.
+parse_simple_frames: Callable[[BytesLike, int, int, bool, int, List[Any]], int]
+pack_frame: Callable[[int, BytesLike, Optional[BytesLike]], bytes]
+if SPEEDUPS is not None:
+    parse_simple_frames = SPEEDUPS.parse_simple_frames
+    pack_frame = SPEEDUPS.pack_frame
+else:
+    parse_simple_frames = py_parse_simple_frames
+    pack_frame = py_pack_frame

@@ -26,9 +26,8 @@ Both come in two implementations with identical behaviour:
   tests and benchmarks can compare both paths.
 
 :data:`HAS_SPEEDUPS` says which one :func:`apply_mask` and
-:func:`apply_mask_inplace` are.  Setting the environment variable
-``SYNCWS_NO_SPEEDUPS`` to a non-empty value other than ``0`` before syncws is
-imported forces the pure-Python path, for debugging and benchmarking.
+:func:`apply_mask_inplace` are; :mod:`syncws.accelerator` picks it (and
+explains ``SYNCWS_NO_SPEEDUPS``, which forces the pure-Python path).
 
 The pure-Python path uses two strategies, picked by payload size (the
 crossover was measured with ``bench/mask.py``-style timings on CPython 3.11):
@@ -60,20 +59,9 @@ Argument rules, shared by both implementations:
 
 from __future__ import annotations
 
-import os
 from typing import Callable, Union
 
-# The accelerator is looked up once, here.  SYNCWS_NO_SPEEDUPS is read at
-# import time only: switching implementations under running connections
-# would gain nothing.
-try:
-    if os.environ.get("SYNCWS_NO_SPEEDUPS", "") not in ("", "0"):
-        raise ImportError("syncws speedups disabled by SYNCWS_NO_SPEEDUPS")
-    from ._speedups import apply_mask as _c_apply_mask
-    from ._speedups import apply_mask_inplace as _c_apply_mask_inplace
-except ImportError:
-    _c_apply_mask = None  # type: ignore[assignment]
-    _c_apply_mask_inplace = None  # type: ignore[assignment]
+from .accelerator import SPEEDUPS
 
 __all__ = [
     "HAS_SPEEDUPS",
@@ -89,7 +77,7 @@ BytesLike = Union[bytes, bytearray, memoryview]
 
 #: True when :func:`apply_mask` and :func:`apply_mask_inplace` are the C
 #: implementations from ``syncws._speedups``.
-HAS_SPEEDUPS: bool = _c_apply_mask is not None
+HAS_SPEEDUPS: bool = SPEEDUPS is not None
 
 #: Payload size from which the pure-Python path switches from the big-integer
 #: trick to the four-lane :meth:`bytes.translate` strategy.  Measured: the two
@@ -295,12 +283,12 @@ def py_apply_mask_inplace(buffer: BytesLike, mask: BytesLike, /) -> None:
 
 
 # Annotated so that type checkers see the same signature whichever
-# implementation is picked (the C module has no stub).
+# implementation is picked (SPEEDUPS is typed as any module).
 apply_mask: Callable[[BytesLike, BytesLike], bytes]
 apply_mask_inplace: Callable[[BytesLike, BytesLike], None]
-if _c_apply_mask is not None:
-    apply_mask = _c_apply_mask
-    apply_mask_inplace = _c_apply_mask_inplace
+if SPEEDUPS is not None:
+    apply_mask = SPEEDUPS.apply_mask
+    apply_mask_inplace = SPEEDUPS.apply_mask_inplace
 else:
     apply_mask = py_apply_mask
     apply_mask_inplace = py_apply_mask_inplace

@@ -1,6 +1,8 @@
 /*
- * C accelerator for syncws.masking: WebSocket payload masking (RFC 6455,
- * section 5.3), built as the extension module syncws._speedups.
+ * C accelerator for syncws, built as the extension module syncws._speedups:
+ * WebSocket payload masking (RFC 6455, section 5.3) for syncws.masking, and
+ * the two hot paths of syncws.framing, parsing the common frames and
+ * serializing a frame into one bytes object.
  *
  * Theory of operation
  * -------------------
@@ -12,15 +14,32 @@
  * _mm_loadu/_mm_storeu) so any buffer alignment works; compilers turn the
  * fixed-size memcpy calls into single moves.
  *
- * Both functions mirror the pure-Python ones in masking.py exactly, errors
- * included; tests/test_masking.py checks that they agree.
+ * parse_simple_frames walks a buffer of received frames while each is a
+ * whole, uncompressed text or binary message (the frames the connection
+ * delivers without looking at its state) and builds each message with one
+ * copy: a binary payload is unmasked straight into its bytes object, a text
+ * one is decoded by PyUnicode_DecodeUTF8 from the buffer, or from a scratch
+ * copy when it had to be unmasked.  It stops at any other frame and leaves
+ * it to the Python code, which knows every rule; so this file knows only
+ * what makes a frame simple.
+ *
+ * pack_frame writes a header and a (masked) payload into one new bytes
+ * object, sized up front: one allocation, one pass over the payload.
+ *
+ * Every function mirrors a pure-Python one (masking.py_apply_mask,
+ * masking.py_apply_mask_inplace, framing.py_parse_simple_frames,
+ * framing.py_pack_frame) exactly, errors included; tests/test_masking.py and
+ * tests/test_framing_speedups.py check that they agree.
  *
  * Threads: above GIL_RELEASE_THRESHOLD bytes the XOR loop runs without the
  * GIL, so other Python threads (the reader thread of another connection,
  * say) keep running while a big message is masked.  That is safe because the
  * loop touches only memory pinned by a Py_buffer export (which stops a
  * bytearray from being resized or freed) or a bytes object that no other
- * thread has seen yet, plus a local copy of the key.
+ * thread has seen yet, plus a local copy of the key.  pack_frame masks the
+ * same way.  parse_simple_frames keeps the GIL throughout: it appends to a
+ * Python list as it goes, and payloads up to the connection's size limit
+ * (1 MiB by default) take well under a millisecond to unmask.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -339,11 +358,363 @@ apply_mask_inplace(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/*
+ * Acquire a C-contiguous read-only buffer over obj, with the same TypeErrors
+ * as the pure-Python functions in framing.py.  Returns 0 on success, -1
+ * with an exception set.
+ */
+static int
+get_contiguous_buffer(PyObject *obj, Py_buffer *view)
+{
+    /* PyBUF_STRIDES lets a strided memoryview through, so that it is
+     * reported as such below rather than as a bare BufferError. */
+    if (PyObject_GetBuffer(obj, view, PyBUF_STRIDES) < 0) {
+        return -1;
+    }
+    if (!PyBuffer_IsContiguous(view, 'C')) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_TypeError,
+                        "buffer must be C-contiguous, got a strided memoryview");
+        return -1;
+    }
+    return 0;
+}
+
+/* Room for unmasking a small text payload before decoding it, without a
+ * heap allocation: most text messages are smaller. */
+#define SCRATCH_SIZE 4096
+
+PyDoc_STRVAR(parse_simple_frames_doc,
+"parse_simple_frames($module, buffer, position, end, masked, limit, out, /)\n"
+"--\n"
+"\n"
+"Parse the run of simple frames at position; C implementation.\n"
+"\n"
+"See syncws.framing.py_parse_simple_frames, which this mirrors.\n");
+
+/*
+ * The loop stops at the first frame that isn't simple, exactly as in
+ * py_parse_simple_frames: a first byte other than 0x81/0x82 (FIN, RSV clear,
+ * text or binary), the wrong mask bit, a header or payload cut by end, a
+ * payload over limit, or invalid UTF-8 in a text payload (the
+ * UnicodeDecodeError is dropped: the caller's general path reports it).
+ *
+ * The bytes are read straight from the buffer: a bytes object is immutable,
+ * and any other exporter is pinned by the Py_buffer export (a bytearray
+ * can't be resized meanwhile).  Nothing in the loop runs Python code.
+ */
+static PyObject *
+parse_simple_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    int have_view = 0;
+    const unsigned char *buf;
+    Py_ssize_t size, position, end;
+    long long limit;
+    int overflow, masked;
+    unsigned char mask_bit;
+    PyObject *out;
+    unsigned char stack_scratch[SCRATCH_SIZE];
+    unsigned char *scratch = stack_scratch;
+    Py_ssize_t scratch_size = SCRATCH_SIZE;
+    PyObject *result = NULL;
+
+    (void)module;
+    if (nargs != 6) {
+        PyErr_Format(PyExc_TypeError,
+                     "parse_simple_frames() takes exactly 6 arguments "
+                     "(%zd given)",
+                     nargs);
+        return NULL;
+    }
+    /* The scalar arguments first: converting them may run Python code
+     * (__index__, __bool__), which must not happen while a view is held. */
+    out = args[5];
+    if (!PyList_CheckExact(out)) {
+        PyErr_Format(PyExc_TypeError, "out must be a list, got %.200s",
+                     Py_TYPE(out)->tp_name);
+        return NULL;
+    }
+    /* Clipped rather than OverflowError: any out-of-range value then fails
+     * the range check below with the ValueError Python raises. */
+    position = PyNumber_AsSsize_t(args[1], NULL);
+    if (position == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    end = PyNumber_AsSsize_t(args[2], NULL);
+    if (end == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    masked = PyObject_IsTrue(args[3]);
+    if (masked < 0) {
+        return NULL;
+    }
+    mask_bit = masked ? 0x80 : 0;
+    /* A limit beyond LLONG_MAX is no limit: no buffer holds a frame that
+     * large.  A negative one accepts nothing. */
+    limit = PyLong_AsLongLongAndOverflow(args[4], &overflow);
+    if (limit == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (overflow > 0) {
+        limit = LLONG_MAX;
+    }
+    else if (overflow < 0) {
+        limit = -1;
+    }
+
+    if (PyBytes_CheckExact(args[0])) {
+        buf = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+        size = PyBytes_GET_SIZE(args[0]);
+    }
+    else {
+        if (get_contiguous_buffer(args[0], &view) < 0) {
+            return NULL;
+        }
+        have_view = 1;
+        buf = (const unsigned char *)view.buf;
+        size = view.len;
+    }
+    if (position < 0 || position > end || end > size) {
+        PyErr_Format(PyExc_ValueError,
+                     "expected 0 <= position <= end <= len(buffer) = %zd, "
+                     "got position=%zd, end=%zd",
+                     size, position, end);
+        goto done;
+    }
+
+    while (end - position >= 2) {
+        unsigned char first = buf[position];
+        unsigned char second = buf[position + 1];
+        uint64_t length;
+        Py_ssize_t start;
+        const unsigned char *payload;
+        PyObject *message;
+
+        if ((first != 0x81 && first != 0x82) || (second & 0x80) != mask_bit) {
+            break;
+        }
+        length = second & 0x7F;
+        start = position + 2;
+        if (length == 126) {
+            start = position + 4;
+            if (start > end) {
+                break;
+            }
+            length = ((uint64_t)buf[position + 2] << 8) | buf[position + 3];
+        }
+        else if (length == 127) {
+            int i;
+
+            start = position + 10;
+            if (start > end) {
+                break;
+            }
+            length = 0;
+            for (i = 2; i < 10; i++) {
+                length = (length << 8) | buf[position + i];
+            }
+        }
+        if (mask_bit) {
+            start += 4;
+        }
+        /* Compared as unsigned: a 64-bit length may exceed any Py_ssize_t. */
+        if (start > end || length > (uint64_t)(end - start)
+            || limit < 0 || length > (uint64_t)limit) {
+            break;
+        }
+        payload = buf + start;
+
+        if (!mask_bit) {
+            message = first == 0x81
+                ? PyUnicode_DecodeUTF8((const char *)payload,
+                                       (Py_ssize_t)length, "strict")
+                : PyBytes_FromStringAndSize((const char *)payload,
+                                            (Py_ssize_t)length);
+        }
+        else if (first == 0x82) {
+            /* Unmasked straight into the new bytes object: one copy. */
+            message = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
+            if (message != NULL) {
+                xor_mask(payload, (unsigned char *)PyBytes_AS_STRING(message),
+                         (Py_ssize_t)length, payload - 4);
+            }
+        }
+        else {
+            /* Text is unmasked into scratch memory, then decoded from it. */
+            if ((Py_ssize_t)length > scratch_size) {
+                unsigned char *bigger = PyMem_Malloc((size_t)length);
+
+                if (bigger == NULL) {
+                    PyErr_NoMemory();
+                    goto done;
+                }
+                if (scratch != stack_scratch) {
+                    PyMem_Free(scratch);
+                }
+                scratch = bigger;
+                scratch_size = (Py_ssize_t)length;
+            }
+            xor_mask(payload, scratch, (Py_ssize_t)length, payload - 4);
+            message = PyUnicode_DecodeUTF8((const char *)scratch,
+                                           (Py_ssize_t)length, "strict");
+        }
+        if (message == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+                goto done;
+            }
+            PyErr_Clear();
+            break;
+        }
+        if (PyList_Append(out, message) < 0) {
+            Py_DECREF(message);
+            goto done;
+        }
+        Py_DECREF(message);
+        position = start + (Py_ssize_t)length;
+    }
+    result = PyLong_FromSsize_t(position);
+
+done:
+    if (scratch != stack_scratch) {
+        PyMem_Free(scratch);
+    }
+    if (have_view) {
+        PyBuffer_Release(&view);
+    }
+    return result;
+}
+
+PyDoc_STRVAR(pack_frame_doc,
+"pack_frame($module, first, payload, mask_key, /)\n"
+"--\n"
+"\n"
+"Serialize a frame into one bytes object; C implementation.\n"
+"\n"
+"See syncws.framing.py_pack_frame, which this mirrors.  Releases the GIL\n"
+"while masking payloads larger than 64 KiB: a mutable payload buffer must\n"
+"not be modified by another thread meanwhile.\n");
+
+static PyObject *
+pack_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned char key[4];
+    int masked;
+    PyObject *index;
+    Py_ssize_t first;
+    Py_buffer view;
+    int have_view = 0;
+    const unsigned char *payload;
+    Py_ssize_t length, header_size;
+    PyObject *result;
+    unsigned char *out;
+
+    (void)module;
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError,
+                     "pack_frame() takes exactly 3 arguments (%zd given)",
+                     nargs);
+        return NULL;
+    }
+    /* As operator.index(first) in Python; clipped rather than
+     * OverflowError, so that any out-of-range value is a ValueError. */
+    index = PyNumber_Index(args[0]);
+    if (index == NULL) {
+        return NULL;
+    }
+    first = PyNumber_AsSsize_t(index, NULL);
+    if (first < 0 || first > 0xFF) {
+        PyErr_Format(PyExc_ValueError,
+                     "the first header byte must be in 0..255, got %S",
+                     index);
+        Py_DECREF(index);
+        return NULL;
+    }
+    Py_DECREF(index);
+    /* The key before the payload, as apply_mask() checks them. */
+    masked = args[2] != Py_None;
+    if (masked && parse_key(args[2], key) < 0) {
+        return NULL;
+    }
+    if (PyBytes_CheckExact(args[1])) {
+        payload = (const unsigned char *)PyBytes_AS_STRING(args[1]);
+        length = PyBytes_GET_SIZE(args[1]);
+    }
+    else {
+        /* PyBUF_FULL_RO accepts strided memoryviews, gathered below, as
+         * Python's apply_mask() and bytes concatenation accept them. */
+        if (PyObject_GetBuffer(args[1], &view, PyBUF_FULL_RO) < 0) {
+            return NULL;
+        }
+        have_view = 1;
+        payload = (const unsigned char *)view.buf;
+        length = view.len;
+    }
+
+    header_size = length < 126 ? 2 : length < 0x10000 ? 4 : 10;
+    if (masked) {
+        header_size += 4;
+    }
+    result = PyBytes_FromStringAndSize(NULL, header_size + length);
+    if (result == NULL) {
+        goto done;
+    }
+    out = (unsigned char *)PyBytes_AS_STRING(result);
+    out[0] = (unsigned char)first;
+    if (length < 126) {
+        out[1] = (unsigned char)length;
+    }
+    else if (length < 0x10000) {
+        out[1] = 126;
+        out[2] = (unsigned char)(length >> 8);
+        out[3] = (unsigned char)length;
+    }
+    else {
+        uint64_t value = (uint64_t)length;
+        int i;
+
+        out[1] = 127;
+        for (i = 9; i >= 2; i--) {
+            out[i] = (unsigned char)value;
+            value >>= 8;
+        }
+    }
+    if (masked) {
+        out[1] |= 0x80;
+        memcpy(out + header_size - 4, key, 4);
+    }
+    out += header_size;
+    if (have_view && !PyBuffer_IsContiguous(&view, 'C')) {
+        /* A strided memoryview: gather it, then mask in place.  Rare. */
+        if (PyBuffer_ToContiguous(out, &view, length, 'C') < 0) {
+            Py_CLEAR(result);
+            goto done;
+        }
+        payload = out;
+    }
+    if (masked) {
+        xor_mask_maybe_nogil(payload, out, length, key);
+    }
+    else if (payload != out) {
+        memcpy(out, payload, (size_t)length);
+    }
+
+done:
+    if (have_view) {
+        PyBuffer_Release(&view);
+    }
+    return result;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"apply_mask", (PyCFunction)(void (*)(void))apply_mask, METH_FASTCALL,
      apply_mask_doc},
     {"apply_mask_inplace", (PyCFunction)(void (*)(void))apply_mask_inplace,
      METH_FASTCALL, apply_mask_inplace_doc},
+    {"parse_simple_frames", (PyCFunction)(void (*)(void))parse_simple_frames,
+     METH_FASTCALL, parse_simple_frames_doc},
+    {"pack_frame", (PyCFunction)(void (*)(void))pack_frame, METH_FASTCALL,
+     pack_frame_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -361,7 +732,8 @@ static PyModuleDef_Slot speedups_slots[] = {
 };
 
 PyDoc_STRVAR(speedups_doc,
-"C accelerator for syncws.masking; use syncws.masking, not this module.");
+"C accelerator for syncws.masking and syncws.framing; use those modules,\n"
+"not this one.");
 
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
