@@ -69,10 +69,14 @@ from .exceptions import (
     WebSocketProtocolError,
 )
 from .framing import (
+    FIN,
     MAX_CONTROL_PAYLOAD,
+    RSV1,
     Opcode,
     check_header,
     encode_frame,
+    encode_frame_bytes,
+    pack_frame,
     parse_close,
     parse_simple_frames,
     serialize_close,
@@ -175,7 +179,7 @@ _UNPACK_U64 = __import__("struct").Struct("!Q").unpack_from
 # Enum members as plain names for the hot paths: on CPython 3.11, reading
 # State.OPEN costs a lookup through the enum's metaclass (about 100 ns).
 _OPEN = State.OPEN
-_CONT, _TEXT, _BINARY = Opcode.CONT, Opcode.TEXT, Opcode.BINARY
+_CONT, _TEXT, _BINARY, _CLOSE = Opcode.CONT, Opcode.TEXT, Opcode.BINARY, Opcode.CLOSE
 _utf8_decode = codecs.utf_8_decode
 
 
@@ -283,6 +287,9 @@ class ConnectionCore:
         deflate: the negotiated permessage-deflate codec
             (:class:`~syncws.extensions.permessage_deflate.PerMessageDeflate`),
             or ``None``.
+        join_limit: data frames sent with a payload of at most this many
+            bytes are output as one ``bytes`` object (see :meth:`data_to_send`);
+            larger unmasked ones as their header and the payload, uncopied.
 
     The core starts in ``CONNECTING``; :meth:`open` starts the connection.
     """
@@ -294,10 +301,14 @@ class ConnectionCore:
         max_message_size: Optional[int] = 2**20,
         max_fragment_size: Optional[int] = None,
         deflate: Any = None,
+        join_limit: int = 2**16,
     ) -> None:
         self.is_client = is_client
         self.max_message_size = max_message_size
         self.max_fragment_size = max_fragment_size
+        #: Unmasked data frames with a larger payload are output as header
+        #: and payload apart, to be written without copying the payload.
+        self.join_limit = join_limit
         # The largest frame within both limits, for the parser's fast path.
         self._fast_limit = min(
             _NO_LIMIT if limit is None else limit for limit in (max_message_size, max_fragment_size)
@@ -823,7 +834,11 @@ class ConnectionCore:
     # -- output ------------------------------------------------------------------
 
     def data_to_send(self) -> List[BytesLike]:
-        """Take the bytes waiting to be written, in order: headers and payloads."""
+        """Take the bytes waiting to be written, in order.
+
+        Each item is a whole frame, or, for an unmasked data frame over
+        ``join_limit`` bytes, its header then its payload.
+        """
         outgoing = self.outgoing
         if outgoing:
             self.outgoing = []
@@ -991,7 +1006,12 @@ class ConnectionCore:
             self._set_state(State.CLOSING)
 
     def _write_frame(self, opcode: Opcode, payload: BytesLike, fin: bool = True, rsv1: bool = False) -> None:
-        """Serialize a frame into the output buffer, masked on the client side."""
+        """Serialize a frame into the output buffer, masked on the client side.
+
+        A frame is one ``bytes`` object, except an unmasked data frame whose
+        payload is over ``join_limit`` bytes: that is its header, then the
+        payload itself, uncopied. (Masking copies the payload anyway.)
+        """
         mask_key = None
         if self.is_client:
             position = self._mask_position
@@ -1000,6 +1020,16 @@ class ConnectionCore:
                 position = 0
             self._mask_position = position + 4
             mask_key = self._mask_pool[position : position + 4]
-        header, payload = encode_frame(fin, opcode, payload, rsv1=rsv1, mask_key=mask_key)
-        self.bytes_sent += len(header) + len(payload)
-        self.outgoing += (header, payload)
+        if opcode >= _CLOSE:
+            # encode_frame_bytes checks the rules of control frames.
+            frame = encode_frame_bytes(fin, opcode, payload, mask_key=mask_key)
+        elif mask_key is None and len(payload) > self.join_limit:
+            header, payload = encode_frame(fin, opcode, payload, rsv1=rsv1)
+            self.bytes_sent += len(header) + len(payload)
+            self.outgoing += (header, payload)
+            return
+        else:
+            # A data frame: no rule to check, serialized in one call.
+            frame = pack_frame((FIN if fin else 0) | (RSV1 if rsv1 else 0) | opcode, payload, mask_key)
+        self.bytes_sent += len(frame)
+        self.outgoing.append(frame)

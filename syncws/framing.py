@@ -49,6 +49,8 @@ __all__ = [
     "Frame",
     "DATA_OPCODES",
     "CONTROL_OPCODES",
+    "FIN",
+    "RSV1",
     "read_frame",
     "check_header",
     "encode_frame",
@@ -89,6 +91,11 @@ _OPCODES = {opcode.value: opcode for opcode in Opcode}
 
 
 MAX_CONTROL_PAYLOAD = 125
+
+#: The bits of a header's first byte besides the opcode (RFC 6455 §5.2):
+#: the last frame of a message, and RSV1 (a compressed message, RFC 7692).
+FIN = 0x80
+RSV1 = 0x40
 
 #: Anything exposing the buffer protocol; spelled out because
 #: ``collections.abc.Buffer`` only exists from Python 3.12.
@@ -322,7 +329,7 @@ def py_parse_simple_frames(
 
 def _first_byte(fin: bool, opcode: int, rsv1: bool) -> int:
     """The first byte of a frame's header: FIN, RSV1 and the opcode."""
-    return (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
+    return (FIN if fin else 0) | (RSV1 if rsv1 else 0) | opcode
 
 
 def _length_header(first: int, mask_bit: int, length: int) -> bytes:

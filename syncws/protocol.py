@@ -166,6 +166,7 @@ class WebSocketCommonProtocol:
             is_client=self.is_client,
             max_message_size=settings.max_message_size,
             max_fragment_size=settings.max_fragment_size,
+            join_limit=settings.write_limit,
         )
         # Guards _core; held only while it computes, never during I/O.
         self._core_lock = threading.Lock()
