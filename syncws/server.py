@@ -13,12 +13,12 @@ up and answers plain HTTP when the handshake doesn't go through.
 from __future__ import annotations
 
 import http
-import inspect
 import logging
 import os
 import socket
 import threading
 import time
+import types
 from typing import TYPE_CHECKING, Any, Callable, Iterable, List, Optional, Sequence, Set, Tuple, Type, Union
 
 from . import admission, handshake, sockopts, timers
@@ -816,16 +816,35 @@ def _describe_address(sock: socket.socket) -> str:
 
 
 def _takes_path(handler: Callable[..., Any]) -> bool:
-    """Tell a seed-style ``handler(websocket, path)`` from ``handler(websocket)``."""
-    try:
-        parameters = inspect.signature(handler).parameters.values()
-    except (TypeError, ValueError):
-        return True
-    positional = [
-        p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
-    ]
-    variadic = any(p.kind is p.VAR_POSITIONAL for p in parameters)
-    return len(positional) >= 2 or (variadic and len(positional) < 2)
+    """Tell a seed-style ``handler(websocket, path)`` from ``handler(websocket)``.
+
+    A plain function or method is read from its code object; any other
+    callable through :func:`inspect.signature`, imported only then: the
+    module costs a server process close to a megabyte of memory.
+    """
+    function, bound = handler, 0
+    if isinstance(handler, types.MethodType):
+        function, bound = handler.__func__, 1
+    if isinstance(function, types.FunctionType):
+        code = function.__code__
+        positional = code.co_argcount - len(function.__defaults__ or ()) - bound
+        variadic = bool(code.co_flags & _CO_VARARGS)
+    else:
+        import inspect
+
+        try:
+            parameters = inspect.signature(handler).parameters.values()
+        except (TypeError, ValueError):
+            return True
+        positional = sum(
+            1 for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+        )
+        variadic = any(p.kind is p.VAR_POSITIONAL for p in parameters)
+    return positional >= 2 or (variadic and positional < 2)
+
+
+# inspect.CO_VARARGS, without importing inspect: the code flag of a *args parameter.
+_CO_VARARGS = 0x04
 
 
 def _listening_sockets(host: Optional[str], port: int, backlog: int, reuse_port: bool = False) -> List[socket.socket]:

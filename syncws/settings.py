@@ -53,9 +53,8 @@ The settings
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
-from typing import Any, Iterator, Optional, Tuple, Union
+from typing import Any, Iterator, NamedTuple, Optional, Tuple, Union
 
 from .extensions.permessage_deflate import ClientDeflateFactory, Compression
 
@@ -68,9 +67,11 @@ SizeLimits = Tuple[Optional[int], Optional[int]]
 SizeSetting = Union[int, None, Tuple[Optional[int], Optional[int]]]
 
 
-@dataclasses.dataclass(frozen=True)
-class ConnectionSettings:
+class ConnectionSettings(NamedTuple):
     """The connection settings of :func:`connect` / :func:`serve`, checked and normalized.
+
+    Immutable: a named tuple (not a dataclass, whose import would cost a
+    server process a megabyte of memory for this one class).
 
     Attributes:
         max_size: ``(message, fragment)`` limits in bytes, ``None`` for no

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import errno
+import functools
 import http
 import logging
 import os
@@ -18,6 +19,7 @@ import ssl
 import subprocess
 import threading
 import time
+from typing import Any, Optional
 
 import pytest
 import websocket as websocket_client  # websocket-client
@@ -1109,3 +1111,48 @@ def test_200_concurrent_clients_100_messages_each(make_server):
     for _ in threads:
         assert done.acquire(timeout=50)
     assert errors == []
+
+
+class _Handlers:
+    def one(self, ws: Any) -> None: ...
+    def two(self, ws: Any, path: str) -> None: ...
+    def __call__(self, ws: Any, path: Optional[str] = None) -> None: ...
+    @staticmethod
+    def static_two(ws: Any, path: str) -> None: ...
+
+
+def _one(ws: Any) -> None: ...
+def _two(ws: Any, path: str) -> None: ...
+def _star(*args: Any) -> None: ...
+def _one_star(ws: Any, *args: Any) -> None: ...
+def _defaulted(ws: Any, path: Optional[str] = None) -> None: ...
+def _two_kwonly(ws: Any, path: str, *, x: int = 0) -> None: ...
+
+
+@pytest.mark.parametrize(
+    "handler",
+    [
+        _one, _two, _star, _one_star, _defaulted, _two_kwonly,
+        _Handlers().one, _Handlers().two, _Handlers(), _Handlers.static_two,
+        functools.partial(_two, None), lambda ws: None, lambda ws, path: None, print,
+    ],
+)
+def test_takes_path_agrees_with_inspect(handler: Any) -> None:
+    # The server reads plain functions from their code object; whatever it
+    # reads must be what inspect.signature says.
+    import inspect
+
+    from syncws.server import _takes_path
+
+    try:
+        parameters = list(inspect.signature(handler).parameters.values())
+    except (TypeError, ValueError):
+        expected = True
+    else:
+        positional = [
+            p for p in parameters
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+        ]
+        variadic = any(p.kind is p.VAR_POSITIONAL for p in parameters)
+        expected = len(positional) >= 2 or (variadic and len(positional) < 2)
+    assert _takes_path(handler) is expected

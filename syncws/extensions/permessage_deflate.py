@@ -88,7 +88,6 @@ reader thread) decompresses; neither may be called from two threads at once.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 import zlib
@@ -234,8 +233,17 @@ def _min_given(*values: Optional[int]) -> Optional[int]:
     return min(given) if given else None
 
 
-@dataclasses.dataclass(frozen=True)
-class DeflateSettings:
+class _DeflateFields(NamedTuple):
+    server_no_context_takeover: bool = False
+    client_no_context_takeover: bool = False
+    server_max_window_bits: Optional[int] = None
+    client_max_window_bits: Optional[int] = None
+    compress_level: int = DEFAULT_COMPRESS_LEVEL
+    mem_level: int = DEFAULT_MEM_LEVEL
+    threshold: int = DEFAULT_THRESHOLD
+
+
+class DeflateSettings(_DeflateFields):
     """The permessage-deflate configuration a user chooses.
 
     The same settings read differently on each side; the attributes below say
@@ -273,24 +281,33 @@ class DeflateSettings:
         TypeError: a value has the wrong type.
     """
 
-    server_no_context_takeover: bool = False
-    client_no_context_takeover: bool = False
-    server_max_window_bits: Optional[int] = None
-    client_max_window_bits: Optional[int] = None
-    compress_level: int = DEFAULT_COMPRESS_LEVEL
-    mem_level: int = DEFAULT_MEM_LEVEL
-    threshold: int = DEFAULT_THRESHOLD
+    # A named tuple, checked when made (not a dataclass, whose import would
+    # cost every server process a megabyte of memory).
+    __slots__ = ()
 
-    def __post_init__(self) -> None:
-        for name in _NO_CONTEXT_TAKEOVER:
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+    def __new__(
+        cls,
+        server_no_context_takeover: bool = False,
+        client_no_context_takeover: bool = False,
+        server_max_window_bits: Optional[int] = None,
+        client_max_window_bits: Optional[int] = None,
+        compress_level: int = DEFAULT_COMPRESS_LEVEL,
+        mem_level: int = DEFAULT_MEM_LEVEL,
+        threshold: int = DEFAULT_THRESHOLD,
+    ) -> "DeflateSettings":
+        for name, value in zip(_NO_CONTEXT_TAKEOVER, (server_no_context_takeover, client_no_context_takeover)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be a bool, got {value!r}")
         _check_ranges(
-            server_max_window_bits=self.server_max_window_bits,
-            client_max_window_bits=self.client_max_window_bits,
-            compress_level=self.compress_level,
-            mem_level=self.mem_level,
-            threshold=self.threshold,
+            server_max_window_bits=server_max_window_bits,
+            client_max_window_bits=client_max_window_bits,
+            compress_level=compress_level,
+            mem_level=mem_level,
+            threshold=threshold,
+        )
+        return super().__new__(
+            cls, server_no_context_takeover, client_no_context_takeover, server_max_window_bits,
+            client_max_window_bits, compress_level, mem_level, threshold,
         )
 
 
