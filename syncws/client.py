@@ -398,8 +398,9 @@ def connect(
         protocol.abort("the opening handshake failed")
         raise
     protocol.connection_open()
-    extensions = [permessage_deflate.EXTENSION_NAME] if protocol.extensions else []
-    protocol.logger.info("%s", opened_line(protocol, wsuri.resource_name, protocol.subprotocol, extensions))
+    if protocol.logger.isEnabledFor(logging.INFO):
+        extensions = [permessage_deflate.EXTENSION_NAME] if protocol.extensions else []
+        protocol.logger.info("%s", opened_line(protocol, wsuri.resource_name, protocol.subprotocol, extensions))
     return protocol
 
 

@@ -217,19 +217,23 @@ def _check_upgrade(get_header: GetHeader) -> None:
         InvalidUpgrade: either header is missing, malformed, or lacks the
             expected element.
     """
+    # The usual values, a list of one element, are checked without parsing
+    # (ASCII only: str.lower() maps some non-ASCII letters to ASCII ones).
     connection = get_header("Connection")
     if connection is None:
         raise InvalidUpgrade("Connection", None)
-    options = _parse_header(connection, "Connection", _parse_token, InvalidUpgrade)
-    if "upgrade" not in (option.lower() for option in options):
-        raise InvalidUpgrade("Connection", connection, "expected 'Upgrade'")
+    if not (connection.isascii() and connection.lower() == "upgrade"):
+        options = _parse_header(connection, "Connection", _parse_token, InvalidUpgrade)
+        if "upgrade" not in (option.lower() for option in options):
+            raise InvalidUpgrade("Connection", connection, "expected 'Upgrade'")
 
     upgrade = get_header("Upgrade")
     if upgrade is None:
         raise InvalidUpgrade("Upgrade", None)
-    protocols = _parse_header(upgrade, "Upgrade", _parse_protocol, InvalidUpgrade)
-    if "websocket" not in (protocol.lower() for protocol in protocols):
-        raise InvalidUpgrade("Upgrade", upgrade, "expected 'websocket'")
+    if not (upgrade.isascii() and upgrade.lower() == "websocket"):
+        protocols = _parse_header(upgrade, "Upgrade", _parse_protocol, InvalidUpgrade)
+        if "websocket" not in (protocol.lower() for protocol in protocols):
+            raise InvalidUpgrade("Upgrade", upgrade, "expected 'websocket'")
 
 
 # --- Header value grammars -------------------------------------------------

@@ -113,6 +113,10 @@ class Headers:
 
     def __init__(self, headers: Optional[HeadersLike] = None) -> None:
         self._items: List[Tuple[str, str]] = []
+        # The values of each lowercase name, in order: lookups are a dict
+        # access rather than a scan that lowercases every name. Kept in step
+        # with _items by every method that changes it.
+        self._values: Dict[str, List[str]] = {}
         if headers is not None:
             self.update(headers)
 
@@ -129,7 +133,7 @@ class Headers:
             KeyError: if the header is missing.
             MultipleValuesError: if the header appears more than once.
         """
-        values = self.get_all(name)
+        values = self._values.get(name.lower())
         if not values:
             raise KeyError(name)
         if len(values) > 1:
@@ -144,6 +148,12 @@ class Headers:
             value: its value.
         """
         self._items.append((name, value))
+        key = name.lower()
+        values = self._values.get(key)
+        if values is None:
+            self._values[key] = [value]
+        else:
+            values.append(value)
 
     def __delitem__(self, name: str) -> None:
         """Remove every header named ``name``.
@@ -154,17 +164,17 @@ class Headers:
         Raises:
             KeyError: if the header is missing.
         """
-        if name not in self:
-            raise KeyError(name)
         key = name.lower()
+        if key not in self._values:
+            raise KeyError(name)
+        del self._values[key]
         self._items = [item for item in self._items if item[0].lower() != key]
 
     def __contains__(self, name: object) -> bool:
         """Tell whether a header named ``name`` is present, ignoring case."""
         if not isinstance(name, str):
             return False
-        key = name.lower()
-        return any(item_name.lower() == key for item_name, _ in self._items)
+        return name.lower() in self._values
 
     def __iter__(self) -> Iterator[str]:
         """Iterate over distinct names, spelled as they first appear."""
@@ -176,7 +186,7 @@ class Headers:
 
     def __len__(self) -> int:
         """Return the number of distinct names."""
-        return len({name.lower() for name, _ in self._items})
+        return len(self._values)
 
     def __eq__(self, other: object) -> bool:
         """Compare as HTTP does (RFC 9110 §5.3).
@@ -213,9 +223,12 @@ class Headers:
         Raises:
             MultipleValuesError: if the header appears more than once.
         """
-        if name not in self:
+        values = self._values.get(name.lower())
+        if not values:
             return default
-        return self[name]
+        if len(values) > 1:
+            raise MultipleValuesError(name, len(values))
+        return values[0]
 
     def get_all(self, name: str) -> List[str]:
         """Return every value of the header ``name``, in order.
@@ -226,8 +239,7 @@ class Headers:
         Returns:
             Its values; an empty list when the header is missing.
         """
-        key = name.lower()
-        return [value for item_name, value in self._items if item_name.lower() == key]
+        return list(self._values.get(name.lower(), ()))
 
     def get_joined(self, name: str) -> Optional[str]:
         """Return the values of the header ``name`` as one comma-separated value.
@@ -243,7 +255,7 @@ class Headers:
             The values joined with ``", "``, or ``None`` if the header is
             missing.
         """
-        values = self.get_all(name)
+        values = self._values.get(name.lower())
         return ", ".join(values) if values else None
 
     def items(self) -> List[Tuple[str, str]]:
@@ -279,13 +291,11 @@ class Headers:
     def clear(self) -> None:
         """Remove every header."""
         self._items.clear()
+        self._values.clear()
 
     def _values_by_name(self) -> Dict[str, List[str]]:
         """Map each lowercase name to its values, in order."""
-        values: Dict[str, List[str]] = {}
-        for name, value in self._items:
-            values.setdefault(name.lower(), []).append(value)
-        return values
+        return self._values
 
 
 HeadersLike = Union[Headers, Mapping[str, str], Iterable[Tuple[str, str]]]

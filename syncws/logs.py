@@ -30,7 +30,7 @@ from typing import Any, Iterable, Optional, Tuple
 
 from .framing import describe_close
 
-__all__ = ["connection_label", "format_address", "format_head", "format_status", "opened_line", "closed_line"]
+__all__ = ["connection_label", "LazyLabel", "format_address", "format_head", "format_status", "opened_line", "closed_line"]
 
 
 def connection_label(connection: Any) -> str:
@@ -43,6 +43,27 @@ def connection_label(connection: Any) -> str:
         The label.
     """
     return f"connection {connection.id.hex[:8]}"
+
+
+class LazyLabel:
+    """:func:`connection_label` of a connection, worked out when a line is logged.
+
+    For a component that logs about a connection (its reader thread): passed
+    as a ``%s`` argument, the label costs nothing unless the line is
+    emitted. A connection draws its id on first use, so a connection that
+    logs nothing never draws one.
+
+    Args:
+        connection: anything with a :class:`uuid.UUID` ``id``.
+    """
+
+    __slots__ = ("_connection",)
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+
+    def __str__(self) -> str:
+        return connection_label(self._connection)
 
 
 def format_address(address: Any) -> str:

@@ -49,7 +49,7 @@ from .messages import Assembler, MessageQueue, QueueClosed, prepare_message
 from .settings import ConnectionSettings, check_settings
 from .transport import Transport
 from .keepalive import Keepalive
-from .logs import closed_line, connection_label, format_address
+from .logs import LazyLabel, closed_line, connection_label, format_address
 from .reader import Reader
 from .writer import Writer
 
@@ -143,8 +143,8 @@ class WebSocketCommonProtocol:
             logger = logging.getLogger(logger)
         self.logger: logging.Logger = logger
 
-        #: A unique identifier of the connection, for logs.
-        self.id: uuid.UUID = uuid.uuid4()
+        # The connection's id, drawn on first use (see the id property).
+        self._id: Optional[uuid.UUID] = None
         #: The negotiated subprotocol, or ``None``.
         self.subprotocol: Optional[str] = None
         #: The extensions in use (permessage-deflate when negotiated).
@@ -185,6 +185,21 @@ class WebSocketCommonProtocol:
         self._debug = False
 
     # -- public attributes ---------------------------------------------------
+
+    @property
+    def id(self) -> uuid.UUID:
+        """A unique identifier of the connection (a random :class:`uuid.UUID`), for logs.
+
+        Drawn on first use: a connection that nothing logs about never pays
+        for the random bytes.
+        """
+        if self._id is None:
+            self._id = uuid.uuid4()
+        return self._id
+
+    @id.setter
+    def id(self, value: uuid.UUID) -> None:
+        self._id = value
 
     @property
     def state(self) -> State:
@@ -289,7 +304,7 @@ class WebSocketCommonProtocol:
         assert self._writer is not None
         reader = Reader(
             self._core, self._core_lock, transport, self._writer, self._messages,
-            is_client=self.is_client, logger=self.logger, label=connection_label(self),
+            is_client=self.is_client, logger=self.logger, label=LazyLabel(self),
             on_pong=self._pong_received, on_closing=self._start_close_timer, on_end=self._finish,
         )
         self._reader_thread = threading.Thread(
@@ -581,6 +596,11 @@ class WebSocketCommonProtocol:
         if self._reader_thread is None or writer is None:
             self.abort("closed before the opening handshake finished")
             return
+        if self._closed.is_set():
+            # Closed already (a handler returning after the peer closed):
+            # nothing to send, and the reader thread is ending.
+            self._wait_reader()
+            return
         # A send stuck on a peer that stopped reading holds the write lock:
         # wait for it no longer than the closing handshake may take.
         sent = writer.send_close(code, reason, self.close_timeout, on_sent=self._start_close_timer)
@@ -689,17 +709,26 @@ class WebSocketCommonProtocol:
         """Close the socket and wake everyone: the reader thread's last act."""
         transport = self.transport
         assert transport is not None and self._writer is not None
-        transport.abort()  # a writer blocked on the socket lets go of the lock
-        with self._writer.lock:
+        write_lock = self._writer.lock
+        if not write_lock.acquire(blocking=False):
+            # A writer holds the lock, maybe blocked on the socket: shutting
+            # the socket down makes it let go. Uncontended (the usual end),
+            # there is nobody to wake and the socket is closed directly.
+            transport.abort()
+            write_lock.acquire()
+        try:
             with self._core_lock:
                 self._core.receive_eof(cause)
             transport.close()
+        finally:
+            write_lock.release()
         if self._close_timer is not None:
             self._close_timer.cancel()
         if self._keepalive is not None:
             self._keepalive.stop()
         self._messages.close()
         self._closed.set()
-        core = self._core
-        assert core.close_code is not None and core.close_reason is not None
-        self.logger.info("%s", closed_line(self, core.close_code, core.close_reason, time.monotonic() - self._opened_at))
+        if self.logger.isEnabledFor(logging.INFO):
+            core = self._core
+            assert core.close_code is not None and core.close_reason is not None
+            self.logger.info("%s", closed_line(self, core.close_code, core.close_reason, time.monotonic() - self._opened_at))

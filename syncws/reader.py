@@ -45,7 +45,9 @@ class Reader:
         is_client: whether this is the client side (which waits for the
             server to close TCP).
         logger: where to log, with ``label`` in front of each line.
-        label: names the connection in logs.
+        label: names the connection in logs: its ``str()`` is the label
+            (a :class:`~syncws.logs.LazyLabel`, worked out only for the
+            lines that are logged).
         on_pong: called with the latency of each ping a pong acknowledges.
         on_closing: called when the closing handshake starts on input (to arm
             the closing deadline).
@@ -62,7 +64,7 @@ class Reader:
         *,
         is_client: bool,
         logger: logging.Logger,
-        label: str,
+        label: object,
         on_pong: Callable[[float], None],
         on_closing: Callable[[], None],
         on_end: Callable[[str], None],
@@ -96,11 +98,13 @@ class Reader:
         # CPython 3.11-3.13 a with statement on a lock costs three times as
         # much, and this runs for every read.
         try:
-            lock.acquire()
-            try:
-                events = core.receive_data(buffered)
-            finally:
-                lock.release()
+            events: List[Event] = []
+            if buffered:  # usually nothing came after the HTTP head
+                lock.acquire()
+                try:
+                    events = core.receive_data(buffered)
+                finally:
+                    lock.release()
             while True:
                 received = self.handle(events) if events else ()
                 if core.outgoing:

@@ -267,8 +267,9 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
             self.logger.debug(
                 "%s response: %s", connection_label(self), format_head(format_status(101), response_headers.items())
             )
-        extensions = [permessage_deflate.EXTENSION_NAME] if self.extensions else []
-        self.logger.info("%s", opened_line(self, request.path, self.subprotocol, extensions))
+        if self.logger.isEnabledFor(logging.INFO):
+            extensions = [permessage_deflate.EXTENSION_NAME] if self.extensions else []
+            self.logger.info("%s", opened_line(self, request.path, self.subprotocol, extensions))
         return request.path
 
     def negotiate(
