@@ -64,6 +64,12 @@ _SLOT_POLL = 0.02
 # Connections accepted in one go before the loop looks at the others.
 _ACCEPT_BATCH = 64
 
+# Lets _has_data peek without blocking on a blocking socket: accepted sockets
+# then stay blocking, as their connection thread wants them, with no system
+# call to switch modes and back. POSIX only; elsewhere the socket is
+# switched to non-blocking while it waits here.
+_MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+
 
 class _Entry:
     __slots__ = ("started", "thread", "cancel")
@@ -266,7 +272,8 @@ def accept_loop(
             # real clients, every one is served within the burst's time.
             while waiting and pool.make_room(logger):
                 sock, address, _ = waiting.pop()
-                sock.setblocking(True)
+                if not _MSG_DONTWAIT:
+                    sock.setblocking(True)
                 start_handshake(sock, address)
     finally:
         selector.close()
@@ -276,9 +283,13 @@ def accept_loop(
 
 
 def _has_data(sock: socket.socket) -> Optional[bool]:
-    """Whether a non-blocking socket has bytes to read; ``None`` at EOF."""
+    """Whether a socket has bytes to read, without waiting; ``None`` at EOF.
+
+    The socket is blocking where ``MSG_DONTWAIT`` exists, non-blocking
+    elsewhere.
+    """
     try:
-        return True if sock.recv(1, socket.MSG_PEEK) else None
+        return True if sock.recv(1, socket.MSG_PEEK | _MSG_DONTWAIT) else None
     except (BlockingIOError, InterruptedError):
         return False
     except OSError:
@@ -317,7 +328,8 @@ def _accept_batch(
             refuse_busy(sock)
             continue
         now = time.monotonic()
-        sock.setblocking(False)
+        if not _MSG_DONTWAIT:
+            sock.setblocking(False)
         ready = _has_data(sock)
         if ready is None:
             drop(sock)  # already gone

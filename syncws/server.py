@@ -546,6 +546,12 @@ class WebSocketServer:
         self._first_byte_timeout = first_byte_timeout
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
+        # Whether accepted connections inherit the listeners' TCP options
+        # (Linux), or each must be tuned (see syncws.sockopts).
+        self._tuned_by_listener = all([
+            sockopts.tune_listener(sock, ping_interval=ping_interval, ping_timeout=ping_timeout)
+            for sock in sockets
+        ])
         self._server_header = server_header
         self.logger = logger
         # Guards _threads, _connections and _closing; taken briefly, never
@@ -609,12 +615,13 @@ class WebSocketServer:
 
     def _start_handshake(self, sock: socket.socket, address: Any) -> None:
         """Give an admitted connection its thread."""
-        try:
-            sockopts.tune_connection(sock, ping_interval=self._ping_interval, ping_timeout=self._ping_timeout)
-        except OSError as exc:  # the client has already gone
-            self.logger.debug("%s: %s", address, exc)
-            sock.close()
-            return
+        if not self._tuned_by_listener:
+            try:
+                sockopts.tune_connection(sock, ping_interval=self._ping_interval, ping_timeout=self._ping_timeout)
+            except OSError as exc:  # the client has already gone
+                self.logger.debug("%s: %s", address, exc)
+                sock.close()
+                return
         with self._lock:
             if self._closing:
                 sock.close()

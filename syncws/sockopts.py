@@ -20,6 +20,11 @@ unnoticed. The kernel can tell on its own, from TCP, and nothing blocks it:
   ``TCP_USER_TIMEOUT`` set, Linux gives up once ``ping_timeout`` has passed
   with probes unanswered. This covers a connection with nothing in flight.
 
+A server sets them once, on its listening sockets, where accepted
+connections inherit them (Linux copies a listener's options, these
+included, into every connection it accepts): six system calls fewer per
+connection. Elsewhere it sets them on each accepted connection.
+
 Where an option doesn't exist (macOS has ``TCP_KEEPALIVE`` for the idle
 time, Windows none of the TCP ones through :mod:`socket`), it is skipped:
 keepalive pings remain the portable mechanism. Unix sockets get nothing.
@@ -37,9 +42,10 @@ from __future__ import annotations
 
 import math
 import socket
+import sys
 from typing import Optional
 
-__all__ = ["DEFAULT_BACKLOG", "default_backlog", "tune_connection", "connection_failed"]
+__all__ = ["DEFAULT_BACKLOG", "default_backlog", "tune_connection", "tune_listener", "connection_failed"]
 
 #: The backlog asked for where ``net.core.somaxconn`` can't be read.
 DEFAULT_BACKLOG = 1024
@@ -110,6 +116,41 @@ def tune_connection(
     if hasattr(socket, "TCP_USER_TIMEOUT"):
         # Milliseconds; 0 would mean the system default, so at least 1.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, int(ping_timeout * 1000)))
+
+
+def tune_listener(
+    sock: socket.socket,
+    *,
+    ping_interval: Optional[float],
+    ping_timeout: Optional[float],
+) -> bool:
+    """Set :func:`tune_connection`'s options on a listening socket, where
+    the connections it accepts inherit them.
+
+    Linux clones an accepted connection from its listener, options
+    included (``TCP_NODELAY``, ``SO_KEEPALIVE``, the keepalive times,
+    ``TCP_USER_TIMEOUT``), so a server that tunes its listeners needn't
+    tune each connection. Elsewhere nothing is set.
+
+    Args:
+        sock: a listening socket.
+        ping_interval: the server's keepalive interval, or ``None``.
+        ping_timeout: the server's keepalive timeout, or ``None``.
+
+    Returns:
+        ``True`` when the connections ``sock`` accepts come tuned (or are
+        Unix connections, which need nothing); ``False`` when each must be
+        tuned with :func:`tune_connection`.
+    """
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return True  # tune_connection leaves these alone anyway
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        tune_connection(sock, ping_interval=ping_interval, ping_timeout=ping_timeout)
+    except OSError:
+        return False
+    return True
 
 
 def connection_failed(sock: socket.socket) -> bool:

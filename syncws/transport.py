@@ -60,7 +60,8 @@ class Transport:
     """
 
     def __init__(self, sock: socket.socket, *, read_limit: int = 2**16, buffered: bytes = b"") -> None:
-        sock.settimeout(None)
+        if sock.gettimeout() is not None:  # a system call: skipped when already blocking
+            sock.settimeout(None)
         self.sock = sock
         self.read_limit = read_limit
         # Whether write() may try a non-blocking send first (not with TLS).
