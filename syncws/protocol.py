@@ -35,7 +35,7 @@ import time
 import uuid
 from typing import Any, Callable, Iterable, Iterator, List, NamedTuple, NoReturn, Optional, Tuple, Union
 
-from . import timers
+from . import readers, timers
 from .close_codes import CloseCode, describe_close
 from .core import (
     BytesLike,
@@ -174,7 +174,12 @@ class WebSocketCommonProtocol:
         self._writer: Optional[Writer] = None
         self._messages = MessageQueue(settings.max_queue_high, settings.max_queue_low)
         self._assembler = Assembler(self._messages)
-        self._reader_thread: Optional[threading.Thread] = None
+        # Whether connection_open() gave the connection its reader thread
+        # (from syncws.readers); the thread's ident once it runs; set when
+        # the reader is done (what close() waits for).
+        self._reader_started = False
+        self._reader_ident: Optional[int] = None
+        self._reader_done = threading.Event()
         # Set by the reader thread when it has closed everything.
         self._closed = threading.Event()
         self._close_timer: Optional[timers.Timer] = None
@@ -307,20 +312,31 @@ class WebSocketCommonProtocol:
             is_client=self.is_client, logger=self.logger, label=LazyLabel(self),
             on_pong=self._pong_received, on_closing=self._start_close_timer, on_end=self._finish,
         )
-        self._reader_thread = threading.Thread(
-            target=reader.run,
-            args=(transport.take_buffered(),),
-            name=f"syncws-reader-{self.remote_address}",
-            daemon=True,
-        )
-        self._reader_thread.start()
+        # Keepalive first: the reader may end the connection (and stop
+        # keepalive) before readers.start() even returns.
         if self.ping_interval is not None:
-            assert self._writer is not None
             self._keepalive = Keepalive(
                 self._writer, interval=self.ping_interval, timeout=self.ping_timeout,
                 reader_paused=lambda: self._messages.put_waiting, on_timeout=self._keepalive_timed_out,
             )
             self._keepalive.start()
+        buffered = transport.take_buffered()
+        self._reader_started = True
+        try:
+            readers.start(lambda: self._run_reader(reader, buffered), f"syncws-reader-{self.remote_address}")
+        except BaseException:
+            self._reader_started = False
+            if self._keepalive is not None:
+                self._keepalive.stop()
+            raise
+
+    def _run_reader(self, reader: Reader, buffered: bytes) -> None:
+        """The connection's reader thread (a thread of :mod:`syncws.readers`)."""
+        self._reader_ident = threading.get_ident()
+        try:
+            reader.run(buffered)
+        finally:
+            self._reader_done.set()
 
     def abort(self, cause: str = "aborted") -> None:
         """Drop the connection at once, without a closing handshake.
@@ -334,7 +350,7 @@ class WebSocketCommonProtocol:
         """
         with self._core_lock:
             self._core.abandon(cause)
-            unopened = self._reader_thread is None and self._core.state is State.CLOSED
+            unopened = not self._reader_started and self._core.state is State.CLOSED
         if self.transport is not None:
             self.transport.abort()
             if unopened:
@@ -578,8 +594,8 @@ class WebSocketCommonProtocol:
 
         Idempotent, and safe to call from any thread: a thread blocked in
         :meth:`recv` gets every message that arrived before, then
-        :exc:`~syncws.ConnectionClosed`. Returns once the reader thread has
-        ended, at most about ``close_timeout`` seconds later (then the TCP
+        :exc:`~syncws.ConnectionClosed`. Returns once the reader thread is
+        done with the connection, at most about ``close_timeout`` seconds later (then the TCP
         connection is dropped without waiting for the peer). Messages that
         arrive after the close frame was sent are dropped.
 
@@ -593,7 +609,7 @@ class WebSocketCommonProtocol:
         """
         serialize_close(code, reason)  # validates before any effect
         writer = self._writer
-        if self._reader_thread is None or writer is None:
+        if not self._reader_started or writer is None:
             self.abort("closed before the opening handshake finished")
             return
         if self._closed.is_set():
@@ -671,14 +687,12 @@ class WebSocketCommonProtocol:
         return self._core.closed_exception()
 
     def _wait_reader(self) -> None:
-        """Join the reader thread, dropping TCP if the peer holds it open."""
-        thread = self._reader_thread
-        if thread is None or thread is threading.current_thread():
+        """Wait for the reader to be done, dropping TCP if the peer holds it open."""
+        if not self._reader_started or self._reader_ident == threading.get_ident():
             return
-        thread.join(None if self.close_timeout is None else self.close_timeout + 1)
-        if thread.is_alive():
+        if not self._reader_done.wait(None if self.close_timeout is None else self.close_timeout + 1):
             self.abort("the closing handshake didn't end")
-            thread.join()
+            self._reader_done.wait()
 
     # -- deadlines -------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from websockets.exceptions import ConnectionClosed as WSConnectionClosed
 
 import syncws
 from syncws import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
+from syncws import readers
 
 from conftest import close_payload, fd_count, frame, wait_for
 
@@ -783,7 +784,12 @@ def test_no_thread_or_fd_leak(ws_serve):
         t.name for t in _other_threads()
     ]
     assert wait_for(lambda: fd_count() <= fds_before, timeout=10), (fd_count(), fds_before)
-    assert not [t for t in threading.enumerate() if t.name.startswith("syncws-reader")]
+    # Reader threads linger idle for readers.LINGER seconds (some may predate
+    # this test), then end.
+    assert wait_for(
+        lambda: not [t for t in threading.enumerate() if t.name.startswith("syncws-reader")],
+        timeout=readers.LINGER + 5,
+    ), [t.name for t in threading.enumerate()]
     assert len([t for t in threading.enumerate() if t.name == "syncws-timers"]) <= 1
 
 

@@ -1,0 +1,117 @@
+"""Reader threads, reused: the thread a connection reads its socket with.
+
+Theory of operation: every connection has a thread of its own that reads its
+socket, from the end of the opening handshake to the end of the connection
+(:mod:`syncws.reader` is what it runs). Starting a thread costs about 40 µs
+of CPU, and the work waits as long for the new thread to be scheduled and
+set up: for a connection that opens and closes quickly, that is a large part
+of its cost, on both sides. So a reader thread whose connection has ended
+doesn't end at once: it waits, idle, for up to :data:`LINGER` seconds for
+another connection to read for, which it picks up with one queue hand-off;
+only when none comes does it end. While a connection is open, its reader
+thread is still its own.
+
+Only syncws's reader loop runs in these threads, never application code, so
+nothing a thread keeps (thread-locals) carries over from one connection to
+the next. Every thread is named after the connection it reads for
+(``syncws-reader-<peer address>``), and ``syncws-reader-idle`` while it waits.
+
+:func:`start` is safe to call from any thread. After :func:`os.fork`, the
+child has none of its parent's threads: its pool starts empty.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from typing import Callable, Dict, Optional, Tuple
+
+__all__ = ["LINGER", "start"]
+
+logger = logging.getLogger("syncws.readers")
+
+#: Seconds an idle reader thread waits for another connection before it ends.
+LINGER = 1.0
+
+# The name of a thread that waits for a connection.
+_IDLE_NAME = "syncws-reader-idle"
+
+Task = Tuple[Callable[[], None], str]
+
+
+class _Worker:
+    """An idle thread's mailbox: :func:`start` puts the next task there."""
+
+    __slots__ = ("tasks",)
+
+    def __init__(self) -> None:
+        self.tasks: "queue.SimpleQueue[Task]" = queue.SimpleQueue()
+
+
+# Protects _idle. Never held while blocking.
+_lock = threading.Lock()
+# The idle threads' mailboxes, in the order they became idle: start() takes
+# the last one (its stack is the likeliest to be in the CPU caches), and a
+# thread whose wait ran out removes its own (a dict: O(1) either way).
+_idle: Dict[_Worker, None] = {}
+
+
+def start(target: Callable[[], None], name: str) -> None:
+    """Run ``target()`` in a reader thread: an idle one, or a new one.
+
+    Returns at once; ``target`` tells its caller when it is done (the
+    connection's reader signals its end itself).
+
+    Args:
+        target: the reader loop of one connection; what it raises is logged.
+        name: the thread's name while it runs ``target``.
+
+    Raises:
+        RuntimeError: no thread could be started (out of threads or memory).
+    """
+    with _lock:
+        worker = _idle.popitem()[0] if _idle else None
+    if worker is not None:
+        worker.tasks.put((target, name))
+        return
+    threading.Thread(target=_work, args=(_Worker(), target, name), name=name, daemon=True).start()
+
+
+def _work(worker: _Worker, target: Optional[Callable[[], None]], name: str) -> None:
+    """A reader thread's body: run tasks until none comes for LINGER seconds."""
+    thread = threading.current_thread()
+    while target is not None:
+        thread.name = name
+        try:
+            target()
+        except Exception:  # the reader loop catches its own errors; this is a last resort
+            logger.exception("%s: unexpected error", name)
+        # Don't keep the connection alive while idle.
+        target = None
+        with _lock:
+            _idle[worker] = None
+        # Renamed once offered: an idle-named thread can be taken.
+        thread.name = _IDLE_NAME
+        try:
+            target, name = worker.tasks.get(timeout=LINGER)
+        except queue.Empty:
+            with _lock:
+                if _idle.pop(worker, True) is None:
+                    return  # still idle, and no longer offered to start()
+            # start() took this thread just as the wait ran out: its task
+            # is on the way.
+            target, name = worker.tasks.get()
+
+
+def _after_fork_in_child() -> None:
+    # The parent's threads don't exist in the child, and the lock may have
+    # been held by one of them at the fork.
+    global _lock
+    _lock = threading.Lock()
+    _idle.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,102 @@
+"""syncws.readers: reader threads reused across connections, ended when idle."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, List
+
+import pytest
+
+from syncws import readers
+
+
+def run(name: str) -> "tuple[threading.Thread, str]":
+    """Run a task in a reader thread; return the thread and its name then."""
+    seen: List[Any] = []
+    done = threading.Event()
+
+    def task() -> None:
+        seen.append((threading.current_thread(), threading.current_thread().name))
+        done.set()
+
+    readers.start(task, name)
+    assert done.wait(5)
+    return seen[0]
+
+
+def wait_idle(thread: threading.Thread) -> None:
+    """Wait until ``thread`` is back in the pool (renamed once it is)."""
+    for _ in range(500):
+        if thread.name == "syncws-reader-idle":
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("the thread didn't go idle")
+
+
+def test_a_thread_is_named_after_its_task_and_reused_when_idle() -> None:
+    first, name = run("syncws-reader-a")
+    assert name == "syncws-reader-a"
+    wait_idle(first)
+    idle = [t for t in threading.enumerate() if t.name == "syncws-reader-idle"]
+    second, name = run("syncws-reader-b")
+    # No new thread: an idle one (the first, unless another went idle since).
+    assert second in idle and name == "syncws-reader-b"
+
+
+def test_an_idle_thread_ends_after_linger(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(readers, "LINGER", 0.05)
+    thread, _ = run("syncws-reader-short")
+    thread.join(5)
+    assert not thread.is_alive()
+
+
+def test_busy_threads_are_not_shared() -> None:
+    release = threading.Event()
+    started = threading.Barrier(3, timeout=5)
+    threads: List[threading.Thread] = []
+
+    def task() -> None:
+        threads.append(threading.current_thread())
+        started.wait()
+        release.wait(5)
+
+    readers.start(task, "syncws-reader-1")
+    readers.start(task, "syncws-reader-2")
+    started.wait()
+    release.set()
+    assert threads[0] is not threads[1]
+
+
+def test_an_error_in_a_task_is_logged_and_the_thread_lives_on(caplog: pytest.LogCaptureFixture) -> None:
+    ran: List[threading.Thread] = []
+
+    def boom() -> None:
+        ran.append(threading.current_thread())
+        raise ValueError("boom")
+
+    readers.start(boom, "syncws-reader-boom")
+    for _ in range(500):
+        if ran:
+            break
+        threading.Event().wait(0.01)
+    wait_idle(ran[0])  # logged first, then idle
+    assert ran[0].is_alive()
+    assert any("syncws-reader-boom" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_a_forked_child_starts_with_an_empty_pool() -> None:
+    thread, _ = run("syncws-reader-parent")
+    wait_idle(thread)
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's idle thread doesn't exist here
+        try:
+            ok = not readers._idle
+            done = threading.Event()
+            readers.start(done.set, "syncws-reader-child")
+            ok = ok and done.wait(5)
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
