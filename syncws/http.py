@@ -148,12 +148,7 @@ class Headers:
             value: its value.
         """
         self._items.append((name, value))
-        key = name.lower()
-        values = self._values.get(key)
-        if values is None:
-            self._values[key] = [value]
-        else:
-            values.append(value)
+        self._values.setdefault(name.lower(), []).append(value)
 
     def __delitem__(self, name: str) -> None:
         """Remove every header named ``name``.
@@ -424,6 +419,8 @@ def _read_line(
     sent nothing at all.
     """
     line = read_line(max_line + 2)  # room for the CRLF
+    if line[-2:] == b"\r\n":  # the usual case, checked once
+        return line[:-2].decode("iso-8859-1")
     if not line.endswith(b"\n"):
         if len(line) >= max_line + 2:
             raise HeadersTooLarge(
@@ -553,8 +550,9 @@ def serialize_response(
 
 def _serialize_head(start_line: str, headers: HeadersLike) -> bytes:
     """Validate headers and write them after ``start_line``."""
-    headers = Headers(headers)
-    for name, value in headers.items():
+    if not isinstance(headers, Headers):
+        headers = Headers(headers)
+    for name, value in headers._items:
         _check_header(name, value)
     return f"{start_line}\r\n{headers}".encode("iso-8859-1")
 
