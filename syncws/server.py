@@ -4,7 +4,11 @@
 Theory of operation: one accept thread per listening socket; each accepted
 connection gets a thread of its own that performs TLS and the opening
 handshake under ``open_timeout`` (a stalled client only ever holds its own
-thread), then runs the application's handler with the open connection. The
+thread), then runs the application's handler with the open connection. That
+thread is usually the *spare* one, started while the previous connection's
+handler got going, so a new connection's handshake begins with a queue
+hand-off rather than a thread start; it still serves that one connection
+and ends. The
 connection itself, its reader thread included, is
 :class:`~syncws.protocol.WebSocketCommonProtocol`; this module only sets it
 up and answers plain HTTP when the handshake doesn't go through.
@@ -15,6 +19,7 @@ from __future__ import annotations
 import http
 import logging
 import os
+import queue
 import socket
 import threading
 import time
@@ -557,7 +562,14 @@ class WebSocketServer:
         # Guards _threads, _connections and _closing; taken briefly, never
         # while blocking on a socket.
         self._lock = threading.Lock()
-        # Connection threads alive, from accept to the handler's end.
+        # A connection thread started ahead of need, waiting in its mailbox
+        # for the next admitted connection: handing a connection over is a
+        # queue put, where starting a thread costs ~40 µs and as much delay
+        # before the handshake can begin. It serves that one connection and
+        # ends, like every connection thread; only its start moved ahead.
+        self._spare: Optional[Tuple[threading.Thread, "queue.SimpleQueue[Any]"]] = None
+        # Connection threads alive, from accept to the handler's end (the
+        # spare one included).
         self._threads: Set[threading.Thread] = set()
         self._connections: Set[WebSocketServerProtocol] = set()
         # Connections still in their opening handshake.
@@ -622,24 +634,60 @@ class WebSocketServer:
                 self.logger.debug("%s: %s", address, exc)
                 sock.close()
                 return
+        name = f"syncws-server-{address}"
         with self._lock:
             if self._closing:
                 sock.close()
                 return
-            thread = threading.Thread(
-                target=self._serve_connection, args=(sock, address),
-                name=f"syncws-server-{address}", daemon=True,
-            )
-            self._threads.add(thread)
-        self._handshake_pool.add(sock, thread)
+            spare, self._spare = self._spare, None
+            if spare is None:
+                thread = threading.Thread(
+                    target=self._serve_connection, args=(sock, address), name=name, daemon=True,
+                )
+                self._threads.add(thread)
+        if spare is not None:
+            thread, mailbox = spare
+            self._handshake_pool.add(sock, thread)
+            thread.name = name
+            mailbox.put((sock, address))
+        else:
+            self._handshake_pool.add(sock, thread)
+            try:
+                thread.start()
+            except RuntimeError as exc:  # "can't start new thread": out of threads or memory
+                self.logger.error("%s: dropped: %s", address, exc)
+                self._handshake_pool.remove(sock)
+                with self._lock:
+                    self._threads.discard(thread)
+                sock.close()
+                return
+
+    def _start_spare(self) -> None:
+        """Start a connection thread that waits for the next connection."""
+        if self._closing or self._spare is not None:
+            return  # checked again below; this only saves a thread start
+        mailbox: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        thread = threading.Thread(target=self._wait_as_spare, args=(mailbox,), name="syncws-spare", daemon=True)
         try:
             thread.start()
-        except RuntimeError as exc:  # "can't start new thread": out of threads or memory
-            self.logger.error("%s: dropped: %s", address, exc)
-            self._handshake_pool.remove(sock)
+        except RuntimeError:  # out of threads: the next connection starts its own
+            return
+        # Offered once started: wait_closed() joins every thread in _threads.
+        with self._lock:
+            if not self._closing and self._spare is None:
+                self._spare = (thread, mailbox)
+                self._threads.add(thread)
+                return
+        mailbox.put(None)  # not needed after all: let it end
+
+    def _wait_as_spare(self, mailbox: "queue.SimpleQueue[Any]") -> None:
+        """The spare connection thread: serve the connection handed over, if any."""
+        task = mailbox.get()
+        if task is None:  # the server closed first
             with self._lock:
-                self._threads.discard(thread)
-            sock.close()
+                self._threads.discard(threading.current_thread())
+            return
+        self._serve_connection(*task)
 
     def _refuse_busy(self, sock: socket.socket) -> None:
         """Answer 503 without starting a thread, then let the client go."""
@@ -676,6 +724,11 @@ class WebSocketServer:
                 self._handshake_pool.remove(sock)
                 with self._lock:
                     self._pending.discard(protocol)
+            # The next connection's thread, started now that the answer is
+            # out and the client has its next step to take: not while the
+            # accept thread hands this connection over, nor while its
+            # handshake runs.
+            self._start_spare()
             if not opened:
                 return
             with self._lock:
@@ -744,6 +797,9 @@ class WebSocketServer:
             self._close_args = (code, reason)
             connections = list(self._connections)
             pending = list(self._pending)
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            spare[1].put(None)
         for sock in self.sockets:
             try:
                 # Wakes the accept thread blocked on this socket.
