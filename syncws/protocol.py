@@ -56,6 +56,40 @@ from .writer import Writer
 __all__ = ["State", "Stats", "WebSocketCommonProtocol", "Data"]
 
 
+# The default loggers, looked up once (getLogger takes a lock).
+_DEFAULT_LOGGERS = {side: logging.getLogger(f"syncws.{side}") for side in ("client", "server")}
+
+
+class _Latch:
+    """Set once, waited on by any number of threads: a lighter threading.Event.
+
+    A lock held from the start and released by :meth:`set`, as
+    :meth:`threading.Thread.join` waits on a thread's end; no Condition to
+    build or notify. For a signal set exactly once (the reader's end).
+    """
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        """Wake every waiter, now and later. Call it once."""
+        self._lock.release()
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Wait until :meth:`set` was called, at most ``timeout`` seconds.
+
+        Returns:
+            Whether it was.
+        """
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            return False
+        self._lock.release()  # let the next waiter through
+        return True
+
+
 class Stats(NamedTuple):
     """A snapshot of a connection's counters (see :attr:`~WebSocketCommonProtocol.stats`).
 
@@ -138,7 +172,7 @@ class WebSocketCommonProtocol:
         self.ping_timeout = settings.ping_timeout
         self.write_timeout = settings.write_timeout
         if logger is None:
-            logger = f"syncws.{self.side}"
+            logger = _DEFAULT_LOGGERS.get(self.side) or f"syncws.{self.side}"
         if isinstance(logger, str):
             logger = logging.getLogger(logger)
         self.logger: logging.Logger = logger
@@ -179,7 +213,7 @@ class WebSocketCommonProtocol:
         # the reader is done (what close() waits for).
         self._reader_started = False
         self._reader_ident: Optional[int] = None
-        self._reader_done = threading.Event()
+        self._reader_done = _Latch()
         # Set by the reader thread when it has closed everything.
         self._closed = threading.Event()
         self._close_timer: Optional[timers.Timer] = None

@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Iterator, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, NamedTuple, Optional, Tuple, Union
 
 from .extensions.permessage_deflate import ClientDeflateFactory, Compression
 
@@ -244,6 +244,36 @@ def check_settings(
         ValueError: a setting is out of range (the message names it and the
             value).
     """
+    # A client that connects again and again passes the same settings: the
+    # answer is kept, for settings of plain types (exact types, in the key
+    # too: True isn't 1 here, nor 1.0).
+    args = (max_size, max_queue, timeout, open_timeout, close_timeout, write_timeout,
+            read_limit, write_limit, ping_interval, ping_timeout, compression)
+    types = tuple(map(type, args))
+    key = args + types if _CACHEABLE.issuperset(types) else None
+    if key is not None:
+        cached = _checked.get(key)
+        if cached is not None:
+            return cached
+    settings = _check_settings(*args)
+    if key is not None:
+        if len(_checked) >= _CHECKED_MAX:
+            _checked.clear()
+        _checked[key] = settings
+    return settings
+
+
+# Settings already checked, by their arguments and the arguments' types.
+_checked: Dict[Tuple[Any, ...], ConnectionSettings] = {}
+_CHECKED_MAX = 64
+_CACHEABLE = frozenset({int, float, str, type(None)})
+
+
+def _check_settings(
+    max_size: Any, max_queue: Any, timeout: Any, open_timeout: Any, close_timeout: Any, write_timeout: Any,
+    read_limit: Any, write_limit: Any, ping_interval: Any, ping_timeout: Any, compression: Any,
+) -> ConnectionSettings:
+    """check_settings() without the cache."""
     timeout_ = _seconds("timeout", timeout)
     open_ = _seconds("open_timeout", open_timeout)
     close_ = _seconds("close_timeout", close_timeout)
