@@ -86,6 +86,7 @@ def test_an_error_in_a_task_is_logged_and_the_thread_lives_on(caplog: pytest.Log
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+@pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")  # 3.12+: fork with threads
 def test_a_forked_child_starts_with_an_empty_pool() -> None:
     thread, _ = run("syncws-reader-parent")
     wait_idle(thread)
