@@ -338,9 +338,11 @@ class ConnectionCore:
         # True once input is discarded: after a failure, or once the peer's
         # close frame arrived (nothing may follow it).
         self._input_closed = False
-        # Whether we are in the middle of sending a fragmented message, and
-        # whether that message is compressed.
-        self._sending_fragmented = False
+        #: Whether a fragmented message was started and not finished (read
+        #: it; send_data() changes it). A plain attribute: the writer reads
+        #: it for every message.
+        self.sending_fragmented = False
+        # Whether the fragmented message being sent is compressed.
         self._sending_compressed = False
         # Pings waiting for their pong: payload -> waiter, in sending order.
         self._pings: Dict[bytes, Any] = {}
@@ -879,7 +881,7 @@ class ConnectionCore:
         if self.state is not _OPEN or self.close_sent is not None:
             self._check_open()
         deflate = self.deflate
-        if self._sending_fragmented:
+        if self.sending_fragmented:
             opcode = _CONT
             compressed = self._sending_compressed
             rsv1 = False
@@ -891,16 +893,11 @@ class ConnectionCore:
             rsv1 = compressed
         if compressed:
             payload = deflate.compress(payload, fin)
-        self._sending_fragmented = not fin
+        self.sending_fragmented = not fin
         self._sending_compressed = compressed and not fin
         if fin:
             self.messages_sent += 1
         self._write_frame(opcode, payload, fin, rsv1)
-
-    @property
-    def sending_fragmented(self) -> bool:
-        """Whether a fragmented message was started and not finished."""
-        return self._sending_fragmented
 
     def send_ping(self, data: Optional[bytes], waiter: Any) -> bytes:
         """Send a ping and remember who waits for its pong.

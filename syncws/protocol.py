@@ -580,7 +580,8 @@ class WebSocketCommonProtocol:
             raise TypeError(f"broadcast() sends str or bytes-like messages, not {type(message).__name__}")
         if not self.open:
             return False  # a worker thread will report why
-        return bool(self._send(Writer.send_nowait, outgoing.payload, outgoing.text, timeout))
+        payload, is_text = outgoing.payload, outgoing.text
+        return bool(self._send(lambda writer: writer.send_message(payload, is_text, None, timeout, nowait=True)))
 
     def ping(self, data: Union[str, bytes, None] = None) -> threading.Event:
         """Send a ping.

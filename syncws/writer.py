@@ -61,8 +61,10 @@ class Writer:
         self.write_timeout = write_timeout
         #: Held from producing a frame to writing its last byte.
         self.lock = threading.Lock()
-        #: Keeps the frames of one message together; taken before
-        #: :attr:`lock`. ``_fragmented`` says a fragmented message holds it.
+        #: Held by the thread sending a fragmented message, from its first
+        #: frame to its last; taken before :attr:`lock`. A whole message
+        #: that finds one under way (the core says so) waits for it here.
+        #: ``_fragmented`` says a fragmented message holds it.
         self.message_lock = threading.Lock()
         self._fragmented = False
 
@@ -90,35 +92,57 @@ class Writer:
         if core.outgoing:
             self.flush(blocking=False)
 
-    def send_message(self, payload: BytesLike, text: bool, compress: Optional[bool], timeout: Optional[float]) -> None:
+    def send_message(
+        self, payload: BytesLike, text: bool, compress: Optional[bool], timeout: Optional[float],
+        *, nowait: bool = False,
+    ) -> bool:
         """Send a whole message in one frame, after any fragmented message in progress.
 
         The hot path of ``send()``. ``timeout`` (``write_timeout`` when
         ``None``) bounds how long the write may wait for the peer to read;
         the other sending methods take it alike.
+
+        With ``nowait`` (for ``broadcast()``), only if that can't block.
+
+        Returns:
+            ``True``; with ``nowait``, ``False``, having sent nothing, when
+            another send is under way or the frame might not fit in the
+            socket buffer at once.
         """
         # The locks are taken with acquire() and try/finally rather than
         # with statements: on CPython 3.11-3.13 a with statement on a lock
         # costs three times as much, and this runs for every message.
-        core = self.core
-        message_lock, lock, core_lock = self.message_lock, self.lock, self.core_lock
-        message_lock.acquire()
+        core, lock, core_lock = self.core, self.lock, self.core_lock
+        if not lock.acquire(not nowait):
+            return False
         try:
-            lock.acquire()
+            # Headers, and deflate's worst case on incompressible data, add
+            # well under 64 bytes.
+            if nowait and len(payload) + 64 > self.transport.room():
+                return False
+            core_lock.acquire()
             try:
-                core_lock.acquire()
-                try:
+                # Between two frames of another thread's fragmented message,
+                # this one must wait (below).
+                busy = core.sending_fragmented
+                if not busy:
                     core.send_data(payload, text=text, fin=True, compress=compress)
                     data = core.data_to_send()
-                finally:
-                    core_lock.release()
-                self.write_locked(data, None, self.write_timeout if timeout is None else timeout)
             finally:
-                lock.release()
+                core_lock.release()
+            if not busy:
+                self.write_locked(data, None, self.write_timeout if timeout is None else timeout)
         finally:
-            message_lock.release()
+            lock.release()
+        if busy:
+            if nowait:
+                return False
+            with self.message_lock:  # the fragmented message is over
+                self.send_data(payload, text, True, compress, self.deadline(timeout))
+            return True
         if core.outgoing:
             self.flush(blocking=False)
+        return True
 
     def send_fragments(
         self, fragments: Iterator[Tuple[BytesLike, bool]], text: bool, compress: Optional[bool],
@@ -141,39 +165,26 @@ class Writer:
             self.message_lock.acquire()
         deadline = self.deadline(timeout)
         self._fragmented = True
+        writing = False
         try:
             for payload, fin in fragments:
+                writing = True
                 self.send_data(payload, text, fin, compress, deadline)
-        except (OSError, InvalidState):
-            raise
-        except Exception:
-            reason = "error while sending a fragmented message"
-            try:
-                self.send(lambda core: core.fail(CloseCode.INTERNAL_ERROR, reason), None)
-            except OSError:
-                pass  # the transport is aborted: the reader ends
+                writing = False
+        except Exception as exc:
+            # A write that failed means the connection is lost or closing
+            # already; anything else (from the iterable, OSError included)
+            # leaves a message that can't be finished: the connection can't
+            # go on.
+            if not (writing and isinstance(exc, (OSError, InvalidState))):
+                reason = "error while sending a fragmented message"
+                try:
+                    self.send(lambda core: core.fail(CloseCode.INTERNAL_ERROR, reason), None)
+                except OSError:
+                    pass  # the transport is aborted: the reader ends
             raise
         finally:
             self._fragmented = False
-            self.message_lock.release()
-
-    def send_nowait(self, payload: BytesLike, text: bool, timeout: Optional[float]) -> bool:
-        """Send a whole message only if that can't block (for ``broadcast()``).
-
-        Returns:
-            ``False``, having sent nothing, when another send is under way or
-            the frame might not fit in the socket buffer at once.
-        """
-        if not self.message_lock.acquire(blocking=False):
-            return False
-        try:
-            # Headers, and deflate's worst case on incompressible data, add
-            # well under 64 bytes.
-            if len(payload) + 64 > self.transport.room():
-                return False
-            self.send_data(payload, text, True, None, self.deadline(timeout))
-            return True
-        finally:
             self.message_lock.release()
 
     def send_close(

@@ -505,6 +505,55 @@ def test_send_mixed_iterable_raises(ws_serve):
         ws.send("after")
 
 
+def test_send_iterable_raising_oserror_fails_the_connection(ws_serve):
+    """An OSError from the iterable is the application's, not the socket's: half a
+    message went out, so the connection fails with 1011 as for any other error."""
+    results = queue.Queue()
+
+    def failing():
+        yield "half "
+        raise OSError("the file being streamed went away")
+
+    ws = syncws.connect(ws_serve(fragment_recorder(results)))
+    with pytest.raises((OSError, ConnectionClosed)):
+        ws.send(failing())
+    ws.wait_closed(5)
+    assert ws.close_sent is not None and ws.close_sent[0] == 1011
+    with pytest.raises(ConnectionClosed):
+        ws.send("after")
+
+
+def test_whole_message_waits_for_a_fragmented_message_in_progress(ws_serve):
+    """A whole message sent from another thread goes out after the fragmented one,
+    never between its frames."""
+    results = queue.Queue()
+    with syncws.connect(ws_serve(fragment_recorder(results))) as ws:
+        inside = threading.Event()
+        release = threading.Event()
+
+        def slow_fragments():
+            yield "one "
+            yield "two "
+            # send() reads one item ahead: "one " is out by now.
+            inside.set()
+            release.wait(5)
+            yield "three"
+
+        sender = threading.Thread(target=ws.send, args=(slow_fragments(),))
+        sender.start()
+        assert inside.wait(5)
+        whole = threading.Thread(target=ws.send, args=("whole",))
+        whole.start()
+        time.sleep(0.2)
+        assert whole.is_alive()  # waiting for the fragmented message's end
+        release.set()
+        sender.join(5)
+        whole.join(5)
+        assert not whole.is_alive()
+        assert "".join(results.get(timeout=5)) == "one two three"
+        assert results.get(timeout=5) == ["whole"]
+
+
 def test_send_after_close_raises(ws_serve):
     ws = syncws.connect(ws_serve(echo))
     ws.close()
