@@ -335,9 +335,11 @@ class ConnectionCore:
         # Frames of the current message received in this batch of input,
         # not emitted yet (see _deliver).
         self._held: List[Data] = []
-        # True once input is discarded: after a failure, or once the peer's
-        # close frame arrived (nothing may follow it).
-        self._input_closed = False
+        #: ``True`` once no more input is processed: the peer's close frame
+        #: arrived (nothing may follow it), or the connection failed. Only
+        #: the end of TCP matters then. Read it; the core sets it. (A plain
+        #: attribute: the reader thread reads it after every read.)
+        self.input_closed = False
         #: Whether a fragmented message was started and not finished (read
         #: it; send_data() changes it). A plain attribute: the writer reads
         #: it for every message.
@@ -370,12 +372,6 @@ class ConnectionCore:
         if deflate is not None:
             self.deflate = deflate
         self._set_state(State.OPEN)
-
-    @property
-    def input_closed(self) -> bool:
-        """``True`` once no more input is processed: the peer's close frame
-        arrived, or the connection failed. Only the end of TCP matters then."""
-        return self._input_closed
 
     @property
     def close_code(self) -> Optional[int]:
@@ -432,7 +428,7 @@ class ConnectionCore:
         """
         self.bytes_received += len(data)
         events: List[Event] = []
-        if not self._input_closed:
+        if not self.input_closed:
             self._take_input(data, events)
         return events
 
@@ -457,7 +453,7 @@ class ConnectionCore:
         position = 0
         end = len(buffer)
         masked = not self.is_client
-        while not self._input_closed:
+        while not self.input_closed:
             if self._message is None and self.close_sent is None:
                 # The common case, in one call: whole text and binary
                 # messages in one uncompressed frame each, within limits
@@ -509,7 +505,7 @@ class ConnectionCore:
                 rest = self._continue_frame(buffer[position:end], events)
                 assert not rest
                 return
-        if position < end and not self._input_closed:
+        if position < end and not self.input_closed:
             self._pending = bytes(buffer[position:end])
 
     def _check_header(self, first: int, second: int, length: int) -> Opcode:
@@ -613,7 +609,7 @@ class ConnectionCore:
             ``None`` between frames.
         """
         partial = self._partial
-        if partial is None or partial.buffer is None or self._input_closed:
+        if partial is None or partial.buffer is None or self.input_closed:
             return None
         buffer = partial.buffer
         if len(buffer) == partial.received:
@@ -632,7 +628,7 @@ class ConnectionCore:
         self.bytes_received += size
         events: List[Event] = []
         partial = self._partial
-        if partial is None or self._input_closed:
+        if partial is None or self.input_closed:
             return events  # failed meanwhile: the bytes are discarded
         assert partial.buffer is not None and 0 < size <= partial.length - partial.received
         partial.received += size
@@ -784,7 +780,7 @@ class ConnectionCore:
         else:
             code, reason = parse_close(data)
             self.close_rcvd = (code, reason)
-            self._input_closed = True
+            self.input_closed = True
             if self.close_sent is None and self.state is State.OPEN:
                 # Echo the code (RFC 6455 §5.5.1); a close frame without one
                 # is answered with an empty one.
@@ -827,7 +823,7 @@ class ConnectionCore:
                 self._cause = f"no close frame received after sending {describe_close(*self.close_sent)}"
             else:
                 self._cause = "TCP closed without a close frame"
-        self._input_closed = True
+        self.input_closed = True
         self._partial = None
         self._pending = b""
         if self.state is not State.CLOSED:
@@ -976,7 +972,7 @@ class ConnectionCore:
         payload = serialize_close(code, reason)  # validates before any effect
         if not self._cause:
             self._cause = reason
-        self._input_closed = True
+        self.input_closed = True
         self._partial = None
         self._pending = b""
         if self.state is State.OPEN and self.close_sent is None:

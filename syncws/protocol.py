@@ -321,7 +321,7 @@ class WebSocketCommonProtocol:
         self.transport = transport
         self._writer = Writer(
             self._core, self._core_lock, transport,
-            write_limit=self.write_limit, write_timeout=self.write_timeout,
+            write_timeout=self.write_timeout,
         )
         self.local_address = transport.local_address
         self.remote_address = transport.remote_address

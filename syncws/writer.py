@@ -39,8 +39,6 @@ class Writer:
         core: the connection's core.
         core_lock: the lock that guards ``core``; taken after :attr:`lock`.
         transport: the connected socket.
-        write_limit: frames whose payload is at most this size go out with
-            their header in one system call.
         write_timeout: the default seconds a write may take; ``None`` for
             no limit.
     """
@@ -51,13 +49,11 @@ class Writer:
         core_lock: threading.Lock,
         transport: Transport,
         *,
-        write_limit: int,
         write_timeout: Optional[float],
     ) -> None:
         self.core = core
         self.core_lock = core_lock
         self.transport = transport
-        self.write_limit = write_limit
         self.write_timeout = write_timeout
         #: Held from producing a frame to writing its last byte.
         self.lock = threading.Lock()
@@ -131,7 +127,16 @@ class Writer:
             finally:
                 core_lock.release()
             if not busy:
-                self.write_locked(data, None, self.write_timeout if timeout is None else timeout)
+                if timeout is None:
+                    timeout = self.write_timeout
+                if len(data) == 1:  # write_locked(), inline: the usual case
+                    try:
+                        self.transport.write(data[0], None, timeout=timeout)
+                    except OSError as exc:
+                        self._write_failed(exc)
+                        raise
+                else:
+                    self.write_locked(data, None, timeout)
         finally:
             lock.release()
         if busy:
@@ -240,40 +245,34 @@ class Writer:
             self.flush(blocking=False)
 
     def write_locked(self, data: List[BytesLike], deadline: Optional[float], timeout: Optional[float] = None) -> None:
-        """Write frames the core produced; the caller holds :attr:`lock`.
+        """Write what the core produced; the caller holds :attr:`lock`.
 
-        A payload over ``write_limit`` is written apart from its header,
-        uncopied. ``deadline`` or, without one, ``timeout`` bound the write
-        (see :meth:`Transport.write`).
+        ``data`` is whole frames, or a large unmasked frame's header and
+        payload (see :meth:`ConnectionCore.data_to_send`). ``deadline`` or,
+        without one, ``timeout`` bound the write (see :meth:`Transport.write`).
 
         Raises:
             TimeoutError: past the deadline; the transport was aborted.
             OSError: the connection is lost.
         """
-        if not data:
-            return
-        write = self.transport.write
         try:
             if len(data) == 1:
-                write(data[0], deadline, timeout=timeout)
-            elif len(data) == 2 and len(data[1]) <= self.write_limit:
-                # One frame as header and payload: one system call.
-                write(data[0] + data[1], deadline, timeout=timeout)  # type: ignore[operator]
-            elif max(map(len, data)) <= self.write_limit:
-                write(b"".join(data), deadline, timeout=timeout)
-            else:
+                self.transport.write(data[0], deadline, timeout=timeout)
+            elif data:
                 if deadline is None and timeout is not None:
                     deadline = time.monotonic() + timeout  # one limit for every part
                 for part in data:
-                    write(part, deadline)
-        except TimeoutError:
-            self._abandon("a write timed out: the peer stopped reading")
-            raise
+                    self.transport.write(part, deadline)
         except OSError as exc:
-            self._abandon(f"connection lost while writing: {exc}")
+            self._write_failed(exc)
             raise
 
-    def _abandon(self, cause: str) -> None:
+    def _write_failed(self, exc: OSError) -> None:
+        """Give the connection up after a failed write: half a frame may be out."""
+        if isinstance(exc, TimeoutError):
+            cause = "a write timed out: the peer stopped reading"
+        else:
+            cause = f"connection lost while writing: {exc}"
         with self.core_lock:
             self.core.abandon(cause)
         self.transport.abort()
