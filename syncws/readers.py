@@ -8,8 +8,9 @@ set up: for a connection that opens and closes quickly, that is a large part
 of its cost, on both sides. So a reader thread whose connection has ended
 doesn't end at once: it waits, idle, for up to :data:`LINGER` seconds for
 another connection to read for, which it picks up with one queue hand-off;
-only when none comes does it end. While a connection is open, its reader
-thread is still its own.
+only when none comes does it end. At most :data:`MAX_IDLE` threads wait so
+at a time: after a burst of closes the others end at once. While a
+connection is open, its reader thread is still its own.
 
 Only syncws's reader loop runs in these threads, never application code, so
 nothing a thread keeps (thread-locals) carries over from one connection to
@@ -28,12 +29,15 @@ import queue
 import threading
 from typing import Callable, Dict, Optional, Tuple
 
-__all__ = ["LINGER", "start"]
+__all__ = ["LINGER", "MAX_IDLE", "start"]
 
 logger = logging.getLogger("syncws.readers")
 
 #: Seconds an idle reader thread waits for another connection before it ends.
 LINGER = 1.0
+
+#: The most reader threads that wait idle at once; more end at once.
+MAX_IDLE = 64
 
 # The name of a thread that waits for a connection.
 _IDLE_NAME = "syncws-reader-idle"
@@ -91,6 +95,8 @@ def _work(worker: _Worker, target: Optional[Callable[[], None]], name: str) -> N
         # Don't keep the connection alive while idle.
         target = None
         with _lock:
+            if len(_idle) >= MAX_IDLE:
+                return  # enough threads wait already: a burst of closes doesn't park them all
             _idle[worker] = None
         # Renamed once offered: an idle-named thread can be taken.
         thread.name = _IDLE_NAME

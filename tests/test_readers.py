@@ -101,3 +101,28 @@ def test_a_forked_child_starts_with_an_empty_pool() -> None:
             os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
+
+
+def test_at_most_max_idle_threads_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A burst of closes doesn't park a thread per connection: past MAX_IDLE
+    # waiting threads, a thread whose task ended ends at once.
+    monkeypatch.setattr(readers, "MAX_IDLE", 2)
+    monkeypatch.setattr(readers, "LINGER", 3.0)  # longer than the check below
+    release = threading.Event()
+    started = threading.Barrier(6, timeout=5)
+    threads: List[threading.Thread] = []
+
+    def task() -> None:
+        threads.append(threading.current_thread())
+        started.wait()
+        release.wait(5)
+
+    for index in range(5):
+        readers.start(task, f"syncws-reader-burst-{index}")
+    started.wait()
+    release.set()
+    for _ in range(150):
+        if sum(thread.is_alive() for thread in threads) <= 2:
+            break
+        threading.Event().wait(0.01)
+    assert sum(thread.is_alive() for thread in threads) <= 2
