@@ -94,6 +94,10 @@ def test_both_sides_of_a_syncws_connection_are_tuned() -> None:
     def handler(ws: Any) -> None:
         seen["server"] = options(ws.transport.sock)
         ws.send("done")
+        # Keep the connection open until the client has read its options:
+        # returning would close it, and the client's socket with it.
+        for _ in ws:
+            pass
 
     with syncws.serve(handler, "127.0.0.1", 0, ping_interval=7, ping_timeout=3) as server:
         with syncws.connect(f"ws://127.0.0.1:{server.port}", ping_interval=5, ping_timeout=6) as ws:
