@@ -191,7 +191,7 @@ class Headers:
         """
         if not isinstance(other, Headers):
             return NotImplemented
-        return self._values_by_name() == other._values_by_name()
+        return self._values == other._values
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._items!r})"
@@ -287,10 +287,6 @@ class Headers:
         """Remove every header."""
         self._items.clear()
         self._values.clear()
-
-    def _values_by_name(self) -> Dict[str, List[str]]:
-        """Map each lowercase name to its values, in order."""
-        return self._values
 
 
 HeadersLike = Union[Headers, Mapping[str, str], Iterable[Tuple[str, str]]]
@@ -419,25 +415,22 @@ def _read_line(
     sent nothing at all.
     """
     line = read_line(max_line + 2)  # room for the CRLF
-    if line[-2:] == b"\r\n":  # the usual case, checked once
+    if line.endswith(b"\r\n"):
         return line[:-2].decode("iso-8859-1")
-    if not line.endswith(b"\n"):
-        if len(line) >= max_line + 2:
-            raise HeadersTooLarge(
-                f"a line of the HTTP {kind} head is longer than {max_line} bytes",
-                max_line,
-            )
-        if first and not line:
-            message = f"connection closed before sending an HTTP {kind}"
-        else:
-            message = f"connection closed while reading HTTP {kind} head"
-        raise InvalidMessage(message) from EOFError()
-    text = line.decode("iso-8859-1")
-    if not text.endswith("\r\n"):
+    if line.endswith(b"\n"):
         raise InvalidMessage(
-            f"line of HTTP {kind} head ends with LF instead of CRLF: {_shorten(text)}"
+            f"line of HTTP {kind} head ends with LF instead of CRLF: {_shorten(line.decode('iso-8859-1'))}"
         )
-    return text[:-2]
+    if len(line) >= max_line + 2:
+        raise HeadersTooLarge(
+            f"a line of the HTTP {kind} head is longer than {max_line} bytes",
+            max_line,
+        )
+    if first and not line:
+        message = f"connection closed before sending an HTTP {kind}"
+    else:
+        message = f"connection closed while reading HTTP {kind} head"
+    raise InvalidMessage(message) from EOFError()
 
 
 def _read_headers(

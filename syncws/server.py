@@ -647,20 +647,19 @@ class WebSocketServer:
                 self._threads.add(thread)
         if spare is not None:
             thread, mailbox = spare
-            self._handshake_pool.add(sock, thread)
+        self._handshake_pool.add(sock, thread)
+        if spare is not None:
             thread.name = name
             mailbox.put((sock, address))
-        else:
-            self._handshake_pool.add(sock, thread)
-            try:
-                thread.start()
-            except RuntimeError as exc:  # "can't start new thread": out of threads or memory
-                self.logger.error("%s: dropped: %s", address, exc)
-                self._handshake_pool.remove(sock)
-                with self._lock:
-                    self._threads.discard(thread)
-                sock.close()
-                return
+            return
+        try:
+            thread.start()
+        except RuntimeError as exc:  # "can't start new thread": out of threads or memory
+            self.logger.error("%s: dropped: %s", address, exc)
+            self._handshake_pool.remove(sock)
+            with self._lock:
+                self._threads.discard(thread)
+            sock.close()
 
     def _start_spare(self) -> None:
         """Start a connection thread that waits for the next connection."""

@@ -234,13 +234,14 @@ def _min_given(*values: Optional[int]) -> Optional[int]:
 
 
 class _DeflateFields(NamedTuple):
-    server_no_context_takeover: bool = False
-    client_no_context_takeover: bool = False
-    server_max_window_bits: Optional[int] = None
-    client_max_window_bits: Optional[int] = None
-    compress_level: int = DEFAULT_COMPRESS_LEVEL
-    mem_level: int = DEFAULT_MEM_LEVEL
-    threshold: int = DEFAULT_THRESHOLD
+    # The fields of DeflateSettings; their defaults are its __new__'s.
+    server_no_context_takeover: bool
+    client_no_context_takeover: bool
+    server_max_window_bits: Optional[int]
+    client_max_window_bits: Optional[int]
+    compress_level: int
+    mem_level: int
+    threshold: int
 
 
 class DeflateSettings(_DeflateFields):
