@@ -51,9 +51,13 @@ def test_an_idle_thread_ends_after_linger(monkeypatch: pytest.MonkeyPatch) -> No
     assert not thread.is_alive()
 
 
-def test_busy_threads_are_not_shared() -> None:
+def start_busy(count: int) -> "tuple[List[threading.Thread], threading.Event]":
+    """Run ``count`` tasks in reader threads, each until the event returned is set.
+
+    Returns once every task runs, with the threads running them.
+    """
     release = threading.Event()
-    started = threading.Barrier(3, timeout=5)
+    started = threading.Barrier(count + 1, timeout=5)
     threads: List[threading.Thread] = []
 
     def task() -> None:
@@ -61,9 +65,14 @@ def test_busy_threads_are_not_shared() -> None:
         started.wait()
         release.wait(5)
 
-    readers.start(task, "syncws-reader-1")
-    readers.start(task, "syncws-reader-2")
+    for index in range(count):
+        readers.start(task, f"syncws-reader-busy-{index}")
     started.wait()
+    return threads, release
+
+
+def test_busy_threads_are_not_shared() -> None:
+    threads, release = start_busy(2)
     release.set()
     assert threads[0] is not threads[1]
 
@@ -108,18 +117,7 @@ def test_at_most_max_idle_threads_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     # waiting threads, a thread whose task ended ends at once.
     monkeypatch.setattr(readers, "MAX_IDLE", 2)
     monkeypatch.setattr(readers, "LINGER", 3.0)  # longer than the check below
-    release = threading.Event()
-    started = threading.Barrier(6, timeout=5)
-    threads: List[threading.Thread] = []
-
-    def task() -> None:
-        threads.append(threading.current_thread())
-        started.wait()
-        release.wait(5)
-
-    for index in range(5):
-        readers.start(task, f"syncws-reader-burst-{index}")
-    started.wait()
+    threads, release = start_busy(5)
     release.set()
     for _ in range(150):
         if sum(thread.is_alive() for thread in threads) <= 2:
