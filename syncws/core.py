@@ -895,6 +895,31 @@ class ConnectionCore:
             self.messages_sent += 1
         self._write_frame(opcode, payload, fin, rsv1)
 
+    def send_message(self, payload: BytesLike, text: bool, compress: Optional[bool] = None) -> List[BytesLike]:
+        """Send a whole message in one frame and take the bytes to write.
+
+        What ``send_data(payload, text=text, fin=True, compress=compress)``
+        followed by :meth:`data_to_send` does, in one call: a writer's path
+        for every whole message, where each call counts.
+
+        Raises:
+            InvalidState: the connection isn't open, a close frame was
+                sent, or a fragmented message is under way (its last frame
+                goes through :meth:`send_data`).
+        """
+        if self.sending_fragmented:
+            raise InvalidState("a fragmented message is being sent: finish it first")
+        if self.deflate is not None:
+            self.send_data(payload, text=text, fin=True, compress=compress)
+        else:
+            if self.state is not _OPEN or self.close_sent is not None:
+                self._check_open()
+            self.messages_sent += 1
+            self._write_frame(_TEXT if text else _BINARY, payload)
+        outgoing = self.outgoing
+        self.outgoing = []
+        return outgoing
+
     def send_ping(self, data: Optional[bytes], waiter: Any) -> bytes:
         """Send a ping and remember who waits for its pong.
 

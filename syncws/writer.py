@@ -122,8 +122,7 @@ class Writer:
                 # this one must wait (below).
                 busy = core.sending_fragmented
                 if not busy:
-                    core.send_data(payload, text=text, fin=True, compress=compress)
-                    data = core.data_to_send()
+                    data = core.send_message(payload, text, compress)
             finally:
                 core_lock.release()
             if not busy:

@@ -341,6 +341,44 @@ def test_data_to_send_empties_the_buffer() -> None:
     assert core.data_to_send() == []
 
 
+@pytest.mark.parametrize("deflate", [False, True])
+def test_send_message_is_send_data_then_data_to_send(side: str, deflate: bool) -> None:
+    one, two = make(side, deflate=deflate), make(side, deflate=deflate)
+    for payload, text in [(b"hello", True), (b"\x00" * 300, False), (b"", True)]:
+        one.send_data(payload, text=text)
+        two_data = two.send_message(payload, text)
+        assert not two.outgoing
+        assert parse_frames(b"".join(two_data), masked=side == "client") == sent(one)
+    assert two.messages_sent == one.messages_sent == 3
+    assert two.bytes_sent == one.bytes_sent
+
+
+def test_send_message_takes_frames_made_before_it() -> None:
+    core = make("server")
+    core.send_pong(b"p")
+    assert b"".join(core.send_message(b"m", False)) == b"\x8a\x01p\x82\x01m"
+
+
+def test_send_message_refuses_during_a_fragmented_message() -> None:
+    core = make("server")
+    core.send_data(b"a", text=True, fin=False)
+    output(core)
+    with pytest.raises(InvalidState, match="fragmented message"):
+        core.send_message(b"b", True)
+    assert not core.outgoing
+    core.send_data(b"b", text=True)
+    assert output(core) == b"\x80\x01b"
+
+
+def test_send_message_after_close_is_invalid_state(side: str) -> None:
+    core = make(side)
+    core.send_close(1000, "")
+    output(core)
+    with pytest.raises(InvalidState, match="closing"):
+        core.send_message(b"x", False)
+    assert core.messages_sent == 0
+
+
 # -- fragmentation -------------------------------------------------------------------
 
 
