@@ -901,9 +901,11 @@ static PyMethodDef speedups_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-/* Multi-phase initialization: the module has no state, so it is safe in
- * subinterpreters, and in free-threaded builds the functions only touch
- * memory the caller handed over. */
+/* Multi-phase initialization: the module has no state but its type (one
+ * per module object), so it is safe in subinterpreters, and in
+ * free-threaded builds the functions only touch memory the caller handed
+ * over.  A PayloadBuffer's export count is not atomic: a buffer belongs to
+ * one thread at a time (the reader thread, under the core's lock). */
 static PyModuleDef_Slot speedups_slots[] = {
     {Py_mod_exec, (void *)speedups_exec},
 #ifdef Py_mod_multiple_interpreters
