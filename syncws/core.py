@@ -82,6 +82,7 @@ from .framing import (
     serialize_close,
 )
 from .masking import apply_mask, apply_mask_inplace
+from .payload import PayloadBuffer
 
 __all__ = [
     "State",
@@ -247,10 +248,12 @@ class _PartialFrame:
 
     Its payload goes into ``buffer``, unmasked and decoded piece by piece as
     it arrives. The buffer is allocated at the announced length when a size
-    limit bounds it (one allocation, no copy); without a limit it starts
-    small and doubles as bytes arrive, so announcing a huge frame costs
-    nothing until its bytes come. A frame received after our close frame has
-    no buffer: its bytes are only counted, then dropped.
+    limit bounds it: a :class:`~syncws.payload.PayloadBuffer`, whose bytes
+    become the message without a copy. Without a limit it is a
+    :class:`bytearray` that starts small and doubles as bytes arrive, so
+    announcing a huge frame costs nothing until its bytes come. A frame
+    received after our close frame has no buffer: its bytes are only
+    counted, then dropped.
     """
 
     __slots__ = ("fin", "length", "mask_key", "received", "processed", "buffer", "pieces")
@@ -262,7 +265,9 @@ class _PartialFrame:
         self.received = 0
         # Bytes of buffer unmasked and decoded so far.
         self.processed = 0
-        self.buffer: Optional[bytearray] = bytearray(min(length, first_size)) if keep else None
+        self.buffer: Optional[bytearray] = None
+        if keep:
+            self.buffer = PayloadBuffer(length) if first_size >= length else bytearray(first_size)
         self.pieces: List[Data] = []
 
     def reserve(self, size: int) -> bytearray:
@@ -270,9 +275,23 @@ class _PartialFrame:
         buffer = self.buffer
         assert buffer is not None
         needed = min(self.length, self.received + size)
-        if needed > len(buffer):
+        if needed > len(buffer):  # never for a PayloadBuffer: it is full-sized
             buffer.extend(bytes(min(max(needed, 2 * len(buffer)), self.length) - len(buffer)))
         return buffer
+
+    def take_payload(self) -> bytes:
+        """The whole payload as ``bytes``, once it has all arrived; the buffer is then spent."""
+        buffer = self.buffer
+        assert buffer is not None and self.received == self.length == len(buffer)
+        if type(buffer) is not bytearray:
+            try:
+                return buffer.take()  # type: ignore[attr-defined, no-any-return]
+            except BufferError:
+                # A view of it is still alive (get_buffer()'s, not released
+                # as it should be): what it could write must not reach the
+                # message, so the payload is copied.
+                pass
+        return bytes(buffer)
 
 
 class ConnectionCore:
@@ -502,7 +521,9 @@ class ConnectionCore:
                     position -= header_size
                     break
                 self._start_partial(bool(first & 0x80), opcode, bool(first & 0x40), length, mask_key)
-                rest = self._continue_frame(buffer[position:end], events)
+                # A view: the payload's first bytes are copied once, into
+                # the frame's buffer.
+                rest = self._continue_frame(memoryview(buffer)[position:end], events)
                 assert not rest
                 return
         if position < end and not self.input_closed:
@@ -585,7 +606,8 @@ class ConnectionCore:
         start = partial.received
         partial.received += take
         if partial.buffer is not None:
-            partial.reserve(take)[start : start + take] = data[:take]
+            with memoryview(partial.reserve(take)) as view:
+                view[start : start + take] = data[:take]
             self._process_partial(partial, events)
         if partial.received == partial.length:
             self._partial = None
@@ -648,16 +670,15 @@ class ConnectionCore:
         start, end = partial.processed, partial.received
         if end == start:
             return
-        view = memoryview(partial.buffer)[start:end]
-        if partial.mask_key is not None:
-            offset = start % 4
-            key = partial.mask_key[offset:] + partial.mask_key[:offset]
-            apply_mask_inplace(view, key)
-        if not message.text and not message.compressed:
-            partial.processed = end
-            return
-        last = partial.fin and end == partial.length
-        partial.pieces.append(self._decode(message, view, last))
+        # Released on the way out: a PayloadBuffer is taken only without views.
+        with memoryview(partial.buffer)[start:end] as view:
+            if partial.mask_key is not None:
+                offset = start % 4
+                key = partial.mask_key[offset:] + partial.mask_key[:offset]
+                apply_mask_inplace(view, key)
+            if message.text or message.compressed:
+                last = partial.fin and end == partial.length
+                partial.pieces.append(self._decode(message, view, last))
         partial.processed = end
 
     def _end_frame(self, partial: _PartialFrame, events: List[Event]) -> None:
@@ -666,7 +687,7 @@ class ConnectionCore:
         assert message is not None and partial.buffer is not None
         if not message.text and not message.compressed:
             message.size += partial.length
-            self._deliver(message, bytes(partial.buffer), partial.fin, events)
+            self._deliver(message, partial.take_payload(), partial.fin, events)
             return
         pieces = partial.pieces
         data: Data = pieces[0] if len(pieces) == 1 else pieces[0][:0].join(pieces)  # type: ignore[arg-type]

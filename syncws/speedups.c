@@ -26,10 +26,21 @@
  * pack_frame writes a header and a (masked) payload into one new bytes
  * object, sized up front: one allocation, one pass over the payload.
  *
+ * PayloadBuffer is a writable buffer over a bytes object that nobody else
+ * has seen yet: a large frame's payload is received into it (recv_into,
+ * then unmasked in place) and take() hands the bytes object over as the
+ * message, so its bytes are neither zeroed first nor copied last.  It is
+ * the one place where this file writes into a bytes object after creating
+ * it, and it stays sound because the object escapes only through take(),
+ * which refuses while a buffer export (a memoryview) is alive, and after
+ * which the buffer is empty.
+ *
  * Every function mirrors a pure-Python one (masking.py_apply_mask,
  * masking.py_apply_mask_inplace, framing.py_parse_simple_frames,
- * framing.py_pack_frame) exactly, errors included; tests/test_masking.py and
- * tests/test_framing_speedups.py check that they agree.
+ * framing.py_pack_frame) exactly, errors included, and PayloadBuffer
+ * mirrors payload.PyPayloadBuffer; tests/test_masking.py,
+ * tests/test_framing_speedups.py and tests/test_payload.py check that they
+ * agree.
  *
  * Threads: above GIL_RELEASE_THRESHOLD bytes the XOR loop runs without the
  * GIL, so other Python threads (the reader thread of another connection,
@@ -709,6 +720,175 @@ done:
     return result;
 }
 
+/*
+ * PayloadBuffer: see the theory of operation above.  The bytes object is
+ * created uninitialized (PyBytes_FromStringAndSize(NULL, size)); its hash is
+ * not computed until someone holds it, after take().
+ */
+typedef struct {
+    PyObject_HEAD
+    PyObject *bytes;        /* NULL once taken */
+    Py_ssize_t exports;     /* live buffer exports; take() needs none */
+} PayloadBufferObject;
+
+PyDoc_STRVAR(payload_buffer_doc,
+"PayloadBuffer(size, /)\n"
+"--\n"
+"\n"
+"A writable buffer of size bytes that becomes a bytes object without a\n"
+"copy; C implementation.\n"
+"\n"
+"See syncws.payload.PyPayloadBuffer, which this mirrors.\n");
+
+static PyObject *
+payload_buffer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    Py_ssize_t size;
+    PayloadBufferObject *self;
+
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) {
+        PyErr_SetString(PyExc_TypeError,
+                        "PayloadBuffer() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "n:PayloadBuffer", &size)) {
+        return NULL;
+    }
+    if (size < 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "size must not be negative, got %zd", size);
+        return NULL;
+    }
+    self = (PayloadBufferObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->bytes = PyBytes_FromStringAndSize(NULL, size);
+    if (self->bytes == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->exports = 0;
+    return (PyObject *)self;
+}
+
+static void
+payload_buffer_dealloc(PayloadBufferObject *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+
+    Py_XDECREF(self->bytes);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);  /* a heap type: each instance holds a reference */
+}
+
+static Py_ssize_t
+payload_buffer_length(PayloadBufferObject *self)
+{
+    return self->bytes == NULL ? 0 : PyBytes_GET_SIZE(self->bytes);
+}
+
+static int
+payload_buffer_getbuffer(PayloadBufferObject *self, Py_buffer *view,
+                         int flags)
+{
+    /* Once taken, the buffer is empty, as a bytearray emptied by del. */
+    static char nothing[1];
+    char *data = self->bytes == NULL ? nothing : PyBytes_AS_STRING(self->bytes);
+
+    if (PyBuffer_FillInfo(view, (PyObject *)self, data,
+                          payload_buffer_length(self), 0, flags) < 0) {
+        return -1;
+    }
+    self->exports++;
+    return 0;
+}
+
+static void
+payload_buffer_releasebuffer(PayloadBufferObject *self, Py_buffer *view)
+{
+    (void)view;
+    self->exports--;
+}
+
+PyDoc_STRVAR(payload_buffer_take_doc,
+"take($self, /)\n"
+"--\n"
+"\n"
+"Return the buffer's bytes, as a bytes object; the buffer is then empty.\n"
+"\n"
+"Raises:\n"
+"    BufferError: If a memoryview of the buffer is alive, or the bytes\n"
+"        were taken already.\n");
+
+static PyObject *
+payload_buffer_take(PayloadBufferObject *self, PyObject *unused)
+{
+    PyObject *result;
+
+    (void)unused;
+    if (self->exports > 0) {
+        PyErr_SetString(PyExc_BufferError,
+                        "Existing exports of data: object cannot be re-sized");
+        return NULL;
+    }
+    if (self->bytes == NULL) {
+        PyErr_SetString(PyExc_BufferError,
+                        "the payload buffer was taken already");
+        return NULL;
+    }
+    result = self->bytes;
+    self->bytes = NULL;
+    return result;
+}
+
+static PyMethodDef payload_buffer_methods[] = {
+    {"take", (PyCFunction)payload_buffer_take, METH_NOARGS,
+     payload_buffer_take_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot payload_buffer_slots[] = {
+    {Py_tp_doc, (void *)payload_buffer_doc},
+    {Py_tp_new, (void *)payload_buffer_new},
+    {Py_tp_dealloc, (void *)payload_buffer_dealloc},
+    {Py_tp_methods, payload_buffer_methods},
+    {Py_sq_length, (void *)payload_buffer_length},
+    {Py_bf_getbuffer, (void *)payload_buffer_getbuffer},
+    {Py_bf_releasebuffer, (void *)payload_buffer_releasebuffer},
+    {0, NULL},
+};
+
+/* Immutable (3.10+), like built-in types: no attribute may be set on it. */
+#ifndef Py_TPFLAGS_IMMUTABLETYPE
+#define Py_TPFLAGS_IMMUTABLETYPE 0
+#endif
+
+static PyType_Spec payload_buffer_spec = {
+    "syncws._speedups.PayloadBuffer",
+    sizeof(PayloadBufferObject),
+    0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    payload_buffer_slots,
+};
+
+/* A heap type per module object, as multi-phase initialization wants. */
+static int
+speedups_exec(PyObject *module)
+{
+    PyObject *type = PyType_FromModuleAndSpec(module, &payload_buffer_spec,
+                                              NULL);
+
+    if (type == NULL) {
+        return -1;
+    }
+    if (PyModule_AddObject(module, "PayloadBuffer", type) < 0) {
+        Py_DECREF(type);
+        return -1;
+    }
+    return 0;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"apply_mask", (PyCFunction)(void (*)(void))apply_mask, METH_FASTCALL,
      apply_mask_doc},
@@ -721,10 +901,13 @@ static PyMethodDef speedups_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-/* Multi-phase initialization: the module has no state, so it is safe in
- * subinterpreters, and in free-threaded builds the functions only touch
- * memory the caller handed over. */
+/* Multi-phase initialization: the module has no state but its type (one
+ * per module object), so it is safe in subinterpreters, and in
+ * free-threaded builds the functions only touch memory the caller handed
+ * over.  A PayloadBuffer's export count is not atomic: a buffer belongs to
+ * one thread at a time (the reader thread, under the core's lock). */
 static PyModuleDef_Slot speedups_slots[] = {
+    {Py_mod_exec, (void *)speedups_exec},
 #ifdef Py_mod_multiple_interpreters
     {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
 #endif
@@ -735,8 +918,8 @@ static PyModuleDef_Slot speedups_slots[] = {
 };
 
 PyDoc_STRVAR(speedups_doc,
-"C accelerator for syncws.masking and syncws.framing; use those modules,\n"
-"not this one.");
+"C accelerator for syncws.masking, syncws.framing and syncws.payload; use\n"
+"those modules, not this one.");
 
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
