@@ -32,8 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
-from typing import Any, Callable, Iterable, Iterator, List, NamedTuple, NoReturn, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, NamedTuple, NoReturn, Optional, Tuple, Union
 
 from . import readers, timers
 from .close_codes import CloseCode, describe_close
@@ -52,6 +51,9 @@ from .keepalive import Keepalive
 from .logs import LazyLabel, closed_line, connection_label, format_address
 from .reader import Reader
 from .writer import Writer
+
+if TYPE_CHECKING:
+    import uuid
 
 __all__ = ["State", "Stats", "WebSocketCommonProtocol", "Data"]
 
@@ -262,6 +264,10 @@ class WebSocketCommonProtocol:
         for the random bytes.
         """
         if self._id is None:
+            # Imported here: uuid (and the platform module it imports) costs
+            # a server 0.3 MB, and most never log a connection's id.
+            import uuid
+
             self._id = uuid.uuid4()
         return self._id
 
