@@ -62,6 +62,9 @@ class WebSocketClientProtocol(WebSocketCommonProtocol):
     is_client = True
     side = "client"
 
+    # As WebSocketCommonProtocol's, for the same reason.
+    __slots__ = ("compression", "user_agent_header")
+
     def __init__(self, **kwargs: Any) -> None:
         self.compression: Any = kwargs.pop("compression", "deflate")
         self.user_agent_header: Optional[str] = kwargs.pop("user_agent_header", USER_AGENT)

@@ -70,6 +70,23 @@ _STATUS_CODE_RE = re.compile(r"[0-9]{3}")
 # Optional whitespace around header values (RFC 9110 §5.6.3).
 _OWS = " \t"
 
+# One copy of the strings every WebSocket handshake's head holds: the names
+# (as commonly spelled, and in lowercase, the keys of a Headers' index) and
+# the values that never vary. A server keeps each connection's request and
+# response headers; with these shared, a connection holds only its own
+# strings (0.9 KB less each).
+_SHARED_STRINGS = {
+    string: string
+    for name in (
+        "Host", "Upgrade", "Connection", "Origin", "User-Agent", "Server", "Authorization",
+        "Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Accept",
+        "Sec-WebSocket-Protocol", "Sec-WebSocket-Extensions",
+        "Cache-Control", "Pragma", "Accept-Encoding", "Accept-Language", "Cookie",
+    )
+    for string in (name, name.lower())
+}
+_SHARED_STRINGS.update((value, value) for value in ("websocket", "Upgrade", "13"))
+
 
 class MultipleValuesError(KeyError):
     """A header that appears several times was looked up as a single value.
@@ -115,8 +132,10 @@ class Headers:
         self._items: List[Tuple[str, str]] = []
         # The values of each lowercase name, in order: lookups are a dict
         # access rather than a scan that lowercases every name. Kept in step
-        # with _items by every method that changes it.
-        self._values: Dict[str, List[str]] = {}
+        # with _items by every method that changes it. A name's one value is
+        # held as is, only repeated names get a list: a server keeps the
+        # handshake's headers for every connection, nearly all single.
+        self._values: Dict[str, Union[str, List[str]]] = {}
         if headers is not None:
             self.update(headers)
 
@@ -133,12 +152,12 @@ class Headers:
             KeyError: if the header is missing.
             MultipleValuesError: if the header appears more than once.
         """
-        values = self._values.get(name.lower())
-        if not values:
+        value = self._values.get(name.lower())
+        if value is None:
             raise KeyError(name)
-        if len(values) > 1:
-            raise MultipleValuesError(name, len(values))
-        return values[0]
+        if isinstance(value, list):
+            raise MultipleValuesError(name, len(value))
+        return value
 
     def __setitem__(self, name: str, value: str) -> None:
         """Append a header, keeping any with the same name.
@@ -148,7 +167,15 @@ class Headers:
             value: its value.
         """
         self._items.append((name, value))
-        self._values.setdefault(name.lower(), []).append(value)
+        key = name.lower()
+        key = _SHARED_STRINGS.get(key, key)
+        earlier = self._values.get(key)
+        if earlier is None:
+            self._values[key] = value
+        elif isinstance(earlier, list):
+            earlier.append(value)
+        else:
+            self._values[key] = [earlier, value]
 
     def __delitem__(self, name: str) -> None:
         """Remove every header named ``name``.
@@ -218,12 +245,12 @@ class Headers:
         Raises:
             MultipleValuesError: if the header appears more than once.
         """
-        values = self._values.get(name.lower())
-        if not values:
+        value = self._values.get(name.lower())
+        if value is None:
             return default
-        if len(values) > 1:
-            raise MultipleValuesError(name, len(values))
-        return values[0]
+        if isinstance(value, list):
+            raise MultipleValuesError(name, len(value))
+        return value
 
     def get_all(self, name: str) -> List[str]:
         """Return every value of the header ``name``, in order.
@@ -234,7 +261,10 @@ class Headers:
         Returns:
             Its values; an empty list when the header is missing.
         """
-        return list(self._values.get(name.lower(), ()))
+        value = self._values.get(name.lower())
+        if value is None:
+            return []
+        return list(value) if isinstance(value, list) else [value]
 
     def get_joined(self, name: str) -> Optional[str]:
         """Return the values of the header ``name`` as one comma-separated value.
@@ -250,8 +280,8 @@ class Headers:
             The values joined with ``", "``, or ``None`` if the header is
             missing.
         """
-        values = self._values.get(name.lower())
-        return ", ".join(values) if values else None
+        value = self._values.get(name.lower())
+        return ", ".join(value) if isinstance(value, list) else value
 
     def items(self) -> List[Tuple[str, str]]:
         """Return every ``(name, value)`` pair, in order, names as given.
@@ -444,7 +474,7 @@ def _read_headers(
         if not line:
             return headers
         name, value = _parse_header_line(line)
-        headers[name] = value
+        headers[_SHARED_STRINGS.get(name, name)] = _SHARED_STRINGS.get(value, value)
     raise HeadersTooLarge(
         f"HTTP {kind} head has more than {max_headers} headers", max_headers
     )

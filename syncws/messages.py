@@ -67,8 +67,12 @@ class MessageQueue:
         self._closed = False
         # Set by consumers (and unbound/close) to wake a reader waiting for
         # room. The reader clears it before it checks the size again, so a
-        # wake-up can't be lost between the check and the wait.
-        self._room = threading.Event()
+        # wake-up can't be lost between the check and the wait. Made by the
+        # reader the first time it waits: most queues never fill, and an
+        # Event costs a server 1.2 KB per connection. unbound() and close()
+        # change _bounded before they look for it, so a reader that makes it
+        # after they looked sees _bounded False and doesn't wait.
+        self._room: Optional[threading.Event] = None
         #: True while the reader thread waits in put(): the peer is alive and
         #: sending faster than the application consumes.
         self.put_waiting = False
@@ -83,14 +87,17 @@ class MessageQueue:
         Called by the reader thread only.
         """
         if self._bounded and self._items.qsize() >= self._maxsize:
+            room = self._room
+            if room is None:
+                room = self._room = threading.Event()
             self.put_waiting = True
             try:
                 while self._bounded and self._items.qsize() > self._low:
-                    self._room.clear()
+                    room.clear()
                     # Checked again after the clear: a consumer that took a
                     # message in between has set the event, or will.
                     if self._bounded and self._items.qsize() > self._low:
-                        self._room.wait()
+                        room.wait()
             finally:
                 self.put_waiting = False
         self._items.put(item)
@@ -119,13 +126,13 @@ class MessageQueue:
             self._items.put(_CLOSED)
             raise QueueClosed
         if self.put_waiting and self._items.qsize() <= self._low:
-            self._room.set()
+            self._wake_reader()
         return item
 
     def unbound(self) -> None:
         """Let :meth:`put` append without waiting from now on."""
         self._bounded = False
-        self._room.set()
+        self._wake_reader()
 
     def close(self) -> None:
         """Mark the end of the messages and wake every waiting consumer.
@@ -137,7 +144,13 @@ class MessageQueue:
         self._closed = True
         self._bounded = False
         self._items.put(_CLOSED)
-        self._room.set()
+        self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        """Wake the reader if it waits for room (or may: it made the event)."""
+        room = self._room
+        if room is not None:
+            room.set()
 
 
 class Assembler:

@@ -32,8 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
-from typing import Any, Callable, Iterable, Iterator, List, NamedTuple, NoReturn, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, NamedTuple, NoReturn, Optional, Tuple, Union
 
 from . import readers, timers
 from .close_codes import CloseCode, describe_close
@@ -53,6 +52,9 @@ from .logs import LazyLabel, closed_line, connection_label, format_address
 from .reader import Reader
 from .writer import Writer
 
+if TYPE_CHECKING:
+    import uuid
+
 __all__ = ["State", "Stats", "WebSocketCommonProtocol", "Data"]
 
 
@@ -63,20 +65,36 @@ _DEFAULT_LOGGERS = {side: logging.getLogger(f"syncws.{side}") for side in ("clie
 class _Latch:
     """Set once, waited on by any number of threads: a lighter threading.Event.
 
-    A lock held from the start and released by :meth:`set`, as
-    :meth:`threading.Thread.join` waits on a thread's end; no Condition to
-    build or notify. For a signal set exactly once (the reader's end).
+    A lock held from the start and released by the first :meth:`set`, as
+    :meth:`threading.Thread.join` waits on a thread's end: no Condition to
+    build or notify (an Event is a Condition, a lock and a deque: 1.2 KB,
+    and a server has two signals per connection). For signals that are set
+    once and never cleared.
     """
 
-    __slots__ = ("_lock",)
+    __slots__ = ("_lock", "_set")
+
+    # Makes a set() atomic: two threads may set a latch at once (abort() from
+    # anywhere), and its lock must be released only once. Shared by every
+    # latch, as each is set about once in its life.
+    _setting = threading.Lock()
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._lock.acquire()
+        self._set = False
 
     def set(self) -> None:
-        """Wake every waiter, now and later. Call it once."""
+        """Wake every waiter, now and later. Idempotent; from any thread."""
+        with _Latch._setting:
+            if self._set:
+                return
+            self._set = True
         self._lock.release()
+
+    def is_set(self) -> bool:
+        """Whether :meth:`set` was called."""
+        return self._set
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Wait until :meth:`set` was called, at most ``timeout`` seconds.
@@ -84,7 +102,7 @@ class _Latch:
         Returns:
             Whether it was.
         """
-        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+        if not self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0)):
             return False
         self._lock.release()  # let the next waiter through
         return True
@@ -143,6 +161,20 @@ class WebSocketCommonProtocol:
     is_client: bool = False
     side: str = "server"
 
+    # Every attribute the class sets, in slots: a server keeps a connection
+    # per client, and its attributes in a __dict__ cost 1.6 KB (CPython
+    # shares the keys of instance dicts only up to 30 attributes, and the
+    # server's connections have more), in slots 8 bytes each. "__dict__"
+    # still takes the attributes of subclasses and applications.
+    __slots__ = (
+        "settings", "host", "port", "secure", "close_timeout", "max_size", "max_queue", "read_limit",
+        "write_limit", "ping_interval", "ping_timeout", "write_timeout", "logger", "_id", "subprotocol",
+        "extensions", "path", "request_headers", "response_headers", "latency", "transport", "_core",
+        "_core_lock", "_writer", "_messages", "_assembler", "_reader_started", "_reader_ident",
+        "_reader_done", "_closed", "_close_timer", "_keepalive", "_pings_sent", "_opened_at", "_debug",
+        "__dict__", "__weakref__",
+    )
+
     def __init__(
         self,
         *,
@@ -193,8 +225,6 @@ class WebSocketCommonProtocol:
         self.latency: float = 0.0
         #: The transport, from :meth:`connection_made` on.
         self.transport: Optional[Transport] = None
-        self.local_address: Any = None
-        self.remote_address: Any = None
 
         self._core = ConnectionCore(
             is_client=self.is_client,
@@ -214,8 +244,9 @@ class WebSocketCommonProtocol:
         self._reader_started = False
         self._reader_ident: Optional[int] = None
         self._reader_done = _Latch()
-        # Set by the reader thread when it has closed everything.
-        self._closed = threading.Event()
+        # Set by the reader thread when it has closed everything (by abort()
+        # when there is no reader thread).
+        self._closed = _Latch()
         self._close_timer: Optional[timers.Timer] = None
         self._keepalive: Optional[Keepalive] = None
         # Pings sent by ping(); keepalive counts its own.
@@ -233,12 +264,26 @@ class WebSocketCommonProtocol:
         for the random bytes.
         """
         if self._id is None:
+            # Imported here: uuid (and the platform module it imports) costs
+            # a server 0.3 MB, and most never log a connection's id.
+            import uuid
+
             self._id = uuid.uuid4()
         return self._id
 
     @id.setter
     def id(self, value: uuid.UUID) -> None:
         self._id = value
+
+    @property
+    def local_address(self) -> Any:
+        """This side's socket address (as :meth:`socket.socket.getsockname`); ``None`` before the transport."""
+        return None if self.transport is None else self.transport.local_address
+
+    @property
+    def remote_address(self) -> Any:
+        """The peer's socket address (as :meth:`socket.socket.getpeername`); ``None`` before the transport."""
+        return None if self.transport is None else self.transport.remote_address
 
     @property
     def state(self) -> State:
@@ -323,8 +368,6 @@ class WebSocketCommonProtocol:
             self._core, self._core_lock, transport,
             write_timeout=self.write_timeout,
         )
-        self.local_address = transport.local_address
-        self.remote_address = transport.remote_address
 
     def connection_open(self) -> None:
         """Start the connection once the opening handshake succeeded.

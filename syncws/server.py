@@ -91,6 +91,14 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
     is_client = False
     side = "server"
 
+    # As WebSocketCommonProtocol's, for the same reason.
+    __slots__ = (
+        "ws_handler", "ws_server", "origins", "available_subprotocols", "extra_headers", "compression",
+        "_process_request", "server_header", "_select_subprotocol", "_process_response_hook", "request",
+        "username", "_response_processed", "origin", "_handshake_lock", "_handshake_answered",
+        "_handshake_cancelled",
+    )
+
     def __init__(
         self,
         ws_handler: Callable[..., Any],
@@ -125,8 +133,6 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
         self._response_processed = False
         #: The ``Origin`` header of the request, or ``None``.
         self.origin: Optional[str] = None
-        #: The request headers as ``(name, value)`` pairs, as received.
-        self.raw_request_headers: List[Tuple[str, str]] = []
         # Orders the 101 response against WebSocketServer.close(): the
         # server either cancels the handshake before the 101 goes out, or
         # lets it through and then closes the open connection. The flags
@@ -134,6 +140,11 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
         self._handshake_lock = threading.Lock()
         self._handshake_answered = False
         self._handshake_cancelled = False
+
+    @property
+    def raw_request_headers(self) -> List[Tuple[str, str]]:
+        """The request headers as ``(name, value)`` pairs, as received; empty before the request."""
+        return [] if self.request is None else self.request.headers.items()
 
     def process_request(self, path: str, request_headers: Headers) -> Optional[Tuple[int, HeadersLike, bytes]]:
         """Intercept a request before the WebSocket handshake.
@@ -311,7 +322,6 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
         self.request = request
         self.path = request.path
         self.request_headers = request.headers
-        self.raw_request_headers = request.headers.items()
         if request.method != "GET":
             raise AbortHandshake(
                 http.HTTPStatus.METHOD_NOT_ALLOWED,
