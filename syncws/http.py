@@ -30,6 +30,7 @@ from typing import (
     Mapping,
     NamedTuple,
     Optional,
+    Set,
     Tuple,
     Union,
 )
@@ -86,6 +87,20 @@ _SHARED_STRINGS = {
     for string in (name, name.lower())
 }
 _SHARED_STRINGS.update((value, value) for value in ("websocket", "Upgrade", "13"))
+
+# A handshake's header lines mostly repeat from one connection to the next
+# (Upgrade, Connection, Sec-WebSocket-Version, a client's Host and
+# User-Agent, a server's Server...). Each line validated once is remembered,
+# read or written, so the next connection's costs a dict lookup instead of
+# regular expressions; and lines read share their strings. Short lines only,
+# at most _KNOWN_MAX of each, emptied when full: lines a peer makes up can't
+# make them grow.
+_KNOWN_MAX = 512
+_KNOWN_LINE_LENGTH = 200
+# header line read -> its (name, value)
+_known_lines: Dict[str, Tuple[str, str]] = {}
+# (name, value) pairs that passed _check_header
+_known_headers: Set[Tuple[str, str]] = set()
 
 
 class MultipleValuesError(KeyError):
@@ -473,8 +488,14 @@ def _read_headers(
         line = _read_line(read_line, kind, max_line)
         if not line:
             return headers
-        name, value = _parse_header_line(line)
-        headers[_SHARED_STRINGS.get(name, name)] = _SHARED_STRINGS.get(value, value)
+        header = _known_lines.get(line)
+        if header is None:
+            header = _parse_header_line(line)
+            if len(line) <= _KNOWN_LINE_LENGTH:
+                if len(_known_lines) >= _KNOWN_MAX:
+                    _known_lines.clear()
+                _known_lines[line] = header
+        headers[header[0]] = header[1]
     raise HeadersTooLarge(
         f"HTTP {kind} head has more than {max_headers} headers", max_headers
     )
@@ -497,7 +518,7 @@ def _parse_header_line(line: str) -> Tuple[str, str]:
     value = value.strip(_OWS)
     if not _TEXT_RE.fullmatch(value):
         raise InvalidMessage(f"invalid value of {name} header: {_shorten(value)}")
-    return name, value
+    return _SHARED_STRINGS.get(name, name), _SHARED_STRINGS.get(value, value)
 
 
 def _check_version(version: str) -> None:
@@ -575,8 +596,13 @@ def _serialize_head(start_line: str, headers: HeadersLike) -> bytes:
     """Validate headers and write them after ``start_line``."""
     if not isinstance(headers, Headers):
         headers = Headers(headers)
-    for name, value in headers._items:
-        _check_header(name, value)
+    for header in headers._items:
+        if header not in _known_headers:
+            _check_header(*header)
+            if len(header[0]) + len(header[1]) <= _KNOWN_LINE_LENGTH:
+                if len(_known_headers) >= _KNOWN_MAX:
+                    _known_headers.clear()
+                _known_headers.add(header)
     return f"{start_line}\r\n{headers}".encode("iso-8859-1")
 
 

@@ -407,6 +407,48 @@ def test_serialize_refuses_bad_headers(
         serialize_response(200, headers)
 
 
+# Lines and headers validated once are remembered (syncws.http._known_lines,
+# _known_headers): the same results, errors every time, and bounded.
+
+
+def test_a_line_read_again_gives_the_same_header_and_shares_its_strings() -> None:
+    head = b"GET / HTTP/1.1\r\nX-Remembered-Test:  some value \r\n\r\n"
+    first = read_request(reader(head)).headers
+    second = read_request(reader(head)).headers
+    assert first.items() == second.items() == [("X-Remembered-Test", "some value")]
+    (name_1, value_1), (name_2, value_2) = first.items() + second.items()
+    assert name_1 is name_2 and value_1 is value_2
+
+
+def test_a_bad_line_is_refused_every_time() -> None:
+    head = b"GET / HTTP/1.1\r\nX-Bad-Test: a\x01b\r\n\r\n"
+    for _ in range(2):
+        with pytest.raises(InvalidMessage, match="invalid value of X-Bad-Test header"):
+            read_request(reader(head))
+
+
+def test_a_bad_header_is_refused_every_time() -> None:
+    for _ in range(2):
+        with pytest.raises(ValueError, match="contains CR or LF"):
+            serialize_request("/", [("X-Bad-Test", "a\r\nInjected: yes")])
+
+
+def test_remembered_lines_and_headers_are_bounded() -> None:
+    import syncws.http as module
+
+    for i in range(module._KNOWN_MAX + 10):
+        read_request(reader(f"GET / HTTP/1.1\r\nX-Count: {i}\r\n\r\n".encode()))
+        serialize_response(101, [("X-Count", str(i))])
+    assert 0 < len(module._known_lines) <= module._KNOWN_MAX
+    assert 0 < len(module._known_headers) <= module._KNOWN_MAX
+    # Long lines are validated every time, never kept.
+    long_value = "v" * (module._KNOWN_LINE_LENGTH + 1)
+    read_request(reader(f"GET / HTTP/1.1\r\nX-Long: {long_value}\r\n\r\n".encode()))
+    serialize_response(101, [("X-Long", long_value)])
+    assert not any(long_value in line for line in module._known_lines)
+    assert ("X-Long", long_value) not in module._known_headers
+
+
 @pytest.mark.parametrize("path", ["", "/a b", "/a\r\nX: y", "/é"])
 def test_serialize_request_refuses_bad_target(path: str) -> None:
     with pytest.raises(ValueError, match="invalid request target"):
