@@ -69,6 +69,9 @@ _ACCEPT_BATCH = 64
 # call to switch modes and back. POSIX only; elsewhere the socket is
 # switched to non-blocking while it waits here.
 _MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+# The flags of _has_data's peek, as a plain int: or-ing socket.MSG_PEEK
+# makes a MsgFlag, which costs an enum construction per connection.
+_PEEK_NOWAIT = int(socket.MSG_PEEK) | int(_MSG_DONTWAIT)
 
 
 class _Entry:
@@ -289,7 +292,7 @@ def _has_data(sock: socket.socket) -> Optional[bool]:
     elsewhere.
     """
     try:
-        return True if sock.recv(1, socket.MSG_PEEK | _MSG_DONTWAIT) else None
+        return True if sock.recv(1, _PEEK_NOWAIT) else None
     except (BlockingIOError, InterruptedError):
         return False
     except OSError:

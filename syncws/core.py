@@ -177,10 +177,13 @@ Event = Union[str, bytes, Fragment, PongReceived, CloseReceived, Failed]
 
 _UNPACK_U64 = __import__("struct").Struct("!Q").unpack_from
 
-# Enum members as plain names for the hot paths: on CPython 3.11, reading
-# State.OPEN costs a lookup through the enum's metaclass (about 100 ns).
-_OPEN = State.OPEN
-_CONT, _TEXT, _BINARY, _CLOSE = Opcode.CONT, Opcode.TEXT, Opcode.BINARY, Opcode.CLOSE
+# Enum members as plain names, which the code below reads: on CPython 3.11,
+# reading State.OPEN costs a lookup through the enum's metaclass (about
+# 100 ns), and every connection reads a few dozen of them.
+_CONNECTING, _OPEN, _CLOSING, _CLOSED = State.CONNECTING, State.OPEN, State.CLOSING, State.CLOSED
+_CONT, _TEXT, _BINARY = Opcode.CONT, Opcode.TEXT, Opcode.BINARY
+_CLOSE, _PING, _PONG = Opcode.CLOSE, Opcode.PING, Opcode.PONG
+_NO_STATUS_RCVD = CloseCode.NO_STATUS_RCVD
 _utf8_decode = codecs.utf_8_decode
 
 
@@ -333,7 +336,7 @@ class ConnectionCore:
             _NO_LIMIT if limit is None else limit for limit in (max_message_size, max_fragment_size)
         )
         self.deflate = deflate
-        self.state = State.CONNECTING
+        self.state = _CONNECTING
         #: ``(code, reason)`` of the close frame received, or ``None``.
         self.close_rcvd: Optional[Tuple[int, str]] = None
         #: ``(code, reason)`` of the close frame sent (or that we tried to
@@ -390,7 +393,7 @@ class ConnectionCore:
         """
         if deflate is not None:
             self.deflate = deflate
-        self._set_state(State.OPEN)
+        self._set_state(_OPEN)
 
     @property
     def close_code(self) -> Optional[int]:
@@ -399,7 +402,7 @@ class ConnectionCore:
         The code of the close frame received (1005 if it had none), or 1006
         when none was received.
         """
-        if self.state is not State.CLOSED:
+        if self.state is not _CLOSED:
             return None
         return self.close_rcvd[0] if self.close_rcvd else CloseCode.ABNORMAL_CLOSURE
 
@@ -411,7 +414,7 @@ class ConnectionCore:
         connection (a failure we detected, a keepalive timeout, a lost
         connection...).
         """
-        if self.state is not State.CLOSED:
+        if self.state is not _CLOSED:
             return None
         return self.close_rcvd[1] if self.close_rcvd else self._cause
 
@@ -425,7 +428,7 @@ class ConnectionCore:
         Raises:
             AssertionError: the connection isn't closed yet.
         """
-        assert self.state is State.CLOSED, "closed_exception() before CLOSED"
+        assert self.state is _CLOSED, "closed_exception() before CLOSED"
         code = self.close_code
         reason = self.close_reason
         assert code is not None and reason is not None
@@ -517,7 +520,7 @@ class ConnectionCore:
             else:
                 # A data frame longer than what arrived (a control frame is
                 # at most 127 bytes, so always whole here or still pending).
-                if opcode >= Opcode.CLOSE:
+                if opcode >= _CLOSE:
                     position -= header_size
                     break
                 self._start_partial(bool(first & 0x80), opcode, bool(first & 0x40), length, mask_key)
@@ -542,9 +545,9 @@ class ConnectionCore:
         opcode = check_header(
             first, second, length, mask=not self.is_client, allow_rsv1=self.deflate is not None
         )
-        if opcode >= Opcode.CLOSE:
+        if opcode >= _CLOSE:
             return opcode
-        if opcode is Opcode.CONT:
+        if opcode is _CONT:
             if self._message is None:
                 raise WebSocketProtocolError("continuation frame without a message to continue")
             if first & 0x40:
@@ -583,8 +586,8 @@ class ConnectionCore:
         self, fin: bool, opcode: Opcode, rsv1: bool, length: int, mask_key: Optional[bytes]
     ) -> None:
         """Begin a data frame whose payload spans several receives."""
-        if opcode is not Opcode.CONT:
-            self._message = _Message(opcode is Opcode.TEXT, rsv1)
+        if opcode is not _CONT:
+            self._message = _Message(opcode is _TEXT, rsv1)
         elif self._message is not None:
             self._message.frame_size = 0
         first_size = length if self._fast_limit < _NO_LIMIT else _FIRST_BUFFER
@@ -740,7 +743,7 @@ class ConnectionCore:
         self, fin: bool, opcode: Opcode, rsv1: bool, payload: BytesLike, events: List[Event]
     ) -> None:
         """Handle a whole frame (its payload unmasked)."""
-        if opcode >= Opcode.CLOSE:
+        if opcode >= _CLOSE:
             self._receive_control(opcode, payload, events)
             return
         if self.close_sent is not None:
@@ -749,13 +752,13 @@ class ConnectionCore:
             self._message = None if fin else (self._message or _Message(False, False))
             return
         message = self._message
-        if opcode is not Opcode.CONT:
+        if opcode is not _CONT:
             if fin and not rsv1:
                 # The common case: a whole uncompressed message in one frame.
-                events.append(_whole_message(opcode is Opcode.TEXT, payload))
+                events.append(_whole_message(opcode is _TEXT, payload))
                 self.messages_received += 1
                 return
-            message = self._message = _Message(opcode is Opcode.TEXT, rsv1)
+            message = self._message = _Message(opcode is _TEXT, rsv1)
         assert message is not None
         message.frame_size = 0
         self._deliver(message, self._decode(message, payload, fin), fin, events)
@@ -792,24 +795,24 @@ class ConnectionCore:
         """Handle a ping, a pong or a close frame."""
         self._release_held(events)
         data = bytes(payload)
-        if opcode is Opcode.PING:
+        if opcode is _PING:
             # Answered unless we closed: nothing may follow our close frame.
-            if self.close_sent is None and self.state is State.OPEN:
-                self._write_frame(Opcode.PONG, data)
-        elif opcode is Opcode.PONG:
+            if self.close_sent is None and self.state is _OPEN:
+                self._write_frame(_PONG, data)
+        elif opcode is _PONG:
             events.append(PongReceived(data, self._acknowledge_pings(data)))
         else:
             code, reason = parse_close(data)
             self.close_rcvd = (code, reason)
             self.input_closed = True
-            if self.close_sent is None and self.state is State.OPEN:
+            if self.close_sent is None and self.state is _OPEN:
                 # Echo the code (RFC 6455 §5.5.1); a close frame without one
                 # is answered with an empty one.
-                echo = b"" if code == CloseCode.NO_STATUS_RCVD else serialize_close(code, reason)
+                echo = b"" if code == _NO_STATUS_RCVD else serialize_close(code, reason)
                 self.close_sent = (code, reason)
-                self._write_frame(Opcode.CLOSE, echo)
-            if self.state is State.OPEN:
-                self._set_state(State.CLOSING)
+                self._write_frame(_CLOSE, echo)
+            if self.state is _OPEN:
+                self._set_state(_CLOSING)
             events.append(CloseReceived(code, reason))
 
     def _acknowledge_pings(self, data: bytes) -> List[Any]:
@@ -847,8 +850,8 @@ class ConnectionCore:
         self.input_closed = True
         self._partial = None
         self._pending = b""
-        if self.state is not State.CLOSED:
-            self._set_state(State.CLOSED)
+        if self.state is not _CLOSED:
+            self._set_state(_CLOSED)
 
     # -- output ------------------------------------------------------------------
 
@@ -865,8 +868,8 @@ class ConnectionCore:
 
     def _check_open(self) -> None:
         """Refuse to send once a close frame was sent (or before the handshake)."""
-        if self.state is not State.OPEN or self.close_sent is not None:
-            if self.state is State.CONNECTING:
+        if self.state is not _OPEN or self.close_sent is not None:
+            if self.state is _CONNECTING:
                 raise InvalidState("the opening handshake isn't done yet")
             raise InvalidState(f"the connection is {self.state.name.lower()}")
 
@@ -968,7 +971,7 @@ class ConnectionCore:
                 f"a ping with payload {data!r} is already waiting for its pong; "
                 f"wait for it or use another payload"
             )
-        self._write_frame(Opcode.PING, data)
+        self._write_frame(_PING, data)
         self._pings[data] = waiter
         return data
 
@@ -980,7 +983,7 @@ class ConnectionCore:
             InvalidState: the connection isn't open.
         """
         self._check_open()
-        self._write_frame(Opcode.PONG, data)
+        self._write_frame(_PONG, data)
 
     def send_close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Start the closing handshake: send a close frame, go to ``CLOSING``.
@@ -997,8 +1000,8 @@ class ConnectionCore:
         payload = serialize_close(code, reason)
         self._check_open()
         self.close_sent = (code, reason)
-        self._write_frame(Opcode.CLOSE, payload)
-        self._set_state(State.CLOSING)
+        self._write_frame(_CLOSE, payload)
+        self._set_state(_CLOSING)
 
     def fail(self, code: int, reason: str) -> None:
         """Fail the connection (RFC 6455 §7.1.7): close with ``code``, stop reading.
@@ -1021,11 +1024,11 @@ class ConnectionCore:
         self.input_closed = True
         self._partial = None
         self._pending = b""
-        if self.state is State.OPEN and self.close_sent is None:
+        if self.state is _OPEN and self.close_sent is None:
             self.close_sent = (code, reason)
-            self._write_frame(Opcode.CLOSE, payload)
-        if self.state is State.OPEN:
-            self._set_state(State.CLOSING)
+            self._write_frame(_CLOSE, payload)
+        if self.state is _OPEN:
+            self._set_state(_CLOSING)
 
     def abandon(self, cause: str) -> None:
         """Give up on the connection without a closing handshake.
@@ -1039,10 +1042,10 @@ class ConnectionCore:
         """
         if not self._cause:
             self._cause = cause
-        if self.state is State.CONNECTING:
-            self._set_state(State.CLOSED)
-        elif self.state is State.OPEN:
-            self._set_state(State.CLOSING)
+        if self.state is _CONNECTING:
+            self._set_state(_CLOSED)
+        elif self.state is _OPEN:
+            self._set_state(_CLOSING)
 
     def _write_frame(self, opcode: Opcode, payload: BytesLike, fin: bool = True, rsv1: bool = False) -> None:
         """Serialize a frame into the output buffer, masked on the client side.

@@ -431,7 +431,7 @@ def _check_encodable(fin: bool, opcode: int, length: int, rsv1: bool) -> None:
         ValueError: a control frame that is fragmented, longer than 125
             bytes or has RSV1 set.
     """
-    if opcode >= Opcode.CLOSE:
+    if opcode >= Opcode.CLOSE and (not fin or length > MAX_CONTROL_PAYLOAD or rsv1):
         name = Opcode(opcode).name
         if not fin:
             raise ValueError(f"a {name} frame can't be fragmented")
@@ -439,8 +439,7 @@ def _check_encodable(fin: bool, opcode: int, length: int, rsv1: bool) -> None:
             raise ValueError(
                 f"a {name} payload is at most {MAX_CONTROL_PAYLOAD} bytes, got {length}"
             )
-        if rsv1:
-            raise ValueError(f"RSV1 can't be set on a {name} frame")
+        raise ValueError(f"RSV1 can't be set on a {name} frame")
 
 
 def encode_frame(
