@@ -307,10 +307,6 @@ def connect(
             type (see :func:`syncws.settings.check_settings`).
         ValueError: a setting out of range (the message names it).
     """
-    # The arguments as given, for following a redirect with the same ones.
-    arguments = dict(locals())
-    arguments.update(arguments.pop("kwds"))
-    redirected_from: List[str] = kwds.pop("_redirected_from", [])
     connect_host = kwds.pop("host", None)
     connect_port = kwds.pop("port", None)
     source_address = kwds.pop("source_address", None)
@@ -329,77 +325,82 @@ def connect(
         compression=compression,
     )
     open_timeout = settings.open_timeout
-    wsuri = parse_uri(uri)
-    if ssl is not None and ssl is not False and not wsuri.secure and ssl is not True and sock is None:
-        raise ValueError("ssl= was given for a ws:// URI: use wss://")
-    if ssl is False and wsuri.secure:
-        raise ValueError("ssl=False with a wss:// URI: use ws://")
-
     protocol_class = create_protocol or WebSocketClientProtocol
-    protocol = protocol_class(
-        host=wsuri.host,
-        port=wsuri.port,
-        secure=wsuri.secure,
-        settings=settings,
-        logger=logger,
-        compression=compression,
-        user_agent_header=user_agent_header,
-    )
+    own_socket = sock is not None
+    # The URIs redirected from, in order; each redirect goes round again.
+    redirected_from: List[str] = []
+    while True:
+        wsuri = parse_uri(uri)
+        if ssl is not None and ssl is not False and not wsuri.secure and ssl is not True and sock is None:
+            raise ValueError("ssl= was given for a ws:// URI: use wss://")
+        if ssl is False and wsuri.secure:
+            raise ValueError("ssl=False with a wss:// URI: use ws://")
 
-    started = time.monotonic()
-    proxy_url = proxy_for(wsuri, proxy) if sock is None else None
-    if proxy_url is not None:
-        sock = open_proxy(
-            proxy_url,
-            connect_host or wsuri.host,
-            connect_port or wsuri.port,
-            timeout=open_timeout,
-            source_address=source_address,
+        protocol = protocol_class(
+            host=wsuri.host,
+            port=wsuri.port,
+            secure=wsuri.secure,
+            settings=settings,
+            logger=logger,
+            compression=compression,
+            user_agent_header=user_agent_header,
         )
-    elif sock is None:
-        sock = socket.create_connection(
-            (connect_host or wsuri.host, connect_port or wsuri.port),
-            timeout=open_timeout,
-            source_address=source_address,
-        )
-    remaining = None if open_timeout is None else max(0.0, open_timeout - (time.monotonic() - started))
-    sockopts.tune_connection(sock, ping_interval=ping_interval, ping_timeout=ping_timeout)
-    transport = Transport(sock, read_limit=read_limit)
-    protocol.connection_made(transport)
-    try:
-        # The deadline shuts the socket down, which ends whatever step of
-        # the handshake is blocked; `expired` tells that from a real error.
-        with timers.deadline(remaining, transport.abort) as handshake_deadline:
-            try:
-                if wsuri.secure or ssl is True or (ssl is not None and ssl is not False):
-                    import ssl as ssl_module  # only for wss://: it costs megabytes
 
-                    context = ssl if isinstance(ssl, ssl_module.SSLContext) else ssl_module.create_default_context()
-                    transport.start_tls(context, server_hostname=server_hostname or wsuri.host)
-                protocol.handshake(wsuri, origin=origin, subprotocols=subprotocols, extra_headers=extra_headers)
-            except (OSError, InvalidMessage):
-                if not handshake_deadline.expired:
-                    raise
-        if handshake_deadline.expired:
-            raise TimeoutError(
-                f"the opening handshake with {uri} didn't finish within {open_timeout} seconds"
+        started = time.monotonic()
+        proxy_url = proxy_for(wsuri, proxy) if sock is None else None
+        if proxy_url is not None:
+            sock = open_proxy(
+                proxy_url,
+                connect_host or wsuri.host,
+                connect_port or wsuri.port,
+                timeout=open_timeout,
+                source_address=source_address,
             )
-    except InvalidStatusCode as exc:
-        protocol.abort(f"the server answered HTTP {exc.status_code}")
-        if exc.status_code not in REDIRECT_STATUSES:
+        elif sock is None:
+            sock = socket.create_connection(
+                (connect_host or wsuri.host, connect_port or wsuri.port),
+                timeout=open_timeout,
+                source_address=source_address,
+            )
+        remaining = None if open_timeout is None else max(0.0, open_timeout - (time.monotonic() - started))
+        sockopts.tune_connection(sock, ping_interval=ping_interval, ping_timeout=ping_timeout)
+        transport = Transport(sock, read_limit=read_limit)
+        protocol.connection_made(transport)
+        try:
+            # The deadline shuts the socket down, which ends whatever step of
+            # the handshake is blocked; `expired` tells that from a real error.
+            with timers.deadline(remaining, transport.abort) as handshake_deadline:
+                try:
+                    if wsuri.secure or ssl is True or (ssl is not None and ssl is not False):
+                        import ssl as ssl_module  # only for wss://: it costs megabytes
+
+                        context = ssl if isinstance(ssl, ssl_module.SSLContext) else ssl_module.create_default_context()
+                        transport.start_tls(context, server_hostname=server_hostname or wsuri.host)
+                    protocol.handshake(wsuri, origin=origin, subprotocols=subprotocols, extra_headers=extra_headers)
+                except (OSError, InvalidMessage):
+                    if not handshake_deadline.expired:
+                        raise
+            if handshake_deadline.expired:
+                raise TimeoutError(
+                    f"the opening handshake with {uri} didn't finish within {open_timeout} seconds"
+                )
+        except InvalidStatusCode as exc:
+            protocol.abort(f"the server answered HTTP {exc.status_code}")
+            if exc.status_code not in REDIRECT_STATUSES:
+                raise
+            target = _redirect_target(uri, wsuri, exc, max_redirects, redirected_from, own_socket)
+            logging.getLogger("syncws.client").info("%s redirected to %s (HTTP %d)", uri, target, exc.status_code)
+            if _origin(parse_uri(target)) != _origin(wsuri):
+                # Credentials and the connect-to override were for the old origin.
+                extra_headers = _without_credentials(extra_headers)
+                connect_host = connect_port = None
+            redirected_from.append(uri)
+            uri, sock = target, None
+            continue
+        except BaseException:
+            protocol.abort("the opening handshake failed")
             raise
-        target = _redirect_target(uri, wsuri, exc, max_redirects, redirected_from, arguments["sock"] is not None)
-        logging.getLogger("syncws.client").info("%s redirected to %s (HTTP %d)", uri, target, exc.status_code)
-        arguments.update(uri=target, _redirected_from=redirected_from + [uri])
-        if _origin(parse_uri(target)) != _origin(wsuri):
-            # Credentials and the connect-to override were for the old origin.
-            arguments.update(extra_headers=_without_credentials(extra_headers), additional_headers=None)
-            arguments.pop("host", None)
-            arguments.pop("port", None)
-        return connect(**arguments)
-    except BaseException:
-        protocol.abort("the opening handshake failed")
-        raise
+        break
     protocol.connection_open()
     if protocol.logger.isEnabledFor(logging.INFO):
         extensions = [permessage_deflate.EXTENSION_NAME] if protocol.extensions else []
