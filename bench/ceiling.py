@@ -32,6 +32,14 @@ the header, then the payload without copying it.
 Threads: the reader thread is the only one that reads the socket and the only
 producer of the queue; any thread may call ``recv()``, ``send()`` and
 ``close()``.
+
+The opening round trip (``opening=True`` on both :func:`connect` and
+:func:`serve`): the client sends :data:`OPENING_REQUEST` bytes and waits for
+the server's :data:`OPENING_ANSWER` bytes before the connection starts, as
+a WebSocket client sends its HTTP request and waits for the 101. The sizes
+are those of syncws's request and 101 in the benchmark; nothing is parsed.
+It is the least that any protocol whose client waits for an answer to its
+opening costs, so that connect + close can be measured against it too.
 """
 
 from __future__ import annotations
@@ -56,6 +64,12 @@ assert HEADER_SIZE == 5
 
 #: Bytes asked of the socket per read, and the largest send joined with its header.
 CHUNK = 2**16
+
+#: The opening round trip's sizes: syncws's HTTP request and 101 response
+#: in the benchmark (its Host, Sec-WebSocket-Key, User-Agent and Server
+#: headers included).
+OPENING_REQUEST = 192
+OPENING_ANSWER = 158
 
 # The end marker of the queue; a consumer that takes it puts it back.
 _END = object()
@@ -234,9 +248,26 @@ class Connection:
 # -- client and server -----------------------------------------------------------------
 
 
-def connect(host: str, port: int, **kwargs: Any) -> Connection:
-    """Open a TCP connection and return it as a :class:`Connection`."""
-    return Connection(socket.create_connection((host, port)), **kwargs)
+def connect(host: str, port: int, *, opening: bool = False, **kwargs: Any) -> Connection:
+    """Open a TCP connection and return it as a :class:`Connection`.
+
+    With ``opening``, after the opening round trip (see the module's
+    docstring); the server must have been started with it too.
+    """
+    sock = socket.create_connection((host, port))
+    if opening:
+        sock.sendall(bytes(OPENING_REQUEST))
+        _receive_exactly(sock, OPENING_ANSWER)
+    return Connection(sock, **kwargs)
+
+
+def _receive_exactly(sock: socket.socket, size: int) -> None:
+    """Read and drop ``size`` bytes: the other side's half of the opening."""
+    while size > 0:
+        data = sock.recv(size)
+        if not data:
+            raise ConnectionClosed("the peer closed the TCP connection during the opening")
+        size -= len(data)
 
 
 class Server:
@@ -246,11 +277,16 @@ class Server:
         handler: called with each :class:`Connection`; the connection is
             closed when it returns.
         host, port: where to listen; port 0 picks a free port (see ``port``).
+        opening: each connection starts with the opening round trip (see
+            the module's docstring), answered by its handler thread.
         kwargs: passed to each :class:`Connection`.
     """
 
-    def __init__(self, handler: Callable[[Connection], None], host: str, port: int, **kwargs: Any) -> None:
+    def __init__(
+        self, handler: Callable[[Connection], None], host: str, port: int, *, opening: bool = False, **kwargs: Any
+    ) -> None:
         self._handler = handler
+        self._opening = opening
         self._kwargs = kwargs
         self._listener = socket.create_server((host, port), backlog=128)
         self.port: int = self._listener.getsockname()[1]
@@ -271,6 +307,13 @@ class Server:
             threading.Thread(target=self._serve, args=(sock,), name="ceiling-handler", daemon=True).start()
 
     def _serve(self, sock: socket.socket) -> None:
+        if self._opening:
+            try:
+                _receive_exactly(sock, OPENING_REQUEST)
+                sock.sendall(bytes(OPENING_ANSWER))
+            except (OSError, ConnectionClosed):
+                sock.close()
+                return
         connection = Connection(sock, **self._kwargs)
         with self._lock:
             self._connections.add(connection)

@@ -24,7 +24,12 @@ with compression off everywhere (``compression=None``; permessage-deflate is
     second, from the first send to the answer;
 (c) connect + close: open a connection (TCP, and for WebSocket the opening
     handshake and the server's handler thread), then close it (closing
-    handshake): connections per second, one after the other;
+    handshake): connections per second, one after the other. The ceiling
+    has no opening handshake, so this row is also measured against the
+    ceiling with an opening round trip (``opening=True`` in
+    ``bench/ceiling.py``: the client sends as many bytes as syncws's HTTP
+    request and waits for as many as its 101, unparsed), the least any
+    protocol costs whose client waits for an answer to its opening;
 (d) echo 1 MiB and (e) echo 16 MiB: binary messages echoed one at a time:
     MB/s of payload (10**6 bytes sent, and received back, per second).
 
@@ -67,7 +72,9 @@ sys.path.insert(0, BENCH)
 import syncws  # noqa: E402
 
 import ceiling  # noqa: E402
-from servers import ECHO, HOST, LIBRARIES, MAX_SIZE, SINK, SINK_END, Server, server_cpu, start_server, stop_server  # noqa: E402
+from servers import (  # noqa: E402
+    CEILING_OPENING, ECHO, HOST, LIBRARIES, MAX_SIZE, SINK, SINK_END, Server, server_cpu, start_server, stop_server,
+)
 
 try:
     import websockets
@@ -86,8 +93,8 @@ def _open(library: str, port: int) -> Any:
     """A connection of ``library`` to its server: send, recv and close alike."""
     if library == "syncws":
         return syncws.connect(f"ws://{HOST}:{port}/", compression=None, max_size=MAX_SIZE, proxy=None)
-    if library == "ceiling":
-        return ceiling.connect(HOST, port, max_size=MAX_SIZE)
+    if library in ("ceiling", CEILING_OPENING):
+        return ceiling.connect(HOST, port, max_size=MAX_SIZE, opening=library == CEILING_OPENING)
     return websockets.sync.client.connect(
         f"ws://{HOST}:{port}/", compression=None, max_size=MAX_SIZE, proxy=None, legacy=True
     )
@@ -175,6 +182,8 @@ class Row(NamedTuple):
     #: how many things a run does, for the rate
     amount: float
     unit: str
+    #: servers measured in this row besides LIBRARIES
+    extra: Tuple[str, ...] = ()
 
 
 def _with_connection(measure: Callable[[Any, Meter], None]) -> Callable[[str, int, Meter], None]:
@@ -200,7 +209,8 @@ def rows(quick: bool) -> List[Row]:
         Row(f"(b) 1 KiB pipelined one way, N={n_medium}",
             _with_connection(lambda ws, m: one_way(ws, m, medium, n_medium)), n_medium, "msg/s"),
         Row(f"(c) connect + close, N={n_connect}",
-            lambda library, port, m: connect_close(library, port, m, n_connect), n_connect, "conn/s"),
+            lambda library, port, m: connect_close(library, port, m, n_connect), n_connect, "conn/s",
+            (CEILING_OPENING,)),
         Row(f"(d) echo 1 MiB, N={n_large}",
             _with_connection(lambda ws, m: echoes(ws, m, large, n_large, 5)), n_large * len(large) / 1e6, "MB/s"),
         # glibc serves the first 16 MiB buffers with fresh mmaps (a page
@@ -227,8 +237,9 @@ def measure(row: Row, servers: Dict[str, Server], rounds: int) -> List[Dict[str,
     results = []
     for r in range(rounds):
         round_results: Dict[str, Measurement] = {}
-        for i in range(len(LIBRARIES)):
-            library = LIBRARIES[(r + i) % len(LIBRARIES)]
+        libraries = LIBRARIES + row.extra
+        for i in range(len(libraries)):
+            library = libraries[(r + i) % len(libraries)]
             meter = Meter(servers[library])
             watchdog = threading.Timer(HUNG, _hung, (row.title, library))
             watchdog.daemon = True
@@ -286,7 +297,7 @@ def main() -> None:
     print()
     started = time.perf_counter()
     cpu_log: List[Tuple[Row, Dict[str, Tuple[float, float]]]] = []
-    servers = {library: start_server(library) for library in LIBRARIES}
+    servers = {library: start_server(library) for library in LIBRARIES + (CEILING_OPENING,)}
     try:
         header = (
             f"{'row':<34} {'syncws':>9} {'ceiling':>9} {'websockets':>10} {'unit':>6}"
@@ -307,6 +318,13 @@ def main() -> None:
                 f" {ratio([r['syncws'].cpu / r['ceiling'].cpu for r in results]):>23}",
                 flush=True,
             )
+            if CEILING_OPENING in row.extra:
+                print(
+                    f"    the ceiling with an opening round trip ({_rate(statistics.median(r[CEILING_OPENING].rate for r in results))}"
+                    f" {row.unit}): syncws ÷ it {ratio([r['syncws'].rate / r[CEILING_OPENING].rate for r in results])},"
+                    f" it ÷ the ceiling {ratio([r[CEILING_OPENING].rate / r['ceiling'].rate for r in results])}",
+                    flush=True,
+                )
             cpu = {
                 lib: (statistics.median(r[lib].cpu for r in results), statistics.median(r[lib].client_cpu for r in results))
                 for lib in LIBRARIES

@@ -101,6 +101,33 @@ def test_close_runs_the_closing_handshake() -> None:
         server.close()
 
 
+def test_the_opening_round_trip_comes_before_the_connection() -> None:
+    server = ceiling.serve(ceiling.echo, "127.0.0.1", 0, opening=True)
+    try:
+        # The server's side of it, byte for byte: it answers only once the
+        # whole request is in, then the connection works as usual.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(bytes(ceiling.OPENING_REQUEST - 1))
+            sock.settimeout(0.3)
+            with pytest.raises(socket.timeout):
+                sock.recv(1)
+            sock.settimeout(10)
+            sock.sendall(b"\0")
+            answer = b""
+            while len(answer) < ceiling.OPENING_ANSWER:
+                answer += sock.recv(ceiling.OPENING_ANSWER - len(answer))
+            assert answer == bytes(ceiling.OPENING_ANSWER)
+            sock.sendall(struct.pack("!BI", ceiling.TEXT, 2) + b"hi")
+            assert sock.recv(100) == struct.pack("!BI", ceiling.TEXT, 2) + b"hi"
+        # And the client's.
+        connection = ceiling.connect("127.0.0.1", server.port, opening=True)
+        connection.send(b"after the opening")
+        assert connection.recv(timeout=10) == b"after the opening"
+        connection.close()
+    finally:
+        server.close()
+
+
 def test_wire_format_is_the_documented_5_byte_header(server: ceiling.Server) -> None:
     # The Node load generator speaks this format: type byte, 4-byte big-endian length.
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
