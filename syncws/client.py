@@ -9,6 +9,7 @@ runs the connection. It holds no framing logic.
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import random
 import socket
@@ -35,6 +36,11 @@ from .settings import SizeSetting, check_settings
 from .transport import Transport
 from .uri import WebSocketURI, host_header, parse_uri
 from .version import __version__
+
+# connect() parses its URI on every call, and applications connect to the
+# same few URIs again and again: parsed once (a parsed URI is immutable;
+# an invalid one raises every time, as errors aren't remembered).
+_parse_uri = functools.lru_cache(maxsize=64)(parse_uri)
 
 if TYPE_CHECKING:  # ssl costs megabytes of memory: imported only for wss://
     import ssl as ssl_module
@@ -330,7 +336,7 @@ def connect(
     # The URIs redirected from, in order; each redirect goes round again.
     redirected_from: List[str] = []
     while True:
-        wsuri = parse_uri(uri)
+        wsuri = _parse_uri(uri)
         if ssl is not None and ssl is not False and not wsuri.secure and ssl is not True and sock is None:
             raise ValueError("ssl= was given for a ws:// URI: use wss://")
         if ssl is False and wsuri.secure:

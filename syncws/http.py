@@ -97,8 +97,8 @@ _SHARED_STRINGS.update((value, value) for value in ("websocket", "Upgrade", "13"
 # make them grow.
 _KNOWN_MAX = 512
 _KNOWN_LINE_LENGTH = 200
-# header line read -> its (name, value)
-_known_lines: Dict[str, Tuple[str, str]] = {}
+# header line read, CRLF included -> its (name, value)
+_known_lines: Dict[bytes, Tuple[str, str]] = {}
 # (name, value) pairs that passed _check_header
 _known_headers: Set[Tuple[str, str]] = set()
 
@@ -462,12 +462,17 @@ def _read_line(
     line = read_line(max_line + 2)  # room for the CRLF
     if line.endswith(b"\r\n"):
         return line[:-2].decode("iso-8859-1")
+    raise _bad_line(line, kind, max_line, first)
+
+
+def _bad_line(line: bytes, kind: str, max_line: int, first: bool = False) -> Exception:
+    """The error to raise for a line read without its CRLF (see :func:`_read_line`)."""
     if line.endswith(b"\n"):
-        raise InvalidMessage(
+        return InvalidMessage(
             f"line of HTTP {kind} head ends with LF instead of CRLF: {_shorten(line.decode('iso-8859-1'))}"
         )
     if len(line) >= max_line + 2:
-        raise HeadersTooLarge(
+        return HeadersTooLarge(
             f"a line of the HTTP {kind} head is longer than {max_line} bytes",
             max_line,
         )
@@ -475,7 +480,9 @@ def _read_line(
         message = f"connection closed before sending an HTTP {kind}"
     else:
         message = f"connection closed while reading HTTP {kind} head"
-    raise InvalidMessage(message) from EOFError()
+    error = InvalidMessage(message)
+    error.__cause__ = EOFError()
+    return error
 
 
 def _read_headers(
@@ -483,14 +490,17 @@ def _read_headers(
 ) -> Headers:
     """Read header lines up to the empty line that ends a head."""
     headers = Headers()
+    limit = max_line + 2  # room for the CRLF
     # One more round than max_headers, for the empty line.
     for _ in range(max_headers + 1):
-        line = _read_line(read_line, kind, max_line)
-        if not line:
+        line = read_line(limit)
+        if not line.endswith(b"\r\n"):
+            raise _bad_line(line, kind, max_line)
+        if line == b"\r\n":
             return headers
         header = _known_lines.get(line)
         if header is None:
-            header = _parse_header_line(line)
+            header = _parse_header_line(line[:-2].decode("iso-8859-1"))
             if len(line) <= _KNOWN_LINE_LENGTH:
                 if len(_known_lines) >= _KNOWN_MAX:
                     _known_lines.clear()

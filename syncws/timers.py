@@ -16,6 +16,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import threading
 import time
 from typing import Any, Callable, List, Optional, Tuple
@@ -83,7 +84,7 @@ class _TimerThread:
         timer = Timer(time.monotonic() + delay, callback, self)
         with self._lock:
             heapq.heappush(self._heap, (timer.when, next(self._sequence), timer))
-            if self._thread is None or not self._thread.is_alive():
+            if self._thread is None:
                 # Started lazily so that importing syncws starts no thread.
                 self._thread = threading.Thread(
                     target=self._run, name="syncws-timers", daemon=True
@@ -92,6 +93,16 @@ class _TimerThread:
             elif self._heap[0][2] is timer:
                 self._wakeup.notify()
         return timer
+
+    def after_fork_in_child(self) -> None:
+        """Forget the parent's thread, which doesn't exist in a forked child.
+
+        The next timer starts one; the lock, which one of the parent's
+        threads may have held at the fork, is made anew.
+        """
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
+        self._thread = None
 
     def cancel(self, timer: Timer) -> None:
         with self._lock:
@@ -140,6 +151,8 @@ class _TimerThread:
 
 
 _timers = _TimerThread()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_timers.after_fork_in_child)
 
 
 def call_later(delay: float, callback: Callable[[], None]) -> Timer:

@@ -27,7 +27,7 @@ import select
 import socket
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from . import timers
 from .streamreader import StreamReader
@@ -109,9 +109,14 @@ class Transport:
 
     # -- reading -----------------------------------------------------------------
 
-    def read_line(self, limit: int) -> bytes:
-        """Read one line of the HTTP head (see :meth:`StreamReader.read_line`)."""
-        return self._stream.read_line(limit)
+    @property
+    def read_line(self) -> Callable[[int], bytes]:
+        """Reads one line of the HTTP head (see :meth:`StreamReader.read_line`).
+
+        The stream's own method, so that reading a head line by line goes
+        through one call per line, not two.
+        """
+        return self._stream.read_line
 
     def read_available(self, limit: int) -> bytes:
         """Read what is buffered or one ``recv`` (an HTTP body); ``b""`` at the end."""

@@ -9,6 +9,7 @@ let the thread go. Every wait is bounded.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import weakref
@@ -378,3 +379,22 @@ def test_cancelled_timer_between_pop_and_run_does_not_crash(gate: Gate) -> None:
     for timer in timers_:
         timer.cancel()
     assert done.wait(WAIT)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+@pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")  # 3.12+: fork with threads
+def test_a_forked_child_starts_its_own_timer_thread() -> None:
+    ran = threading.Event()
+    call_later(0, ran.set)  # the parent's timer thread is running
+    assert ran.wait(5)
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's timer thread doesn't exist here
+        ok = False
+        try:
+            fired = threading.Event()
+            call_later(0.01, fired.set)
+            ok = fired.wait(5)
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
