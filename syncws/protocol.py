@@ -35,14 +35,14 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, NamedTuple, NoReturn, Optional, Tuple, Union
 
 from . import readers, timers
-from .close_codes import CloseCode, describe_close
+from .close_codes import OK_CLOSE_CODES, CloseCode, describe_close
 from .core import (
     BytesLike,
     ConnectionCore,
     Data,
     State,
 )
-from .exceptions import ConcurrencyError, ConnectionClosed, ConnectionClosedOK, InvalidState
+from .exceptions import ConcurrencyError, ConnectionClosed, InvalidState
 from .framing import serialize_close
 from .messages import Assembler, MessageQueue, QueueClosed, prepare_message
 from .settings import ConnectionSettings, check_settings
@@ -503,10 +503,11 @@ class WebSocketCommonProtocol:
             try:
                 message = get()
             except QueueClosed:
-                closed = self._core.closed_exception()
-                if isinstance(closed, ConnectionClosedOK):
+                # The usual end, told without building the exception (its
+                # message formats the close code): once per connection.
+                if self._core.close_code in OK_CLOSE_CODES:
                     return
-                raise closed from None
+                raise self._core.closed_exception() from None
             yield message
 
     # -- sending -------------------------------------------------------------
