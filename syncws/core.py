@@ -1054,24 +1054,29 @@ class ConnectionCore:
         payload is over ``join_limit`` bytes: that is its header, then the
         payload itself, uncopied. (Masking copies the payload anyway.)
         """
-        mask_key = None
+        # The key is the next 4 bytes of the client's pool of random bytes,
+        # handed over with their offset: slicing it out first cost about 6%
+        # of a small message's send().
+        pool = None
+        position = 0
         if self.is_client:
             position = self._mask_position
             if position >= len(self._mask_pool):
                 self._mask_pool = os.urandom(1024)
                 position = 0
             self._mask_position = position + 4
-            mask_key = self._mask_pool[position : position + 4]
+            pool = self._mask_pool
         if opcode >= _CLOSE:
             # encode_frame_bytes checks the rules of control frames.
+            mask_key = None if pool is None else pool[position : position + 4]
             frame = encode_frame_bytes(fin, opcode, payload, mask_key=mask_key)
-        elif mask_key is None and len(payload) > self.join_limit:
+        elif pool is None and len(payload) > self.join_limit:
             header, payload = encode_frame(fin, opcode, payload, rsv1=rsv1)
             self.bytes_sent += len(header) + len(payload)
             self.outgoing += (header, payload)
             return
         else:
             # A data frame: no rule to check, serialized in one call.
-            frame = pack_frame((FIN if fin else 0) | (RSV1 if rsv1 else 0) | opcode, payload, mask_key)
+            frame = pack_frame((FIN if fin else 0) | (RSV1 if rsv1 else 0) | opcode, payload, pool, position)
         self.bytes_sent += len(frame)
         self.outgoing.append(frame)

@@ -31,7 +31,7 @@ import enum
 import operator
 import os
 import struct
-from typing import Any, Callable, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, List, NamedTuple, Optional, Protocol, Tuple, Union
 
 from .close_codes import (
     CloseCode,
@@ -380,7 +380,9 @@ def frame_header(
     return _length_header(first, 0x80, length) + mask_key
 
 
-def py_pack_frame(first: int, payload: BytesLike, mask_key: Optional[BytesLike], /) -> bytes:
+def py_pack_frame(
+    first: int, payload: BytesLike, mask_key: Optional[BytesLike], key_offset: Optional[int] = None, /
+) -> bytes:
     """Serialize a frame into one ``bytes`` object; pure-Python implementation.
 
     :func:`pack_frame` is this function or its C version. It checks no frame
@@ -395,22 +397,32 @@ def py_pack_frame(first: int, payload: BytesLike, mask_key: Optional[BytesLike],
             raw bytes.
         mask_key: the 4-byte masking key, for frames a client sends
             (RFC 6455 §5.3); ``None`` for frames a server sends.
+        key_offset: with a ``mask_key``, where the key starts in it:
+            ``mask_key`` is then a pool of random bytes, and the key its 4
+            bytes at ``key_offset`` (what a connection hands over, rather
+            than slicing a key out of its pool for every frame).
 
     Returns:
         The frame's bytes: its 2 to 14 byte header (the length in its
         shortest encoding, then the key), then the payload, masked with
-        ``mask_key`` if given.
+        the key if given.
 
     Raises:
-        TypeError: ``first`` isn't an integer, or ``payload`` or
-            ``mask_key`` isn't bytes-like.
+        TypeError: ``first`` or ``key_offset`` isn't an integer, or
+            ``payload`` or ``mask_key`` isn't bytes-like.
         ValueError: ``first`` isn't in 0..255, or ``mask_key`` isn't 4 bytes
-            long.
+            long, or with ``key_offset``, holds no 4 bytes there.
     """
     if type(first) is not int:
         first = operator.index(first)
     if not 0 <= first <= 0xFF:
         raise ValueError(f"the first header byte must be in 0..255, got {first}")
+    if mask_key is not None and key_offset is not None:
+        pool = memoryview(mask_key).cast("B")
+        offset = operator.index(key_offset)
+        if not 0 <= offset <= pool.nbytes - 4:
+            raise ValueError(f"no 4-byte mask at offset {offset} of {pool.nbytes} bytes")
+        mask_key = pool[offset : offset + 4].tobytes()
     if mask_key is not None:
         # First, so that a bad key or payload raises what apply_mask raises.
         masked = apply_mask(payload, mask_key)
@@ -585,10 +597,18 @@ def serialize_close(code: int, reason: str = "") -> bytes:
     return struct.pack("!H", code) + encoded
 
 
+class _PackFrame(Protocol):
+    """The signature of :func:`py_pack_frame`, its optional argument included."""
+
+    def __call__(
+        self, first: int, payload: BytesLike, mask_key: Optional[BytesLike], key_offset: Optional[int] = None, /
+    ) -> bytes: ...
+
+
 # The public names, bound to the C implementations when the accelerator is
 # there; annotated so that type checkers see one signature either way.
 parse_simple_frames: Callable[[BytesLike, int, int, bool, int, List[Any]], int]
-pack_frame: Callable[[int, BytesLike, Optional[BytesLike]], bytes]
+pack_frame: "_PackFrame"
 if SPEEDUPS is not None:
     parse_simple_frames = SPEEDUPS.parse_simple_frames
     pack_frame = SPEEDUPS.pack_frame

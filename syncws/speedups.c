@@ -175,6 +175,50 @@ parse_key(PyObject *obj, unsigned char key[4])
     return -1;
 }
 
+/*
+ * Copy the 4-byte masking key at offset of a pool of random bytes (a bytes
+ * object, as the connection keeps them) into key: the connection's way of
+ * handing over a key without slicing it out first.  Other bytes-likes are
+ * read as parse_key would read the slice.
+ * Returns 0 on success, -1 with an exception set.
+ */
+static int
+parse_key_at(PyObject *pool, PyObject *offset_obj, unsigned char key[4])
+{
+    Py_buffer view;
+    Py_ssize_t offset, len;
+    int result = -1;
+
+    offset = PyNumber_AsSsize_t(offset_obj, PyExc_OverflowError);
+    if (offset == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (PyBytes_CheckExact(pool)) {
+        len = PyBytes_GET_SIZE(pool);
+        if (offset >= 0 && offset <= len - 4) {
+            memcpy(key, PyBytes_AS_STRING(pool) + offset, 4);
+            return 0;
+        }
+    }
+    else {
+        if (PyObject_GetBuffer(pool, &view, PyBUF_SIMPLE) < 0) {
+            return -1;
+        }
+        len = view.len;
+        if (offset >= 0 && offset <= len - 4) {
+            memcpy(key, (const char *)view.buf + offset, 4);
+            result = 0;
+        }
+        PyBuffer_Release(&view);
+        if (result == 0) {
+            return 0;
+        }
+    }
+    PyErr_Format(PyExc_ValueError,
+                 "no 4-byte mask at offset %zd of %zd bytes", offset, len);
+    return -1;
+}
+
 PyDoc_STRVAR(apply_mask_doc,
 "apply_mask($module, data, mask, /)\n"
 "--\n"
@@ -600,7 +644,7 @@ done:
 }
 
 PyDoc_STRVAR(pack_frame_doc,
-"pack_frame($module, first, payload, mask_key, /)\n"
+"pack_frame($module, first, payload, mask_key, key_offset=None, /)\n"
 "--\n"
 "\n"
 "Serialize a frame into one bytes object; C implementation.\n"
@@ -624,9 +668,9 @@ pack_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     unsigned char *out;
 
     (void)module;
-    if (nargs != 3) {
+    if (nargs != 3 && nargs != 4) {
         PyErr_Format(PyExc_TypeError,
-                     "pack_frame() takes exactly 3 arguments (%zd given)",
+                     "pack_frame() takes 3 or 4 arguments (%zd given)",
                      nargs);
         return NULL;
     }
@@ -647,8 +691,15 @@ pack_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_DECREF(index);
     /* The key before the payload, as apply_mask() checks them. */
     masked = args[2] != Py_None;
-    if (masked && parse_key(args[2], key) < 0) {
-        return NULL;
+    if (masked) {
+        if (nargs == 4 && args[3] != Py_None) {
+            if (parse_key_at(args[2], args[3], key) < 0) {
+                return NULL;
+            }
+        }
+        else if (parse_key(args[2], key) < 0) {
+            return NULL;
+        }
     }
     if (PyBytes_CheckExact(args[1])) {
         payload = (const unsigned char *)PyBytes_AS_STRING(args[1]);

@@ -469,6 +469,31 @@ def test_pack_mask_key_length(impl: Impl, mask_key: bytes) -> None:
     assert str(info.value) == f"mask must be exactly 4 bytes long, got {len(mask_key)} bytes"
 
 
+@pytest.mark.parametrize("pool_type", [bytes, bytearray, memoryview])
+@pytest.mark.parametrize("size", [0, 5, 200])
+def test_pack_takes_the_key_at_an_offset_of_a_pool(impl: Impl, pool_type: Any, size: int) -> None:
+    pool = os.urandom(64)
+    payload = os.urandom(size)
+    for offset in (0, 1, 31, 60):
+        key = pool[offset : offset + 4]
+        assert impl.pack_frame(0x82, payload, pool_type(pool), offset) == impl.pack_frame(0x82, payload, key)
+    # Without a key, there is nothing to take: the offset doesn't matter.
+    assert impl.pack_frame(0x82, payload, None, 12) == frame(0x82, payload, masked=False)
+
+
+@pytest.mark.parametrize("offset", [-1, 61, 64, 2**40])
+def test_pack_key_offset_out_of_the_pool(impl: Impl, offset: int) -> None:
+    with pytest.raises(ValueError) as info:
+        impl.pack_frame(0x82, b"x", bytes(64), offset)
+    assert str(info.value) == f"no 4-byte mask at offset {offset} of 64 bytes"
+
+
+@pytest.mark.parametrize("offset", [1.0, "1"])
+def test_pack_key_offset_not_an_integer(impl: Impl, offset: Any) -> None:
+    with pytest.raises(TypeError):
+        impl.pack_frame(0x82, b"x", bytes(64), offset)
+
+
 @pytest.mark.parametrize("payload, mask_key", [("text", None), ("text", KEY), (42, KEY), (b"x", "abcd"), (b"x", 1234)])
 def test_pack_not_bytes_like(impl: Impl, payload: Any, mask_key: Any) -> None:
     with pytest.raises(TypeError):
