@@ -21,7 +21,6 @@ closes everything.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from typing import Callable, List, Union
@@ -29,25 +28,11 @@ from typing import Callable, List, Union
 from .close_codes import CloseCode, describe_close
 from .core import CloseReceived, ConnectionCore, Data, Event, Failed, Fragment, PongReceived
 from .messages import MessageQueue
+from .streamreader import SMALL_READ
 from .transport import Transport
 from .writer import Writer
 
 __all__ = ["Reader"]
-
-#: Bytes asked per read while the peer sends little: a bytes object of this
-#: size, header included, is one block of CPython's small-object allocator
-#: (512 bytes at most). Why not ``read_limit`` every time: ``recv(n)``
-#: allocates its ``n`` bytes before it blocks, and what it returns is that
-#: buffer shrunk in place. At 64 KiB the buffer comes from glibc's malloc,
-#: so every short read leaves a small glibc block behind; once freed, that
-#: block sits in the freeing thread's cache (tcache), which glibc never
-#: coalesces, and with a thousand reader threads the pinned blocks break up
-#: the free space that the next 64 KiB buffers would reuse: they land on
-#: fresh pages, each one touched. Measured with bench/server_load.py, 1000
-#: connections doing 16-byte round trips: 26 MiB more peak RSS. A read that
-#: returns this many bytes or more says more is coming: the next one asks
-#: for ``read_limit``.
-SMALL_READ = 512 - sys.getsizeof(b"")
 
 
 class Reader:
