@@ -95,7 +95,7 @@ class Reader:
         read_limit = transport.read_limit
         small_read = min(SMALL_READ, read_limit)
         read_size = small_read  # see SMALL_READ
-        recv, recv_into = transport.recv, transport.recv_into
+        recv, recv_into, recv_ready = transport.recv, transport.recv_into, transport.recv_ready
         put = self.messages.put
         cause = ""
         # The core's lock is taken with acquire() and try/finally: on
@@ -145,7 +145,15 @@ class Reader:
                     data = recv(read_size)
                     if not data:
                         return
-                    read_size = read_limit if len(data) >= small_read else small_read
+                    if len(data) < small_read:
+                        read_size = small_read
+                    elif read_size != read_limit:
+                        # A small read came back full: the rest of the frame
+                        # is likely there already. Taken at once, it reaches
+                        # the core with the frame's start: a frame cut in two
+                        # costs the core about 15 µs more than a whole one.
+                        data += recv_ready(read_limit)
+                        read_size = read_limit
                     lock.acquire()
                     try:
                         events = core.receive_data(data)
