@@ -8,7 +8,8 @@ thread waits there, stops reading, and TCP pushes back on the peer); pongs
 set the events their pings wait on; frames the core made in answer (pongs,
 the reply to a close frame) are flushed by the writer. For a large frame the
 core offers the frame's own payload buffer, so its bytes go from the kernel
-straight to where they stay.
+straight to where they stay. Other reads start small and grow to
+``read_limit`` while the peer keeps them full (see :data:`SMALL_READ`).
 
 Once the core takes no more input (the peer's close frame arrived, or the
 peer broke the protocol), the thread ends TCP the RFC's way: the server
@@ -27,6 +28,7 @@ from typing import Callable, List, Union
 from .close_codes import CloseCode, describe_close
 from .core import CloseReceived, ConnectionCore, Data, Event, Failed, Fragment, PongReceived
 from .messages import MessageQueue
+from .streamreader import SMALL_READ
 from .transport import Transport
 from .writer import Writer
 
@@ -91,7 +93,9 @@ class Reader:
         """
         core, lock, transport = self.core, self.core_lock, self.transport
         read_limit = transport.read_limit
-        recv, recv_into = transport.recv, transport.recv_into
+        small_read = min(SMALL_READ, read_limit)
+        read_size = small_read  # see SMALL_READ
+        recv, recv_into, recv_ready = transport.recv, transport.recv_into, transport.recv_ready
         put = self.messages.put
         cause = ""
         # The core's lock is taken with acquire() and try/finally: on
@@ -138,9 +142,18 @@ class Reader:
                     finally:
                         lock.release()
                 else:
-                    data = recv(read_limit)
+                    data = recv(read_size)
                     if not data:
                         return
+                    if len(data) < small_read:
+                        read_size = small_read
+                    elif read_size != read_limit:
+                        # A small read came back full: the rest of the frame
+                        # is likely there already. Taken at once, it reaches
+                        # the core with the frame's start: a frame cut in two
+                        # costs the core about 15 µs more than a whole one.
+                        data += recv_ready(read_limit)
+                        read_size = read_limit
                     lock.acquire()
                     try:
                         events = core.receive_data(data)

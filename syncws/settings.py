@@ -35,7 +35,8 @@ The settings
 ``write_timeout``
     Seconds a send may stall before the connection is aborted.
 ``read_limit``
-    Bytes asked of the socket per read: a positive ``int``.
+    The most bytes asked of the socket per read: a positive ``int``
+    (reads start smaller, see :data:`syncws.streamreader.SMALL_READ`).
 ``write_limit``
     Payloads up to this many bytes go out with their frame header in one
     system call: a positive ``int``.

@@ -64,7 +64,8 @@ class Transport:
             sock.settimeout(None)
         self.sock = sock
         self.read_limit = read_limit
-        # Whether write() may try a non-blocking send first (not with TLS).
+        # Whether write() may try a non-blocking send first, and recv_ready()
+        # a non-blocking recv (not with TLS).
         self._try_nowait = bool(_MSG_DONTWAIT) and not self.secure
         self._stream = StreamReader(sock, read_limit, buffered=buffered)
         #: Set (by the timer thread) just before a write that ran past its
@@ -129,6 +130,19 @@ class Transport:
     def recv(self, size: int) -> bytes:
         """One blocking ``recv`` of at most ``size`` bytes; ``b""`` at the end of the stream."""
         return self.sock.recv(size)
+
+    def recv_ready(self, size: int) -> bytes:
+        """What the socket holds now, at most ``size`` bytes, without waiting.
+
+        ``b""`` when nothing is there, on a TLS socket, or at the end of the
+        stream (which the next :meth:`recv` tells).
+        """
+        if not self._try_nowait:
+            return b""
+        try:
+            return self.sock.recv(size, _MSG_DONTWAIT)
+        except BlockingIOError:
+            return b""
 
     def recv_into(self, buffer: memoryview) -> int:
         """One blocking ``recv_into``; 0 at the end of the stream."""

@@ -918,6 +918,37 @@ def test_peer_that_pings_but_never_reads_cannot_pin_the_reader(raw_serve):
         stop.set()
 
 
+def test_reads_start_small_and_grow_while_the_peer_sends_more(raw_serve, monkeypatch):
+    """A read that returns SMALL_READ bytes or more is followed by a read_limit one, a shorter one by a small one."""
+    from syncws import reader, transport
+
+    reads = []  # (bytes asked, bytes returned)
+    recv = transport.Transport.recv
+
+    def recording_recv(self, size):
+        data = recv(self, size)
+        reads.append((size, len(data)))
+        return data
+
+    monkeypatch.setattr(transport.Transport, "recv", recording_recv)
+    burst = [str(i) * 100 for i in range(300)]  # 30 KB in one write
+
+    def handler(conn):
+        conn.send(b"".join(frame(0x1, message.encode()) for message in burst))
+        assert conn.read_frame()[2] == b"got them"
+        conn.send_frame(0x1, b"short")
+        raw_close_reply(conn)
+
+    with syncws.connect(raw_serve(handler), ping_interval=None, read_limit=2**16) as ws:
+        assert [ws.recv(timeout=5) for _ in burst] == burst
+        ws.send("got them")
+        assert ws.recv(timeout=5) == "short"
+    assert reads[0][0] == reader.SMALL_READ
+    assert any(size == 2**16 for size, _ in reads)  # the burst filled a small read
+    for (_, returned), (asked, _) in zip(reads, reads[1:]):
+        assert asked == (2**16 if returned >= reader.SMALL_READ else reader.SMALL_READ)
+
+
 # -- decode= and text= (issue 9), against websockets ------------------------------
 
 

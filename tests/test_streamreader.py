@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from syncws.framing import Frame, Opcode, read_frame, serialize_frame
-from syncws.streamreader import StreamReader
+from syncws.streamreader import SMALL_READ, StreamReader
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -108,6 +108,16 @@ def test_read_exact_across_scripted_recvs() -> None:
     assert sock.requests == [8, 8, 8]
     assert reader.read_exact(1) == b"f"
     assert reader.bytes_received == 6
+
+
+def test_refills_start_small_and_grow_while_recvs_come_back_full() -> None:
+    full, short = b"x" * SMALL_READ, b"y" * 10
+    sock = ScriptedSocket([full, b"z" * 5000, short, short])
+    reader = StreamReader(sock, read_limit=2**16)  # type: ignore[arg-type]
+    assert reader.read_exact(SMALL_READ + 5000 + 20) == full + b"z" * 5000 + short + short
+    # A full small read: the next asks for read_limit, which stays while a
+    # recv returns SMALL_READ bytes or more; a shorter one goes back to small.
+    assert sock.requests == [SMALL_READ, 2**16, 2**16, SMALL_READ]
 
 
 def test_read_exact_larger_than_read_limit(pair: Tuple[socket.socket, socket.socket]) -> None:
