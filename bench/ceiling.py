@@ -22,7 +22,9 @@ payload. The types are :data:`TEXT`, :data:`BINARY` and :data:`CLOSE` (with an
 empty payload).
 
 Data path, to know what the ceiling costs per byte: the reader receives up to
-64 KiB at a time (``recv``, so no buffer stays allocated between messages)
+64 KiB at a time (``recv``, so no buffer stays allocated between messages;
+starting at :data:`SMALL_READ` bytes and growing while the peer fills them,
+as syncws's reads do, for the memory reason syncws.streamreader gives)
 and cuts small messages out of what it got (one copy each); a message longer
 than what is there is received straight into a ``bytearray`` of its size,
 then decoded (text) or copied once into ``bytes`` (binary). A send of up
@@ -47,6 +49,7 @@ from __future__ import annotations
 import queue
 import socket
 import struct
+import sys
 import threading
 from typing import Any, Callable, Iterator, List, Optional, Set, Union
 
@@ -64,6 +67,10 @@ assert HEADER_SIZE == 5
 
 #: Bytes asked of the socket per read, and the largest send joined with its header.
 CHUNK = 2**16
+#: Bytes asked per read while the peer sends little: a bytes object of this
+#: size is one block of CPython's small-object allocator. A read that comes
+#: back with this many bytes or more asks for CHUNK next.
+SMALL_READ = 512 - sys.getsizeof(b"")
 
 #: The opening round trip's sizes: syncws's HTTP request and 101 response
 #: in the benchmark (its Host, Sec-WebSocket-Key, User-Agent and Server
@@ -126,12 +133,14 @@ class Connection:
         recv, recv_into = self._sock.recv, self._sock.recv_into
         data = b""  # received, not yet parsed: data[position:]
         position = 0
+        read_size = SMALL_READ
         while True:
             # Receive until a whole header is there.
             while len(data) - position < HEADER_SIZE:
-                chunk = recv(CHUNK)
+                chunk = recv(read_size)
                 if not chunk:
                     raise ConnectionClosed("the peer closed the TCP connection")
+                read_size = CHUNK if len(chunk) >= SMALL_READ else SMALL_READ
                 data = data[position:] + chunk if position < len(data) else chunk
                 position = 0
             kind, length = _HEADER.unpack_from(data, position)
