@@ -250,7 +250,8 @@ def connect(
             limit; or ``(message, fragment)`` (see :mod:`syncws.settings`).
         max_queue: received messages buffered before reading pauses; or
             ``(high, low)``: pause at ``high``, resume at ``low``.
-        read_limit: bytes asked of the socket per read.
+        read_limit: the most bytes asked of the socket per read (reads start
+            smaller and grow to it while the peer keeps them full).
         write_limit: payloads up to this size go out with their header in
             one system call.
         origin: the ``Origin`` header.
