@@ -578,6 +578,8 @@ class WebSocketServer:
         # before the handshake can begin. It serves that one connection and
         # ends, like every connection thread; only its start moved ahead.
         self._spare: Optional[Tuple[threading.Thread, "queue.SimpleQueue[Any]"]] = None
+        # Whether a thread is starting the next spare (see _start_spare).
+        self._spare_starting = False
         # Connection threads alive, from accept to the handler's end (the
         # spare one included).
         self._threads: Set[threading.Thread] = set()
@@ -673,21 +675,29 @@ class WebSocketServer:
 
     def _start_spare(self) -> None:
         """Start a connection thread that waits for the next connection."""
-        if self._closing or self._spare is not None:
-            return  # checked again below; this only saves a thread start
+        with self._lock:
+            # One thread starts the spare at a time: when many handshakes
+            # end together (a pool of slow ones evicted, say), each would
+            # start one, and all but the first would end unused.
+            if self._closing or self._spare is not None or self._spare_starting:
+                return
+            self._spare_starting = True
         mailbox: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         thread = threading.Thread(target=self._wait_as_spare, args=(mailbox,), name="syncws-spare", daemon=True)
         try:
             thread.start()
         except RuntimeError:  # out of threads: the next connection starts its own
+            with self._lock:
+                self._spare_starting = False
             return
         # Offered once started: wait_closed() joins every thread in _threads.
         with self._lock:
-            if not self._closing and self._spare is None:
+            self._spare_starting = False
+            if not self._closing:
                 self._spare = (thread, mailbox)
                 self._threads.add(thread)
                 return
-        mailbox.put(None)  # not needed after all: let it end
+        mailbox.put(None)  # the server closed meanwhile: let it end
 
     def _wait_as_spare(self, mailbox: "queue.SimpleQueue[Any]") -> None:
         """The spare connection thread: serve the connection handed over, if any."""
