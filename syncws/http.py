@@ -22,6 +22,7 @@ from __future__ import annotations
 import http
 import re
 from typing import (
+    Any,
     Callable,
     Dict,
     Iterable,
@@ -30,7 +31,6 @@ from typing import (
     Mapping,
     NamedTuple,
     Optional,
-    Set,
     Tuple,
     Union,
 )
@@ -99,8 +99,16 @@ _KNOWN_MAX = 512
 _KNOWN_LINE_LENGTH = 200
 # header line read, CRLF included -> its (name, value)
 _known_lines: Dict[bytes, Tuple[str, str]] = {}
-# (name, value) pairs that passed _check_header
-_known_headers: Set[Tuple[str, str]] = set()
+# (name, value) pairs that passed _check_header -> True
+_known_headers: Dict[Tuple[str, str], bool] = {}
+
+
+def _remember(known: Dict[Any, Any], key: Any, value: Any, length: int) -> None:
+    """Keep ``key -> value`` in one of the caches above, if ``length`` is short enough."""
+    if length <= _KNOWN_LINE_LENGTH:
+        if len(known) >= _KNOWN_MAX:
+            known.clear()
+        known[key] = value
 
 
 class MultipleValuesError(KeyError):
@@ -501,10 +509,7 @@ def _read_headers(
         header = _known_lines.get(line)
         if header is None:
             header = _parse_header_line(line[:-2].decode("iso-8859-1"))
-            if len(line) <= _KNOWN_LINE_LENGTH:
-                if len(_known_lines) >= _KNOWN_MAX:
-                    _known_lines.clear()
-                _known_lines[line] = header
+            _remember(_known_lines, line, header, len(line))
         headers[header[0]] = header[1]
     raise HeadersTooLarge(
         f"HTTP {kind} head has more than {max_headers} headers", max_headers
@@ -609,10 +614,7 @@ def _serialize_head(start_line: str, headers: HeadersLike) -> bytes:
     for header in headers._items:
         if header not in _known_headers:
             _check_header(*header)
-            if len(header[0]) + len(header[1]) <= _KNOWN_LINE_LENGTH:
-                if len(_known_headers) >= _KNOWN_MAX:
-                    _known_headers.clear()
-                _known_headers.add(header)
+            _remember(_known_headers, header, True, len(header[0]) + len(header[1]))
     return f"{start_line}\r\n{headers}".encode("iso-8859-1")
 
 
