@@ -136,7 +136,7 @@ class WebSocketClientProtocol(WebSocketCommonProtocol):
                 format_head(f"GET {wsuri.resource_name}", headers.items()),
             )
         transport.write(serialize_request(wsuri.resource_name, headers), None)
-        response = read_response(transport.read_line)
+        response = read_response(transport.read_line, read_head=transport.read_head)
         if debug:
             self.logger.debug(
                 "%s response: %s", connection_label(self),

@@ -20,6 +20,7 @@ Theory of operation:
 from __future__ import annotations
 
 import http
+import io
 import re
 from typing import (
     Any,
@@ -97,8 +98,8 @@ _SHARED_STRINGS.update((value, value) for value in ("websocket", "Upgrade", "13"
 # make them grow.
 _KNOWN_MAX = 512
 _KNOWN_LINE_LENGTH = 200
-# header line read, CRLF included -> its (name, value)
-_known_lines: Dict[bytes, Tuple[str, str]] = {}
+# header line read, CRLF included -> its (name, value, index key)
+_known_lines: Dict[bytes, Tuple[str, str, str]] = {}
 # (name, value) pairs that passed _check_header -> True
 _known_headers: Dict[Tuple[str, str], bool] = {}
 
@@ -189,9 +190,12 @@ class Headers:
             name: the header's name.
             value: its value.
         """
-        self._items.append((name, value))
         key = name.lower()
-        key = _SHARED_STRINGS.get(key, key)
+        self._add(name, value, _SHARED_STRINGS.get(key, key))
+
+    def _add(self, name: str, value: str, key: str) -> None:
+        """Append a header whose index key (``name.lower()``) is known."""
+        self._items.append((name, value))
         earlier = self._values.get(key)
         if earlier is None:
             self._values[key] = value
@@ -379,6 +383,7 @@ def read_request(
     *,
     max_line: int = MAX_LINE,
     max_headers: int = MAX_HEADERS,
+    read_head: Optional[Callable[[int], Optional[bytes]]] = None,
 ) -> Request:
     """Read and validate the head of an HTTP/1.1 request.
 
@@ -390,6 +395,11 @@ def read_request(
             does (see the module's docstring).
         max_line: the longest line allowed, CRLF excluded, in bytes.
         max_headers: the most headers allowed.
+        read_head: returns the whole head (up to and including its empty
+            line) when the stream already holds it within the given number
+            of bytes, else ``None``, having consumed nothing (see
+            :meth:`syncws.streamreader.StreamReader.read_head`): the head is
+            then parsed at once rather than line by line.
 
     Returns:
         The request's method, target and headers.
@@ -401,7 +411,16 @@ def read_request(
         HeadersTooLarge: if a line or the number of headers exceeds its
             limit.
     """
-    request_line = _read_line(read_line, "request", max_line, first=True)
+    lines, read_line = _whole_head(read_head, read_line, max_line, max_headers)
+    if lines is not None:
+        method, path = _parse_request_line(lines[0][:-2].decode("iso-8859-1"))
+        return Request(method, path, _headers_from_lines(lines))
+    method, path = _parse_request_line(_read_line(read_line, "request", max_line, first=True))
+    return Request(method, path, _read_headers(read_line, "request", max_line, max_headers))
+
+
+def _parse_request_line(request_line: str) -> Tuple[str, str]:
+    """Validate a request line (CRLF excluded); return its method and target."""
     parts = request_line.split(" ")
     if len(parts) != 3:
         raise InvalidMessage(
@@ -413,8 +432,7 @@ def read_request(
     if not _TARGET_RE.fullmatch(path):
         raise InvalidMessage(f"invalid request target: {_shorten(path)}")
     _check_version(version)
-    headers = _read_headers(read_line, "request", max_line, max_headers)
-    return Request(method, path, headers)
+    return method, path
 
 
 def read_response(
@@ -422,6 +440,7 @@ def read_response(
     *,
     max_line: int = MAX_LINE,
     max_headers: int = MAX_HEADERS,
+    read_head: Optional[Callable[[int], Optional[bytes]]] = None,
 ) -> Response:
     """Read and validate the head of an HTTP/1.1 response.
 
@@ -430,6 +449,7 @@ def read_response(
             does (see the module's docstring).
         max_line: the longest line allowed, CRLF excluded, in bytes.
         max_headers: the most headers allowed.
+        read_head: as for :func:`read_request`.
 
     Returns:
         The response's status code, reason phrase and headers.
@@ -441,7 +461,16 @@ def read_response(
         HeadersTooLarge: if a line or the number of headers exceeds its
             limit.
     """
-    status_line = _read_line(read_line, "response", max_line, first=True)
+    lines, read_line = _whole_head(read_head, read_line, max_line, max_headers)
+    if lines is not None:
+        status_code, reason = _parse_status_line(lines[0][:-2].decode("iso-8859-1"))
+        return Response(status_code, reason, _headers_from_lines(lines))
+    status_code, reason = _parse_status_line(_read_line(read_line, "response", max_line, first=True))
+    return Response(status_code, reason, _read_headers(read_line, "response", max_line, max_headers))
+
+
+def _parse_status_line(status_line: str) -> Tuple[int, str]:
+    """Validate a status line (CRLF excluded); return its status code and reason."""
     version, _, rest = status_line.partition(" ")
     _check_version(version)
     # Some servers send "HTTP/1.1 101" without the space that should
@@ -454,8 +483,7 @@ def read_response(
         raise InvalidMessage(f"HTTP status code {status_code} isn't in 100-599")
     if not _TEXT_RE.fullmatch(reason):
         raise InvalidMessage(f"invalid HTTP reason phrase: {_shorten(reason)}")
-    headers = _read_headers(read_line, "response", max_line, max_headers)
-    return Response(status_code, reason, headers)
+    return status_code, reason
 
 
 def _read_line(
@@ -506,14 +534,56 @@ def _read_headers(
             raise _bad_line(line, kind, max_line)
         if line == b"\r\n":
             return headers
-        header = _known_lines.get(line)
-        if header is None:
-            header = _parse_header_line(line[:-2].decode("iso-8859-1"))
-            _remember(_known_lines, line, header, len(line))
-        headers[header[0]] = header[1]
+        _add_header_line(headers, line)
     raise HeadersTooLarge(
         f"HTTP {kind} head has more than {max_headers} headers", max_headers
     )
+
+
+def _whole_head(
+    read_head: Optional[Callable[[int], Optional[bytes]]],
+    read_line: Callable[[int], bytes],
+    max_line: int,
+    max_headers: int,
+) -> Tuple[Optional[List[bytes]], Callable[[int], bytes]]:
+    """Take the head at once, if ``read_head`` can: return its lines.
+
+    Returns the head's lines (CRLF included, the empty line last), or
+    ``None`` and what to read it line by line with: the stream, or the
+    bytes of a head taken whole that is unusual (a line not ending with
+    CRLF, more than ``max_headers`` headers), so that the line by line
+    reading raises the errors that say what is wrong.
+    """
+    if read_head is None:
+        return None, read_line
+    # At most a line's limit: no line of the head can be longer.
+    head = read_head(max_line + 2)
+    if head is None:
+        return None, read_line
+    lines = head.splitlines(keepends=True)
+    # splitlines() also cuts at a bare CR or LF: then fewer CRLFs than lines.
+    if len(lines) > max_headers + 2 or head.count(b"\r\n") != len(lines):
+        return None, io.BytesIO(head).readline
+    return lines, read_line
+
+
+def _headers_from_lines(lines: List[bytes]) -> Headers:
+    """The headers of a head's lines from :func:`_whole_head` (start line first)."""
+    headers = Headers()
+    for line in lines[1:-1]:
+        _add_header_line(headers, line)
+    return headers
+
+
+def _add_header_line(headers: Headers, line: bytes) -> None:
+    """Parse a header line read, CRLF included, and add it to ``headers``."""
+    header = _known_lines.get(line)
+    if header is None:
+        name, value = _parse_header_line(line[:-2].decode("iso-8859-1"))
+        key = name.lower()
+        header = (name, value, _SHARED_STRINGS.get(key, key))
+        _remember(_known_lines, line, header, len(line))
+    headers._add(*header)
 
 
 def _parse_header_line(line: str) -> Tuple[str, str]:

@@ -260,7 +260,7 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
         """
         transport = self.transport
         assert transport is not None, "connection_made() must come first"
-        request = read_request(transport.read_line)
+        request = read_request(transport.read_line, read_head=transport.read_head)
         if self.logger.isEnabledFor(logging.DEBUG):
             self.logger.debug(
                 "%s request: %s", connection_label(self),

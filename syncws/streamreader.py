@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import socket
 import sys
-from typing import Union
+from typing import Optional, Union
 
 __all__ = ["SMALL_READ", "StreamReader"]
 
@@ -149,6 +149,36 @@ class StreamReader:
         line = self._data[self._pos : end]
         self._pos = end
         return line
+
+    def read_head(self, limit: int) -> Optional[bytes]:
+        """Return an HTTP head whole, if it arrived within ``limit`` bytes.
+
+        Reads once when nothing is buffered (as the head's first line
+        would). The head ends with its empty line, ``b"\\r\\n\\r\\n"``: a
+        client's request or a server's answer to it usually comes in one
+        segment, and parsing it at once costs less than line by line.
+
+        Args:
+            limit: the most bytes the head may take.
+
+        Returns:
+            The head, or ``None``, having consumed nothing, when the buffer
+            doesn't hold it (it is read line by line then, with
+            :meth:`read_line`) or the stream ended.
+        """
+        pos = self._pos
+        if pos == len(self._data):
+            try:
+                self._fill()
+            except EOFError:
+                return None  # read_line() tells the end of the stream
+            pos = 0
+        end = self._data.find(b"\r\n\r\n", pos, pos + limit)
+        if end < 0:
+            return None
+        end += 4
+        self._pos = end
+        return self._data[pos:end]
 
     def take_buffered(self) -> bytes:
         """Return the buffered bytes and forget them (the reader moves on without it)."""

@@ -362,6 +362,65 @@ def test_read_response_limits() -> None:
     )
 
 
+# read_request and read_response, with the head taken whole
+
+
+class _Chunks:
+    """A socket stand-in that returns ``data`` in one recv (cut to its size), then EOF."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def recv(self, n: int) -> bytes:
+        data, self.data = self.data[:n], self.data[n:]
+        return data
+
+    def recv_into(self, view: memoryview) -> int:
+        raise AssertionError("a head is read with recv")
+
+
+def _outcome(read: Callable[[], object]) -> object:
+    try:
+        return read()
+    except Exception as exc:
+        return type(exc), str(exc), type(exc.__cause__)
+
+
+_HEADS = [
+    b"GET /chat HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nX: 1\r\nx: 2\r\n\r\n\x81",
+    b"GET / HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\rX: 1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n",
+    b"GET / HTTP/1.1\n\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\n folded\r\n\r\n",
+    b"GET / HT\r\n\r\n",
+    b"\r\n\r\n",
+    b"GET / HTTP/1.1\r\n" + b"X: 1\r\n" * 3 + b"\r\n",
+    b"GET / HTTP/1.1\r\nX: " + b"a" * 60 + b"\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\n",
+    b"",
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+    b"HTTP/1.1 101\r\nUpgrade: websocket\r\n\n\r\n",
+    b"HTTP/1.1 600 OK\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("data", _HEADS)
+@pytest.mark.parametrize("read", [read_request, read_response])
+@pytest.mark.parametrize("limits", [{}, {"max_headers": 2}, {"max_line": 40}])
+def test_a_head_taken_whole_reads_as_line_by_line(
+    data: bytes, read: Callable[..., object], limits: dict
+) -> None:
+    from syncws.streamreader import StreamReader
+
+    stream = StreamReader(_Chunks(data))  # type: ignore[arg-type]
+    whole = _outcome(lambda: read(stream.read_line, read_head=stream.read_head, **limits))
+    assert whole == _outcome(lambda: read(reader(data), **limits))
+    if not isinstance(whole, tuple):  # read: what follows the head stays
+        assert stream.take_buffered() == data[data.index(b"\r\n\r\n") + 4 :]
+
+
 # serialize_request and serialize_response
 
 

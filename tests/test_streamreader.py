@@ -387,3 +387,36 @@ def test_read_line_negative_limit_never_rewinds(pair: Tuple[socket.socket, socke
     assert reader.read_line(4) == b"abc\n"
     assert reader.read_line(-1) == io.BufferedReader(io.BytesIO(b"def\n")).readline(-1)  # type: ignore[arg-type]
     assert reader.read_line(100) == b""
+
+
+# --- read_head ----------------------------------------------------------------------
+
+
+def test_read_head_takes_a_whole_head_and_leaves_the_rest() -> None:
+    sock = ScriptedSocket([b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x81\x00"])
+    reader = StreamReader(sock, read_limit=64)  # type: ignore[arg-type]
+    assert reader.read_head(100) == b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert reader.take_buffered() == b"\x81\x00"
+
+
+@pytest.mark.parametrize("limit", [10, 26])
+def test_read_head_consumes_nothing_without_a_whole_head_within_limit(limit: int) -> None:
+    sock = ScriptedSocket([b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"more"])
+    reader = StreamReader(sock, read_limit=64)  # type: ignore[arg-type]
+    assert reader.read_head(limit) is None
+    assert sock.requests == [64]  # one read, as the first line's would be
+    assert reader.read_line(100) == b"GET / HTTP/1.1\r\n"
+
+
+def test_read_head_reads_nothing_more_when_a_part_is_buffered() -> None:
+    sock = ScriptedSocket([b"GET / HTTP/1.1\r\n", b"\r\n"])
+    reader = StreamReader(sock, read_limit=64)  # type: ignore[arg-type]
+    assert reader.read_head(100) is None
+    assert reader.read_head(100) is None
+    assert sock.requests == [64]
+
+
+def test_read_head_at_end_of_stream() -> None:
+    reader = StreamReader(ScriptedSocket([]), read_limit=64)  # type: ignore[arg-type]
+    assert reader.read_head(100) is None
+    assert reader.read_line(100) == b""
