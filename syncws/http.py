@@ -69,6 +69,10 @@ _TARGET_RE = re.compile(r"[\x21-\x7e]+")
 _VERSION_RE = re.compile(r"HTTP/([0-9])\.([0-9])")
 _STATUS_CODE_RE = re.compile(r"[0-9]{3}")
 
+# The standard reason phrases: looking one up through http.HTTPStatus(status)
+# builds an enum member lookup per response.
+_REASONS = {int(status): status.phrase for status in http.HTTPStatus}
+
 # Optional whitespace around header values (RFC 9110 §5.6.3).
 _OWS = " \t"
 
@@ -100,6 +104,9 @@ _KNOWN_MAX = 512
 _KNOWN_LINE_LENGTH = 200
 # header line read, CRLF included -> its (name, value, index key)
 _known_lines: Dict[bytes, Tuple[str, str, str]] = {}
+# start line read, CRLF included -> its (method, target) or (status, reason)
+_known_request_lines: Dict[bytes, Tuple[str, str]] = {}
+_known_status_lines: Dict[bytes, Tuple[int, str]] = {}
 # (name, value) pairs that passed _check_header -> True
 _known_headers: Dict[Tuple[str, str], bool] = {}
 
@@ -413,10 +420,19 @@ def read_request(
     """
     lines, read_line = _whole_head(read_head, read_line, max_line, max_headers)
     if lines is not None:
-        method, path = _parse_request_line(lines[0][:-2].decode("iso-8859-1"))
+        method, path = _request_line(lines[0])
         return Request(method, path, _headers_from_lines(lines))
-    method, path = _parse_request_line(_read_line(read_line, "request", max_line, first=True))
+    method, path = _request_line(_read_line(read_line, "request", max_line, first=True))
     return Request(method, path, _read_headers(read_line, "request", max_line, max_headers))
+
+
+def _request_line(line: bytes) -> Tuple[str, str]:
+    """Return the method and target of a request line read, CRLF included."""
+    start = _known_request_lines.get(line)
+    if start is None:
+        start = _parse_request_line(line[:-2].decode("iso-8859-1"))
+        _remember(_known_request_lines, line, start, len(line))
+    return start
 
 
 def _parse_request_line(request_line: str) -> Tuple[str, str]:
@@ -463,10 +479,19 @@ def read_response(
     """
     lines, read_line = _whole_head(read_head, read_line, max_line, max_headers)
     if lines is not None:
-        status_code, reason = _parse_status_line(lines[0][:-2].decode("iso-8859-1"))
+        status_code, reason = _status_line(lines[0])
         return Response(status_code, reason, _headers_from_lines(lines))
-    status_code, reason = _parse_status_line(_read_line(read_line, "response", max_line, first=True))
+    status_code, reason = _status_line(_read_line(read_line, "response", max_line, first=True))
     return Response(status_code, reason, _read_headers(read_line, "response", max_line, max_headers))
+
+
+def _status_line(line: bytes) -> Tuple[int, str]:
+    """Return the status code and reason of a status line read, CRLF included."""
+    start = _known_status_lines.get(line)
+    if start is None:
+        start = _parse_status_line(line[:-2].decode("iso-8859-1"))
+        _remember(_known_status_lines, line, start, len(line))
+    return start
 
 
 def _parse_status_line(status_line: str) -> Tuple[int, str]:
@@ -488,8 +513,8 @@ def _parse_status_line(status_line: str) -> Tuple[int, str]:
 
 def _read_line(
     read_line: Callable[[int], bytes], kind: str, max_line: int, first: bool = False
-) -> str:
-    """Read one line of a head and return it without its CRLF.
+) -> bytes:
+    """Read one line of a head, which must end with CRLF, and return it.
 
     ``kind`` is "request" or "response", for messages; ``first`` tells
     whether this is the start line, when an end of stream means the peer
@@ -497,7 +522,7 @@ def _read_line(
     """
     line = read_line(max_line + 2)  # room for the CRLF
     if line.endswith(b"\r\n"):
-        return line[:-2].decode("iso-8859-1")
+        return line
     raise _bad_line(line, kind, max_line, first)
 
 
@@ -534,7 +559,7 @@ def _read_headers(
             raise _bad_line(line, kind, max_line)
         if line == b"\r\n":
             return headers
-        _add_header_line(headers, line)
+        headers._add(*(_known_lines.get(line) or _new_header(line)))
     raise HeadersTooLarge(
         f"HTTP {kind} head has more than {max_headers} headers", max_headers
     )
@@ -570,20 +595,22 @@ def _whole_head(
 def _headers_from_lines(lines: List[bytes]) -> Headers:
     """The headers of a head's lines from :func:`_whole_head` (start line first)."""
     headers = Headers()
+    add, known = headers._add, _known_lines
     for line in lines[1:-1]:
-        _add_header_line(headers, line)
+        add(*(known.get(line) or _new_header(line)))
     return headers
 
 
-def _add_header_line(headers: Headers, line: bytes) -> None:
-    """Parse a header line read, CRLF included, and add it to ``headers``."""
-    header = _known_lines.get(line)
-    if header is None:
-        name, value = _parse_header_line(line[:-2].decode("iso-8859-1"))
-        key = name.lower()
-        header = (name, value, _SHARED_STRINGS.get(key, key))
-        _remember(_known_lines, line, header, len(line))
-    headers._add(*header)
+def _new_header(line: bytes) -> Tuple[str, str, str]:
+    """Parse a header line read, CRLF included, that isn't in ``_known_lines``.
+
+    Returns its name, value and index key, as remembered there.
+    """
+    name, value = _parse_header_line(line[:-2].decode("iso-8859-1"))
+    key = name.lower()
+    header = (name, value, _SHARED_STRINGS.get(key, key))
+    _remember(_known_lines, line, header, len(line))
+    return header
 
 
 def _parse_header_line(line: str) -> Tuple[str, str]:
@@ -668,10 +695,7 @@ def serialize_response(
     if not 100 <= status <= 599:
         raise ValueError(f"HTTP status code {status} isn't in 100-599")
     if reason is None:
-        try:
-            reason = http.HTTPStatus(status).phrase
-        except ValueError:
-            reason = ""
+        reason = _REASONS.get(status, "")
     if not _TEXT_RE.fullmatch(reason):
         raise ValueError(f"invalid HTTP reason phrase: {reason!r}")
     return _serialize_head(f"HTTP/1.1 {status} {reason}", headers)
