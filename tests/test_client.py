@@ -329,3 +329,30 @@ def test_reconnect_raises_on_4xx(ws_serve):
 def test_reconnect_raises_on_invalid_uri():
     with pytest.raises(InvalidURI):
         next(syncws.reconnect("http://127.0.0.1/", initial_delay=0.01))
+
+
+# -- TCP: addresses connected to directly, names resolved ------------------------
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1"])
+def test_connect_to_an_address_or_a_name(host):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        listener = socket.create_server(("::1" if ":" in host else "127.0.0.1", 0), family=family)
+    except OSError:
+        pytest.skip(f"no {family.name} loopback")
+    with listener:
+        server = syncws.serve(lambda ws: ws.send(ws.path), sock=listener, compression=None)
+        with server:
+            port = listener.getsockname()[1]
+            name = f"[{host}]" if ":" in host else host
+            with syncws.connect(f"ws://{name}:{port}/here", proxy=None, source_address=(host.replace("localhost", "127.0.0.1"), 0)) as ws:
+                assert ws.recv(timeout=5) == "/here"
+                assert ws.transport.sock.family == family
+
+
+def test_connect_to_an_address_refused():
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+    with pytest.raises(ConnectionRefusedError):
+        syncws.connect(f"ws://127.0.0.1:{port}/", proxy=None, open_timeout=5)
