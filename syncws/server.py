@@ -730,7 +730,7 @@ class WebSocketServer:
         """A connection thread: handshake, handler, close."""
         try:
             protocol = self._make_protocol(self)
-            transport = Transport(sock, read_limit=protocol.read_limit)
+            transport = Transport(sock, read_limit=protocol.read_limit, remote_address=address)
             with self._lock:
                 # close() cancels the handshakes in _pending: one that
                 # registers after it must not start.

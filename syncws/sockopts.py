@@ -40,10 +40,11 @@ nginx and Node ask for 511.
 
 from __future__ import annotations
 
+import functools
 import math
 import socket
 import sys
-from typing import Optional
+from typing import Optional, Tuple
 
 __all__ = ["DEFAULT_BACKLOG", "default_backlog", "tune_connection", "tune_listener", "connection_failed"]
 
@@ -99,23 +100,35 @@ def tune_connection(
     """
     if sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+    for level, option, value in _options(ping_interval, ping_timeout):
+        sock.setsockopt(level, option, value)
+
+
+@functools.lru_cache(maxsize=16)
+def _options(ping_interval: Optional[float], ping_timeout: Optional[float]) -> Tuple[Tuple[int, int, int], ...]:
+    """The ``(level, option, value)`` triples :func:`tune_connection` sets.
+
+    Worked out once per pair of settings: a client sets them on every
+    connection it opens.
+    """
+    options = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
     if ping_interval is None or ping_timeout is None:
-        return  # no deadline to derive: keep the system's defaults
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, True)
+        return tuple(options)  # no deadline to derive: keep the system's defaults
+    options.append((socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1))
     # The kernel counts keepalive times in whole seconds, at least 1.
     idle = max(1, math.ceil(ping_interval))
     interval = max(1, math.ceil(ping_timeout / _KEEPALIVE_PROBES))
     idle_option = getattr(socket, "TCP_KEEPIDLE", None) or getattr(socket, "TCP_KEEPALIVE", None)
     if idle_option is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, idle_option, idle)
+        options.append((socket.IPPROTO_TCP, idle_option, idle))
     if hasattr(socket, "TCP_KEEPINTVL"):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+        options.append((socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval))
     if hasattr(socket, "TCP_KEEPCNT"):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, _KEEPALIVE_PROBES)
+        options.append((socket.IPPROTO_TCP, socket.TCP_KEEPCNT, _KEEPALIVE_PROBES))
     if hasattr(socket, "TCP_USER_TIMEOUT"):
         # Milliseconds; 0 would mean the system default, so at least 1.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, int(ping_timeout * 1000)))
+        options.append((socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, int(ping_timeout * 1000))))
+    return tuple(options)
 
 
 def tune_listener(

@@ -53,13 +53,17 @@ class Transport:
         read_limit: the most bytes asked of the socket per read.
         buffered: bytes already read from the socket by someone else (a WSGI
             server that read past the request head), served first.
+        remote_address: the peer's address when the caller knows it
+            (``accept()`` told it), which saves asking the socket.
 
     Thread safety: reads are for one thread at a time (the handshake's, then
     the reader thread's); writes for one thread at a time (the connection
     serializes them under its write lock); :meth:`abort` from any thread.
     """
 
-    def __init__(self, sock: socket.socket, *, read_limit: int = 2**16, buffered: bytes = b"") -> None:
+    def __init__(
+        self, sock: socket.socket, *, read_limit: int = 2**16, buffered: bytes = b"", remote_address: Any = None,
+    ) -> None:
         if sock.gettimeout() is not None:  # a system call: skipped when already blocking
             sock.settimeout(None)
         self.sock = sock
@@ -74,10 +78,11 @@ class Transport:
         self.write_timed_out = False
         #: The addresses, remembered while the socket can tell them.
         self.local_address: Any = None
-        self.remote_address: Any = None
+        self.remote_address: Any = remote_address
         try:
             self.local_address = sock.getsockname()
-            self.remote_address = sock.getpeername()
+            if remote_address is None:
+                self.remote_address = sock.getpeername()
         except OSError:  # the peer may already be gone
             pass
 
