@@ -153,6 +153,8 @@ class HandshakePool:
         """
         cancel = None
         with self._lock:
+            if self.size is not None and len(self._entries) < self.size:
+                return True  # a free slot: no need to look for dead threads' (an is_alive() each)
             # Threads that died without calling remove() (a bug, or an
             # error before the handshake began) don't hold their slot.
             for key in [k for k, e in self._entries.items() if e.thread.ident is not None and not e.thread.is_alive()]:

@@ -71,9 +71,11 @@ class WebSocketClientProtocol(WebSocketCommonProtocol):
     # As WebSocketCommonProtocol's, for the same reason.
     __slots__ = ("compression", "user_agent_header")
 
-    def __init__(self, **kwargs: Any) -> None:
-        self.compression: Any = kwargs.pop("compression", "deflate")
-        self.user_agent_header: Optional[str] = kwargs.pop("user_agent_header", USER_AGENT)
+    def __init__(
+        self, *, compression: Any = "deflate", user_agent_header: Optional[str] = USER_AGENT, **kwargs: Any
+    ) -> None:
+        self.compression: Any = compression
+        self.user_agent_header: Optional[str] = user_agent_header
         super().__init__(**kwargs)
 
     def handshake(
