@@ -102,8 +102,8 @@ _SHARED_STRINGS.update((value, value) for value in ("websocket", "Upgrade", "13"
 # make them grow.
 _KNOWN_MAX = 512
 _KNOWN_LINE_LENGTH = 200
-# header line read, CRLF included -> its (name, value, index key)
-_known_lines: Dict[bytes, Tuple[str, str, str]] = {}
+# header line read, CRLF included -> its (name, value)
+_known_lines: Dict[bytes, Tuple[str, str]] = {}
 # start line read, CRLF included -> its (method, target) or (status, reason)
 _known_request_lines: Dict[bytes, Tuple[str, str]] = {}
 _known_status_lines: Dict[bytes, Tuple[int, str]] = {}
@@ -197,12 +197,9 @@ class Headers:
             name: the header's name.
             value: its value.
         """
-        key = name.lower()
-        self._add(name, value, _SHARED_STRINGS.get(key, key))
-
-    def _add(self, name: str, value: str, key: str) -> None:
-        """Append a header whose index key (``name.lower()``) is known."""
         self._items.append((name, value))
+        key = name.lower()
+        key = _SHARED_STRINGS.get(key, key)
         earlier = self._values.get(key)
         if earlier is None:
             self._values[key] = value
@@ -559,7 +556,8 @@ def _read_headers(
             raise _bad_line(line, kind, max_line)
         if line == b"\r\n":
             return headers
-        headers._add(*(_known_lines.get(line) or _new_header(line)))
+        name, value = _known_lines.get(line) or _new_header(line)
+        headers[name] = value
     raise HeadersTooLarge(
         f"HTTP {kind} head has more than {max_headers} headers", max_headers
     )
@@ -595,20 +593,19 @@ def _whole_head(
 def _headers_from_lines(lines: List[bytes]) -> Headers:
     """The headers of a head's lines from :func:`_whole_head` (start line first)."""
     headers = Headers()
-    add, known = headers._add, _known_lines
+    known = _known_lines
     for line in lines[1:-1]:
-        add(*(known.get(line) or _new_header(line)))
+        name, value = known.get(line) or _new_header(line)
+        headers[name] = value
     return headers
 
 
-def _new_header(line: bytes) -> Tuple[str, str, str]:
+def _new_header(line: bytes) -> Tuple[str, str]:
     """Parse a header line read, CRLF included, that isn't in ``_known_lines``.
 
-    Returns its name, value and index key, as remembered there.
+    Returns its name and value, as remembered there.
     """
-    name, value = _parse_header_line(line[:-2].decode("iso-8859-1"))
-    key = name.lower()
-    header = (name, value, _SHARED_STRINGS.get(key, key))
+    header = _parse_header_line(line[:-2].decode("iso-8859-1"))
     _remember(_known_lines, line, header, len(line))
     return header
 
