@@ -212,14 +212,15 @@ def accept_loop(
         start_handshake: starts the connection's thread.
         logger: the server's logger.
     """
-    listener.setblocking(False)
     selector = selectors.DefaultSelector()
     try:
+        listener.setblocking(False)
         selector.register(listener, selectors.EVENT_READ)
         selector.register(wakeup, selectors.EVENT_READ)
         backlog_holds_more = _backlog_probe(listener)
     except (OSError, ValueError):  # the server was closed before this thread got here
         selector.close()
+        wakeup.close()
         return
     # Silent connections, oldest first: socket -> (accepted at, address).
     silent: Dict[socket.socket, Tuple[float, Any]] = {}

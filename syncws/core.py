@@ -316,6 +316,13 @@ class ConnectionCore:
     The core starts in ``CONNECTING``; :meth:`open` starts the connection.
     """
 
+    __slots__ = (
+        "is_client", "max_message_size", "max_fragment_size", "join_limit", "_fast_limit", "deflate",
+        "state", "close_rcvd", "close_sent", "bytes_received", "bytes_sent", "messages_received",
+        "messages_sent", "_cause", "_pending", "_partial", "_message", "_held", "input_closed",
+        "sending_fragmented", "_sending_compressed", "_pings", "outgoing", "_mask_pool", "_mask_position",
+    )
+
     def __init__(
         self,
         *,

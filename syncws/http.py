@@ -160,7 +160,10 @@ class Headers:
     """
 
     def __init__(self, headers: Optional[HeadersLike] = None) -> None:
-        self._items: List[Tuple[str, str]] = []
+        # Names and values in turn, [name, value, name, value, ...]: a
+        # server keeps the handshake's headers for every connection, and a
+        # (name, value) tuple per header would cost 56 bytes more each.
+        self._items: List[str] = []
         # The values of each lowercase name, in order: lookups are a dict
         # access rather than a scan that lowercases every name. Kept in step
         # with _items by every method that changes it. A name's one value is
@@ -197,7 +200,7 @@ class Headers:
             name: the header's name.
             value: its value.
         """
-        self._items.append((name, value))
+        self._items += (name, value)
         key = name.lower()
         key = _SHARED_STRINGS.get(key, key)
         earlier = self._values.get(key)
@@ -221,7 +224,8 @@ class Headers:
         if key not in self._values:
             raise KeyError(name)
         del self._values[key]
-        self._items = [item for item in self._items if item[0].lower() != key]
+        kept = [(name, value) for name, value in self._pairs() if name.lower() != key]
+        self._items = [part for pair in kept for part in pair]
 
     def __contains__(self, name: object) -> bool:
         """Tell whether a header named ``name`` is present, ignoring case."""
@@ -232,7 +236,7 @@ class Headers:
     def __iter__(self) -> Iterator[str]:
         """Iterate over distinct names, spelled as they first appear."""
         seen = set()
-        for name, _ in self._items:
+        for name in self._items[::2]:
             if name.lower() not in seen:
                 seen.add(name.lower())
                 yield name
@@ -252,7 +256,7 @@ class Headers:
         return self._values == other._values
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._items!r})"
+        return f"{type(self).__name__}({self.items()!r})"
 
     def __str__(self) -> str:
         """Return the header block: ``Name: value`` lines and an empty line.
@@ -260,7 +264,7 @@ class Headers:
         Nothing is validated; :func:`serialize_request` and
         :func:`serialize_response` do that before writing.
         """
-        lines = [f"{name}: {value}\r\n" for name, value in self._items]
+        lines = [f"{name}: {value}\r\n" for name, value in self._pairs()]
         return "".join(lines) + "\r\n"
 
     def get(self, name: str, default: Optional[str] = None) -> Optional[str]:
@@ -320,10 +324,15 @@ class Headers:
         Returns:
             A new list of the pairs.
         """
-        return list(self._items)
+        return list(self._pairs())
 
     # The name websockets' Headers uses for the same thing.
     raw_items = items
+
+    def _pairs(self) -> Iterator[Tuple[str, str]]:
+        """Every ``(name, value)`` pair, in order, made as they are iterated."""
+        items = iter(self._items)
+        return zip(items, items)
 
     def update(self, headers: HeadersLike) -> None:
         """Append headers, keeping those already present.
@@ -342,7 +351,7 @@ class Headers:
         Returns:
             The copy.
         """
-        return Headers(self._items)
+        return Headers(self._pairs())
 
     def clear(self) -> None:
         """Remove every header."""
@@ -702,7 +711,7 @@ def _serialize_head(start_line: str, headers: HeadersLike) -> bytes:
     """Validate headers and write them after ``start_line``."""
     if not isinstance(headers, Headers):
         headers = Headers(headers)
-    for header in headers._items:
+    for header in headers._pairs():
         if header not in _known_headers:
             _check_header(*header)
             _remember(_known_headers, header, True, len(header[0]) + len(header[1]))

@@ -21,13 +21,10 @@ from typing import Callable, Optional
 
 from . import timers
 from .core import State
+from .messages import MessageQueue
 from .writer import Writer
 
 __all__ = ["Keepalive"]
-
-
-def _never() -> bool:
-    return False
 
 
 def _nothing() -> None:
@@ -41,10 +38,16 @@ class Keepalive:
         writer: the connection's write side.
         interval: seconds between pings.
         timeout: seconds to wait for a pong; ``None`` never gives up.
-        reader_paused: tells whether the reader thread waits on a full queue.
+        messages: the connection's message queue: while the reader thread
+            waits there for room (:attr:`~syncws.messages.MessageQueue.put_waiting`),
+            it reads no pong.
         on_timeout: called (on the timer thread, must not block) when a
             pong didn't come in time.
     """
+
+    __slots__ = (
+        "writer", "interval", "timeout", "messages", "on_timeout", "pings_sent", "pings_missed", "_timer",
+    )
 
     def __init__(
         self,
@@ -52,13 +55,13 @@ class Keepalive:
         *,
         interval: float,
         timeout: Optional[float],
-        reader_paused: Callable[[], bool],
+        messages: MessageQueue,
         on_timeout: Callable[[], None],
     ) -> None:
         self.writer = writer
         self.interval = interval
         self.timeout = timeout
-        self.reader_paused = reader_paused
+        self.messages = messages
         self.on_timeout = on_timeout
         #: Pings sent by keepalive, and those whose pong didn't come.
         self.pings_sent = 0
@@ -70,15 +73,14 @@ class Keepalive:
         self._timer = timers.call_later(self.interval, self._ping)
 
     def stop(self) -> None:
-        """Cancel the next ping, and let go of the connection's callbacks.
+        """Cancel the next ping, and let go of the connection's callback.
 
-        Dropping them breaks the cycle connection → keepalive → bound method
+        Dropping it breaks the cycle connection → keepalive → bound method
         → connection, so a closed connection is freed at once, not by the
         garbage collector.
         """
         if self._timer is not None:
             self._timer.cancel()
-        self.reader_paused = _never
         self.on_timeout = _nothing
 
     def _ping(self) -> None:
@@ -97,7 +99,7 @@ class Keepalive:
         """Timer callback: give up on the peer if the pong didn't come."""
         if event.is_set() or self.writer.core.state is not State.OPEN:
             return
-        if self.reader_paused() and not self.writer.transport.has_unacknowledged_data():
+        if self.messages.put_waiting and not self.writer.transport.has_unacknowledged_data():
             return  # alive: its pong waits behind data we don't read yet
         self.pings_missed += 1
         self.on_timeout()

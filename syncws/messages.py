@@ -57,6 +57,10 @@ class MessageQueue:
             items wait; ``high - 1`` by default.
     """
 
+    __slots__ = (
+        "_items", "_maxsize", "_low", "_bounded", "_closed", "_room", "put_waiting",
+    )
+
     def __init__(self, high: Optional[int], low: Optional[int] = None) -> None:
         self._items: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         self._maxsize = high or 0
@@ -164,6 +168,10 @@ class Assembler:
     Args:
         items: the queue the reader thread fills.
     """
+
+    __slots__ = (
+        "items", "_receiving", "_partial",
+    )
 
     def __init__(self, items: MessageQueue) -> None:
         self.items = items

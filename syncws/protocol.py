@@ -170,7 +170,7 @@ class WebSocketCommonProtocol:
         "settings", "host", "port", "secure", "close_timeout", "max_size", "max_queue", "read_limit",
         "write_limit", "ping_interval", "ping_timeout", "write_timeout", "logger", "_id", "subprotocol",
         "extensions", "path", "request_headers", "response_headers", "latency", "transport", "_core",
-        "_core_lock", "_writer", "_messages", "_assembler", "_reader_started", "_reader_ident",
+        "_core_lock", "_writer", "_messages", "_assembler", "_reader", "_reader_started", "_reader_ident",
         "_reader_done", "_closed", "_close_timer", "_keepalive", "_pings_sent", "_opened_at", "_debug",
         "__dict__", "__weakref__",
     )
@@ -238,9 +238,12 @@ class WebSocketCommonProtocol:
         self._writer: Optional[Writer] = None
         self._messages = MessageQueue(settings.max_queue_high, settings.max_queue_low)
         self._assembler = Assembler(self._messages)
-        # Whether connection_open() gave the connection its reader thread
-        # (from syncws.readers); the thread's ident once it runs; set when
-        # the reader is done (what close() waits for).
+        # The reader loop connection_open() made, until its thread ends
+        # (dropped then: it refers back to the connection); whether
+        # connection_open() gave the connection its reader thread (from
+        # syncws.readers); the thread's ident once it runs; set when the
+        # reader is done (what close() waits for).
+        self._reader: Optional[Reader] = None
         self._reader_started = False
         self._reader_ident: Optional[int] = None
         self._reader_done = _Latch()
@@ -384,8 +387,8 @@ class WebSocketCommonProtocol:
         self._debug = self.logger.isEnabledFor(logging.DEBUG)
         self._opened_at = time.monotonic()
         assert self._writer is not None
-        reader = Reader(
-            self._core, self._core_lock, transport, self._writer, self._messages,
+        self._reader = Reader(
+            self._core, self._core_lock, transport, self._writer, self._messages, transport.take_buffered(),
             is_client=self.is_client, logger=self.logger, label=LazyLabel(self),
             on_pong=self._pong_received, on_closing=self._start_close_timer, on_end=self._finish,
         )
@@ -394,25 +397,26 @@ class WebSocketCommonProtocol:
         if self.ping_interval is not None:
             self._keepalive = Keepalive(
                 self._writer, interval=self.ping_interval, timeout=self.ping_timeout,
-                reader_paused=lambda: self._messages.put_waiting, on_timeout=self._keepalive_timed_out,
+                messages=self._messages, on_timeout=self._keepalive_timed_out,
             )
             self._keepalive.start()
-        buffered = transport.take_buffered()
         self._reader_started = True
         try:
-            readers.start(lambda: self._run_reader(reader, buffered), f"syncws-reader-{self.remote_address}")
+            readers.start(self._run_reader, f"syncws-reader-{self.remote_address}")
         except BaseException:
             self._reader_started = False
             if self._keepalive is not None:
                 self._keepalive.stop()
             raise
 
-    def _run_reader(self, reader: Reader, buffered: bytes) -> None:
+    def _run_reader(self) -> None:
         """The connection's reader thread (a thread of :mod:`syncws.readers`)."""
         self._reader_ident = threading.get_ident()
+        assert self._reader is not None
         try:
-            reader.run(buffered)
+            self._reader.run()
         finally:
+            self._reader = None
             self._reader_done.set()
 
     def abort(self, cause: str = "aborted") -> None:

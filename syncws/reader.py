@@ -44,6 +44,8 @@ class Reader:
         transport: the socket.
         writer: the connection's write side, for the frames the core makes.
         messages: the queue ``recv()`` takes from.
+        buffered: bytes that arrived after the opening handshake's HTTP
+            head, parsed first.
         is_client: whether this is the client side (which waits for the
             server to close TCP).
         logger: where to log, with ``label`` in front of each line.
@@ -56,6 +58,11 @@ class Reader:
         on_end: called last, with what ended the connection (or ``""``).
     """
 
+    __slots__ = (
+        "core", "core_lock", "transport", "writer", "messages", "buffered", "is_client", "logger", "label",
+        "on_pong", "on_closing", "on_end", "debug",
+    )
+
     def __init__(
         self,
         core: ConnectionCore,
@@ -63,6 +70,7 @@ class Reader:
         transport: Transport,
         writer: Writer,
         messages: MessageQueue,
+        buffered: bytes,
         *,
         is_client: bool,
         logger: logging.Logger,
@@ -76,6 +84,7 @@ class Reader:
         self.transport = transport
         self.writer = writer
         self.messages = messages
+        self.buffered = buffered
         self.is_client = is_client
         self.logger = logger
         self.label = label
@@ -84,18 +93,17 @@ class Reader:
         self.on_end = on_end
         self.debug = logger.isEnabledFor(logging.DEBUG)
 
-    def run(self, buffered: bytes) -> None:
-        """The thread's body: feed the core until the connection ends.
-
-        Args:
-            buffered: bytes that arrived after the opening handshake's HTTP
-                head, parsed first.
-        """
+    def run(self) -> None:
+        """The thread's body: feed the core until the connection ends."""
+        buffered, self.buffered = self.buffered, b""
         core, lock, transport = self.core, self.core_lock, self.transport
         read_limit = transport.read_limit
         small_read = min(SMALL_READ, read_limit)
         read_size = small_read  # see SMALL_READ
-        recv, recv_into, recv_ready = transport.recv, transport.recv_into, transport.recv_ready
+        # Bound once for every small read; recv_into() and recv_ready() are
+        # looked up when used: rarer, and each bound method would cost the
+        # connection 64 bytes for as long as it is open.
+        recv = transport.recv
         put = self.messages.put
         cause = ""
         # The core's lock is taken with acquire() and try/finally: on
@@ -133,7 +141,7 @@ class Reader:
                     # A large frame: read straight into its payload. The
                     # view is released at once: the core may grow the buffer.
                     with buffer:
-                        size = recv_into(buffer)
+                        size = transport.recv_into(buffer)
                     if not size:
                         return
                     lock.acquire()
@@ -152,7 +160,7 @@ class Reader:
                         # is likely there already. Taken at once, it reaches
                         # the core with the frame's start: a frame cut in two
                         # costs the core about 15 µs more than a whole one.
-                        data += recv_ready(read_limit)
+                        data += transport.recv_ready(read_limit)
                         read_size = read_limit
                     lock.acquire()
                     try:

@@ -80,12 +80,20 @@ def start(target: Callable[[], None], name: str) -> None:
     if worker is not None:
         worker.tasks.put((target, name))
         return
-    threading.Thread(target=_work, args=(_Worker(), target, name), name=name, daemon=True).start()
+    # The task goes by the mailbox, as later ones do, rather than in the
+    # thread's arguments: threading keeps those until the thread ends,
+    # which would keep this connection alive while the thread reads for
+    # later ones.
+    worker = _Worker()
+    worker.tasks.put((target, name))
+    threading.Thread(target=_work, args=(worker,), name=name, daemon=True).start()
 
 
-def _work(worker: _Worker, target: Optional[Callable[[], None]], name: str) -> None:
+def _work(worker: _Worker) -> None:
     """A reader thread's body: run tasks until none comes for LINGER seconds."""
     thread = threading.current_thread()
+    target: Optional[Callable[[], None]]
+    target, name = worker.tasks.get()
     while target is not None:
         thread.name = name
         try:

@@ -54,6 +54,11 @@ class StreamReader:
     requested bytes arrive, and let the socket's :exc:`OSError` through.
     """
 
+    __slots__ = (
+        "_recv", "_recv_into", "_read_limit", "_small_read", "_read_size", "_data", "_pos",
+        "bytes_received",
+    )
+
     def __init__(self, sock: socket.socket, read_limit: int = 2**16, buffered: bytes = b"") -> None:
         self._recv = sock.recv
         self._recv_into = sock.recv_into

@@ -61,6 +61,11 @@ class Transport:
     serializes them under its write lock); :meth:`abort` from any thread.
     """
 
+    __slots__ = (
+        "sock", "read_limit", "_try_nowait", "_stream", "write_timed_out", "local_address",
+        "remote_address",
+    )
+
     def __init__(
         self, sock: socket.socket, *, read_limit: int = 2**16, buffered: bytes = b"", remote_address: Any = None,
     ) -> None:

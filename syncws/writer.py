@@ -43,6 +43,10 @@ class Writer:
             no limit.
     """
 
+    __slots__ = (
+        "core", "core_lock", "transport", "write_timeout", "lock", "message_lock", "_fragmented",
+    )
+
     def __init__(
         self,
         core: ConnectionCore,

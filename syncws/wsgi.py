@@ -50,6 +50,7 @@ import time
 import weakref
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Type, Union, cast
 
+from . import sockopts
 from .exceptions import AbortHandshake, ConnectionClosed, InvalidHandshake
 from .framing import CloseCode
 from .http import Headers, Request, serialize_response
@@ -380,8 +381,7 @@ def accept(
     server_sock, read_ahead = _server_socket(environ)
     sock = server_sock.dup()
     try:
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        sockopts.tune_connection(sock, ping_interval=settings.ping_interval, ping_timeout=settings.ping_timeout)
         transport = Transport(sock, read_limit=settings.read_limit, buffered=read_ahead)
         protocol.connection_made(transport)
         protocol.response_headers = response_headers

@@ -11,6 +11,7 @@ sockets on 127.0.0.1 and measures how long a real client takes.
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import ssl
 import threading
@@ -207,3 +208,21 @@ def test_handshake_completing_at_max_connections_is_closed_with_1013() -> None:
                 assert int.from_bytes(frame[2:4], "big") == 1013
                 first.send("still served")
                 assert first.recv(timeout=5) == "still served"
+
+
+def test_accept_loop_of_a_server_closed_before_it_ran_ends_quietly() -> None:
+    # The server's close() can run before its accept thread starts: the
+    # loop then finds its listener closed, and ends without raising (an
+    # exception in a thread) and without leaking its end of the wake-up pair.
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.close()
+    wakeup, other = socket.socketpair()
+    with other:
+        syncws.admission.accept_loop(
+            listener, wakeup=wakeup, pool=syncws.admission.HandshakePool(4),
+            first_byte_timeout=None, queue_timeout=None,
+            is_closing=lambda: True, at_capacity=lambda: False,
+            refuse_busy=lambda sock: None, start_handshake=lambda sock, address: None,
+            logger=logging.getLogger("syncws.tests"),
+        )
+    assert wakeup.fileno() == -1

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
+import weakref
 from typing import Any, List
 
 import pytest
@@ -75,6 +77,38 @@ def test_busy_threads_are_not_shared() -> None:
     threads, release = start_busy(2)
     release.set()
     assert threads[0] is not threads[1]
+
+
+def test_a_new_thread_keeps_nothing_of_its_first_task_once_done(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A reader thread outlives its first connection (it lingers, or reads
+    # for the next one): what it ran must be freed when the task ends.
+    monkeypatch.setattr(readers, "LINGER", 10.0)  # longer than the check below
+    _, release = start_busy(len(readers._idle))  # so the task gets a new thread
+    try:
+        class Connection:
+            def __init__(self) -> None:
+                self.ran = threading.Event()
+
+            def read(self) -> None:
+                self.ran.set()
+
+        connection = Connection()
+        freed = weakref.ref(connection)
+        ran = connection.ran
+        gc.disable()  # freed by reference counting, not by a collection
+        try:
+            readers.start(connection.read, "syncws-reader-first")
+            del connection
+            assert ran.wait(5)
+            for _ in range(200):
+                if freed() is None:
+                    break
+                threading.Event().wait(0.01)
+            assert freed() is None
+        finally:
+            gc.enable()
+    finally:
+        release.set()
 
 
 def test_an_error_in_a_task_is_logged_and_the_thread_lives_on(caplog: pytest.LogCaptureFixture) -> None:

@@ -340,6 +340,18 @@ def test_origins_and_subprotocols(flask_gunicorn: ServerProcess) -> None:
     assert info.value.status_code == 403
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="TCP_USER_TIMEOUT is Linux's")
+@pytest.mark.parametrize("fixture", ["flask_gunicorn", "flask_werkzeug"])
+def test_the_socket_is_tuned_as_the_servers_are(fixture: str, request: Any) -> None:
+    # TCP_NODELAY (a frame goes out at once), and TCP keepalive with a user
+    # timeout derived from ping_interval=7, ping_timeout=3, as syncws.serve()
+    # sets them (see tests/test_sockopts.py).
+    server = request.getfixturevalue(fixture)
+    with syncws.connect(f"{server.ws}/ws/sockopts") as ws:
+        options = json.loads(ws.recv(timeout=10))
+    assert options == {"nodelay": 1, "keepalive": 1, "user_timeout": 3000}
+
+
 def test_compression_negotiated_or_not(flask_gunicorn: ServerProcess) -> None:
     with syncws.connect(f"{flask_gunicorn.ws}/ws/echo") as ws:
         ws.send("a" * 10000)

@@ -3,7 +3,9 @@
 Run by the tests with examples/wsgi on sys.path.
 """
 
+import json
 import logging
+import socket
 from typing import Any
 
 from flask_app import app  # examples/wsgi/flask_app.py
@@ -46,3 +48,16 @@ def chat(websocket: Any, room: str) -> None:
 def fail(websocket: Any) -> None:
     websocket.recv()
     raise RuntimeError("this handler fails on purpose")
+
+
+@flask_route(app, "/ws/sockopts")
+@flask_websocket(ping_interval=7, ping_timeout=3)
+def sockopts(websocket: Any) -> None:
+    """Send the TCP options of the connection's socket, as JSON."""
+    sock = websocket.transport.sock
+    websocket.send(json.dumps({
+        "nodelay": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
+        "keepalive": sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+        "user_timeout": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+    }))
+    _echo(websocket)
