@@ -10,13 +10,14 @@ sockets on 127.0.0.1 and measures how long a real client takes.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import socket
 import ssl
 import threading
 import time
-from typing import Any, Iterator, List
+from typing import Any, Deque, Iterator, List
 
 import pytest
 
@@ -226,3 +227,40 @@ def test_accept_loop_of_a_server_closed_before_it_ran_ends_quietly() -> None:
             logger=logging.getLogger("syncws.tests"),
         )
     assert wakeup.fileno() == -1
+
+
+def test_an_accept_batch_takes_the_whole_backlog_without_an_empty_accept() -> None:
+    """After the first accept(), poll() says whether another is waiting:
+    accept() is never called on an empty backlog (its BlockingIOError was an
+    exception per connection when clients come one at a time)."""
+    listener = socket.create_server((HOST, 0))
+    listener.setblocking(False)
+    clients = [socket.create_connection(listener.getsockname()) for _ in range(3)]
+    accepted: List[socket.socket] = []
+    try:
+        for client in clients:
+            client.sendall(b"G")
+        probe = syncws.admission._backlog_probe(listener)
+        assert wait_for(probe, timeout=5)
+        accepts = 0
+        real_accept = listener.accept
+
+        class Listener:
+            def accept(self) -> Any:
+                nonlocal accepts
+                accepts += 1
+                return real_accept()
+
+        waiting: Deque[Any] = collections.deque()
+        time.sleep(0.1)  # every client's byte has arrived
+        syncws.admission._accept_batch(
+            Listener(), None, {}, waiting, None, lambda: False, lambda sock: None,  # type: ignore[arg-type]
+            logging.getLogger("test"), lambda sock: sock.close(), probe,
+        )
+        accepted = [entry[0] for entry in waiting]
+        assert len(accepted) == 3 and accepts == 3
+        assert not probe()
+    finally:
+        for sock in clients + accepted:
+            sock.close()
+        listener.close()
