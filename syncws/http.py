@@ -102,8 +102,8 @@ _SHARED_STRINGS.update((value, value) for value in ("websocket", "Upgrade", "13"
 # make them grow.
 _KNOWN_MAX = 512
 _KNOWN_LINE_LENGTH = 200
-# header line read, CRLF included -> its (name, value)
-_known_lines: Dict[bytes, Tuple[str, str]] = {}
+# header line read, CRLF included -> its (name, value, index key)
+_known_lines: Dict[bytes, Tuple[str, str, str]] = {}
 # start line read, CRLF included -> its (method, target) or (status, reason)
 _known_request_lines: Dict[bytes, Tuple[str, str]] = {}
 _known_status_lines: Dict[bytes, Tuple[int, str]] = {}
@@ -565,7 +565,7 @@ def _read_headers(
             raise _bad_line(line, kind, max_line)
         if line == b"\r\n":
             return headers
-        name, value = _known_lines.get(line) or _new_header(line)
+        name, value, _ = _known_lines.get(line) or _new_header(line)
         headers[name] = value
     raise HeadersTooLarge(
         f"HTTP {kind} head has more than {max_headers} headers", max_headers
@@ -602,19 +602,28 @@ def _whole_head(
 def _headers_from_lines(lines: List[bytes]) -> Headers:
     """The headers of a head's lines from :func:`_whole_head` (start line first)."""
     headers = Headers()
-    known = _known_lines
+    # A name's first value is added here, without a call to __setitem__ and
+    # its lowercasing per line; a repeated name goes through __setitem__.
+    items, values, known = headers._items, headers._values, _known_lines
     for line in lines[1:-1]:
-        name, value = known.get(line) or _new_header(line)
-        headers[name] = value
+        name, value, key = known.get(line) or _new_header(line)
+        if key in values:
+            headers[name] = value
+        else:
+            items += (name, value)
+            values[key] = value
     return headers
 
 
-def _new_header(line: bytes) -> Tuple[str, str]:
+def _new_header(line: bytes) -> Tuple[str, str, str]:
     """Parse a header line read, CRLF included, that isn't in ``_known_lines``.
 
-    Returns its name and value, as remembered there.
+    Returns its name, value and index key (as :class:`Headers` keeps it), as
+    remembered there.
     """
-    header = _parse_header_line(line[:-2].decode("iso-8859-1"))
+    name, value = _parse_header_line(line[:-2].decode("iso-8859-1"))
+    key = name.lower()
+    header = (name, value, _SHARED_STRINGS.get(key, key))
     _remember(_known_lines, line, header, len(line))
     return header
 
