@@ -925,12 +925,14 @@ def test_reads_start_small_and_grow_while_the_peer_sends_more(raw_serve, monkeyp
     reads = []  # (bytes asked, bytes returned)
     recv = transport.Transport.recv
 
-    def recording_recv(self, size):
-        data = recv(self, size)
-        reads.append((size, len(data)))
-        return data
+    def recording_recv(self):
+        def record(size):
+            data = recv.fget(self)(size)
+            reads.append((size, len(data)))
+            return data
+        return record
 
-    monkeypatch.setattr(transport.Transport, "recv", recording_recv)
+    monkeypatch.setattr(transport.Transport, "recv", property(recording_recv))
     burst = [str(i) * 100 for i in range(300)]  # 30 KB in one write
 
     def handler(conn):
