@@ -1004,7 +1004,7 @@ def test_two_threads_in_recv_is_a_concurrency_error(ws_serve):
         thread = threading.Thread(target=first)
         thread.start()
         assert started.wait(5)
-        assert wait_for(lambda: ws._assembler._receiving.locked(), timeout=5)
+        assert wait_for(lambda: not ws._assembler._receiving, timeout=5)  # its token is taken
         with pytest.raises(syncws.ConcurrencyError, match="another thread is already receiving"):
             ws.recv(timeout=1)
         ws.send("for the first")
