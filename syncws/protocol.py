@@ -405,6 +405,7 @@ class WebSocketCommonProtocol:
             readers.start(self._run_reader, f"syncws-reader-{self.remote_address}")
         except BaseException:
             self._reader_started = False
+            self._reader = None
             if self._keepalive is not None:
                 self._keepalive.stop()
             raise

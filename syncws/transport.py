@@ -142,9 +142,14 @@ class Transport:
         """Take the bytes read past the HTTP head, for the frame parser."""
         return self._stream.take_buffered()
 
-    def recv(self, size: int) -> bytes:
-        """One blocking ``recv`` of at most ``size`` bytes; ``b""`` at the end of the stream."""
-        return self.sock.recv(size)
+    @property
+    def recv(self) -> Callable[[int], bytes]:
+        """One blocking ``recv`` of at most ``size`` bytes; ``b""`` at the end of the stream.
+
+        The socket's own method, so that the reader thread, which binds it
+        once, reads with one call per read, not two.
+        """
+        return self.sock.recv
 
     def recv_ready(self, size: int) -> bytes:
         """What the socket holds now, at most ``size`` bytes, without waiting.
