@@ -192,6 +192,10 @@ _utf8_decode = codecs.utf_8_decode
 _FIRST_BUFFER = 2**16
 # Larger than any frame length (a 64-bit length with its top bit clear).
 _NO_LIMIT = 2**63
+# The first header byte of a whole text or binary message.
+_FIN_TEXT, _FIN_BINARY = FIN | _TEXT, FIN | _BINARY
+# Random bytes drawn at a time for masking keys: one system call per 256 frames.
+_MASK_POOL_SIZE = 1024
 
 
 def _deflate_bound(size: int) -> int:
@@ -933,13 +937,29 @@ class ConnectionCore:
         """
         if self.sending_fragmented:
             raise InvalidState("a fragmented message is being sent: finish it first")
-        if self.deflate is not None:
-            self.send_data(payload, text=text, fin=True, compress=compress)
-        else:
+        if self.deflate is None and (self.is_client or len(payload) <= self.join_limit):
             if self.state is not _OPEN or self.close_sent is not None:
                 self._check_open()
             self.messages_sent += 1
-            self._write_frame(_TEXT if text else _BINARY, payload)
+            # _write_frame()'s data frame in one bytes object, inline (a
+            # deliberate copy of its few lines): one call less for every
+            # message sent, about 10% of a small send()'s instructions.
+            if self.is_client:
+                position = self._mask_position
+                if position >= len(self._mask_pool):
+                    self._mask_pool = os.urandom(_MASK_POOL_SIZE)
+                    position = 0
+                self._mask_position = position + 4
+                frame = pack_frame(_FIN_TEXT if text else _FIN_BINARY, payload, self._mask_pool, position)
+            else:
+                frame = pack_frame(_FIN_TEXT if text else _FIN_BINARY, payload, None)
+            self.bytes_sent += len(frame)
+            outgoing = self.outgoing
+            if not outgoing:  # the usual case: no pong or close reply waits
+                return [frame]
+            outgoing.append(frame)
+        else:
+            self.send_data(payload, text=text, fin=True, compress=compress)
         outgoing = self.outgoing
         self.outgoing = []
         return outgoing
@@ -1062,7 +1082,7 @@ class ConnectionCore:
         if self.is_client:
             position = self._mask_position
             if position >= len(self._mask_pool):
-                self._mask_pool = os.urandom(1024)
+                self._mask_pool = os.urandom(_MASK_POOL_SIZE)
                 position = 0
             self._mask_position = position + 4
             pool = self._mask_pool

@@ -158,7 +158,7 @@ class Transport:
 
     # -- writing -----------------------------------------------------------------
 
-    def write(self, data: BytesLike, deadline: Optional[float] = None, *, timeout: Optional[float] = None) -> None:
+    def write(self, data: BytesLike, deadline: Optional[float] = None, timeout: Optional[float] = None) -> None:
         """Write all of ``data`` within a deadline.
 
         Args:

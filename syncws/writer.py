@@ -90,7 +90,7 @@ class Writer:
 
     def send_message(
         self, payload: BytesLike, text: bool, compress: Optional[bool], timeout: Optional[float],
-        *, nowait: bool = False,
+        nowait: bool = False,
     ) -> bool:
         """Send a whole message in one frame, after any fragmented message in progress.
 
@@ -109,7 +109,9 @@ class Writer:
         # with statements: on CPython 3.11-3.13 a with statement on a lock
         # costs three times as much, and this runs for every message.
         core, lock, core_lock = self.core, self.lock, self.core_lock
-        if not lock.acquire(not nowait):
+        if not nowait:
+            lock.acquire()
+        elif not lock.acquire(False):
             return False
         try:
             # Headers, and deflate's worst case on incompressible data, add
@@ -130,7 +132,7 @@ class Writer:
                     timeout = self.write_timeout
                 if len(data) == 1:  # write_locked(), inline: the usual case
                     try:
-                        self.transport.write(data[0], None, timeout=timeout)
+                        self.transport.write(data[0], None, timeout)
                     except OSError as exc:
                         self._write_failed(exc)
                         raise
