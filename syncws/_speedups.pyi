@@ -21,7 +21,7 @@ def parse_simple_frames(
     /,
 ) -> int: ...
 def pack_frame(
-    first: int, payload: BytesLike, mask_key: Optional[BytesLike], key_offset: Optional[int] = None, /
+    first: int, payload: Union[BytesLike, str], mask_key: Optional[BytesLike], key_offset: Optional[int] = None, /
 ) -> bytes: ...
 
 class PayloadBuffer:

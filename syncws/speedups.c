@@ -24,7 +24,10 @@
  * what makes a frame simple.
  *
  * pack_frame writes a header and a (masked) payload into one new bytes
- * object, sized up front: one allocation, one pass over the payload.
+ * object, sized up front: one allocation, one pass over the payload.  A
+ * text payload may be a str: an ASCII one (the usual message) is its own
+ * UTF-8 and goes into the frame straight from the str, so that send()
+ * makes no bytes object to encode it.
  *
  * PayloadBuffer is a writable buffer over a bytes object that nobody else
  * has seen yet: a large frame's payload is received into it (recv_into,
@@ -643,6 +646,38 @@ done:
     return result;
 }
 
+/*
+ * Point *data and *length at the UTF-8 of str, as str.encode() would give
+ * it (strict: a lone surrogate raises UnicodeEncodeError).  An ASCII str is
+ * its own UTF-8 and is read in place, with no bytes object made and freed;
+ * any other is encoded into a new bytes object, left in *encoded for the
+ * caller to release.  A str is immutable, so its data may be read without
+ * the GIL, as a bytes object's.  Returns 0 on success, -1 with an
+ * exception set.
+ */
+static int
+utf8_of(PyObject *str, PyObject **encoded, const char **data,
+        Py_ssize_t *length)
+{
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(str) < 0) {
+        return -1;
+    }
+#endif
+    if (PyUnicode_IS_ASCII(str)) {
+        *data = (const char *)PyUnicode_DATA(str);
+        *length = PyUnicode_GET_LENGTH(str);
+        return 0;
+    }
+    *encoded = PyUnicode_AsUTF8String(str);
+    if (*encoded == NULL) {
+        return -1;
+    }
+    *data = PyBytes_AS_STRING(*encoded);
+    *length = PyBytes_GET_SIZE(*encoded);
+    return 0;
+}
+
 PyDoc_STRVAR(pack_frame_doc,
 "pack_frame($module, first, payload, mask_key, key_offset=None, /)\n"
 "--\n"
@@ -662,9 +697,11 @@ pack_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t first;
     Py_buffer view;
     int have_view = 0;
-    const unsigned char *payload;
-    Py_ssize_t length, header_size;
-    PyObject *result;
+    const unsigned char *payload = NULL;
+    Py_ssize_t length = 0, header_size;
+    int text_payload;
+    PyObject *encoded = NULL;  /* a non-ASCII str payload's UTF-8 */
+    PyObject *result = NULL;
     unsigned char *out;
 
     (void)module;
@@ -689,19 +726,28 @@ pack_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     Py_DECREF(index);
-    /* The key before the payload, as apply_mask() checks them. */
+    /* A str is encoded first, as the Python version does; then the key
+     * before any other payload, as apply_mask() checks them. */
+    text_payload = PyUnicode_Check(args[1]);
+    if (text_payload
+        && utf8_of(args[1], &encoded, (const char **)&payload, &length) < 0) {
+        return NULL;
+    }
     masked = args[2] != Py_None;
     if (masked) {
         if (nargs == 4 && args[3] != Py_None) {
             if (parse_key_at(args[2], args[3], key) < 0) {
-                return NULL;
+                goto done;
             }
         }
         else if (parse_key(args[2], key) < 0) {
-            return NULL;
+            goto done;
         }
     }
-    if (PyBytes_CheckExact(args[1])) {
+    if (text_payload) {
+        /* payload and length point at its UTF-8 already. */
+    }
+    else if (PyBytes_CheckExact(args[1])) {
         payload = (const unsigned char *)PyBytes_AS_STRING(args[1]);
         length = PyBytes_GET_SIZE(args[1]);
     }
@@ -709,7 +755,7 @@ pack_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         /* PyBUF_FULL_RO accepts strided memoryviews, gathered below, as
          * Python's apply_mask() and bytes concatenation accept them. */
         if (PyObject_GetBuffer(args[1], &view, PyBUF_FULL_RO) < 0) {
-            return NULL;
+            goto done;
         }
         have_view = 1;
         payload = (const unsigned char *)view.buf;
@@ -768,6 +814,7 @@ done:
     if (have_view) {
         PyBuffer_Release(&view);
     }
+    Py_XDECREF(encoded);
     return result;
 }
 

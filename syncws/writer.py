@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 
 from .close_codes import CloseCode
 from .core import BytesLike, ConnectionCore, State
@@ -70,7 +70,8 @@ class Writer:
         return None if wait is None else time.monotonic() + wait
 
     def send_data(
-        self, payload: BytesLike, text: bool, fin: bool, compress: Optional[bool], deadline: Optional[float]
+        self, payload: Union[BytesLike, str], text: bool, fin: bool, compress: Optional[bool],
+        deadline: Optional[float],
     ) -> None:
         """Have the core make one data frame and write it by ``deadline``.
 
@@ -89,12 +90,13 @@ class Writer:
             self.flush(blocking=False)
 
     def send_message(
-        self, payload: BytesLike, text: bool, compress: Optional[bool], timeout: Optional[float],
+        self, payload: Union[BytesLike, str], text: bool, compress: Optional[bool], timeout: Optional[float],
         nowait: bool = False,
     ) -> bool:
         """Send a whole message in one frame, after any fragmented message in progress.
 
-        The hot path of ``send()``. ``timeout`` (``write_timeout`` when
+        The hot path of ``send()``. ``payload`` may be a ``str`` for text,
+        which the core encodes. ``timeout`` (``write_timeout`` when
         ``None``) bounds how long the write may wait for the peer to read;
         the other sending methods take it alike.
 
