@@ -62,6 +62,11 @@
 #include <stdint.h>
 #include <string.h>
 
+#ifndef _WIN32
+#include <errno.h>
+#include <sys/socket.h>
+#endif
+
 #ifdef __SSE2__
 #include <emmintrin.h>
 #endif
@@ -818,6 +823,109 @@ done:
     return result;
 }
 
+/* The module's state: the one name send_nowait() looks up per call. */
+typedef struct {
+    PyObject *fileno;       /* "fileno", interned */
+} speedups_state;
+
+#ifdef MSG_DONTWAIT
+PyDoc_STRVAR(send_nowait_doc,
+"send_nowait($module, sock, data, /)\n"
+"--\n"
+"\n"
+"Send what the socket's buffer takes of data now, without waiting; C\n"
+"implementation.\n"
+"\n"
+"See syncws.transport.py_send_nowait, which this mirrors for a plain\n"
+"socket.socket: one send(2) with MSG_DONTWAIT, without the GIL.\n");
+
+static PyObject *
+send_nowait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    speedups_state *state = PyModule_GetState(module);
+    PyObject *fileno;
+    long fd;
+    Py_buffer view;
+    int have_view = 0;
+    const char *data;
+    Py_ssize_t length, sent;
+    int error;
+    PyObject *whole, *result = NULL;
+
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError,
+                     "send_nowait() takes exactly 2 arguments (%zd given)",
+                     nargs);
+        return NULL;
+    }
+    /* Asked per call, as socket.send() does: a closed socket says -1, and
+     * send(2) then fails with EBADF, as socket.send() does. */
+    fileno = PyObject_CallMethodNoArgs(args[0], state->fileno);
+    if (fileno == NULL) {
+        return NULL;
+    }
+    fd = PyLong_AsLong(fileno);
+    Py_DECREF(fileno);
+    if (fd == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (PyBytes_CheckExact(args[1])) {
+        data = PyBytes_AS_STRING(args[1]);
+        length = PyBytes_GET_SIZE(args[1]);
+    }
+    else {
+        if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) {
+            return NULL;
+        }
+        have_view = 1;
+        data = (const char *)view.buf;
+        length = view.len;
+    }
+    for (;;) {
+        /* The GIL is let go, as socket.send() does: over loopback the
+         * kernel delivers the bytes to the peer's socket within this
+         * call, which takes microseconds. */
+        Py_BEGIN_ALLOW_THREADS
+        sent = send((int)fd, data, (size_t)length, MSG_DONTWAIT);
+        error = errno;
+        Py_END_ALLOW_THREADS
+        if (sent >= 0) {
+            break;
+        }
+        if (error == EINTR) {
+            /* Run the signal handlers, then try again, as socket.send(). */
+            if (PyErr_CheckSignals() < 0) {
+                goto done;
+            }
+            continue;
+        }
+        if (error == EAGAIN || error == EWOULDBLOCK) {
+            sent = 0;
+            break;
+        }
+        errno = error;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
+    if (sent == length) {
+        Py_INCREF(Py_None);
+        result = Py_None;
+        goto done;
+    }
+    whole = PyMemoryView_FromObject(args[1]);
+    if (whole != NULL) {
+        result = PySequence_GetSlice(whole, sent, PY_SSIZE_T_MAX);
+        Py_DECREF(whole);
+    }
+
+done:
+    if (have_view) {
+        PyBuffer_Release(&view);
+    }
+    return result;
+}
+#endif  /* MSG_DONTWAIT */
+
 /*
  * PayloadBuffer: see the theory of operation above.  The bytes object is
  * created uninitialized (PyBytes_FromStringAndSize(NULL, size)); its hash is
@@ -974,8 +1082,14 @@ static PyType_Spec payload_buffer_spec = {
 static int
 speedups_exec(PyObject *module)
 {
-    PyObject *type = PyType_FromModuleAndSpec(module, &payload_buffer_spec,
-                                              NULL);
+    speedups_state *state = PyModule_GetState(module);
+    PyObject *type;
+
+    state->fileno = PyUnicode_InternFromString("fileno");
+    if (state->fileno == NULL) {
+        return -1;
+    }
+    type = PyType_FromModuleAndSpec(module, &payload_buffer_spec, NULL);
 
     if (type == NULL) {
         return -1;
@@ -996,11 +1110,40 @@ static PyMethodDef speedups_methods[] = {
      METH_FASTCALL, parse_simple_frames_doc},
     {"pack_frame", (PyCFunction)(void (*)(void))pack_frame, METH_FASTCALL,
      pack_frame_doc},
+#ifdef MSG_DONTWAIT
+    {"send_nowait", (PyCFunction)(void (*)(void))send_nowait, METH_FASTCALL,
+     send_nowait_doc},
+#endif
     {NULL, NULL, 0, NULL},
 };
 
-/* Multi-phase initialization: the module has no state but its type (one
- * per module object), so it is safe in subinterpreters, and in
+static int
+speedups_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    speedups_state *state = PyModule_GetState(module);
+
+    Py_VISIT(state->fileno);
+    return 0;
+}
+
+static int
+speedups_clear(PyObject *module)
+{
+    speedups_state *state = PyModule_GetState(module);
+
+    Py_CLEAR(state->fileno);
+    return 0;
+}
+
+static void
+speedups_free(void *module)
+{
+    speedups_clear((PyObject *)module);
+}
+
+/* Multi-phase initialization: the module's state is its type and one
+ * interned name (one of each per module object), so it is safe in
+ * subinterpreters, and in
  * free-threaded builds the functions only touch memory the caller handed
  * over.  A PayloadBuffer's export count is not atomic: a buffer belongs to
  * one thread at a time (the reader thread, under the core's lock). */
@@ -1023,12 +1166,12 @@ static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     "syncws._speedups",
     speedups_doc,
-    0,
+    sizeof(speedups_state),
     speedups_methods,
     speedups_slots,
-    NULL,
-    NULL,
-    NULL,
+    speedups_traverse,
+    speedups_clear,
+    speedups_free,
 };
 
 PyMODINIT_FUNC
