@@ -457,19 +457,16 @@ class ConnectionCore:
         self.bytes_received += len(data)
         events: List[Event] = []
         if not self.input_closed:
-            self._take_input(data, events)
+            # A protocol error or a limit fails the connection.
+            try:
+                self._parse(data, events)
+            except WebSocketProtocolError as exc:
+                self._fail_on_input(exc.code, str(exc), events)
+            except PayloadTooBig as exc:
+                self._fail_on_input(CloseCode.MESSAGE_TOO_BIG, str(exc), events)
+            if self._held:
+                self._release_held(events)
         return events
-
-    def _take_input(self, data: BytesLike, events: List[Event]) -> None:
-        """Parse input; a protocol error or a limit fails the connection."""
-        try:
-            self._parse(data, events)
-        except WebSocketProtocolError as exc:
-            self._fail_on_input(exc.code, str(exc), events)
-        except PayloadTooBig as exc:
-            self._fail_on_input(CloseCode.MESSAGE_TOO_BIG, str(exc), events)
-        if self._held:
-            self._release_held(events)
 
     def _parse(self, data: BytesLike, events: List[Event]) -> None:
         """Parse ``data``: the rest of the partial frame, then whole frames from the
@@ -657,15 +654,13 @@ class ConnectionCore:
             The events they complete, as for :meth:`receive_data`.
         """
         self.bytes_received += size
-        events: List[Event] = []
         partial = self._partial
         if partial is None or self.input_closed:
-            return events  # failed meanwhile: the bytes are discarded
+            return []  # failed meanwhile: the bytes are discarded
         assert partial.buffer is not None and 0 < size <= partial.length - partial.received
         partial.received += size
         # The frame's bytes are in its buffer already; none follow them.
-        self._take_input(b"", events)
-        return events
+        return self.receive_data(b"")
 
     def _process_partial(self, partial: _PartialFrame, events: List[Event]) -> None:
         """Unmask and decode the newly arrived bytes of a partial frame.
