@@ -57,7 +57,7 @@ from __future__ import annotations
 import codecs
 import enum
 import os
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from .close_codes import OK_CLOSE_CODES, CloseCode, describe_close
 from .exceptions import (
@@ -926,7 +926,7 @@ class ConnectionCore:
 
     def send_message(
         self, payload: Union[BytesLike, str], text: bool, compress: Optional[bool] = None
-    ) -> List[BytesLike]:
+    ) -> Sequence[BytesLike]:
         """Send a whole message in one frame and take the bytes to write.
 
         What ``send_data(payload, text=text, fin=True, compress=compress)``
@@ -962,7 +962,7 @@ class ConnectionCore:
             self.bytes_sent += len(frame)
             outgoing = self.outgoing
             if not outgoing:  # the usual case: no pong or close reply waits
-                return [frame]
+                return (frame,)  # a tuple costs less to make than a list
             outgoing.append(frame)
         else:
             self.send_data(payload, text=text, fin=True, compress=compress)

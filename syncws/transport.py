@@ -24,6 +24,7 @@ connection's business (:mod:`syncws.protocol`).
 
 from __future__ import annotations
 
+import functools
 import select
 import socket
 import sys
@@ -74,6 +75,11 @@ send_nowait: Callable[[socket.socket, BytesLike], Optional[memoryview]] = getatt
 )
 
 
+def _nothing_written(data: BytesLike) -> BytesLike:
+    """:attr:`Transport.write_nowait` where a write can't be tried without waiting."""
+    return data
+
+
 class Transport:
     """A connected socket: buffered handshake reads, bounded writes, abort.
 
@@ -97,9 +103,12 @@ class Transport:
         # Whether write() may try a non-blocking send first, and recv_ready()
         # a non-blocking recv (not with TLS).
         self._try_nowait = bool(_MSG_DONTWAIT) and not self.secure
-        # The C send_nowait() calls send(2) on the descriptor: for a plain
-        # socket only, since a subclass may override send().
-        self._send_nowait = send_nowait if type(sock) is socket.socket else py_send_nowait
+        #: Writes what the socket's buffer takes of some bytes now, without
+        #: waiting, and returns the rest (``None`` when all went out): the
+        #: first step of :meth:`write`, which a writer may take alone. A
+        #: partial of :func:`send_nowait`, so no Python frame on the way
+        #: (with TLS, or without ``MSG_DONTWAIT``, it writes nothing).
+        self.write_nowait = self._nowait_writer()
         self._stream = StreamReader(sock, read_limit, buffered=buffered)
         #: Set (by the timer thread) just before a write that ran past its
         #: deadline is aborted, so the writer can tell a timeout from a lost
@@ -138,6 +147,7 @@ class Transport:
             do_handshake_on_connect=False,
         )
         self._try_nowait = False
+        self.write_nowait = self._nowait_writer()
         self._stream = StreamReader(self.sock, self.read_limit)
         self.sock.do_handshake()
 
@@ -217,11 +227,10 @@ class Transport:
                 part of a frame may have gone out.
             OSError: the connection is lost.
         """
-        if self._try_nowait:
-            rest = self._send_nowait(self.sock, data)
-            if rest is None:
-                return
-            data = rest
+        rest = self.write_nowait(data)
+        if rest is None:
+            return
+        data = rest
         if deadline is None and timeout is not None:
             deadline = time.monotonic() + timeout
         timer = None
@@ -242,6 +251,15 @@ class Transport:
         finally:
             if timer is not None:
                 timer.cancel()
+
+    def _nowait_writer(self) -> Callable[[BytesLike], Optional[BytesLike]]:
+        """What :attr:`write_nowait` is for the current socket."""
+        if not self._try_nowait:
+            return _nothing_written
+        # The C send_nowait() calls send(2) on the descriptor: for a plain
+        # socket only, since a subclass may override send().
+        send = send_nowait if type(self.sock) is socket.socket else py_send_nowait
+        return functools.partial(send, self.sock)
 
     def _deadline_passed(self) -> None:
         """Timer callback: a write ran past its deadline."""

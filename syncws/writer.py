@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Tuple, Union
 
 from .close_codes import CloseCode
 from .core import BytesLike, ConnectionCore, State
@@ -134,7 +134,11 @@ class Writer:
                     timeout = self.write_timeout
                 if len(data) == 1:  # write_locked(), inline: the usual case
                     try:
-                        self.transport.write(data[0], None, timeout)
+                        # Transport.write() in two steps: its first one
+                        # alone, a call less, when the socket takes it all.
+                        rest = self.transport.write_nowait(data[0])
+                        if rest is not None:
+                            self.transport.write(rest, None, timeout)
                     except OSError as exc:
                         self._write_failed(exc)
                         raise
@@ -247,7 +251,9 @@ class Writer:
         if self.core.outgoing:
             self.flush(blocking=False)
 
-    def write_locked(self, data: List[BytesLike], deadline: Optional[float], timeout: Optional[float] = None) -> None:
+    def write_locked(
+        self, data: Sequence[BytesLike], deadline: Optional[float], timeout: Optional[float] = None
+    ) -> None:
         """Write what the core produced; the caller holds :attr:`lock`.
 
         ``data`` is whole frames, or a large unmasked frame's header and
