@@ -170,14 +170,9 @@ class Transport:
         """Take the bytes read past the HTTP head, for the frame parser."""
         return self._stream.take_buffered()
 
-    @property
-    def recv(self) -> Callable[[int], bytes]:
-        """One blocking ``recv(size)``: at most ``size`` bytes; ``b""`` at the end of the stream.
-
-        The socket's own method, so that each of the reader thread's reads
-        goes through one call, not two.
-        """
-        return self.sock.recv
+    def recv(self, size: int) -> bytes:
+        """One blocking ``recv`` of at most ``size`` bytes; ``b""`` at the end of the stream."""
+        return self.sock.recv(size)
 
     def recv_ready(self, size: int) -> bytes:
         """What the socket holds now, at most ``size`` bytes, without waiting.
@@ -192,13 +187,9 @@ class Transport:
         except BlockingIOError:
             return b""
 
-    @property
-    def recv_into(self) -> Callable[[memoryview], int]:
-        """One blocking ``recv_into(buffer)``; 0 at the end of the stream.
-
-        The socket's own method, as for :attr:`recv`.
-        """
-        return self.sock.recv_into
+    def recv_into(self, buffer: memoryview) -> int:
+        """One blocking ``recv_into``; 0 at the end of the stream."""
+        return self.sock.recv_into(buffer)
 
     def drain(self) -> None:
         """Discard input until the peer closes, or an abort ends the wait."""

@@ -934,19 +934,14 @@ def test_reads_start_small_and_grow_while_the_peer_sends_more(raw_serve, monkeyp
     from syncws import reader, transport
 
     reads = []  # (bytes asked, bytes returned)
-    recv = transport.Transport.recv  # a property: the socket's own method
+    recv = transport.Transport.recv
 
-    def recording(self):
-        sock_recv = recv.fget(self)
+    def recording_recv(self, size):
+        data = recv(self, size)
+        reads.append((size, len(data)))
+        return data
 
-        def recording_recv(size):
-            data = sock_recv(size)
-            reads.append((size, len(data)))
-            return data
-
-        return recording_recv
-
-    monkeypatch.setattr(transport.Transport, "recv", property(recording))
+    monkeypatch.setattr(transport.Transport, "recv", recording_recv)
     burst = [str(i) * 100 for i in range(300)]  # 30 KB in one write
 
     def handler(conn):
