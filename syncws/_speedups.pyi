@@ -1,8 +1,9 @@
 """Type stub of the optional C accelerator (syncws/speedups.c).
 
 Each function mirrors a pure-Python one: masking.py_apply_mask,
-masking.py_apply_mask_inplace, framing.py_parse_simple_frames and
-framing.py_pack_frame; PayloadBuffer mirrors payload.PyPayloadBuffer.
+masking.py_apply_mask_inplace, framing.py_parse_simple_frames,
+framing.py_pack_frame and transport.py_send_nowait (POSIX only);
+PayloadBuffer mirrors payload.PyPayloadBuffer.
 """
 
 from typing import Any, List, Optional, Union

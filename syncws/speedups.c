@@ -38,12 +38,16 @@
  * which refuses while a buffer export (a memoryview) is alive, and after
  * which the buffer is empty.
  *
+ * send_nowait makes the first try of a write: one send(2) with
+ * MSG_DONTWAIT on a plain socket's descriptor, without socket.send()'s
+ * argument parsing, nor an exception when the buffer is full (POSIX only).
+ *
  * Every function mirrors a pure-Python one (masking.py_apply_mask,
  * masking.py_apply_mask_inplace, framing.py_parse_simple_frames,
- * framing.py_pack_frame) exactly, errors included, and PayloadBuffer
- * mirrors payload.PyPayloadBuffer; tests/test_masking.py,
- * tests/test_framing_speedups.py and tests/test_payload.py check that they
- * agree.
+ * framing.py_pack_frame, transport.py_send_nowait) exactly, errors
+ * included, and PayloadBuffer mirrors payload.PyPayloadBuffer;
+ * tests/test_masking.py, tests/test_framing_speedups.py,
+ * tests/test_transport.py and tests/test_payload.py check that they agree.
  *
  * Threads: above GIL_RELEASE_THRESHOLD bytes the XOR loop runs without the
  * GIL, so other Python threads (the reader thread of another connection,
@@ -53,7 +57,9 @@
  * thread has seen yet, plus a local copy of the key.  pack_frame masks the
  * same way.  parse_simple_frames keeps the GIL throughout: it appends to a
  * Python list as it goes, and payloads up to the connection's size limit
- * (1 MiB by default) take well under a millisecond to unmask.
+ * (1 MiB by default) take well under a millisecond to unmask.  send_nowait
+ * lets the GIL go around send(2), as socket.send() does, reading memory
+ * pinned the same way.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -1141,11 +1147,10 @@ speedups_free(void *module)
     speedups_clear((PyObject *)module);
 }
 
-/* Multi-phase initialization: the module's state is its type and one
- * interned name (one of each per module object), so it is safe in
- * subinterpreters, and in
- * free-threaded builds the functions only touch memory the caller handed
- * over.  A PayloadBuffer's export count is not atomic: a buffer belongs to
+/* Multi-phase initialization: the module keeps its type and one interned
+ * name (one of each per module object), so it is safe in subinterpreters,
+ * and in free-threaded builds the functions only touch memory the caller
+ * handed over.  A PayloadBuffer's export count is not atomic: a buffer belongs to
  * one thread at a time (the reader thread, under the core's lock). */
 static PyModuleDef_Slot speedups_slots[] = {
     {Py_mod_exec, (void *)speedups_exec},
@@ -1159,8 +1164,8 @@ static PyModuleDef_Slot speedups_slots[] = {
 };
 
 PyDoc_STRVAR(speedups_doc,
-"C accelerator for syncws.masking, syncws.framing and syncws.payload; use\n"
-"those modules, not this one.");
+"C accelerator for syncws.masking, syncws.framing, syncws.payload and\n"
+"syncws.transport; use those modules, not this one.");
 
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
