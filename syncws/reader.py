@@ -96,7 +96,7 @@ class Reader:
         small_read = min(SMALL_READ, read_limit)
         read_size = small_read  # see SMALL_READ
         recv, recv_into, recv_ready = transport.recv, transport.recv_into, transport.recv_ready
-        put = self.messages.put
+        put_all = self.messages.put_all
         cause = ""
         # The core's lock is taken with acquire() and try/finally: on
         # CPython 3.11-3.13 a with statement on a lock costs three times as
@@ -114,8 +114,7 @@ class Reader:
                 if core.outgoing:
                     self.writer.flush(blocking=False)
                 if core.input_closed:
-                    for message in received:
-                        put(message)
+                    put_all(received)
                     break
                 # Only this thread changes the partial frame get_buffer()
                 # looks at; a concurrent fail() only makes it moot.
@@ -127,8 +126,8 @@ class Reader:
                 # blocks on the socket (and lets go of the interpreter lock):
                 # the consumer a put wakes up then finds the lock free,
                 # rather than waking up only to wait for it.
-                for message in received:
-                    put(message)
+                if received:
+                    put_all(received)
                 if buffer is not None:
                     # A large frame: read straight into its payload. The
                     # view is released at once: the core may grow the buffer.
