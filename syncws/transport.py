@@ -53,7 +53,7 @@ def py_send_nowait(sock: socket.socket, data: BytesLike) -> Optional[memoryview]
     Pure-Python implementation; :func:`send_nowait` is this function or its
     C version, which makes the same ``send(2)`` call on the socket's
     descriptor without ``socket.send()``'s argument parsing, nor an
-    exception when the buffer is full (about 5% of a small message's
+    exception when the buffer is full (about 7% of a small message's
     ``send()``). POSIX only (``MSG_DONTWAIT``), and not for TLS.
 
     Returns:
