@@ -1,8 +1,9 @@
 """Type stub of the optional C accelerator (syncws/speedups.c).
 
 Each function mirrors a pure-Python one: masking.py_apply_mask,
-masking.py_apply_mask_inplace, framing.py_parse_simple_frames and
-framing.py_pack_frame; PayloadBuffer mirrors payload.PyPayloadBuffer.
+masking.py_apply_mask_inplace, framing.py_parse_simple_frames,
+framing.py_pack_frame and transport.py_send_nowait (POSIX only);
+PayloadBuffer mirrors payload.PyPayloadBuffer.
 """
 
 from typing import Any, List, Optional, Union
@@ -21,8 +22,10 @@ def parse_simple_frames(
     /,
 ) -> int: ...
 def pack_frame(
-    first: int, payload: BytesLike, mask_key: Optional[BytesLike], key_offset: Optional[int] = None, /
+    first: int, payload: Union[BytesLike, str], mask_key: Optional[BytesLike], key_offset: Optional[int] = None, /
 ) -> bytes: ...
+
+def send_nowait(sock: Any, data: BytesLike, /) -> Optional[memoryview]: ...
 
 class PayloadBuffer:
     def __init__(self, size: int, /) -> None: ...

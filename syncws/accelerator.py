@@ -5,7 +5,8 @@ Theory of operation
 
 ``syncws/speedups.c`` is built into ``syncws._speedups`` when a C compiler is
 available at install time; without one, syncws runs on pure Python.  The
-modules it accelerates (:mod:`syncws.masking`, :mod:`syncws.framing`) each
+modules it accelerates (:mod:`syncws.masking`, :mod:`syncws.framing`,
+:mod:`syncws.payload`, :mod:`syncws.transport`) each
 keep a pure-Python version of every function it provides, with the same
 behaviour, errors included, and pick the C one through :data:`SPEEDUPS` —
 so the rule for which implementation runs lives here, once.

@@ -20,7 +20,8 @@ a pure-Python one of the same behaviour, errors included (``py_`` prefix):
   every other frame to its general path; most traffic never reaches it.
 * :func:`pack_frame` serializes a frame into one ``bytes`` object, header
   and masked payload, for small frames, where one object costs less to
-  build and write than two. It checks no frame rule: :func:`encode_frame`
+  build and write than two; a text payload may be a ``str``, encoded
+  straight into the frame. It checks no frame rule: :func:`encode_frame`
   and :func:`encode_frame_bytes` do, then call it or :func:`frame_header`,
   which share the one encoding of the payload length (:func:`_length_header`).
 """
@@ -381,7 +382,7 @@ def frame_header(
 
 
 def py_pack_frame(
-    first: int, payload: BytesLike, mask_key: Optional[BytesLike], key_offset: Optional[int] = None, /
+    first: int, payload: Union[BytesLike, str], mask_key: Optional[BytesLike], key_offset: Optional[int] = None, /
 ) -> bytes:
     """Serialize a frame into one ``bytes`` object; pure-Python implementation.
 
@@ -394,7 +395,9 @@ def py_pack_frame(
             (0x20), RSV3 (0x10) and the opcode, e.g. ``0x81`` for a whole
             text message.
         payload: the unmasked payload; any bytes-like object, taken as its
-            raw bytes.
+            raw bytes, or a ``str``, taken as its UTF-8 (the C version
+            reads an ASCII one in place: ``send()`` hands a text message
+            over unencoded).
         mask_key: the 4-byte masking key, for frames a client sends
             (RFC 6455 §5.3); ``None`` for frames a server sends.
         key_offset: with a ``mask_key``, where the key starts in it:
@@ -409,14 +412,18 @@ def py_pack_frame(
 
     Raises:
         TypeError: ``first`` or ``key_offset`` isn't an integer, or
-            ``payload`` or ``mask_key`` isn't bytes-like.
+            ``payload`` (not a ``str``) or ``mask_key`` isn't bytes-like.
         ValueError: ``first`` isn't in 0..255, or ``mask_key`` isn't 4 bytes
             long, or with ``key_offset``, holds no 4 bytes there.
+        UnicodeEncodeError: a ``str`` payload has a lone surrogate (checked
+            before the key, as the C version does).
     """
     if type(first) is not int:
         first = operator.index(first)
     if not 0 <= first <= 0xFF:
         raise ValueError(f"the first header byte must be in 0..255, got {first}")
+    if isinstance(payload, str):
+        payload = payload.encode()
     if mask_key is not None and key_offset is not None:
         pool = memoryview(mask_key).cast("B")
         offset = operator.index(key_offset)
@@ -601,7 +608,8 @@ class _PackFrame(Protocol):
     """The signature of :func:`py_pack_frame`, its optional argument included."""
 
     def __call__(
-        self, first: int, payload: BytesLike, mask_key: Optional[BytesLike], key_offset: Optional[int] = None, /
+        self, first: int, payload: Union[BytesLike, str], mask_key: Optional[BytesLike],
+        key_offset: Optional[int] = None, /,
     ) -> bytes: ...
 
 

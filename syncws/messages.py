@@ -30,7 +30,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Any, Iterable, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 from .core import BytesLike, Data, Fragment
 from .exceptions import ConcurrencyError
@@ -105,6 +105,24 @@ class MessageQueue:
             finally:
                 self.put_waiting = False
         self._items.put(item)
+
+    def put_all(self, items: Sequence[Any]) -> None:
+        """Append messages in order, waiting while the queue is full.
+
+        What :meth:`put` does for each, with one look at the size for as
+        many as fit: the reader thread queues what one read brought.
+        Consumers only ever make room, so the room counted stays true.
+        Called by the reader thread only.
+        """
+        append = self._items.put
+        room = self._maxsize - self._items.qsize() if self._bounded else len(items)
+        for item in items:
+            if room > 0:
+                append(item)
+                room -= 1
+            else:
+                self.put(item)  # waits for room
+                room = self._maxsize - self._items.qsize() if self._bounded else len(items)
 
     def get(self, timeout: Optional[float] = None) -> Any:
         """Take the oldest message. Safe to call from any thread.

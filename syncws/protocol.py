@@ -557,7 +557,9 @@ class WebSocketCommonProtocol:
                 connection is aborted.
         """
         if type(message) is str and text is None:  # the common case, first
-            payload: Optional[BytesLike] = message.encode()
+            # Handed down unencoded: the frame is encoded straight from it
+            # (pack_frame()), with no bytes object made and freed per message.
+            payload: Union[BytesLike, str, None] = message
             is_text = True
         else:
             outgoing = prepare_message(message, text)
@@ -573,7 +575,8 @@ class WebSocketCommonProtocol:
             payload, is_text = outgoing.payload, outgoing.text
         if self._debug:
             assert payload is not None
-            self.logger.debug("%s > %s [%d bytes]", self, "TEXT" if is_text else "BINARY", len(payload))
+            size = len(payload.encode()) if isinstance(payload, str) else len(payload)
+            self.logger.debug("%s > %s [%d bytes]", self, "TEXT" if is_text else "BINARY", size)
         writer = self._writer
         if writer is None:
             raise InvalidState("the opening handshake isn't done yet")

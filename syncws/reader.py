@@ -104,7 +104,7 @@ class Reader:
         # looked up when used: rarer, and each bound method would cost the
         # connection 64 bytes for as long as it is open.
         recv = transport.recv
-        put = self.messages.put
+        put_all = self.messages.put_all
         cause = ""
         # The core's lock is taken with acquire() and try/finally: on
         # CPython 3.11-3.13 a with statement on a lock costs three times as
@@ -122,8 +122,7 @@ class Reader:
                 if core.outgoing:
                     self.writer.flush(blocking=False)
                 if core.input_closed:
-                    for message in received:
-                        put(message)
+                    put_all(received)
                     break
                 # Only this thread changes the partial frame get_buffer()
                 # looks at; a concurrent fail() only makes it moot.
@@ -135,8 +134,8 @@ class Reader:
                 # blocks on the socket (and lets go of the interpreter lock):
                 # the consumer a put wakes up then finds the lock free,
                 # rather than waking up only to wait for it.
-                for message in received:
-                    put(message)
+                if received:
+                    put_all(received)
                 if buffer is not None:
                     # A large frame: read straight into its payload. The
                     # view is released at once: the core may grow the buffer.

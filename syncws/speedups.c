@@ -24,7 +24,10 @@
  * what makes a frame simple.
  *
  * pack_frame writes a header and a (masked) payload into one new bytes
- * object, sized up front: one allocation, one pass over the payload.
+ * object, sized up front: one allocation, one pass over the payload.  A
+ * text payload may be a str: an ASCII one (the usual message) is its own
+ * UTF-8 and goes into the frame straight from the str, so that send()
+ * makes no bytes object to encode it.
  *
  * PayloadBuffer is a writable buffer over a bytes object that nobody else
  * has seen yet: a large frame's payload is received into it (recv_into,
@@ -35,12 +38,16 @@
  * which refuses while a buffer export (a memoryview) is alive, and after
  * which the buffer is empty.
  *
+ * send_nowait makes the first try of a write: one send(2) with
+ * MSG_DONTWAIT on a plain socket's descriptor, without socket.send()'s
+ * argument parsing, nor an exception when the buffer is full (POSIX only).
+ *
  * Every function mirrors a pure-Python one (masking.py_apply_mask,
  * masking.py_apply_mask_inplace, framing.py_parse_simple_frames,
- * framing.py_pack_frame) exactly, errors included, and PayloadBuffer
- * mirrors payload.PyPayloadBuffer; tests/test_masking.py,
- * tests/test_framing_speedups.py and tests/test_payload.py check that they
- * agree.
+ * framing.py_pack_frame, transport.py_send_nowait) exactly, errors
+ * included, and PayloadBuffer mirrors payload.PyPayloadBuffer;
+ * tests/test_masking.py, tests/test_framing_speedups.py,
+ * tests/test_transport.py and tests/test_payload.py check that they agree.
  *
  * Threads: above GIL_RELEASE_THRESHOLD bytes the XOR loop runs without the
  * GIL, so other Python threads (the reader thread of another connection,
@@ -50,7 +57,9 @@
  * thread has seen yet, plus a local copy of the key.  pack_frame masks the
  * same way.  parse_simple_frames keeps the GIL throughout: it appends to a
  * Python list as it goes, and payloads up to the connection's size limit
- * (1 MiB by default) take well under a millisecond to unmask.
+ * (1 MiB by default) take well under a millisecond to unmask.  send_nowait
+ * lets the GIL go around send(2), as socket.send() does, reading memory
+ * pinned the same way.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -58,6 +67,11 @@
 
 #include <stdint.h>
 #include <string.h>
+
+#ifndef _WIN32
+#include <errno.h>
+#include <sys/socket.h>
+#endif
 
 #ifdef __SSE2__
 #include <emmintrin.h>
@@ -643,6 +657,38 @@ done:
     return result;
 }
 
+/*
+ * Point *data and *length at the UTF-8 of str, as str.encode() would give
+ * it (strict: a lone surrogate raises UnicodeEncodeError).  An ASCII str is
+ * its own UTF-8 and is read in place, with no bytes object made and freed;
+ * any other is encoded into a new bytes object, left in *encoded for the
+ * caller to release.  A str is immutable, so its data may be read without
+ * the GIL, as a bytes object's.  Returns 0 on success, -1 with an
+ * exception set.
+ */
+static int
+utf8_of(PyObject *str, PyObject **encoded, const char **data,
+        Py_ssize_t *length)
+{
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(str) < 0) {
+        return -1;
+    }
+#endif
+    if (PyUnicode_IS_ASCII(str)) {
+        *data = (const char *)PyUnicode_DATA(str);
+        *length = PyUnicode_GET_LENGTH(str);
+        return 0;
+    }
+    *encoded = PyUnicode_AsUTF8String(str);
+    if (*encoded == NULL) {
+        return -1;
+    }
+    *data = PyBytes_AS_STRING(*encoded);
+    *length = PyBytes_GET_SIZE(*encoded);
+    return 0;
+}
+
 PyDoc_STRVAR(pack_frame_doc,
 "pack_frame($module, first, payload, mask_key, key_offset=None, /)\n"
 "--\n"
@@ -662,9 +708,11 @@ pack_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t first;
     Py_buffer view;
     int have_view = 0;
-    const unsigned char *payload;
-    Py_ssize_t length, header_size;
-    PyObject *result;
+    const unsigned char *payload = NULL;
+    Py_ssize_t length = 0, header_size;
+    int text_payload;
+    PyObject *encoded = NULL;  /* a non-ASCII str payload's UTF-8 */
+    PyObject *result = NULL;
     unsigned char *out;
 
     (void)module;
@@ -689,19 +737,28 @@ pack_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     Py_DECREF(index);
-    /* The key before the payload, as apply_mask() checks them. */
+    /* A str is encoded first, as the Python version does; then the key
+     * before any other payload, as apply_mask() checks them. */
+    text_payload = PyUnicode_Check(args[1]);
+    if (text_payload
+        && utf8_of(args[1], &encoded, (const char **)&payload, &length) < 0) {
+        return NULL;
+    }
     masked = args[2] != Py_None;
     if (masked) {
         if (nargs == 4 && args[3] != Py_None) {
             if (parse_key_at(args[2], args[3], key) < 0) {
-                return NULL;
+                goto done;
             }
         }
         else if (parse_key(args[2], key) < 0) {
-            return NULL;
+            goto done;
         }
     }
-    if (PyBytes_CheckExact(args[1])) {
+    if (text_payload) {
+        /* payload and length point at its UTF-8 already. */
+    }
+    else if (PyBytes_CheckExact(args[1])) {
         payload = (const unsigned char *)PyBytes_AS_STRING(args[1]);
         length = PyBytes_GET_SIZE(args[1]);
     }
@@ -709,7 +766,7 @@ pack_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         /* PyBUF_FULL_RO accepts strided memoryviews, gathered below, as
          * Python's apply_mask() and bytes concatenation accept them. */
         if (PyObject_GetBuffer(args[1], &view, PyBUF_FULL_RO) < 0) {
-            return NULL;
+            goto done;
         }
         have_view = 1;
         payload = (const unsigned char *)view.buf;
@@ -768,8 +825,112 @@ done:
     if (have_view) {
         PyBuffer_Release(&view);
     }
+    Py_XDECREF(encoded);
     return result;
 }
+
+/* The module's state: the one name send_nowait() looks up per call. */
+typedef struct {
+    PyObject *fileno;       /* "fileno", interned */
+} speedups_state;
+
+#ifdef MSG_DONTWAIT
+PyDoc_STRVAR(send_nowait_doc,
+"send_nowait($module, sock, data, /)\n"
+"--\n"
+"\n"
+"Send what the socket's buffer takes of data now, without waiting; C\n"
+"implementation.\n"
+"\n"
+"See syncws.transport.py_send_nowait, which this mirrors for a plain\n"
+"socket.socket: one send(2) with MSG_DONTWAIT, without the GIL.\n");
+
+static PyObject *
+send_nowait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    speedups_state *state = PyModule_GetState(module);
+    PyObject *fileno;
+    long fd;
+    Py_buffer view;
+    int have_view = 0;
+    const char *data;
+    Py_ssize_t length, sent;
+    int error;
+    PyObject *whole, *result = NULL;
+
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError,
+                     "send_nowait() takes exactly 2 arguments (%zd given)",
+                     nargs);
+        return NULL;
+    }
+    /* Asked per call, as socket.send() does: a closed socket says -1, and
+     * send(2) then fails with EBADF, as socket.send() does. */
+    fileno = PyObject_CallMethodNoArgs(args[0], state->fileno);
+    if (fileno == NULL) {
+        return NULL;
+    }
+    fd = PyLong_AsLong(fileno);
+    Py_DECREF(fileno);
+    if (fd == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (PyBytes_CheckExact(args[1])) {
+        data = PyBytes_AS_STRING(args[1]);
+        length = PyBytes_GET_SIZE(args[1]);
+    }
+    else {
+        if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) {
+            return NULL;
+        }
+        have_view = 1;
+        data = (const char *)view.buf;
+        length = view.len;
+    }
+    for (;;) {
+        /* The GIL is let go, as socket.send() does: over loopback the
+         * kernel delivers the bytes to the peer's socket within this
+         * call, which takes microseconds. */
+        Py_BEGIN_ALLOW_THREADS
+        sent = send((int)fd, data, (size_t)length, MSG_DONTWAIT);
+        error = errno;
+        Py_END_ALLOW_THREADS
+        if (sent >= 0) {
+            break;
+        }
+        if (error == EINTR) {
+            /* Run the signal handlers, then try again, as socket.send(). */
+            if (PyErr_CheckSignals() < 0) {
+                goto done;
+            }
+            continue;
+        }
+        if (error == EAGAIN || error == EWOULDBLOCK) {
+            sent = 0;
+            break;
+        }
+        errno = error;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
+    if (sent == length) {
+        Py_INCREF(Py_None);
+        result = Py_None;
+        goto done;
+    }
+    whole = PyMemoryView_FromObject(args[1]);
+    if (whole != NULL) {
+        result = PySequence_GetSlice(whole, sent, PY_SSIZE_T_MAX);
+        Py_DECREF(whole);
+    }
+
+done:
+    if (have_view) {
+        PyBuffer_Release(&view);
+    }
+    return result;
+}
+#endif  /* MSG_DONTWAIT */
 
 /*
  * PayloadBuffer: see the theory of operation above.  The bytes object is
@@ -927,8 +1088,14 @@ static PyType_Spec payload_buffer_spec = {
 static int
 speedups_exec(PyObject *module)
 {
-    PyObject *type = PyType_FromModuleAndSpec(module, &payload_buffer_spec,
-                                              NULL);
+    speedups_state *state = PyModule_GetState(module);
+    PyObject *type;
+
+    state->fileno = PyUnicode_InternFromString("fileno");
+    if (state->fileno == NULL) {
+        return -1;
+    }
+    type = PyType_FromModuleAndSpec(module, &payload_buffer_spec, NULL);
 
     if (type == NULL) {
         return -1;
@@ -949,13 +1116,41 @@ static PyMethodDef speedups_methods[] = {
      METH_FASTCALL, parse_simple_frames_doc},
     {"pack_frame", (PyCFunction)(void (*)(void))pack_frame, METH_FASTCALL,
      pack_frame_doc},
+#ifdef MSG_DONTWAIT
+    {"send_nowait", (PyCFunction)(void (*)(void))send_nowait, METH_FASTCALL,
+     send_nowait_doc},
+#endif
     {NULL, NULL, 0, NULL},
 };
 
-/* Multi-phase initialization: the module has no state but its type (one
- * per module object), so it is safe in subinterpreters, and in
- * free-threaded builds the functions only touch memory the caller handed
- * over.  A PayloadBuffer's export count is not atomic: a buffer belongs to
+static int
+speedups_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    speedups_state *state = PyModule_GetState(module);
+
+    Py_VISIT(state->fileno);
+    return 0;
+}
+
+static int
+speedups_clear(PyObject *module)
+{
+    speedups_state *state = PyModule_GetState(module);
+
+    Py_CLEAR(state->fileno);
+    return 0;
+}
+
+static void
+speedups_free(void *module)
+{
+    speedups_clear((PyObject *)module);
+}
+
+/* Multi-phase initialization: the module keeps its type and one interned
+ * name (one of each per module object), so it is safe in subinterpreters,
+ * and in free-threaded builds the functions only touch memory the caller
+ * handed over.  A PayloadBuffer's export count is not atomic: a buffer belongs to
  * one thread at a time (the reader thread, under the core's lock). */
 static PyModuleDef_Slot speedups_slots[] = {
     {Py_mod_exec, (void *)speedups_exec},
@@ -969,19 +1164,19 @@ static PyModuleDef_Slot speedups_slots[] = {
 };
 
 PyDoc_STRVAR(speedups_doc,
-"C accelerator for syncws.masking, syncws.framing and syncws.payload; use\n"
-"those modules, not this one.");
+"C accelerator for syncws.masking, syncws.framing, syncws.payload and\n"
+"syncws.transport; use those modules, not this one.");
 
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     "syncws._speedups",
     speedups_doc,
-    0,
+    sizeof(speedups_state),
     speedups_methods,
     speedups_slots,
-    NULL,
-    NULL,
-    NULL,
+    speedups_traverse,
+    speedups_clear,
+    speedups_free,
 };
 
 PyMODINIT_FUNC

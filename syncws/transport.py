@@ -9,10 +9,11 @@ its first byte to its last, and is the only code that calls the socket.
   the reader thread reads with :meth:`~Transport.recv` and
   :meth:`~Transport.recv_into`.
 * **Writing** (:meth:`~Transport.write`) first tries one non-blocking
-  ``send`` (``MSG_DONTWAIT`` on POSIX sockets without TLS): when the kernel
-  buffer has room, a frame costs one system call and no timer. Only when it
-  is full does the write block, watched by a timer of :mod:`syncws.timers`
-  that aborts the transport at the deadline.
+  ``send`` (``MSG_DONTWAIT`` on POSIX sockets without TLS, through
+  :func:`send_nowait`): when the kernel buffer has room, a frame costs one
+  system call and no timer. Only when it is full does the write block,
+  watched by a timer of :mod:`syncws.timers` that aborts the transport at
+  the deadline.
 * **Aborting** (:meth:`~Transport.abort`) shuts the socket down, which never
   blocks and wakes every thread blocked on it: that is how deadlines are
   enforced on blocking sockets from the timer thread.
@@ -23,6 +24,7 @@ connection's business (:mod:`syncws.protocol`).
 
 from __future__ import annotations
 
+import functools
 import select
 import socket
 import sys
@@ -30,18 +32,52 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from . import timers
+from .accelerator import SPEEDUPS
 from .streamreader import StreamReader
 
 if TYPE_CHECKING:  # ssl costs megabytes of memory: imported only for wss://
     import ssl as ssl_module
 
-__all__ = ["Transport"]
+__all__ = ["Transport", "send_nowait", "py_send_nowait"]
 
 # MSG_DONTWAIT lets a write try without blocking on a socket whose reads
 # block, with no syscall to switch modes; POSIX only, and not for TLS.
 _MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 BytesLike = Union[bytes, bytearray, memoryview]
+
+
+def py_send_nowait(sock: socket.socket, data: BytesLike) -> Optional[memoryview]:
+    """Send what the socket's buffer takes of ``data`` now, without waiting.
+
+    Pure-Python implementation; :func:`send_nowait` is this function or its
+    C version, which makes the same ``send(2)`` call on the socket's
+    descriptor without ``socket.send()``'s argument parsing, nor an
+    exception when the buffer is full (about 7% of a small message's
+    ``send()``). POSIX only (``MSG_DONTWAIT``), and not for TLS.
+
+    Returns:
+        ``None`` when all of it went out, else a view of the rest.
+
+    Raises:
+        OSError: the connection is lost (or the socket closed).
+    """
+    try:
+        sent = sock.send(data, _MSG_DONTWAIT)
+    except BlockingIOError:
+        sent = 0
+    return None if sent == len(data) else memoryview(data)[sent:]
+
+
+#: See :func:`py_send_nowait`.
+send_nowait: Callable[[socket.socket, BytesLike], Optional[memoryview]] = getattr(
+    SPEEDUPS, "send_nowait", py_send_nowait
+)
+
+
+def _nothing_written(data: BytesLike) -> BytesLike:
+    """:attr:`Transport.write_nowait` where a write can't be tried without waiting."""
+    return data
 
 
 class Transport:
@@ -76,6 +112,12 @@ class Transport:
         # Whether write() may try a non-blocking send first, and recv_ready()
         # a non-blocking recv (not with TLS).
         self._try_nowait = bool(_MSG_DONTWAIT) and not self.secure
+        #: Writes what the socket's buffer takes of some bytes now, without
+        #: waiting, and returns the rest (``None`` when all went out): the
+        #: first step of :meth:`write`, which a writer may take alone. A
+        #: partial of :func:`send_nowait`, so no Python frame on the way
+        #: (with TLS, or without ``MSG_DONTWAIT``, it writes nothing).
+        self.write_nowait = self._nowait_writer()
         self._stream = StreamReader(sock, read_limit, buffered=buffered)
         #: Set (by the timer thread) just before a write that ran past its
         #: deadline is aborted, so the writer can tell a timeout from a lost
@@ -115,6 +157,7 @@ class Transport:
             do_handshake_on_connect=False,
         )
         self._try_nowait = False
+        self.write_nowait = self._nowait_writer()
         self._stream = StreamReader(self.sock, self.read_limit)
         self.sock.do_handshake()
 
@@ -178,7 +221,7 @@ class Transport:
 
     # -- writing -----------------------------------------------------------------
 
-    def write(self, data: BytesLike, deadline: Optional[float] = None, *, timeout: Optional[float] = None) -> None:
+    def write(self, data: BytesLike, deadline: Optional[float] = None, timeout: Optional[float] = None) -> None:
         """Write all of ``data`` within a deadline.
 
         Args:
@@ -195,14 +238,10 @@ class Transport:
                 part of a frame may have gone out.
             OSError: the connection is lost.
         """
-        if self._try_nowait:
-            try:
-                sent = self.sock.send(data, _MSG_DONTWAIT)
-            except BlockingIOError:
-                sent = 0
-            if sent == len(data):
-                return
-            data = memoryview(data)[sent:]
+        rest = self.write_nowait(data)
+        if rest is None:
+            return
+        data = rest
         if deadline is None and timeout is not None:
             deadline = time.monotonic() + timeout
         timer = None
@@ -223,6 +262,15 @@ class Transport:
         finally:
             if timer is not None:
                 timer.cancel()
+
+    def _nowait_writer(self) -> Callable[[BytesLike], Optional[BytesLike]]:
+        """What :attr:`write_nowait` is for the current socket."""
+        if not self._try_nowait:
+            return _nothing_written
+        # The C send_nowait() calls send(2) on the descriptor: for a plain
+        # socket only, since a subclass may override send().
+        send = send_nowait if type(self.sock) is socket.socket else py_send_nowait
+        return functools.partial(send, self.sock)
 
     def _deadline_passed(self) -> None:
         """Timer callback: a write ran past its deadline."""

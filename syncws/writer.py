@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterator, Optional, Sequence, Tuple, Union
 
 from .close_codes import CloseCode
 from .core import BytesLike, ConnectionCore, State
@@ -74,7 +74,8 @@ class Writer:
         return None if wait is None else time.monotonic() + wait
 
     def send_data(
-        self, payload: BytesLike, text: bool, fin: bool, compress: Optional[bool], deadline: Optional[float]
+        self, payload: Union[BytesLike, str], text: bool, fin: bool, compress: Optional[bool],
+        deadline: Optional[float],
     ) -> None:
         """Have the core make one data frame and write it by ``deadline``.
 
@@ -93,12 +94,13 @@ class Writer:
             self.flush(blocking=False)
 
     def send_message(
-        self, payload: BytesLike, text: bool, compress: Optional[bool], timeout: Optional[float],
-        *, nowait: bool = False,
+        self, payload: Union[BytesLike, str], text: bool, compress: Optional[bool], timeout: Optional[float],
+        nowait: bool = False,
     ) -> bool:
         """Send a whole message in one frame, after any fragmented message in progress.
 
-        The hot path of ``send()``. ``timeout`` (``write_timeout`` when
+        The hot path of ``send()``. ``payload`` may be a ``str`` for text,
+        which the core encodes. ``timeout`` (``write_timeout`` when
         ``None``) bounds how long the write may wait for the peer to read;
         the other sending methods take it alike.
 
@@ -113,7 +115,9 @@ class Writer:
         # with statements: on CPython 3.11-3.13 a with statement on a lock
         # costs three times as much, and this runs for every message.
         core, lock, core_lock = self.core, self.lock, self.core_lock
-        if not lock.acquire(not nowait):
+        if not nowait:
+            lock.acquire()
+        elif not lock.acquire(False):
             return False
         try:
             # Headers, and deflate's worst case on incompressible data, add
@@ -134,7 +138,11 @@ class Writer:
                     timeout = self.write_timeout
                 if len(data) == 1:  # write_locked(), inline: the usual case
                     try:
-                        self.transport.write(data[0], None, timeout=timeout)
+                        # Transport.write() in two steps: its first one
+                        # alone, a call less, when the socket takes it all.
+                        rest = self.transport.write_nowait(data[0])
+                        if rest is not None:
+                            self.transport.write(rest, None, timeout)
                     except OSError as exc:
                         self._write_failed(exc)
                         raise
@@ -247,7 +255,9 @@ class Writer:
         if self.core.outgoing:
             self.flush(blocking=False)
 
-    def write_locked(self, data: List[BytesLike], deadline: Optional[float], timeout: Optional[float] = None) -> None:
+    def write_locked(
+        self, data: Sequence[BytesLike], deadline: Optional[float], timeout: Optional[float] = None
+    ) -> None:
         """Write what the core produced; the caller holds :attr:`lock`.
 
         ``data`` is whole frames, or a large unmasked frame's header and

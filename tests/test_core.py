@@ -353,6 +353,32 @@ def test_send_message_is_send_data_then_data_to_send(side: str, deflate: bool) -
     assert two.bytes_sent == one.bytes_sent
 
 
+@pytest.mark.parametrize("deflate", [False, True])
+@pytest.mark.parametrize("text", ["hello", "h\u00e9llo \u20ac \U0001f600", "", "x" * 70000, "\u00e9" * 40000])
+def test_send_message_takes_a_str_as_its_utf8(side: str, deflate: bool, text: str) -> None:
+    one, two = make(side, deflate=deflate), make(side, deflate=deflate)
+    one.send_data(text.encode(), text=True)
+    assert parse_frames(b"".join(two.send_message(text, True)), masked=side == "client") == sent(one)
+    assert (two.messages_sent, two.bytes_sent) == (one.messages_sent, one.bytes_sent)
+
+
+def test_send_data_takes_a_str_as_its_utf8(side: str) -> None:
+    one, two = make(side), make(side)
+    for fin in (False, True):
+        one.send_data("\u00e9t\u00e9".encode(), text=True, fin=fin)
+        two.send_data("\u00e9t\u00e9", text=True, fin=fin)
+    assert parse_frames(output(two), masked=side == "client") == sent(one)
+
+
+@pytest.mark.parametrize("deflate", [False, True])
+def test_send_message_of_a_lone_surrogate_sends_nothing(side: str, deflate: bool) -> None:
+    core = make(side, deflate=deflate)
+    with pytest.raises(UnicodeEncodeError):
+        core.send_message("\ud800", True)
+    assert (core.outgoing, core.messages_sent, core.bytes_sent) == ([], 0, 0)
+    assert core.send_message("ok", True)
+
+
 def test_send_message_takes_frames_made_before_it() -> None:
     core = make("server")
     core.send_pong(b"p")

@@ -494,10 +494,32 @@ def test_pack_key_offset_not_an_integer(impl: Impl, offset: Any) -> None:
         impl.pack_frame(0x82, b"x", bytes(64), offset)
 
 
-@pytest.mark.parametrize("payload, mask_key", [("text", None), ("text", KEY), (42, KEY), (b"x", "abcd"), (b"x", 1234)])
+@pytest.mark.parametrize("payload, mask_key", [(42, KEY), (42, None), (b"x", "abcd"), (b"x", 1234), ("x", "abcd")])
 def test_pack_not_bytes_like(impl: Impl, payload: Any, mask_key: Any) -> None:
     with pytest.raises(TypeError):
         impl.pack_frame(0x82, payload, mask_key)
+
+
+class Text(str):
+    """A str subclass: packed as its UTF-8 too."""
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 1000, 65535, 65536, 70001])
+@pytest.mark.parametrize("mask_key", [None, KEY], ids=["unmasked", "masked"])
+@pytest.mark.parametrize("chars", ["a", "\u00e9", "\u20ac", "\U0001f600", "a\u00e9"], ids=["ascii", "latin1", "bmp", "astral", "mixed"])
+def test_pack_a_str_as_its_utf8(impl: Impl, size: int, mask_key: Optional[bytes], chars: str) -> None:
+    text = (chars * size)[:size]
+    for payload in (text, Text(text)):
+        assert impl.pack_frame(0x81, payload, mask_key) == impl.pack_frame(0x81, text.encode(), mask_key)
+    pool = os.urandom(64)
+    assert impl.pack_frame(0x81, text, pool, 8) == impl.pack_frame(0x81, text.encode(), pool[8:12])
+
+
+@pytest.mark.parametrize("mask_key", [None, KEY, b"abc"], ids=["unmasked", "masked", "bad key"])
+def test_pack_a_lone_surrogate(impl: Impl, mask_key: Optional[bytes]) -> None:
+    # Encoding comes first, in both versions: a bad key too raises this.
+    with pytest.raises(UnicodeEncodeError):
+        impl.pack_frame(0x81, "a\ud800", mask_key)
 
 
 # -- encode_frame_bytes -------------------------------------------------------------

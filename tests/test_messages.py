@@ -235,3 +235,37 @@ def test_producer_and_consumer_stream_in_order() -> None:
     assert received == list(range(n_items))
     assert len(queue) == 0
     assert not queue.put_waiting
+
+
+def test_put_all_appends_in_order() -> None:
+    for maxsize in (None, 0, 10):
+        queue = MessageQueue(maxsize)
+        queue.put_all(["a", b"b", "c"])
+        queue.put_all([])
+        assert [queue.get(0) for _ in range(3)] == ["a", b"b", "c"]
+        assert not queue.put_waiting
+
+
+def test_put_all_fills_then_waits_for_room() -> None:
+    queue = MessageQueue(3, low=1)
+    queue.put(0)
+    producer = Runner(lambda: queue.put_all(list(range(1, 7)))).start_and_wait_started()
+    assert wait_until(lambda: queue.put_waiting)
+    assert len(queue) == 3  # filled up to the bound, then waits
+    assert [queue.get(0), queue.get(0)] == [0, 1]  # down to low: the producer goes on
+    assert wait_until(lambda: len(queue) == 3 and queue.put_waiting)  # 2, 3, 4; 5 waits
+    assert [queue.get(timeout=WAIT) for _ in range(5)] == [2, 3, 4, 5, 6]
+    assert producer.done.wait(WAIT)
+    assert producer.exception is None
+
+
+def test_put_all_streams_in_order_under_a_bound() -> None:
+    queue = MessageQueue(3)
+    n_items = 5000
+    batches = [list(range(start, start + 7)) for start in range(0, n_items, 7)]
+    producer = Runner(lambda: [queue.put_all(batch) for batch in batches]).start_and_wait_started()
+    expected = [item for batch in batches for item in batch]
+    received = [queue.get(timeout=WAIT) for _ in expected]
+    assert producer.done.wait(WAIT)
+    assert received == expected
+    assert len(queue) == 0

@@ -482,6 +482,17 @@ def test_send_wrong_type_raises_and_keeps_connection(ws_serve, bad):
         assert results.get(timeout=5) == ["still fine"]
 
 
+@pytest.mark.parametrize("compression", ["deflate", None])
+def test_send_lone_surrogate_raises_and_keeps_connection(ws_serve, compression):
+    results = queue.Queue()
+    with syncws.connect(ws_serve(fragment_recorder(results)), compression=compression) as ws:
+        with pytest.raises(UnicodeEncodeError):
+            ws.send("a\ud800")
+        assert ws.open
+        ws.send("still fine \u00e9")
+        assert results.get(timeout=5) == ["still fine \u00e9"]
+
+
 def test_send_iterable_of_wrong_type_raises_before_sending(ws_serve):
     """Nothing went out yet: like websockets, a TypeError and the connection lives on."""
     results = queue.Queue()

@@ -1,0 +1,129 @@
+"""Tests for syncws.transport's non-blocking send, send_nowait, in both versions.
+
+Every test runs on the pure-Python implementation and, on POSIX whenever
+``syncws._speedups`` imports, on the C one too: both must return and raise
+the same, over a socketpair whose buffer is empty, full, or gone.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Any, Callable, List, Optional
+
+import pytest
+
+from syncws import transport
+from syncws.transport import Transport, py_send_nowait
+
+try:
+    from syncws import _speedups
+except ImportError:
+    _speedups = None
+
+pytestmark = pytest.mark.skipif(not hasattr(socket, "MSG_DONTWAIT"), reason="POSIX only")
+
+SendNowait = Callable[[socket.socket, Any], Optional[memoryview]]
+IMPLS: List[SendNowait] = [py_send_nowait]
+if _speedups is not None and hasattr(_speedups, "send_nowait"):
+    IMPLS.append(_speedups.send_nowait)
+
+
+@pytest.fixture(params=IMPLS, ids=["python", "c"][: len(IMPLS)])
+def send_nowait(request: pytest.FixtureRequest) -> SendNowait:
+    """Each available implementation in turn."""
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def pair() -> Any:
+    """Two connected stream sockets, blocking, with small buffers."""
+    one, two = socket.socketpair()
+    one.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    two.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    yield one, two
+    one.close()
+    two.close()
+
+
+def receive(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        data += sock.recv(size - len(data))
+    return data
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_all_sent_is_none(send_nowait: SendNowait, pair: Any, kind: Any) -> None:
+    one, two = pair
+    assert send_nowait(one, kind(b"hello")) is None
+    assert send_nowait(one, kind(b"")) is None
+    assert receive(two, 5) == b"hello"
+
+
+def test_a_full_buffer_gives_the_rest(send_nowait: SendNowait, pair: Any) -> None:
+    one, two = pair
+    data = bytes(range(256)) * 4096  # far more than both buffers hold
+    rest = send_nowait(one, data)
+    assert type(rest) is memoryview
+    sent = len(data) - len(rest)
+    assert 0 < sent < len(data)
+    assert rest == data[sent:]
+    # Nothing fits now: all of it is the rest, and no error.
+    again = send_nowait(one, rest)
+    assert again is not None and again == rest
+    assert receive(two, sent) == data[:sent]
+
+
+def test_a_closed_socket_is_ebadf(send_nowait: SendNowait, pair: Any) -> None:
+    one, _ = pair
+    one.close()
+    with pytest.raises(OSError) as info:
+        send_nowait(one, b"x")
+    assert info.value.errno == errno.EBADF
+
+
+def test_a_gone_peer_is_the_same_error(pair: Any) -> None:
+    errors = []
+    for send_nowait in IMPLS:
+        one, two = socket.socketpair()
+        two.close()
+        with pytest.raises(OSError) as info:
+            send_nowait(one, b"x")
+        errors.append((type(info.value), info.value.errno))
+        one.close()
+    assert all(error == errors[0] for error in errors)
+    assert errors[0][1] == errno.EPIPE
+
+
+def test_not_bytes_like(send_nowait: SendNowait, pair: Any) -> None:
+    one, _ = pair
+    with pytest.raises(TypeError):
+        send_nowait(one, "text")
+
+
+def test_public_name_picks_one_implementation() -> None:
+    if transport.SPEEDUPS is not None and hasattr(transport.SPEEDUPS, "send_nowait"):
+        assert transport.send_nowait is transport.SPEEDUPS.send_nowait
+    else:
+        assert transport.send_nowait is py_send_nowait
+
+
+def test_write_nowait_sends_on_the_transport_socket(pair: Any) -> None:
+    one, two = pair
+    write_nowait = Transport(one).write_nowait
+    assert write_nowait.func is transport.send_nowait  # type: ignore[attr-defined]
+    assert write_nowait(b"hi") is None
+    assert receive(two, 2) == b"hi"
+
+
+def test_a_socket_subclass_gets_the_python_version(pair: Any) -> None:
+    class Sock(socket.socket):
+        pass
+
+    one, _ = pair
+    sub = Sock(fileno=socket.dup(one.fileno()))
+    try:
+        assert Transport(sub).write_nowait.func is py_send_nowait  # type: ignore[attr-defined]
+    finally:
+        sub.close()
