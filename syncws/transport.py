@@ -98,7 +98,7 @@ class Transport:
     """
 
     __slots__ = (
-        "sock", "read_limit", "_try_nowait", "_stream", "write_timed_out", "local_address",
+        "sock", "read_limit", "_try_nowait", "write_nowait", "_stream", "write_timed_out", "local_address",
         "remote_address",
     )
 
