@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import select
 import socket
+import subprocess
+import sys
 import threading
 from typing import Iterator, List
 
@@ -121,6 +124,30 @@ def test_no_proxy_bypasses(monkeypatch: pytest.MonkeyPatch) -> None:
     assert proxy_for(parse_uri("ws://other.org/"), True) == "http://proxy.invalid:3128"
     assert proxy_for(parse_uri("wss://other.org/"), True) == "http://secure-proxy.invalid:3128"
     assert proxy_for(parse_uri("wss://other.org/"), None) is None
+
+
+@pytest.mark.skipif(sys.platform in ("darwin", "win32"), reason="urllib also reads system-wide proxy settings there")
+def test_an_environment_without_proxies_costs_no_lookup() -> None:
+    # No variable ending in _proxy: no proxy, nothing to bypass, and no
+    # urllib.request imported to find that out (megabytes, and two scans of
+    # the environment per connection).
+    env = {name: value for name, value in os.environ.items() if name[-6:].lower() != "_proxy"}
+    code = (
+        "import sys; from syncws.proxy import proxy_for; from syncws.uri import parse_uri; "
+        "print(proxy_for(parse_uri('ws://example.com/'), True), proxy_for(parse_uri('wss://example.com/'), True), "
+        "'urllib.request' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=15)
+    assert result.stdout.split() == ["None", "None", "False"], result.stderr
+
+
+def test_a_proxy_variable_in_any_case_is_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As urllib.request.getproxies() finds them: *_proxy in any case.
+    for name in list(os.environ):
+        if name[-6:].lower() == "_proxy":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("Http_Proxy", "http://proxy.invalid:3128")
+    assert proxy_for(parse_uri("ws://other.org/"), True) == "http://proxy.invalid:3128"
 
 
 def test_proxy_refusal_raises_proxy_error(echo_server: syncws.WebSocketServer) -> None:
