@@ -102,6 +102,13 @@ _SHARED_STRINGS.update((value, value) for value in ("websocket", "Upgrade", "13"
 # make them grow.
 _KNOWN_MAX = 512
 _KNOWN_LINE_LENGTH = 200
+# Headers whose value is new on every connection (a handshake's key and
+# answer) or secret (credentials) are never remembered: the former would
+# fill the caches with lines seen once, emptying them every _KNOWN_MAX
+# connections, and the latter would outlive their connection there.
+_UNREMEMBERED = frozenset((
+    "sec-websocket-key", "sec-websocket-accept", "authorization", "proxy-authorization", "cookie", "set-cookie",
+))
 # header line read, CRLF included -> its (name, value, index key)
 _known_lines: Dict[bytes, Tuple[str, str, str]] = {}
 # start line read, CRLF included -> its (method, target) or (status, reason)
@@ -624,7 +631,8 @@ def _new_header(line: bytes) -> Tuple[str, str, str]:
     name, value = _parse_header_line(line[:-2].decode("iso-8859-1"))
     key = name.lower()
     header = (name, value, _SHARED_STRINGS.get(key, key))
-    _remember(_known_lines, line, header, len(line))
+    if key not in _UNREMEMBERED:
+        _remember(_known_lines, line, header, len(line))
     return header
 
 
@@ -723,7 +731,8 @@ def _serialize_head(start_line: str, headers: HeadersLike) -> bytes:
     for header in headers._pairs():
         if header not in _known_headers:
             _check_header(*header)
-            _remember(_known_headers, header, True, len(header[0]) + len(header[1]))
+            if header[0].lower() not in _UNREMEMBERED:
+                _remember(_known_headers, header, True, len(header[0]) + len(header[1]))
     return f"{start_line}\r\n{headers}".encode("iso-8859-1")
 
 

@@ -509,6 +509,24 @@ def test_remembered_lines_and_headers_are_bounded() -> None:
     assert ("X-Long", long_value) not in module._known_headers
 
 
+def test_keys_answers_and_credentials_are_not_remembered() -> None:
+    # New on every connection, or secret: never kept past their use.
+    import syncws.http as module
+
+    head = (
+        b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Authorization: Basic dXNlcjpzZWNyZXQ=\r\nCookie: session=secret\r\n\r\n"
+    )
+    headers = read_request(reader(head)).headers
+    assert headers["Authorization"] == "Basic dXNlcjpzZWNyZXQ=" and headers["Cookie"] == "session=secret"
+    serialize_response(101, [("Sec-WebSocket-Accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), ("Set-Cookie", "a=b")])
+    assert b"Upgrade: websocket\r\n" in module._known_lines
+    for remembered in module._known_lines:
+        assert not remembered.lower().startswith((b"sec-websocket-key", b"authorization", b"cookie"))
+    for name, _ in module._known_headers:
+        assert name.lower() not in ("sec-websocket-accept", "set-cookie")
+
+
 @pytest.mark.parametrize("path", ["", "/a b", "/a\r\nX: y", "/é"])
 def test_serialize_request_refuses_bad_target(path: str) -> None:
     with pytest.raises(ValueError, match="invalid request target"):
