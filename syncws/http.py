@@ -444,7 +444,10 @@ def _request_line(line: bytes) -> Tuple[str, str]:
     start = _known_request_lines.get(line)
     if start is None:
         start = _parse_request_line(line[:-2].decode("iso-8859-1"))
-        _remember(_known_request_lines, line, start, len(line))
+        # A target with a query string is likely one client's (a token, a
+        # session): as _UNREMEMBERED's headers, not kept.
+        if b"?" not in line:
+            _remember(_known_request_lines, line, start, len(line))
     return start
 
 

@@ -525,6 +525,11 @@ def test_keys_answers_and_credentials_are_not_remembered() -> None:
         assert not remembered.lower().startswith((b"sec-websocket-key", b"authorization", b"cookie"))
     for name, _ in module._known_headers:
         assert name.lower() not in ("sec-websocket-accept", "set-cookie")
+    # Nor is a request target with a query string (a token, often).
+    assert read_request(reader(b"GET /chat?token=secret HTTP/1.1\r\n\r\n")).path == "/chat?token=secret"
+    read_request(reader(b"GET /chat HTTP/1.1\r\n\r\n"))
+    assert b"GET /chat HTTP/1.1\r\n" in module._known_request_lines
+    assert not any(b"token" in line for line in module._known_request_lines)
 
 
 @pytest.mark.parametrize("path", ["", "/a b", "/a\r\nX: y", "/é"])
