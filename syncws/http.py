@@ -33,6 +33,7 @@ from typing import (
     NamedTuple,
     Optional,
     Tuple,
+    TypeVar,
     Union,
 )
 
@@ -112,6 +113,7 @@ _UNREMEMBERED = frozenset((
 # header line read, CRLF included -> its (name, value, index key)
 _known_lines: Dict[bytes, Tuple[str, str, str]] = {}
 # start line read, CRLF included -> its (method, target) or (status, reason)
+_Start = TypeVar("_Start", Tuple[str, str], Tuple[int, str])
 _known_request_lines: Dict[bytes, Tuple[str, str]] = {}
 _known_status_lines: Dict[bytes, Tuple[int, str]] = {}
 # (name, value) pairs that passed _check_header -> True
@@ -433,21 +435,23 @@ def read_request(
     """
     lines, read_line = _whole_head(read_head, read_line, max_line, max_headers)
     if lines is not None:
-        method, path = _request_line(lines[0])
+        method, path = _start_line(_known_request_lines, lines[0], _parse_request_line)
         return Request(method, path, _headers_from_lines(lines))
-    method, path = _request_line(_read_line(read_line, "request", max_line, first=True))
+    request_line = _read_line(read_line, "request", max_line, first=True)
+    method, path = _start_line(_known_request_lines, request_line, _parse_request_line)
     return Request(method, path, _read_headers(read_line, "request", max_line, max_headers))
 
 
-def _request_line(line: bytes) -> Tuple[str, str]:
-    """Return the method and target of a request line read, CRLF included."""
-    start = _known_request_lines.get(line)
+def _start_line(known: Dict[bytes, _Start], line: bytes, parse: Callable[[str], _Start]) -> _Start:
+    """Parse a start line read, CRLF included, with ``parse``, once per line remembered in ``known``."""
+    start = known.get(line)
     if start is None:
-        start = _parse_request_line(line[:-2].decode("iso-8859-1"))
-        # A target with a query string is likely one client's (a token, a
-        # session): as _UNREMEMBERED's headers, not kept.
+        start = parse(line[:-2].decode("iso-8859-1"))
+        # A request target with a query string is likely one client's (a
+        # token, a session): as _UNREMEMBERED's headers, not kept (nor the
+        # rare status line with a "?" in its reason).
         if b"?" not in line:
-            _remember(_known_request_lines, line, start, len(line))
+            _remember(known, line, start, len(line))
     return start
 
 
@@ -495,19 +499,11 @@ def read_response(
     """
     lines, read_line = _whole_head(read_head, read_line, max_line, max_headers)
     if lines is not None:
-        status_code, reason = _status_line(lines[0])
+        status_code, reason = _start_line(_known_status_lines, lines[0], _parse_status_line)
         return Response(status_code, reason, _headers_from_lines(lines))
-    status_code, reason = _status_line(_read_line(read_line, "response", max_line, first=True))
+    status_line = _read_line(read_line, "response", max_line, first=True)
+    status_code, reason = _start_line(_known_status_lines, status_line, _parse_status_line)
     return Response(status_code, reason, _read_headers(read_line, "response", max_line, max_headers))
-
-
-def _status_line(line: bytes) -> Tuple[int, str]:
-    """Return the status code and reason of a status line read, CRLF included."""
-    start = _known_status_lines.get(line)
-    if start is None:
-        start = _parse_status_line(line[:-2].decode("iso-8859-1"))
-        _remember(_known_status_lines, line, start, len(line))
-    return start
 
 
 def _parse_status_line(status_line: str) -> Tuple[int, str]:
