@@ -136,6 +136,11 @@ class Reader:
                 # rather than waking up only to wait for it.
                 if received:
                     put_all(received)
+                # Nothing the thread is done with stays referenced while it
+                # blocks: a message recv() has taken and dropped (up to
+                # max_message) would otherwise live on, in these lists, for
+                # as long as the peer stays silent.
+                del events, received
                 if buffer is not None:
                     # A large frame: read straight into its payload. The
                     # view is released at once: the core may grow the buffer.
@@ -166,6 +171,7 @@ class Reader:
                         events = core.receive_data(data)
                     finally:
                         lock.release()
+                    del data  # (the core keeps what it still needs)
             # The close frame goes out before our FIN.
             self.writer.flush(blocking=True)
             self.messages.unbound()

@@ -13,6 +13,7 @@ import base64
 import contextlib
 import os
 import socket
+import sys
 import threading
 import time
 import tracemalloc
@@ -160,3 +161,27 @@ def test_tiny_fragments_cost_memory_by_bytes_not_by_fragment() -> None:
     # the rest of what the peer sent.
     assert blocked_peak < 2 * MiB, f"peak {blocked_peak / MiB:.1f} MiB while blocked"
     assert peak[0] < 2 * MiB, f"peak {peak[0] / MiB:.1f} MiB"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("size", [16, 4 * MiB], ids=["read", "read-into-frame"])
+def test_a_message_recv_returned_is_not_kept_while_the_peer_is_silent(size: int) -> None:
+    """Once recv() has returned a message and the caller dropped it, the
+    connection holds no reference to it, though the peer sends nothing more
+    (the reader thread blocks on the socket meanwhile). Small frames come
+    through a read, large ones are read into the frame's buffer."""
+
+    def handler(ws: Any) -> None:
+        ws.send(b"x" * size)
+        with contextlib.suppress(syncws.ConnectionClosed):
+            ws.recv(timeout=20)  # silent until the client closes
+
+    with syncws.serve(handler, "127.0.0.1", 0, compression=None, max_size=8 * MiB) as server:
+        with syncws.connect(f"ws://127.0.0.1:{server.port}/", compression=None, max_size=8 * MiB) as ws:
+            message = ws.recv(timeout=10)
+            assert len(message) == size
+            # The reader thread may still be on its way to the socket.
+            deadline = time.monotonic() + 5
+            while sys.getrefcount(message) > 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert sys.getrefcount(message) == 2  # the name and the call's argument
