@@ -402,7 +402,10 @@ class WebSocketCommonProtocol:
             self._keepalive.start()
         self._reader_started = True
         try:
-            readers.start(self._run_reader, f"syncws-reader-{self.remote_address}")
+            # Not the address tuple's repr: repr() of a container gives the
+            # calling thread a dict of its own (CPython's recursion guard),
+            # about 300 bytes for as long as a server's handler thread lives.
+            readers.start(self._run_reader, f"syncws-reader-{format_address(self.remote_address)}")
         except BaseException:
             self._reader_started = False
             self._reader = None

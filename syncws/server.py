@@ -651,7 +651,7 @@ class WebSocketServer:
                 self.logger.debug("%s: %s", address, exc)
                 sock.close()
                 return
-        name = f"syncws-server-{address}"
+        name = f"syncws-server-{format_address(address)}"  # as the reader thread's
         with self._lock:
             if self._closing:
                 sock.close()

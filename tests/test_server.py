@@ -151,6 +151,26 @@ def test_echo_syncws_client(make_server):
 
 
 @pytest.mark.timeout(10)
+def test_connection_threads_are_named_after_the_peer(make_server):
+    """The handler's thread and the reader thread carry the peer's address
+    as log lines write it (host:port)."""
+    names = {}
+
+    def handler(ws):
+        names["handler"] = threading.current_thread().name
+        names["readers"] = [t.name for t in threading.enumerate() if t.name.startswith("syncws-reader-")]
+        ws.send("named")
+        ws.recv()
+
+    server = make_server(handler)
+    with syncws.connect(url(server)) as ws:
+        assert ws.recv(timeout=5) == "named"
+        host, port = ws.local_address[:2]
+        assert names["handler"] == f"syncws-server-{host}:{port}"
+        assert f"syncws-reader-{host}:{port}" in names["readers"]
+
+
+@pytest.mark.timeout(10)
 def test_echo_websockets_sync_client(make_server):
     server = make_server()
     with websockets.sync.client.connect(url(server), open_timeout=5) as ws:
