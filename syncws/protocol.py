@@ -171,7 +171,7 @@ class WebSocketCommonProtocol:
         "write_limit", "ping_interval", "ping_timeout", "write_timeout", "logger", "_id", "subprotocol",
         "extensions", "path", "request_headers", "response_headers", "latency", "transport", "_core",
         "_core_lock", "_writer", "_messages", "_assembler", "_reader", "_reader_started", "_reader_ident",
-        "_reader_done", "_closed", "_close_timer", "_keepalive", "_pings_sent", "_opened_at", "_debug",
+        "_closed", "_close_timer", "_keepalive", "_pings_sent", "_opened_at", "_debug",
         "__dict__", "__weakref__",
     )
 
@@ -241,14 +241,13 @@ class WebSocketCommonProtocol:
         # The reader loop connection_open() made, until its thread ends
         # (dropped then: it refers back to the connection); whether
         # connection_open() gave the connection its reader thread (from
-        # syncws.readers); the thread's ident once it runs; set when the
-        # reader is done (what close() waits for).
+        # syncws.readers); the thread's ident once it runs.
         self._reader: Optional[Reader] = None
         self._reader_started = False
         self._reader_ident: Optional[int] = None
-        self._reader_done = _Latch()
-        # Set by the reader thread when it has closed everything (by abort()
-        # when there is no reader thread).
+        # Set by the reader thread as it ends, everything closed (by abort()
+        # when there is no reader thread): what close() and wait_closed()
+        # wait for.
         self._closed = _Latch()
         self._close_timer: Optional[timers.Timer] = None
         self._keepalive: Optional[Keepalive] = None
@@ -421,7 +420,7 @@ class WebSocketCommonProtocol:
             self._reader.run()
         finally:
             self._reader = None
-            self._reader_done.set()
+            self._closed.set()
 
     def abort(self, cause: str = "aborted") -> None:
         """Drop the connection at once, without a closing handshake.
@@ -771,18 +770,20 @@ class WebSocketCommonProtocol:
         carries the final close code, which the closing handshake decides.
         """
         self._messages.unbound()
-        if not self._closed.wait(None if self.close_timeout is None else self.close_timeout + 1):
-            self.abort("the closing handshake didn't end")
-            self._closed.wait()
+        self._await_closed()
         return self._core.closed_exception()
 
     def _wait_reader(self) -> None:
         """Wait for the reader to be done, dropping TCP if the peer holds it open."""
         if not self._reader_started or self._reader_ident == threading.get_ident():
             return
-        if not self._reader_done.wait(None if self.close_timeout is None else self.close_timeout + 1):
+        self._await_closed()
+
+    def _await_closed(self) -> None:
+        """Wait until everything is closed, dropping TCP if the peer holds it open."""
+        if not self._closed.wait(None if self.close_timeout is None else self.close_timeout + 1):
             self.abort("the closing handshake didn't end")
-            self._reader_done.wait()
+            self._closed.wait()
 
     # -- deadlines -------------------------------------------------------------
 
@@ -810,7 +811,10 @@ class WebSocketCommonProtocol:
         self.latency = latency
 
     def _finish(self, cause: str) -> None:
-        """Close the socket and wake everyone: the reader thread's last act."""
+        """Close the socket and the queue, stop the timers: the reader loop's last act.
+
+        Its thread then sets ``_closed`` (in :meth:`_run_reader`).
+        """
         transport = self.transport
         assert transport is not None and self._writer is not None
         write_lock = self._writer.lock
@@ -831,7 +835,6 @@ class WebSocketCommonProtocol:
         if self._keepalive is not None:
             self._keepalive.stop()
         self._messages.close()
-        self._closed.set()
         if self.logger.isEnabledFor(logging.INFO):
             core = self._core
             assert core.close_code is not None and core.close_reason is not None
