@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import socket
 import sys
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 __all__ = ["SMALL_READ", "StreamReader"]
 
@@ -155,7 +155,7 @@ class StreamReader:
         self._pos = end
         return line
 
-    def read_head(self, limit: int) -> Optional[bytes]:
+    def read_head(self, limit: int, top_up: Optional[Callable[[int], bytes]] = None) -> Optional[bytes]:
         """Return an HTTP head whole, if it arrived within ``limit`` bytes.
 
         Reads once when nothing is buffered (as the head's first line
@@ -165,6 +165,12 @@ class StreamReader:
 
         Args:
             limit: the most bytes the head may take.
+            top_up: returns what the socket holds now, at most the given
+                number of bytes, without waiting (``b""`` when it can't
+                tell: :meth:`syncws.transport.Transport.recv_ready`). Called
+                once when that read came back full without the head's end:
+                a head longer than :data:`SMALL_READ`, as a browser's
+                usually is, most likely arrived whole.
 
         Returns:
             The head, or ``None``, having consumed nothing, when the buffer
@@ -172,13 +178,19 @@ class StreamReader:
             :meth:`read_line`) or the stream ended.
         """
         pos = self._pos
-        if pos == len(self._data):
+        read = pos == len(self._data)
+        if read:
             try:
                 self._fill()
             except EOFError:
                 return None  # read_line() tells the end of the stream
             pos = 0
         end = self._data.find(b"\r\n\r\n", pos, pos + limit)
+        if end < 0 and read and top_up is not None and self._small_read <= len(self._data) < limit:
+            more = top_up(limit - len(self._data))
+            self.bytes_received += len(more)
+            self._data += more
+            end = self._data.find(b"\r\n\r\n", 0, limit)
         if end < 0:
             return None
         end += 4

@@ -172,10 +172,9 @@ class Transport:
         """
         return self._stream.read_line
 
-    @property
-    def read_head(self) -> Callable[[int], Optional[bytes]]:
-        """Reads a whole HTTP head if it is there (see :meth:`StreamReader.read_head`)."""
-        return self._stream.read_head
+    def read_head(self, limit: int) -> Optional[bytes]:
+        """Read a whole HTTP head if it is there (see :meth:`StreamReader.read_head`)."""
+        return self._stream.read_head(limit, self.recv_ready)
 
     def read_available(self, limit: int) -> bytes:
         """Read what is buffered or one ``recv`` (an HTTP body); ``b""`` at the end."""

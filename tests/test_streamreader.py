@@ -420,3 +420,51 @@ def test_read_head_at_end_of_stream() -> None:
     reader = StreamReader(ScriptedSocket([]), read_limit=64)  # type: ignore[arg-type]
     assert reader.read_head(100) is None
     assert reader.read_line(100) == b""
+
+
+# A browser's request head: longer than one small read.
+LONG_HEAD = b"GET /chat HTTP/1.1\r\nHost: x\r\nCookie: " + b"c" * 600 + b"\r\n\r\n"
+
+
+def test_read_head_tops_up_a_full_read_without_the_head_end() -> None:
+    first, rest = LONG_HEAD[:SMALL_READ], LONG_HEAD[SMALL_READ:] + b"\x81\x00"
+    sock = ScriptedSocket([first])
+    asked: List[int] = []
+
+    def top_up(size: int) -> bytes:
+        asked.append(size)
+        return rest
+
+    reader = StreamReader(sock, read_limit=2**16)  # type: ignore[arg-type]
+    assert reader.read_head(4096, top_up) == LONG_HEAD
+    assert sock.requests == [SMALL_READ] and asked == [4096 - SMALL_READ]
+    assert reader.take_buffered() == b"\x81\x00"
+    assert reader.bytes_received == len(LONG_HEAD) + 2
+
+
+def test_read_head_tops_up_only_a_full_read() -> None:
+    # A short read without the head's end: the rest is still on its way.
+    sock = ScriptedSocket([b"GET / HTTP/1.1\r\n", b"\r\n"])
+    asked: List[int] = []
+    reader = StreamReader(sock, read_limit=2**16)  # type: ignore[arg-type]
+    assert reader.read_head(4096, lambda size: asked.append(size) or b"") is None
+    assert asked == []
+
+
+def test_read_head_without_the_rest_leaves_the_head_to_the_lines() -> None:
+    first, rest = LONG_HEAD[:SMALL_READ], LONG_HEAD[SMALL_READ:]
+    sock = ScriptedSocket([first, rest])
+    reader = StreamReader(sock, read_limit=2**16)  # type: ignore[arg-type]
+    assert reader.read_head(4096, lambda size: b"") is None  # nothing there yet, or TLS
+    assert reader.read_line(4096) == b"GET /chat HTTP/1.1\r\n"
+    assert reader.read_line(4096) == b"Host: x\r\n"
+    assert reader.read_line(4096) == LONG_HEAD.split(b"\r\n")[2] + b"\r\n"
+    assert reader.read_line(4096) == b"\r\n"
+
+
+def test_read_head_tops_up_no_further_than_the_limit() -> None:
+    sock = ScriptedSocket([LONG_HEAD[:SMALL_READ]])
+    asked: List[int] = []
+    reader = StreamReader(sock, read_limit=2**16)  # type: ignore[arg-type]
+    assert reader.read_head(600, lambda size: asked.append(size) or LONG_HEAD[SMALL_READ : SMALL_READ + size]) is None
+    assert asked == [600 - SMALL_READ]

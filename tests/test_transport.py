@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import time
 from typing import Any, Callable, List, Optional
 
 import pytest
@@ -127,3 +128,23 @@ def test_a_socket_subclass_gets_the_python_version(pair: Any) -> None:
         assert Transport(sub).write_nowait.func is py_send_nowait  # type: ignore[attr-defined]
     finally:
         sub.close()
+
+
+def test_read_head_takes_a_long_head_that_arrived_whole() -> None:
+    """A request head longer than one small read (a browser's, with cookies),
+    sent in one piece over TCP, comes back whole from one read_head()."""
+    head = b"GET / HTTP/1.1\r\nHost: x\r\nCookie: " + b"c" * 1500 + b"\r\n\r\n"
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        with socket.create_connection(listener.getsockname(), timeout=5) as client:
+            server, _ = listener.accept()
+            with server:
+                server.settimeout(5)
+                client.sendall(head + b"\x81\x00")
+                # All of it in the server's buffer before the read.
+                deadline = 50
+                while len(server.recv(4096, socket.MSG_PEEK)) < len(head) + 2 and deadline:
+                    deadline -= 1
+                    time.sleep(0.01)
+                reader = Transport(server)
+                assert reader.read_head(8192) == head
+                assert reader.take_buffered() == b"\x81\x00"
