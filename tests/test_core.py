@@ -299,6 +299,64 @@ def test_receive_memoryview(side: str) -> None:
     assert core.receive_data(memoryview(peer_frame(core, TEXT, "mv"))) == ["mv"]
 
 
+def test_simple_input_says_whole_messages_only(side: str) -> None:
+    core = make(side)
+    assert not core.simple_input
+    assert core.receive_data(peer_frame(core, TEXT, "a") + peer_frame(core, BINARY, b"b")) == ["a", b"b"]
+    assert core.simple_input
+    assert core.messages_received == 2
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        pytest.param(lambda core: peer_frame(core, PING, b"p"), id="ping"),
+        pytest.param(lambda core: peer_frame(core, PONG, b"p"), id="pong"),
+        pytest.param(lambda core: peer_frame(core, TEXT, "f", fin=False), id="fragment"),
+        pytest.param(lambda core: peer_frame(core, TEXT, "cut")[:-1], id="cut-frame"),
+        pytest.param(lambda core: peer_frame(core, TEXT, "cut")[:1], id="cut-header"),
+        pytest.param(lambda core: peer_frame(core, CLOSE, serialize_close(1000, "")), id="close"),
+        pytest.param(lambda core: raw_frame(core, 0x83), id="protocol-error"),
+    ],
+)
+def test_simple_input_is_false_after_anything_else(side: str, after) -> None:  # type: ignore[no-untyped-def]
+    core = make(side)
+    core.receive_data(peer_frame(core, TEXT, "a"))
+    assert core.simple_input
+    events = core.receive_data(peer_frame(core, TEXT, "b") + after(core))
+    assert events[0] == "b"
+    assert not core.simple_input
+    assert core.messages_received == 2
+
+
+def test_simple_input_is_false_while_a_frame_or_header_is_pending(side: str) -> None:
+    core = make(side)
+    data = peer_frame(core, TEXT, "hello")
+    core.receive_data(data[:1])
+    assert not core.simple_input
+    assert core.receive_data(data[1:]) == ["hello"]
+    assert not core.simple_input  # it ended a frame begun before
+    assert core.receive_data(data) == ["hello"]
+    assert core.simple_input
+
+
+def test_simple_input_is_false_after_our_close_frame(side: str) -> None:
+    core = make(side)
+    core.send_close()
+    assert core.receive_data(peer_frame(core, TEXT, "dropped")) == []
+    assert not core.simple_input
+
+
+def test_messages_then_a_large_frame_in_one_read(side: str) -> None:
+    # The general path takes over where the whole messages end.
+    core = make(side)
+    payload = bytes(range(256)) * 300
+    data = peer_frame(core, TEXT, "a") + peer_frame(core, BINARY, payload)
+    assert core.receive_data(data[:5000]) == ["a"]
+    assert core.receive_data(data[5000:]) == [payload]
+    assert core.messages_received == 2
+
+
 def test_send_binary(side: str) -> None:
     core = make(side)
     core.send_data(b"\x01\x02", text=False)
