@@ -109,20 +109,21 @@ class MessageQueue:
     def put_all(self, items: Sequence[Any]) -> None:
         """Append messages in order, waiting while the queue is full.
 
-        What :meth:`put` does for each, with one look at the size for as
-        many as fit: the reader thread queues what one read brought.
-        Consumers only ever make room, so the room counted stays true.
-        Called by the reader thread only.
+        What :meth:`put` does for each, with one look at the size when all
+        fit: the reader thread queues what one read brought. Consumers
+        only ever make room, so the room counted stays true. Called by the
+        reader thread only.
         """
-        append = self._items.put
-        room = self._maxsize - self._items.qsize() if self._bounded else len(items)
+        # self._items.put() each time, not a bound method made per call:
+        # that costs more than the lookups it saves, for the one or two
+        # messages a read brings.
+        items_ = self._items
+        if self._bounded and items_.qsize() + len(items) > self._maxsize:
+            for item in items:
+                self.put(item)  # waits for room when there is none
+            return
         for item in items:
-            if room > 0:
-                append(item)
-                room -= 1
-            else:
-                self.put(item)  # waits for room
-                room = self._maxsize - self._items.qsize() if self._bounded else len(items)
+            items_.put(item)
 
     def get(self, timeout: Optional[float] = None) -> Any:
         """Take the oldest message. Safe to call from any thread.
