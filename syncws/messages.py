@@ -145,12 +145,21 @@ class MessageQueue:
                 item = self._items.get(timeout=timeout)
         except queue.Empty:
             raise TimeoutError(f"no message received within {timeout} seconds") from None
+        if item is _CLOSED or self.put_waiting:
+            self._taken(item)
+        return item
+
+    def _taken(self, item: Any) -> None:
+        """What follows taking ``item``, when it is the end marker or the reader waits for room.
+
+        Raises:
+            QueueClosed: ``item`` is the end marker (put back for the next consumer).
+        """
         if item is _CLOSED:
             self._items.put(_CLOSED)
             raise QueueClosed
         if self.put_waiting and self._items.qsize() <= self._low:
             self._wake_reader()
-        return item
 
     def unbound(self) -> None:
         """Let :meth:`put` append without waiting from now on."""
@@ -235,7 +244,15 @@ class Assembler:
             raise _concurrent_receive() from None
         try:
             if not self._partial:
-                item = self.items.get(timeout)
+                items = self.items
+                if timeout is None:
+                    # items.get(), inline (a deliberate copy of its common
+                    # case): a Python call fewer for every message.
+                    item = items._items.get()
+                    if item is _CLOSED or items.put_waiting:
+                        items._taken(item)
+                else:
+                    item = items.get(timeout)
                 if type(item) is not Fragment:
                     return item if decode is None else _convert(item, decode)
                 self._partial.append(item.data)
