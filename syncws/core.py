@@ -961,22 +961,26 @@ class ConnectionCore:
 
     def send_message(
         self, payload: Union[BytesLike, str], text: bool, compress: Optional[bool] = None
-    ) -> Sequence[BytesLike]:
+    ) -> Optional[Sequence[BytesLike]]:
         """Send a whole message in one frame and take the bytes to write.
 
         What ``send_data(payload, text=text, fin=True, compress=compress)``
         followed by :meth:`data_to_send` does, in one call: a writer's path
         for every whole message, where each call counts.
 
+        Returns:
+            The bytes to write; ``None``, having sent nothing, while a
+            fragmented message is under way (the message must wait for its
+            end: a writer finds out here, in the call it makes anyway).
+
         Raises:
-            InvalidState: the connection isn't open, a close frame was
-                sent, or a fragmented message is under way (its last frame
-                goes through :meth:`send_data`).
+            InvalidState: the connection isn't open, or a close frame was
+                sent.
             UnicodeEncodeError: a ``str`` payload has a lone surrogate
                 (nothing is sent).
         """
         if self.sending_fragmented:
-            raise InvalidState("a fragmented message is being sent: finish it first")
+            return None
         if self.deflate is None and (self.is_client or len(payload) <= self.join_limit):
             if self.state is not _OPEN or self.close_sent is not None:
                 self._check_open()
