@@ -383,8 +383,8 @@ class ConnectionCore:
         #: ``False`` says nothing (other input may be simple too).
         self.simple_input = False
         #: Whether a fragmented message was started and not finished (read
-        #: it; send_data() changes it). A plain attribute: the writer reads
-        #: it for every message.
+        #: it; send_data() changes it). A plain attribute: send_message()
+        #: reads it for every message.
         self.sending_fragmented = False
         # Whether the fragmented message being sent is compressed.
         self._sending_compressed = False
