@@ -375,12 +375,13 @@ class ConnectionCore:
         #: the end of TCP matters then. Read it; the core sets it. (A plain
         #: attribute: the reader thread reads it after every read.)
         self.input_closed = False
-        #: ``True`` when the events the last :meth:`receive_data` returned
-        #: are all whole messages (``str`` or ``bytes``, no fragment, no
-        #: control event) and its input ended between frames, with no
-        #: partial frame left: the common case, which a reader may handle
-        #: without looking at each event, nor for :meth:`get_buffer`.
-        #: ``False`` says nothing (other input may be simple too).
+        #: ``True`` when the events the last :meth:`receive_data` (or
+        #: :meth:`buffer_updated`) returned are all whole messages (``str``
+        #: or ``bytes``: no fragment, no control event) and its input ended
+        #: between frames, with no partial frame left: the common case,
+        #: which a reader may handle without looking at each event, nor
+        #: for :meth:`get_buffer`. ``False`` says nothing (other input may
+        #: be simple too). Only the thread that feeds the core reads it.
         self.simple_input = False
         #: Whether a fragmented message was started and not finished (read
         #: it; send_data() changes it). A plain attribute: send_message()
@@ -691,6 +692,7 @@ class ConnectionCore:
         self.bytes_received += size
         partial = self._partial
         if partial is None or self.input_closed:
+            self.simple_input = False
             return []  # failed meanwhile: the bytes are discarded
         assert partial.buffer is not None and 0 < size <= partial.length - partial.received
         partial.received += size

@@ -340,6 +340,25 @@ def test_simple_input_is_false_while_a_frame_or_header_is_pending(side: str) -> 
     assert core.simple_input
 
 
+def test_simple_input_is_false_after_buffer_updated(side: str) -> None:
+    core = make(side)
+    payload = bytes(range(256)) * 300
+    data = peer_frame(core, BINARY, payload)
+    core.receive_data(peer_frame(core, TEXT, "a") + data[:1000])
+    view = core.get_buffer()
+    assert view is not None and not core.simple_input
+    size = len(data) - 1000
+    view[:size] = data[1000:]
+    view.release()
+    assert core.buffer_updated(size) == [payload]
+    assert not core.simple_input
+    core.receive_data(peer_frame(core, TEXT, "b"))
+    assert core.simple_input
+    core.fail(1011, "gone")
+    assert core.buffer_updated(1) == []
+    assert not core.simple_input
+
+
 def test_simple_input_is_false_after_our_close_frame(side: str) -> None:
     core = make(side)
     core.send_close()
