@@ -109,20 +109,21 @@ class MessageQueue:
     def put_all(self, items: Sequence[Any]) -> None:
         """Append messages in order, waiting while the queue is full.
 
-        What :meth:`put` does for each, with one look at the size for as
-        many as fit: the reader thread queues what one read brought.
-        Consumers only ever make room, so the room counted stays true.
-        Called by the reader thread only.
+        What :meth:`put` does for each, with one look at the size when all
+        fit: the reader thread queues what one read brought. Consumers
+        only ever make room, so the room counted stays true. Called by the
+        reader thread only.
         """
-        append = self._items.put
-        room = self._maxsize - self._items.qsize() if self._bounded else len(items)
+        # self._items.put() each time, not a bound method made per call:
+        # that costs more than the lookups it saves, for the one or two
+        # messages a read brings.
+        items_ = self._items
+        if self._bounded and items_.qsize() + len(items) > self._maxsize:
+            for item in items:
+                self.put(item)  # waits for room when there is none
+            return
         for item in items:
-            if room > 0:
-                append(item)
-                room -= 1
-            else:
-                self.put(item)  # waits for room
-                room = self._maxsize - self._items.qsize() if self._bounded else len(items)
+            items_.put(item)
 
     def get(self, timeout: Optional[float] = None) -> Any:
         """Take the oldest message. Safe to call from any thread.
@@ -144,12 +145,21 @@ class MessageQueue:
                 item = self._items.get(timeout=timeout)
         except queue.Empty:
             raise TimeoutError(f"no message received within {timeout} seconds") from None
+        if item is _CLOSED or self.put_waiting:
+            self._taken(item)
+        return item
+
+    def _taken(self, item: Any) -> None:
+        """What follows taking ``item``, when it is the end marker or the reader waits for room.
+
+        Raises:
+            QueueClosed: ``item`` is the end marker (put back for the next consumer).
+        """
         if item is _CLOSED:
             self._items.put(_CLOSED)
             raise QueueClosed
         if self.put_waiting and self._items.qsize() <= self._low:
             self._wake_reader()
-        return item
 
     def unbound(self) -> None:
         """Let :meth:`put` append without waiting from now on."""
@@ -234,7 +244,15 @@ class Assembler:
             raise _concurrent_receive() from None
         try:
             if not self._partial:
-                item = self.items.get(timeout)
+                items = self.items
+                if timeout is None:
+                    # items.get(), inline (a deliberate copy of its common
+                    # case): a Python call fewer for every message.
+                    item = items._items.get()
+                    if item is _CLOSED or items.put_waiting:
+                        items._taken(item)
+                else:
+                    item = items.get(timeout)
                 if type(item) is not Fragment:
                     return item if decode is None else _convert(item, decode)
                 self._partial.append(item.data)

@@ -126,31 +126,27 @@ class Writer:
                 return False
             core_lock.acquire()
             try:
-                # Between two frames of another thread's fragmented message,
-                # this one must wait (below).
-                busy = core.sending_fragmented
-                if not busy:
-                    data = core.send_message(payload, text, compress)
+                # None between two frames of another thread's fragmented
+                # message: this one must wait (below).
+                data = core.send_message(payload, text, compress)
             finally:
                 core_lock.release()
-            if not busy:
-                if timeout is None:
-                    timeout = self.write_timeout
+            if data is not None:
                 if len(data) == 1:  # write_locked(), inline: the usual case
                     try:
                         # Transport.write() in two steps: its first one
                         # alone, a call less, when the socket takes it all.
                         rest = self.transport.write_nowait(data[0])
                         if rest is not None:
-                            self.transport.write(rest, None, timeout)
+                            self.transport.write(rest, None, self.write_timeout if timeout is None else timeout)
                     except OSError as exc:
                         self._write_failed(exc)
                         raise
                 else:
-                    self.write_locked(data, None, timeout)
+                    self.write_locked(data, None, self.write_timeout if timeout is None else timeout)
         finally:
             lock.release()
-        if busy:
+        if data is None:
             if nowait:
                 return False
             with self.message_lock:  # the fragmented message is over

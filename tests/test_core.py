@@ -299,6 +299,83 @@ def test_receive_memoryview(side: str) -> None:
     assert core.receive_data(memoryview(peer_frame(core, TEXT, "mv"))) == ["mv"]
 
 
+def test_simple_input_says_whole_messages_only(side: str) -> None:
+    core = make(side)
+    assert not core.simple_input
+    assert core.receive_data(peer_frame(core, TEXT, "a") + peer_frame(core, BINARY, b"b")) == ["a", b"b"]
+    assert core.simple_input
+    assert core.messages_received == 2
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        pytest.param(lambda core: peer_frame(core, PING, b"p"), id="ping"),
+        pytest.param(lambda core: peer_frame(core, PONG, b"p"), id="pong"),
+        pytest.param(lambda core: peer_frame(core, TEXT, "f", fin=False), id="fragment"),
+        pytest.param(lambda core: peer_frame(core, TEXT, "cut")[:-1], id="cut-frame"),
+        pytest.param(lambda core: peer_frame(core, TEXT, "cut")[:1], id="cut-header"),
+        pytest.param(lambda core: peer_frame(core, CLOSE, serialize_close(1000, "")), id="close"),
+        pytest.param(lambda core: raw_frame(core, 0x83), id="protocol-error"),
+    ],
+)
+def test_simple_input_is_false_after_anything_else(side: str, after) -> None:  # type: ignore[no-untyped-def]
+    core = make(side)
+    core.receive_data(peer_frame(core, TEXT, "a"))
+    assert core.simple_input
+    events = core.receive_data(peer_frame(core, TEXT, "b") + after(core))
+    assert events[0] == "b"
+    assert not core.simple_input
+    assert core.messages_received == 2
+
+
+def test_simple_input_is_false_while_a_frame_or_header_is_pending(side: str) -> None:
+    core = make(side)
+    data = peer_frame(core, TEXT, "hello")
+    core.receive_data(data[:1])
+    assert not core.simple_input
+    assert core.receive_data(data[1:]) == ["hello"]
+    assert not core.simple_input  # it ended a frame begun before
+    assert core.receive_data(data) == ["hello"]
+    assert core.simple_input
+
+
+def test_simple_input_is_false_after_buffer_updated(side: str) -> None:
+    core = make(side)
+    payload = bytes(range(256)) * 300
+    data = peer_frame(core, BINARY, payload)
+    core.receive_data(peer_frame(core, TEXT, "a") + data[:1000])
+    view = core.get_buffer()
+    assert view is not None and not core.simple_input
+    size = len(data) - 1000
+    view[:size] = data[1000:]
+    view.release()
+    assert core.buffer_updated(size) == [payload]
+    assert not core.simple_input
+    core.receive_data(peer_frame(core, TEXT, "b"))
+    assert core.simple_input
+    core.fail(1011, "gone")
+    assert core.buffer_updated(1) == []
+    assert not core.simple_input
+
+
+def test_simple_input_is_false_after_our_close_frame(side: str) -> None:
+    core = make(side)
+    core.send_close()
+    assert core.receive_data(peer_frame(core, TEXT, "dropped")) == []
+    assert not core.simple_input
+
+
+def test_messages_then_a_large_frame_in_one_read(side: str) -> None:
+    # The general path takes over where the whole messages end.
+    core = make(side)
+    payload = bytes(range(256)) * 300
+    data = peer_frame(core, TEXT, "a") + peer_frame(core, BINARY, payload)
+    assert core.receive_data(data[:5000]) == ["a"]
+    assert core.receive_data(data[5000:]) == [payload]
+    assert core.messages_received == 2
+
+
 def test_send_binary(side: str) -> None:
     core = make(side)
     core.send_data(b"\x01\x02", text=False)
@@ -385,13 +462,12 @@ def test_send_message_takes_frames_made_before_it() -> None:
     assert b"".join(core.send_message(b"m", False)) == b"\x8a\x01p\x82\x01m"
 
 
-def test_send_message_refuses_during_a_fragmented_message() -> None:
+def test_send_message_sends_nothing_during_a_fragmented_message() -> None:
     core = make("server")
     core.send_data(b"a", text=True, fin=False)
     output(core)
-    with pytest.raises(InvalidState, match="fragmented message"):
-        core.send_message(b"b", True)
-    assert not core.outgoing
+    assert core.send_message(b"b", True) is None
+    assert not core.outgoing and core.messages_sent == 0
     core.send_data(b"b", text=True)
     assert output(core) == b"\x80\x01b"
 

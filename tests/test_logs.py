@@ -81,6 +81,22 @@ def test_handshake_heads_at_debug_with_credentials_redacted(caplog: pytest.LogCa
     assert all("Sec-WebSocket-Accept: " in line for line in response)
 
 
+def test_each_received_message_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    # Whole messages reach the queue without the reader looking at each,
+    # except at DEBUG, where each is logged.
+    caplog.set_level(logging.DEBUG, logger="syncws")
+    with syncws.serve(echo, "127.0.0.1", 0, compression=None) as server:
+        with syncws.connect(f"ws://127.0.0.1:{server.port}/", compression=None) as ws:
+            ws.send("hello")
+            assert ws.recv(timeout=5) == "hello"
+            ws.send(b"\x00\x01")
+            assert ws.recv(timeout=5) == b"\x00\x01"
+    for logger in ("syncws.server", "syncws.client"):
+        lines = messages(caplog, logging.DEBUG, logger)
+        assert any(line.endswith(" < TEXT 'hello' [5]") for line in lines), lines
+        assert any(line.endswith(" < BINARY b'\\x00\\x01' [2]") for line in lines), lines
+
+
 def test_nothing_at_info_per_message(caplog: pytest.LogCaptureFixture) -> None:
     with syncws.serve(echo, "127.0.0.1", 0) as server:
         with syncws.connect(f"ws://127.0.0.1:{server.port}/") as ws:

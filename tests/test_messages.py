@@ -1,4 +1,4 @@
-"""Tests for syncws.messages.MessageQueue.
+"""Tests for syncws.messages.MessageQueue and Assembler.
 
 Threads are synchronised with events and bounded joins, never with sleeps.
 A thread "is blocked in put()" is observed through ``put_waiting``, which the
@@ -13,7 +13,8 @@ from typing import Any, Callable, List
 
 import pytest
 
-from syncws.messages import MessageQueue, QueueClosed
+from syncws.core import Fragment
+from syncws.messages import Assembler, MessageQueue, QueueClosed
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -269,3 +270,63 @@ def test_put_all_streams_in_order_under_a_bound() -> None:
     assert producer.done.wait(WAIT)
     assert received == expected
     assert len(queue) == 0
+
+
+# -- Assembler: whole messages with or without a timeout (get() takes two paths) --
+
+TIMEOUTS = [None, 0, WAIT]
+
+
+@pytest.mark.parametrize("timeout", TIMEOUTS)
+def test_assembler_returns_whole_messages_and_joins_fragments(timeout: Any) -> None:
+    queue = MessageQueue(8)
+    assembler = Assembler(queue)
+    queue.put_all(["a", b"b", Fragment("c", False), Fragment("d", True), Fragment(b"e", True)])
+    assert [assembler.get(timeout) for _ in range(4)] == ["a", b"b", "cd", b"e"]
+
+
+@pytest.mark.parametrize("timeout", TIMEOUTS)
+def test_assembler_decode(timeout: Any) -> None:
+    queue = MessageQueue(8)
+    assembler = Assembler(queue)
+    queue.put_all(["é", "é", b"\xc3\xa9", b"\xc3\xa9"])
+    assert assembler.get(timeout, decode=None) == "é"
+    assert assembler.get(timeout, decode=False) == b"\xc3\xa9"
+    assert assembler.get(timeout, decode=True) == "é"
+    assert assembler.get(timeout, decode=None) == b"\xc3\xa9"
+
+
+@pytest.mark.parametrize("timeout", TIMEOUTS)
+def test_assembler_end_raises_queue_closed_for_good(timeout: Any) -> None:
+    queue = MessageQueue(8)
+    assembler = Assembler(queue)
+    queue.put("last")
+    queue.close()
+    assert assembler.get(timeout) == "last"
+    for _ in range(2):  # the end marker stays for the next call
+        with pytest.raises(QueueClosed):
+            assembler.get(timeout)
+    with pytest.raises(QueueClosed):
+        queue.get(0)
+
+
+@pytest.mark.parametrize("timeout", TIMEOUTS)
+def test_assembler_get_wakes_a_reader_waiting_for_room(timeout: Any) -> None:
+    queue = MessageQueue(2)
+    assembler = Assembler(queue)
+    producer = Runner(lambda: queue.put_all([1, 2, 3])).start_and_wait_started()
+    assert wait_until(lambda: queue.put_waiting)
+    assert assembler.get(timeout) == 1
+    assert producer.done.wait(WAIT)
+    assert producer.exception is None
+    assert [assembler.get(timeout), assembler.get(timeout)] == [2, 3]
+
+
+def test_assembler_get_without_timeout_waits_for_a_message() -> None:
+    queue = MessageQueue(2)
+    assembler = Assembler(queue)
+    consumer = Runner(assembler.get).start_and_wait_started()
+    assert not consumer.done.wait(0.05)
+    queue.put("late")
+    assert consumer.done.wait(WAIT)
+    assert consumer.result == "late"
