@@ -833,6 +833,11 @@ def _other_threads():
 @pytest.mark.timeout(60)
 def test_no_thread_or_fd_leak(ws_serve):
     uri = ws_serve(echo, compression=None)
+    # The peer's serve_forever() makes its selector once its thread runs:
+    # one connection first, so that the count starts after that.
+    with syncws.connect(uri, compression=None) as ws:
+        ws.send("x")
+        assert ws.recv(timeout=5) == "x"
     threads_before = len(_other_threads())
     fds_before = fd_count()
     for i in range(500):
