@@ -175,9 +175,31 @@ class HandshakePool:
         return True
 
 
+def watch(listener: socket.socket, wakeup: socket.socket) -> selectors.BaseSelector:
+    """Make the selector :func:`accept_loop` waits on: ``listener`` and ``wakeup``.
+
+    Called before the accept thread starts, so that a server holds every
+    descriptor it needs once it is returned (and a failure to make one
+    raises there). The listener is made non-blocking.
+
+    Raises:
+        OSError: no selector could be made (out of descriptors).
+    """
+    selector = selectors.DefaultSelector()
+    try:
+        listener.setblocking(False)
+        selector.register(listener, selectors.EVENT_READ)
+        selector.register(wakeup, selectors.EVENT_READ)
+    except BaseException:
+        selector.close()
+        raise
+    return selector
+
+
 def accept_loop(
     listener: socket.socket,
     *,
+    selector: selectors.BaseSelector,
     wakeup: socket.socket,
     pool: HandshakePool,
     first_byte_timeout: Optional[float],
@@ -192,10 +214,12 @@ def accept_loop(
 
     A new connection waits here, without a thread, for its first byte, then
     for a slot in ``pool``; ``start_handshake(sock, address)`` then gives it
-    a thread (and adds it to the pool). The listener is made non-blocking.
+    a thread (and adds it to the pool).
 
     Args:
         listener: the listening socket.
+        selector: :func:`watch`'s selector for ``listener`` and ``wakeup``;
+            closed when the loop ends.
         wakeup: one end of a socket pair: a byte written to the other end
             wakes the loop up, which ends if ``is_closing()`` is true. (A
             listener closed under a selector doesn't wake it up.) Closed
@@ -212,11 +236,7 @@ def accept_loop(
         start_handshake: starts the connection's thread.
         logger: the server's logger.
     """
-    selector = selectors.DefaultSelector()
     try:
-        listener.setblocking(False)
-        selector.register(listener, selectors.EVENT_READ)
-        selector.register(wakeup, selectors.EVENT_READ)
         backlog_holds_more = _backlog_probe(listener)
     except (OSError, ValueError):  # the server was closed before this thread got here
         selector.close()

@@ -20,6 +20,7 @@ import http
 import logging
 import os
 import queue
+import selectors
 import socket
 import threading
 import time
@@ -599,7 +600,7 @@ class WebSocketServer:
         self._wakeups = [socket.socketpair() for _ in sockets]
         self._accept_threads = [
             threading.Thread(
-                target=self._accept_loop, args=(sock, wakeup[0]),
+                target=self._accept_loop, args=(sock, admission.watch(sock, wakeup[0]), wakeup[0]),
                 name=f"syncws-accept-{_describe_address(sock)}", daemon=True,
             )
             for sock, wakeup in zip(sockets, self._wakeups)
@@ -619,10 +620,11 @@ class WebSocketServer:
         with self._lock:
             return {c for c in self._connections if c.state is State.OPEN}
 
-    def _accept_loop(self, listener: socket.socket, wakeup: socket.socket) -> None:
+    def _accept_loop(self, listener: socket.socket, selector: selectors.BaseSelector, wakeup: socket.socket) -> None:
         """An accept thread: admit new connections to their opening handshake."""
         admission.accept_loop(
             listener,
+            selector=selector,
             wakeup=wakeup,
             pool=self._handshake_pool,
             # A silent connection is dropped by whichever deadline is first.

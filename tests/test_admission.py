@@ -13,6 +13,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
+import selectors
 import socket
 import ssl
 import threading
@@ -216,17 +218,41 @@ def test_accept_loop_of_a_server_closed_before_it_ran_ends_quietly() -> None:
     # loop then finds its listener closed, and ends without raising (an
     # exception in a thread) and without leaking its end of the wake-up pair.
     listener = socket.create_server(("127.0.0.1", 0))
-    listener.close()
     wakeup, other = socket.socketpair()
+    selector = syncws.admission.watch(listener, wakeup)
+    listener.close()
     with other:
         syncws.admission.accept_loop(
-            listener, wakeup=wakeup, pool=syncws.admission.HandshakePool(4),
+            listener, selector=selector, wakeup=wakeup, pool=syncws.admission.HandshakePool(4),
             first_byte_timeout=None, queue_timeout=None,
             is_closing=lambda: True, at_capacity=lambda: False,
             refuse_busy=lambda sock: None, start_handshake=lambda sock, address: None,
             logger=logging.getLogger("syncws.tests"),
         )
     assert wakeup.fileno() == -1
+    assert selector.get_map() is None  # closed
+
+
+def _epoll_descriptors() -> int:
+    return sum(os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[eventpoll]" for fd in os.listdir("/proc/self/fd")
+               if os.path.exists(f"/proc/self/fd/{fd}"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/fd") or not hasattr(selectors, "EpollSelector"),
+                    reason="Linux: counts epoll descriptors")
+def test_serve_holds_its_accept_selector_once_it_returns() -> None:
+    """The accept thread's selector is made before serve() returns, so the
+    server's descriptors are all there then (a test counting descriptors
+    around it counted one too few when the thread hadn't run yet), and
+    closing the server closes it."""
+    before = _epoll_descriptors()
+    server = syncws.serve(lambda ws: None, HOST, 0, compression=None)
+    try:
+        assert _epoll_descriptors() == before + 1
+    finally:
+        server.close()
+        server.wait_closed(timeout=10)
+    assert wait_for(lambda: _epoll_descriptors() == before, timeout=5)
 
 
 def test_an_accept_batch_takes_the_whole_backlog_without_an_empty_accept() -> None:
