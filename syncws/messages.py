@@ -118,12 +118,21 @@ class MessageQueue:
         # that costs more than the lookups it saves, for the one or two
         # messages a read brings.
         items_ = self._items
-        if self._bounded and items_.qsize() + len(items) > self._maxsize:
+        if not self._bounded or items_.qsize() + len(items) <= self._maxsize:
             for item in items:
-                self.put(item)  # waits for room when there is none
+                items_.put(item)
             return
+        # More than there is room for (a peer streaming small messages, a
+        # read bringing dozens): as many as fit at once, then put(), which
+        # waits for room, and again as many as fit.
+        room = self._maxsize - items_.qsize()
         for item in items:
-            items_.put(item)
+            if room > 0:
+                items_.put(item)
+                room -= 1
+            else:
+                self.put(item)
+                room = self._maxsize - items_.qsize() if self._bounded else len(items)
 
     def get(self, timeout: Optional[float] = None) -> Any:
         """Take the oldest message. Safe to call from any thread.
