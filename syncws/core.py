@@ -510,6 +510,11 @@ class ConnectionCore:
         """
         if self._partial is not None:
             data = self._continue_frame(data, events)
+            if not data:
+                # All of it was the frame's (always, after buffer_updated()):
+                # nothing to parse, and nothing pending either (bytes wait
+                # there only between frames).
+                return
         buffer = self._pending + data if self._pending else data
         self._pending = b""
         end = len(buffer)
@@ -648,8 +653,9 @@ class ConnectionCore:
         start = partial.received
         partial.received += take
         if partial.buffer is not None:
-            with memoryview(partial.reserve(take)) as view:
-                view[start : start + take] = data[:take]
+            if take:  # none after buffer_updated(): the bytes are in place
+                with memoryview(partial.reserve(take)) as view:
+                    view[start : start + take] = data[:take]
             self._process_partial(partial, events)
         if partial.received == partial.length:
             self._partial = None

@@ -418,7 +418,12 @@ def _fragment_payload(fragment: Any, text: bool, first: Any) -> BytesLike:
 
 
 def _as_bytes(data: BytesLike) -> BytesLike:
-    """Give a bytes-like object whose ``len()`` counts bytes."""
-    if isinstance(data, memoryview) and (data.itemsize != 1 or not data.c_contiguous):
+    """Give a bytes-like object whose ``len()`` counts bytes.
+
+    A memoryview's ``len()`` counts the items of its first dimension: a view
+    of wider items, or of several dimensions (whose ``len()`` counts rows),
+    is copied, as a strided one is; a plain view of bytes is kept.
+    """
+    if isinstance(data, memoryview) and (data.itemsize != 1 or data.ndim != 1 or not data.c_contiguous):
         return data.tobytes()
     return data

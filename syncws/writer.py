@@ -268,10 +268,7 @@ class Writer:
             if len(data) == 1:
                 self.transport.write(data[0], deadline, timeout=timeout)
             elif data:
-                if deadline is None and timeout is not None:
-                    deadline = time.monotonic() + timeout  # one limit for every part
-                for part in data:
-                    self.transport.write(part, deadline)
+                self.transport.write_parts(data, deadline, timeout)
         except OSError as exc:
             self._write_failed(exc)
             raise

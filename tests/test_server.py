@@ -216,6 +216,31 @@ def test_echo_websocket_client(make_server):
 
 
 @pytest.mark.timeout(10)
+@pytest.mark.parametrize("compression", ["deflate", None])
+def test_multidimensional_memoryview_is_sent_as_its_bytes(make_server, compression):
+    # A server's large payload is written apart from its header: its length
+    # must be its bytes, not its rows (was: len(), 70000 rows of 2 bytes, a
+    # corrupt frame). Small ones, fragments and the client's frames alike.
+    data = bytes(range(256)) * 546 + bytes(224)  # 140 000 bytes
+    rows = memoryview(data).cast("B", (70000, 2))
+    small = memoryview(data[:6]).cast("B", (2, 3))
+
+    def handler(ws):
+        for message in ws:
+            ws.send(rows)
+            ws.send(small)
+            ws.send([rows, small])
+            ws.send(message)
+
+    server = make_server(handler, compression=compression)
+    with syncws.connect(url(server), compression=compression) as ws:
+        ws.send(rows)
+        assert ws.recv(timeout=5) == data
+        assert ws.recv(timeout=5) == data[:6]
+        assert ws.recv(timeout=5) == data + data[:6]
+        assert ws.recv(timeout=5) == data
+
+
 def test_one_argument_handler_sees_path_and_headers(make_server):
     seen = {}
 

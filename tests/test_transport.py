@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import threading
 import time
 from typing import Any, Callable, List, Optional
 
@@ -148,3 +149,69 @@ def test_read_head_takes_a_long_head_that_arrived_whole() -> None:
                 reader = Transport(server)
                 assert reader.read_head(8192) == head
                 assert reader.take_buffered() == b"\x81\x00"
+
+
+def _drain(sock: socket.socket, size: int, into: List[bytes]) -> threading.Thread:
+    """Receive ``size`` bytes in a thread, slowly enough that writes must wait."""
+
+    def run() -> None:
+        into.append(receive(sock, size))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_write_parts_sends_them_in_order(pair: Any) -> None:
+    one, two = pair
+    Transport(one).write_parts([b"head", bytearray(b"er"), memoryview(b"payload")])
+    assert receive(two, 13) == b"headerpayload"
+
+
+def test_write_parts_writes_what_the_socket_left_when_it_was_full(pair: Any) -> None:
+    one, two = pair
+    # Far more than both buffers hold: sendmsg() takes part of it, within
+    # any of the parts; the rest is written as the peer reads.
+    parts = [b"h" * 10, bytes(range(256)) * 1024, b"t" * 3000, bytes(range(255, -1, -1)) * 512]
+    expected = b"".join(parts)
+    received: List[bytes] = []
+    thread = _drain(two, len(expected), received)
+    Transport(one).write_parts(parts, timeout=10)
+    thread.join(10)
+    assert received == [expected]
+
+
+def test_write_parts_over_the_sendmsg_limit_writes_them_one_by_one(pair: Any) -> None:
+    one, two = pair
+    parts = [bytes([i]) * 100 for i in range(transport._SENDMSG_MAX_PARTS + 5)]
+    expected = b"".join(parts)
+    received: List[bytes] = []
+    thread = _drain(two, len(expected), received)
+    Transport(one).write_parts(parts, timeout=10)
+    thread.join(10)
+    assert received == [expected]
+
+
+def test_write_parts_on_a_socket_subclass_goes_through_send(pair: Any) -> None:
+    sent: List[bytes] = []
+
+    class Sock(socket.socket):
+        def send(self, data: Any, flags: int = 0) -> int:
+            sent.append(bytes(data))
+            return super().send(data, flags)
+
+    one, two = pair
+    sub = Sock(fileno=socket.dup(one.fileno()))
+    try:
+        Transport(sub).write_parts([b"head", b"payload"])
+    finally:
+        sub.close()
+    assert sent == [b"head", b"payload"]
+    assert receive(two, 11) == b"headpayload"
+
+
+def test_write_parts_times_out_as_one_write(pair: Any) -> None:
+    one, _ = pair
+    parts = [bytes(2**16)] * 4  # the peer never reads
+    with pytest.raises(TimeoutError):
+        Transport(one).write_parts(parts, timeout=0.2)
