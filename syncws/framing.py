@@ -443,6 +443,15 @@ def py_pack_frame(
     return _length_header(first, 0, len(payload)) + payload
 
 
+def _byte_length(payload: BytesLike) -> int:
+    """The payload's length in bytes.
+
+    A memoryview's ``len()`` counts the items of its first dimension: rows
+    of a 2-D view, 4-byte items of an ``array("I")``'s view.
+    """
+    return payload.nbytes if type(payload) is memoryview else len(payload)
+
+
 def _check_encodable(fin: bool, opcode: int, length: int, rsv1: bool) -> None:
     """Refuse a frame that may not be sent: the rules of :func:`encode_frame`.
 
@@ -491,8 +500,9 @@ def encode_frame(
         ValueError: a control frame that is fragmented, longer than 125
             bytes or has RSV1 set.
     """
-    _check_encodable(fin, opcode, len(payload), rsv1)
-    header = frame_header(fin, opcode, len(payload), rsv1=rsv1, mask_key=mask_key)
+    length = _byte_length(payload)
+    _check_encodable(fin, opcode, length, rsv1)
+    header = frame_header(fin, opcode, length, rsv1=rsv1, mask_key=mask_key)
     if mask_key is not None:
         payload = apply_mask(payload, mask_key)
     return header, payload
@@ -518,7 +528,7 @@ def encode_frame_bytes(
         ValueError: a control frame that is fragmented, longer than 125
             bytes or has RSV1 set.
     """
-    _check_encodable(fin, opcode, len(payload), rsv1)
+    _check_encodable(fin, opcode, _byte_length(payload), rsv1)
     return pack_frame(_first_byte(fin, opcode, rsv1), payload, mask_key)
 
 

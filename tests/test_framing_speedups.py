@@ -547,6 +547,22 @@ def test_encode_frame_bytes_is_encode_frame_joined(
     assert encode_frame_bytes(fin, opcode, payload, rsv1=rsv1, mask_key=mask_key) == header + bytes(body)
 
 
+@pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
+@pytest.mark.parametrize("shape", [(300, 2), (70000, 2)], ids=["short", "long"])
+def test_encode_frame_counts_a_memoryview_in_bytes(shape: Tuple[int, int], masked: bool) -> None:
+    """A view of several dimensions (len() counts its rows) is framed with
+    its length in bytes, by both serializers."""
+    rows, width = shape
+    data = bytes(range(256)) * (rows * width // 256) + bytes(rows * width % 256)
+    view = memoryview(data).cast("B", shape)
+    assert len(view) == rows
+    mask_key = KEY if masked else None
+    header, body = encode_frame(True, Opcode.BINARY, view, mask_key=mask_key)
+    frame = read_frame(io.BytesIO(header + bytes(body)).read, mask=masked, max_size=None)
+    assert frame.data == data
+    assert encode_frame_bytes(True, Opcode.BINARY, view, mask_key=mask_key) == header + bytes(body)
+
+
 def test_public_names_pick_one_implementation() -> None:
     if framing.SPEEDUPS is not None:
         assert framing.parse_simple_frames is framing.SPEEDUPS.parse_simple_frames
