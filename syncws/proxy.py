@@ -29,6 +29,7 @@ with SOCKS5's username/password method (RFC 1929), or as SOCKS4's user id.
 from __future__ import annotations
 
 import base64
+import functools
 import os
 import socket
 import sys
@@ -61,35 +62,49 @@ def proxy_for(wsuri: WebSocketURI, proxy: Union[str, bool, None]) -> Optional[st
         return None
     if proxy is not True:
         return proxy
-    if not _environment_may_name_a_proxy():
-        return None
+    if sys.platform in ("darwin", "win32"):
+        # urllib also reads the system-wide proxy settings there, which
+        # can change without the environment's changing: asked every time.
+        return _looked_up(wsuri.host, wsuri.secure)
+    names = [name for name in os.environ if name[-6:].lower() == "_proxy"]
+    if not names:
+        return None  # no proxy, and nothing to bypass: the usual environment, 15 µs
+    variables = tuple((name, os.environ[name]) for name in names)
+    return _looked_up_in_environment(variables, os.environ.get("REQUEST_METHOD"), wsuri.host, wsuri.secure)
+
+
+@functools.lru_cache(maxsize=64)
+def _looked_up_in_environment(
+    variables: Tuple[Tuple[str, str], ...], request_method: Optional[str], host: str, secure: bool
+) -> Optional[str]:
+    """:func:`_looked_up`, remembered for the environment that decides it.
+
+    Outside macOS and Windows, :func:`urllib.request.getproxies` reads only
+    the environment: the variables whose name ends with ``_proxy`` in any
+    case (``no_proxy`` among them), and ``REQUEST_METHOD`` (in a CGI
+    script it ignores ``HTTP_PROXY``, which a request can set). Given all
+    of them as the key, a result can be remembered: urllib's lookup scans
+    the environment twice and costs about 200 µs, a fifth of a local
+    connection's CPU, for every connection a client opens with a proxy
+    variable set (one for other hosts, say, with this one in ``no_proxy``).
+    A change to any of them is a new key, seen at once.
+    """
+    return _looked_up(host, secure)
+
+
+def _looked_up(host: str, secure: bool) -> Optional[str]:
+    """Ask urllib for the proxies, and pick the one for ``host``, if any."""
     import urllib.request  # megabytes (http.client, email): only when a proxy is looked up
 
     proxies = urllib.request.getproxies()
-    if urllib.request.proxy_bypass(wsuri.host):
+    if urllib.request.proxy_bypass(host):
         return None
     socks = proxies.get("socks")
     if socks and "://" not in socks:
         socks = f"socks5h://{socks}"
-    if wsuri.secure:
+    if secure:
         return proxies.get("wss") or socks or proxies.get("https") or proxies.get("all")
     return proxies.get("ws") or socks or proxies.get("http") or proxies.get("all")
-
-
-def _environment_may_name_a_proxy() -> bool:
-    """Whether :func:`urllib.request.getproxies` could find a proxy.
-
-    Outside macOS and Windows it reads only the environment, and only the
-    variables whose name ends with ``_proxy`` in any case (``no_proxy``
-    among them): without one, there is no proxy and nothing to bypass. So
-    a connection in an environment without proxies, the usual one, neither
-    imports :mod:`urllib.request` nor has it scan the environment twice
-    (about 180 µs a connection). macOS and Windows also have system-wide
-    proxy settings, which only urllib reads.
-    """
-    if sys.platform in ("darwin", "win32"):
-        return True
-    return any(name[-6:].lower() == "_proxy" for name in os.environ)
 
 
 def open_proxy(

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
-from typing import Iterator, List
+from typing import Dict, Iterator, List
 
 import pytest
 
@@ -148,6 +148,58 @@ def test_a_proxy_variable_in_any_case_is_found(monkeypatch: pytest.MonkeyPatch) 
             monkeypatch.delenv(name)
     monkeypatch.setenv("Http_Proxy", "http://proxy.invalid:3128")
     assert proxy_for(parse_uri("ws://other.org/"), True) == "http://proxy.invalid:3128"
+
+
+@pytest.fixture
+def no_proxy_variables(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """An environment without proxy variables (nor REQUEST_METHOD), restored afterwards."""
+    for name in list(os.environ):
+        if name[-6:].lower() == "_proxy" or name == "REQUEST_METHOD":
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+@pytest.mark.skipif(sys.platform in ("darwin", "win32"), reason="urllib also reads system-wide proxy settings there")
+def test_the_environment_s_answer_is_remembered_until_it_changes(no_proxy_variables: pytest.MonkeyPatch) -> None:
+    import urllib.request
+
+    monkeypatch = no_proxy_variables
+    asked: List[int] = []
+    getproxies = urllib.request.getproxies
+
+    def counting_getproxies() -> Dict[str, str]:
+        asked.append(1)
+        return getproxies()
+
+    monkeypatch.setattr(urllib.request, "getproxies", counting_getproxies)
+    monkeypatch.setenv("http_proxy", "http://one.invalid:3128")
+    uri = parse_uri("ws://remembered.example/")
+    for _ in range(3):
+        assert proxy_for(uri, True) == "http://one.invalid:3128"
+    assert len(asked) == 1  # urllib's lookup costs ~200 µs a connection
+    monkeypatch.setenv("http_proxy", "http://two.invalid:3128")
+    assert proxy_for(uri, True) == "http://two.invalid:3128"
+    monkeypatch.setenv("no_proxy", "remembered.example")
+    assert proxy_for(uri, True) is None
+    monkeypatch.delenv("no_proxy")
+    monkeypatch.delenv("http_proxy")
+    assert proxy_for(uri, True) is None
+    assert len(asked) == 3
+
+
+@pytest.mark.skipif(sys.platform in ("darwin", "win32"), reason="urllib also reads system-wide proxy settings there")
+def test_a_cgi_script_ignores_http_proxy_in_capitals_remembered_or_not(no_proxy_variables: pytest.MonkeyPatch) -> None:
+    # urllib ignores HTTP_PROXY when REQUEST_METHOD is set (a request's
+    # "Proxy:" header sets it in a CGI script): the remembered answer
+    # must follow.
+    monkeypatch = no_proxy_variables
+    monkeypatch.setenv("HTTP_PROXY", "http://upper.invalid:3128")
+    uri = parse_uri("ws://cgi.example/")
+    assert proxy_for(uri, True) == "http://upper.invalid:3128"
+    monkeypatch.setenv("REQUEST_METHOD", "GET")
+    assert proxy_for(uri, True) is None
+    monkeypatch.delenv("REQUEST_METHOD")
+    assert proxy_for(uri, True) == "http://upper.invalid:3128"
 
 
 def test_proxy_refusal_raises_proxy_error(echo_server: syncws.WebSocketServer) -> None:
