@@ -168,22 +168,19 @@ def test_write_parts_sends_them_in_order(pair: Any) -> None:
     assert receive(two, 13) == b"headerpayload"
 
 
-def test_write_parts_writes_what_the_socket_left_when_it_was_full(pair: Any) -> None:
+@pytest.mark.parametrize(
+    "parts",
+    [
+        # Far more than both buffers hold: sendmsg() takes part of it,
+        # within any of the parts; the rest is written as the peer reads.
+        [b"h" * 10, bytes(range(256)) * 1024, b"t" * 3000, bytes(range(255, -1, -1)) * 512],
+        # Over the sendmsg limit: written one by one.
+        [bytes([i]) * 100 for i in range(transport._SENDMSG_MAX_PARTS + 5)],
+    ],
+    ids=["more-than-the-buffers-hold", "over-the-sendmsg-limit"],
+)
+def test_write_parts_writes_every_part_in_order(pair: Any, parts: List[bytes]) -> None:
     one, two = pair
-    # Far more than both buffers hold: sendmsg() takes part of it, within
-    # any of the parts; the rest is written as the peer reads.
-    parts = [b"h" * 10, bytes(range(256)) * 1024, b"t" * 3000, bytes(range(255, -1, -1)) * 512]
-    expected = b"".join(parts)
-    received: List[bytes] = []
-    thread = _drain(two, len(expected), received)
-    Transport(one).write_parts(parts, timeout=10)
-    thread.join(10)
-    assert received == [expected]
-
-
-def test_write_parts_over_the_sendmsg_limit_writes_them_one_by_one(pair: Any) -> None:
-    one, two = pair
-    parts = [bytes([i]) * 100 for i in range(transport._SENDMSG_MAX_PARTS + 5)]
     expected = b"".join(parts)
     received: List[bytes] = []
     thread = _drain(two, len(expected), received)
