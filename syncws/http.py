@@ -112,8 +112,9 @@ _UNREMEMBERED = frozenset((
 ))
 # header line read, CRLF included -> its (name, value, index key)
 _known_lines: Dict[bytes, Tuple[str, str, str]] = {}
-# start line read, CRLF included -> its (method, target) or (status, reason)
+# A start line parsed: a request's (method, target) or a response's (status, reason).
 _Start = TypeVar("_Start", Tuple[str, str], Tuple[int, str])
+# start line read, CRLF included -> its (method, target) or (status, reason)
 _known_request_lines: Dict[bytes, Tuple[str, str]] = {}
 _known_status_lines: Dict[bytes, Tuple[int, str]] = {}
 # (name, value) pairs that passed _check_header -> True

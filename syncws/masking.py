@@ -114,7 +114,6 @@ def _xor_tables() -> tuple[bytes, ...]:
     )
 
 
-
 def _checked_mask(mask: BytesLike) -> bytes:
     """Return ``mask`` as 4 bytes, or raise; the slow path of the mask check.
 
