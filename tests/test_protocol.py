@@ -912,12 +912,17 @@ def test_peer_that_pings_but_never_reads_cannot_pin_the_reader(raw_serve):
     stop = threading.Event()
 
     def handler(conn):
-        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        pings = frame(0x9, b"p" * 125) * 1000
+        # The receive buffer is left as it is: shrunk once connected, it
+        # makes the kernel drop the client's segments, ACKs included, and
+        # TCP stalls both ways in retransmission backoff, with no write
+        # blocked for a deadline to end. A send that timed out resumes where
+        # it stopped, so the frames stay whole.
+        pings = memoryview(frame(0x9, b"p" * 125) * 1000)
+        sent = 0
         conn.sock.settimeout(1)
         while not stop.is_set():
             try:
-                conn.sock.sendall(pings)
+                sent = (sent + conn.sock.send(pings[sent:])) % len(pings)
             except socket.timeout:
                 continue  # our buffers are full too: hold the connection open
             except OSError:  # the client gave up on us: done
