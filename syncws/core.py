@@ -196,6 +196,9 @@ _NO_LIMIT = 2**63
 _FIN_TEXT, _FIN_BINARY = FIN | _TEXT, FIN | _BINARY
 # Random bytes drawn at a time for masking keys: one system call per 256 frames.
 _MASK_POOL_SIZE = 1024
+# The most pongs that wait to be written; past it, the newest ping's pong
+# replaces the last one (see _receive_control). 64 pongs are 8 KiB at most.
+_MAX_UNSENT_PONGS = 64
 
 
 def _deflate_bound(size: int) -> int:
@@ -842,6 +845,16 @@ class ConnectionCore:
         if opcode is _PING:
             # Answered unless we closed: nothing may follow our close frame.
             if self.close_sent is None and self.state is _OPEN:
+                outgoing = self.outgoing
+                if len(outgoing) >= _MAX_UNSENT_PONGS:
+                    # Frames stay in the buffer only while a send, blocked on
+                    # a peer that doesn't read, holds the writer, and they
+                    # are all our pongs (other threads take their frames at
+                    # once; after a close frame no pong is made). A peer
+                    # that pings meanwhile would grow them without bound:
+                    # past the limit, only the newest ping is answered, as
+                    # RFC 6455 §5.5.3 allows.
+                    outgoing.pop()
                 self._write_frame(_PONG, data)
         elif opcode is _PONG:
             events.append(PongReceived(data, self._acknowledge_pings(data)))

@@ -305,9 +305,11 @@ class Writer:
     def try_now(self, produce: Callable[[ConnectionCore], Any]) -> bool:
         """Make a small control frame and write it, only if that can't block.
 
-        For the timer thread, which must never block: the lock must be free
-        and the socket writable. ``produce`` may raise
-        :exc:`~syncws.InvalidState` to give up.
+        For the timer thread, which must never block: the lock must be free,
+        no other frame may wait in the core's buffer (the reader's pongs,
+        which could be more than the socket takes at once), and the socket
+        must be writable. ``produce`` may raise :exc:`~syncws.InvalidState`
+        to give up.
 
         Returns:
             Whether the frame was made and written.
@@ -318,6 +320,8 @@ class Writer:
             if not self.transport.writable_now():
                 return False
             with self.core_lock:
+                if self.core.outgoing:
+                    return False
                 try:
                     produce(self.core)
                 except InvalidState:

@@ -741,6 +741,19 @@ def test_pings_answered_in_order(side: str) -> None:
     assert sent(core) == [Frame(True, PONG, b"1"), Frame(True, PONG, b"2")]
 
 
+def test_unsent_pongs_are_bounded_the_newest_ping_answered(side: str) -> None:
+    """Pings while nobody takes the output (a send blocks): 64 pongs wait, the last for the newest ping."""
+    core = make(side)
+    pings = b"".join(peer_frame(core, PING, b"%d" % number) for number in range(1000))
+    core.receive_data(pings[: len(pings) // 2])
+    core.receive_data(pings[len(pings) // 2 :])
+    assert len(core.outgoing) == 64
+    assert sent(core) == [Frame(True, PONG, b"%d" % number) for number in [*range(63), 999]]
+    # Taken, the buffer holds every pong again, up to the limit.
+    core.receive_data(peer_frame(core, PING, b"next"))
+    assert sent(core) == [Frame(True, PONG, b"next")]
+
+
 def test_control_frame_split_across_receives(side: str) -> None:
     core = make(side)
     data = peer_frame(core, PING, b"hello")

@@ -8,6 +8,7 @@ never would. Everything runs on 127.0.0.1.
 from __future__ import annotations
 
 import queue
+import select
 import socket
 import struct
 import threading
@@ -937,6 +938,44 @@ def test_peer_that_pings_but_never_reads_cannot_pin_the_reader(raw_serve):
         assert ws.state_name == "CLOSED"
     finally:
         stop.set()
+
+
+@pytest.mark.timeout(60)
+def test_pings_while_a_send_waits_for_the_peer_get_a_bounded_number_of_pongs(raw_serve):
+    """A peer pings without reading while our send blocks: 64 pongs wait, the last answers its newest ping."""
+    may_read = threading.Event()
+    pongs = []
+
+    def handler(conn):
+        select.select([conn.sock], [], [], 10)  # the message's first bytes: its send() holds the writer
+        conn.send(b"".join(frame(0x9, b"%d" % number) for number in range(1000)) + frame(0x1, b"last"))
+        assert may_read.wait(10)
+        assert conn.read_frame()[1:] == (0x2, message)
+        while True:
+            _, opcode, data = conn.read_frame()
+            if opcode == 0x1:
+                break
+            assert opcode == 0xA
+            pongs.append(data)
+        assert data == b"done"
+        raw_close_reply(conn)
+
+    message = b"x" * 2**20  # far more than the socket buffers hold
+    host, port = raw_serve(handler)[len("ws://"):].split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    sock.connect((host, int(port)))
+    with syncws.connect(f"ws://{host}:{port}", sock=sock, ping_interval=None) as ws:
+        sender = threading.Thread(target=ws.send, args=(message,))
+        sender.start()
+        # Every ping came before it: the reader has made their pongs,
+        # which wait behind the message.
+        assert ws.recv(timeout=10) == "last"
+        may_read.set()
+        sender.join(10)
+        assert not sender.is_alive()
+        ws.send("done")
+    assert pongs == [b"%d" % number for number in [*range(63), 999]]
 
 
 def test_reads_start_small_and_grow_while_the_peer_sends_more(raw_serve, monkeypatch):
