@@ -55,6 +55,15 @@ BytesLike = Union[bytes, bytearray, memoryview]
 _SENDMSG_MAX_PARTS = 16
 
 
+# Where drain() reads what it discards: one buffer for every connection, so
+# that a connection waiting for the end of its peer's stream holds none. With
+# recv(read_limit) instead, 1000 connections closing at once made a server's
+# resident memory peak 3-4 MiB higher: each allocation of 64 KiB touched a
+# fresh page of the heap. The threads that write into it at once never read
+# it.
+_DISCARDED = bytearray(2**14)
+
+
 def py_send_nowait(sock: socket.socket, data: BytesLike) -> Optional[memoryview]:
     """Send what the socket's buffer takes of ``data`` now, without waiting.
 
@@ -221,7 +230,7 @@ class Transport:
     def drain(self) -> None:
         """Discard input until the peer closes, or an abort ends the wait."""
         try:
-            while self.sock.recv(self.read_limit):
+            while self.sock.recv_into(_DISCARDED):
                 pass
         except OSError:
             pass

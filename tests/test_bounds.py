@@ -185,3 +185,33 @@ def test_a_message_recv_returned_is_not_kept_while_the_peer_is_silent(size: int)
             while sys.getrefcount(message) > 2 and time.monotonic() < deadline:
                 time.sleep(0.01)
             assert sys.getrefcount(message) == 2  # the name and the call's argument
+
+
+@pytest.mark.timeout(30)
+def test_connections_waiting_for_the_peers_end_of_stream_hold_no_read_buffer() -> None:
+    """After the closing handshake the server waits for each client's FIN
+    (RFC 6455 §7.1.1), reading what still comes to discard it: 20 such
+    connections hold no read buffer each (one of read_limit bytes was 1.3 MB)."""
+    with syncws.serve(lambda ws: ws.wait_closed(20), "127.0.0.1", 0, compression=None, ping_interval=None) as server:
+        socks = [raw_client(server.port) for _ in range(20)]
+        try:
+            tracemalloc.start()
+            try:
+                before = tracemalloc.get_traced_memory()[0]
+                for sock in socks:
+                    sock.sendall(frame(0x8, b"\x03\xe8", mask=b"abcd"))
+                for sock in socks:  # the close frame's echo, then the server's FIN
+                    received = b""
+                    while True:
+                        data = sock.recv(4096)
+                        if not data:
+                            break
+                        received += data
+                    assert received == b"\x88\x02\x03\xe8"
+                held = tracemalloc.get_traced_memory()[0] - before
+            finally:
+                tracemalloc.stop()
+            assert held < 20 * 4 * KiB, f"{held / KiB:.0f} KiB held by 20 connections waiting"
+        finally:
+            for sock in socks:
+                sock.close()
