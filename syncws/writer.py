@@ -24,12 +24,23 @@ import threading
 import time
 from typing import Any, Callable, Iterator, Optional, Sequence, Tuple, Union
 
+from . import timers
 from .close_codes import CloseCode
 from .core import BytesLike, ConnectionCore, State
 from .exceptions import ConcurrencyError, InvalidState
 from .transport import Transport
 
 __all__ = ["Writer"]
+
+# The most bytes of waiting frames that Writer.try_now() writes along with
+# its own (at most 131 more): a socket reported writable takes a write this
+# small at once, whole (Linux accepts a write that fits one segment whenever
+# it has room), so the timer thread doesn't block on it.
+_TRY_NOW_WAITING_MAX = 512
+
+
+def _no_frame(core: ConnectionCore) -> None:
+    """What :meth:`Writer.try_now` makes when it only writes the frames that wait."""
 
 
 class Writer:
@@ -306,31 +317,42 @@ class Writer:
         """Make a small control frame and write it, only if that can't block.
 
         For the timer thread, which must never block: the lock must be free,
-        no other frame may wait in the core's buffer (the reader's pongs,
-        which could be more than the socket takes at once), and the socket
-        must be writable. ``produce`` may raise :exc:`~syncws.InvalidState`
-        to give up.
+        the socket writable, and the frames that wait in the core's buffer
+        (the reader's pongs, left there while a send held the lock) few
+        enough to go with it at once. ``produce`` may raise
+        :exc:`~syncws.InvalidState` to give up.
+
+        Frames the reader thread makes while this holds the lock would be
+        left behind (the reader's flush only tries the lock): another try,
+        from the timer thread right after, writes them.
 
         Returns:
             Whether the frame was made and written.
         """
         if not self.lock.acquire(blocking=False):
             return False
+        written = False
         try:
             if not self.transport.writable_now():
                 return False
             with self.core_lock:
-                if self.core.outgoing:
+                if sum(len(frame) for frame in self.core.outgoing) > _TRY_NOW_WAITING_MAX:
                     return False
                 try:
                     produce(self.core)
                 except InvalidState:
                     return False
                 data = self.core.data_to_send()
-            # A socket reported writable has room for a frame this small.
             self.write_locked(data, None)
+            written = True
             return True
         except OSError:
             return False
         finally:
             self.lock.release()
+            if written and self.core.outgoing:
+                timers.call_later(0, self._write_waiting)
+
+    def _write_waiting(self) -> None:
+        """Timer callback: write the frames the reader made while :meth:`try_now` held the lock."""
+        self.try_now(_no_frame)
