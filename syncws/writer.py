@@ -34,8 +34,9 @@ __all__ = ["Writer"]
 
 # The most bytes of waiting frames that Writer.try_now() writes along with
 # its own (at most 131 more): a socket reported writable takes a write this
-# small at once, whole (Linux accepts a write that fits one segment whenever
-# it has room), so the timer thread doesn't block on it.
+# small at once, whole, so the timer thread doesn't block on it (Linux takes
+# a write that fits one segment whenever it reports room; the BSDs report
+# room from 2 KiB free, their default low-water mark).
 _TRY_NOW_WAITING_MAX = 512
 
 
