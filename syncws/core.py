@@ -374,8 +374,8 @@ class ConnectionCore:
         # not emitted yet (see _deliver).
         self._held: List[Data] = []
         #: ``True`` once no more input is processed: the peer's close frame
-        #: arrived (nothing may follow it), or the connection failed. Only
-        #: the end of TCP matters then. Read it; the core sets it. (A plain
+        #: arrived (nothing may follow it), or the connection failed or was
+        #: abandoned. Only the end of TCP matters then. Read it; the core sets it. (A plain
         #: attribute: the reader thread reads it after every read.)
         self.input_closed = False
         #: ``True`` when the events the last :meth:`receive_data` (or
@@ -1119,14 +1119,17 @@ class ConnectionCore:
         """Give up on the connection without a closing handshake.
 
         For a transport that must be dropped (a send that timed out, a
-        handshake that never finished): nothing more is sent, the state
-        becomes ``CLOSED`` once :meth:`receive_eof` is called.
+        handshake that never finished): nothing more is sent, and what the
+        peer still sends is discarded unparsed, as after a failure (RFC 6455
+        §7.1.7). The state becomes ``CLOSED`` once :meth:`receive_eof` is
+        called.
 
         Args:
             cause: why, for :attr:`close_reason`.
         """
         if not self._cause:
             self._cause = cause
+        self.input_closed = True
         if self.state is _CONNECTING:
             self._set_state(_CLOSED)
         elif self.state is _OPEN:

@@ -1627,6 +1627,17 @@ def test_ping_after_abandon_is_not_answered(side: str) -> None:
     assert output(core) == b""
 
 
+def test_input_after_abandon_is_discarded_unparsed(side: str) -> None:
+    """As after a failure (RFC 6455 §7.1.7): no message, nor the frame after a bad one, nor its error."""
+    core = make(side)
+    core.abandon("send timed out")
+    assert core.input_closed
+    data = peer_frame(core, TEXT, "late") + raw_frame(core, 0xF3)  # a reserved opcode
+    assert core.receive_data(data) == []
+    core.receive_eof()
+    assert (core.close_code, core.close_reason) == (1006, "send timed out")
+
+
 def test_peer_close_after_abandon_is_not_answered(side: str) -> None:
     core = make(side)
     core.abandon("send timed out")
