@@ -1627,12 +1627,17 @@ def test_ping_after_abandon_is_not_answered(side: str) -> None:
     assert output(core) == b""
 
 
-def test_input_after_abandon_is_discarded_unparsed(side: str) -> None:
-    """As after a failure (RFC 6455 §7.1.7): no message, nor the frame after a bad one, nor its error."""
+@pytest.mark.parametrize("late", ["message", "bad frame", "close frame"])
+def test_input_after_abandon_is_discarded_unparsed(side: str, late: str) -> None:
+    """As after a failure (RFC 6455 §7.1.7): no message, no error, and the close code stays ours."""
     core = make(side)
     core.abandon("send timed out")
     assert core.input_closed
-    data = peer_frame(core, TEXT, "late") + raw_frame(core, 0xF3)  # a reserved opcode
+    data = {
+        "message": peer_frame(core, TEXT, "late"),
+        "bad frame": raw_frame(core, 0xF3),  # a reserved opcode
+        "close frame": peer_frame(core, CLOSE, serialize_close(1000, "bye")),
+    }[late]
     assert core.receive_data(data) == []
     core.receive_eof()
     assert (core.close_code, core.close_reason) == (1006, "send timed out")
