@@ -375,8 +375,9 @@ class ConnectionCore:
         self._held: List[Data] = []
         #: ``True`` once no more input is processed: the peer's close frame
         #: arrived (nothing may follow it), or the connection failed or was
-        #: abandoned. Only the end of TCP matters then. Read it; the core sets it. (A plain
-        #: attribute: the reader thread reads it after every read.)
+        #: abandoned. Only the end of TCP matters then. Read it; the core
+        #: sets it. (A plain attribute: the reader thread reads it after
+        #: every read.)
         self.input_closed = False
         #: ``True`` when the events the last :meth:`receive_data` (or
         #: :meth:`buffer_updated`) returned are all whole messages (``str``
