@@ -56,7 +56,6 @@ class StreamReader:
 
     __slots__ = (
         "_recv", "_recv_into", "_read_limit", "_small_read", "_read_size", "_data", "_pos",
-        "bytes_received",
     )
 
     def __init__(self, sock: socket.socket, read_limit: int = 2**16, buffered: bytes = b"") -> None:
@@ -68,8 +67,6 @@ class StreamReader:
         # Buffered bytes are self._data[self._pos:].
         self._data = buffered
         self._pos = 0
-        #: Total bytes received from the socket, for the connection's stats.
-        self.bytes_received = 0
 
     def _fill(self) -> None:
         """Append one ``recv`` worth of bytes to the buffer."""
@@ -77,7 +74,6 @@ class StreamReader:
         if not chunk:
             raise EOFError("the peer closed the connection")
         self._read_size = self._read_limit if len(chunk) >= self._small_read else self._small_read
-        self.bytes_received += len(chunk)
         self._data = self._data[self._pos :] + chunk
         self._pos = 0
 
@@ -119,7 +115,6 @@ class StreamReader:
             received = self._recv_into(view)
             if not received:
                 raise EOFError("the peer closed the connection")
-            self.bytes_received += received
             view = view[received:]
         return buffer
 
@@ -188,7 +183,6 @@ class StreamReader:
         end = self._data.find(b"\r\n\r\n", pos, pos + limit)
         if end < 0 and read and top_up is not None and self._small_read <= len(self._data) < limit:
             more = top_up(limit - len(self._data))
-            self.bytes_received += len(more)
             self._data += more
             end = self._data.find(b"\r\n\r\n", 0, limit)
         if end < 0:

@@ -77,7 +77,6 @@ def test_read_exact_simple(pair: Tuple[socket.socket, socket.socket]) -> None:
     assert reader.read_exact(5) == b"hello"
     assert reader.read_exact(0) == b""
     assert reader.read_exact(6) == b" world"
-    assert reader.bytes_received == 11
 
 
 def test_read_exact_across_multiple_sends(pair: Tuple[socket.socket, socket.socket]) -> None:
@@ -98,7 +97,6 @@ def test_read_exact_across_multiple_sends(pair: Tuple[socket.socket, socket.sock
     finally:
         thread.join(5)
     assert not thread.is_alive()
-    assert reader.bytes_received == 16
 
 
 def test_read_exact_across_scripted_recvs() -> None:
@@ -107,7 +105,6 @@ def test_read_exact_across_scripted_recvs() -> None:
     assert reader.read_exact(5) == b"abcde"
     assert sock.requests == [8, 8, 8]
     assert reader.read_exact(1) == b"f"
-    assert reader.bytes_received == 6
 
 
 def test_refills_start_small_and_grow_while_recvs_come_back_full() -> None:
@@ -134,7 +131,6 @@ def test_read_exact_larger_than_read_limit(pair: Tuple[socket.socket, socket.soc
     assert type(data) is bytearray
     assert data == payload
     assert reader.read_exact(4) == b"tail"
-    assert reader.bytes_received == len(payload) + 4
 
 
 def test_read_exact_large_includes_buffered_bytes() -> None:
@@ -146,7 +142,6 @@ def test_read_exact_large_includes_buffered_bytes() -> None:
     assert type(data) is bytearray
     assert data == b"3456789abcdefghijklm"
     assert reader.read_exact(2) == b"no"
-    assert reader.bytes_received == 25
 
 
 def test_read_exact_large_is_writable_for_unmasking(pair: Tuple[socket.socket, socket.socket]) -> None:
@@ -170,7 +165,6 @@ def test_read_exact_eof_before_enough_bytes(pair: Tuple[socket.socket, socket.so
     feed(writer, b"abc")
     with pytest.raises(EOFError):
         reader.read_exact(5)
-    assert reader.bytes_received == 3
 
 
 def test_read_exact_eof_on_empty_stream(pair: Tuple[socket.socket, socket.socket]) -> None:
@@ -179,7 +173,6 @@ def test_read_exact_eof_on_empty_stream(pair: Tuple[socket.socket, socket.socket
     writer.close()
     with pytest.raises(EOFError):
         reader.read_exact(1)
-    assert reader.bytes_received == 0
 
 
 def test_read_exact_large_eof(pair: Tuple[socket.socket, socket.socket]) -> None:
@@ -188,7 +181,6 @@ def test_read_exact_large_eof(pair: Tuple[socket.socket, socket.socket]) -> None
     feed(writer, b"x" * 50)
     with pytest.raises(EOFError):
         reader.read_exact(100)
-    assert reader.bytes_received == 50
 
 
 def test_read_exact_zero_at_eof(pair: Tuple[socket.socket, socket.socket]) -> None:
@@ -263,7 +255,6 @@ def test_read_line_empty_stream(pair: Tuple[socket.socket, socket.socket]) -> No
     reader = StreamReader(reader_sock)
     writer.close()
     assert reader.read_line(10) == b""
-    assert reader.bytes_received == 0
 
 
 def test_read_line_does_not_read_past_limit_needlessly() -> None:
@@ -295,7 +286,6 @@ def test_read_available_one_recv_at_most() -> None:
     assert reader.read_available(2) == b"de"
     assert reader.read_available(2) == b"f"
     assert reader.read_available(2) == b""
-    assert reader.bytes_received == 6
 
 
 def test_read_available_waits_for_data(pair: Tuple[socket.socket, socket.socket]) -> None:
@@ -309,21 +299,6 @@ def test_read_available_waits_for_data(pair: Tuple[socket.socket, socket.socket]
         thread.join(5)
     assert data  # something, never b"" while the stream is open
     assert b"late".startswith(data)
-
-
-# --- bytes_received ------------------------------------------------------------------------
-
-
-def test_bytes_received_counts_socket_bytes_not_consumed(pair: Tuple[socket.socket, socket.socket]) -> None:
-    reader_sock, writer = pair
-    reader = StreamReader(reader_sock)
-    assert reader.bytes_received == 0
-    feed(writer, b"0123456789")
-    reader.read_exact(1)
-    # Everything one recv returned counts, even if not consumed yet.
-    assert reader.bytes_received == 10
-    reader.read_line(100)
-    assert reader.bytes_received == 10
 
 
 # --- against io.BufferedReader -----------------------------------------------------------------
@@ -371,7 +346,6 @@ def test_matches_buffered_reader(data: bytes, read_limit: int, ops: List[Tuple[s
                 else:
                     assert got == b""
                 reference.read(len(got))
-        assert reader.bytes_received <= len(data)
     finally:
         a.close()
         b.close()
@@ -439,7 +413,6 @@ def test_read_head_tops_up_a_full_read_without_the_head_end() -> None:
     assert reader.read_head(4096, top_up) == LONG_HEAD
     assert sock.requests == [SMALL_READ] and asked == [4096 - SMALL_READ]
     assert reader.take_buffered() == b"\x81\x00"
-    assert reader.bytes_received == len(LONG_HEAD) + 2
 
 
 def test_read_head_tops_up_only_a_full_read() -> None:
