@@ -42,6 +42,7 @@ except ImportError:  # pragma: no cover - a Python built without it
     from hashlib import sha1 as _sha1
 
 from .exceptions import InvalidHeader, InvalidUpgrade
+from .http import TOKEN_RE
 
 __all__ = [
     "GUID",
@@ -79,9 +80,6 @@ ExtensionHeader = Tuple[str, List[ExtensionParameter]]
 
 _T = TypeVar("_T")
 
-# RFC 7230 §3.2.6: token = 1*tchar. Matched at a position, never searched, so
-# a character class with "+" cannot backtrack.
-_TOKEN_RE = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _OWS_RE = re.compile(r"[ \t]*")
 
 # RFC 6455 §4.1: the nonce is 16 random bytes, sent in base64.
@@ -359,7 +357,7 @@ def _require_token(text: str, what: str) -> str:
 
 def _is_token(text: str) -> bool:
     """Tell whether ``text`` is an RFC 7230 token."""
-    return _TOKEN_RE.fullmatch(text) is not None
+    return TOKEN_RE.fullmatch(text) is not None
 
 
 # --- The scanner -----------------------------------------------------------
@@ -421,7 +419,7 @@ def _parse_list(
 
 def _parse_token(text: str, pos: int, what: str = "token") -> Tuple[str, int]:
     """Parse a token at ``pos``."""
-    match = _TOKEN_RE.match(text, pos)
+    match = TOKEN_RE.match(text, pos)
     if match is None:
         raise _SyntaxError(
             f"expected {what} at position {pos}, found {_found(text, pos)}"

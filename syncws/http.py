@@ -59,8 +59,10 @@ MAX_LINE = 8192
 MAX_HEADERS = 128
 """Default limit on the number of headers of a head."""
 
-# token (RFC 9110 §5.6.2): methods and header names.
-_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: A token (RFC 9110 §5.6.2): methods, header names, and the names and
+#: values in WebSocket headers (:mod:`syncws.handshake`). Matched whole or at
+#: a position, never searched: a character class with "+" cannot backtrack.
+TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # HTAB / SP / VCHAR / obs-text: what a header value or a reason phrase may
 # hold (RFC 9110 §5.5, RFC 9112 §4). No CR, LF, NUL or other controls.
 _TEXT_RE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
@@ -464,7 +466,7 @@ def _parse_request_line(request_line: str) -> Tuple[str, str]:
             f"request line isn't 'METHOD target HTTP/1.1': {_shorten(request_line)}"
         )
     method, path, version = parts
-    if not _TOKEN_RE.fullmatch(method):
+    if not TOKEN_RE.fullmatch(method):
         raise InvalidMessage(f"invalid HTTP method: {_shorten(method)}")
     if not _TARGET_RE.fullmatch(path):
         raise InvalidMessage(f"invalid request target: {_shorten(path)}")
@@ -648,7 +650,7 @@ def _parse_header_line(line: str) -> Tuple[str, str]:
     name, colon, value = line.partition(":")
     if not colon:
         raise InvalidMessage(f"header line has no colon: {_shorten(line)}")
-    if not _TOKEN_RE.fullmatch(name):
+    if not TOKEN_RE.fullmatch(name):
         raise InvalidMessage(f"invalid header name: {_shorten(name)}")
     value = value.strip(_OWS)
     if not _TEXT_RE.fullmatch(value):
@@ -738,7 +740,7 @@ def _serialize_head(start_line: str, headers: HeadersLike) -> bytes:
 
 def _check_header(name: str, value: str) -> None:
     """Refuse a header that would be misread or would corrupt the head."""
-    if not _TOKEN_RE.fullmatch(name):
+    if not TOKEN_RE.fullmatch(name):
         raise ValueError(f"invalid header name: {name!r}")
     if "\r" in value or "\n" in value:
         raise ValueError(

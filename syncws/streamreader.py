@@ -55,12 +55,15 @@ class StreamReader:
     """
 
     __slots__ = (
-        "_recv", "_recv_into", "_read_limit", "_small_read", "_read_size", "_data", "_pos",
+        "_sock", "_read_limit", "_small_read", "_read_size", "_data", "_pos",
     )
 
     def __init__(self, sock: socket.socket, read_limit: int = 2**16, buffered: bytes = b"") -> None:
-        self._recv = sock.recv
-        self._recv_into = sock.recv_into
+        # The socket itself, not its bound recv methods (64 bytes each): a
+        # connection's transport keeps its StreamReader for as long as the
+        # connection is open, and reads through it only for the opening
+        # handshake, once or twice.
+        self._sock = sock
         self._read_limit = read_limit
         # Bytes the next refill asks for (see SMALL_READ).
         self._small_read = self._read_size = min(SMALL_READ, read_limit)
@@ -70,7 +73,7 @@ class StreamReader:
 
     def _fill(self) -> None:
         """Append one ``recv`` worth of bytes to the buffer."""
-        chunk = self._recv(self._read_size)
+        chunk = self._sock.recv(self._read_size)
         if not chunk:
             raise EOFError("the peer closed the connection")
         self._read_size = self._read_limit if len(chunk) >= self._small_read else self._small_read
@@ -112,7 +115,7 @@ class StreamReader:
         self._pos = 0
         view = memoryview(buffer)[buffered:]
         while view:
-            received = self._recv_into(view)
+            received = self._sock.recv_into(view)
             if not received:
                 raise EOFError("the peer closed the connection")
             view = view[received:]
