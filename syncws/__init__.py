@@ -26,6 +26,7 @@ from .exceptions import (
     NegotiationError,
     PayloadTooBig,
     ProxyError,
+    PublishError,
     WebSocketException,
     WebSocketProtocolError,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "PayloadTooBig",
     "ServerResponse",
     "ProxyError",
+    "PublishError",
     "Reconnect",
     "State",
     "Stats",

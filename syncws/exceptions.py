@@ -25,6 +25,7 @@ The tree::
     │       └── ConnectionClosedError
     ├── InvalidURI
     ├── PayloadTooBig
+    ├── PublishError
     └── WebSocketProtocolError
 """
 
@@ -54,6 +55,7 @@ __all__ = [
     "ConnectionClosedError",
     "InvalidURI",
     "PayloadTooBig",
+    "PublishError",
     "WebSocketProtocolError",
 ]
 
@@ -265,6 +267,14 @@ class InvalidURI(WebSocketException):
 
 class PayloadTooBig(WebSocketException):
     """A frame or message exceeds ``max_size`` (close code 1009)."""
+
+
+class PublishError(WebSocketException):
+    """A message couldn't be handed to the message broker (it is not sent).
+
+    Raised by :meth:`syncws.fanout.RedisFanout.publish`; importable from
+    :mod:`syncws.fanout` too.
+    """
 
 
 class WebSocketProtocolError(WebSocketException):

@@ -62,7 +62,7 @@ nothing. :class:`RedisFanout` detects and reports this two ways:
   while the publisher's wasn't) reports a :class:`Gap` with the count of
   messages lost.
 
-A publisher that can't reach Redis raises :exc:`PublishError`. The
+A publisher that can't reach Redis raises :exc:`~syncws.PublishError`. The
 message's sequence number is spent all the same (a publish that timed out
 may still have reached Redis), so subscribers count it lost if it didn't go.
 """
@@ -80,7 +80,7 @@ import time
 import uuid
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
-from .exceptions import WebSocketException
+from .exceptions import PublishError
 from .protocol import Data, WebSocketCommonProtocol
 
 __all__ = ["Fanout", "FanoutStats", "Gap", "LocalFanout", "PublishError", "RedisFanout"]
@@ -94,10 +94,6 @@ SENDERS = 16
 # How long the subscriber thread blocks reading Redis before it looks at its
 # subscription requests again: the latency of a first subscribe().
 _POLL = 0.05
-
-
-class PublishError(WebSocketException):
-    """A message couldn't be handed to the message broker (it is not sent)."""
 
 
 @dataclasses.dataclass(frozen=True)

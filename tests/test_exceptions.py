@@ -26,6 +26,7 @@ from syncws.exceptions import (
     NegotiationError,
     PayloadTooBig,
     ProxyError,
+    PublishError,
     WebSocketException,
     WebSocketProtocolError,
 )
@@ -49,6 +50,7 @@ PARENTS = {
     ConnectionClosedError: ConnectionClosed,
     InvalidURI: WebSocketException,
     PayloadTooBig: WebSocketException,
+    PublishError: WebSocketException,
     WebSocketProtocolError: WebSocketException,
 }
 
