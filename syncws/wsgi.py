@@ -42,6 +42,7 @@ import functools
 import importlib
 import http
 import logging
+import queue
 import signal
 import socket
 import ssl
@@ -216,14 +217,30 @@ def _buffered_read_ahead(sock: socket.socket, stream: Any) -> bytes:
 
 
 # -- the connections this process has open, for SIGTERM ------------------------------
+#
+# close_all() runs in signal handlers, which interrupt the main thread
+# anywhere, inside a `with lock:` included: a lock it took would deadlock a
+# sync worker whose only thread held it. So the registry takes no lock: each
+# step below is one operation on a dict or a SimpleQueue, atomic under the
+# GIL and safe to interrupt. Ordering does the rest: accept() registers a
+# connection, then reads _shutting_down; close_all() sets _shutting_down,
+# then takes its snapshot. Whatever the interleaving, a new connection is in
+# the snapshot or sees the flag (or both: closing twice is harmless).
 
-# Guards _open and _shutting_down; taken briefly, never while blocking.
-_lock = threading.Lock()
-# Weak: a connection that accept()'s caller dropped without telling anyone
-# leaves the set when it is collected.
-_open: "weakref.WeakSet[WebSocketServerProtocol]" = weakref.WeakSet()
+# The connections accept() opened and whose handlers haven't ended, as weak
+# references (the values are unused): a connection an accept() caller
+# dropped without closing leaves when it is collected.
+_open: Dict["weakref.ref[WebSocketServerProtocol]", None] = {}
 # Set by close_all(): further upgrades get 503.
 _shutting_down = False
+# What close_all() asks the closer thread to do: (connections, code,
+# reason). SimpleQueue.put is reentrant, safe in a signal handler, where
+# closing a connection is not (it takes the connection's write lock, which
+# the interrupted thread may hold).
+_to_close: "queue.SimpleQueue[Tuple[List[WebSocketServerProtocol], int, str]]" = queue.SimpleQueue()
+# Guards starting the closer thread; never taken by close_all().
+_closer_lock = threading.Lock()
+_closer_started = False
 # A sync gunicorn worker's notify(), called while a handler holds its only
 # thread (see gunicorn_post_worker_init); None elsewhere.
 _heartbeat: Optional[Tuple[Callable[[], None], float]] = None
@@ -232,10 +249,12 @@ _heartbeat: Optional[Tuple[Callable[[], None], float]] = None
 def close_all(code: int = CloseCode.GOING_AWAY, reason: str = "") -> int:
     """Close every WebSocket :func:`accept` opened in this process.
 
-    Never blocks (safe from a signal handler): each connection is closed
-    from a thread of its own, so a stalled client holds up nobody. Handlers
-    blocked in ``recv()`` get :exc:`~syncws.ConnectionClosed` and return.
-    Upgrades that arrive afterwards are refused with 503.
+    Never blocks, takes no lock, and is safe to call from a signal handler:
+    it hands the connections to a thread of syncws's, which starts each
+    closing handshake without waiting for it (a stalled client holds up
+    nobody). Handlers blocked in ``recv()`` get
+    :exc:`~syncws.ConnectionClosed` and return. Upgrades that arrive
+    afterwards are refused with 503.
 
     Args:
         code: the close code, 1001 (going away) by default.
@@ -245,14 +264,44 @@ def close_all(code: int = CloseCode.GOING_AWAY, reason: str = "") -> int:
         How many connections were being closed.
     """
     global _shutting_down
-    with _lock:
-        _shutting_down = True
-        connections = list(_open)
-    for connection in connections:
-        threading.Thread(
-            target=connection.close, args=(code, reason), name="syncws-wsgi-close", daemon=True
-        ).start()
+    _shutting_down = True
+    connections = [connection for connection in (ref() for ref in list(_open)) if connection is not None]
+    if connections:
+        _to_close.put((connections, code, reason))
     return len(connections)
+
+
+def _register(protocol: WebSocketServerProtocol) -> bool:
+    """Add an open connection to the registry; return False if close_all() ran."""
+    _start_closer()
+    _open[weakref.ref(protocol, _unregister)] = None
+    return not _shutting_down
+
+
+def _unregister(ref: "weakref.ref[WebSocketServerProtocol]") -> None:
+    _open.pop(ref, None)
+
+
+def _forget(websocket: WebSocketServerProtocol) -> None:
+    _unregister(weakref.ref(websocket))  # equal to the registered one while alive
+
+
+def _start_closer() -> None:
+    """Start the thread that closes what close_all() hands over, once."""
+    global _closer_started
+    with _closer_lock:
+        if _closer_started:
+            return
+        threading.Thread(target=_closer, name="syncws-wsgi-closer", daemon=True).start()
+        _closer_started = True
+
+
+def _closer() -> None:
+    while True:
+        connections, code, reason = _to_close.get()
+        logger.info("closing %d WebSocket connections with %d", len(connections), code)
+        for connection in connections:
+            connection.start_closing(code, reason)
 
 
 # -- accepting ---------------------------------------------------------------------
@@ -391,24 +440,15 @@ def accept(
     except BaseException:
         sock.close()
         raise
-    with _lock:
-        # close_all() may have run since the check above: then it didn't
-        # see this connection, which closes at once.
-        closing = _shutting_down
-        if not closing:
-            _open.add(protocol)
-    if closing:
+    if not _register(protocol):
+        # close_all() ran since the check above, maybe without seeing this
+        # connection.
         protocol.close(CloseCode.GOING_AWAY, "server shutting down")
     return protocol
 
 
 def _no_handler(websocket: WebSocketServerProtocol) -> None:
     """The handler slot of a protocol :func:`accept` made: the caller runs its own."""
-
-
-def _forget(websocket: WebSocketServerProtocol) -> None:
-    with _lock:
-        _open.discard(websocket)
 
 
 def _refusal(exc: AbortHandshake) -> Tuple[str, List[Tuple[str, str]], bytes]:
@@ -748,8 +788,6 @@ def gunicorn_post_worker_init(worker: Any) -> None:
 
 def _close_then(previous: Any, signum: int, frame: Any) -> None:
     """A signal handler: close the WebSockets with 1001, then gunicorn's handler."""
-    count = close_all(CloseCode.GOING_AWAY, "server shutting down")
-    if count:
-        logger.info("%s: closing %d WebSocket connections with 1001", signal.Signals(signum).name, count)
+    close_all(CloseCode.GOING_AWAY, "server shutting down")  # logs from its own thread
     if callable(previous):
         previous(signum, frame)

@@ -429,6 +429,39 @@ def test_sigterm_closes_websockets_with_1001(app: str) -> None:
         server.close()
 
 
+# A signal lands while the main thread is inside close_all() (as a sync
+# worker's only thread may be, or inside accept()): a handler that calls
+# close_all() again must not wait for anything the interrupted code holds.
+SIGNAL_DURING_CLOSE_ALL = """
+import signal, sys, time
+import syncws.wsgi
+handled = 0
+def on_alarm(signum, frame):
+    global handled
+    handled += 1
+    syncws.wsgi.close_all()
+signal.signal(signal.SIGALRM, on_alarm)
+signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)
+calls = 0
+deadline = time.monotonic() + 2
+while time.monotonic() < deadline:
+    syncws.wsgi.close_all()
+    calls += 1
+signal.setitimer(signal.ITIMER_REAL, 0)
+print("done", calls, handled)
+"""
+
+
+def test_close_all_from_a_signal_handler_interrupting_close_all() -> None:
+    # Deadlocked before (the handler waited for the lock the main thread
+    # held), within milliseconds: the nested handlers then piled up.
+    result = subprocess.run([sys.executable, "-c", SIGNAL_DURING_CLOSE_ALL], capture_output=True, text=True,
+                            timeout=30, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert result.returncode == 0, result.stderr[-2000:]
+    done, calls, handled = result.stdout.split()
+    assert done == "done" and int(calls) > 1000 and int(handled) > 100, result.stdout
+
+
 def worker_resources(pid: int) -> Dict[str, int]:
     with open(f"/proc/{pid}/status") as status:
         threads = next(int(line.split()[1]) for line in status if line.startswith("Threads:"))
