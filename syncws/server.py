@@ -471,6 +471,42 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
         self.abort(f"the opening handshake failed: {exc}")
 
 
+def run_handler(protocol: WebSocketServerProtocol, handler: Callable[[], Any]) -> None:
+    """Run a connection's handler, then close the connection as its end deserves.
+
+    :func:`serve` and :mod:`syncws.wsgi` run handlers through it. The close
+    code tells the client the truth: 1000 when the handler returns; 1011
+    (internal error) when it raises anything, :exc:`BaseException`
+    included (``sys.exit()``, gunicorn's worker timeout, which raises
+    :exc:`SystemExit` in the handler, :exc:`KeyboardInterrupt`,
+    :exc:`GeneratorExit`); nothing more when it ends on
+    :exc:`~syncws.ConnectionClosed` (the connection closed under it: the
+    normal way for a handler to end). The errors are logged.
+
+    Args:
+        protocol: the open connection.
+        handler: the handler, bound to its arguments.
+
+    Raises:
+        BaseException: what the handler raised if it isn't an
+            :exc:`Exception`, again, once the close frame is out: it was
+            meant for the thread or the process (a worker told to exit).
+    """
+    try:
+        handler()
+    except ConnectionClosed as exc:
+        protocol.logger.debug("%s: handler ended by %s", protocol, exc)
+    except Exception:
+        protocol.logger.exception("%s: the handler raised", protocol)
+        protocol.close(CloseCode.INTERNAL_ERROR, "internal error")
+    except BaseException as exc:
+        protocol.logger.error("%s: the handler was stopped by %s", protocol, type(exc).__name__)
+        protocol.close(CloseCode.INTERNAL_ERROR, "internal error")
+        raise
+    else:
+        protocol.close()
+
+
 def http_answer(exc: Exception) -> Optional[Tuple[int, List[Tuple[str, str]], bytes]]:
     """Map a handshake failure to the HTTP answer it deserves.
 
@@ -792,18 +828,13 @@ class WebSocketServer:
         """Run the application's handler, then close the connection."""
         try:
             if self._handler_takes_path:
-                self._handler(protocol, protocol.path)
+                run_handler(protocol, lambda: self._handler(protocol, protocol.path))
             else:
-                self._handler(protocol)
-        except ConnectionClosed as exc:
-            # The peer closed while the handler was using the connection:
-            # the normal way for a handler to end, not a crash.
-            protocol.logger.debug("%s: handler ended by %s", protocol, exc)
-        except Exception:
-            protocol.logger.exception("%s: the handler raised", protocol)
-            protocol.close(CloseCode.INTERNAL_ERROR, "internal error")
-        else:
-            protocol.close()
+                run_handler(protocol, lambda: self._handler(protocol))
+        except BaseException:
+            # SystemExit and the like, which run_handler logged, answered
+            # with 1011 and raised again: this thread was all they could end.
+            pass
 
     def close(self, code: int = CloseCode.GOING_AWAY, reason: str = "") -> None:
         """Stop accepting and close every connection.

@@ -52,10 +52,10 @@ import weakref
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Type, Union, cast
 
 from . import sockopts
-from .exceptions import AbortHandshake, ConnectionClosed, InvalidHandshake
+from .exceptions import AbortHandshake, InvalidHandshake
 from .framing import CloseCode
 from .http import Headers, Request, serialize_response
-from .server import SERVER_HEADER, WebSocketServerProtocol, http_answer
+from .server import SERVER_HEADER, WebSocketServerProtocol, http_answer, run_handler
 from .settings import check_settings
 from .transport import Transport
 
@@ -462,19 +462,18 @@ def _refusal(exc: AbortHandshake) -> Tuple[str, List[Tuple[str, str]], bytes]:
 
 
 def _run(handler: Callable[[], Any], websocket: WebSocketServerProtocol) -> None:
-    """Run a handler on an open connection, then close it as ``serve()`` does."""
+    """Run a handler on an open connection, then close it as ``serve()`` does.
+
+    Raises:
+        BaseException: what the handler raised if it isn't an
+            :exc:`Exception` (gunicorn's worker timeout raises
+            :exc:`SystemExit` in it), once the connection is closed with 1011.
+    """
     stop_heartbeat = _start_heartbeat()
     try:
-        handler()
-    except ConnectionClosed as exc:
-        # The client closed while the handler used the connection: the
-        # normal way for a handler to end.
-        websocket.logger.debug("connection %s: handler ended by %s", websocket.id, exc)
-    except Exception:
-        websocket.logger.exception("connection %s from %s: the handler raised", websocket.id, websocket.remote_address)
-        websocket.close(CloseCode.INTERNAL_ERROR, "internal error")
+        run_handler(websocket, handler)
     finally:
-        websocket.close()
+        websocket.close()  # if the handler ended on ConnectionClosed: wait for the end
         _forget(websocket)
         stop_heartbeat()
 

@@ -642,6 +642,28 @@ def test_handler_exception_closes_1011_logs_and_server_goes_on(make_server, capl
         assert ws.recv(timeout=5) == "still here"
 
 
+@pytest.mark.parametrize("error", [SystemExit, KeyboardInterrupt, GeneratorExit])
+def test_handler_dying_of_a_base_exception_closes_1011(make_server, caplog, error):
+    # SystemExit (sys.exit() in a handler), KeyboardInterrupt and
+    # GeneratorExit aren't Exceptions: the connection used to stay open,
+    # with no close frame, until the client gave up.
+    def handler(ws):
+        ws.recv()
+        raise error()
+
+    server = make_server(handler)
+    with caplog.at_level(logging.ERROR, logger="syncws.server"):
+        with syncws.connect(url(server)) as ws:
+            ws.send("go")
+            ws.wait_closed(10)
+        assert ws.close_code == 1011
+        assert wait_until(lambda: error.__name__ in caplog.text)
+    with syncws.connect(url(server)) as ws:
+        ws.send("still here")
+        ws.wait_closed(10)
+    assert ws.close_code == 1011
+
+
 @pytest.mark.timeout(10)
 def test_handler_return_closes_1000(make_server):
     def handler(ws):

@@ -405,6 +405,45 @@ def test_middleware_on_gunicorn_sync_worker() -> None:
         server.close()
 
 
+@pytest.mark.timeout(90)
+def test_worker_timeout_closes_with_1011() -> None:
+    # Without syncws's hook, nothing keeps a sync worker's heartbeat while
+    # its handler waits: after --timeout the arbiter aborts the worker,
+    # whose SIGABRT handler raises SystemExit inside websocket.recv(). The
+    # client used to get 1000 (OK) for it.
+    port = free_port()
+    argv = [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "--chdir", EXAMPLES,
+            *NO_CONTROL_SOCKET, "-k", "sync", "--timeout", "1", "bare_app:app"]
+    server = ServerProcess("gunicorn-timeout", argv, port)
+    try:
+        with syncws.connect(f"{server.ws}/ws/echo") as ws:
+            ws.wait_closed(30)
+        assert ws.close_code == 1011
+    finally:
+        server.stop()
+        log = server.read_log()
+        os.unlink(server.log.name)
+    assert "WORKER TIMEOUT" in log and "the handler was stopped by SystemExit" in log, log
+
+
+@pytest.mark.parametrize("path, error", [("/ws/exit", "SystemExit"), ("/ws/interrupt", "KeyboardInterrupt")])
+def test_handler_stopped_by_a_base_exception_closes_with_1011(path: str, error: str) -> None:
+    server = werkzeug_server("bare_app:app")
+    try:
+        with syncws.connect(f"{server.ws}{path}") as ws:
+            ws.send("go")
+            ws.wait_closed(10)
+        assert ws.close_code == 1011  # 1000 before
+        with syncws.connect(f"{server.ws}/ws/echo") as ws:
+            ws.send("still serving")
+            assert ws.recv(timeout=10) == "still serving"
+    finally:
+        server.stop()
+        log = server.read_log()
+        os.unlink(server.log.name)
+    assert f"the handler was stopped by {error}" in log, log
+
+
 # -- shutdown and leaks -------------------------------------------------------------------
 
 @pytest.mark.timeout(90)

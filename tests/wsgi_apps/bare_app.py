@@ -1,4 +1,4 @@
-"""A bare WSGI application with a WebSocket mounted by WebSocketMiddleware."""
+"""A bare WSGI application with WebSockets mounted by WebSocketMiddleware."""
 
 from typing import Any, Callable, Dict, Iterable
 
@@ -15,4 +15,18 @@ def echo(websocket: Any) -> None:
         websocket.send(message)
 
 
-app = WebSocketMiddleware(hello, {"/ws/echo": echo})
+def stopped_by(error: type) -> Callable[[Any], None]:
+    """A handler that dies of ``error`` after one message, as a killed worker's does."""
+
+    def handler(websocket: Any) -> None:
+        websocket.recv()
+        raise error()
+
+    return handler
+
+
+app = WebSocketMiddleware(hello, {
+    "/ws/echo": echo,
+    "/ws/exit": stopped_by(SystemExit),
+    "/ws/interrupt": stopped_by(KeyboardInterrupt),
+})
