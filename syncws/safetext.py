@@ -1,0 +1,126 @@
+"""Text fit for a log line, an exception's message or a terminal.
+
+Two kinds of values must never reach those as they are:
+
+* **Peer text** (close reasons, HTTP bodies and header values, request
+  paths, subprotocol names, ``Location`` values): a peer that puts a line
+  feed in it forges a log line, and one that puts an escape sequence in it
+  retitles or clears the terminal showing it. :func:`escape` renders every
+  control character as ``\\xNN`` (or ``\\uNNNN``) and keeps the rest,
+  printable Unicode included, as it is.
+* **Secrets in URIs**: the password of a URI's user info and the values of
+  its query (``?access_token=...``). :func:`redact_uri` leaves them out and
+  escapes what remains; every URI, path, proxy URL and Redis URL that syncws
+  logs or puts in an exception goes through it.
+
+This module imports nothing of syncws, so that every other module (the
+exceptions and the close codes included) can use it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Dict
+
+__all__ = ["escape", "redact_uri", "REDACTED"]
+
+#: What stands for a secret left out of a URI.
+REDACTED = "[redacted]"
+
+# Characters escape() replaces: the C0 controls (ESC, CR, LF...), DEL and
+# the C1 controls (a terminal may read U+009B as CSI), the Unicode line and
+# paragraph separators (a log viewer may break the line there), and the
+# bidirectional controls, which reorder how the rest of a line is displayed
+# (the "Trojan Source" characters: U+061C, U+200E, U+200F, U+202A-U+202E,
+# U+2066-U+2069).
+_ESCAPED = [
+    *range(0x00, 0x20), *range(0x7F, 0xA0),
+    0x061C, 0x200E, 0x200F, 0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A),
+]
+
+
+@functools.lru_cache(maxsize=None)
+def _table(keep: str) -> Dict[int, str]:
+    """The translation table of :func:`escape` for the characters in ``keep`` (a few)."""
+    return {
+        code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+        for code in _ESCAPED
+        if chr(code) not in keep
+    }
+
+
+def escape(text: str, keep: str = "") -> str:
+    """Render peer-controlled text for a log line, an error or a terminal.
+
+    Control characters, the Unicode line separators and the bidirectional
+    controls become ``\\xNN`` or ``\\uNNNN``; everything else, printable
+    Unicode included, is kept. The result holds no line break, so it can't
+    forge a log line, and no escape sequence, so it can't drive a terminal.
+
+    Args:
+        text: the text as the peer sent it.
+        keep: control characters to keep as they are, e.g. ``"\\n\\t"`` to
+            show a multi-line message on several lines.
+
+    Returns:
+        The escaped text.
+
+    Example::
+
+        >>> escape("bye\\r\\nINFO forged\\x1b]0;title\\x07")
+        'bye\\\\x0d\\\\x0aINFO forged\\\\x1b]0;title\\\\x07'
+    """
+    return text.translate(_table(keep))
+
+
+def redact_uri(uri: str) -> str:
+    """Render a URI (or a request path) for a log line or an error, secrets left out.
+
+    The password of the user info becomes :data:`REDACTED` (the whole user
+    info when it has no ``:``, as a token alone often stands there); so does
+    each query value, while query keys stay: ``?room=1&access_token=x``
+    becomes ``?room=[redacted]&access_token=[redacted]``, and a query part
+    without ``=`` is taken for a value. A fragment is left out the same way.
+    The scheme, host, port and path are kept. The result is then escaped
+    with :func:`escape`, since a URI may come from a peer (``Location``).
+
+    Works on any text, valid URI or not, and never raises: it is used on the
+    URIs that :exc:`~syncws.InvalidURI` reports too.
+
+    Args:
+        uri: an absolute URI (``wss://user:pw@host/path?query``, a proxy or
+            a Redis URL) or a request target (``/path?query``).
+
+    Returns:
+        The URI without its secrets.
+
+    Example::
+
+        >>> redact_uri("wss://bob:hunter2@example.com/feed?room=1&token=abc")
+        'wss://bob:[redacted]@example.com/feed?room=[redacted]&token=[redacted]'
+    """
+    without_fragment, hash_sign, _ = uri.partition("#")
+    head, question_mark, query = without_fragment.partition("?")
+    scheme, separator, rest = head.partition("://")
+    if separator:
+        # The authority ends at the first "/" (the query is split off
+        # already), and the user info at its last "@", as parse_uri() reads it.
+        authority, slash, path = rest.partition("/")
+        user_info, at, host_port = authority.rpartition("@")
+        if at:
+            user, colon, _ = user_info.partition(":")
+            user_info = f"{user}:{REDACTED}" if colon else REDACTED
+            head = f"{scheme}://{user_info}@{host_port}{slash}{path}"
+    if question_mark:
+        head += "?" + "&".join(map(_redact_parameter, query.split("&")))
+    if hash_sign:
+        head += "#" + REDACTED
+    return escape(head)
+
+
+def _redact_parameter(parameter: str) -> str:
+    """``key=value`` -> ``key=[redacted]``; an empty value has nothing to hide."""
+    key, equals, value = parameter.partition("=")
+    if not equals:
+        return REDACTED if key else ""
+    return f"{key}={REDACTED}" if value else parameter

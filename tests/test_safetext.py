@@ -1,0 +1,83 @@
+"""syncws.safetext: peer text escaped, secrets left out of URIs (no sockets)."""
+
+from __future__ import annotations
+
+import unicodedata
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from syncws.safetext import REDACTED, escape, redact_uri
+
+
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        ("bye", "bye"),
+        ("", ""),
+        ("a\nb\r\n", "a\\x0ab\\x0d\\x0a"),
+        ("\x1b]0;pwned\x07\x1b[2J", "\\x1b]0;pwned\\x07\\x1b[2J"),
+        ("\x00\t\x7f\x85\x9b", "\\x00\\x09\\x7f\\x85\\x9b"),
+        ("line\u2028sep\u2029", "line\\u2028sep\\u2029"),
+        ("\u202eevil\u202c \u2066x\u2069 \u200e\u200f\u061c", "\\u202eevil\\u202c \\u2066x\\u2069 \\u200e\\u200f\\u061c"),
+        ("é€😀 café", "é€😀 café"),
+        ("back\\slash \\x41", "back\\slash \\x41"),
+    ],
+)
+def test_escape(text: str, shown: str) -> None:
+    assert escape(text) == shown
+
+
+def test_escape_keeps_what_it_is_told_to() -> None:
+    assert escape("a\nb\tc\x1b", keep="\n\t") == "a\nb\tc\\x1b"
+    assert escape("a\nb") == "a\\x0ab"  # the default table is unchanged
+
+
+@given(st.text())
+def test_escape_leaves_no_control_character(text: str) -> None:
+    shown = escape(text)
+    for char in shown:
+        assert unicodedata.category(char) not in ("Cc", "Zl", "Zp"), repr(shown)
+        assert unicodedata.bidirectional(char) not in ("LRE", "RLE", "PDF", "LRO", "RLO", "LRI", "RLI", "FSI", "PDI")
+    assert "\n" not in shown and "\x1b" not in shown
+
+
+@pytest.mark.parametrize(
+    "uri, shown",
+    [
+        ("ws://example.com/chat", "ws://example.com/chat"),
+        ("wss://bob:hunter2@example.com:8443/feed", f"wss://bob:{REDACTED}@example.com:8443/feed"),
+        ("ws://bob:p@ss:w@rd@example.com/", f"ws://bob:{REDACTED}@example.com/"),
+        ("ws://ghp_token@example.com/", f"ws://{REDACTED}@example.com/"),
+        ("ws://:pw@h/", f"ws://:{REDACTED}@h/"),
+        ("ws://h/p?access_token=abc&room=1", f"ws://h/p?access_token={REDACTED}&room={REDACTED}"),
+        ("ws://h/p?flag&empty=&&x=1", f"ws://h/p?{REDACTED}&empty=&&x={REDACTED}"),
+        ("ws://h/p?", "ws://h/p?"),
+        ("ws://h/p#frag", f"ws://h/p#{REDACTED}"),
+        ("/room?access_token=abc", f"/room?access_token={REDACTED}"),
+        ("/room", "/room"),
+        ("redis://:s3cret@redis.internal:6379/0", f"redis://:{REDACTED}@redis.internal:6379/0"),
+        ("rediss://user:s3cret@r/1?ssl_cert_reqs=none", f"rediss://user:{REDACTED}@r/1?ssl_cert_reqs={REDACTED}"),
+        ("unix:///run/redis.sock?password=s3cret&db=2", f"unix:///run/redis.sock?password={REDACTED}&db={REDACTED}"),
+        ("http://u:p@proxy:3128", f"http://u:{REDACTED}@proxy:3128"),
+        ("ws://h/\x1b[2J?k=v\nx", f"ws://h/\\x1b[2J?k={REDACTED}"),
+        ("ws://h/\x1b[2J\n", "ws://h/\\x1b[2J\\x0a"),
+        ("not a uri at all", "not a uri at all"),
+        ("", ""),
+    ],
+)
+def test_redact_uri(uri: str, shown: str) -> None:
+    assert redact_uri(uri) == shown
+
+
+@given(st.text(), st.text(min_size=1).filter(lambda s: not set(s) & set("@/?#&=")))
+def test_redact_uri_never_shows_the_password_or_a_query_value(prefix: str, secret: str) -> None:
+    for uri in (
+        f"ws://user:{secret}@host/{prefix}",
+        f"wss://host/{prefix.replace('?', '').replace('#', '')}?k={secret}",
+        f"ws://host/?a=1&k={secret}&b",
+    ):
+        shown = redact_uri(uri)
+        assert f":{secret}@" not in shown and f"={secret}" not in shown, shown
+        assert "\n" not in shown and "\x1b" not in shown
