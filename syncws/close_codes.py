@@ -1,14 +1,17 @@
 """Close codes (RFC 6455 §7.4): the registry, their meaning, and which may be sent.
 
-This module imports nothing of syncws, so that :mod:`syncws.exceptions`
-(whose :exc:`~syncws.ConnectionClosed` describes its code) and
-:mod:`syncws.framing` (which parses and builds close frames) can both use it
-without importing each other. :mod:`syncws.framing` re-exports its names.
+This module imports nothing of syncws but :mod:`syncws.safetext`, so that
+:mod:`syncws.exceptions` (whose :exc:`~syncws.ConnectionClosed` describes its
+code) and :mod:`syncws.framing` (which parses and builds close frames) can
+both use it without importing each other. :mod:`syncws.framing` re-exports
+its names.
 """
 
 from __future__ import annotations
 
 import enum
+
+from .safetext import escape
 
 __all__ = [
     "CloseCode",
@@ -84,9 +87,13 @@ def describe_close_code(code: int) -> str:
 
 
 def describe_close(code: int, reason: str = "") -> str:
-    """Render a close code and reason for logs and errors: ``1001 (going away) bye``."""
+    """Render a close code and reason for logs and errors: ``1001 (going away) bye``.
+
+    The reason is the peer's text: it is escaped (:func:`syncws.safetext.escape`),
+    so a line feed or an escape sequence in it shows as ``\\x0a`` or ``\\x1b``.
+    """
     text = f"{code} ({describe_close_code(code)})"
-    return f"{text} {reason}" if reason else text
+    return f"{text} {escape(reason)}" if reason else text
 
 
 def is_valid_close_code(code: int) -> bool:

@@ -135,3 +135,29 @@ def test_formats() -> None:
     connection = SimpleNamespace(id=uuid.UUID("1a2b3c4d" + "0" * 24))
     assert closed_line(connection, 1000, "bye", 12.345) == "connection 1a2b3c4d closed: 1000 (OK) bye, after 12.35 s"
     assert closed_line(connection, 1006, "", 0.5) == "connection 1a2b3c4d closed: 1006 (abnormal closure), after 0.50 s"
+
+
+def test_a_close_reason_cannot_forge_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    # A peer's close reason is its own text: a line feed in it would start
+    # a log line of its choosing, an escape sequence would drive the
+    # terminal of whoever reads the log.
+    forged = "bye\nINFO syncws.server: connection 00000000 opened: admin\x1b]0;pwned\x07"
+
+    def close_with_forged_reason(ws: Any) -> None:
+        ws.close(4000, forged)
+
+    caplog.set_level(logging.DEBUG, logger="syncws")
+    with syncws.serve(close_with_forged_reason, "127.0.0.1", 0) as server:
+        with syncws.connect(f"ws://127.0.0.1:{server.port}/") as ws:
+            with pytest.raises(syncws.ConnectionClosed) as excinfo:
+                ws.recv(timeout=5)
+        assert ws.close_reason == forged  # the attribute keeps the text as sent
+    text = str(excinfo.value)
+    assert "\n" not in text and "\x1b" not in text
+    assert text.endswith("bye\\x0aINFO syncws.server: connection 00000000 opened: admin\\x1b]0;pwned\\x07")
+    lines = [r.getMessage() for r in caplog.records]
+    closed = [line for line in lines if " closed: 4000 " in line]
+    assert len(closed) == 2, lines  # one per side
+    for line in lines:
+        assert "\n" not in line or " request: " in line or " response: " in line, line  # heads are multi-line
+        assert "\x1b" not in line, line
