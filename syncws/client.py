@@ -32,6 +32,7 @@ from .http import Headers, HeadersLike, read_response, serialize_request
 from .protocol import WebSocketCommonProtocol
 from .logs import connection_label, format_head, format_status, opened_line
 from .proxy import open_proxy, proxy_for
+from .safetext import redact_uri
 from .settings import SizeSetting, check_settings
 from .transport import Transport
 from .uri import WebSocketURI, host_header, parse_uri
@@ -135,7 +136,7 @@ class WebSocketClientProtocol(WebSocketCommonProtocol):
         if debug:
             self.logger.debug(
                 "%s request: %s", connection_label(self),
-                format_head(f"GET {wsuri.resource_name}", headers.items()),
+                format_head(f"GET {redact_uri(wsuri.resource_name)}", headers.items()),
             )
         transport.write(serialize_request(wsuri.resource_name, headers), None)
         response = read_response(transport.read_line, read_head=transport.read_head)

@@ -21,14 +21,21 @@ DEBUG
 A connection is always named ``connection <the first 8 hex digits of its
 id>``, an address ``host:port`` (``[v6]:port``, or the Unix socket's path),
 and a close code with :func:`syncws.framing.describe_close`: ``1000 (OK)``.
+
+No line carries a secret or raw peer text: paths and URIs go through
+:func:`syncws.safetext.redact_uri` (query values and passwords left out),
+and what the peer sent (close reasons, header values, subprotocols) through
+:func:`syncws.safetext.escape`.
 """
 
 from __future__ import annotations
 
 import http
+import re
 from typing import Any, Iterable, Optional, Tuple
 
 from .framing import describe_close
+from .safetext import REDACTED, escape, redact_uri
 
 __all__ = ["connection_label", "LazyLabel", "format_address", "format_head", "format_status", "opened_line", "closed_line"]
 
@@ -106,30 +113,54 @@ def format_status(status: int) -> str:
 def format_head(start_line: str, headers: Iterable[Tuple[str, str]]) -> str:
     """Render an HTTP head for a DEBUG line, one header per indented line.
 
-    Credentials (``Authorization``, ``Proxy-Authorization``, cookies) are
-    replaced by ``[redacted]``.
+    Credentials are replaced by ``[redacted]``: ``Authorization`` and
+    ``Proxy-Authorization`` (their scheme is kept), cookies, and any header
+    whose name says it holds one (``X-Api-Key``, ``X-Auth-Token``,
+    ``Private-Token``, ...; ``Sec-WebSocket-Key`` is no secret). URIs in
+    ``Location``, ``Content-Location`` and ``Referer`` go through
+    :func:`~syncws.safetext.redact_uri`. Every value is escaped.
 
     Args:
-        start_line: e.g. ``GET /chat`` or ``101 (Switching Protocols)``.
+        start_line: e.g. ``GET /chat`` or ``101 (Switching Protocols)``; a
+            request target in it must be redacted already (``GET`` +
+            :func:`~syncws.safetext.redact_uri` of the path).
         headers: ``(name, value)`` pairs.
 
     Returns:
         The head as text.
     """
-    return "\n".join([start_line] + [f"  {name}: {_redacted(name, value)}" for name, value in headers])
+    return "\n".join([escape(start_line)] + [f"  {name}: {_redacted(name, value)}" for name, value in headers])
 
 
-# Headers whose values are secrets: a DEBUG log is no place for them.
-_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+# Headers whose values are secrets, a DEBUG log being no place for them:
+# the standard ones, and those whose name has a word that applications use
+# for API keys, tokens and sessions, or ends with "-Key" (X-Api-Key,
+# X-Auth-Token, Private-Token, Ocp-Apim-Subscription-Key). The handshake's
+# Sec-WebSocket-Key is public by design.
+_SECRET_WORDS = frozenset({
+    "auth", "authorization", "cookie", "token", "secret", "password", "passwd",
+    "session", "sessionid", "credential", "credentials", "apikey", "signature",
+})
+_URI_HEADERS = frozenset({"location", "content-location", "referer"})
+
+
+def _is_secret_header(lowered_name: str) -> bool:
+    words = re.split(r"[-_]", lowered_name)
+    if not _SECRET_WORDS.isdisjoint(words):
+        return True
+    return len(words) > 1 and words[-1] == "key" and lowered_name != "sec-websocket-key"
 
 
 def _redacted(name: str, value: str) -> str:
-    if name.lower() not in _SECRET_HEADERS:
-        return value
-    if name.lower().endswith("authorization"):
+    lowered = name.lower()
+    if lowered in _URI_HEADERS:
+        return redact_uri(value)
+    if not _is_secret_header(lowered):
+        return escape(value)
+    if lowered.endswith("authorization"):
         scheme, _, _ = value.partition(" ")
-        return f"{scheme} [redacted]"
-    return "[redacted]"
+        return f"{escape(scheme)} {REDACTED}"
+    return REDACTED
 
 
 def opened_line(connection: Any, path: str, subprotocol: Optional[str], extensions: Iterable[str] = ()) -> str:
@@ -137,15 +168,15 @@ def opened_line(connection: Any, path: str, subprotocol: Optional[str], extensio
 
     Args:
         connection: the connection (its ``id`` and ``remote_address``).
-        path: the request path.
+        path: the request path, shown without its query values.
         subprotocol: the negotiated subprotocol, if any.
         extensions: names of the negotiated extensions.
 
     Returns:
         The line (see the module's examples).
     """
-    parts = [f"peer {format_address(connection.remote_address)}", f"path {path}"]
-    parts.append(f"subprotocol {subprotocol}" if subprotocol is not None else "no subprotocol")
+    parts = [f"peer {format_address(connection.remote_address)}", f"path {redact_uri(path)}"]
+    parts.append(f"subprotocol {escape(subprotocol)}" if subprotocol is not None else "no subprotocol")
     parts.extend(extensions)
     return f"{connection_label(connection)} opened: {', '.join(parts)}"
 

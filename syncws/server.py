@@ -43,6 +43,7 @@ from .framing import CloseCode, serialize_close
 from .auth import BasicAuth
 from .hooks import Origins, ProcessResponse, ServerResponse, as_response, check_origins, origin_allowed, respond
 from .http import Headers, HeadersLike, Request, read_request, serialize_response
+from .safetext import redact_uri
 from .logs import connection_label, format_address, format_head, format_status, opened_line
 from .protocol import State, WebSocketCommonProtocol
 from .settings import SizeSetting, check_settings
@@ -270,7 +271,7 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
         if self.logger.isEnabledFor(logging.DEBUG):
             self.logger.debug(
                 "%s request: %s", connection_label(self),
-                format_head(f"{request.method} {request.path}", request.headers.items()),
+                format_head(f"{request.method} {redact_uri(request.path)}", request.headers.items()),
             )
         response_headers = self.negotiate(request, origins, subprotocols, extra_headers)
         self.response_headers = response_headers
@@ -464,7 +465,7 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
                 logging.INFO if status >= 400 else logging.DEBUG,
                 "%s %s with %s: peer %s, path %s: %s", connection_label(self),
                 "refused" if status >= 400 else "answered", format_status(status),
-                format_address(self.remote_address), self.request.path if self.request else "?", exc,
+                format_address(self.remote_address), redact_uri(self.request.path) if self.request else "?", exc,
             )
             assert self.transport is not None
             _send_http_answer(self.transport.sock, status, headers, body, self.server_header)

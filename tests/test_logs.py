@@ -30,7 +30,7 @@ def messages(caplog: pytest.LogCaptureFixture, level: int, logger: str) -> List[
 def test_server_and_connection_life_at_info(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="syncws")
     with syncws.serve(echo, "127.0.0.1", 0, subprotocols=["chat"]) as server:
-        with syncws.connect(f"ws://127.0.0.1:{server.port}/room?x=1", subprotocols=["chat"]) as ws:
+        with syncws.connect(f"ws://127.0.0.1:{server.port}/room?x=1&flag", subprotocols=["chat"]) as ws:
             ws.send("hi")
             assert ws.recv(timeout=5) == "hi"
             client_id = ws.id.hex[:8]
@@ -40,13 +40,13 @@ def test_server_and_connection_life_at_info(caplog: pytest.LogCaptureFixture) ->
     opened = [line for line in server_lines if " opened: " in line]
     assert len(opened) == 1
     assert re.fullmatch(
-        rf"connection [0-9a-f]{{8}} opened: peer 127\.0\.0\.1:{client_port}, path /room\?x=1, "
+        rf"connection [0-9a-f]{{8}} opened: peer 127\.0\.0\.1:{client_port}, path /room\?x=\[redacted\]&\[redacted\], "
         r"subprotocol chat, permessage-deflate",
         opened[0],
     ), opened[0]
     client_lines = messages(caplog, logging.INFO, "syncws.client")
     assert (
-        f"connection {client_id} opened: peer 127.0.0.1:{server.port}, path /room?x=1, "
+        f"connection {client_id} opened: peer 127.0.0.1:{server.port}, path /room?x=[redacted]&[redacted], "
         "subprotocol chat, permessage-deflate"
     ) in client_lines
 
@@ -55,11 +55,11 @@ def test_refused_handshake_at_info(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="syncws")
     with syncws.serve(echo, "127.0.0.1", 0, origins=["https://good.example"]) as server:
         with pytest.raises(syncws.InvalidStatusCode):
-            syncws.connect(f"ws://127.0.0.1:{server.port}/secret", origin="https://evil.example")
+            syncws.connect(f"ws://127.0.0.1:{server.port}/secret?token=abc", origin="https://evil.example")
     refused = [line for line in messages(caplog, logging.INFO, "syncws.server") if " refused with " in line]
     assert len(refused) == 1
     assert re.match(
-        r"connection [0-9a-f]{8} refused with 403 \(Forbidden\): peer 127\.0\.0\.1:\d+, path /secret: ",
+        r"connection [0-9a-f]{8} refused with 403 \(Forbidden\): peer 127\.0\.0\.1:\d+, path /secret\?token=\[redacted\]: ",
         refused[0],
     ), refused[0]
     assert "evil.example" in refused[0]
@@ -68,16 +68,22 @@ def test_refused_handshake_at_info(caplog: pytest.LogCaptureFixture) -> None:
 def test_handshake_heads_at_debug_with_credentials_redacted(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="syncws")
     with syncws.serve(echo, "127.0.0.1", 0) as server:
-        with syncws.connect(f"ws://alice:secret@127.0.0.1:{server.port}/x", additional_headers={"Cookie": "sid=42"}):
+        with syncws.connect(
+            f"ws://alice:secret@127.0.0.1:{server.port}/x?access_token=tok123",
+            additional_headers={"Cookie": "sid=42", "X-Api-Key": "key456", "X-Auth-Token": "tok789"},
+        ):
             pass
     debug = messages(caplog, logging.DEBUG, "syncws.server") + messages(caplog, logging.DEBUG, "syncws.client")
-    request = [line for line in debug if " request: GET /x" in line]
+    request = [line for line in debug if " request: GET /x?access_token=[redacted]" in line]
     response = [line for line in debug if " response: 101 (Switching Protocols)" in line]
     assert len(request) == 2 and len(response) == 2  # each side logs both heads
     for line in request:
         assert "\n  Upgrade: websocket" in line
         assert "\n  Authorization: Basic [redacted]" in line and "\n  Cookie: [redacted]" in line
-    assert "secret" not in caplog.text and "sid=42" not in caplog.text
+        assert "\n  X-Api-Key: [redacted]" in line and "\n  X-Auth-Token: [redacted]" in line
+        assert "\n  Sec-WebSocket-Key: " in line and "Sec-WebSocket-Key: [redacted]" not in line
+    for secret in ("secret", "sid=42", "tok123", "key456", "tok789"):
+        assert secret not in caplog.text
     assert all("Sec-WebSocket-Accept: " in line for line in response)
 
 
@@ -161,3 +167,20 @@ def test_a_close_reason_cannot_forge_a_log_line(caplog: pytest.LogCaptureFixture
     for line in lines:
         assert "\n" not in line or " request: " in line or " response: " in line, line  # heads are multi-line
         assert "\x1b" not in line, line
+
+
+def test_peer_header_values_are_escaped_at_debug(raw_serve: Any, caplog: pytest.LogCaptureFixture) -> None:
+    # A header value may hold bytes 0x80-0xFF (obs-text), C1 controls among
+    # them: U+009B is CSI to some terminals.
+    def answer_with_a_c1_control(conn: Any) -> None:
+        conn.handshake(extra="X-Evil: a\x9b2Jb\r\n")
+        conn.read_close()
+
+    caplog.set_level(logging.DEBUG, logger="syncws.client")
+    uri = raw_serve(answer_with_a_c1_control, handshake=False)
+    with syncws.connect(uri, compression=None):
+        pass
+    response = [line for line in messages(caplog, logging.DEBUG, "syncws.client") if " response: 101 " in line]
+    assert len(response) == 1
+    assert "\n  X-Evil: a\u00c2\\x9b2Jb" in response[0], response[0]
+    assert "\x9b" not in caplog.text
