@@ -152,6 +152,12 @@ class InvalidStatusCode(InvalidHandshake):
     (``wss://`` to ``ws://``, too many of them, no ``Location``), so that the
     caller has the whole response: ``Location``, ``Retry-After``...
 
+    The message says the status (and why a redirect wasn't followed), never
+    the body: an application that shows the error to whoever gave it the
+    URI would show them what a server (an internal one, reached through a
+    redirect) answered. The body is on :attr:`body`, as the server sent it:
+    escape it (:func:`syncws.safetext.escape`) before printing it.
+
     Args:
         status_code: the HTTP status the server answered with.
         body: the start of the response body, when the server sent one.
@@ -186,9 +192,6 @@ class InvalidStatusCode(InvalidHandshake):
         message = f"server rejected WebSocket connection: HTTP {status_code}"
         if detail:
             message = f"{message} ({detail})"
-        if body:
-            text = self.body[:200].decode("utf-8", "replace").strip()
-            message = f"{message}: {text}"
         super().__init__(message)
 
 

@@ -237,3 +237,22 @@ def test_http_location_maps_to_ws() -> None:
 def test_max_redirects_is_checked() -> None:
     with pytest.raises(ValueError, match="max_redirects"):
         syncws.connect("ws://127.0.0.1:9/", max_redirects=-1)
+
+
+def test_the_answer_a_redirect_reads_stays_out_of_the_message() -> None:
+    # The read-back: an application connects to a URI a user gave and
+    # shows the error; the URI redirects to an internal service, whose
+    # answer must not reach the error's text. It stays on .body.
+    internal = b'{"AccessKeyId": "AKIAEXAMPLE", "SecretAccessKey": "wJalrXUtnFEMI"}\n'
+    answer = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(internal) + internal
+    )
+    with redirector(lambda path: answer) as (internal_port, _), redirector(
+        lambda path: redirect(302, f"ws://127.0.0.1:{internal_port}/latest/meta-data/iam")
+    ) as (port, _):
+        with pytest.raises(InvalidStatusCode) as excinfo:
+            syncws.connect(f"ws://127.0.0.1:{port}/")
+    assert excinfo.value.status_code == 200
+    assert excinfo.value.body == internal
+    assert str(excinfo.value) == "server rejected WebSocket connection: HTTP 200"
