@@ -30,7 +30,13 @@ at interpreter shutdown.
 
 Output: received messages go to stdout, one per line, prefixed with ``< ``;
 what the client says about the connection goes to stderr, so that stdout can
-be piped.
+be piped. Nothing the server sends reaches the terminal raw: control
+characters (escape sequences, carriage returns, C1 controls) and Unicode
+bidirectional controls and line separators show escaped (``\\x1b``,
+``\\u202e``), printable Unicode as it is. A text message keeps its line feeds
+and tabs, so that multi-line text reads as such; close reasons and HTTP
+bodies are shown on one line, line feeds escaped too. URIs are shown
+without their password and query values.
 """
 
 from __future__ import annotations
@@ -46,11 +52,12 @@ import sys
 import threading
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from . import ConnectionClosed, InvalidHandshake, InvalidURI, connect, serve, workers
-# "1001 (going away) reason", as exception messages say it.
+from . import ConnectionClosed, InvalidHandshake, InvalidStatusCode, InvalidURI, connect, serve, workers
+# "1001 (going away) reason", as exception messages say it (reason escaped).
 from .framing import describe_close
 from .close_codes import OK_CLOSE_CODES
 from .protocol import WebSocketCommonProtocol
+from .safetext import escape, redact_uri
 from .version import __version__
 
 __all__ = ["main"]
@@ -78,24 +85,19 @@ DEFAULT_REPLY_TIMEOUT = 2.0
 # lock wait doesn't, so it wakes up this often to let it in.
 POLL_INTERVAL = 1.0
 
-# Control characters a server could use to rewrite the user's terminal
-# (ANSI escapes, carriage returns...), shown escaped instead; tab and newline
-# are kept.
-_CONTROL_CHARS = {
-    code: f"\\x{code:02x}"
-    for code in [*range(0x00, 0x20), *range(0x7F, 0xA0)]
-    if chr(code) not in "\t\n"
-}
+# How much of a refused handshake's body is shown, in characters.
+BODY_PREVIEW = 200
 
 
 def format_message(message: Union[str, bytes]) -> str:
     """Render a received message for the terminal, without its ``< `` prefix.
 
-    Text is shown as is, control characters escaped; binary as its size and
-    the first :data:`BINARY_PREVIEW` bytes in hex.
+    Text is shown as is but for control characters, escaped
+    (:func:`syncws.safetext.escape`; line feeds and tabs are kept); binary
+    as its size and the first :data:`BINARY_PREVIEW` bytes in hex.
     """
     if isinstance(message, str):
-        return message.translate(_CONTROL_CHARS)
+        return escape(message, keep="\n\t")
     size = len(message)
     text = f"<binary {size} byte{'' if size == 1 else 's'}>"
     if size:
@@ -126,7 +128,7 @@ def _status(message: str) -> None:
 
 def _echo(websocket: WebSocketCommonProtocol) -> None:
     """The echo server's handler: send every message back as it came."""
-    logger.info("%s connected, path %s", websocket.remote_address, websocket.path)
+    logger.info("%s connected, path %s", websocket.remote_address, redact_uri(websocket.path))
     try:
         while True:
             websocket.send(websocket.recv())
@@ -283,24 +285,29 @@ def run_client(args: argparse.Namespace) -> int:
             options["ssl"] = _insecure_context()
         else:
             _error("warning: --insecure does nothing for a ws:// URI (no TLS)")
+    shown_uri = redact_uri(uri)
     try:
         websocket = connect(uri, **options)  # type: ignore[arg-type]
     except InvalidURI as exc:
         _error(str(exc))
         return EXIT_ERROR
     except ConnectionRefusedError:
-        _error(f"could not connect to {uri}: connection refused")
+        _error(f"could not connect to {shown_uri}: connection refused")
         return EXIT_ERROR
     except (OSError, InvalidHandshake) as exc:
         # Name resolution, timeouts, TLS, HTTP refusals: the exception says
         # which; strerror alone drops the "[Errno n]" noise where there is one.
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        _error(f"could not connect to {uri}: {reason}")
+        if isinstance(exc, InvalidStatusCode) and exc.body:
+            # The user asked for this server: what it answered helps
+            # ("token expired"), shown escaped and cut short.
+            reason += ": " + escape(exc.body.decode("utf-8", "replace").strip()[:BODY_PREVIEW])
+        _error(f"could not connect to {shown_uri}: {reason}")
         return EXIT_ERROR
     interactive = os.isatty(sys.stdin.fileno())
     if interactive:
-        protocol = f" (subprotocol {websocket.subprotocol})" if websocket.subprotocol else ""
-        _status(f"connected to {uri}{protocol}; type a line to send it, Ctrl-D or Ctrl-C to quit")
+        protocol = f" (subprotocol {escape(websocket.subprotocol)})" if websocket.subprotocol else ""
+        _status(f"connected to {shown_uri}{protocol}; type a line to send it, Ctrl-D or Ctrl-C to quit")
     reply_timeout = None if interactive else args.reply_timeout
     return InteractiveClient(websocket, sys.stdin.fileno(), reply_timeout).run()
 

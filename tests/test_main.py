@@ -346,6 +346,45 @@ def test_client_exit_status_follows_the_servers_close_code(
     assert client.stderr.rest().strip() == shown
 
 
+def test_client_prints_no_control_sequence_the_server_sent(server: Any, cli: Any) -> None:
+    # OSC 0 retitles the terminal, CSI 2J clears it, U+202E reverses what
+    # follows; a line feed in a close reason would fake a line of output.
+    closing = threading.Event()
+
+    def handler(ws: syncws.WebSocketServerProtocol, seen: Any) -> None:
+        ws.send("\x1b]0;pwned\x07two\nlines\u202etxt.exe\x9b2J")
+        closing.wait(TIMEOUT)
+        ws.close(4000, "bye\nconnection closed by the server: 1000 (OK)\x1b[2J")
+
+    uri = server(handler)
+    client = cli(uri)
+    assert client.read_line() == "< \\x1b]0;pwned\\x07two"  # messages keep their line feeds
+    assert client.read_line() == "lines\\u202etxt.exe\\x9b2J"
+    closing.set()
+    assert client.wait() == 1
+    assert client.stderr.rest() == (
+        "connection closed by the server: 4000 (private use) "
+        "bye\\x0aconnection closed by the server: 1000 (OK)\\x1b[2J\n"
+    )
+    assert client.stdout.rest() == ""
+
+
+def test_client_shows_a_refusals_body_escaped() -> None:
+    body = b"\x1b]0;pwned\x07go away\r\n\x1b[2J"
+    srv = syncws.serve(lambda ws: None, HOST, 0, process_request=lambda path, headers: (403, [], body))
+    uri = f"ws://{HOST}:{srv.port}/private?token=abc"
+    try:
+        result = run_cli(uri)
+    finally:
+        srv.close()
+        srv.wait_closed(TIMEOUT)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"python -m syncws: could not connect to ws://{HOST}:{srv.port}/private?token=[redacted]: "
+        "server rejected WebSocket connection: HTTP 403: \\x1b]0;pwned\\x07go away\\x0d\\x0a\\x1b[2J\n"
+    )
+
+
 # -- errors -----------------------------------------------------------------------------
 
 
