@@ -27,7 +27,7 @@ import time
 import types
 from typing import TYPE_CHECKING, Any, Callable, Iterable, List, Optional, Sequence, Set, Tuple, Type, Union
 
-from . import admission, handshake, sockopts, timers
+from . import admission, handshake, ports, sockopts, timers
 from .exceptions import (
     AbortHandshake,
     ConnectionClosed,
@@ -974,32 +974,6 @@ def _takes_path(handler: Callable[..., Any]) -> bool:
 _CO_VARARGS = 0x04
 
 
-def _listening_sockets(host: Optional[str], port: int, backlog: int, reuse_port: bool = False) -> List[socket.socket]:
-    """Bind every address ``host`` resolves to (all interfaces for ``None``).
-
-    ``reuse_port`` sets ``SO_REUSEPORT`` on each, so that other processes
-    can listen on the same addresses.
-    """
-    if host is None or host == "":
-        # One dual-stack socket where the system allows it, else IPv4.
-        if socket.has_dualstack_ipv6():
-            return [socket.create_server(("", port), family=socket.AF_INET6, backlog=backlog, dualstack_ipv6=True, reuse_port=reuse_port)]
-        return [socket.create_server(("", port), backlog=backlog, reuse_port=reuse_port)]
-    sockets: List[socket.socket] = []
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    try:
-        for family, _, _, _, address in dict.fromkeys((i[0], 0, 0, 0, i[4]) for i in infos):
-            if port == 0 and sockets:
-                # Keep one port for all addresses, as the first bind chose it.
-                address = (address[0], sockets[0].getsockname()[1], *address[2:])
-            sockets.append(socket.create_server(address, family=family, backlog=backlog, reuse_port=reuse_port))
-    except BaseException:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
-
-
 def serve(
     ws_handler: Callable[..., Any],
     host: Optional[str] = None,
@@ -1111,7 +1085,12 @@ def serve(
             thread meanwhile, and ``open_timeout`` starts again with its
             first byte. ``None`` for no limit but ``open_timeout``.
         **kwds: ``additional_headers`` (modern name of ``extra_headers``),
-            and ``reuse_port=True`` to share the port between processes.
+            and ``reuse_port=True`` to share the port between processes:
+            with any process of this user that listens there with
+            ``SO_REUSEPORT``, syncws or not. To start such a group, reserve
+            the port first (:func:`syncws.ports.reserve`, as ``python -m
+            syncws serve --processes`` does), which refuses a port already
+            served.
 
     Returns:
         The running :class:`WebSocketServer`.
@@ -1148,7 +1127,7 @@ def serve(
     if sock is not None:
         sockets = [sock]
     else:
-        sockets = _listening_sockets(host, port or 0, backlog, reuse_port=bool(reuse_port))
+        sockets = ports.listening_sockets(host, port or 0, backlog, reuse_port=bool(reuse_port))
     protocol_class = create_protocol or WebSocketServerProtocol
     open_timeout = settings.open_timeout
 

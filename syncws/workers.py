@@ -16,10 +16,13 @@ for another.
 
 The **supervisor** (:func:`run_supervisor`, the parent) does no serving:
 
-* it binds the address first, with ``SO_REUSEPORT`` and without
-  listening, which checks the address once with a clear error, picks the
-  port when asked for port 0, and keeps that port reserved for the workers
-  while one restarts. A socket that doesn't listen takes no connections;
+* it reserves the address first (:func:`syncws.ports.reserve`): bound,
+  never listening, so it takes no connections. The reservation refuses an
+  address where anything listens already, syncws or not, with a clear error
+  that names the process; picks the port when asked for port 0; and keeps
+  that port for the workers while one restarts. Once the workers listen,
+  it checks that no other process does (:func:`syncws.ports.strangers`:
+  two supervisors started at once both get a reservation);
 * it starts N workers as fresh interpreters (:mod:`subprocess`, running
   ``python -m syncws.workers``), not with :func:`os.fork`: a forked child
   would inherit the parent's threads' locks in whatever state they were, and
@@ -67,6 +70,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from . import ports
 from .server import serve
 
 __all__ = [
@@ -255,30 +259,23 @@ class Supervisor:
         self.python = python or sys.executable
         self.slots = [_Slot(i) for i in range(processes)]
         # Bound, never listening: reserves the port (see the module docstring).
-        self._reserved: Optional[socket.socket] = None
+        self._reserved: Optional[List[socket.socket]] = None
         self._failed: Optional[str] = None  # why the supervisor gave up
+        # Another process listens on the port too (see _check_alone).
+        self._conflict: Optional[OSError] = None
 
     def bind(self) -> None:
         """Reserve the address (and pick the port for port 0).
 
+        Refuses an address where anything listens, with ``SO_REUSEPORT``
+        or without (see :func:`syncws.ports.reserve`).
+
         Raises:
-            OSError: the address can't be bound, or the system has no
-                ``SO_REUSEPORT``.
+            OSError: the address is taken (``EADDRINUSE``, saying by whom)
+                or can't be bound, or the system has no ``SO_REUSEPORT``.
         """
-        if not hasattr(socket, "SO_REUSEPORT"):
-            raise OSError("SO_REUSEPORT isn't available on this system: several processes can't share a port")
-        infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, _, _, _, address = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind(address)
-        except BaseException:
-            sock.close()
-            raise
-        self._reserved = sock
-        self.port = sock.getsockname()[1]
+        self._reserved = ports.reserve(self.host, self.port)
+        self.port = self._reserved[0].getsockname()[1]
 
     def _start(self, slot: _Slot) -> None:
         ready_read, ready_write = os.pipe()
@@ -351,7 +348,8 @@ class Supervisor:
             The exit status: 0 after a signal, 1 when a worker couldn't start.
 
         Raises:
-            OSError: the address can't be bound.
+            OSError: the address can't be bound, or another process
+                listens on it too (``EADDRINUSE``, saying which).
         """
         if self._reserved is None:
             self.bind()
@@ -372,10 +370,13 @@ class Supervisor:
             for slot in self.slots:
                 self._start(slot)
             announced = False
-            while not stop_signals and self._failed is None:
+            while not stop_signals and self._failed is None and self._conflict is None:
                 now = time.monotonic()
                 self._reap(now)
                 if not announced and all(slot.ready for slot in self.slots) and self._failed is None:
+                    self._check_alone()
+                    if self._conflict is not None:
+                        break
                     announced = True
                     if ready is not None:
                         ready(self)
@@ -403,12 +404,27 @@ class Supervisor:
                 signal.signal(number, handler)
             os.close(read_fd)
             os.close(write_fd)
-            if self._reserved is not None:
-                self._reserved.close()
+            for sock in self._reserved or ():
+                sock.close()
+        if self._conflict is not None:
+            raise self._conflict
         if self._failed is not None:
             logger.error("%s", self._failed)
             return 1
         return 0
+
+    def _check_alone(self) -> None:
+        """Refuse to serve when a process other than the workers listens on the port.
+
+        Two supervisors started at the same moment both get their
+        reservation (see :mod:`syncws.ports`); once the workers listen,
+        each sees the other's and stops. Linux only (``/proc``).
+        """
+        assert self._reserved is not None
+        pids = [slot.process.pid for slot in self.slots if slot.process is not None]
+        others = ports.strangers(self._reserved, pids)
+        if others:
+            self._conflict = ports.address_in_use(self.port, others)
 
     def _stop_all(self) -> None:
         """SIGTERM every worker, wait for them, SIGKILL the late ones."""
@@ -471,7 +487,8 @@ def run_supervisor(
         The exit status: 0 after a signal, 1 when a worker couldn't start.
 
     Raises:
-        OSError: the address can't be bound.
+        OSError: the address can't be bound, or another process listens
+            on it (``EADDRINUSE``, saying which).
         ValueError: ``processes`` is below 1.
     """
     supervisor = Supervisor(spec, host, port, processes or os.cpu_count() or 1)

@@ -9,8 +9,10 @@ if it is still there.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +23,7 @@ from typing import Iterator, List, Set
 import pytest
 
 import syncws
-from syncws.workers import HandlerImportError, load_handler
+from syncws.workers import HandlerImportError, Supervisor, load_handler
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -60,12 +62,12 @@ def wait_until(predicate, timeout: float = TIMEOUT) -> bool:  # type: ignore[no-
 class Supervised:
     """``python -m syncws serve --processes N`` with the PID handler."""
 
-    def __init__(self, tmp_path: Path, processes: int = 2, handler: str = "pidapp:handler") -> None:
+    def __init__(self, tmp_path: Path, processes: int = 2, handler: str = "pidapp:handler", port: int = 0) -> None:
         (tmp_path / "pidapp.py").write_text(PID_HANDLER)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(tmp_path)])
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "syncws", "serve", "--processes", str(processes), "--host", HOST, "--port", "0", handler],
+            [sys.executable, "-m", "syncws", "serve", "--processes", str(processes), "--host", HOST, "--port", str(port), handler],
             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         self.stderr: List[str] = []
@@ -279,3 +281,90 @@ def test_one_process_serves_a_named_handler(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait(TIMEOUT)
+
+
+def run_serve(tmp_path: Path, *args: str) -> "subprocess.CompletedProcess[str]":
+    """``python -m syncws serve args`` to its end (killed after TIMEOUT)."""
+    (tmp_path / "pidapp.py").write_text(PID_HANDLER)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(tmp_path)]))
+    return subprocess.run(
+        [sys.executable, "-m", "syncws", "serve", *args],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=TIMEOUT,
+    )
+
+
+@pytest.mark.timeout(60)
+def test_processes_refuse_a_port_that_syncws_processes_serve(supervised: Supervised, tmp_path: Path) -> None:
+    workers = supervised.pids_seen(2)
+    second = run_serve(tmp_path, "--processes", "1", "--host", HOST, "--port", str(supervised.port))
+    assert second.returncode == 1, second.stderr
+    assert second.stdout == ""  # never announced "serving"
+    message = f"could not listen on {HOST}:{supervised.port}: Address already in use: served by another process (pid "
+    assert message in second.stderr
+    # It names one of the workers that serve the port.
+    named = int(second.stderr.split(message, 1)[1].split(",", 1)[0])
+    assert named in workers
+    # Every client still reaches the first server's workers.
+    assert supervised.pids_seen(2) == workers
+    for _ in range(20):
+        assert supervised.answering_pid() in workers
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("reuse_port", [True, False], ids=["SO_REUSEPORT", "plain"])
+def test_processes_refuse_a_port_another_program_serves(tmp_path: Path, reuse_port: bool) -> None:
+    # Not syncws: a listener of this process, with or without SO_REUSEPORT
+    # (nginx's "listen ... reuseport", uvicorn and others set it).
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind((HOST, 0))
+        other.listen(8)
+        port = other.getsockname()[1]
+        for args in (["--processes", "1"], ["--processes", "2"], []):
+            result = run_serve(tmp_path, *args, "--host", HOST, "--port", str(port), "pidapp:handler")
+            assert result.returncode == 1, (args, result.stderr)
+            assert result.stdout == ""
+            assert (
+                f"could not listen on {HOST}:{port}: Address already in use: "
+                f"served by another process (pid {os.getpid()}, "
+            ) in result.stderr, (args, result.stderr)
+            assert "Traceback" not in result.stderr
+        # Nothing took a connection from it.
+        other.settimeout(0)
+        with pytest.raises(BlockingIOError):
+            other.accept()
+
+
+@pytest.mark.timeout(90)
+def test_supervisors_started_at_the_same_moment_do_not_share(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The first reserves the port; the second starts before the first's
+    # workers listen, so its own check at bind time finds nobody serving.
+    (tmp_path / "pidapp.py").write_text(PID_HANDLER)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), str(tmp_path)]))
+    first = Supervisor("pidapp:handler", HOST, 0, 1, shutdown_timeout=TIMEOUT)
+    first.bind()
+    second = Supervised(tmp_path, processes=1, port=first.port)
+    try:
+        second.wait_serving()
+        assert second.port == first.port
+        theirs = second.pids_seen(1)
+
+        def announced(supervisor: Supervisor) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)  # stops run() at once
+
+        # Once its workers listen, the first sees the second's and stops.
+        with pytest.raises(OSError) as raised:
+            first.run(announced)
+        assert raised.value.errno == errno.EADDRINUSE
+        assert f"served by another process (pid {min(theirs)}, " in raised.value.strerror
+        assert all(slot.process is None for slot in first.slots)
+        for _ in range(10):
+            assert second.answering_pid() in theirs
+    finally:
+        second.process.terminate()
+        try:
+            second.process.wait(TIMEOUT)
+        except subprocess.TimeoutExpired:
+            second.kill()
