@@ -15,7 +15,9 @@ Theory of operation:
 
 * ``build_request`` / ``check_request`` are the client's request and the
   server's check of it; ``build_response`` / ``check_response`` the server's
-  answer and the client's check of it. A failed check raises
+  answer and the client's check of it. ``check_request_head`` checks what any
+  request must satisfy before the server's hooks read it (one ``Host``, one
+  origin, no body). A failed check raises
   :exc:`~syncws.exceptions.InvalidUpgrade` for ``Upgrade`` and ``Connection``
   and :exc:`~syncws.exceptions.InvalidHeader` for everything else.
 
@@ -54,6 +56,7 @@ __all__ = [
     "accept_key",
     "build_request",
     "check_request",
+    "check_request_head",
     "build_response",
     "check_response",
     "parse_token_list",
@@ -84,6 +87,18 @@ _OWS_RE = re.compile(r"[ \t]*")
 
 # RFC 6455 §4.1: the nonce is 16 random bytes, sent in base64.
 _KEY_LENGTH = 16
+
+# A Host header's value (RFC 9112 §3.2): uri-host [":" port] of RFC 3986
+# §3.2.2-3.2.3, an IPv6 literal in brackets or an IPv4 address or a
+# registered name; the sub-delims of the latter leave out ",", which is what
+# joins repeated headers. RFC 6455 §4.1 asks for a host: the name isn't empty.
+_HOST_RE = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[0-9A-Za-z\-._~%!$&'()*+;=]+)(?::[0-9]*)?")
+
+# What separates origins in an Origin header that holds several: the ", "
+# of repeated headers joined, or the space of RFC 6454 §7.1's origin-list.
+_ORIGIN_SEPARATOR_RE = re.compile(r"[, \t]")
+
+_NO_BODY = "a WebSocket upgrade request has no body"
 
 
 def _b64encode(data: bytes) -> str:
@@ -161,14 +176,9 @@ def check_request(get_header: GetHeader) -> str:
             "Sec-WebSocket-Version", version, f"expected {WEBSOCKET_VERSION!r}"
         )
 
-    key = get_header("Sec-WebSocket-Key")
+    key = _single_value(get_header, "Sec-WebSocket-Key")
     if key is None:
         raise InvalidHeader("Sec-WebSocket-Key", None)
-    # Base64 has no comma, so a comma means the caller joined repeated headers.
-    if "," in key:
-        raise InvalidHeader(
-            "Sec-WebSocket-Key", key, "more than one Sec-WebSocket-Key header"
-        )
     try:
         raw_key = base64.b64decode(key, validate=True)
     except ValueError:  # binascii.Error, or non-ASCII characters
@@ -180,6 +190,59 @@ def check_request(get_header: GetHeader) -> str:
             f"decodes to {len(raw_key)} bytes, expected {_KEY_LENGTH}",
         )
     return key
+
+
+def check_request_head(get_header: GetHeader) -> None:
+    """Check the rules of HTTP that a request to a WebSocket server must follow.
+
+    The server checks them on every request, before its hooks read the
+    headers, and :func:`check_request` then checks the WebSocket headers:
+
+    * exactly one ``Host``, holding a host and an optional port: RFC 9112
+      §3.2 asks a server to answer 400 to a request with none, two, or an
+      invalid one;
+    * at most one origin in ``Origin`` (RFC 6454 §7.3): two, joined, would
+      be matched against an allow-list as one value, and a pattern such as
+      ``https://.*\\.example\\.com`` matches ``https://evil.test,
+      https://app.example.com``;
+    * no body: no ``Transfer-Encoding``, and no ``Content-Length`` but ``0``.
+      The bytes after the head are WebSocket frames, so a body would be read
+      as frames.
+
+    Args:
+        get_header: returns one header of the request, ``None`` when absent.
+
+    Raises:
+        InvalidHeader: the header that breaks a rule, naming the rule.
+    """
+    host = _single_value(get_header, "Host")
+    if host is None:
+        raise InvalidHeader("Host", None)
+    if _HOST_RE.fullmatch(host) is None:
+        raise InvalidHeader("Host", host, "expected host or host:port")
+    origin = get_header("Origin")
+    if origin is not None and _ORIGIN_SEPARATOR_RE.search(origin):
+        raise InvalidHeader("Origin", origin, "more than one origin")
+    transfer_encoding = get_header("Transfer-Encoding")
+    if transfer_encoding is not None:
+        raise InvalidHeader("Transfer-Encoding", transfer_encoding, _NO_BODY)
+    content_length = get_header("Content-Length")
+    if content_length is not None and content_length != "0":
+        raise InvalidHeader("Content-Length", content_length, _NO_BODY)
+
+
+def _single_value(get_header: GetHeader, name: str) -> Optional[str]:
+    """Return a header that may appear only once, ``None`` when absent.
+
+    Raises:
+        InvalidHeader: it appears more than once. None of the headers read
+            this way can hold a comma, so one means the caller joined
+            repeated headers.
+    """
+    value = get_header(name)
+    if value is not None and "," in value:
+        raise InvalidHeader(name, value, f"more than one {name} header")
+    return value
 
 
 def build_response(set_header: SetHeader, key: str) -> None:

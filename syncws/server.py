@@ -336,6 +336,8 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
                 f"Failed to open a WebSocket connection: {request.method} isn't allowed; "
                 f"a WebSocket handshake is a GET request.\n".encode(),
             )
+        # Before the hooks: they read Host and Origin as single values.
+        handshake.check_request_head(request.headers.get_joined)
         answer = self.process_request(request.path, request.headers)
         if answer is not None:
             status, headers, body = as_response(answer, "process_request")

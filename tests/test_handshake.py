@@ -19,6 +19,7 @@ from syncws.handshake import (
     build_response,
     build_subprotocol_list,
     check_request,
+    check_request_head,
     check_response,
     parse_extension_list,
     parse_subprotocol_list,
@@ -259,6 +260,95 @@ def test_version_is_checked_before_key() -> None:
     headers.replace("Sec-WebSocket-Version", "8")
     headers.replace("Sec-WebSocket-Key", "bogus")
     assert_raises(InvalidHeader, "Sec-WebSocket-Version", "'8'", headers)
+
+
+# --- check_request_head: the HTTP rules before the hooks -------------------
+
+
+def make_head(**headers: str) -> FakeHeaders:
+    return FakeHeaders(Host="example.com", **headers)
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["example.com", "example.com:8765", "example.com:", "127.0.0.1", "[::1]:80", "[2001:db8::ffff:1.2.3.4]",
+     "my_host.local", "xn--bcher-kva.example", "ex%41mple.com"],
+)
+def test_head_with_one_host(host: str) -> None:
+    headers = make_head()
+    headers.replace("Host", host)
+    check_request_head(headers.get)
+
+
+@pytest.mark.parametrize(
+    "host, fragment",
+    [
+        ("", "empty Host header"),
+        ("a b", "expected host or host:port"),
+        ("example.com/path", "expected host or host:port"),
+        ("user@example.com", "expected host or host:port"),
+        ("example.com:80a", "expected host or host:port"),
+        ("::1", "expected host or host:port"),
+        ("[::1", "expected host or host:port"),
+        ("ex\xe9mple.com", "expected host or host:port"),
+    ],
+)
+def test_head_with_invalid_host(host: str, fragment: str) -> None:
+    headers = make_head()
+    headers.replace("Host", host)
+    with pytest.raises(InvalidHeader, match=fragment) as info:
+        check_request_head(headers.get)
+    assert info.value.name == "Host"
+
+
+def test_head_without_host() -> None:
+    headers = make_head()
+    headers.remove("Host")
+    with pytest.raises(InvalidHeader, match="missing Host header"):
+        check_request_head(headers.get)
+
+
+def test_head_with_two_hosts() -> None:
+    headers = make_head()
+    headers.set("Host", "example.com")
+    with pytest.raises(InvalidHeader, match="more than one Host header"):
+        check_request_head(headers.get)
+
+
+@pytest.mark.parametrize("origin", ["https://app.example.com", "http://127.0.0.1:8000", "null", "file://"])
+def test_head_with_one_origin(origin: str) -> None:
+    check_request_head(make_head(Origin=origin).get)
+
+
+@pytest.mark.parametrize("origin", ["https://a.test https://b.test", "https://a.test\thttps://b.test"])
+def test_head_with_an_origin_list(origin: str) -> None:
+    with pytest.raises(InvalidHeader, match="more than one origin"):
+        check_request_head(make_head(Origin=origin).get)
+
+
+def test_head_with_two_origins() -> None:
+    headers = make_head(Origin="https://evil.test")
+    headers.set("Origin", "https://app.example.com")
+    with pytest.raises(InvalidHeader, match="more than one origin") as info:
+        check_request_head(headers.get)
+    assert info.value.name == "Origin"
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [("Content-Length", "8"), ("Content-Length", "0, 0"), ("Content-Length", "00"),
+     ("Transfer-Encoding", "chunked"), ("Transfer-Encoding", "identity")],
+)
+def test_head_with_a_body(name: str, value: str) -> None:
+    headers = make_head()
+    headers.set(name, value)
+    with pytest.raises(InvalidHeader, match="a WebSocket upgrade request has no body") as info:
+        check_request_head(headers.get)
+    assert info.value.name == name
+
+
+def test_head_with_content_length_0() -> None:
+    check_request_head(make_head(Content_Length="0").get)
 
 
 # --- check_response --------------------------------------------------------
@@ -616,5 +706,19 @@ def test_check_request_raises_only_invalid_header(
     )
     try:
         check_request(headers.get)
+    except InvalidHeader:
+        pass
+
+
+@FAST
+@given(hostile_text, hostile_text, hostile_text, hostile_text)
+def test_check_request_head_raises_only_invalid_header(
+    host: str, origin: str, content_length: str, transfer_encoding: str
+) -> None:
+    headers = FakeHeaders(
+        Host=host, Origin=origin, Content_Length=content_length, Transfer_Encoding=transfer_encoding
+    )
+    try:
+        check_request_head(headers.get)
     except InvalidHeader:
         pass

@@ -13,6 +13,7 @@ import functools
 import http
 import logging
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -395,6 +396,120 @@ def test_repeated_key_and_http_1_0_are_400(make_server):
     response = raw_exchange(server.port, upgrade_request().replace(b"HTTP/1.1", b"HTTP/1.0", 1))
     assert response.status == 400
     assert b"HTTP/1.1" in response.body
+
+
+# -- a strict opening handshake: each refusal is a 400 that closes -------------------
+
+
+def masked_text_frame(payload: bytes) -> bytes:
+    mask = b"\x01\x02\x03\x04"
+    return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def refused_without_running(make_server, request: bytes, **kwargs: Any) -> RawResponse:
+    """Send ``request`` to an echo server; return its answer, read to the end of the stream.
+
+    Checks what every refusal must do: a text/plain answer whose body is
+    exactly its Content-Length (nothing follows it: the server closed), and
+    no handler run.
+    """
+    handled = threading.Event()
+
+    def handler(ws):
+        handled.set()
+        echo(ws)
+
+    server = make_server(handler, compression=None, **kwargs)
+    response = raw_exchange(server.port, request)
+    assert response.header("Content-Type") == "text/plain; charset=utf-8"
+    assert len(response.body) == int(response.header("Content-Length")), response.body
+    assert "close" in response.header_tokens("Connection")
+    assert not handled.is_set()
+    return response
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    "name, framing",
+    [
+        ("Content-Length", lambda frame: (f"Content-Length: {len(frame)}\r\n\r\n".encode(), frame)),
+        (
+            "Transfer-Encoding",
+            lambda frame: (b"Transfer-Encoding: chunked\r\n\r\n", b"%x\r\n%s\r\n0\r\n\r\n" % (len(frame), frame)),
+        ),
+    ],
+)
+def test_a_body_on_the_upgrade_is_400_and_never_read_as_frames(make_server, name, framing):
+    # The body is a valid masked text frame: read as frames, it would be
+    # echoed after the 101.
+    headers, body = framing(masked_text_frame(b"smuggled"))
+    request = upgrade_request()[:-2] + headers + body
+    response = refused_without_running(make_server, request)
+    assert response.status == 400
+    assert name.encode() in response.body and b"body" in response.body
+    assert b"smuggled" not in response.body
+
+
+@pytest.mark.timeout(10)
+def test_content_length_0_on_the_upgrade_is_accepted(make_server):
+    # Some clients send it on every request; it announces no body.
+    server = make_server(compression=None)
+    response = raw_exchange(server.port, upgrade_request(headers={"Content-Length": "0"}), until_head=True)
+    assert response.status == 101
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    "host_lines, fragment",
+    [
+        ([], b"missing Host header"),
+        ([f"Host: {HOST}", "Host: evil.example"], b"more than one Host header"),
+        (["Host: a b"], b"expected host or host:port"),
+        (["Host: example.com/path"], b"expected host or host:port"),
+        (["Host: user@example.com"], b"expected host or host:port"),
+    ],
+)
+def test_missing_repeated_or_invalid_host_is_400(make_server, host_lines, fragment):
+    # RFC 9112 section 3.2: a server answers 400 to each.
+    request = upgrade_request(omit=("Host",))[:-2] + "".join(f"{line}\r\n" for line in host_lines).encode() + b"\r\n"
+    response = refused_without_running(make_server, request)
+    assert response.status == 400
+    assert fragment in response.body
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("host", ["example.com", "example.com:8080", "127.0.0.1:80", "[::1]:8765", "[::1]", "xn--bcher-kva.example"])
+def test_hosts_with_and_without_port_are_accepted(make_server, host):
+    server = make_server()
+    response = raw_exchange(server.port, upgrade_request(headers={"Host": host}), until_head=True)
+    assert response.status == 101
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("origins", [None, [re.compile(r"https://.*\.example\.com")]])
+def test_two_origins_are_400_and_never_matched_as_one(make_server, origins):
+    # Joined, the two values fullmatch the pattern: they must not be tried.
+    request = upgrade_request()[:-2] + b"Origin: https://evil.test\r\nOrigin: https://app.example.com\r\n\r\n"
+    response = refused_without_running(make_server, request, origins=origins)
+    assert response.status == 400
+    assert b"more than one origin" in response.body
+
+
+@pytest.mark.timeout(10)
+def test_an_origin_list_in_one_header_is_400(make_server):
+    # RFC 6454 section 7.1's space-separated list: a browser sends one origin.
+    request = upgrade_request(headers={"Origin": "https://evil.test https://app.example.com"})
+    response = refused_without_running(make_server, request, origins=[re.compile(r"https://.*\.example\.com")])
+    assert response.status == 400
+    assert b"more than one origin" in response.body
+
+
+@pytest.mark.timeout(10)
+def test_one_origin_is_still_matched_against_the_allow_list(make_server):
+    server = make_server(origins=[re.compile(r"https://[a-z]+\.example\.com")])
+    ok = raw_exchange(server.port, upgrade_request(headers={"Origin": "https://app.example.com"}), until_head=True)
+    assert ok.status == 101
+    assert raw_exchange(server.port, upgrade_request(headers={"Origin": "https://evil.test"})).status == 403
 
 
 @pytest.mark.timeout(10)

@@ -234,6 +234,27 @@ def test_bad_handshake_gets_400(any_server: ServerProcess) -> None:
     connection.close()
 
 
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (b"Host: 127.0.0.1\r\nContent-Length: 5\r\n\r\nhello", b"has no body"),
+        (b"Host: 127.0.0.1\r\nOrigin: https://evil.test\r\nOrigin: https://app.test\r\n\r\n", b"more than one origin"),
+        (b"\r\n", b"missing Host header"),
+    ],
+    ids=["body", "two-origins", "no-host"],
+)
+def test_strict_handshake_refusals_as_serve_gives_them(any_server: ServerProcess, extra: bytes, fragment: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", any_server.port), timeout=10) as sock:
+        sock.sendall(
+            b"GET /ws/echo HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" + extra
+        )
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert response.status == 400
+        assert fragment in response.read()
+
+
 def raw_handshake(port: int, path: str, extra: bytes = b"") -> socket.socket:
     """Send a handshake (and maybe bytes right behind it); return the socket after the 101."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -593,7 +614,7 @@ def test_tls_and_async_sockets_get_a_clear_error() -> None:
 def test_not_an_upgrade_is_answered_before_looking_for_a_socket() -> None:
     statuses: List[str] = []
     app = websocket_app(lambda ws: None)
-    body = app({"REQUEST_METHOD": "GET", "PATH_INFO": "/ws", "SERVER_SOFTWARE": "waitress"},
+    body = app({"REQUEST_METHOD": "GET", "PATH_INFO": "/ws", "SERVER_SOFTWARE": "waitress", "HTTP_HOST": "example.com"},
                lambda status, headers: statuses.append(status))
     assert statuses == ["426 Upgrade Required"]
     assert b"missing Connection header" in b"".join(body)
