@@ -160,17 +160,18 @@ def check_request(get_header: GetHeader) -> str:
     Raises:
         InvalidUpgrade: ``Upgrade`` or ``Connection`` is missing or does not
             ask for a WebSocket upgrade.
-        InvalidHeader: ``Sec-WebSocket-Version`` is missing or not ``13``
-            (with ``name == "Sec-WebSocket-Version"``, which the server answers
-            with HTTP 426), or ``Sec-WebSocket-Key`` is missing, repeated, or
-            not the base64 of 16 bytes.
+        InvalidHeader: ``Sec-WebSocket-Version`` is missing, repeated or
+            not ``13`` (with ``name == "Sec-WebSocket-Version"``: the server
+            answers a single other version with HTTP 426), or
+            ``Sec-WebSocket-Key`` is missing, repeated, or not the base64 of
+            16 bytes.
     """
     _check_upgrade(get_header)
 
     # The version comes before the key: a client speaking another version
     # should learn which one we speak (HTTP 426, RFC 6455 §4.4) rather than
     # hear that its key looks odd.
-    version = get_header("Sec-WebSocket-Version")
+    version = _single_value(get_header, "Sec-WebSocket-Version")
     if version != WEBSOCKET_VERSION:
         raise InvalidHeader(
             "Sec-WebSocket-Version", version, f"expected {WEBSOCKET_VERSION!r}"

@@ -534,7 +534,9 @@ def http_answer(exc: Exception) -> Optional[Tuple[int, List[Tuple[str, str]], by
         return http.HTTPStatus.FORBIDDEN, [], body
     if isinstance(exc, InvalidUpgrade):
         return http.HTTPStatus.UPGRADE_REQUIRED, [("Upgrade", "websocket"), ("Connection", "Upgrade")], body
-    if isinstance(exc, InvalidHeader) and exc.name == "Sec-WebSocket-Version":
+    if isinstance(exc, InvalidHeader) and exc.name == "Sec-WebSocket-Version" and "," not in (exc.value or ""):
+        # A client speaking another version learns ours (RFC 6455 §4.4); one
+        # that sent the header twice (joined with a comma) made a bad request.
         return http.HTTPStatus.UPGRADE_REQUIRED, [("Sec-WebSocket-Version", handshake.WEBSOCKET_VERSION)], body
     return http.HTTPStatus.BAD_REQUEST, [], body
 

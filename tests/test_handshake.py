@@ -240,7 +240,7 @@ def test_repeated_key() -> None:
     [
         (None, "missing Sec-WebSocket-Version header"),
         ("8", "invalid Sec-WebSocket-Version header: '8' (expected '13')"),
-        ("13, 8", "'13, 8' (expected '13')"),
+        ("13, 8", "'13, 8' (more than one Sec-WebSocket-Version header)"),
         ("", "empty Sec-WebSocket-Version header"),
     ],
 )
@@ -349,6 +349,14 @@ def test_head_with_a_body(name: str, value: str) -> None:
 
 def test_head_with_content_length_0() -> None:
     check_request_head(make_head(Content_Length="0").get)
+
+
+def test_repeated_version() -> None:
+    headers = make_request()
+    headers.set("Sec-WebSocket-Version", "13")
+    assert_raises(
+        InvalidHeader, "Sec-WebSocket-Version", "more than one Sec-WebSocket-Version header", headers
+    )
 
 
 # --- check_response --------------------------------------------------------

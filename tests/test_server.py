@@ -513,6 +513,17 @@ def test_one_origin_is_still_matched_against_the_allow_list(make_server):
 
 
 @pytest.mark.timeout(10)
+def test_repeated_version_is_400_not_426(make_server):
+    # RFC 6455 section 11.3.5: it appears once in a request. 426 would tell
+    # the client to speak version 13, which it did.
+    request = upgrade_request()[:-2] + b"Sec-WebSocket-Version: 13\r\n\r\n"
+    response = refused_without_running(make_server, request)
+    assert response.status == 400
+    assert b"more than one Sec-WebSocket-Version header" in response.body
+    assert response.header("Sec-WebSocket-Version") is None
+
+
+@pytest.mark.timeout(10)
 def test_frame_pipelined_with_the_request_is_not_lost(make_server):
     server = make_server(compression=None)
     mask = b"\x01\x02\x03\x04"
