@@ -527,7 +527,9 @@ def http_answer(exc: Exception) -> Optional[Tuple[int, List[Tuple[str, str]], by
         return None  # the client closed before finishing its request
     if not isinstance(exc, InvalidHandshake):
         return None  # a network or TLS error: nobody to answer
-    body = f"Failed to open a WebSocket connection: {exc}.\n".encode()
+    # The text quotes the peer's values with repr(); the body is ASCII:
+    # bytes 0x80-0xFF of a header value come out as escapes.
+    body = f"Failed to open a WebSocket connection: {exc}.\n".encode("ascii", "backslashreplace")
     if isinstance(exc, HeadersTooLarge):
         return http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, [], body
     if isinstance(exc, InvalidOrigin):

@@ -524,6 +524,17 @@ def test_repeated_version_is_400_not_426(make_server):
 
 
 @pytest.mark.timeout(10)
+def test_refusals_escape_what_the_peer_sent(make_server):
+    # Bytes 0x80-0xFF are legal in header values (obs-text); the body shows
+    # them as escapes, ASCII only.
+    request = upgrade_request()[:-2] + b"Origin: https://\xe9vil.test\x9b2J\r\nOrigin: https://a.test\r\n\r\n"
+    response = refused_without_running(make_server, request)
+    assert response.status == 400
+    assert response.body.isascii(), response.body
+    assert b"\\xe9vil.test\\x9b2J" in response.body
+
+
+@pytest.mark.timeout(10)
 def test_frame_pipelined_with_the_request_is_not_lost(make_server):
     server = make_server(compression=None)
     mask = b"\x01\x02\x03\x04"
