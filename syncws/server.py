@@ -16,12 +16,14 @@ up and answers plain HTTP when the handshake doesn't go through.
 
 from __future__ import annotations
 
+import errno
 import http
 import logging
 import os
 import queue
 import selectors
 import socket
+import stat
 import threading
 import time
 import types
@@ -1173,19 +1175,59 @@ def serve(
     )
 
 
+def _remove_stale_socket(path: str) -> None:
+    """Remove the socket file a server that is gone left at ``path``.
+
+    Anything else there is refused: a file, a directory, a symbolic link, or
+    a socket a server still listens on (the connection attempt tells, as
+    other servers that reuse a socket path do).
+
+    Raises:
+        FileExistsError: ``path`` is not a socket.
+        OSError: a server listens on it (``EADDRINUSE``), or whether one does
+            can't be told.
+    """
+    if path.startswith("\0"):
+        return  # Linux's abstract namespace: no file
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise FileExistsError(
+            errno.EEXIST, "can't listen on this path: it exists and is not a socket (remove it or choose another path)",
+            path,
+        )
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        # Without blocking: a server whose backlog is full answers EAGAIN.
+        probe.setblocking(False)
+        error = probe.connect_ex(path)
+    if error == errno.ECONNREFUSED:  # nobody listens: stale
+        os.unlink(path)
+    elif error in (0, errno.EAGAIN, errno.EWOULDBLOCK):
+        raise OSError(errno.EADDRINUSE, "can't listen on this path: a server is listening on it", path)
+    elif error != errno.ENOENT:  # gone meanwhile: free
+        raise OSError(error, f"can't tell whether a server listens on this path: {os.strerror(error)}", path)
+
+
 def unix_serve(ws_handler: Callable[..., Any], path: str, **kwargs: Any) -> WebSocketServer:
     """Start a WebSocket server on a Unix socket.
 
     Args:
         ws_handler: as for :func:`serve`.
-        path: the socket's path; an existing socket file there is replaced.
+        path: the socket's path. A socket file left there by a server that
+            is gone is replaced; anything else is refused.
         **kwargs: as for :func:`serve`.
 
     Returns:
         The running :class:`WebSocketServer`.
+
+    Raises:
+        FileExistsError: something other than a socket is at ``path``.
+        OSError: a server is listening on ``path`` (``EADDRINUSE``), or it
+            can't be bound.
     """
-    if os.path.exists(path):
-        os.unlink(path)
+    _remove_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)

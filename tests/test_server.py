@@ -1202,6 +1202,93 @@ def test_unix_serve(tmp_path):
         server.wait_closed(timeout=5)
 
 
+def stale_socket(path: str) -> None:
+    """Leave a socket file at ``path`` with nothing listening, as a killed server does."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.close()
+
+
+@pytest.mark.timeout(10)
+def test_unix_serve_replaces_a_stale_socket(tmp_path):
+    path = str(tmp_path / "ws.sock")
+    stale_socket(path)
+    with syncws.unix_serve(lambda ws: ws.send("new"), path):
+        with syncws.unix_connect(path) as ws:
+            assert ws.recv(timeout=5) == "new"
+
+
+@pytest.mark.timeout(10)
+def test_unix_serve_refuses_a_path_a_server_listens_on(tmp_path):
+    path = str(tmp_path / "ws.sock")
+    with syncws.unix_serve(lambda ws: ws.send("first"), path):
+        with pytest.raises(OSError, match="a server is listening on it") as info:
+            syncws.unix_serve(echo, path)
+        assert info.value.errno == errno.EADDRINUSE
+        assert info.value.filename == path
+        # The first server still has its socket.
+        with syncws.unix_connect(path) as ws:
+            assert ws.recv(timeout=5) == "first"
+
+
+@pytest.mark.timeout(10)
+def test_unix_serve_refuses_a_socket_whose_server_is_busy(tmp_path):
+    # A listener that never accepts, with its backlog full: connecting
+    # would block, yet a server is there.
+    path = str(tmp_path / "ws.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(path)
+        listener.listen(0)
+        waiting = []
+        try:
+            while True:
+                client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                waiting.append(client)
+                client.setblocking(False)
+                if client.connect_ex(path) != 0:
+                    break
+            with pytest.raises(OSError, match="a server is listening on it"):
+                syncws.unix_serve(echo, path)
+        finally:
+            for client in waiting:
+                client.close()
+    assert os.path.exists(path)
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("kind", ["file", "directory", "symlink", "fifo"])
+def test_unix_serve_refuses_what_is_not_a_socket(tmp_path, kind):
+    path = tmp_path / "ws.sock"
+    target = tmp_path / "target"
+    if kind == "file":
+        path.write_text("precious")
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "symlink":
+        stale_socket(str(target))
+        path.symlink_to(target)
+    else:
+        os.mkfifo(path)
+    with pytest.raises(FileExistsError, match="not a socket") as info:
+        syncws.unix_serve(echo, str(path))
+    assert info.value.filename == str(path)
+    assert os.path.lexists(path)
+    if kind == "file":
+        assert path.read_text() == "precious"
+
+
+@pytest.mark.timeout(10)
+def test_unix_serve_on_an_abstract_address():
+    # Linux's abstract namespace: no file, nothing to check or remove.
+    if not hasattr(socket, "AF_UNIX") or os.uname().sysname != "Linux":
+        pytest.skip("abstract Unix addresses are Linux's")
+    path = f"\0syncws-test-{os.getpid()}"
+    with syncws.unix_serve(lambda ws: ws.send("abstract"), path):
+        with syncws.unix_connect(path) as ws:
+            assert ws.recv(timeout=5) == "abstract"
+
+
+# -- TLS ------------------------------------------------------------------------------
 # -- TLS ------------------------------------------------------------------------------
 
 
