@@ -388,14 +388,16 @@ def connect(
                         raise
             if handshake_deadline.expired:
                 raise TimeoutError(
-                    f"the opening handshake with {uri} didn't finish within {open_timeout} seconds"
+                    f"the opening handshake with {redact_uri(uri)} didn't finish within {open_timeout} seconds"
                 )
         except InvalidStatusCode as exc:
             protocol.abort(f"the server answered HTTP {exc.status_code}")
             if exc.status_code not in REDIRECT_STATUSES:
                 raise
             target = _redirect_target(uri, wsuri, exc, max_redirects, redirected_from, own_socket)
-            logging.getLogger("syncws.client").info("%s redirected to %s (HTTP %d)", uri, target, exc.status_code)
+            logging.getLogger("syncws.client").info(
+                "%s redirected to %s (HTTP %d)", redact_uri(uri), redact_uri(target), exc.status_code
+            )
             if _origin(parse_uri(target)) != _origin(wsuri):
                 # Credentials and the connect-to override were for the old origin.
                 extra_headers = _without_credentials(extra_headers)
@@ -493,9 +495,9 @@ def _redirect_target(
     if location is None:
         raise refuse("a redirect without a Location header")
     if own_socket:
-        raise refuse(f"redirect to {location} not followed: connect() was given a socket")
+        raise refuse(f"redirect to {redact_uri(location)} not followed: connect() was given a socket")
     if len(redirected_from) >= max_redirects:
-        raise refuse(f"redirect to {location} not followed: more than max_redirects={max_redirects}")
+        raise refuse(f"redirect to {redact_uri(location)} not followed: more than max_redirects={max_redirects}")
     target = urllib.parse.urljoin(uri, location.strip())
     scheme, rest = target.split(":", 1) if ":" in target else ("", target)
     target = {"http": "ws", "https": "wss"}.get(scheme.lower(), scheme) + ":" + rest
@@ -504,9 +506,9 @@ def _redirect_target(
     except InvalidURI as uri_error:
         raise refuse(f"redirect to an invalid URI: {uri_error}") from None
     if wsuri.secure and not new.secure:
-        raise refuse(f"redirect from {uri} to {target} refused: it would drop TLS")
+        raise refuse(f"redirect from {redact_uri(uri)} to {redact_uri(target)} refused: it would drop TLS")
     if target in redirected_from or target == uri:
-        raise refuse(f"redirect loop: {' -> '.join(redirected_from + [uri, target])}")
+        raise refuse(f"redirect loop: {' -> '.join(map(redact_uri, redirected_from + [uri, target]))}")
     return target
 
 
@@ -636,7 +638,7 @@ class Reconnect(Iterator[WebSocketClientProtocol]):
     def _backoff(self, why: str) -> None:
         """Wait before the next attempt: between half and all of the ceiling."""
         delay = self._ceiling * random.uniform(0.5, 1.0)
-        self._logger.info("%s: %s; retrying in %.1f s", self.uri, why, delay)
+        self._logger.info("%s: %s; retrying in %.1f s", redact_uri(self.uri), why, delay)
         self._ceiling = min(self._ceiling * self.factor, self.max_delay)
         self._stopped.wait(delay)
 

@@ -35,6 +35,7 @@ import http
 from typing import Any, Iterable, Optional, Tuple
 
 from .close_codes import describe_close
+from .safetext import redact_uri
 
 __all__ = [
     "WebSocketException",
@@ -257,6 +258,9 @@ class ConnectionClosedError(ConnectionClosed):
 class InvalidURI(WebSocketException):
     """A URI is not a valid ``ws://`` or ``wss://`` URI.
 
+    The message shows the URI without its password and query values
+    (:func:`syncws.safetext.redact_uri`); :attr:`uri` holds it whole.
+
     Args:
         uri: the URI.
         reason: what is wrong with it.
@@ -265,7 +269,7 @@ class InvalidURI(WebSocketException):
     def __init__(self, uri: str, reason: str) -> None:
         self.uri = uri
         self.reason = reason
-        super().__init__(f"{uri!r} isn't a valid WebSocket URI: {reason}")
+        super().__init__(f"'{redact_uri(uri)}' isn't a valid WebSocket URI: {reason}")
 
 
 class PayloadTooBig(WebSocketException):

@@ -38,6 +38,7 @@ from typing import Any, Optional, Tuple, Union
 
 from .exceptions import InvalidMessage, ProxyError
 from .http import Headers, read_response, serialize_request
+from .safetext import escape, redact_uri
 from .streamreader import StreamReader
 from .uri import WebSocketURI
 
@@ -175,9 +176,9 @@ def open_socks(
     parsed = urllib.parse.urlsplit(proxy_url)
     scheme = parsed.scheme.lower()
     if scheme not in SOCKS_SCHEMES:
-        raise ValueError(f"not a SOCKS proxy URL: {proxy_url!r} (schemes: {', '.join(SOCKS_SCHEMES)})")
+        raise ValueError(f"not a SOCKS proxy URL: '{redact_uri(proxy_url)}' (schemes: {', '.join(SOCKS_SCHEMES)})")
     if not parsed.hostname:
-        raise ValueError(f"proxy URL {proxy_url!r} has no host")
+        raise ValueError(f"proxy URL '{redact_uri(proxy_url)}' has no host")
     try:
         from python_socks import ProxyError as SocksError
         from python_socks import ProxyType
@@ -239,11 +240,11 @@ def open_tunnel(
     parsed = urllib.parse.urlsplit(proxy_url if "://" in proxy_url else f"http://{proxy_url}")
     if parsed.scheme not in ("http", "https"):
         raise ValueError(
-            f"unsupported proxy scheme {parsed.scheme!r} in {proxy_url!r}: "
+            f"unsupported proxy scheme {parsed.scheme!r} in '{redact_uri(proxy_url)}': "
             f"use http://, https:// or (through open_proxy()) {', '.join(f'{k}://' for k in SOCKS_SCHEMES)}"
         )
     if not parsed.hostname:
-        raise ValueError(f"proxy URL {proxy_url!r} has no host")
+        raise ValueError(f"proxy URL '{redact_uri(proxy_url)}' has no host")
     proxy_port = parsed.port or (443 if parsed.scheme == "https" else 80)
     sock: Any = socket.create_connection((parsed.hostname, proxy_port), timeout=timeout, source_address=source_address)
     try:
@@ -266,7 +267,7 @@ def open_tunnel(
         if not 200 <= response.status_code < 300:
             raise ProxyError(
                 f"proxy {parsed.hostname}:{proxy_port} refused to connect to {authority}: "
-                f"HTTP {response.status_code} {response.reason}",
+                f"HTTP {response.status_code} {escape(response.reason)}",
                 response.status_code,
             )
         sock.settimeout(None)

@@ -356,3 +356,28 @@ def test_connect_to_an_address_refused():
         port = listener.getsockname()[1]
     with pytest.raises(ConnectionRefusedError):
         syncws.connect(f"ws://127.0.0.1:{port}/", proxy=None, open_timeout=5)
+
+
+# -- no secret in exception texts or log lines ----------------------------------
+
+
+def test_invalid_uri_text_leaves_the_password_and_query_values_out():
+    uri = "ws://bob:hunter2@example.com:99999/feed?access_token=tok123"
+    with pytest.raises(InvalidURI) as excinfo:
+        syncws.connect(uri)
+    assert excinfo.value.uri == uri  # the attribute keeps it whole
+    assert str(excinfo.value) == (
+        "'ws://bob:[redacted]@example.com:99999/feed?access_token=[redacted]' "
+        "isn't a valid WebSocket URI: port 99999 is out of range 1-65535"
+    )
+
+
+def test_open_timeout_text_leaves_the_password_and_query_values_out():
+    # A server that accepts and never answers the handshake.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        with pytest.raises(TimeoutError) as excinfo:
+            syncws.connect(f"ws://bob:hunter2@127.0.0.1:{port}/?access_token=tok123", open_timeout=0.3)
+    text = str(excinfo.value)
+    assert "hunter2" not in text and "tok123" not in text
+    assert f"ws://bob:[redacted]@127.0.0.1:{port}/?access_token=[redacted]" in text

@@ -215,3 +215,18 @@ def test_proxy_refusal_raises_proxy_error(echo_server: syncws.WebSocketServer) -
 def test_unsupported_proxy_scheme_is_refused_clearly() -> None:
     with pytest.raises(ValueError, match="unsupported proxy scheme 'ftp'"):
         syncws.connect("ws://127.0.0.1:9/", proxy="ftp://127.0.0.1:1080")
+
+
+@pytest.mark.parametrize(
+    "proxy, error",
+    [
+        ("ftp://user:hunter2@127.0.0.1:1080", "unsupported proxy scheme 'ftp' in 'ftp://user:[redacted]@127.0.0.1:1080'"),
+        ("http://user:hunter2@:3128", "proxy URL 'http://user:[redacted]@:3128' has no host"),
+        ("socks5://user:hunter2@", "proxy URL 'socks5://user:[redacted]@' has no host"),
+    ],
+)
+def test_proxy_errors_leave_the_password_out(proxy: str, error: str) -> None:
+    with pytest.raises(ValueError) as excinfo:
+        syncws.connect("ws://127.0.0.1:9/", proxy=proxy)
+    assert error in str(excinfo.value)
+    assert "hunter2" not in str(excinfo.value)

@@ -3,7 +3,9 @@ process_exception, and the ways to stop the loop. Over 127.0.0.1."""
 
 from __future__ import annotations
 
+import logging
 import queue
+import socket
 import threading
 import time
 from typing import Any, List
@@ -191,3 +193,26 @@ def test_bad_backoff_settings() -> None:
         syncws.reconnect("ws://127.0.0.1/", initial_delay=-1)
     with pytest.raises(ValueError, match="factor"):
         syncws.reconnect("ws://127.0.0.1/", factor=0.5)
+
+
+def test_backoff_lines_leave_the_password_and_query_values_out(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="syncws.client")
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))  # bound, not listening: refused
+        port = unused.getsockname()[1]
+        uri = f"ws://bob:hunter2@127.0.0.1:{port}/?access_token=tok123"
+        connections = syncws.reconnect(uri, initial_delay=0.01, max_delay=0.01)
+        failures: List[Exception] = []
+
+        def count(exc: Exception) -> Any:
+            failures.append(exc)
+            return exc if len(failures) > 2 else None
+
+        connections.process_exception = count
+        with pytest.raises(ConnectionRefusedError):
+            next(connections)
+    lines = [r.getMessage() for r in caplog.records if "retrying in" in r.getMessage()]
+    assert len(lines) == 2
+    for line in lines:
+        assert line.startswith(f"ws://bob:[redacted]@127.0.0.1:{port}/?access_token=[redacted]: ")
+    assert "hunter2" not in caplog.text and "tok123" not in caplog.text

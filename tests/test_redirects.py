@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import http
+import logging
 import queue
 import socket
 import ssl
@@ -256,3 +257,29 @@ def test_the_answer_a_redirect_reads_stays_out_of_the_message() -> None:
     assert excinfo.value.status_code == 200
     assert excinfo.value.body == internal
     assert str(excinfo.value) == "server rejected WebSocket connection: HTTP 200"
+
+
+def test_redirect_lines_and_texts_leave_passwords_and_query_values_out(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="syncws")
+    with syncws_echo() as (server, _), redirector(
+        lambda path: redirect(302, f"ws://127.0.0.1:{server.port}/final?next_token=tok456")
+    ) as (port, _):
+        with syncws.connect(f"ws://bob:hunter2@127.0.0.1:{port}/start?access_token=tok123"):
+            pass
+    lines = [r.getMessage() for r in caplog.records if " redirected to " in r.getMessage()]
+    assert lines == [
+        f"ws://bob:[redacted]@127.0.0.1:{port}/start?access_token=[redacted] redirected to "
+        f"ws://127.0.0.1:{server.port}/final?next_token=[redacted] (HTTP 302)"
+    ]
+    for secret in ("hunter2", "tok123", "tok456"):
+        assert secret not in caplog.text
+
+    location = "ws://127.0.0.1:1/again?access_token=tok789"
+    with redirector(lambda path: redirect(307, location)) as (port, _):
+        with pytest.raises(InvalidStatusCode) as excinfo:
+            syncws.connect(f"ws://127.0.0.1:{port}/?access_token=tok123", max_redirects=0)
+    assert str(excinfo.value) == (
+        "server rejected WebSocket connection: HTTP 307 (redirect to "
+        "ws://127.0.0.1:1/again?access_token=[redacted] not followed: more than max_redirects=0)"
+    )
+    assert excinfo.value.headers["Location"] == location
