@@ -38,6 +38,7 @@ from typing import (
 )
 
 from .exceptions import HeadersTooLarge, InvalidMessage
+from .safetext import REDACTED, is_secret_header, redact_uri
 
 __all__ = [
     "MAX_LINE",
@@ -463,13 +464,13 @@ def _parse_request_line(request_line: str) -> Tuple[str, str]:
     parts = request_line.split(" ")
     if len(parts) != 3:
         raise InvalidMessage(
-            f"request line isn't 'METHOD target HTTP/1.1': {_shorten(request_line)}"
+            f"request line isn't 'METHOD target HTTP/1.1': {_shorten_secret(request_line)}"
         )
     method, path, version = parts
     if not TOKEN_RE.fullmatch(method):
         raise InvalidMessage(f"invalid HTTP method: {_shorten(method)}")
     if not _TARGET_RE.fullmatch(path):
-        raise InvalidMessage(f"invalid request target: {_shorten(path)}")
+        raise InvalidMessage(f"invalid request target: {_shorten_secret(path)}")
     _check_version(version)
     return method, path
 
@@ -545,7 +546,7 @@ def _bad_line(line: bytes, kind: str, max_line: int, first: bool = False) -> Exc
     """The error to raise for a line read without its CRLF (see :func:`_read_line`)."""
     if line.endswith(b"\n"):
         return InvalidMessage(
-            f"line of HTTP {kind} head ends with LF instead of CRLF: {_shorten(line.decode('iso-8859-1'))}"
+            f"line of HTTP {kind} head ends with LF instead of CRLF: {_shorten_secret(line.decode('iso-8859-1'))}"
         )
     if len(line) >= max_line + 2:
         return HeadersTooLarge(
@@ -645,16 +646,17 @@ def _parse_header_line(line: str) -> Tuple[str, str]:
         # request smuggling between front ends and back ends happens.
         raise InvalidMessage(
             f"header line starts with whitespace (obs-fold, obsolete line "
-            f"folding, isn't supported): {_shorten(line)}"
+            f"folding, isn't supported): {_shorten_secret(line)}"
         )
     name, colon, value = line.partition(":")
     if not colon:
-        raise InvalidMessage(f"header line has no colon: {_shorten(line)}")
+        raise InvalidMessage(f"header line has no colon: {_shorten_secret(line)}")
     if not TOKEN_RE.fullmatch(name):
         raise InvalidMessage(f"invalid header name: {_shorten(name)}")
     value = value.strip(_OWS)
     if not _TEXT_RE.fullmatch(value):
-        raise InvalidMessage(f"invalid value of {name} header: {_shorten(value)}")
+        shown = REDACTED if is_secret_header(name) else _shorten_secret(value)
+        raise InvalidMessage(f"invalid value of {name} header: {shown}")
     return _SHARED_STRINGS.get(name, name), _SHARED_STRINGS.get(value, value)
 
 
@@ -675,6 +677,20 @@ def _shorten(text: str, limit: int = 80) -> str:
     if len(text) <= limit:
         return repr(text)
     return f"{text[:limit]!r}..."
+
+
+def _shorten_secret(text: str, limit: int = 80) -> str:
+    """:func:`_shorten` for a line, target or value that may hold a secret.
+
+    A failed handshake's error is logged: a request target shows without
+    its query values, a credential header's line without its value
+    (:mod:`syncws.safetext`).
+    """
+    name, colon, _ = text.partition(":")
+    if colon and is_secret_header(name):
+        text = f"{name}: {REDACTED}"
+    more = "..." if len(text) > limit else ""
+    return f"'{redact_uri(text[:limit])}'{more}"
 
 
 def serialize_request(path: str, headers: HeadersLike) -> bytes:

@@ -31,11 +31,10 @@ and what the peer sent (close reasons, header values, subprotocols) through
 from __future__ import annotations
 
 import http
-import re
 from typing import Any, Iterable, Optional, Tuple
 
 from .framing import describe_close
-from .safetext import REDACTED, escape, redact_uri
+from .safetext import REDACTED, escape, is_secret_header, redact_uri
 
 __all__ = ["connection_label", "LazyLabel", "format_address", "format_head", "format_status", "opened_line", "closed_line"]
 
@@ -132,30 +131,14 @@ def format_head(start_line: str, headers: Iterable[Tuple[str, str]]) -> str:
     return "\n".join([escape(start_line)] + [f"  {name}: {_redacted(name, value)}" for name, value in headers])
 
 
-# Headers whose values are secrets, a DEBUG log being no place for them:
-# the standard ones, and those whose name has a word that applications use
-# for API keys, tokens and sessions, or ends with "-Key" (X-Api-Key,
-# X-Auth-Token, Private-Token, Ocp-Apim-Subscription-Key). The handshake's
-# Sec-WebSocket-Key is public by design.
-_SECRET_WORDS = frozenset({
-    "auth", "authorization", "cookie", "token", "secret", "password", "passwd",
-    "session", "sessionid", "credential", "credentials", "apikey", "signature",
-})
 _URI_HEADERS = frozenset({"location", "content-location", "referer"})
-
-
-def _is_secret_header(lowered_name: str) -> bool:
-    words = re.split(r"[-_]", lowered_name)
-    if not _SECRET_WORDS.isdisjoint(words):
-        return True
-    return len(words) > 1 and words[-1] == "key" and lowered_name != "sec-websocket-key"
 
 
 def _redacted(name: str, value: str) -> str:
     lowered = name.lower()
     if lowered in _URI_HEADERS:
         return redact_uri(value)
-    if not _is_secret_header(lowered):
+    if not is_secret_header(lowered):
         return escape(value)
     if lowered.endswith("authorization"):
         scheme, _, _ = value.partition(" ")

@@ -12,6 +12,8 @@ Two kinds of values must never reach those as they are:
   its query (``?access_token=...``). :func:`redact_uri` leaves them out and
   escapes what remains; every URI, path, proxy URL and Redis URL that syncws
   logs or puts in an exception goes through it.
+* **Credential headers** (:func:`is_secret_header`): their values are
+  left out of logged heads and of the errors about malformed ones.
 
 This module imports nothing of syncws, so that every other module (the
 exceptions and the close codes included) can use it.
@@ -20,9 +22,10 @@ exceptions and the close codes included) can use it.
 from __future__ import annotations
 
 import functools
+import re
 from typing import Dict
 
-__all__ = ["escape", "redact_uri", "REDACTED"]
+__all__ = ["escape", "redact_uri", "is_secret_header", "REDACTED"]
 
 #: What stands for a secret left out of a URI.
 REDACTED = "[redacted]"
@@ -124,3 +127,34 @@ def _redact_parameter(parameter: str) -> str:
     if not equals:
         return REDACTED if key else ""
     return f"{key}={REDACTED}" if value else parameter
+
+
+# Header names whose values are secrets: the standard ones, and those with a
+# word that applications use for API keys, tokens and sessions, or ending
+# with "-Key" (X-Api-Key, X-Auth-Token, Private-Token,
+# Ocp-Apim-Subscription-Key). The handshake's Sec-WebSocket-Key is public.
+_SECRET_WORDS = frozenset({
+    "auth", "authorization", "cookie", "token", "secret", "password", "passwd",
+    "session", "sessionid", "credential", "credentials", "apikey", "signature",
+})
+
+
+def is_secret_header(name: str) -> bool:
+    """Tell whether a header's value is a credential, to be left out of logs.
+
+    ``Authorization``, ``Proxy-Authorization``, ``Cookie`` and
+    ``Set-Cookie``, and any name with a word such as ``auth``, ``token``,
+    ``secret``, ``password``, ``session`` or ``apikey``, or ending with
+    ``-Key`` (``X-Api-Key``), ``Sec-WebSocket-Key`` excepted.
+
+    Args:
+        name: the header's name, in any case.
+
+    Returns:
+        Whether to show ``[redacted]`` instead of its value.
+    """
+    lowered = name.strip().lower()
+    words = re.split(r"[-_]", lowered)
+    if not _SECRET_WORDS.isdisjoint(words):
+        return True
+    return len(words) > 1 and words[-1] == "key" and lowered != "sec-websocket-key"

@@ -195,7 +195,7 @@ def test_read_request_decodes_obs_text_as_latin1() -> None:
         (b"GET / HTTP/2.0\r\n\r\n", "unsupported HTTP version HTTP/2.0"),
         (b"GET / HTTP/1.10\r\n\r\n", "invalid HTTP version: 'HTTP/1.10'"),
         (b"GET / FOO/1.1\r\n\r\n", "invalid HTTP version: 'FOO/1.1'"),
-        (b"GET / HTTP/1.1\n\r\n", "ends with LF instead of CRLF: 'GET / HTTP/1.1\\n'"),
+        (b"GET / HTTP/1.1\n\r\n", "ends with LF instead of CRLF: 'GET / HTTP/1.1\\x0a'"),
         (b"GET / HTTP/1.1\r\nHost: h\n\r\n", "ends with LF instead of CRLF"),
         (b"GET / HTTP/1.1\r\nHost: h\r\n folded\r\n\r\n", "obs-fold"),
         (b"GET / HTTP/1.1\r\n\tHost: h\r\n\r\n", "header line starts with whitespace"),
@@ -204,7 +204,7 @@ def test_read_request_decodes_obs_text_as_latin1() -> None:
         (b"GET / HTTP/1.1\r\n: h\r\n\r\n", "invalid header name: ''"),
         (b"GET / HTTP/1.1\r\nH\xe9: h\r\n\r\n", "invalid header name: 'Hé'"),
         (b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n", "invalid value of X header: 'a\\x00"),
-        (b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n", "invalid value of X header: 'a\\rb'"),
+        (b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n", "invalid value of X header: 'a\\x0db'"),
         (b"GET / HTTP/1.1\r\nX: a\x7fb\r\n\r\n", "invalid value of X header"),
     ],
 )
@@ -219,8 +219,36 @@ def test_error_messages_cut_long_values() -> None:
     with pytest.raises(InvalidMessage) as excinfo:
         read_request(reader(b"GET / HTTP/1.1\r\nX: \x00" + b"a" * 500 + b"\r\n\r\n"))
     assert str(excinfo.value) == (
-        "invalid value of X header: " + repr("\x00" + "a" * 79) + "..."
+        "invalid value of X header: '\\x00" + "a" * 79 + "'..."
     )
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"GET /feed?access_token=tok123 HTTP/1.1 x\r\n\r\n",
+         "request line isn't 'METHOD target HTTP/1.1': 'GET /feed?access_token=[redacted]'"),
+        (b"GET /feed?access_token=tok123\x7f HTTP/1.1\r\n\r\n",
+         "invalid request target: '/feed?access_token=[redacted]'"),
+        (b"GET /?access_token=tok123 HTTP/1.1\n\r\n",
+         "ends with LF instead of CRLF: 'GET /?access_token=[redacted]'"),
+        (b"GET / HTTP/1.1\r\nAuthorization: Bearer tok123\n\r\n",
+         "ends with LF instead of CRLF: 'Authorization: [redacted]'"),
+        (b"GET / HTTP/1.1\r\nHost: h\r\n X-Api-Key: tok123\r\n\r\n",
+         "obs-fold, obsolete line folding, isn't supported): ' X-Api-Key: [redacted]'"),
+        (b"GET / HTTP/1.1\r\nX-Auth-Token: tok123\x01\r\n\r\n",
+         "invalid value of X-Auth-Token header: [redacted]"),
+        (b"GET / HTTP/1.1\r\nReferer: http://a/?access_token=tok123\x01\r\n\r\n",
+         "invalid value of Referer header: 'http://a/?access_token=[redacted]'"),
+    ],
+)
+def test_errors_about_a_malformed_request_leave_secrets_out(data: bytes, message: str) -> None:
+    # The server logs why it refused a request: a client's token in its
+    # target or headers must not end up in that log.
+    with pytest.raises(InvalidMessage) as excinfo:
+        read_request(reader(data))
+    assert message in str(excinfo.value)
+    assert "tok123" not in str(excinfo.value)
 
 
 def test_read_request_empty_stream() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import uuid
 from types import SimpleNamespace
 from typing import Any, List
@@ -184,3 +185,21 @@ def test_peer_header_values_are_escaped_at_debug(raw_serve: Any, caplog: pytest.
     assert len(response) == 1
     assert "\n  X-Evil: a\u00c2\\x9b2Jb" in response[0], response[0]
     assert "\x9b" not in caplog.text
+
+
+def test_a_malformed_requests_token_stays_out_of_the_refused_line(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="syncws.server")
+    with syncws.serve(echo, "127.0.0.1", 0) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(b"GET /feed?access_token=tok123 HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer tok456\n\r\n")
+            answer = b""
+            while True:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    refused = [line for line in messages(caplog, logging.INFO, "syncws.server") if " refused with " in line]
+    assert len(refused) == 1
+    assert "Authorization: [redacted]" in refused[0], refused[0]
+    assert "tok123" not in caplog.text and "tok456" not in caplog.text

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from syncws.safetext import REDACTED, escape, redact_uri
+from syncws.safetext import REDACTED, escape, is_secret_header, redact_uri
 
 
 @pytest.mark.parametrize(
@@ -81,3 +81,17 @@ def test_redact_uri_never_shows_the_password_or_a_query_value(prefix: str, secre
         shown = redact_uri(uri)
         assert f":{secret}@" not in shown and f"={secret}" not in shown, shown
         assert "\n" not in shown and "\x1b" not in shown
+
+
+@pytest.mark.parametrize(
+    "name, secret",
+    [
+        ("Authorization", True), ("proxy-authorization", True), ("Cookie", True), ("Set-Cookie", True),
+        ("X-Api-Key", True), ("X-Auth-Token", True), ("Private-Token", True), ("X-Session-Id", True),
+        ("Ocp-Apim-Subscription-Key", True), ("apikey", True), ("X-Amz-Security-Token", True),
+        ("Sec-WebSocket-Key", False), ("Sec-WebSocket-Accept", False), ("Host", False), ("Origin", False),
+        ("WWW-Authenticate", False), ("Key", False), ("Keep-Alive", False), ("User-Agent", False),
+    ],
+)
+def test_is_secret_header(name: str, secret: bool) -> None:
+    assert is_secret_header(name) is secret
