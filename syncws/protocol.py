@@ -215,7 +215,9 @@ class WebSocketCommonProtocol:
         self.subprotocol: Optional[str] = None
         #: The extensions in use (permessage-deflate when negotiated).
         self.extensions: List[Any] = []
-        #: The request path (with the query string), on both sides.
+        #: The request path with its query string: on a server, the path
+        #: percent-decoded (:mod:`syncws.paths`), the one form every check
+        #: and route sees; on a client, the resource name it sent.
         self.path: str = ""
         #: The opening handshake's request headers (:class:`syncws.http.Headers`).
         self.request_headers: Any = None

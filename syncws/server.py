@@ -47,6 +47,7 @@ from .hooks import Origins, ProcessResponse, ServerResponse, as_response, check_
 from .http import Headers, HeadersLike, Request, read_request, serialize_response
 from .safetext import redact_uri
 from .logs import connection_label, format_address, format_head, format_status, opened_line
+from .paths import decode_target
 from .protocol import State, WebSocketCommonProtocol
 from .settings import SizeSetting, check_settings
 from .transport import Transport
@@ -94,7 +95,8 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
             :class:`~syncws.protocol.WebSocketCommonProtocol`.
 
     Inside :meth:`get_response_status` (and after the handshake), ``origin``,
-    ``path``, ``raw_request_headers`` and ``request_headers`` are set.
+    ``path`` (decoded: see :mod:`syncws.paths`), ``request_target`` (as
+    received), ``raw_request_headers`` and ``request_headers`` are set.
     """
 
     is_client = False
@@ -151,6 +153,17 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
         self._handshake_cancelled = False
 
     @property
+    def request_target(self) -> str:
+        """The request-target as received (``/%70rivate?x=1``); empty before the request.
+
+        Not what decisions use: :attr:`path` is its decoded form (see
+        :mod:`syncws.paths`), which ``process_request``, ``extra_headers``
+        and the handler get. Log it, or read the query from it when the
+        path may hold an encoded ``?``.
+        """
+        return "" if self.request is None else self.request.path
+
+    @property
     def raw_request_headers(self) -> List[Tuple[str, str]]:
         """The request headers as ``(name, value)`` pairs, as received; empty before the request."""
         return [] if self.request is None else self.request.headers.items()
@@ -161,7 +174,9 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
         By default, calls the ``process_request`` given to :func:`serve`.
 
         Args:
-            path: the request path with its query.
+            path: the request path, decoded (:mod:`syncws.paths`), with its
+                query as received; :attr:`request_target` holds the
+                request-target as received.
             request_headers: the request headers.
 
         Returns:
@@ -259,7 +274,7 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
             extra_headers: headers for the 101 response.
 
         Returns:
-            The request path.
+            The request path, decoded (see :attr:`path`).
 
         Raises:
             AbortHandshake: the request is answered with plain HTTP
@@ -295,7 +310,7 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
         if self.logger.isEnabledFor(logging.INFO):
             extensions = [permessage_deflate.EXTENSION_NAME] if self.extensions else []
             self.logger.info("%s", opened_line(self, request.path, self.subprotocol, extensions))
-        return request.path
+        return self.path
 
     def negotiate(
         self,
@@ -303,6 +318,8 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
         origins: Optional[Origins] = None,
         subprotocols: Optional[Sequence[str]] = None,
         extra_headers: Any = None,
+        *,
+        path: Optional[str] = None,
     ) -> Headers:
         """Decide the answer to a parsed handshake request, writing nothing.
 
@@ -319,6 +336,9 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
             origins: allowed origins, as for :func:`serve`.
             subprotocols: the server's subprotocols.
             extra_headers: headers for the 101 response.
+            path: the request's decoded path (see :mod:`syncws.paths`) when
+                the caller decoded it already, as a WSGI server does;
+                ``None`` decodes ``request.path``, the request-target.
 
         Returns:
             The headers of the 101 response.
@@ -329,7 +349,7 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
             InvalidHandshake: the request isn't a valid handshake.
         """
         self.request = request
-        self.path = request.path
+        self.path = decode_target(request.path) if path is None else path
         self.request_headers = request.headers
         if request.method != "GET":
             raise AbortHandshake(
@@ -340,7 +360,7 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
             )
         # Before the hooks: they read Host and Origin as single values.
         handshake.check_request_head(request.headers.get_joined)
-        answer = self.process_request(request.path, request.headers)
+        answer = self.process_request(self.path, request.headers)
         if answer is not None:
             status, headers, body = as_response(answer, "process_request")
             raise AbortHandshake(status, headers.items(), body)
@@ -371,7 +391,7 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
 
         handshake.build_response(response_headers.__setitem__, key)
         if callable(extra_headers):
-            extra_headers = extra_headers(request.path, request.headers)
+            extra_headers = extra_headers(self.path, request.headers)
         if extra_headers is not None:
             response_headers.update(extra_headers)
         if self.server_header is not None and "Server" not in response_headers:

@@ -20,6 +20,7 @@ import ssl
 import subprocess
 import threading
 import time
+import urllib.parse
 from typing import Any, Optional
 
 import pytest
@@ -274,6 +275,63 @@ def test_seed_style_handler_gets_path_with_query(make_server):
     with syncws.connect(url(server, "/chat?room=a&b=1")) as ws:
         assert ws.recv(timeout=5) == "/chat?room=a&b=1"
     assert seen == [("/chat?room=a&b=1", "/chat?room=a&b=1")]
+
+
+def deny_private(path, request_headers):
+    if path.startswith("/private"):
+        return syncws.respond(401, "log in first\n")
+    return None
+
+
+@pytest.mark.timeout(10)
+def test_process_request_and_handler_see_one_decoded_path(make_server):
+    # process_request got the request-target as received: a check on
+    # "/private" let "/%70rivate/feed" through to a handler that decodes.
+    seen = []
+
+    def handler(ws, path):
+        seen.append((path, ws.path, ws.request_target))
+        ws.send("ok")
+
+    server = make_server(handler, process_request=deny_private,
+                         extra_headers=lambda path, headers: {"X-Hook-Path": urllib.parse.quote(path)})
+    for path in ("/private/feed", "/%70rivate/feed", "/priv%61te/feed?room=1"):
+        with pytest.raises(syncws.InvalidStatusCode) as info:
+            syncws.connect(url(server, path))
+        assert info.value.status_code == 401, path
+    with syncws.connect(url(server, "/caf%C3%A9/%66eed?room=%70")) as ws:
+        assert ws.recv(timeout=5) == "ok"
+        assert urllib.parse.unquote(ws.response_headers["X-Hook-Path"]) == "/café/feed?room=%70"
+    assert seen == [("/café/feed?room=%70", "/café/feed?room=%70", "/caf%C3%A9/%66eed?room=%70")]
+
+
+@pytest.mark.timeout(10)
+def test_absolute_form_target_gives_its_path(make_server):
+    seen = []
+
+    def handler(ws):
+        seen.append((ws.path, ws.request_target))
+
+    server = make_server(handler, process_request=deny_private)
+    assert raw_exchange(server.port, upgrade_request("http://example.com/%70rivate")).status == 401
+    response = raw_exchange(server.port, upgrade_request("http://example.com/chat?x=1"), until_head=True)
+    assert response.status == 101
+    assert wait_until(lambda: seen == [("/chat?x=1", "http://example.com/chat?x=1")])
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("target, why", [
+    ("/a%00b", b"control character"),
+    ("/a%0Ab", b"control character"),
+    ("/%FF", b"UTF-8"),
+    ("*", b"isn't a path"),
+    ("example.com:80", b"isn't a path"),
+])
+def test_a_path_that_doesnt_decode_to_text_is_400(make_server, target, why):
+    server = make_server()
+    response = raw_exchange(server.port, upgrade_request(target))
+    assert response.status == 400
+    assert why in response.body
 
 
 # -- HTTP errors -------------------------------------------------------------------
