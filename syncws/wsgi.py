@@ -48,13 +48,15 @@ import socket
 import ssl
 import threading
 import time
+import urllib.parse
 import weakref
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Type, Union, cast
 
 from . import sockopts
-from .exceptions import AbortHandshake, InvalidHandshake
+from .exceptions import AbortHandshake, InvalidHandshake, InvalidMessage
 from .framing import CloseCode
 from .http import Headers, Request, serialize_response
+from .paths import check_path, decode_path
 from .server import SERVER_HEADER, WebSocketServerProtocol, http_answer, run_handler
 from .settings import check_settings
 from .transport import Transport
@@ -318,13 +320,47 @@ def _request_headers(environ: Mapping[str, Any]) -> Headers:
     return headers
 
 
-def _request_path(environ: Mapping[str, Any]) -> str:
-    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
-    if raw:
-        return str(raw)
-    path = str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", "")) or "/"
+def _wsgi_path(native: str) -> str:
+    """Decode a WSGI path (PEP 3333: its bytes as latin-1) as frameworks do.
+
+    Raises:
+        InvalidMessage: see :func:`syncws.paths.decode_path`.
+    """
+    try:
+        raw = native.encode("latin-1")
+    except UnicodeEncodeError:  # a server that broke PEP 3333's rule
+        raise InvalidMessage("the WSGI server gave a request path that isn't latin-1") from None
+    return decode_path(raw)
+
+
+def _request_path(environ: Mapping[str, Any], routed: Optional[str]) -> str:
+    """The request's decoded path and its query: what hooks and handlers see.
+
+    ``routed`` (a framework's decoded path), or else ``SCRIPT_NAME`` +
+    ``PATH_INFO`` decoded as werkzeug and Django decode them (routers match
+    ``PATH_INFO``, the part after the application's mount point); then
+    ``?`` and ``QUERY_STRING`` as received.
+
+    Raises:
+        InvalidMessage: see :func:`syncws.paths.decode_path`.
+    """
+    if routed is not None:
+        path = check_path(routed)
+    else:
+        path = _wsgi_path(str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))) or "/"
     query = environ.get("QUERY_STRING")
     return f"{path}?{query}" if query else path
+
+
+def _request_target(environ: Mapping[str, Any]) -> str:
+    """The request-target as the server received it, for ``request_target``."""
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")  # gunicorn, werkzeug
+    if raw:
+        return str(raw)
+    path = str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))
+    target = urllib.parse.quote(path.encode("latin-1", "replace"), safe="/") or "/"
+    query = environ.get("QUERY_STRING")
+    return f"{target}?{query}" if query else target
 
 
 def accept(
@@ -348,6 +384,7 @@ def accept(
     write_timeout: Optional[float] = 60,
     server_header: Optional[str] = SERVER_HEADER,
     logger: Union[logging.Logger, str, None] = None,
+    path: Optional[str] = None,
 ) -> WebSocketServerProtocol:
     """Accept the WebSocket upgrade of a WSGI request on the server's socket.
 
@@ -371,13 +408,23 @@ def accept(
         ping_interval: seconds between keepalive pings; ``None`` disables.
         ping_timeout: seconds to wait for a pong; ``None`` waits forever.
         process_request: ``(path, request_headers)`` returning ``None`` or
-            ``(status, headers, body)`` to answer plain HTTP.
+            ``(status, headers, body)`` to answer plain HTTP. ``path`` is
+            the one the framework routed: ``SCRIPT_NAME`` + ``PATH_INFO``
+            decoded (see :mod:`syncws.paths`), then ``?`` and the query; the
+            connection's ``path`` is the same, and its ``request_target``
+            the request-target as received.
         open_timeout: seconds to write the 101 response.
         close_timeout: seconds for the closing handshake.
         write_timeout: seconds a send may take before the connection is
             aborted.
         server_header: the ``Server`` header of the 101; ``None`` omits it.
         logger: a logger or logger name (default ``syncws.server``).
+        path: the decoded path (without the query) the framework routed
+            the request on, when it rewrote ``PATH_INFO`` as text: Django
+            does, so pass ``request.path`` in a Django view
+            (:func:`django_websocket` does). ``None`` decodes
+            ``SCRIPT_NAME`` + ``PATH_INFO`` as :pep:`3333` has them
+            (gunicorn, werkzeug, Flask).
 
     Returns:
         The open :class:`~syncws.WebSocketServerProtocol`.
@@ -413,9 +460,11 @@ def accept(
     )
     try:
         request = Request(
-            str(environ.get("REQUEST_METHOD", "GET")), _request_path(environ), _request_headers(environ)
+            str(environ.get("REQUEST_METHOD", "GET")), _request_target(environ), _request_headers(environ)
         )
-        response_headers = protocol.negotiate(request, origins, subprotocols, extra_headers)
+        response_headers = protocol.negotiate(
+            request, origins, subprotocols, extra_headers, path=_request_path(environ, path)
+        )
     except InvalidHandshake as exc:
         if isinstance(exc, AbortHandshake):
             raise
@@ -532,7 +581,7 @@ def websocket_app(handler: Handler, **options: Any) -> WSGIApp:
 
 def _check_options(options: Mapping[str, Any]) -> None:
     """Reject unknown options and bad values when the endpoint is defined."""
-    known = set(accept.__kwdefaults__ or {})
+    known = set(accept.__kwdefaults__ or {}) - {"path"}  # the integration's to give
     unknown = set(options) - known
     if unknown:
         raise TypeError(f"unexpected WebSocket options: {', '.join(sorted(unknown))}")
@@ -547,8 +596,10 @@ class WebSocketMiddleware:
 
         app = WebSocketMiddleware(app, {"/ws/echo": echo}, compression=None)
 
-    A request whose ``PATH_INFO`` is one of the paths goes to its handler
-    (see :func:`websocket_app`); every other request to ``app``.
+    A request whose ``PATH_INFO``, decoded as frameworks decode it (UTF-8,
+    see :mod:`syncws.paths`), is one of the paths goes to its handler (see
+    :func:`websocket_app`); every other request to ``app``. Hooks and
+    handlers see that same decoded path, after ``SCRIPT_NAME``.
 
     Args:
         app: the WSGI application.
@@ -566,7 +617,11 @@ class WebSocketMiddleware:
         }
 
     def __call__(self, environ: Dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        route = self.routes.get(str(environ.get("PATH_INFO", "")))
+        try:
+            path = _wsgi_path(str(environ.get("PATH_INFO", "")))
+        except InvalidMessage:
+            path = None  # no route has it: the application answers
+        route = None if path is None else self.routes.get(path)
         if route is None:
             return self.app(environ, start_response)
         return route(environ, start_response)
@@ -737,8 +792,8 @@ def django_websocket(**options: Any) -> Callable[[Callable[..., Any]], Callable[
                 return response
 
             response = _upgrade_view(
-                request.META, options, lambda websocket: view(request, websocket, *args, **kwargs),
-                refuse, HttpResponse,
+                request.META, dict(options, path=request.path),  # Django rewrote PATH_INFO as text
+                lambda websocket: view(request, websocket, *args, **kwargs), refuse, HttpResponse,
             )
             if response.status_code == 101:  # Django passes these to start_response
                 for name, value in response.handed_over.headers():

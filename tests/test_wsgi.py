@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -125,13 +126,13 @@ class ServerProcess:
         assert not errors, f"{self.name} logged errors: {errors}"
 
 
-def gunicorn_server(app: str, *args: str, name: str = "gunicorn") -> ServerProcess:
+def gunicorn_server(app: str, *args: str, name: str = "gunicorn", **env: str) -> ServerProcess:
     port = free_port()
     argv = [
         sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "--chdir", EXAMPLES,
         "-c", "python:syncws.gunicorn_conf", *NO_CONTROL_SOCKET, *args, app,
     ]
-    return ServerProcess(name, argv, port)
+    return ServerProcess(name, argv, port, **env)
 
 
 def werkzeug_server(app: str) -> ServerProcess:
@@ -154,7 +155,15 @@ def flask_gunicorn() -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="module")
 def django_gunicorn() -> Iterator[ServerProcess]:
-    server = gunicorn_server("django_app:application", "-k", "gthread", "--threads", "130", name="gunicorn-django")
+    server = gunicorn_server("django_test_app:application", "-k", "gthread", "--threads", "130", name="gunicorn-django")
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def bare_gunicorn_mounted() -> Iterator[ServerProcess]:
+    """WebSocketMiddleware, mounted at /app (gunicorn's SCRIPT_NAME)."""
+    server = gunicorn_server("bare_app:app", "-k", "gthread", "--threads", "8", name="gunicorn-bare", SCRIPT_NAME="/app")
     yield server
     server.close()
 
@@ -305,6 +314,62 @@ def test_frames_sent_with_the_handshake_and_nothing_after_the_close(any_server: 
         sock.sendall(masked(0x8, b"\x03\xe8bye"))
         # The close frame echoed, then the server closes TCP: no HTTP bytes.
         assert read_all(sock) == b"\x88\x05\x03\xe8bye"
+
+
+# -- one path for every decision ----------------------------------------------------
+
+# (fixture, the application's mount point): every WSGI integration.
+PATH_SERVERS = [("flask_gunicorn", ""), ("flask_werkzeug", ""), ("django_gunicorn", ""),
+                ("bare_gunicorn_mounted", "/app")]
+
+
+@pytest.mark.parametrize("fixture, mount", PATH_SERVERS)
+def test_a_path_check_in_process_request_sees_what_the_router_routes(fixture: str, mount: str,
+                                                                       request: Any) -> None:
+    # process_request used to get the request-target as received: the
+    # check for a "private" segment let /%70rivate/feed through (101), and
+    # the router ran the private handler.
+    server: ServerProcess = request.getfixturevalue(fixture)
+    for target in ("/private/feed", "/%70rivate/feed", "/priv%61te/feed?x=1"):
+        with pytest.raises(InvalidStatusCode) as info:
+            syncws.connect(f"{server.ws}{mount}{target}")
+        assert info.value.status_code == 401, target
+
+
+@pytest.mark.parametrize("fixture, mount", PATH_SERVERS)
+def test_hooks_and_handler_see_one_decoded_path(fixture: str, mount: str, request: Any) -> None:
+    server: ServerProcess = request.getfixturevalue(fixture)
+    target = f"{mount}/public/caf%C3%A9?room=%70"
+    with syncws.connect(f"{server.ws}{target}") as ws:
+        seen = json.loads(ws.recv(timeout=10))
+        seen_by_extra_headers = urllib.parse.unquote(ws.response_headers["X-Hook-Path"])
+    assert seen == {"path": f"{mount}/public/café?room=%70", "request_target": target}
+    assert seen_by_extra_headers == seen["path"]
+
+
+@pytest.mark.parametrize("fixture", ["flask_gunicorn", "flask_werkzeug", "django_gunicorn"])
+def test_a_control_character_in_the_path_gets_400(fixture: str, request: Any) -> None:
+    server: ServerProcess = request.getfixturevalue(fixture)
+    for target in ("/public/a%00b", "/public/a%0D%0Ab", "/public/%C2%85"):
+        with pytest.raises(InvalidStatusCode) as info:
+            syncws.connect(f"{server.ws}{target}")
+        assert info.value.status_code == 400, target
+
+
+@pytest.mark.parametrize("fixture, expected", [
+    ("flask_gunicorn", 400),                # PATH_INFO holds the byte: not UTF-8
+    ("flask_werkzeug", "/public/\ufffd"),   # werkzeug's server decoded it so
+    ("django_gunicorn", "/public/%FF"),     # Django re-encodes what isn't UTF-8
+])
+def test_a_path_that_isnt_utf8_is_the_routers_or_refused(fixture: str, expected: Any, request: Any) -> None:
+    server: ServerProcess = request.getfixturevalue(fixture)
+    if expected == 400:
+        with pytest.raises(InvalidStatusCode) as info:
+            syncws.connect(f"{server.ws}/public/%FF")
+        assert info.value.status_code == 400
+        return
+    with syncws.connect(f"{server.ws}/public/%FF") as ws:
+        assert json.loads(ws.recv(timeout=10))["path"] == expected
 
 
 # -- capacity -------------------------------------------------------------------

@@ -2,6 +2,9 @@
 
 from typing import Any, Callable, Dict, Iterable
 
+import path_check
+from path_check import report
+
 from syncws.wsgi import WebSocketMiddleware
 
 
@@ -30,3 +33,6 @@ app = WebSocketMiddleware(hello, {
     "/ws/exit": stopped_by(SystemExit),
     "/ws/interrupt": stopped_by(KeyboardInterrupt),
 })
+
+# The path checks of test_wsgi.py, in front of the rest.
+app = WebSocketMiddleware(app, {"/private/feed": report, "/public/café": report}, **path_check.OPTIONS)

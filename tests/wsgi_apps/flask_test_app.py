@@ -8,6 +8,7 @@ import logging
 import socket
 from typing import Any
 
+import path_check
 from flask_app import app  # examples/wsgi/flask_app.py
 
 from syncws.wsgi import flask_route, flask_websocket
@@ -61,3 +62,15 @@ def sockopts(websocket: Any) -> None:
         "user_timeout": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
     }))
     _echo(websocket)
+
+
+@flask_route(app, "/private/feed")
+@flask_websocket(**path_check.OPTIONS)
+def private_feed(websocket: Any) -> None:
+    path_check.report(websocket)
+
+
+@flask_route(app, "/public/<name>")
+@flask_websocket(**path_check.OPTIONS)
+def public(websocket: Any, name: str) -> None:
+    path_check.report(websocket)
