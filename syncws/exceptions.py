@@ -214,12 +214,14 @@ class ProxyError(InvalidHandshake):
 
 
 class ConcurrencyError(WebSocketException, RuntimeError):
-    """Two threads did at once what one connection allows one thread to do.
+    """A connection was used from threads in a way that can't work.
 
     Raised by ``recv()`` / ``recv_streaming()`` while another thread is
-    receiving, and by a ``send()`` of a fragmented message while another
-    thread is sending one: a bug in the caller, reported instead of silently
-    sharing (or interleaving) messages.
+    receiving (each would get a random share of the messages), and by a
+    ``send()`` called from the iterable of a fragmented ``send()`` in the same
+    thread (it would wait for itself): a bug in the caller, reported instead
+    of silently sharing messages or hanging. ``send()`` from several threads
+    is fine: each message waits for the one before.
     """
 
 

@@ -23,8 +23,10 @@ I/O. This module runs it over a :class:`~syncws.transport.Transport`:
   one shared thread of :mod:`syncws.timers`. They never block: when time is
   up they abort the transport, which wakes every thread blocked on it.
 
-Lock order: the writer's ``message_lock`` (one message's frames), then its
-``lock``, then ``_core_lock``; never the other way round.
+Lock order: the writer's ``lock``, then ``_core_lock``; never the other way
+round. A thread holding neither may wait for the writer's turn (a
+fragmented message's frames go out together), and the turn's holder takes
+both, frame after frame.
 """
 
 from __future__ import annotations
@@ -532,7 +534,9 @@ class WebSocketCommonProtocol:
         """Send a message.
 
         Safe to call from any thread; messages from several threads go out
-        whole, one after the other.
+        whole, one after the other. While another thread sends a fragmented
+        message, this one waits for its end (within ``timeout``); only
+        ``ping()``, ``pong()`` and ``close()`` go out between its frames.
 
         Args:
             message: ``str`` sends a text message; ``bytes``, ``bytearray``
@@ -555,10 +559,14 @@ class WebSocketCommonProtocol:
             TypeError: ``message`` has an unsupported type, or an iterable
                 mixes text and bytes.
             ConnectionClosed: the connection is closed (or closing).
-            ConcurrencyError: another thread is sending a fragmented message
-                and so is this one.
+            ConcurrencyError: called from the iterable of a fragmented
+                ``send()`` in the same thread, once that message started: it
+                would wait for itself.
             TimeoutError: the peer didn't read the message in time; the
-                connection is aborted.
+                connection is aborted. Or another thread's fragmented
+                message was still being sent at the deadline: then nothing
+                was sent and the connection stays open (the exception says
+                which).
         """
         if type(message) is str and text is None:  # the common case, first
             # Handed down unencoded: the frame is encoded straight from it
@@ -832,6 +840,7 @@ class WebSocketCommonProtocol:
             transport.close()
         finally:
             write_lock.release()
+        self._writer.connection_closed()
         if self._close_timer is not None:
             self._close_timer.cancel()
         if self._keepalive is not None:

@@ -14,6 +14,13 @@ flushes again after letting go, so nothing is left behind. (The check after
 release sees whatever was added before the other thread failed to take the
 lock, which happened while the lock was still held.)
 
+A message in several frames (a fragmented ``send()``) takes the **turn**
+from its first frame to its last: no other message may go out between them
+(RFC 6455 §5.4; control frames may, and do). A thread that wants to send a
+message while another holds the turn waits for it, within its send's
+deadline; the thread that holds it can't wait for itself, and gets
+:exc:`~syncws.ConcurrencyError` instead.
+
 After a failed write, half a frame may be on the wire and nothing may follow
 it: the core abandons the connection and the transport is aborted.
 """
@@ -56,7 +63,8 @@ class Writer:
     """
 
     __slots__ = (
-        "core", "core_lock", "transport", "write_timeout", "lock", "message_lock", "_fragmented",
+        "core", "core_lock", "transport", "write_timeout", "lock", "_turn_lock", "_sender", "_turn",
+        "_turn_waiters",
     )
 
     def __init__(
@@ -73,12 +81,19 @@ class Writer:
         self.write_timeout = write_timeout
         #: Held from producing a frame to writing its last byte.
         self.lock = threading.Lock()
-        #: Held by the thread sending a fragmented message, from its first
-        #: frame to its last; taken before :attr:`lock`. A whole message
-        #: that finds one under way (the core says so) waits for it here.
-        #: ``_fragmented`` says a fragmented message holds it.
-        self.message_lock = threading.Lock()
-        self._fragmented = False
+        # The turn (see the module's docstring): _sender is the ident of the
+        # thread whose message may go out, from its first frame to its
+        # last, or None; a fragmented send takes it first, a whole message
+        # only when the core says a fragmented one is under way. Threads
+        # wait for it on _turn, _turn_waiters of them: a condition on
+        # _turn_lock, made when a first thread has to wait (a Condition
+        # holds a deque and a dict of its own, and most connections never
+        # need one). _turn_lock guards the three and is held only to look
+        # at them, never while taking another lock.
+        self._turn_lock = threading.Lock()
+        self._sender: Optional[int] = None
+        self._turn: Optional[threading.Condition] = None
+        self._turn_waiters = 0
 
     def deadline(self, timeout: Optional[float] = None) -> Optional[float]:
         """When a write started now must end: ``timeout`` or ``write_timeout``."""
@@ -161,8 +176,12 @@ class Writer:
         if data is None:
             if nowait:
                 return False
-            with self.message_lock:  # the fragmented message is over
-                self.send_data(payload, text, True, compress, self.deadline(timeout))
+            deadline = self.deadline(timeout)
+            self._take_turn(deadline)
+            try:
+                self.send_data(payload, text, True, compress, deadline)
+            finally:
+                self._end_turn()
             return True
         if core.outgoing:
             self.flush(blocking=False)
@@ -174,21 +193,18 @@ class Writer:
     ) -> None:
         """Send one fragmented message: a frame per ``(payload, fin)``, all within ``timeout``.
 
-        Once a frame is out, RFC 6455 has no way to cancel the message, so an
-        error from the iterable fails the connection with 1011.
+        Waits, within ``timeout``, while another thread's fragmented message
+        is under way. Once a frame is out, RFC 6455 has no way to cancel the
+        message, so an error from the iterable fails the connection with 1011.
 
         Raises:
-            ConcurrencyError: another thread is sending a fragmented message.
+            ConcurrencyError: called from the iterable of this thread's own
+                fragmented message.
+            TimeoutError: another thread's fragmented message still wasn't
+                over at the deadline (nothing was sent), or a write timed out.
         """
-        if not self.message_lock.acquire(blocking=False):
-            if self._fragmented:
-                raise ConcurrencyError(
-                    "another thread is sending a fragmented message on this connection: "
-                    "send fragmented messages from one thread at a time"
-                )
-            self.message_lock.acquire()
         deadline = self.deadline(timeout)
-        self._fragmented = True
+        self._take_turn(deadline)
         writing = False
         try:
             for payload, fin in fragments:
@@ -208,8 +224,62 @@ class Writer:
                     pass  # the transport is aborted: the reader ends
             raise
         finally:
-            self._fragmented = False
-            self.message_lock.release()
+            self._end_turn()
+
+    def _take_turn(self, deadline: Optional[float]) -> None:
+        """Wait until no other thread's message is under way, then take the turn.
+
+        Raises:
+            ConcurrencyError: this thread holds the turn: a send from the
+                iterable of its own fragmented message, which would wait
+                for itself.
+            TimeoutError: another thread still held the turn at
+                ``deadline``; nothing was sent, the connection goes on.
+            InvalidState: the connection closed while waiting.
+        """
+        me = threading.get_ident()
+        with self._turn_lock:
+            while self._sender is not None:
+                if self._sender == me:
+                    raise ConcurrencyError(
+                        "send() called from the iterable of a fragmented send() in the same thread: "
+                        "no message may go out in the middle of another, so it would wait for itself; "
+                        "yield the data as the next fragment, or send it after the message or from another thread"
+                    )
+                if self.core.state is State.CLOSED:
+                    raise InvalidState("the connection is closed")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(
+                        "send() timed out waiting for another thread's fragmented message to end; "
+                        "nothing was sent and the connection is still open"
+                    )
+                if self._turn is None:
+                    self._turn = threading.Condition(self._turn_lock)
+                self._turn_waiters += 1
+                try:
+                    self._turn.wait(remaining)
+                finally:
+                    self._turn_waiters -= 1
+            self._sender = me
+
+    def _end_turn(self) -> None:
+        """Let the next waiting thread's message go."""
+        with self._turn_lock:
+            self._sender = None
+            if self._turn is not None:
+                self._turn.notify()
+
+    def connection_closed(self) -> None:
+        """Wake every thread waiting for its turn: the connection is closed.
+
+        The reader thread calls it as the connection ends, so that a
+        fragmented message stalled in its iterable keeps no other sender
+        waiting longer than the connection lasts.
+        """
+        with self._turn_lock:
+            if self._turn is not None:
+                self._turn.notify_all()
 
     def send_close(
         self, code: int, reason: str, timeout: Optional[float], on_sent: Callable[[], None]

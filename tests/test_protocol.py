@@ -535,37 +535,6 @@ def test_send_iterable_raising_oserror_fails_the_connection(ws_serve):
         ws.send("after")
 
 
-def test_whole_message_waits_for_a_fragmented_message_in_progress(ws_serve):
-    """A whole message sent from another thread goes out after the fragmented one,
-    never between its frames."""
-    results = queue.Queue()
-    with syncws.connect(ws_serve(fragment_recorder(results))) as ws:
-        inside = threading.Event()
-        release = threading.Event()
-
-        def slow_fragments():
-            yield "one "
-            yield "two "
-            # send() reads one item ahead: "one " is out by now.
-            inside.set()
-            release.wait(5)
-            yield "three"
-
-        sender = threading.Thread(target=ws.send, args=(slow_fragments(),))
-        sender.start()
-        assert inside.wait(5)
-        whole = threading.Thread(target=ws.send, args=("whole",))
-        whole.start()
-        time.sleep(0.2)
-        assert whole.is_alive()  # waiting for the fragmented message's end
-        release.set()
-        sender.join(5)
-        whole.join(5)
-        assert not whole.is_alive()
-        assert "".join(results.get(timeout=5)) == "one two three"
-        assert results.get(timeout=5) == ["whole"]
-
-
 def test_send_after_close_raises(ws_serve):
     ws = syncws.connect(ws_serve(echo))
     ws.close()
@@ -1074,35 +1043,173 @@ def test_two_threads_in_recv_is_a_concurrency_error(ws_serve):
         assert ws.recv(timeout=5) == "now mine"
 
 
-def test_two_fragmented_senders_is_a_concurrency_error(ws_serve):
-    def handler(ws):
+# -- fragmented messages from several threads (issue 22) ------------------------------
+
+
+def run_in_thread(function, *args, **kwargs):
+    """Start ``function(*args, **kwargs)`` in a thread; return a queue that gets its result or exception."""
+    outcome = queue.Queue()
+
+    def run():
         try:
-            for message in ws:
-                ws.send(message)
-        except WSConnectionClosed:
-            pass
+            outcome.put(function(*args, **kwargs))
+        except BaseException as exc:
+            outcome.put(exc)
 
-    with syncws.connect(ws_serve(handler)) as ws:
-        inside = threading.Event()
-        release = threading.Event()
+    threading.Thread(target=run, daemon=True).start()
+    return outcome
 
-        def slow_fragments():
-            yield "one "
-            inside.set()
-            release.wait(5)
-            yield "two"
 
-        sender = threading.Thread(target=ws.send, args=(slow_fragments(),))
-        sender.start()
-        assert inside.wait(5)
-        with pytest.raises(syncws.ConcurrencyError, match="fragmented message"):
-            ws.send(["x", "y"])
+def start_stalled_fragmented_send(ws):
+    """Send "one two three" in a thread, stalled after its first frame until released.
+
+    Returns the event that releases it and the queue that gets its outcome.
+    """
+    inside, release = threading.Event(), threading.Event()
+
+    def fragments():
+        yield "one "
+        yield "two "
+        # send() reads one item ahead: "one " is on the wire by now.
+        inside.set()
+        assert release.wait(10)
+        yield "three"
+
+    outcome = run_in_thread(ws.send, fragments())
+    assert inside.wait(5)
+    return release, outcome
+
+
+@pytest.fixture(params=["syncws", "websockets"])
+def echo_uri(request, ws_serve):
+    """The URI of an echo server: syncws's own, or the websockets library's."""
+    if request.param == "websockets":
+        yield ws_serve(echo)
+        return
+    with syncws.serve(lambda ws: [ws.send(message) for message in ws], "127.0.0.1", 0) as server:
+        yield f"ws://127.0.0.1:{server.port}/"
+
+
+def threaded_message(t, i):
+    """Thread t's message i: text or binary, 10 bytes to 40 KB, saying whose it is."""
+    size = (t * 977 + i * 7919) % 40_000
+    text = f"{t}:{i}:" + chr(ord("a") + t) * size
+    return text if i % 2 else text.encode()
+
+
+def pieces_of(message, count):
+    step = len(message) // count + 1
+    return [message[k : k + step] for k in range(0, len(message), step)]
+
+
+def test_sixteen_threads_send_whole_and_fragmented_messages_on_one_connection(echo_uri):
+    """Every way of sending, from 16 threads at once: each message arrives whole,
+    and a fragmented one's frames are never interleaved with another message's."""
+    threads_count, per_thread = 16, 30
+    start = threading.Barrier(threads_count)
+    errors = []
+
+    def send_all(t):
+        try:
+            start.wait(10)
+            for i in range(per_thread):
+                message = threaded_message(t, i)
+                kind = (t + i) % 3
+                if kind == 0:
+                    ws.send(message)
+                elif kind == 1:
+                    ws.send(pieces_of(message, 3))
+                else:
+
+                    def generated(message=message):
+                        for piece in pieces_of(message, 4):
+                            time.sleep(0)  # let other threads run mid-message
+                            yield piece
+
+                    ws.send(generated())
+        except BaseException as exc:
+            errors.append(exc)
+
+    with syncws.connect(echo_uri, max_size=None) as ws:
+        received = run_in_thread(lambda: [ws.recv(timeout=10) for _ in range(threads_count * per_thread)])
+        senders = [threading.Thread(target=send_all, args=(t,)) for t in range(threads_count)]
+        for thread in senders:
+            thread.start()
+        for thread in senders:
+            thread.join(15)
+        assert not errors, errors
+        received = received.get(timeout=15)
+    assert isinstance(received, list), received
+    seen = {t: [] for t in range(threads_count)}
+    for message in received:
+        t, i, _ = (message if isinstance(message, str) else message.decode()).split(":", 2)
+        assert message == threaded_message(int(t), int(i))
+        seen[int(t)].append(int(i))
+    assert seen == {t: list(range(per_thread)) for t in range(threads_count)}
+
+
+@pytest.mark.parametrize("second", [["x", "y"], "whole"], ids=["fragmented", "whole"])
+def test_a_send_from_another_thread_waits_for_a_fragmented_message(ws_serve, second):
+    with syncws.connect(ws_serve(echo)) as ws:
+        release, first_outcome = start_stalled_fragmented_send(ws)
+        outcome = run_in_thread(ws.send, second)
+        assert wait_for(lambda: ws._writer._turn_waiters == 1)  # waiting, not failed
         release.set()
-        sender.join(5)
-        assert ws.recv(timeout=5) == "one two"
-        ws.send(["x", "y"])  # fine once the first is done
-        assert ws.recv(timeout=5) == "xy"
-        assert ws.open and ws._close_timer is None  # the refused send didn't start closing
+        assert outcome.get(timeout=5) is None and first_outcome.get(timeout=5) is None
+        assert ws.recv(timeout=5) == "one two three"
+        assert ws.recv(timeout=5) == "".join(second)
+        assert ws.open
+
+
+@pytest.mark.parametrize("second", [["x", "y"], "whole"], ids=["fragmented", "whole"])
+def test_waiting_for_a_fragmented_message_times_out_and_sends_nothing(ws_serve, second):
+    with syncws.connect(ws_serve(echo)) as ws:
+        release, first_outcome = start_stalled_fragmented_send(ws)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="another thread's fragmented message"):
+            ws.send(second, timeout=0.5)
+        assert 0.4 < time.monotonic() - started < 5
+        assert ws.open  # nothing went out: the connection goes on
+        release.set()
+        assert first_outcome.get(timeout=5) is None
+        assert ws.recv(timeout=5) == "one two three"
+        ws.send("after")
+        assert ws.recv(timeout=5) == "after"
+
+
+def test_a_send_waiting_for_a_fragmented_message_ends_with_the_connection(ws_serve):
+    """A stalled iterable doesn't keep the others waiting once the connection is over."""
+    with syncws.connect(ws_serve(echo), close_timeout=1) as ws:
+        release, first_outcome = start_stalled_fragmented_send(ws)
+        outcome = run_in_thread(ws.send, ["x", "y"], timeout=30)
+        assert wait_for(lambda: ws._writer._turn_waiters == 1)
+        ws.close()
+        assert isinstance(outcome.get(timeout=5), ConnectionClosed)
+        release.set()
+        assert isinstance(first_outcome.get(timeout=5), ConnectionClosed)
+
+
+@pytest.mark.parametrize("inner", [["x", "y"], "whole"], ids=["fragmented", "whole"])
+def test_a_send_from_the_iterable_of_a_fragmented_send_is_a_concurrency_error(ws_serve, inner):
+    """It would wait for the message it interrupts: a bug in the caller, reported."""
+    caught = queue.Queue()
+
+    def sending_inside():
+        yield "one "
+        yield "two "
+        try:
+            ws.send(inner)  # the first frame is out: the message is under way
+        except syncws.ConcurrencyError as exc:
+            caught.put(exc)
+        yield "three"
+
+    with syncws.connect(ws_serve(echo)) as ws:
+        outcome = run_in_thread(ws.send, sending_inside())
+        assert outcome.get(timeout=5) is None  # no deadlock
+        exc = caught.get(timeout=1)
+        assert "from the iterable" in str(exc) and "yield" in str(exc)
+        assert ws.recv(timeout=5) == "one two three"
+        assert ws.open
 
 
 # -- stats count the same things both ways (issue 9) -------------------------------
