@@ -82,6 +82,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from .exceptions import PublishError
 from .protocol import Data, WebSocketCommonProtocol
+from .safetext import redact_uri
 
 __all__ = ["Fanout", "FanoutStats", "Gap", "LocalFanout", "PublishError", "RedisFanout"]
 
@@ -599,7 +600,7 @@ class RedisFanout(Fanout):
             try:
                 self._publisher_client.publish(self.prefix + channel, _pack(self.publisher_id, sequence, message))
             except self._redis.RedisError as exc:
-                raise PublishError(f"cannot publish to {channel!r} on {self.url}: {exc}") from exc
+                raise PublishError(f"cannot publish to {channel!r} on {redact_uri(self.url)}: {exc}") from exc
             self.stats.published += 1
 
     # -- subscriptions --------------------------------------------------------
@@ -639,9 +640,9 @@ class RedisFanout(Fanout):
                     # A new outage (the last one was over): retry soon.
                     self._down_since = time.monotonic()
                     delay = self.reconnect_delay
-                    logger.warning("redis subscription to %s lost: %s; reconnecting", self.url, exc)
+                    logger.warning("redis subscription to %s lost: %s; reconnecting", redact_uri(self.url), exc)
                 else:
-                    logger.debug("reconnecting to %s failed: %s", self.url, exc)
+                    logger.debug("reconnecting to %s failed: %s", redact_uri(self.url), exc)
             finally:
                 with self._lock:
                     self._live.clear()
@@ -690,7 +691,7 @@ class RedisFanout(Fanout):
                     last_ping = now
                 if now - last_heard > self.ping_interval + self.ping_timeout:
                     raise self._redis.ConnectionError(
-                        f"no answer from {self.url} for {now - last_heard:.1f} seconds"
+                        f"no answer from {redact_uri(self.url)} for {now - last_heard:.1f} seconds"
                     )
             else:
                 last_heard = now
@@ -738,7 +739,7 @@ class RedisFanout(Fanout):
         logger.warning(
             "redis subscription to %s restored after a %.2f s gap: messages published meanwhile "
             "on %d channels were not delivered",
-            self.url, duration, len(channels),
+            redact_uri(self.url), duration, len(channels),
         )
         self._gap(Gap(channels, duration=duration))
 

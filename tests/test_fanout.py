@@ -9,6 +9,7 @@ is stopped by its PID.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import signal
 import socket
@@ -414,3 +415,30 @@ def test_redis_each_outage_is_reported_with_its_own_duration(nodes: List[Node], 
     assert two.fanout.stats.reconnects == 2
     one.fanout.publish("a", "back")
     assert receive(receiver, 1) == ["back"]
+
+
+@needs_redis
+def test_redis_password_stays_out_of_warnings_and_publish_errors(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    pytest.importorskip("redis")
+    caplog.set_level(logging.DEBUG, logger="syncws")
+    server = Redis(tmp_path)  # not started: nothing listens on its port
+    lost = f"redis subscription to redis://:[redacted]@{HOST}:{server.port}/0 lost: "
+    warned = threading.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if lost in record.getMessage():
+                warned.set()
+
+    watch = Watch()
+    logging.getLogger("syncws").addHandler(watch)
+    fanout = RedisFanout(f"redis://:s3cret@{HOST}:{server.port}/0", timeout=0.5, reconnect_delay=0.05)
+    try:
+        with pytest.raises(PublishError) as excinfo:
+            fanout.publish("room", "hi")
+        assert warned.wait(TIMEOUT), caplog.text
+    finally:
+        fanout.close()
+        logging.getLogger("syncws").removeHandler(watch)
+    assert f"on redis://:[redacted]@{HOST}:{server.port}/0: " in str(excinfo.value)
+    assert "s3cret" not in str(excinfo.value) and "s3cret" not in caplog.text
