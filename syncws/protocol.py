@@ -57,6 +57,8 @@ from .writer import Writer
 if TYPE_CHECKING:
     import uuid
 
+    from .metrics import ConnectionCounters
+
 __all__ = ["State", "Stats", "WebSocketCommonProtocol", "Data"]
 
 
@@ -173,7 +175,7 @@ class WebSocketCommonProtocol:
         "write_limit", "ping_interval", "ping_timeout", "write_timeout", "logger", "_id", "subprotocol",
         "extensions", "path", "request_headers", "response_headers", "latency", "transport", "_core",
         "_core_lock", "_writer", "_messages", "_assembler", "_reader", "_reader_started", "_reader_ident",
-        "_closed", "_close_timer", "_keepalive", "_pings_sent", "_opened_at", "_debug",
+        "_closed", "_close_timer", "_keepalive", "_pings_sent", "_opened_at", "_debug", "counters",
         "__dict__", "__weakref__",
     )
 
@@ -259,6 +261,9 @@ class WebSocketCommonProtocol:
         self._pings_sent = 0
         self._opened_at = 0.0
         self._debug = False
+        #: The :class:`~syncws.metrics.ConnectionCounters` told when the
+        #: connection opens and when it ends; ``None`` (clients) for none.
+        self.counters: Optional[ConnectionCounters] = None
 
     # -- public attributes ---------------------------------------------------
 
@@ -404,6 +409,9 @@ class WebSocketCommonProtocol:
             )
             self._keepalive.start()
         self._reader_started = True
+        # Before the reader starts: it may end the connection at once.
+        if self.counters is not None:
+            self.counters.opened(self)
         try:
             # Not the address tuple's repr: repr() of a container gives the
             # calling thread a dict of its own (CPython's recursion guard),
@@ -414,6 +422,8 @@ class WebSocketCommonProtocol:
             self._reader = None
             if self._keepalive is not None:
                 self._keepalive.stop()
+            if self.counters is not None:
+                self.counters.ended(self)
             raise
 
     def _run_reader(self) -> None:
@@ -846,6 +856,8 @@ class WebSocketCommonProtocol:
         if self._keepalive is not None:
             self._keepalive.stop()
         self._messages.close()
+        if self.counters is not None:
+            self.counters.ended(self)
         if self.logger.isEnabledFor(logging.INFO):
             core = self._core
             assert core.close_code is not None and core.close_reason is not None

@@ -29,7 +29,7 @@ import time
 import types
 from typing import TYPE_CHECKING, Any, Callable, Iterable, List, Optional, Sequence, Set, Tuple, Type, Union
 
-from . import admission, handshake, ports, sockopts, timers
+from . import admission, handshake, metrics, ports, sockopts, timers
 from .exceptions import (
     AbortHandshake,
     ConnectionClosed,
@@ -46,6 +46,7 @@ from .auth import BasicAuth
 from .hooks import Origins, ProcessResponse, ServerResponse, as_response, check_origins, origin_allowed, respond
 from .http import Headers, HeadersLike, Request, read_request, serialize_response
 from .safetext import redact_uri
+from .metrics import ServerMetrics
 from .logs import connection_label, format_address, format_head, format_status, opened_line
 from .paths import decode_target
 from .protocol import State, WebSocketCommonProtocol
@@ -128,6 +129,8 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
         super().__init__(**kwargs)
         self.ws_handler = ws_handler
         self.ws_server = ws_server
+        # syncws.wsgi's connections have no WebSocketServer.
+        self.counters = metrics.wsgi_counters if ws_server is None else ws_server.counters
         self.origins = origins
         self.available_subprotocols = subprotocols
         self.extra_headers = extra_headers
@@ -483,6 +486,8 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
             self.logger.debug("%s: handshake failed: %r", self, exc)
         else:
             status, headers, body = answer
+            if status >= 400 and self.counters is not None:
+                self.counters.refused(status)
             # A page process_request serves (a health check, a chat page)
             # is no refusal: only errors are logged at INFO.
             self.logger.log(
@@ -640,6 +645,8 @@ class WebSocketServer:
         ])
         self._server_header = server_header
         self.logger = logger
+        #: The server's :class:`~syncws.metrics.ConnectionCounters`; see :meth:`metrics`.
+        self.counters = metrics.track(metrics.ConnectionCounters())
         # Guards _threads, _connections and _closing; taken briefly, never
         # while blocking on a socket.
         self._lock = threading.Lock()
@@ -678,6 +685,18 @@ class WebSocketServer:
         """The port of the first TCP listening socket (useful with ``port=0``);
         ``None`` on a Unix socket. Still known after :meth:`close`."""
         return self._port
+
+    def metrics(self) -> ServerMetrics:
+        """What the server's connections did so far, and how many are open.
+
+        Cheap enough for every scrape: the open connections' counts are read,
+        nothing is locked for long (see :mod:`syncws.metrics`);
+        :func:`syncws.metrics.render` writes it in Prometheus' format.
+
+        Returns:
+            A :class:`~syncws.metrics.ServerMetrics` snapshot.
+        """
+        return self.counters.snapshot()
 
     @property
     def connections(self) -> Set[WebSocketServerProtocol]:
@@ -788,6 +807,7 @@ class WebSocketServer:
     def _refuse_busy(self, sock: socket.socket) -> None:
         """Answer 503 without starting a thread, then let the client go."""
         self.logger.warning("max_connections (%s) reached: answering 503", self._max_connections)
+        self.counters.refused(http.HTTPStatus.SERVICE_UNAVAILABLE)
         sock.setblocking(False)
         _send_http_answer(
             sock, http.HTTPStatus.SERVICE_UNAVAILABLE, [("Retry-After", "1")],

@@ -1,0 +1,420 @@
+"""What a server did, counted, and in Prometheus' text format.
+
+::
+
+    server = syncws.serve(handler, "", 8765)
+    server.metrics()            # a ServerMetrics: connections, messages, bytes...
+    syncws.metrics.render()     # the Prometheus text of this process
+
+Theory of operation
+-------------------
+Nothing is counted per message here. A connection already counts its own
+messages and bytes (:attr:`~syncws.WebSocketCommonProtocol.stats`, kept by
+its core as it parses and serializes); the server's
+:class:`ConnectionCounters` only learn that a connection opened and that it
+ended, once each, under their lock:
+
+* while a connection is open, its counts are read when a snapshot is taken
+  (:meth:`ConnectionCounters.snapshot`), without a lock: each is an integer
+  that only grows;
+* when it ends (the last act of its reader thread), its counts and its close
+  code are added to the server's totals, and it leaves the set of open
+  connections, in one step under the lock. A snapshot takes the totals and
+  that set in one step too, so no connection is counted twice or missed,
+  and every counter only grows from one snapshot to the next.
+
+:class:`ConnectionCounters` exist per :class:`~syncws.WebSocketServer`
+(:meth:`~syncws.WebSocketServer.metrics`), and once per process for the
+connections :func:`syncws.wsgi.accept` opens, which belong to no
+:class:`~syncws.WebSocketServer`. :func:`collect` adds up every one of them,
+and :func:`render` writes what :func:`collect` returns, with the counters of
+every :class:`~syncws.fanout.Fanout` of the process, in Prometheus' text
+exposition format (version 0.0.4), without any dependency::
+
+    # a WSGI route (Flask)
+    @app.route("/metrics")
+    def metrics():
+        return syncws.metrics.render(), {"Content-Type": syncws.metrics.CONTENT_TYPE}
+
+The names follow Prometheus' conventions: a ``syncws_`` prefix, units in the
+name, ``_total`` on counters, and labels for what a count is broken down by
+(``code``, ``status``)::
+
+    syncws_connections_open 3
+    syncws_connections_opened_total 120
+    syncws_connections_closed_total{code="1000"} 110
+    syncws_connections_closed_total{code="1006"} 7
+    syncws_handshakes_refused_total{status="403"} 2
+    syncws_received_messages_total 5120
+    syncws_sent_messages_total 60110
+    syncws_received_bytes_total 1048576
+    syncws_sent_bytes_total 9437184
+    syncws_fanout_published_total 5120
+    syncws_fanout_delivered_total 60110
+    ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+import threading
+import weakref
+from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
+
+__all__ = [
+    "CONTENT_TYPE",
+    "ConnectionCounters",
+    "Family",
+    "ServerMetrics",
+    "collect",
+    "exposition",
+    "families",
+    "fanout_stats",
+    "render",
+    "track",
+    "track_fanout",
+    "wsgi_counters",
+]
+
+#: The ``Content-Type`` of :func:`render`'s text.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# A connection that ended without a close frame.
+_NO_CLOSE_FRAME = 1006
+
+
+class ServerMetrics(NamedTuple):
+    """What a server's connections did, as of a snapshot.
+
+    Attributes:
+        connections_open: connections open now (gauge).
+        connections_opened: connections that completed their opening
+            handshake.
+        connections_closed: connections that ended, by close code (1006 for
+            those that ended without a close frame).
+        handshakes_refused: opening handshakes answered with an HTTP error
+            instead of 101, by status (400, 403, 503...).
+        messages_received: messages received, by every connection.
+        messages_sent: messages sent.
+        bytes_received: WebSocket bytes received, frame headers included.
+        bytes_sent: WebSocket bytes sent.
+    """
+
+    connections_open: int = 0
+    connections_opened: int = 0
+    connections_closed: Mapping[int, int] = {}
+    handshakes_refused: Mapping[int, int] = {}
+    messages_received: int = 0
+    messages_sent: int = 0
+    bytes_received: int = 0
+    bytes_sent: int = 0
+
+    def __add__(self, other: Any) -> "ServerMetrics":
+        """The sum of two snapshots (every field, code by code)."""
+        if not isinstance(other, ServerMetrics):
+            return NotImplemented
+        pairs: Iterable[Tuple[Any, Any]] = zip(self, other)
+        total: List[Any] = [
+            _add_counts(mine, theirs) if isinstance(mine, Mapping) else mine + theirs for mine, theirs in pairs
+        ]
+        return ServerMetrics(*total)
+
+    def as_dict(self) -> Dict[str, Any]:
+        """The snapshot as JSON-ready data (codes and statuses as strings)."""
+        return {
+            name: {str(key): count for key, count in value.items()} if isinstance(value, Mapping) else value
+            for name, value in self._asdict().items()
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ServerMetrics":
+        """Read what :meth:`as_dict` wrote.
+
+        Args:
+            data: the dict.
+
+        Returns:
+            The snapshot.
+        """
+        fields: Dict[str, Any] = {
+            name: {int(key): int(count) for key, count in value.items()} if isinstance(value, Mapping) else int(value)
+            for name, value in data.items() if name in cls._fields
+        }
+        return cls(**fields)
+
+
+def _add_counts(first: Mapping[int, int], second: Mapping[int, int]) -> Dict[int, int]:
+    total = dict(first)
+    for key, count in second.items():
+        total[key] = total.get(key, 0) + count
+    return total
+
+
+class ConnectionCounters:
+    """Counts the connections of a server as they open and end.
+
+    Each method is called once per connection (or per refused handshake),
+    never per message, and is safe from any thread.
+    """
+
+    def __init__(self) -> None:
+        # Guards every attribute below.
+        self._lock = threading.Lock()
+        # Open connections: their own counts are read at snapshot time.
+        self._open: Set[Any] = set()
+        self._opened = 0
+        self._closed: Dict[int, int] = {}
+        self._refused: Dict[int, int] = {}
+        # Messages and bytes, each way, of the connections that ended.
+        self._traffic = (0, 0, 0, 0)
+
+    def opened(self, connection: Any) -> None:
+        """A connection completed its opening handshake.
+
+        Args:
+            connection: the connection; :meth:`ended` must follow.
+        """
+        with self._lock:
+            self._opened += 1
+            self._open.add(connection)
+
+    def ended(self, connection: Any) -> None:
+        """A connection that :meth:`opened` is closed: add up what it did.
+
+        Args:
+            connection: the connection.
+        """
+        traffic = _traffic(connection)
+        code = connection.close_code or _NO_CLOSE_FRAME
+        with self._lock:
+            self._open.discard(connection)
+            self._closed[code] = self._closed.get(code, 0) + 1
+            self._traffic = tuple(map(sum, zip(self._traffic, traffic)))  # type: ignore[assignment]
+
+    def refused(self, status: int) -> None:
+        """An opening handshake was answered with HTTP ``status`` (4xx or 5xx).
+
+        Args:
+            status: the status.
+        """
+        with self._lock:
+            self._refused[status] = self._refused.get(status, 0) + 1
+
+    def snapshot(self) -> ServerMetrics:
+        """The counts as of now.
+
+        Returns:
+            A :class:`ServerMetrics`.
+        """
+        with self._lock:
+            open_connections = list(self._open)
+            traffic = self._traffic
+            snapshot = ServerMetrics(
+                connections_open=len(open_connections),
+                connections_opened=self._opened,
+                connections_closed=dict(self._closed),
+                handshakes_refused=dict(self._refused),
+            )
+        for connection in open_connections:
+            traffic = tuple(map(sum, zip(traffic, _traffic(connection))))  # type: ignore[assignment]
+        messages_received, messages_sent, bytes_received, bytes_sent = traffic
+        return snapshot._replace(
+            messages_received=messages_received, messages_sent=messages_sent,
+            bytes_received=bytes_received, bytes_sent=bytes_sent,
+        )
+
+
+def _traffic(connection: Any) -> Tuple[int, int, int, int]:
+    stats = connection.stats
+    return stats.messages_in, stats.messages_out, stats.bytes_in, stats.bytes_out
+
+
+# Every ConnectionCounters alive in the process (servers' and WSGI's), for
+# collect(); and every fan-out, for render().
+_counters: "weakref.WeakSet[ConnectionCounters]" = weakref.WeakSet()
+_fanouts: "weakref.WeakValueDictionary[int, Any]" = weakref.WeakValueDictionary()
+_fanout_order = itertools.count()
+
+
+def track(counters: ConnectionCounters) -> ConnectionCounters:
+    """Count ``counters`` in :func:`collect` for as long as they exist.
+
+    Args:
+        counters: a server's counters.
+
+    Returns:
+        ``counters``.
+    """
+    _counters.add(counters)
+    return counters
+
+
+#: The counters of the connections :func:`syncws.wsgi.accept` opens in this
+#: process (they belong to no :class:`~syncws.WebSocketServer`).
+wsgi_counters = track(ConnectionCounters())
+
+
+def collect() -> ServerMetrics:
+    """Add up the connections of every server in this process, WSGI's included.
+
+    Returns:
+        The sum of the snapshots of every :class:`ConnectionCounters`.
+    """
+    return sum((counters.snapshot() for counters in list(_counters)), ServerMetrics())
+
+
+def track_fanout(fanout: Any) -> None:
+    """Include a fan-out's ``stats`` in :func:`render` while it exists.
+
+    Called by every :class:`~syncws.fanout.Fanout` as it is made.
+
+    Args:
+        fanout: anything with a ``stats`` dataclass.
+    """
+    _fanouts[next(_fanout_order)] = fanout
+
+
+def fanout_stats() -> List[Any]:
+    """The ``stats`` of every fan-out alive in this process, oldest first.
+
+    Returns:
+        Their :class:`~syncws.fanout.FanoutStats`.
+    """
+    return [fanout.stats for _, fanout in sorted(_fanouts.items())]
+
+
+# -- the text exposition format -------------------------------------------------
+
+
+class Family(NamedTuple):
+    """One metric: its name, type (``counter``, ``gauge``), help, and samples: ``(labels, value)``."""
+
+    name: str
+    type: str
+    help: str
+    samples: List[Tuple[Tuple[Tuple[str, str], ...], float]]
+
+
+# name, type, help, and the ServerMetrics field with its label, if broken down.
+_SERVER_FAMILIES: Sequence[Tuple[str, str, str, str, Optional[str]]] = (
+    ("syncws_connections_open", "gauge", "WebSocket connections open.", "connections_open", None),
+    ("syncws_connections_opened_total", "counter", "WebSocket connections that completed the opening handshake.",
+     "connections_opened", None),
+    ("syncws_connections_closed_total", "counter",
+     "WebSocket connections closed, by close code (1006: without a close frame).", "connections_closed", "code"),
+    ("syncws_handshakes_refused_total", "counter", "Opening handshakes answered with an HTTP error, by status.",
+     "handshakes_refused", "status"),
+    ("syncws_received_messages_total", "counter", "WebSocket messages received.", "messages_received", None),
+    ("syncws_sent_messages_total", "counter", "WebSocket messages sent.", "messages_sent", None),
+    ("syncws_received_bytes_total", "counter", "WebSocket bytes received, frame headers included.",
+     "bytes_received", None),
+    ("syncws_sent_bytes_total", "counter", "WebSocket bytes sent, frame headers included.", "bytes_sent", None),
+)
+
+
+def _server_families(metrics: ServerMetrics, labels: Tuple[Tuple[str, str], ...]) -> List[Family]:
+    families = []
+    for name, kind, text, field, label in _SERVER_FAMILIES:
+        value = getattr(metrics, field)
+        if label is None:
+            samples = [(labels, float(value))]
+        else:
+            samples = [(labels + ((label, str(key)),), float(count)) for key, count in sorted(value.items())]
+        families.append(Family(name, kind, text, samples))
+    return families
+
+
+def _fanout_families(stats: Any, labels: Tuple[Tuple[str, str], ...]) -> List[Family]:
+    """Families from a fan-out's stats dataclass: a field is a counter unless
+    its ``metadata["kind"]`` says ``"gauge"``."""
+    described = _attribute_docs(type(stats))
+    families = []
+    for field in dataclasses.fields(stats):
+        kind = field.metadata.get("kind", "counter")
+        name = f"syncws_fanout_{field.name}" + ("_total" if kind == "counter" else "")
+        text = described.get(field.name, field.name.replace("_", " "))
+        families.append(Family(name, kind, f"Fan-out: {text}", [(labels, float(getattr(stats, field.name)))]))
+    return families
+
+
+def _attribute_docs(cls: type) -> Dict[str, str]:
+    """The ``Attributes:`` section of a class's docstring: name -> text, on one line."""
+    docs: Dict[str, str] = {}
+    section = (cls.__doc__ or "").partition("Attributes:")[2]
+    for name, text in re.findall(r"^\s{4,8}(\w+): (.*(?:\n\s{10,}.*)*)", section, re.MULTILINE):
+        docs[name] = " ".join(text.split())
+    return docs
+
+
+def _label_text(labels: Tuple[Tuple[str, str], ...]) -> str:
+    if not labels:
+        return ""
+    escaped = (value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"') for _, value in labels)
+    return "{" + ",".join(f'{name}="{value}"' for (name, _), value in zip(labels, escaped)) + "}"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if value == int(value) else repr(value)
+
+
+def exposition(families: Iterable[Family]) -> str:
+    """Write metric families in the text format, each name once, its samples together.
+
+    Args:
+        families: from :func:`families`, of one process or of several.
+
+    Returns:
+        The text.
+    """
+    merged: Dict[str, Family] = {}
+    for family in families:
+        if family.name in merged:
+            merged[family.name].samples.extend(family.samples)
+        else:
+            merged[family.name] = Family(family.name, family.type, family.help, list(family.samples))
+    lines = []
+    for family in merged.values():
+        lines.append(f"# HELP {family.name} {family.help}")
+        lines.append(f"# TYPE {family.name} {family.type}")
+        lines.extend(f"{family.name}{_label_text(labels)} {_number(value)}" for labels, value in family.samples)
+    return "\n".join(lines) + "\n"
+
+
+def families(
+    metrics: ServerMetrics, fanouts: Sequence[Any] = (), labels: Mapping[str, str] = {}
+) -> List[Family]:
+    """The metric families of a server's snapshot and fan-outs' stats.
+
+    Args:
+        metrics: the server's.
+        fanouts: fan-outs' stats; with more than one, each gets a label
+            ``fanout`` with its position.
+        labels: labels for every sample (``worker``).
+
+    Returns:
+        The families, for :func:`exposition`.
+    """
+    base = tuple(labels.items())
+    result = _server_families(metrics, base)
+    for index, stats in enumerate(fanouts):
+        result.extend(_fanout_families(stats, base + ((("fanout", str(index)),) if len(fanouts) > 1 else ())))
+    return result
+
+
+def render(metrics: Optional[ServerMetrics] = None, fanouts: Optional[Sequence[Any]] = None) -> str:
+    """Prometheus' text exposition format of a server's metrics and fan-outs.
+
+    Args:
+        metrics: a snapshot; by default :func:`collect`: every server of this
+            process, WSGI connections included.
+        fanouts: fan-outs' stats (:attr:`~syncws.fanout.Fanout.stats`); by
+            default every fan-out of this process.
+
+    Returns:
+        The text, to serve with :data:`CONTENT_TYPE`.
+    """
+    return exposition(families(
+        collect() if metrics is None else metrics, fanout_stats() if fanouts is None else fanouts,
+    ))

@@ -1,0 +1,234 @@
+"""Tests for syncws.metrics: a server's counts, over real sockets, and their text.
+
+Servers run in this process on 127.0.0.1; clients tell the tests what they
+sent and received (their own stats), which the server's counts must match
+exactly once its side of every connection has ended.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import urllib.error
+import urllib.request
+from typing import Dict, Iterator, List, Tuple
+
+import pytest
+
+import syncws
+from conftest import wait_for
+from syncws import metrics
+from syncws.fanout import LocalFanout
+from syncws.metrics import ServerMetrics
+
+HOST = "127.0.0.1"
+TIMEOUT = 10
+
+
+def echo(websocket: syncws.WebSocketServerProtocol) -> None:
+    for message in websocket:
+        if message == "close 4000":
+            websocket.close(4000, "asked")
+            return
+        websocket.send(message)
+
+
+@pytest.fixture
+def server() -> Iterator[syncws.WebSocketServer]:
+    with syncws.serve(echo, HOST, 0, origins=["https://good.example", None], max_connections=3) as running:
+        yield running
+
+
+def uri(server: syncws.WebSocketServer, path: str = "/") -> str:
+    return f"ws://{HOST}:{server.port}{path}"
+
+
+def settled(server: syncws.WebSocketServer, closed: int) -> ServerMetrics:
+    """The server's metrics once ``closed`` connections ended on its side."""
+    assert wait_for(lambda: sum(server.metrics().connections_closed.values()) >= closed, TIMEOUT)
+    return server.metrics()
+
+
+def test_a_new_server_counts_nothing(server: syncws.WebSocketServer) -> None:
+    assert server.metrics() == ServerMetrics()
+
+
+def test_connections_messages_and_bytes_match_the_clients(server: syncws.WebSocketServer) -> None:
+    clients = [syncws.connect(uri(server), compression=None) for _ in range(3)]
+    try:
+        assert server.metrics().connections_open == 3
+        assert server.metrics().connections_opened == 3
+        for index, client in enumerate(clients):
+            for n in range(index + 1):
+                client.send(f"message {n}" * (index + 1))
+                client.recv(TIMEOUT)
+        # Open connections count as they go.
+        live = server.metrics()
+        assert (live.messages_received, live.messages_sent) == (6, 6)
+        assert live.bytes_received == sum(c.stats.bytes_out for c in clients)
+        clients[0].close()
+        clients[1].send("close 4000")
+        with pytest.raises(syncws.ConnectionClosed):
+            clients[1].recv(TIMEOUT)
+        clients[2].transport.abort()  # type: ignore[union-attr]  # gone, without a close frame
+        done = settled(server, 3)
+    finally:
+        for client in clients:
+            client.close()
+    assert done.connections_open == 0
+    assert done.connections_opened == 3
+    assert done.connections_closed == {1000: 1, 4000: 1, 1006: 1}
+    assert done.messages_received == sum(c.stats.messages_out for c in clients)  # "close 4000" included
+    assert done.messages_sent == sum(c.stats.messages_in for c in clients)
+    # Every byte each way, frame headers and close frames included.
+    assert done.bytes_received == sum(c.stats.bytes_out for c in clients[:2]) + clients[2].stats.bytes_out
+    assert done.bytes_sent == sum(c.stats.bytes_in for c in clients)
+
+
+def test_refused_handshakes_by_status(server: syncws.WebSocketServer) -> None:
+    with pytest.raises(syncws.InvalidStatusCode):
+        syncws.connect(uri(server), origin="https://evil.example")
+    with pytest.raises(urllib.error.HTTPError):  # not a WebSocket request: 426
+        urllib.request.urlopen(f"http://{HOST}:{server.port}/", timeout=TIMEOUT)
+    with socket.create_connection((HOST, server.port), timeout=TIMEOUT) as raw:
+        raw.sendall(b"GARBAGE\r\n\r\n")
+        assert raw.recv(100).startswith(b"HTTP/1.1 400")
+    clients = [syncws.connect(uri(server)) for _ in range(3)]
+    try:
+        with pytest.raises(syncws.InvalidStatusCode):
+            syncws.connect(uri(server))  # max_connections=3: 503
+    finally:
+        for client in clients:
+            client.close()
+    assert server.metrics().handshakes_refused == {400: 1, 403: 1, 426: 1, 503: 1}
+    assert server.metrics().connections_opened == 3
+
+
+def test_counters_only_grow_while_connections_come_and_go(server: syncws.WebSocketServer) -> None:
+    stop = threading.Event()
+    seen: List[ServerMetrics] = []
+
+    def scrape() -> None:
+        while not stop.is_set():
+            seen.append(server.metrics())
+
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    try:
+        for _ in range(30):
+            with syncws.connect(uri(server)) as client:
+                client.send("x" * 100)
+                client.recv(TIMEOUT)
+    finally:
+        stop.set()
+        scraper.join(TIMEOUT)
+    seen.append(settled(server, 30))
+    for before, after in zip(seen, seen[1:]):
+        assert after.connections_opened >= before.connections_opened
+        assert sum(after.connections_closed.values()) >= sum(before.connections_closed.values())
+        assert after.messages_received >= before.messages_received
+        assert after.bytes_sent >= before.bytes_sent
+    assert seen[-1].messages_received == seen[-1].messages_sent == 30
+
+
+def test_clients_count_nowhere(server: syncws.WebSocketServer) -> None:
+    before = metrics.collect()
+    with syncws.connect(uri(server)) as client:
+        assert client.counters is None
+    after = settled(server, 1)
+    # collect() adds this server's one connection, not the client's.
+    assert metrics.collect().connections_opened - before.connections_opened == after.connections_opened == 1
+
+
+def test_add_snapshots() -> None:
+    first = ServerMetrics(1, 2, {1000: 1}, {403: 2}, 3, 4, 5, 6)
+    second = ServerMetrics(1, 1, {1000: 1, 1006: 1}, {}, 1, 1, 1, 1)
+    assert first + second == ServerMetrics(2, 3, {1000: 2, 1006: 1}, {403: 2}, 4, 5, 6, 7)
+    assert ServerMetrics.from_dict(first.as_dict()) == first
+
+
+# -- the text format ----------------------------------------------------------------
+
+
+SAMPLE = re.compile(r'^([a-z_]+)(\{[a-z_]+="[^"]*"(?:,[a-z_]+="[^"]*")*\})? (\d+(?:\.\d+)?(?:e[+-]?\d+)?)$')
+
+
+def parse(text: str) -> Tuple[Dict[str, str], Dict[str, float]]:
+    """(types by family, values by sample) of an exposition; fails on any line it can't read."""
+    types: Dict[str, str] = {}
+    values: Dict[str, float] = {}
+    assert text.endswith("\n")
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            continue
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            assert name not in types, f"{name} twice"
+            types[name] = kind
+            continue
+        match = SAMPLE.match(line)
+        assert match, line
+        assert match.group(1) in types, f"{line}: no TYPE before"
+        values[match.group(1) + (match.group(2) or "")] = float(match.group(3))
+    return types, values
+
+
+def test_render_follows_the_text_format() -> None:
+    snapshot = ServerMetrics(2, 9, {1000: 5, 1006: 2}, {403: 1}, 10, 11, 1200, 1300)
+    types, values = parse(metrics.render(snapshot, fanouts=[]))
+    assert types == {
+        "syncws_connections_open": "gauge",
+        "syncws_connections_opened_total": "counter",
+        "syncws_connections_closed_total": "counter",
+        "syncws_handshakes_refused_total": "counter",
+        "syncws_received_messages_total": "counter",
+        "syncws_sent_messages_total": "counter",
+        "syncws_received_bytes_total": "counter",
+        "syncws_sent_bytes_total": "counter",
+    }
+    assert values == {
+        "syncws_connections_open": 2,
+        "syncws_connections_opened_total": 9,
+        'syncws_connections_closed_total{code="1000"}': 5,
+        'syncws_connections_closed_total{code="1006"}': 2,
+        'syncws_handshakes_refused_total{status="403"}': 1,
+        "syncws_received_messages_total": 10,
+        "syncws_sent_messages_total": 11,
+        "syncws_received_bytes_total": 1200,
+        "syncws_sent_bytes_total": 1300,
+    }
+
+
+def test_render_includes_every_fanout_of_the_process(server: syncws.WebSocketServer) -> None:
+    fanout = LocalFanout()
+    try:
+        with syncws.connect(uri(server)) as client:
+            client.send("hello")
+            client.recv(TIMEOUT)
+        text = metrics.render()
+        types, values = parse(text)
+        # This process's fan-outs (other tests' may still be alive): one
+        # family per field of FanoutStats, counters named *_total.
+        assert types["syncws_fanout_published_total"] == "counter"
+        assert "# HELP syncws_fanout_published_total Fan-out: messages this process published." in text
+        assert values["syncws_connections_opened_total"] >= 1
+    finally:
+        fanout.close()
+
+
+def test_labels_are_escaped() -> None:
+    families = metrics.families(ServerMetrics(), labels={"worker": 'a"b\\c\nd'})
+    text = metrics.exposition(families)
+    assert 'syncws_connections_open{worker="a\\"b\\\\c\\nd"} 0' in text
+
+
+def test_samples_of_several_sources_share_one_family() -> None:
+    text = metrics.exposition(
+        metrics.families(ServerMetrics(connections_open=1), labels={"worker": "0"})
+        + metrics.families(ServerMetrics(connections_open=2), labels={"worker": "1"})
+    )
+    types, values = parse(text)
+    assert values['syncws_connections_open{worker="0"}'] == 1
+    assert values['syncws_connections_open{worker="1"}'] == 2
+    assert text.count("# TYPE syncws_connections_open gauge") == 1
