@@ -80,6 +80,7 @@ import time
 import uuid
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
+from . import metrics
 from .exceptions import PublishError
 from .protocol import Data, WebSocketCommonProtocol
 from .safetext import redact_uri
@@ -182,6 +183,7 @@ class Fanout:
         self.max_pending = max_pending
         self.on_failure = on_failure
         self.stats = FanoutStats()
+        metrics.track_fanout(self)
         # Guards _channels, _members and every _Member's fields.
         self._lock = threading.Lock()
         self._channels: Dict[str, Set[_Member]] = {}
