@@ -57,7 +57,9 @@ def test_a_new_server_counts_nothing(server: syncws.WebSocketServer) -> None:
 def test_connections_messages_and_bytes_match_the_clients(server: syncws.WebSocketServer) -> None:
     clients = [syncws.connect(uri(server), compression=None) for _ in range(3)]
     try:
-        assert server.metrics().connections_open == 3
+        # connect() returns on the 101; the server counts the connection
+        # just after writing it.
+        assert wait_for(lambda: server.metrics().connections_open == 3)
         assert server.metrics().connections_opened == 3
         for index, client in enumerate(clients):
             for n in range(index + 1):
@@ -96,6 +98,9 @@ def test_refused_handshakes_by_status(server: syncws.WebSocketServer) -> None:
         assert raw.recv(100).startswith(b"HTTP/1.1 400")
     clients = [syncws.connect(uri(server)) for _ in range(3)]
     try:
+        # The server counts a connection just after writing its 101: only
+        # once it counts all three is the fourth refused before its 101.
+        assert wait_for(lambda: server.metrics().connections_open == 3)
         with pytest.raises(syncws.InvalidStatusCode):
             syncws.connect(uri(server))  # max_connections=3: 503
     finally:
