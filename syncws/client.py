@@ -15,8 +15,7 @@ import random
 import socket
 import threading
 import time
-import urllib.parse
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Optional, Sequence, Type, Union
 
 from . import handshake, sockopts, timers
 from .exceptions import (
@@ -32,6 +31,7 @@ from .http import Headers, HeadersLike, read_response, serialize_request
 from .protocol import WebSocketCommonProtocol
 from .logs import connection_label, format_head, format_status, opened_line
 from .proxy import open_proxy, proxy_for
+from .redirects import REDIRECT_STATUSES, RedirectChain
 from .safetext import redact_uri
 from .settings import SizeSetting, check_settings
 from .transport import Transport
@@ -294,7 +294,7 @@ def connect(
             never the other way; ``Authorization``, ``Cookie`` and
             ``Proxy-Authorization`` headers are dropped when the redirect
             leaves the origin (scheme, host, port). Each hop gets its own
-            ``open_timeout``.
+            ``open_timeout``. See :mod:`syncws.redirects`.
         **kwds: ``host`` and ``port`` to connect somewhere other than the
             URI says (the ``Host`` header still follows the URI), and
             ``source_address`` to bind the local end.
@@ -307,8 +307,9 @@ def connect(
         InvalidHandshake: the server refused or botched the handshake (see
             :exc:`~syncws.InvalidStatusCode`, :exc:`~syncws.InvalidHeader`).
         InvalidStatusCode: also for a redirect not followed (too many,
-            ``wss://`` to ``ws://``, no ``Location``), with the response's
-            ``status_code``, ``headers`` and ``body``.
+            ``wss://`` to ``ws://``, no ``Location``), with the redirect's
+            ``status_code``, ``headers`` and ``body``; the text never holds
+            the body.
         ProxyError: the proxy refused the tunnel.
         ImportError: a SOCKS proxy without python-socks installed.
         OSError: TCP or TLS failed.
@@ -336,10 +337,17 @@ def connect(
     )
     open_timeout = settings.open_timeout
     protocol_class = create_protocol or WebSocketClientProtocol
-    own_socket = sock is not None
-    # The URIs redirected from, in order; each redirect goes round again.
-    redirected_from: List[str] = []
+    chain = RedirectChain(
+        uri,
+        headers=extra_headers,
+        server_hostname=server_hostname,
+        connect_host=connect_host,
+        connect_port=connect_port,
+        max_redirects=max_redirects,
+        own_socket=sock is not None,
+    )
     while True:
+        uri = chain.uri
         wsuri = _parse_uri(uri)
         if ssl is not None and ssl is not False and not wsuri.secure and ssl is not True and sock is None:
             raise ValueError("ssl= was given for a ws:// URI: use wss://")
@@ -357,17 +365,12 @@ def connect(
         )
 
         started = time.monotonic()
+        host, port = chain.connect_host or wsuri.host, chain.connect_port or wsuri.port
         proxy_url = proxy_for(wsuri, proxy) if sock is None else None
         if proxy_url is not None:
-            sock = open_proxy(
-                proxy_url,
-                connect_host or wsuri.host,
-                connect_port or wsuri.port,
-                timeout=open_timeout,
-                source_address=source_address,
-            )
+            sock = open_proxy(proxy_url, host, port, timeout=open_timeout, source_address=source_address)
         elif sock is None:
-            sock = _open_tcp(connect_host or wsuri.host, connect_port or wsuri.port, open_timeout, source_address)
+            sock = _open_tcp(host, port, open_timeout, source_address)
         remaining = None if open_timeout is None else max(0.0, open_timeout - (time.monotonic() - started))
         sockopts.tune_connection(sock, ping_interval=ping_interval, ping_timeout=ping_timeout)
         transport = Transport(sock, read_limit=read_limit)
@@ -381,8 +384,8 @@ def connect(
                         import ssl as ssl_module  # only for wss://: it costs megabytes
 
                         context = ssl if isinstance(ssl, ssl_module.SSLContext) else ssl_module.create_default_context()
-                        transport.start_tls(context, server_hostname=server_hostname or wsuri.host)
-                    protocol.handshake(wsuri, origin=origin, subprotocols=subprotocols, extra_headers=extra_headers)
+                        transport.start_tls(context, server_hostname=chain.server_hostname or wsuri.host)
+                    protocol.handshake(wsuri, origin=origin, subprotocols=subprotocols, extra_headers=chain.headers)
                 except (OSError, InvalidMessage):
                     if not handshake_deadline.expired:
                         raise
@@ -394,16 +397,11 @@ def connect(
             protocol.abort(f"the server answered HTTP {exc.status_code}")
             if exc.status_code not in REDIRECT_STATUSES:
                 raise
-            target = _redirect_target(uri, wsuri, exc, max_redirects, redirected_from, own_socket)
+            chain.follow(wsuri, exc)
             logging.getLogger("syncws.client").info(
-                "%s redirected to %s (HTTP %d)", redact_uri(uri), redact_uri(target), exc.status_code
+                "%s redirected to %s (HTTP %d)", redact_uri(uri), redact_uri(chain.uri), exc.status_code
             )
-            if _origin(parse_uri(target)) != _origin(wsuri):
-                # Credentials and the connect-to override were for the old origin.
-                extra_headers = _without_credentials(extra_headers)
-                connect_host = connect_port = None
-            redirected_from.append(uri)
-            uri, sock = target, None
+            sock = None
             continue
         except BaseException:
             protocol.abort("the opening handshake failed")
@@ -453,63 +451,6 @@ def _ip_family(host: str) -> Optional[socket.AddressFamily]:
             continue
         return family
     return None
-
-
-#: The statuses :func:`connect` follows as redirects.
-REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-
-# Request headers that carry credentials, dropped when a redirect changes
-# the origin (as browsers and HTTP clients do).
-_CREDENTIAL_HEADERS = ("Authorization", "Cookie", "Proxy-Authorization")
-
-
-def _origin(wsuri: WebSocketURI) -> Tuple[bool, str, int]:
-    return wsuri.secure, wsuri.host.lower(), wsuri.port
-
-
-def _without_credentials(headers: Optional[HeadersLike]) -> Optional[Headers]:
-    if headers is None:
-        return None
-    kept = Headers(headers)
-    for name in _CREDENTIAL_HEADERS:
-        if name in kept:
-            del kept[name]
-    return kept
-
-
-def _redirect_target(
-    uri: str,
-    wsuri: WebSocketURI,
-    exc: InvalidStatusCode,
-    max_redirects: int,
-    redirected_from: List[str],
-    own_socket: bool,
-) -> str:
-    """Return the URI a redirect points to, or raise ``exc`` with the reason
-    it isn't followed (the response stays on the exception)."""
-
-    def refuse(detail: str) -> InvalidStatusCode:
-        return InvalidStatusCode(exc.status_code, exc.body, exc.headers, detail=detail)
-
-    location = exc.headers.get_joined("Location")
-    if location is None:
-        raise refuse("a redirect without a Location header")
-    if own_socket:
-        raise refuse(f"redirect to {redact_uri(location)} not followed: connect() was given a socket")
-    if len(redirected_from) >= max_redirects:
-        raise refuse(f"redirect to {redact_uri(location)} not followed: more than max_redirects={max_redirects}")
-    target = urllib.parse.urljoin(uri, location.strip())
-    scheme, rest = target.split(":", 1) if ":" in target else ("", target)
-    target = {"http": "ws", "https": "wss"}.get(scheme.lower(), scheme) + ":" + rest
-    try:
-        new = parse_uri(target)
-    except InvalidURI as uri_error:
-        raise refuse(f"redirect to an invalid URI: {uri_error}") from None
-    if wsuri.secure and not new.secure:
-        raise refuse(f"redirect from {redact_uri(uri)} to {redact_uri(target)} refused: it would drop TLS")
-    if target in redirected_from or target == uri:
-        raise refuse(f"redirect loop: {' -> '.join(map(redact_uri, redirected_from + [uri, target]))}")
-    return target
 
 
 def unix_connect(path: str, uri: Optional[str] = None, **kwargs: Any) -> WebSocketClientProtocol:
