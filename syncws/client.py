@@ -272,7 +272,8 @@ def connect(
         ping_interval: seconds between keepalive pings; ``None`` disables.
         ping_timeout: seconds to wait for a keepalive pong; ``None`` waits
             forever.
-        open_timeout: seconds for TCP, TLS and the opening handshake.
+        open_timeout: seconds for TCP, TLS and the opening handshake, of
+            every hop of a redirect chain together.
         close_timeout: seconds for the closing handshake.
         write_timeout: seconds a send may take before the connection is
             aborted; ``None`` waits forever.
@@ -293,8 +294,8 @@ def connect(
             follow; 0 follows none. ``ws://`` may redirect to ``wss://``,
             never the other way; ``Authorization``, ``Cookie`` and
             ``Proxy-Authorization`` headers are dropped when the redirect
-            leaves the origin (scheme, host, port). Each hop gets its own
-            ``open_timeout``. See :mod:`syncws.redirects`.
+            leaves the origin (scheme, host, port). See
+            :mod:`syncws.redirects`.
         **kwds: ``host`` and ``port`` to connect somewhere other than the
             URI says (the ``Host`` header still follows the URI), and
             ``source_address`` to bind the local end.
@@ -313,7 +314,8 @@ def connect(
         ProxyError: the proxy refused the tunnel.
         ImportError: a SOCKS proxy without python-socks installed.
         OSError: TCP or TLS failed.
-        TimeoutError: the opening handshake didn't finish in time.
+        TimeoutError: the opening handshake (with its redirects) didn't
+            finish within ``open_timeout``.
         TypeError: an unknown keyword argument, or a setting of the wrong
             type (see :func:`syncws.settings.check_settings`).
         ValueError: a setting out of range (the message names it).
@@ -346,6 +348,9 @@ def connect(
         max_redirects=max_redirects,
         own_socket=sock is not None,
     )
+    # One deadline for TCP, TLS and the handshake of every hop: a chain of
+    # slow redirects can't take max_redirects times open_timeout.
+    deadline = None if open_timeout is None else time.monotonic() + open_timeout
     while True:
         uri = chain.uri
         wsuri = _parse_uri(uri)
@@ -364,14 +369,22 @@ def connect(
             user_agent_header=user_agent_header,
         )
 
-        started = time.monotonic()
+        def timed_out() -> TimeoutError:
+            redirects = f", {len(chain.visited)} redirects included" if chain.visited else ""
+            return TimeoutError(
+                f"the opening handshake with {redact_uri(uri)} didn't finish within {open_timeout} seconds{redirects}"
+            )
+
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise timed_out()
         host, port = chain.connect_host or wsuri.host, chain.connect_port or wsuri.port
         proxy_url = proxy_for(wsuri, proxy) if sock is None else None
         if proxy_url is not None:
-            sock = open_proxy(proxy_url, host, port, timeout=open_timeout, source_address=source_address)
+            sock = open_proxy(proxy_url, host, port, timeout=remaining, source_address=source_address)
         elif sock is None:
-            sock = _open_tcp(host, port, open_timeout, source_address)
-        remaining = None if open_timeout is None else max(0.0, open_timeout - (time.monotonic() - started))
+            sock = _open_tcp(host, port, remaining, source_address)
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         sockopts.tune_connection(sock, ping_interval=ping_interval, ping_timeout=ping_timeout)
         transport = Transport(sock, read_limit=read_limit)
         protocol.connection_made(transport)
@@ -390,9 +403,7 @@ def connect(
                     if not handshake_deadline.expired:
                         raise
             if handshake_deadline.expired:
-                raise TimeoutError(
-                    f"the opening handshake with {redact_uri(uri)} didn't finish within {open_timeout} seconds"
-                )
+                raise timed_out()
         except InvalidStatusCode as exc:
             protocol.abort(f"the server answered HTTP {exc.status_code}")
             if exc.status_code not in REDIRECT_STATUSES:

@@ -13,7 +13,8 @@ connects to a URI a user gave, and shows the error, would be):
   origin (scheme, host and port), the rest of the chain goes without the
   ``Authorization``, ``Cookie`` and ``Proxy-Authorization`` headers and
   without the ``host=`` / ``port=`` override.
-* At most ``max_redirects`` hops are followed, never a loop.
+* **One deadline**: ``open_timeout`` covers the whole chain, and at most
+  ``max_redirects`` hops are followed, never a loop.
 
 This module holds these rules as data and decisions; the sockets are
 :mod:`syncws.client`'s.

@@ -10,9 +10,11 @@ import contextlib
 import http
 import logging
 import queue
+import re
 import socket
 import ssl
 import threading
+import time
 from typing import Any, Callable, Iterator, List, Tuple
 
 import pytest
@@ -45,7 +47,7 @@ def redirector(answer: Callable[[str], bytes]) -> Iterator[Tuple[int, "queue.Que
                 sock, _ = listener.accept()
             except OSError:
                 return
-            with sock:
+            with sock, contextlib.suppress(OSError):  # a client that gave up
                 sock.settimeout(5)
                 data = b""
                 while b"\r\n\r\n" not in data:
@@ -283,3 +285,24 @@ def test_redirect_lines_and_texts_leave_passwords_and_query_values_out(caplog: p
         "ws://127.0.0.1:1/again?access_token=[redacted] not followed: more than max_redirects=0)"
     )
     assert excinfo.value.headers["Location"] == location
+
+
+def test_one_open_timeout_covers_the_whole_chain() -> None:
+    # Each hop answers in 0.6 s, well within open_timeout; ten of them
+    # would take 6 s. The chain gets 1.5 s in all, not 1.5 s a hop.
+    def slow(path: str) -> bytes:
+        time.sleep(0.6)
+        return redirect(307, f"/{int(path.strip('/') or 0) + 1}")
+
+    with redirector(slow) as (port, heads):
+        started = time.monotonic()
+        with pytest.raises(TimeoutError) as excinfo:
+            syncws.connect(f"ws://127.0.0.1:{port}/0", open_timeout=1.5, max_redirects=10)
+        elapsed = time.monotonic() - started
+    assert elapsed < 6.0, elapsed  # short of the chain's 6.6 s
+    assert heads.qsize() <= 3  # a fourth hop can't start within 1.5 s
+    assert re.fullmatch(
+        rf"the opening handshake with ws://127\.0\.0\.1:{port}/(\d) didn't finish "
+        r"within 1\.5 seconds, \1 redirects included",
+        str(excinfo.value),
+    ), str(excinfo.value)
