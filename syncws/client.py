@@ -233,6 +233,7 @@ def connect(
     proxy: Union[str, bool, None] = True,
     logger: Union[logging.Logger, str, None] = None,
     max_redirects: int = 10,
+    keep_headers_on_redirect: bool = False,
     **kwds: Any,
 ) -> WebSocketClientProtocol:
     """Open a WebSocket connection and return it, ready to use.
@@ -279,8 +280,10 @@ def connect(
             aborted; ``None`` waits forever.
         additional_headers: more request headers (modern name).
         user_agent_header: the ``User-Agent`` header; ``None`` omits it.
-        server_hostname: the name to check the TLS certificate against,
-            when it isn't the URI's host.
+        server_hostname: the name to send in SNI and check the TLS
+            certificate against, when it isn't the URI's host; for the URI's
+            origin only: a redirect to another origin checks the new host's
+            own name.
         proxy: ``True`` (default) uses the proxy the environment names
             (``wss_proxy`` / ``ws_proxy``, ``socks_proxy``, ``https_proxy``
             / ``http_proxy``, ``all_proxy``, minus ``no_proxy``: see
@@ -292,10 +295,16 @@ def connect(
         logger: a logger or logger name (default ``syncws.client``).
         max_redirects: how many HTTP redirects (301, 302, 303, 307, 308) to
             follow; 0 follows none. ``ws://`` may redirect to ``wss://``,
-            never the other way; ``Authorization``, ``Cookie`` and
-            ``Proxy-Authorization`` headers are dropped when the redirect
-            leaves the origin (scheme, host, port). See
-            :mod:`syncws.redirects`.
+            never the other way. Once a redirect leaves the URI's origin
+            (scheme, host or port differ), the rest of the chain goes without
+            the headers given in ``additional_headers`` (``Authorization``,
+            ``Cookie``, ``X-Api-Key``... all of them), without ``host``,
+            ``port`` and ``server_hostname``, and without the URI's user
+            info. See :mod:`syncws.redirects`.
+        keep_headers_on_redirect: send the ``additional_headers``,
+            credentials included, to every origin a redirect leads to (as
+            curl's ``--location-trusted``); only for servers you trust with
+            them.
         **kwds: ``host`` and ``port`` to connect somewhere other than the
             URI says (the ``Host`` header still follows the URI), and
             ``source_address`` to bind the local end.
@@ -346,6 +355,7 @@ def connect(
         connect_host=connect_host,
         connect_port=connect_port,
         max_redirects=max_redirects,
+        keep_headers_on_redirect=keep_headers_on_redirect,
         own_socket=sock is not None,
     )
     # One deadline for TCP, TLS and the handshake of every hop: a chain of

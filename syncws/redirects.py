@@ -9,10 +9,14 @@ redirect from turning the client against its caller (as an application that
 connects to a URI a user gave, and shows the error, would be):
 
 * **TLS is never dropped**: ``wss://`` may not lead to ``ws://``.
-* **Credentials stay with their origin**: once a hop leaves the first URI's
-  origin (scheme, host and port), the rest of the chain goes without the
-  ``Authorization``, ``Cookie`` and ``Proxy-Authorization`` headers and
-  without the ``host=`` / ``port=`` override.
+* **The caller's headers and names stay with the origin they were given
+  for.** Once a hop leaves the first URI's origin (scheme, host and port,
+  as for ``requests`` and the Fetch standard), the rest of the chain goes
+  without the headers the caller added (``additional_headers``: ``Cookie``,
+  ``Authorization``, ``X-Api-Key``...), without the ``host=`` / ``port=``
+  override and without an explicit ``server_hostname``: each new host gets
+  its own name in SNI and the certificate check. ``keep_headers_on_redirect``
+  opts in to sending the headers anyway, as curl's ``--location-trusted``.
 * **One deadline**: ``open_timeout`` covers the whole chain, and at most
   ``max_redirects`` hops are followed, never a loop.
 
@@ -26,7 +30,7 @@ import urllib.parse
 from typing import List, Optional, Tuple
 
 from .exceptions import InvalidStatusCode, InvalidURI
-from .http import Headers, HeadersLike
+from .http import HeadersLike
 from .safetext import redact_uri
 from .uri import WebSocketURI, parse_uri
 
@@ -38,21 +42,6 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 def _origin(wsuri: WebSocketURI) -> Tuple[bool, str, int]:
     return wsuri.secure, wsuri.host, wsuri.port
-
-
-# Request headers that carry credentials, dropped when a redirect changes
-# the origin (as browsers and HTTP clients do).
-_CREDENTIAL_HEADERS = ("Authorization", "Cookie", "Proxy-Authorization")
-
-
-def _without_credentials(headers: Optional[HeadersLike]) -> Optional[Headers]:
-    if headers is None:
-        return None
-    kept = Headers(headers)
-    for name in _CREDENTIAL_HEADERS:
-        if name in kept:
-            del kept[name]
-    return kept
 
 
 class RedirectChain:
@@ -71,13 +60,14 @@ class RedirectChain:
         connect_host: the caller's ``host=`` override, if any.
         connect_port: the caller's ``port=`` override, if any.
         max_redirects: how many redirects to follow.
+        keep_headers_on_redirect: keep :attr:`headers` on other origins.
         own_socket: the caller gave the socket: no redirect is followed.
     """
 
     # One per connect() call: slots make it cheaper to build.
     __slots__ = (
         "uri", "headers", "server_hostname", "connect_host", "connect_port", "visited", "response",
-        "_max_redirects", "_own_socket", "_first_origin",
+        "_max_redirects", "_keep_headers", "_own_socket", "_first_origin",
     )
 
     def __init__(
@@ -89,14 +79,15 @@ class RedirectChain:
         connect_host: Optional[str] = None,
         connect_port: Optional[int] = None,
         max_redirects: int = 10,
+        keep_headers_on_redirect: bool = False,
         own_socket: bool = False,
     ) -> None:
         #: The URI of the current hop.
         self.uri = uri
-        #: The caller's headers, without credentials once the chain left
-        #: the first origin.
+        #: The caller's headers, while the chain is on the first origin (or
+        #: everywhere with ``keep_headers_on_redirect``); ``None`` once left.
         self.headers = headers
-        #: The caller's server_hostname.
+        #: The caller's server_hostname, for the first origin only.
         self.server_hostname = server_hostname
         #: The caller's host= / port= override, for the first origin only.
         self.connect_host = connect_host
@@ -106,6 +97,7 @@ class RedirectChain:
         #: The redirect that led to the current hop, if any.
         self.response: Optional[InvalidStatusCode] = None
         self._max_redirects = max_redirects
+        self._keep_headers = keep_headers_on_redirect
         self._own_socket = own_socket
         self._first_origin: Optional[Tuple[bool, str, int]] = None
 
@@ -125,9 +117,10 @@ class RedirectChain:
             self._first_origin = _origin(wsuri)
         target, new = self._target(wsuri, response)
         if _origin(new) != self._first_origin:
-            # Credentials and the connect-to override were for the first origin.
-            self.headers = _without_credentials(self.headers)
-            self.connect_host = self.connect_port = None
+            # What the caller gave for the first origin isn't for another.
+            if not self._keep_headers:
+                self.headers = None
+            self.server_hostname = self.connect_host = self.connect_port = None
         self.visited.append(self.uri)
         self.uri = target
         self.response = response

@@ -22,6 +22,8 @@ import pytest
 import syncws
 from syncws import InvalidStatusCode
 from syncws.http import Headers
+from syncws.redirects import RedirectChain
+from syncws.uri import parse_uri
 
 from conftest import CERT_FILE, KEY_FILE
 
@@ -101,25 +103,57 @@ def syncws_echo(**kwargs: Any) -> Iterator[Tuple[syncws.WebSocketServer, "queue.
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
-def test_follows_redirect_to_another_origin_dropping_credentials(status: int) -> None:
+def test_follows_redirect_to_another_origin_dropping_the_callers_headers(status: int) -> None:
+    # Every header the caller added was meant for the first origin:
+    # Cookie and Authorization, and as much the custom credentials
+    # (X-Api-Key) and anything else (X-Keep). The URI's user info too.
+    added = {
+        "Cookie": "a=1", "Proxy-Authorization": "Basic eDp5", "X-Api-Key": "key456", "X-Keep": "yes",
+    }
     with syncws_echo() as (server, seen), redirector(
         lambda path: redirect(status, f"ws://localhost:{server.port}/final?x=1")
     ) as (port, heads):
-        with syncws.connect(
-            f"ws://user:secret@127.0.0.1:{port}/start",
-            additional_headers={"Cookie": "a=1", "Proxy-Authorization": "Basic eDp5", "X-Keep": "yes"},
-        ) as ws:
+        with syncws.connect(f"ws://user:secret@127.0.0.1:{port}/start", additional_headers=added) as ws:
             ws.send("hello")
             assert ws.recv(timeout=5) == "hello"
             assert ws.path == "/final?x=1"
         first = heads.get(timeout=5)
-        assert header(first, "Cookie") == ["a=1"] and header(first, "X-Keep") == ["yes"]
+        assert header(first, "Cookie") == ["a=1"] and header(first, "X-Api-Key") == ["key456"]
         assert header(first, "Authorization") == ["Basic dXNlcjpzZWNyZXQ="]  # user:secret
         final = seen.get(timeout=5).request_headers
-        assert "Cookie" not in final and "Authorization" not in final
-        assert "Proxy-Authorization" not in final
-        assert final["X-Keep"] == "yes"
+        for name in ["Authorization", *added]:
+            assert name not in final
         assert final["Host"] == f"localhost:{server.port}"
+
+
+def test_keep_headers_on_redirect_sends_them_to_the_other_origin() -> None:
+    added = {"Cookie": "a=1", "Authorization": "Bearer tok", "X-Api-Key": "key456"}
+    with syncws_echo() as (server, seen), redirector(
+        lambda path: redirect(302, f"ws://localhost:{server.port}/final")
+    ) as (port, _):
+        with syncws.connect(f"ws://127.0.0.1:{port}/", additional_headers=added, keep_headers_on_redirect=True):
+            pass
+        final = seen.get(timeout=5).request_headers
+        assert [final[name] for name in added] == list(added.values())
+
+
+def test_headers_stay_dropped_when_the_chain_comes_back() -> None:
+    # A -> B -> A: once another origin has been seen, the caller's
+    # headers are gone for the rest of the chain (as in the Fetch standard).
+    elsewhere: List[int] = []
+
+    def process_request(path: str, headers: Headers) -> Any:
+        if path == "/start":
+            return 302, [("Location", f"ws://localhost:{elsewhere[0]}/b")], b""
+        return None
+
+    with syncws_echo(process_request=process_request) as (server, seen), redirector(
+        lambda path: redirect(302, f"ws://127.0.0.1:{server.port}/back")
+    ) as (port, _):
+        elsewhere.append(port)
+        with syncws.connect(f"ws://127.0.0.1:{server.port}/start", additional_headers={"X-Api-Key": "k"}) as ws:
+            assert ws.path == "/back"
+        assert "X-Api-Key" not in seen.get(timeout=5).request_headers
 
 
 def test_same_origin_redirect_keeps_credentials_syncws_process_request() -> None:
@@ -306,3 +340,46 @@ def test_one_open_timeout_covers_the_whole_chain() -> None:
         r"within 1\.5 seconds, \1 redirects included",
         str(excinfo.value),
     ), str(excinfo.value)
+
+
+def test_a_cross_origin_hop_gets_its_own_server_hostname(server_tls: ssl.SSLContext) -> None:
+    # server_hostname names the first host's certificate (here: connecting
+    # by IP, checking the name); a redirect to another origin is checked
+    # against its own host, 127.0.0.1 (no SNI for an IP address).
+    names: "queue.Queue[Any]" = queue.Queue()
+    server_tls.sni_callback = lambda sock, name, context: names.put(name)
+    client_context = ssl.create_default_context(cafile=str(CERT_FILE))
+    with syncws_echo(ssl=server_tls) as (final, _):
+        def process_request(path: str, headers: Headers) -> Any:
+            if path == "/start":
+                return 302, [("Location", "/same-origin")], b""
+            return 302, [("Location", f"wss://127.0.0.1:{final.port}/other-origin")], b""
+
+        with syncws_echo(ssl=server_tls, process_request=process_request) as (first, _):
+            with syncws.connect(
+                f"wss://127.0.0.1:{first.port}/start", ssl=client_context, server_hostname="localhost"
+            ) as ws:
+                assert ws.path == "/other-origin"
+    assert [names.get(timeout=5) for _ in range(3)] == ["localhost", "localhost", None]
+
+
+# -- the chain's rules, without sockets ----------------------------------------------
+
+
+def response(location: str, status: int = 302) -> InvalidStatusCode:
+    return InvalidStatusCode(status, b"moved", Headers([("Location", location)]))
+
+
+def test_chain_keeps_what_the_caller_gave_for_the_first_origin_only() -> None:
+    chain = RedirectChain(
+        "wss://api.example:8443/a", headers={"X-Api-Key": "k"}, server_hostname="api.internal",
+        connect_host="10.0.0.1", connect_port=9443,
+    )
+    chain.follow(parse_uri(chain.uri), response("/b"))  # same origin
+    assert chain.uri == "wss://api.example:8443/b"
+    assert (chain.headers, chain.server_hostname) == ({"X-Api-Key": "k"}, "api.internal")
+    assert (chain.connect_host, chain.connect_port) == ("10.0.0.1", 9443)
+    chain.follow(parse_uri(chain.uri), response("wss://api.example/c"))  # other port
+    assert chain.headers is None and chain.server_hostname is None
+    assert chain.connect_host is None and chain.connect_port is None
+    assert chain.visited == ["wss://api.example:8443/a", "wss://api.example:8443/b"]
