@@ -15,7 +15,7 @@ import random
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Optional, Sequence, Type, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type, Union
 
 from . import handshake, sockopts, timers
 from .exceptions import (
@@ -31,7 +31,7 @@ from .http import Headers, HeadersLike, read_response, serialize_request
 from .protocol import WebSocketCommonProtocol
 from .logs import connection_label, format_head, format_status, opened_line
 from .proxy import open_proxy, proxy_for
-from .redirects import REDIRECT_STATUSES, RedirectChain
+from .redirects import REDIRECT_STATUSES, AddressSpace, RedirectChain, address_space, host_address_space
 from .safetext import redact_uri
 from .settings import SizeSetting, check_settings
 from .transport import Transport
@@ -233,6 +233,7 @@ def connect(
     proxy: Union[str, bool, None] = True,
     logger: Union[logging.Logger, str, None] = None,
     max_redirects: int = 10,
+    allow_private_redirects: bool = False,
     keep_headers_on_redirect: bool = False,
     **kwds: Any,
 ) -> WebSocketClientProtocol:
@@ -301,6 +302,15 @@ def connect(
             ``Cookie``, ``X-Api-Key``... all of them), without ``host``,
             ``port`` and ``server_hostname``, and without the URI's user
             info. See :mod:`syncws.redirects`.
+        allow_private_redirects: follow a redirect into a more private
+            address space: from a public address to a local one (private,
+            link-local such as the cloud metadata address 169.254.169.254,
+            unique local...) or to loopback, or from a local one to
+            loopback. Refused by default, since a public server could use
+            it to make this client read an internal service. The addresses
+            checked are those connected to, after resolving the name; through
+            a proxy, which resolves names itself, only IP addresses and
+            ``localhost`` names can be checked.
         keep_headers_on_redirect: send the ``additional_headers``,
             credentials included, to every origin a redirect leads to (as
             curl's ``--location-trusted``); only for servers you trust with
@@ -317,9 +327,9 @@ def connect(
         InvalidHandshake: the server refused or botched the handshake (see
             :exc:`~syncws.InvalidStatusCode`, :exc:`~syncws.InvalidHeader`).
         InvalidStatusCode: also for a redirect not followed (too many,
-            ``wss://`` to ``ws://``, no ``Location``), with the redirect's
-            ``status_code``, ``headers`` and ``body``; the text never holds
-            the body.
+            ``wss://`` to ``ws://``, no ``Location``, into a more private
+            address space), with the redirect's ``status_code``, ``headers``
+            and ``body``; the text never holds the body.
         ProxyError: the proxy refused the tunnel.
         ImportError: a SOCKS proxy without python-socks installed.
         OSError: TCP or TLS failed.
@@ -355,6 +365,7 @@ def connect(
         connect_host=connect_host,
         connect_port=connect_port,
         max_redirects=max_redirects,
+        allow_private_redirects=allow_private_redirects,
         keep_headers_on_redirect=keep_headers_on_redirect,
         own_socket=sock is not None,
     )
@@ -391,9 +402,11 @@ def connect(
         host, port = chain.connect_host or wsuri.host, chain.connect_port or wsuri.port
         proxy_url = proxy_for(wsuri, proxy) if sock is None else None
         if proxy_url is not None:
+            chain.check_space(host_address_space(host))
             sock = open_proxy(proxy_url, host, port, timeout=remaining, source_address=source_address)
         elif sock is None:
-            sock = _open_tcp(host, port, remaining, source_address)
+            check_space = chain.check_space if chain.checks_addresses else None
+            sock = _open_tcp(host, port, remaining, source_address, check_space)
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         sockopts.tune_connection(sock, ping_interval=ping_interval, ping_timeout=ping_timeout)
         transport = Transport(sock, read_limit=read_limit)
@@ -418,7 +431,12 @@ def connect(
             protocol.abort(f"the server answered HTTP {exc.status_code}")
             if exc.status_code not in REDIRECT_STATUSES:
                 raise
-            chain.follow(wsuri, exc)
+            remote = transport.remote_address
+            if proxy_url is not None:
+                space = host_address_space(host)
+            else:
+                space = address_space(remote[0]) if isinstance(remote, tuple) else None
+            chain.follow(wsuri, exc, space)
             logging.getLogger("syncws.client").info(
                 "%s redirected to %s (HTTP %d)", redact_uri(uri), redact_uri(chain.uri), exc.status_code
             )
@@ -435,23 +453,55 @@ def connect(
     return protocol
 
 
-def _open_tcp(host: str, port: int, timeout: Optional[float], source_address: Any) -> socket.socket:
+def _open_tcp(
+    host: str,
+    port: int,
+    timeout: Optional[float],
+    source_address: Any,
+    check_space: Optional[Callable[[AddressSpace], None]] = None,
+) -> socket.socket:
     """Open a TCP connection, as :func:`socket.create_connection` does.
 
     An IP address is connected to directly, as :mod:`asyncio` does:
     ``getaddrinfo()`` would only hand it back, at a cost of about 25k
     instructions per connection (the socket module turns each result's
     family and type into enums), about 5% of a whole connect + close.
+
+    With ``check_space`` (a redirect hop, see
+    :meth:`~syncws.redirects.RedirectChain.check_space`), the name is
+    resolved here, the least public of its addresses is checked before any
+    is connected to, and only those addresses are tried: the name can't
+    resolve to another one in between.
     """
     family = _ip_family(host)
+    if check_space is None:
+        if family is None:
+            return socket.create_connection((host, port), timeout=timeout, source_address=source_address)
+        return _open_address(family, (host, port), timeout, source_address)
+    addresses: List[Tuple[int, Any]]
     if family is None:
-        return socket.create_connection((host, port), timeout=timeout, source_address=source_address)
+        addresses = [(info[0], info[4]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+    else:
+        addresses = [(family, (host, port))]
+    check_space(min(address_space(str(address[0])) for _, address in addresses))
+    error: Optional[OSError] = None
+    for address_family, address in addresses:
+        try:
+            return _open_address(address_family, address, timeout, source_address)
+        except OSError as exc:
+            error = exc
+    assert error is not None  # getaddrinfo() returns at least one address or raises
+    raise error
+
+
+def _open_address(family: int, address: Any, timeout: Optional[float], source_address: Any) -> socket.socket:
+    """Connect a TCP socket of ``family`` to one ``address``."""
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
         if source_address:
             sock.bind(source_address)
-        sock.connect((host, port))
+        sock.connect(address)
     except BaseException:
         sock.close()
         raise

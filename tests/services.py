@@ -25,6 +25,29 @@ HOST = "127.0.0.1"
 START_TIMEOUT = 15.0
 
 
+def ip(*args: str) -> None:
+    """Run ``ip ARGS`` (iproute2), failing on an error."""
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=START_TIMEOUT)
+
+
+def netns_unavailable() -> str:
+    """Why network namespaces can't be made here, or "" when they can."""
+    if shutil.which("ip") is None:
+        return "the ip command (iproute2) is not installed"
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    name = f"swprobe{os.getpid()}"
+    try:
+        ip("netns", "add", name)
+    except subprocess.CalledProcessError as exc:
+        return f"ip netns add failed: {exc.stderr.decode(errors='replace').strip()}"
+    try:
+        ip("netns", "del", name)
+    except subprocess.CalledProcessError:
+        pass
+    return ""
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))

@@ -27,33 +27,17 @@ from typing import Dict, Iterator, List, Tuple
 import pytest
 
 import syncws
-from services import ChatServer, stop, wait_message
+from services import ChatServer, netns_unavailable, stop, wait_message
+from services import ip as _ip
 
 TIMEOUT = 15.0
 SUBNET = "10.213"  # private addresses, one /24 per link
 
 
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=TIMEOUT)
-
-
 def _netns_unavailable() -> str:
-    if shutil.which("ip") is None:
-        return "the ip command (iproute2) is not installed"
     if shutil.which("redis-server") is None:
         return "redis-server is not installed (apt-get install redis-server)"
-    if os.geteuid() != 0:
-        return "network namespaces need root"
-    name = f"swprobe{os.getpid()}"
-    try:
-        _ip("netns", "add", name)
-    except subprocess.CalledProcessError as exc:
-        return f"ip netns add failed: {exc.stderr.decode(errors='replace').strip()}"
-    try:
-        _ip("netns", "del", name)
-    except subprocess.CalledProcessError:
-        pass
-    return ""
+    return netns_unavailable()
 
 
 _REASON = _netns_unavailable()

@@ -7,8 +7,10 @@ the ``websockets`` server with a ``process_request`` answering 302.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import http
 import logging
+import os
 import queue
 import re
 import socket
@@ -22,10 +24,11 @@ import pytest
 import syncws
 from syncws import InvalidStatusCode
 from syncws.http import Headers
-from syncws.redirects import RedirectChain
+from syncws.redirects import AddressSpace, RedirectChain, address_space, host_address_space
 from syncws.uri import parse_uri
 
 from conftest import CERT_FILE, KEY_FILE
+from services import ip, netns_unavailable
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -36,10 +39,10 @@ def echo(ws: Any) -> None:
 
 
 @contextlib.contextmanager
-def redirector(answer: Callable[[str], bytes]) -> Iterator[Tuple[int, "queue.Queue[str]"]]:
-    """A raw HTTP server: each request's head goes on the queue and gets
-    ``answer(path)``; yields ``(port, heads)``."""
-    listener = socket.create_server(("127.0.0.1", 0))
+def redirector(answer: Callable[[str], bytes], host: str = "127.0.0.1") -> Iterator[Tuple[int, "queue.Queue[str]"]]:
+    """A raw HTTP server on ``host``: each request's head goes on the queue
+    and gets ``answer(path)``; yields ``(port, heads)``."""
+    listener = socket.create_server((host, 0))
     heads: "queue.Queue[str]" = queue.Queue()
     stop = threading.Event()
 
@@ -363,11 +366,91 @@ def test_a_cross_origin_hop_gets_its_own_server_hostname(server_tls: ssl.SSLCont
     assert [names.get(timeout=5) for _ in range(3)] == ["localhost", "localhost", None]
 
 
-# -- the chain's rules, without sockets ----------------------------------------------
+# -- address spaces and the chain's rules, without sockets ------------------------
+
+
+@pytest.mark.parametrize(
+    "address, space",
+    [
+        ("127.0.0.1", AddressSpace.LOOPBACK), ("127.9.9.9", AddressSpace.LOOPBACK),
+        ("0.0.0.0", AddressSpace.LOOPBACK), ("::1", AddressSpace.LOOPBACK), ("::", AddressSpace.LOOPBACK),
+        ("::ffff:127.0.0.1", AddressSpace.LOOPBACK), ("2002:7f00:1::", AddressSpace.LOOPBACK),
+        ("169.254.169.254", AddressSpace.LOCAL), ("10.0.0.1", AddressSpace.LOCAL),
+        ("172.16.5.4", AddressSpace.LOCAL), ("192.168.1.1", AddressSpace.LOCAL),
+        ("100.100.100.200", AddressSpace.LOCAL), ("192.0.0.192", AddressSpace.LOCAL),
+        ("198.18.0.1", AddressSpace.LOCAL), ("224.0.0.251", AddressSpace.LOCAL),
+        ("255.255.255.255", AddressSpace.LOCAL), ("fd00:ec2::254", AddressSpace.LOCAL),
+        ("fe80::1%eth0", AddressSpace.LOCAL), ("::ffff:169.254.169.254", AddressSpace.LOCAL),
+        ("64:ff9b::a9fe:a9fe", AddressSpace.LOCAL), ("ff02::1", AddressSpace.LOCAL),
+        ("8.8.8.8", AddressSpace.PUBLIC), ("192.31.196.1", AddressSpace.PUBLIC),
+        ("2606:4700::1111", AddressSpace.PUBLIC), ("::ffff:8.8.8.8", AddressSpace.PUBLIC),
+        ("2002:808:808::", AddressSpace.PUBLIC),
+    ],
+)
+def test_address_space(address: str, space: AddressSpace) -> None:
+    assert address_space(address) is space
+
+
+@pytest.mark.parametrize(
+    "host, space",
+    [
+        ("localhost", AddressSpace.LOOPBACK), ("app.localhost", AddressSpace.LOOPBACK),
+        ("169.254.169.254", AddressSpace.LOCAL), ("::1", AddressSpace.LOOPBACK),
+        ("8.8.8.8", AddressSpace.PUBLIC), ("example.com", None), ("localhost.example", None),
+    ],
+)
+def test_host_address_space(host: str, space: Any) -> None:
+    assert host_address_space(host) is space
 
 
 def response(location: str, status: int = 302) -> InvalidStatusCode:
     return InvalidStatusCode(status, b"moved", Headers([("Location", location)]))
+
+
+def test_chain_refuses_a_more_private_space_after_a_public_hop() -> None:
+    chain = RedirectChain("ws://public.example/")
+    assert not chain.checks_addresses  # the caller's own URI is never checked
+    chain.follow(parse_uri(chain.uri), response("ws://internal.example/"), AddressSpace.PUBLIC)
+    assert chain.checks_addresses
+    chain.check_space(AddressSpace.PUBLIC)
+    chain.check_space(None)  # a name only a proxy resolves
+    for space in (AddressSpace.LOCAL, AddressSpace.LOOPBACK):
+        with pytest.raises(InvalidStatusCode) as excinfo:
+            chain.check_space(space)
+        assert excinfo.value.status_code == 302 and excinfo.value.headers["Location"] == "ws://internal.example/"
+        assert str(excinfo.value) == (
+            "server rejected WebSocket connection: HTTP 302 (redirect to ws://internal.example/ refused: "
+            f"it leads to a {space.name.lower()} address after a public one; allow_private_redirects=True follows it)"
+        )
+
+
+def test_chain_from_local_refuses_loopback_only_and_never_lowers_its_mark() -> None:
+    chain = RedirectChain("ws://10.0.0.5/")
+    chain.follow(parse_uri(chain.uri), response("ws://10.0.0.6/"), AddressSpace.LOCAL)
+    chain.check_space(AddressSpace.LOCAL)
+    with pytest.raises(InvalidStatusCode, match="loopback address after a local one"):
+        chain.check_space(AddressSpace.LOOPBACK)
+    chain.follow(parse_uri(chain.uri), response("ws://8.8.8.8/"), AddressSpace.LOCAL)
+    chain.follow(parse_uri(chain.uri), response("ws://10.0.0.7/"), AddressSpace.PUBLIC)
+    with pytest.raises(InvalidStatusCode, match="local address after a public one"):
+        chain.check_space(AddressSpace.LOCAL)
+
+
+def test_chain_checks_nothing_from_loopback_or_when_allowed() -> None:
+    chain = RedirectChain("ws://127.0.0.1/")
+    chain.follow(parse_uri(chain.uri), response("ws://127.0.0.1/b"), AddressSpace.LOOPBACK)
+    assert not chain.checks_addresses
+    chain = RedirectChain("ws://public.example/", allow_private_redirects=True)
+    chain.follow(parse_uri(chain.uri), response("ws://127.0.0.1/"), AddressSpace.PUBLIC)
+    assert not chain.checks_addresses
+    chain.check_space(AddressSpace.LOOPBACK)
+
+
+def test_chain_takes_a_name_behind_a_proxy_for_public() -> None:
+    chain = RedirectChain("ws://example.com/")
+    chain.follow(parse_uri(chain.uri), response("ws://10.1.2.3/"), None)
+    with pytest.raises(InvalidStatusCode, match="local address after a public one"):
+        chain.check_space(host_address_space("10.1.2.3"))
 
 
 def test_chain_keeps_what_the_caller_gave_for_the_first_origin_only() -> None:
@@ -375,11 +458,115 @@ def test_chain_keeps_what_the_caller_gave_for_the_first_origin_only() -> None:
         "wss://api.example:8443/a", headers={"X-Api-Key": "k"}, server_hostname="api.internal",
         connect_host="10.0.0.1", connect_port=9443,
     )
-    chain.follow(parse_uri(chain.uri), response("/b"))  # same origin
+    chain.follow(parse_uri(chain.uri), response("/b"), AddressSpace.PUBLIC)  # same origin
     assert chain.uri == "wss://api.example:8443/b"
     assert (chain.headers, chain.server_hostname) == ({"X-Api-Key": "k"}, "api.internal")
     assert (chain.connect_host, chain.connect_port) == ("10.0.0.1", 9443)
-    chain.follow(parse_uri(chain.uri), response("wss://api.example/c"))  # other port
+    chain.follow(parse_uri(chain.uri), response("wss://api.example/c"), AddressSpace.PUBLIC)  # other port
     assert chain.headers is None and chain.server_hostname is None
     assert chain.connect_host is None and chain.connect_port is None
     assert chain.visited == ["wss://api.example:8443/a", "wss://api.example:8443/b"]
+
+
+# -- redirects into private addresses, in a network namespace ---------------------
+
+# A public address (globally reachable, IANA's AS112 block) for the "public"
+# server, and a private one: both on the loopback interface of a namespace
+# made for the test, which has no other interface, so nothing leaves it.
+PUBLIC = "192.31.196.1"
+PRIVATE = "10.213.250.1"
+CLONE_NEWNET = 0x40000000
+NETNS_REASON = netns_unavailable()
+
+
+def in_namespace(name: str, scenario: Callable[[], None]) -> None:
+    """Run ``scenario`` in a thread of this process moved into the network
+    namespace ``name``: the sockets it (and the threads it starts) opens
+    live there. Its exception, if any, is raised here."""
+    errors: List[BaseException] = []
+
+    def run() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
+            try:
+                if libc.setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), "setns() failed")
+            finally:
+                os.close(fd)
+            scenario()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "the scenario didn't end"
+    if errors:
+        raise errors[0]
+
+
+@pytest.fixture
+def namespace() -> Iterator[str]:
+    if NETNS_REASON:
+        pytest.skip(NETNS_REASON)
+    name = f"swredir{os.getpid()}"
+    ip("netns", "add", name)
+    try:
+        ip("-n", name, "link", "set", "lo", "up")
+        for address in (PUBLIC, PRIVATE):
+            ip("-n", name, "addr", "add", f"{address}/32", "dev", "lo")
+        yield name
+    finally:
+        ip("netns", "del", name)
+
+
+@pytest.mark.parametrize(
+    "start, target, refusal",
+    [
+        (PUBLIC, "ws://127.0.0.1:{internal}/latest/meta-data", "loopback address after a public one"),
+        (PUBLIC, f"ws://{PRIVATE}:{{internal}}/admin", "local address after a public one"),
+        (PUBLIC, "http://localhost:{internal}/", "loopback address after a public one"),  # a name
+        (PRIVATE, "ws://127.0.0.1:{internal}/", "loopback address after a local one"),
+    ],
+)
+def test_a_redirect_cannot_lead_into_a_more_private_address_space(
+    namespace: str, start: str, target: str, refusal: str
+) -> None:
+    secret = b'{"SecretAccessKey": "wJalrXUtnFEMI"}'
+    internal_answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(secret), secret)
+
+    def scenario() -> None:
+        internal_host = "127.0.0.1" if "127.0.0.1" in target or "localhost" in target else PRIVATE
+        with redirector(lambda path: internal_answer, internal_host) as (internal, asked):
+            location = target.format(internal=internal)
+            with redirector(lambda path: redirect(302, location), start) as (port, _):
+                with pytest.raises(InvalidStatusCode) as excinfo:
+                    syncws.connect(f"ws://{start}:{port}/")
+                assert excinfo.value.status_code == 302
+                assert refusal in str(excinfo.value), str(excinfo.value)
+                assert asked.empty()  # the internal server heard nothing
+
+                # The caller may opt in, and then reads what it answered.
+                with pytest.raises(InvalidStatusCode) as excinfo:
+                    syncws.connect(f"ws://{start}:{port}/", allow_private_redirects=True)
+                assert excinfo.value.status_code == 200 and excinfo.value.body == secret
+                assert asked.qsize() == 1
+
+    in_namespace(namespace, scenario)
+
+
+def test_a_redirect_may_stay_public_or_leave_loopback(namespace: str) -> None:
+    def scenario() -> None:
+        with syncws_echo() as (loopback, _), syncws.serve(echo, PUBLIC, 0) as public:
+            # public -> public: followed.
+            with redirector(lambda path: redirect(302, f"ws://{PUBLIC}:{public.port}/p"), PUBLIC) as (port, _):
+                with syncws.connect(f"ws://{PUBLIC}:{port}/") as ws:
+                    assert ws.path == "/p" and ws.remote_address[0] == PUBLIC
+            # loopback -> public -> loopback: the public hop raised the mark.
+            with redirector(lambda path: redirect(302, f"ws://127.0.0.1:{loopback.port}/"), PUBLIC) as (hop, _):
+                with redirector(lambda path: redirect(302, f"ws://{PUBLIC}:{hop}/"), "127.0.0.1") as (port, _):
+                    with pytest.raises(InvalidStatusCode, match="loopback address after a public one"):
+                        syncws.connect(f"ws://127.0.0.1:{port}/")
+
+    in_namespace(namespace, scenario)
