@@ -52,6 +52,7 @@ __all__ = [
     "read_response",
     "serialize_request",
     "serialize_response",
+    "check_version",
 ]
 
 MAX_LINE = 8192
@@ -471,7 +472,7 @@ def _parse_request_line(request_line: str) -> Tuple[str, str]:
         raise InvalidMessage(f"invalid HTTP method: {_shorten(method)}")
     if not _TARGET_RE.fullmatch(path):
         raise InvalidMessage(f"invalid request target: {_shorten_secret(path)}")
-    _check_version(version)
+    check_version(version)
     return method, path
 
 
@@ -513,7 +514,7 @@ def read_response(
 def _parse_status_line(status_line: str) -> Tuple[int, str]:
     """Validate a status line (CRLF excluded); return its status code and reason."""
     version, _, rest = status_line.partition(" ")
-    _check_version(version)
+    check_version(version)
     # Some servers send "HTTP/1.1 101" without the space that should
     # precede an empty reason; partition() takes both.
     raw_status_code, _, reason = rest.partition(" ")
@@ -660,8 +661,15 @@ def _parse_header_line(line: str) -> Tuple[str, str]:
     return _SHARED_STRINGS.get(name, name), _SHARED_STRINGS.get(value, value)
 
 
-def _check_version(version: str) -> None:
-    """Accept HTTP/1.1 and later 1.x versions, as RFC 6455 §4.1 requires."""
+def check_version(version: str) -> None:
+    """Accept HTTP/1.1 and later 1.x versions, as RFC 6455 §4.1 requires.
+
+    Args:
+        version: the version of a start line, e.g. ``"HTTP/1.1"``.
+
+    Raises:
+        InvalidMessage: another version (HTTP/1.0), or not a version.
+    """
     match = _VERSION_RE.fullmatch(version)
     if match is None:
         raise InvalidMessage(f"invalid HTTP version: {_shorten(version)}")

@@ -497,7 +497,7 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
                 format_address(self.remote_address), redact_uri(self.request.path) if self.request else "?", exc,
             )
             assert self.transport is not None
-            _send_http_answer(self.transport.sock, status, headers, body, self.server_header)
+            send_http_answer(self.transport.sock, status, headers, body, self.server_header)
         self.abort(f"the opening handshake failed: {exc}")
 
 
@@ -570,14 +570,29 @@ def http_answer(exc: Exception) -> Optional[Tuple[int, List[Tuple[str, str]], by
     return http.HTTPStatus.BAD_REQUEST, [], body
 
 
-def _send_http_answer(
+def send_http_answer(
     sock: socket.socket,
     status: int,
     headers: Iterable[Tuple[str, str]],
     body: bytes,
     server_header: Optional[str],
 ) -> None:
-    """Write a plain HTTP response that closes the connection."""
+    """Write a plain HTTP response that closes the connection, then our FIN.
+
+    :func:`serve` answers refused handshakes with it, and :mod:`syncws.wsgi`
+    too, on the WSGI server's socket, so that every refusal says
+    ``Connection: close`` and ends the connection (a keep-alive server would
+    otherwise read the next request, or the client's first frames, from it).
+    Errors writing are ignored: the client left.
+
+    Args:
+        sock: the connected socket.
+        status: the HTTP status.
+        headers: the response headers; ``Content-Length``, ``Connection``
+            and (unless given) ``Content-Type`` and ``Server`` are set here.
+        body: the body.
+        server_header: the ``Server`` header; ``None`` omits it.
+    """
     response_headers = Headers(headers)
     if server_header is not None and "Server" not in response_headers:
         response_headers["Server"] = server_header
@@ -809,7 +824,7 @@ class WebSocketServer:
         self.logger.warning("max_connections (%s) reached: answering 503", self._max_connections)
         self.counters.refused(http.HTTPStatus.SERVICE_UNAVAILABLE)
         sock.setblocking(False)
-        _send_http_answer(
+        send_http_answer(
             sock, http.HTTPStatus.SERVICE_UNAVAILABLE, [("Retry-After", "1")],
             b"Failed to open a WebSocket connection: the server is at its connection limit.\n",
             self._server_header,

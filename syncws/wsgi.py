@@ -18,16 +18,23 @@ The hand-over, server by server (see ``docs/wsgi.rst``):
   ``flask run``); other servers (waitress, Django's ``runserver``...) don't
   give it to applications and get :exc:`ServerNotSupported`;
 * the connection works on a ``dup()`` of that socket: it shuts the TCP
-  connection down and closes its own descriptor, the server closes its
-  socket once, as it always does;
+  connection down and closes its own descriptor when it ends;
+* the server's own descriptor is then pointed at a socket that is already
+  shut down (``os.dup2``): whatever the server writes afterwards (the head of
+  :class:`HandedOver`, a framework's error page, a response returned after
+  :func:`accept`) fails with a broken pipe instead of reaching the
+  WebSocket, and it reads an end of stream. gunicorn and werkzeug take that
+  as a client that left: they log nothing above debug, close their
+  descriptor (not the connection, which the dup holds) and free the thread;
 * bytes the server read past the request head (a client that didn't wait for
   the 101) are handed to the frame reader first;
-* once the WebSocket is over, the application returns :class:`HandedOver`, a
-  WSGI body with the status ``101`` for the access log, whose iteration
-  raises :exc:`ConnectionHandedOver`, a :exc:`BrokenPipeError`. gunicorn,
-  werkzeug and wsgiref all take a broken pipe as a client that left: they
-  write nothing more, log nothing above debug, close the socket and free the
-  thread.
+* a refused upgrade is answered the way :func:`~syncws.serve` answers it:
+  syncws writes the answer with ``Connection: close`` on the server's
+  socket, then its FIN, so the server's own write fails and it closes the
+  connection: a keep-alive server (gunicorn's gthread worker) reads no
+  further request from it;
+* the application returns :class:`HandedOver` (or, for a refusal, a
+  response like it): the status for the access log, and an empty body.
 
 Under gunicorn, :func:`gunicorn_post_worker_init` (or the config module
 ``syncws.gunicorn_conf``) closes the open WebSockets with 1001 on SIGTERM, so
@@ -37,11 +44,11 @@ heartbeat going while it serves a WebSocket.
 
 from __future__ import annotations
 
-import errno
 import functools
 import importlib
 import http
 import logging
+import os
 import queue
 import signal
 import socket
@@ -50,18 +57,23 @@ import threading
 import time
 import urllib.parse
 import weakref
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Type, Union, cast
+from typing import (
+    Any, Callable, Dict, Iterable, Iterator, List, Mapping, MutableMapping, Optional, Sequence, Tuple, Type, Union,
+    cast,
+)
 
 from . import sockopts
 from .exceptions import AbortHandshake, InvalidHandshake, InvalidMessage
 from .framing import CloseCode
-from .http import Headers, Request, serialize_response
+from .hooks import ServerResponse
+from .http import Headers, Request, check_version, serialize_response
 from .paths import check_path, decode_path
-from .server import SERVER_HEADER, WebSocketServerProtocol, http_answer, run_handler
+from .server import SERVER_HEADER, WebSocketServerProtocol, http_answer, run_handler, send_http_answer
 from .settings import check_settings
 from .transport import Transport
 
 __all__ = [
+    "ACCEPTED",
     "accept",
     "websocket_app",
     "WebSocketMiddleware",
@@ -69,13 +81,16 @@ __all__ = [
     "flask_route",
     "django_websocket",
     "HandedOver",
-    "ConnectionHandedOver",
     "ServerNotSupported",
     "close_all",
     "gunicorn_post_worker_init",
 ]
 
 logger = logging.getLogger("syncws.wsgi")
+
+#: The ``environ`` key where :func:`accept` puts the connection it opened:
+#: a request upgrades once, so a second call raises.
+ACCEPTED = "syncws.websocket"
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[Dict[str, Any], StartResponse], Iterable[bytes]]
@@ -95,57 +110,67 @@ class ServerNotSupported(RuntimeError):
     """
 
 
-class ConnectionHandedOver(BrokenPipeError):
-    """Raised by iterating :class:`HandedOver`: the WSGI server must stop here.
+class _Answered:
+    """A WSGI response whose answer syncws wrote on the server's socket itself.
 
-    A :exc:`BrokenPipeError` on purpose: gunicorn, werkzeug and wsgiref treat
-    it as a client that went away, so they write nothing more on the socket,
-    which carried a WebSocket, and log nothing above debug.
+    Calling it calls ``start_response`` with the answer's status and
+    end-to-end headers, for the server's access log only. Its body is empty,
+    and the server's attempt to send the head fails with a broken pipe (the
+    socket is shut down, or detached by :func:`accept`), which gunicorn and
+    werkzeug take as a client that left: they write nothing, log nothing
+    above debug and close their descriptor.
     """
 
-    def __init__(self) -> None:
-        super().__init__(errno.EPIPE, "the connection was handed over to a WebSocket, now closed")
+    def __init__(self, status: str, headers: List[Tuple[str, str]]) -> None:
+        self.status = status
+        self._headers = headers
+
+    def headers(self) -> List[Tuple[str, str]]:
+        """The answer's headers a WSGI application may pass on.
+
+        Returns:
+            ``(name, value)`` pairs without hop-by-hop headers.
+        """
+        return list(self._headers)
+
+    def __call__(self, start_response: StartResponse) -> "_Answered":
+        start_response(self.status, self.headers())
+        return self
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(())
+
+    def close(self) -> None:
+        """WSGI's ``close()``: nothing left to release."""
 
 
-class HandedOver:
+def _end_to_end(headers: Headers) -> List[Tuple[str, str]]:
+    """Headers without those a WSGI application must not send (PEP 3333)."""
+    return [(k, v) for k, v in headers.items() if k.lower() not in _HOP_BY_HOP]
+
+
+class HandedOver(_Answered):
     """The WSGI response of a request whose connection became a WebSocket.
 
-    Return it from the WSGI application once the WebSocket is closed::
+    Return it from the WSGI application once the WebSocket is closed, or
+    handed to a thread of yours::
 
         ws = syncws.wsgi.accept(environ)
         ...
         return syncws.wsgi.HandedOver(ws)(start_response)
 
     Calling it calls ``start_response`` with ``101 Switching Protocols`` and
-    the end-to-end response headers, for the server's access log only; the
-    server never sends them, because iterating the body raises
-    :exc:`ConnectionHandedOver`.
+    the end-to-end response headers, for the server's access log only: the
+    101 went out already, and the server's own write fails harmlessly
+    (:func:`accept` detached its socket).
 
     Args:
         websocket: the connection :func:`accept` returned.
     """
 
     def __init__(self, websocket: WebSocketServerProtocol) -> None:
+        super().__init__("101 Switching Protocols", _end_to_end(websocket.response_headers or Headers()))
         self.websocket = websocket
-
-    def headers(self) -> List[Tuple[str, str]]:
-        """The 101 response's headers a WSGI application may pass on.
-
-        Returns:
-            ``(name, value)`` pairs without hop-by-hop headers.
-        """
-        response_headers = self.websocket.response_headers or Headers()
-        return [(k, v) for k, v in response_headers.items() if k.lower() not in _HOP_BY_HOP]
-
-    def __call__(self, start_response: StartResponse) -> "HandedOver":
-        start_response("101 Switching Protocols", self.headers())
-        return self
-
-    def __iter__(self) -> Iterator[bytes]:
-        raise ConnectionHandedOver()
-
-    def close(self) -> None:
-        """WSGI's ``close()``: nothing left to release."""
 
 
 # -- finding the server's socket ------------------------------------------------
@@ -436,6 +461,11 @@ def accept(
         ServerNotSupported: the WSGI server can't hand its socket over.
         OSError: the client went away before the 101 was written.
     """
+    if ACCEPTED in environ:
+        raise RuntimeError(
+            "accept() was called again for a request it already upgraded: use the "
+            f"connection the first call returned (environ[{ACCEPTED!r}])"
+        )
     settings = check_settings(
         max_size=max_size, max_queue=max_queue, timeout=timeout, open_timeout=open_timeout,
         close_timeout=close_timeout, write_timeout=write_timeout, read_limit=read_limit,
@@ -459,6 +489,8 @@ def accept(
         server_header=server_header,
     )
     try:
+        # As serve() reads the request line: HTTP/1.0 has no Upgrade.
+        check_version(str(environ.get("SERVER_PROTOCOL") or "HTTP/1.1"))
         request = Request(
             str(environ.get("REQUEST_METHOD", "GET")), _request_target(environ), _request_headers(environ)
         )
@@ -479,6 +511,9 @@ def accept(
     server_sock, read_ahead = _server_socket(environ)
     sock = server_sock.dup()
     try:
+        _detach(server_sock)
+        if isinstance(environ, MutableMapping):
+            environ[ACCEPTED] = protocol
         sockopts.tune_connection(sock, ping_interval=settings.ping_interval, ping_timeout=settings.ping_timeout)
         transport = Transport(sock, read_limit=settings.read_limit, buffered=read_ahead)
         protocol.connection_made(transport)
@@ -496,18 +531,53 @@ def accept(
     return protocol
 
 
+def _detach(server_sock: socket.socket) -> None:
+    """Point the WSGI server's descriptor at a socket that is already shut down.
+
+    The connection goes on on our ``dup()``. Whatever the server writes from
+    now on fails with a broken pipe instead of reaching the WebSocket, and
+    what it reads is an end of stream.
+    """
+    dead, peer = socket.socketpair()
+    peer.close()
+    try:
+        dead.shutdown(socket.SHUT_RDWR)
+        os.dup2(dead.fileno(), server_sock.fileno(), inheritable=False)  # atomic: no moment without a descriptor
+    finally:
+        dead.close()
+
+
+def _answer_refusal(environ: Mapping[str, Any], exc: AbortHandshake, server_header: Optional[str]) -> Optional[_Answered]:
+    """Answer a refused upgrade on the server's socket and end the connection.
+
+    As :func:`~syncws.serve` answers: ``Connection: close``, then our FIN.
+    The server's own write then fails, and it closes the connection instead
+    of reading another request (or the client's first frames) from it.
+
+    Returns:
+        The WSGI response to return, for the server's log; ``None`` when the
+        server doesn't give its socket (the caller answers through it).
+    """
+    try:
+        sock, _ = _server_socket(environ)  # takes what the server read ahead: no next request
+    except ServerNotSupported:
+        return None
+    send_http_answer(sock, int(exc.status), Headers(exc.headers).items(), exc.body, server_header)
+    status, headers, _ = _refusal(exc)
+    return _Answered(status, headers)
+
+
 def _no_handler(websocket: WebSocketServerProtocol) -> None:
     """The handler slot of a protocol :func:`accept` made: the caller runs its own."""
 
 
 def _refusal(exc: AbortHandshake) -> Tuple[str, List[Tuple[str, str]], bytes]:
     """The WSGI status, headers and body answering a refused upgrade."""
-    status = http.HTTPStatus(exc.status)
     # Connection and Upgrade (426) are hop-by-hop: WSGI forbids them.
-    headers = [(k, v) for k, v in Headers(exc.headers).items() if k.lower() not in _HOP_BY_HOP]
+    headers = _end_to_end(Headers(exc.headers))
     if "content-type" not in {k.lower() for k, _ in headers}:
         headers.append(("Content-Type", "text/plain; charset=utf-8"))
-    return f"{status.value} {status.phrase}", headers, exc.body
+    return f"{int(exc.status)} {ServerResponse(int(exc.status), Headers(), b'').reason}", headers, exc.body
 
 
 def _run(handler: Callable[[], Any], websocket: WebSocketServerProtocol) -> None:
@@ -566,10 +636,15 @@ def websocket_app(handler: Handler, **options: Any) -> WSGIApp:
     """
     _check_options(options)
 
+    server_header = options.get("server_header", SERVER_HEADER)
+
     def app(environ: Dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         try:
             websocket = accept(environ, **options)
         except AbortHandshake as exc:
+            answered = _answer_refusal(environ, exc, server_header)
+            if answered is not None:
+                return answered(start_response)
             status, headers, body = _refusal(exc)
             start_response(status, headers + [("Content-Length", str(len(body)))])
             return [body]
@@ -717,17 +792,26 @@ def _upgrade_view(
     """The body of a framework's WebSocket view.
 
     Accepts the upgrade, runs the handler, and returns the framework's
-    response: ``refuse(status, headers, body)`` for a refused upgrade, or an
-    instance of :func:`_handed_over_class` of ``response_class``.
+    response: an instance of :func:`_handed_over_class` of
+    ``response_class`` for the 101 and for refusals syncws answered on the
+    socket, ``refuse(status, headers, body)`` for those it couldn't.
     """
     try:
         websocket = accept(environ, **options)
     except AbortHandshake as exc:
-        _, headers, body = _refusal(exc)
-        return refuse(int(exc.status), headers, body)
+        answered = _answer_refusal(environ, exc, options.get("server_header", SERVER_HEADER))
+        if answered is None:
+            _, headers, body = _refusal(exc)
+            return refuse(int(exc.status), headers, body)
+        return _framework_response(response_class, int(exc.status), answered)
     _run(lambda: handler(websocket), websocket)
-    response = _handed_over_class(response_class)(status=101)
-    response.handed_over = HandedOver(websocket)
+    return _framework_response(response_class, 101, HandedOver(websocket))
+
+
+def _framework_response(response_class: type, status: int, answered: _Answered) -> Any:
+    """A framework's response standing for an answer syncws wrote itself."""
+    response = _handed_over_class(response_class)(status=status)
+    response.handed_over = answered
     return response
 
 
@@ -740,9 +824,9 @@ def _handed_over_class(base: type) -> Any:
     """
 
     class HandedOverResponse(base):  # type: ignore[misc]
-        handed_over: HandedOver
+        handed_over: _Answered
 
-        def __call__(self, environ: Dict[str, Any], start_response: StartResponse) -> HandedOver:
+        def __call__(self, environ: Dict[str, Any], start_response: StartResponse) -> _Answered:
             return self.handed_over(start_response)
 
         def __iter__(self) -> Iterator[bytes]:
@@ -795,8 +879,9 @@ def django_websocket(**options: Any) -> Callable[[Callable[..., Any]], Callable[
                 request.META, dict(options, path=request.path),  # Django rewrote PATH_INFO as text
                 lambda websocket: view(request, websocket, *args, **kwargs), refuse, HttpResponse,
             )
-            if response.status_code == 101:  # Django passes these to start_response
-                for name, value in response.handed_over.headers():
+            answered = getattr(response, "handed_over", None)
+            if answered is not None:  # Django passes the response's headers to start_response
+                for name, value in answered.headers():
                     response[name] = value
             return response
 

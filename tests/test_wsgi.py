@@ -146,33 +146,34 @@ def werkzeug_server(app: str) -> ServerProcess:
     return ServerProcess("werkzeug", [sys.executable, "-c", code, str(port)], port)
 
 
-@pytest.fixture(scope="module")
-def flask_gunicorn() -> Iterator[ServerProcess]:
-    server = gunicorn_server("flask_test_app:app", "-k", "gthread", "--threads", "130", name="gunicorn-flask")
+def running(server: ServerProcess) -> Iterator[ServerProcess]:
+    """A module fixture's life: the server for the tests, then its log checked."""
     yield server
     server.close()
+
+
+@pytest.fixture(scope="module")
+def flask_gunicorn() -> Iterator[ServerProcess]:
+    yield from running(gunicorn_server("flask_test_app:app", "-k", "gthread", "--threads", "130",
+                                       name="gunicorn-flask"))
 
 
 @pytest.fixture(scope="module")
 def django_gunicorn() -> Iterator[ServerProcess]:
-    server = gunicorn_server("django_test_app:application", "-k", "gthread", "--threads", "130", name="gunicorn-django")
-    yield server
-    server.close()
+    yield from running(gunicorn_server("django_test_app:application", "-k", "gthread", "--threads", "130",
+                                       name="gunicorn-django"))
 
 
 @pytest.fixture(scope="module")
 def bare_gunicorn_mounted() -> Iterator[ServerProcess]:
     """WebSocketMiddleware, mounted at /app (gunicorn's SCRIPT_NAME)."""
-    server = gunicorn_server("bare_app:app", "-k", "gthread", "--threads", "8", name="gunicorn-bare", SCRIPT_NAME="/app")
-    yield server
-    server.close()
+    yield from running(gunicorn_server("bare_app:app", "-k", "gthread", "--threads", "8", name="gunicorn-bare",
+                                       SCRIPT_NAME="/app"))
 
 
 @pytest.fixture(scope="module")
 def flask_werkzeug() -> Iterator[ServerProcess]:
-    server = werkzeug_server("flask_test_app:app")
-    yield server
-    server.close()
+    yield from running(werkzeug_server("flask_test_app:app"))
 
 
 @pytest.fixture(scope="module")
@@ -180,9 +181,7 @@ def flask_run() -> Iterator[ServerProcess]:
     """``flask run``: werkzeug's development server through Flask's CLI."""
     port = free_port()
     argv = [sys.executable, "-m", "flask", "--app", "flask_test_app", "run", "--port", str(port)]
-    server = ServerProcess("flask-run", argv, port)
-    yield server
-    server.close()
+    yield from running(ServerProcess("flask-run", argv, port))
 
 
 @pytest.fixture(params=["flask_gunicorn", "django_gunicorn", "flask_werkzeug", "flask_run"])
@@ -370,6 +369,108 @@ def test_a_path_that_isnt_utf8_is_the_routers_or_refused(fixture: str, expected:
         return
     with syncws.connect(f"{server.ws}/public/%FF") as ws:
         assert json.loads(ws.recv(timeout=10))["path"] == expected
+
+
+# -- refusals close the connection; the handshake is strict -----------------------------
+
+def exchange(port: int, request: bytes) -> bytes:
+    """Send ``request``; return what the server sends until it closes (or stops for 10 s)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return data
+                data += chunk
+        except socket.timeout:
+            return data + b"<still open>"
+
+
+def upgrade(path: str, *, version: str = "1.1", host: Optional[str] = "127.0.0.1", extra: str = "") -> bytes:
+    head = f"GET {path} HTTP/{version}\r\n" + (f"Host: {host}\r\n" if host is not None else "") + (
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n"
+    ) + extra + "\r\n"
+    return head.encode()
+
+
+REFUSED_UPGRADES = {
+    "bad key": upgrade("/ws/echo", extra="Sec-WebSocket-Key: bad\r\n"),  # repeated, as a comma
+    "HTTP/1.0": upgrade("/ws/echo", version="1.0"),
+    "no Host": upgrade("/ws/echo", host=None),
+    "two Host": upgrade("/ws/echo", extra="Host: evil.example\r\n"),
+    "two Origin": upgrade("/ws/echo", extra="Origin: https://evil.test\r\nOrigin: https://app.example.com\r\n"),
+    "a body": upgrade("/ws/echo", extra="Content-Length: 8\r\n") + b"\x81\x02hi\x00\x00\x00\x00",
+    "chunked": upgrade("/ws/echo", extra="Transfer-Encoding: chunked\r\n") + b"0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("refusal", sorted(REFUSED_UPGRADES))
+@pytest.mark.parametrize("fixture, mount", PATH_SERVERS)
+def test_a_refused_upgrade_is_400_and_closes_the_connection(fixture: str, mount: str, refusal: str,
+                                                           request: Any) -> None:
+    # gunicorn's gthread worker answered "Connection: keep-alive" and then
+    # served the pipelined request; HTTP/1.0, a body and "chunked" got 101.
+    server: ServerProcess = request.getfixturevalue(fixture)
+    pipelined = f"GET {mount}/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    data = exchange(server.port, REFUSED_UPGRADES[refusal].replace(b" /ws/echo ", f" {mount}/ws/echo ".encode())
+                    + pipelined)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") or head.startswith(b"HTTP/1.0 400 "), data[:300]
+    assert b"\r\nConnection: close\r\n" in head + b"\r\n", head
+    [length] = [line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+    assert rest[int(length):] == b"", data  # nothing more: no answer to the pipelined request, then the end
+
+
+@pytest.fixture(scope="module")
+def accept_gunicorn() -> Iterator[ServerProcess]:
+    yield from running(gunicorn_server("accept_app:app", "-k", "gthread", "--threads", "8", name="gunicorn-accept"))
+
+
+@pytest.fixture(scope="module")
+def accept_werkzeug() -> Iterator[ServerProcess]:
+    yield from running(werkzeug_server("accept_app:app"))
+
+
+@pytest.mark.parametrize("fixture", ["accept_gunicorn", "accept_werkzeug"])
+def test_accept_called_twice_raises_and_writes_no_second_101(fixture: str, request: Any) -> None:
+    server: ServerProcess = request.getfixturevalue(fixture)
+    with syncws.connect(f"{server.ws}/twice") as ws:
+        assert ws.recv(timeout=10).startswith("the second accept() raised: accept() was called again")
+        ws.send("still open")
+        assert ws.recv(timeout=10) == "still open"
+    assert ws.close_code == 1000  # 1002 before: the second 101 arrived as a frame
+
+
+@pytest.mark.parametrize("fixture", ["accept_gunicorn", "accept_werkzeug"])
+def test_a_response_returned_after_accept_never_reaches_the_websocket(fixture: str, request: Any) -> None:
+    server: ServerProcess = request.getfixturevalue(fixture)
+    with syncws.connect(f"{server.ws}/then-a-response") as ws:
+        for message in ("one", "two"):
+            ws.send(message)
+            assert ws.recv(timeout=10) == message
+    assert ws.close_code == 1000  # 1002 before: "HTTP/1.1 200 OK" arrived as a frame
+
+
+def test_flask_debug_logs_nothing_for_a_websocket() -> None:
+    # Under werkzeug's debugger, every WebSocket logged "Debugging
+    # middleware caught exception" and a traceback (HandedOver's body raised).
+    port = free_port()
+    argv = [sys.executable, "-m", "flask", "--app", "flask_test_app", "--debug", "run", "--no-reload",
+            "--port", str(port)]
+    server = ServerProcess("flask-debug", argv, port)
+    try:
+        with syncws.connect(f"{server.ws}/ws/echo") as ws:
+            ws.send("hi")
+            assert ws.recv(timeout=10) == "hi"
+        with pytest.raises(InvalidStatusCode):
+            syncws.connect(f"{server.ws}/ws/echo", origin="http://a, http://b")
+    finally:
+        log = server.read_log()
+        server.close()
+    assert "Debug mode: on" in log and "Debugging middleware" not in log, log
 
 
 # -- capacity -------------------------------------------------------------------
@@ -692,9 +793,34 @@ def test_options_are_checked_when_the_endpoint_is_defined() -> None:
         websocket_app(lambda ws: None, compression="brotli")
 
 
-def test_handed_over_raises_a_broken_pipe() -> None:
-    with pytest.raises(BrokenPipeError):
-        iter(HandedOver(syncws.WebSocketServerProtocol(lambda ws: None, None)))  # type: ignore[arg-type]
+def test_after_accept_the_servers_socket_writes_nothing_to_the_client() -> None:
+    # The server's socket object, as gunicorn holds it: after accept(), what
+    # the server writes (HandedOver's head, an error page) fails with a broken
+    # pipe, and the client gets the 101 and the WebSocket's frames only.
+    client, server_side = socket.socketpair()
+    with client, server_side:
+        client.settimeout(10)
+        environ = {
+            "REQUEST_METHOD": "GET", "PATH_INFO": "/ws", "SERVER_SOFTWARE": "gunicorn/27",
+            "SERVER_PROTOCOL": "HTTP/1.1", "gunicorn.socket": server_side,
+            "HTTP_HOST": "example.com", "HTTP_UPGRADE": "websocket", "HTTP_CONNECTION": "Upgrade",
+            "HTTP_SEC_WEBSOCKET_KEY": "dGhlIHNhbXBsZSBub25jZQ==", "HTTP_SEC_WEBSOCKET_VERSION": "13",
+        }
+        websocket = accept(environ, compression=None, ping_interval=None)
+        assert environ["syncws.websocket"] is websocket
+        with pytest.raises(BrokenPipeError):
+            server_side.sendall(b"HTTP/1.1 500 Internal Server Error\r\n\r\n")
+        assert list(HandedOver(websocket)(lambda status, headers: None)) == []
+        websocket.send("hello")
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            head += client.recv(1)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        assert client.recv(7) == b"\x81\x05hello"
+        client.sendall(masked(0x8, b"\x03\xe8"))
+        assert read_all(client) == b"\x88\x02\x03\xe8"  # then the server's FIN
+        client.shutdown(socket.SHUT_WR)
+        websocket.wait_closed(10)
 
 
 # -- a real browser ----------------------------------------------------------------------------
