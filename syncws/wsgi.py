@@ -44,6 +44,7 @@ heartbeat going while it serves a WebSocket.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import importlib
 import http
@@ -292,10 +293,15 @@ def close_all(code: int = CloseCode.GOING_AWAY, reason: str = "") -> int:
     """
     global _shutting_down
     _shutting_down = True
-    connections = [connection for connection in (ref() for ref in list(_open)) if connection is not None]
+    connections = _open_connections()
     if connections:
         _to_close.put((connections, code, reason))
     return len(connections)
+
+
+def _open_connections() -> List[WebSocketServerProtocol]:
+    """The registry's connections, from one atomic copy of its keys."""
+    return [connection for connection in (ref() for ref in list(_open)) if connection is not None]
 
 
 def _register(protocol: WebSocketServerProtocol) -> bool:
@@ -314,13 +320,41 @@ def _forget(websocket: WebSocketServerProtocol) -> None:
 
 
 def _start_closer() -> None:
-    """Start the thread that closes what close_all() hands over, once."""
+    """Start the thread that closes what close_all() hands over, once.
+
+    Also arranges for the WebSockets still open when the interpreter exits
+    to be closed with 1001 (see :func:`_close_at_exit`).
+    """
     global _closer_started
     with _closer_lock:
         if _closer_started:
             return
         threading.Thread(target=_closer, name="syncws-wsgi-closer", daemon=True).start()
+        atexit.register(_close_at_exit)
         _closer_started = True
+
+
+# How long the interpreter's exit waits for the clients' close frames: a
+# healthy client answers within milliseconds; one that doesn't is dropped.
+_EXIT_GRACE = 5.0
+
+
+def _close_at_exit() -> None:
+    """Close the WebSockets still open when the interpreter exits, with 1001.
+
+    werkzeug's server (``flask run``) runs requests in daemon threads: on
+    Ctrl-C the process used to exit under the open WebSockets, whose clients
+    saw 1006. Runs before logging's own exit handler (registered earlier),
+    while daemon threads still run.
+    """
+    connections = _open_connections()
+    close_all(CloseCode.GOING_AWAY, "server shutting down")
+    deadline = time.monotonic() + _EXIT_GRACE
+    for connection in connections:
+        try:
+            connection.wait_closed(max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            return
 
 
 def _closer() -> None:

@@ -633,6 +633,27 @@ def test_handler_stopped_by_a_base_exception_closes_with_1011(path: str, error: 
 
 # -- shutdown and leaks -------------------------------------------------------------------
 
+@pytest.mark.timeout(60)
+def test_ctrl_c_on_flask_run_closes_websockets_with_1001() -> None:
+    # werkzeug's server threads are daemons: the process used to exit with
+    # the WebSockets open, and clients saw 1006 (no close frame).
+    port = free_port()
+    argv = [sys.executable, "-m", "flask", "--app", "flask_test_app", "run", "--port", str(port)]
+    server = ServerProcess("flask-run-ctrl-c", argv, port)
+    try:
+        connections = [syncws.connect(f"{server.ws}/ws/echo") for _ in range(2)]
+        for ws in connections:
+            ws.send("ping")
+            assert ws.recv(timeout=10) == "ping"
+        server.process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        for ws in connections:
+            ws.wait_closed(15)
+            assert (ws.close_code, ws.close_reason) == (1001, "server shutting down")
+        assert server.process.wait(15) == 0
+    finally:
+        server.close()
+
+
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("app", ["flask_app:app", "django_app:application"])
 def test_sigterm_closes_websockets_with_1001(app: str) -> None:
