@@ -937,11 +937,15 @@ def gunicorn_post_worker_init(worker: Any) -> None:
     worker's heartbeat going while a WebSocket is open (otherwise gunicorn
     kills the worker after ``timeout`` seconds).
 
-    Use it from a gunicorn config file::
+    Call it from your gunicorn config file's own hook::
 
-        from syncws.wsgi import gunicorn_post_worker_init as post_worker_init
+        from syncws.wsgi import gunicorn_post_worker_init
 
-    or run ``gunicorn -c python:syncws.gunicorn_conf ...``.
+        def post_worker_init(worker):
+            gunicorn_post_worker_init(worker)
+
+    or run ``gunicorn -c python:syncws.gunicorn_conf ...``, which also
+    keeps the settings and hooks of ``./gunicorn.conf.py``.
 
     Args:
         worker: the gunicorn worker.

@@ -60,12 +60,12 @@ def free_port() -> int:
 class ServerProcess:
     """A WSGI server in a child process, its log in a temporary file."""
 
-    def __init__(self, name: str, argv: List[str], port: int, **env: str) -> None:
+    def __init__(self, name: str, argv: List[str], port: int, cwd: str = EXAMPLES, **env: str) -> None:
         self.name = name
         self.port = port
         self.log = tempfile.NamedTemporaryFile(prefix=f"syncws-{name}-", suffix=".log", delete=False)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, EXAMPLES, APPS]), PYTHONUNBUFFERED="1", **env)
-        self.process = subprocess.Popen(argv, cwd=EXAMPLES, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self._wait_listening(30)
 
     def _wait_listening(self, timeout: float) -> None:
@@ -707,6 +707,47 @@ def test_close_all_from_a_signal_handler_interrupting_close_all() -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     done, calls, handled = result.stdout.split()
     assert done == "done" and int(calls) > 1000 and int(handled) > 100, result.stdout
+
+
+PROJECT_GUNICORN_CONF = """
+bind = '127.0.0.1:{port}'
+worker_class = 'gthread'
+threads = 4
+{imports}
+def post_worker_init(worker):
+    {call}worker.log.info('the project post_worker_init ran')
+"""
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("composed_by", ["syncws.gunicorn_conf", "the project"])
+def test_gunicorn_hook_composes_with_the_projects_gunicorn_conf_py(composed_by: str, tmp_path: Any) -> None:
+    # -c python:syncws.gunicorn_conf used to replace ./gunicorn.conf.py: its
+    # bind was lost (gunicorn listened on 8000) and its hooks never ran. The
+    # other way: the project's file calls syncws's hook itself (docs/wsgi.rst).
+    port = free_port()
+    by_syncws = composed_by == "syncws.gunicorn_conf"
+    (tmp_path / "gunicorn.conf.py").write_text(PROJECT_GUNICORN_CONF.format(
+        port=port,
+        imports="" if by_syncws else "from syncws.wsgi import gunicorn_post_worker_init",
+        call="" if by_syncws else "gunicorn_post_worker_init(worker)\n    ",
+    ))
+    config = ["-c", "python:syncws.gunicorn_conf"] if by_syncws else []
+    argv = [sys.executable, "-m", "gunicorn", *config, *NO_CONTROL_SOCKET, "--chdir", EXAMPLES, "flask_app:app"]
+    server = ServerProcess("gunicorn-composed", argv, port, cwd=str(tmp_path))
+    try:
+        with syncws.connect(f"{server.ws}/ws/echo") as ws:
+            ws.send("hi")
+            assert ws.recv(timeout=10) == "hi"
+            server.process.send_signal(signal.SIGTERM)
+            ws.wait_closed(15)
+        assert ws.close_code == 1001  # syncws's hook ran
+    finally:
+        log = server.read_log()
+        server.close()
+    assert "the project post_worker_init ran" in log and "Using worker: gthread" in log, log
+    if by_syncws:
+        assert f"also using the settings and hooks of {tmp_path / 'gunicorn.conf.py'}" in log, log
 
 
 def worker_resources(pid: int) -> Dict[str, int]:
