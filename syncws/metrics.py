@@ -168,7 +168,7 @@ class ConnectionCounters:
         self._closed: Dict[int, int] = {}
         self._refused: Dict[int, int] = {}
         # Messages and bytes, each way, of the connections that ended.
-        self._traffic = (0, 0, 0, 0)
+        self._messages_received = self._messages_sent = self._bytes_received = self._bytes_sent = 0
 
     def opened(self, connection: Any) -> None:
         """A connection completed its opening handshake.
@@ -186,12 +186,15 @@ class ConnectionCounters:
         Args:
             connection: the connection.
         """
-        traffic = _traffic(connection)
+        stats = connection.stats
         code = connection.close_code or _NO_CLOSE_FRAME
         with self._lock:
             self._open.discard(connection)
             self._closed[code] = self._closed.get(code, 0) + 1
-            self._traffic = tuple(map(sum, zip(self._traffic, traffic)))  # type: ignore[assignment]
+            self._messages_received += stats.messages_in
+            self._messages_sent += stats.messages_out
+            self._bytes_received += stats.bytes_in
+            self._bytes_sent += stats.bytes_out
 
     def refused(self, status: int) -> None:
         """An opening handshake was answered with HTTP ``status`` (4xx or 5xx).
@@ -210,25 +213,25 @@ class ConnectionCounters:
         """
         with self._lock:
             open_connections = list(self._open)
-            traffic = self._traffic
             snapshot = ServerMetrics(
                 connections_open=len(open_connections),
                 connections_opened=self._opened,
                 connections_closed=dict(self._closed),
                 handshakes_refused=dict(self._refused),
+                messages_received=self._messages_received,
+                messages_sent=self._messages_sent,
+                bytes_received=self._bytes_received,
+                bytes_sent=self._bytes_sent,
             )
-        for connection in open_connections:
-            traffic = tuple(map(sum, zip(traffic, _traffic(connection))))  # type: ignore[assignment]
-        messages_received, messages_sent, bytes_received, bytes_sent = traffic
+        if not open_connections:
+            return snapshot
+        live = [connection.stats for connection in open_connections]
         return snapshot._replace(
-            messages_received=messages_received, messages_sent=messages_sent,
-            bytes_received=bytes_received, bytes_sent=bytes_sent,
+            messages_received=snapshot.messages_received + sum(stats.messages_in for stats in live),
+            messages_sent=snapshot.messages_sent + sum(stats.messages_out for stats in live),
+            bytes_received=snapshot.bytes_received + sum(stats.bytes_in for stats in live),
+            bytes_sent=snapshot.bytes_sent + sum(stats.bytes_out for stats in live),
         )
-
-
-def _traffic(connection: Any) -> Tuple[int, int, int, int]:
-    stats = connection.stats
-    return stats.messages_in, stats.messages_out, stats.bytes_in, stats.bytes_out
 
 
 # Every ConnectionCounters alive in the process (servers' and WSGI's), for
