@@ -31,12 +31,13 @@ and what the peer sent (close reasons, header values, subprotocols) through
 from __future__ import annotations
 
 import http
-from typing import Any, Iterable, Optional, Tuple
+import threading
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 from .framing import describe_close
 from .safetext import REDACTED, escape, is_secret_header, redact_uri
 
-__all__ = ["connection_label", "LazyLabel", "format_address", "format_head", "format_status", "opened_line", "closed_line"]
+__all__ = ["connection_label", "current_connection", "set_connection", "LazyLabel", "format_address", "format_head", "format_status", "opened_line", "closed_line"]
 
 
 def connection_label(connection: Any) -> str:
@@ -63,13 +64,43 @@ class LazyLabel:
         connection: anything with a :class:`uuid.UUID` ``id``.
     """
 
-    __slots__ = ("_connection",)
+    __slots__ = ("connection",)
 
     def __init__(self, connection: Any) -> None:
-        self._connection = connection
+        #: The connection.
+        self.connection = connection
 
     def __str__(self) -> str:
-        return connection_label(self._connection)
+        return connection_label(self.connection)
+
+
+# The connection each thread works for, by thread ident: see set_connection().
+# A dict, not a threading.local, which costs each thread that sets it about
+# 500 bytes more (a dict of its own).
+_by_thread: Dict[int, Any] = {}
+
+
+def set_connection(connection: Any) -> None:
+    """Note the connection the calling thread now works for, ``None`` for none.
+
+    A server's connection thread (handshake and handler) and a connection's
+    reader thread call it as they start and end serving a connection, so
+    that a log filter can tell which connection any line of theirs is about,
+    a handler's own lines included (:class:`syncws.logconfig.ConnectionFilter`).
+    Once per connection, never per message.
+
+    Args:
+        connection: the connection, or ``None``.
+    """
+    if connection is None:
+        _by_thread.pop(threading.get_ident(), None)
+    else:
+        _by_thread[threading.get_ident()] = connection
+
+
+def current_connection() -> Any:
+    """The connection the calling thread works for (see :func:`set_connection`), or ``None``."""
+    return _by_thread.get(threading.get_ident())
 
 
 def format_address(address: Any) -> str:

@@ -50,7 +50,7 @@ from .messages import Assembler, MessageQueue, QueueClosed, prepare_message
 from .settings import ConnectionSettings, check_settings
 from .transport import Transport
 from .keepalive import Keepalive
-from .logs import LazyLabel, closed_line, connection_label, format_address
+from .logs import LazyLabel, closed_line, connection_label, format_address, set_connection
 from .reader import Reader
 from .writer import Writer
 
@@ -430,9 +430,11 @@ class WebSocketCommonProtocol:
         """The connection's reader thread (a thread of :mod:`syncws.readers`)."""
         self._reader_ident = threading.get_ident()
         assert self._reader is not None
+        set_connection(self)
         try:
             self._reader.run()
         finally:
+            set_connection(None)  # the thread may serve another connection next
             self._reader = None
             self._closed.set()
 

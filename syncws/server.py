@@ -47,7 +47,7 @@ from .hooks import Origins, ProcessResponse, ServerResponse, as_response, check_
 from .http import Headers, HeadersLike, Request, read_request, serialize_response
 from .safetext import redact_uri
 from .metrics import ServerMetrics
-from .logs import connection_label, format_address, format_head, format_status, opened_line
+from .logs import connection_label, format_address, format_head, format_status, opened_line, set_connection
 from .paths import decode_target
 from .protocol import State, WebSocketCommonProtocol
 from .settings import SizeSetting, check_settings
@@ -837,6 +837,7 @@ class WebSocketServer:
         """A connection thread: handshake, handler, close."""
         try:
             protocol = self._make_protocol(self)
+            set_connection(protocol)
             transport = Transport(sock, read_limit=protocol.read_limit, remote_address=address)
             with self._lock:
                 # close() cancels the handshakes in _pending: one that
@@ -885,6 +886,7 @@ class WebSocketServer:
             self.logger.exception("connection from %s failed", address)
             sock.close()
         finally:
+            set_connection(None)
             with self._lock:
                 self._threads.discard(threading.current_thread())
 
