@@ -935,7 +935,10 @@ def gunicorn_post_worker_init(worker: Any) -> None:
     within ``graceful_timeout`` instead of dropping them when it expires.
     In a sync worker, whose only thread runs the handler, it also keeps the
     worker's heartbeat going while a WebSocket is open (otherwise gunicorn
-    kills the worker after ``timeout`` seconds).
+    kills the worker after ``timeout`` seconds). And unless the application
+    configured logging, it sends syncws's log lines (a handler's traceback,
+    connections opened and closed) to gunicorn's error log, at its
+    ``--log-level`` (:func:`syncws.logconfig.use_gunicorn_logging`).
 
     Call it from your gunicorn config file's own hook::
 
@@ -961,6 +964,11 @@ def gunicorn_post_worker_init(worker: Any) -> None:
         timeout = float(getattr(worker, "timeout", 0) or 0)
         if timeout > 0:
             _heartbeat = (worker.notify, max(timeout / 4, 0.5))
+    error_log = getattr(getattr(worker, "log", None), "error_log", None)
+    if isinstance(error_log, logging.Logger):
+        from .logconfig import use_gunicorn_logging  # json and datetime: only under gunicorn
+
+        use_gunicorn_logging(error_log)
 
 
 def _close_then(previous: Any, signum: int, frame: Any) -> None:
