@@ -98,9 +98,10 @@ def test_refused_handshakes_by_status(server: syncws.WebSocketServer) -> None:
         assert raw.recv(100).startswith(b"HTTP/1.1 400")
     clients = [syncws.connect(uri(server)) for _ in range(3)]
     try:
-        # The server counts a connection just after writing its 101: only
-        # once it counts all three is the fourth refused before its 101.
-        assert wait_for(lambda: server.metrics().connections_open == 3)
+        # max_connections counts a connection once its handler starts,
+        # just after the client got its 101 (and after the metrics count
+        # it as open): only then is the fourth refused before its 101.
+        assert wait_for(lambda: len(server.connections) == 3, TIMEOUT)
         with pytest.raises(syncws.InvalidStatusCode):
             syncws.connect(uri(server))  # max_connections=3: 503
     finally:
