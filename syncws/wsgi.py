@@ -54,6 +54,7 @@ import queue
 import signal
 import socket
 import ssl
+import sys
 import threading
 import time
 import urllib.parse
@@ -200,16 +201,46 @@ def _server_socket(environ: Mapping[str, Any]) -> Tuple[socket.socket, bytes]:
             )
         return sock, read_ahead(sock, environ.get("wsgi.input"))
     if software.startswith("waitress"):
-        why = "waitress keeps its sockets to itself and buffers responses"
-    elif software.startswith("WSGIServer/"):
-        why = "wsgiref (Django's runserver) doesn't give its socket to applications"
-    else:
-        why = "it doesn't put its client socket in the WSGI environ"
-    raise ServerNotSupported(
-        f"syncws.wsgi can't take over the connection from {software}: {why}. "
+        raise _not_supported(software, _WAITRESS)
+    if software.startswith("WSGIServer/"):
+        raise _not_supported(software, _WSGIREF)
+    raise _not_supported(software, "it doesn't put its client socket in the WSGI environ")
+
+
+_WAITRESS = "waitress keeps its sockets to itself and buffers responses"
+_WSGIREF = "wsgiref (Django's runserver) doesn't give its socket to applications"
+
+
+def _not_supported(server: str, why: str) -> ServerNotSupported:
+    return ServerNotSupported(
+        f"syncws.wsgi can't take over the connection from {server}: {why}. "
         "Serve WebSocket routes with gunicorn (-k gthread --threads N, or the sync worker) "
         "or werkzeug's development server (flask run, werkzeug.serving.run_simple)."
     )
+
+
+def _refuse_unsupported_server() -> None:
+    """Refuse, when it starts, a WSGI server that can't hand its sockets over.
+
+    A server imports the application as it starts, and with it the
+    definitions of its WebSocket endpoints, which call this: the mistake
+    stops the server there, rather than answering 500 to the first
+    WebSocket. Recognized from the command that started the process:
+    ``waitress-serve`` and ``python -m waitress``, and Django's
+    ``runserver`` (``manage.py``, ``django-admin``, ``python -m django``).
+    Other cases are only known at the first upgrade (:func:`accept`):
+    ``waitress.serve()`` or ``call_command("runserver")`` from code,
+    gunicorn's async workers and TLS.
+
+    Raises:
+        ServerNotSupported: this process runs such a server.
+    """
+    argv = sys.argv
+    program = argv[0] if argv else ""
+    if os.path.basename(program) == "waitress-serve" or program.endswith(os.path.join("waitress", "__main__.py")):
+        raise _not_supported("waitress", _WAITRESS)
+    if len(argv) > 1 and argv[1] == "runserver" and "django" in sys.modules:
+        raise _not_supported("Django's runserver", _WSGIREF)
 
 
 def _gunicorn_read_ahead(sock: socket.socket, body: Any) -> bytes:
@@ -581,7 +612,9 @@ def _detach(server_sock: socket.socket) -> None:
         dead.close()
 
 
-def _answer_refusal(environ: Mapping[str, Any], exc: AbortHandshake, server_header: Optional[str]) -> Optional[_Answered]:
+def _answer_refusal(
+    environ: Mapping[str, Any], exc: AbortHandshake, server_header: Optional[str]
+) -> Optional[_Answered]:
     """Answer a refused upgrade on the server's socket and end the connection.
 
     As :func:`~syncws.serve` answers: ``Connection: close``, then our FIN.
@@ -666,9 +699,11 @@ def websocket_app(handler: Handler, **options: Any) -> WSGIApp:
 
     Raises:
         TypeError: an unknown option.
+        ServerNotSupported: this process runs a WSGI server that can't
+            hand its sockets over (``waitress-serve``, Django's ``runserver``).
         ValueError: an invalid ``compression``.
     """
-    _check_options(options)
+    _check_endpoint(options)
 
     server_header = options.get("server_header", SERVER_HEADER)
 
@@ -688,8 +723,15 @@ def websocket_app(handler: Handler, **options: Any) -> WSGIApp:
     return app
 
 
-def _check_options(options: Mapping[str, Any]) -> None:
-    """Reject unknown options and bad values when the endpoint is defined."""
+def _check_endpoint(options: Mapping[str, Any]) -> None:
+    """Check, when an endpoint is defined, its options and the server.
+
+    Raises:
+        TypeError: an unknown option (or a setting of the wrong type).
+        ValueError: a setting out of range.
+        ServerNotSupported: see :func:`_refuse_unsupported_server`.
+    """
+    _refuse_unsupported_server()
     known = set(accept.__kwdefaults__ or {}) - {"path"}  # the integration's to give
     unknown = set(options) - known
     if unknown:
@@ -717,6 +759,8 @@ class WebSocketMiddleware:
 
     Raises:
         TypeError: an unknown option.
+        ServerNotSupported: this process runs a WSGI server that can't
+            hand its sockets over (``waitress-serve``, Django's ``runserver``).
     """
 
     def __init__(self, app: WSGIApp, handlers: Mapping[str, Handler], **options: Any) -> None:
@@ -768,8 +812,10 @@ def flask_websocket(**options: Any) -> Callable[[Callable[..., Any]], Callable[.
 
     Raises:
         TypeError: an unknown option.
+        ServerNotSupported: this process runs a WSGI server that can't
+            hand its sockets over (``waitress-serve``, Django's ``runserver``).
     """
-    _check_options(options)
+    _check_endpoint(options)
 
     def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(view)
@@ -895,8 +941,10 @@ def django_websocket(**options: Any) -> Callable[[Callable[..., Any]], Callable[
 
     Raises:
         TypeError: an unknown option.
+        ServerNotSupported: this process runs a WSGI server that can't
+            hand its sockets over (``waitress-serve``, Django's ``runserver``).
     """
-    _check_options(options)
+    _check_endpoint(options)
 
     def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(view)

@@ -796,22 +796,56 @@ def test_unsupported_server_gets_a_clear_error() -> None:
         accept(environ)
 
 
+MANAGE_PY = """
+import sys
+import django_test_app  # the project: settings, views, urls
+from django.core.management import execute_from_command_line
+execute_from_command_line(sys.argv)
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("command", ["waitress-serve", "python -m waitress", "manage.py runserver"])
+def test_servers_without_hand_over_are_refused_at_start(command: str, tmp_path: Any) -> None:
+    # They used to start, serve plain HTTP, and answer 500 to the first
+    # WebSocket only.
+    port = free_port()
+    if command == "manage.py runserver":
+        (tmp_path / "manage.py").write_text(MANAGE_PY)
+        argv = [sys.executable, str(tmp_path / "manage.py"), "runserver", "--noreload", f"127.0.0.1:{port}"]
+        expected = "from Django's runserver"
+    else:
+        pytest.importorskip("waitress")
+        if command == "waitress-serve":
+            program = [str(shutil.which("waitress-serve"))]
+        else:
+            program = [sys.executable, "-m", "waitress"]
+        argv = [*program, f"--listen=127.0.0.1:{port}", "flask_test_app:app"]
+        expected = "from waitress"
+    result = subprocess.run(argv, cwd=EXAMPLES, capture_output=True, text=True, timeout=30,
+                            env=dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, EXAMPLES, APPS])))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "ServerNotSupported" in output and expected in output and "gunicorn" in output, output
+
+
 @pytest.mark.parametrize("kind", ["waitress", "runserver"])
-def test_servers_without_hand_over_answer_500_and_log_why(kind: str) -> None:
+def test_servers_started_from_code_answer_500_and_log_why(kind: str) -> None:
+    # Started from code, these servers can't be recognized when the
+    # application is imported: the first WebSocket finds out.
     port = free_port()
     if kind == "waitress":
         pytest.importorskip("waitress")
-        argv = [sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", "flask_test_app:app"]
+        code = "import sys, waitress, flask_test_app; waitress.serve(flask_test_app.app, listen=sys.argv[1])"
         expected = "from waitress"
     else:
         code = (
             "import sys, django_app; from django.core.management import call_command; "
             "call_command('runserver', sys.argv[1], use_reloader=False)"
         )
-        argv = [sys.executable, "-c", code, f"127.0.0.1:{port}"]
         expected = "Django's runserver"
     # DJANGO_DEBUG: Django logs request errors to the console only in debug.
-    server = ServerProcess(kind, argv, port, DJANGO_DEBUG="1")
+    server = ServerProcess(kind, [sys.executable, "-c", code, f"127.0.0.1:{port}"], port, DJANGO_DEBUG="1")
     try:
         with pytest.raises(InvalidStatusCode) as info:
             syncws.connect(f"{server.ws}/ws/echo")

@@ -8,8 +8,8 @@ Run it with::
 ``-c python:syncws.gunicorn_conf`` so that SIGTERM closes WebSockets with
 1001), then open http://127.0.0.1:8000/.
 
-Django's ``runserver`` can't hand its socket over (syncws answers 500 and
-logs why); use gunicorn, also in development.
+Django's ``runserver`` can't hand its socket over (``manage.py runserver``
+stops at start and says why); use gunicorn, also in development.
 
 Routes:
 
