@@ -11,9 +11,14 @@ unnoticed. The kernel can tell on its own, from TCP, and nothing blocks it:
   unacknowledged for that long fails the connection with ``ETIMEDOUT``. It is
   ``ping_timeout``: the next keepalive ping, sent at most ``ping_interval``
   after the peer vanished, is never acknowledged, so the connection fails
-  within ``ping_interval + ping_timeout``, whatever the handler does. A peer
-  that is alive but doesn't read still acknowledges our zero-window probes:
-  that isn't a dead peer and is left to ``write_timeout``.
+  within ``ping_interval + ping_timeout``, whatever the handler does.
+  Since Linux 5.11 it also fails a connection whose peer keeps its receive
+  window closed that long, though the peer, alive, answers every
+  zero-window probe: a peer that doesn't read is not a dead one, and while
+  a ``send()`` waits for it, ``write_timeout`` must decide. So the transport
+  lifts the option for as long as a write blocks (:func:`user_timeout`,
+  :func:`set_user_timeout`); the write's own deadline watches the peer
+  then, alive or not.
 - TCP keepalive probes (``SO_KEEPALIVE``, ``TCP_KEEPIDLE``,
   ``TCP_KEEPINTVL``, ``TCP_KEEPCNT``): after ``ping_interval`` without
   receiving anything, probes every ``ping_timeout / 3`` seconds; with
@@ -46,7 +51,10 @@ import socket
 import sys
 from typing import Optional, Tuple
 
-__all__ = ["DEFAULT_BACKLOG", "default_backlog", "tune_connection", "tune_listener", "connection_failed"]
+__all__ = [
+    "DEFAULT_BACKLOG", "default_backlog", "tune_connection", "tune_listener", "connection_failed", "user_timeout",
+    "set_user_timeout",
+]
 
 #: The backlog asked for where ``net.core.somaxconn`` can't be read.
 DEFAULT_BACKLOG = 1024
@@ -189,3 +197,34 @@ def connection_failed(sock: socket.socket) -> bool:
     except OSError:
         return True  # the descriptor is already closed
     return info[0] == _TCP_CLOSE
+
+
+def user_timeout(sock: socket.socket) -> int:
+    """A TCP connection's ``TCP_USER_TIMEOUT``, in milliseconds.
+
+    Args:
+        sock: a socket (or a TLS socket over one).
+
+    Returns:
+        The option's value; 0 when it isn't set (the system's rules apply),
+        for non-TCP sockets, where the option doesn't exist (not Linux), and
+        for a socket already closed.
+    """
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or not hasattr(socket, "TCP_USER_TIMEOUT"):
+        return 0
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+    except OSError:
+        return 0
+
+
+def set_user_timeout(sock: socket.socket, milliseconds: int) -> None:
+    """Set a TCP connection's ``TCP_USER_TIMEOUT``; 0 lifts it.
+
+    Only for a socket where :func:`user_timeout` found one set. Never
+    raises: a socket closed or shut down meanwhile needs none.
+    """
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, milliseconds)
+    except OSError:
+        pass

@@ -15,7 +15,9 @@ its first byte to its last, and is the only code that calls the socket.
   watched by a timer of :mod:`syncws.timers` that aborts the transport at
   the deadline. Several buffers (a large frame's header and its payload,
   uncopied) go out alike through :meth:`~Transport.write_parts`, which
-  tries them in one ``sendmsg``.
+  tries them in one ``sendmsg``. For as long as a write blocks, the
+  connection's ``TCP_USER_TIMEOUT`` is lifted, so that the write's deadline
+  alone decides, not the kernel (see :mod:`syncws.sockopts`).
 * **Aborting** (:meth:`~Transport.abort`) shuts the socket down, which never
   blocks and wakes every thread blocked on it: that is how deadlines are
   enforced on blocking sockets from the timer thread.
@@ -33,7 +35,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
-from . import timers
+from . import sockopts, timers
 from .accelerator import SPEEDUPS
 from .streamreader import StreamReader
 
@@ -116,7 +118,7 @@ class Transport:
 
     __slots__ = (
         "sock", "read_limit", "_try_nowait", "write_nowait", "_stream", "write_timed_out", "local_address",
-        "remote_address",
+        "remote_address", "_user_timeout",
     )
 
     def __init__(
@@ -140,6 +142,9 @@ class Transport:
         #: deadline is aborted, so the writer can tell a timeout from a lost
         #: peer.
         self.write_timed_out = False
+        # The socket's TCP_USER_TIMEOUT (ms; 0: none), read by the first
+        # write that blocks: None until then.
+        self._user_timeout: Optional[int] = None
         #: The addresses, remembered while the socket can tell them.
         self.local_address: Any = None
         self.remote_address: Any = remote_address
@@ -249,6 +254,10 @@ class Transport:
                 that the socket buffer takes at once never reads the clock.
                 Neither: no limit.
 
+        While the write blocks, the socket's ``TCP_USER_TIMEOUT`` is lifted:
+        the deadline decides how long a peer may keep its window closed, not
+        the kernel (see :mod:`syncws.sockopts`).
+
         Raises:
             TimeoutError: the deadline passed; the transport was aborted, since
                 part of a frame may have gone out.
@@ -267,6 +276,11 @@ class Transport:
                 self._deadline_passed()
                 raise TimeoutError("write timed out: the connection was aborted")
             timer = timers.call_later(remaining, self._deadline_passed)
+        user_timeout = self._user_timeout
+        if user_timeout is None:
+            user_timeout = self._user_timeout = sockopts.user_timeout(self.sock)
+        if user_timeout:
+            sockopts.set_user_timeout(self.sock, 0)
         try:
             self.sock.sendall(data)
         except OSError:
@@ -278,6 +292,8 @@ class Transport:
         finally:
             if timer is not None:
                 timer.cancel()
+            if user_timeout:
+                sockopts.set_user_timeout(self.sock, user_timeout)
 
     def write_parts(
         self, parts: Sequence[BytesLike], deadline: Optional[float] = None, timeout: Optional[float] = None

@@ -1,15 +1,21 @@
 """Tests for syncws.sockopts: the options set on every connection and the backlog.
 
 The kernel's behaviour with these options (a vanished peer given up) is
-tested in tests/stress/test_vanished_peer.py, in network namespaces.
+tested in tests/stress/test_vanished_peer.py, in network namespaces; a live
+peer that doesn't read is tested here, on loopback.
 """
 
 from __future__ import annotations
 
+import base64
+import os
+import queue
 import shutil
 import socket
 import subprocess
 import sys
+import threading
+import time
 from typing import Any, Iterator, Tuple
 
 import pytest
@@ -17,6 +23,7 @@ import pytest
 import syncws
 from conftest import wait_for
 from syncws import sockopts
+from syncws.transport import Transport
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="these TCP options are Linux's")
 
@@ -125,3 +132,73 @@ def test_serve_listens_with_the_default_backlog() -> None:
             ["ss", "-ltnH", f"sport = :{server.port}"], capture_output=True, text=True, check=True, timeout=10
         ).stdout.split()
     assert int(out[2]) == sockopts.default_backlog(), out
+
+
+# -- a live peer that doesn't read: write_timeout decides (issue 22) ---------------------
+
+
+def user_timeout(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+
+
+@linux_only
+@pytest.mark.timeout(20)
+def test_user_timeout_is_lifted_while_a_write_blocks(tcp_pair: Tuple[socket.socket, socket.socket]) -> None:
+    client, server = tcp_pair
+    sockopts.tune_connection(client, ping_interval=1, ping_timeout=1)
+    transport = Transport(client)
+    done: "queue.Queue[Any]" = queue.Queue()
+    data = b"x" * 2**24  # more than every buffer on the way holds
+
+    def write() -> None:
+        transport.write(data, timeout=10)
+        done.put(user_timeout(client))
+
+    threading.Thread(target=write, daemon=True).start()
+    assert wait_for(lambda: user_timeout(client) == 0)  # blocked: lifted
+    received = 0
+    while received < len(data):
+        received += len(server.recv(2**20))
+    assert done.get(timeout=5) == 1000  # back once the write is over
+    transport.write(b"y")  # a write that doesn't block leaves it alone
+    assert user_timeout(client) == 1000
+
+
+def handshake_and_never_read(port: int) -> socket.socket:
+    """Open a WebSocket connection by hand, with a small receive buffer, and read nothing."""
+    sock = socket.socket()
+    # Before connecting: a buffer shrunk later drops segments already on the way.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(5)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    return sock
+
+
+@pytest.mark.timeout(20)
+def test_write_timeout_decides_for_a_live_peer_that_does_not_read() -> None:
+    """Not the keepalive's TCP_USER_TIMEOUT, though it is shorter: the peer is alive.
+
+    Its TCP answers every zero-window probe; Linux 5.11 and later would
+    still give the connection up after TCP_USER_TIMEOUT with the window
+    closed (1 s here) if it were set during the send.
+    """
+    write_timeout = 3.0
+    outcome: "queue.Queue[Tuple[BaseException, float]]" = queue.Queue()
+
+    def handler(ws: Any) -> None:
+        started = time.monotonic()
+        try:
+            ws.send(b"x" * 2**26)  # blocks from the start: no keepalive ping goes out
+        except BaseException as exc:
+            outcome.put((exc, time.monotonic() - started))
+
+    with syncws.serve(handler, "127.0.0.1", 0, ping_interval=1, ping_timeout=1, write_timeout=write_timeout) as server:
+        with handshake_and_never_read(server.port):
+            exc, elapsed = outcome.get(timeout=15)
+    assert isinstance(exc, TimeoutError) and "write timed out" in str(exc), exc
+    assert write_timeout - 0.2 < elapsed < write_timeout + 2, elapsed

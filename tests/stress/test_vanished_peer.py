@@ -165,3 +165,42 @@ def test_server_notices_a_vanished_client_while_its_queue_is_full() -> None:
             peer.vanish()
             assert wait_for(lambda: "closed" in state, timeout=BOUND + 10)
             assert state["closed"]
+
+
+def test_a_send_blocked_on_a_vanished_peer_ends_at_write_timeout() -> None:
+    """While a send waits for the peer to read, its deadline decides, dead peer or live.
+
+    The transport lifts TCP_USER_TIMEOUT while a write blocks (a live peer
+    that keeps its window closed isn't dead: tests/test_sockopts.py), so the
+    kernel doesn't give up first, though ping_timeout is shorter.
+    """
+    write_timeout = 3 * (PING_INTERVAL + PING_TIMEOUT)
+    outcome: "queue.Queue[Tuple[BaseException, float]]" = queue.Queue()
+    blocked = threading.Event()
+
+    def handler(ws: Any) -> None:
+        blocked.set()
+        started = time.monotonic()
+        try:
+            ws.send(b"x" * 2**26)  # more than every buffer on the way holds
+        except BaseException as exc:
+            outcome.put((exc, time.monotonic() - started))
+
+    with vanishing_peer() as peer:
+        with syncws.serve(
+            handler, peer.local, 0, ping_interval=PING_INTERVAL, ping_timeout=PING_TIMEOUT, write_timeout=write_timeout,
+        ) as server:
+            client = peer.run(
+                "import socket, time\n"
+                f"s = socket.create_connection(({peer.local!r}, {server.port}), timeout=5)\n"
+                "s.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n'\n"
+                "          b'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n')\n"
+                "print('ready', flush=True)\n"
+                "time.sleep(120)\n"  # reads nothing
+            )
+            wait_ready(client)
+            assert blocked.wait(10)
+            peer.vanish()
+            exc, elapsed = outcome.get(timeout=write_timeout + 10)
+    assert isinstance(exc, TimeoutError) and "write timed out" in str(exc), exc
+    assert write_timeout - 0.2 < elapsed < write_timeout + SLACK, elapsed
