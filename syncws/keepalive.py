@@ -9,8 +9,15 @@ if not, the peer is dead and ``on_timeout()`` drops the connection.
 One case needs the kernel's help: while the reader thread waits for room in
 a full queue, it doesn't read, so a pong can't be seen. A live peer's TCP
 stack still acknowledges our ping at once, even while its application
-doesn't read; so a ping that is still unacknowledged after ``timeout``
-means the peer is gone (:meth:`~syncws.transport.Transport.has_unacknowledged_data`).
+doesn't read; so the check then asks TCP whether the ping got there: whether
+the peer's acknowledgements reach where the ping ended in the stream, noted
+as it was written (:meth:`~syncws.transport.Transport.send_progress`).
+Counting what was sent and is unacknowledged wouldn't do: a ping that never
+left this host (no route, the interface down, a firewall dropping it) waits
+in our send queue unsent, as lost as one dropped on the way. A ping queued
+behind data that the peer doesn't read isn't acknowledged either: that peer
+is given up, as it would be without a full queue. Where the system can't
+tell (not Linux), a full queue keeps the peer.
 """
 
 from __future__ import annotations
@@ -93,13 +100,28 @@ class Keepalive:
             return  # a send is under way: its own deadline watches the peer
         self.pings_sent += 1
         if self.timeout is not None:
-            timers.call_later(self.timeout, lambda: self._check(event))
+            # Where the ping ends in the stream (or a little further, should
+            # another thread have written since): for _check.
+            progress = self.writer.transport.send_progress()
+            ping_end = None if progress is None else progress[1]
+            timers.call_later(self.timeout, lambda: self._check(event, ping_end))
 
-    def _check(self, event: threading.Event) -> None:
-        """Timer callback: give up on the peer if the pong didn't come."""
+    def _check(self, event: threading.Event, ping_end: Optional[int]) -> None:
+        """Timer callback: give up on the peer if the pong didn't come.
+
+        Args:
+            event: set when the pong arrived.
+            ping_end: where the ping ended in the TCP stream; ``None`` where
+                the system can't tell.
+        """
         if event.is_set() or self.writer.core.state is not State.OPEN:
             return
-        if self.messages.put_waiting and not self.writer.transport.has_unacknowledged_data():
+        if self.messages.put_waiting and self._acknowledged(ping_end):
             return  # alive: its pong waits behind data we don't read yet
         self.pings_missed += 1
         self.on_timeout()
+
+    def _acknowledged(self, ping_end: Optional[int]) -> bool:
+        """Whether the peer's TCP acknowledged the stream up to ``ping_end``; ``True`` when unknown."""
+        progress = self.writer.transport.send_progress()
+        return ping_end is None or progress is None or progress[0] >= ping_end

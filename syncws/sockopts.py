@@ -53,7 +53,7 @@ from typing import Optional, Tuple
 
 __all__ = [
     "DEFAULT_BACKLOG", "default_backlog", "tune_connection", "tune_listener", "connection_failed", "user_timeout",
-    "set_user_timeout",
+    "set_user_timeout", "send_progress",
 ]
 
 #: The backlog asked for where ``net.core.somaxconn`` can't be read.
@@ -228,3 +228,47 @@ def set_user_timeout(sock: socket.socket, milliseconds: int) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, milliseconds)
     except OSError:
         pass
+
+
+# struct tcp_info's tcpi_bytes_acked (Linux 4.2 and later): a 64-bit count
+# 120 bytes in, after 8 one-byte fields, 24 32-bit ones and two 64-bit ones.
+_BYTES_ACKED_START, _BYTES_ACKED_END = 120, 128
+
+
+def send_progress(sock: socket.socket) -> Optional[Tuple[int, int]]:
+    """How far what we wrote to a TCP connection has got.
+
+    Counted in bytes of the TCP stream, from the same origin: what the peer's
+    TCP acknowledged (``tcpi_bytes_acked``), and that plus what is still in
+    our send queue, unacknowledged, sent or not (``SIOCOUTQ``): the end of
+    everything written so far. A ping written when the second was ``n`` has
+    reached the peer's TCP once the first is ``n`` or more; a ping that never
+    left this host (no route, a firewall dropping it, the interface down)
+    hasn't.
+
+    Args:
+        sock: a TCP socket (or a TLS socket over one).
+
+    Returns:
+        ``(acknowledged, written)``, or ``None`` where the system doesn't
+        tell (not Linux, a kernel older than 4.2, a non-TCP or closed
+        socket).
+    """
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or not hasattr(socket, "TCP_INFO"):
+        return None
+    # Imported here: only Linux gets this far, once per keepalive ping.
+    import fcntl
+    import termios
+
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _BYTES_ACKED_END)
+        # Read after the acknowledged count: an acknowledgement arriving in
+        # between can only make the sum smaller, so a ping's end is never
+        # put past where it really is.
+        queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, bytes(4))
+    except (OSError, ValueError):  # closed, maybe meanwhile (its descriptor is then -1)
+        return None
+    if len(info) < _BYTES_ACKED_END:
+        return None
+    acknowledged = int.from_bytes(info[_BYTES_ACKED_START:_BYTES_ACKED_END], sys.byteorder)
+    return acknowledged, acknowledged + int.from_bytes(queued, sys.byteorder, signed=True)

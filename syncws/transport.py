@@ -31,9 +31,8 @@ from __future__ import annotations
 import functools
 import select
 import socket
-import sys
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Tuple, Union
 
 from . import sockopts, timers
 from .accelerator import SPEEDUPS
@@ -360,23 +359,9 @@ class Transport:
         except (OSError, ValueError):  # closed under us
             return False
 
-    def has_unacknowledged_data(self) -> bool:
-        """Tell whether bytes we sent wait for the peer's TCP acknowledgement.
-
-        A live peer's kernel acknowledges within a round trip, even while its
-        application doesn't read; data unacknowledged for seconds means the
-        peer is unreachable. Linux only (``TCP_INFO``'s ``tcpi_unacked``);
-        elsewhere ``False``.
-        """
-        if not hasattr(socket, "TCP_INFO") or self.sock.family not in (socket.AF_INET, socket.AF_INET6):
-            return False
-        try:
-            info = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
-        except OSError:
-            return False
-        # struct tcp_info: 8 one-byte fields, then rto, ato, snd_mss,
-        # rcv_mss and unacked as 32-bit integers.
-        return len(info) >= 28 and int.from_bytes(info[24:28], sys.byteorder) > 0
+    def send_progress(self) -> Optional[Tuple[int, int]]:
+        """``(acknowledged, written)``: how far our bytes have got (see :func:`syncws.sockopts.send_progress`)."""
+        return sockopts.send_progress(self.sock)
 
     def room(self) -> int:
         """Bytes the socket surely accepts now without blocking (maybe fewer)."""

@@ -756,6 +756,25 @@ def test_keepalive_with_responsive_peer(ws_serve):
         assert ws.recv(timeout=5) == "alive"
 
 
+def test_keepalive_keeps_a_live_peer_while_the_queue_is_full(ws_serve):
+    """The reader doesn't read, so no pong is seen; the peer's TCP acknowledged the pings."""
+
+    def flood(ws):
+        try:
+            while True:
+                ws.send("x" * 1000)
+        except WSConnectionClosed:
+            pass
+
+    uri = ws_serve(flood, ping_interval=None)
+    with syncws.connect(uri, max_queue=1, ping_interval=0.2, ping_timeout=0.3) as ws:
+        assert wait_for(lambda: ws._messages.put_waiting, timeout=5)
+        pings = ws.stats.pings_sent
+        assert wait_for(lambda: ws.stats.pings_sent >= pings + 4, timeout=10)
+        assert ws._messages.put_waiting  # the pongs wait behind messages nobody read
+        assert ws.open and ws.stats.pings_missed == 0
+
+
 # -- attributes --------------------------------------------------------------------
 
 

@@ -114,6 +114,31 @@ def test_both_sides_of_a_syncws_connection_are_tuned() -> None:
     assert seen["server"][1:] == (1, 7, 1, 3, 3000)
 
 
+@linux_only
+def test_send_progress_counts_what_is_queued_and_not_acknowledged(tcp_pair: Tuple[socket.socket, socket.socket]) -> None:
+    client, server = tcp_pair
+    acknowledged, written = sockopts.send_progress(client)  # type: ignore[misc]
+    assert written == acknowledged
+    client.setblocking(False)
+    data = b"x" * 2**26
+    sent = client.send(data)  # what the buffers take; the peer doesn't read
+    assert wait_for(lambda: sockopts.send_progress(client)[0] > acknowledged)  # type: ignore[index]
+    now_acknowledged, now_written = sockopts.send_progress(client)  # type: ignore[misc]
+    assert now_written == written + sent  # the end of everything written, acknowledged or not
+    assert now_acknowledged < now_written  # the rest waits in our queue
+    received = 0
+    while received < sent:
+        received += len(server.recv(2**20))
+    assert wait_for(lambda: sockopts.send_progress(client) == (now_written, now_written))
+
+
+def test_send_progress_is_none_without_tcp() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        assert sockopts.send_progress(a) is None
+    assert sockopts.send_progress(a) is None  # closed
+
+
 def test_default_backlog_is_somaxconn() -> None:
     try:
         with open("/proc/sys/net/core/somaxconn") as f:

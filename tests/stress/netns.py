@@ -4,8 +4,10 @@
 veth pair on a private /30, and runs Python code in it. ``vanish()`` sets the
 peer's end of the link down: from then on every packet between the two is
 dropped, no FIN and no RST ever arrive, as when a client is unplugged or a
-NAT forgets it. Needs root and ``ip`` (iproute2); :func:`unavailable` says
-why not when it can't be done.
+NAT forgets it. ``block_here()`` and ``lose_route()`` cut it off on this side
+instead, so that nothing sent to the peer even leaves this host, as with a
+firewall dropping everything or the route to it gone. Needs root and ``ip``
+(iproute2); :func:`unavailable` says why not when it can't be done.
 """
 
 from __future__ import annotations
@@ -57,12 +59,13 @@ def _free_subnet() -> ipaddress.IPv4Network:
 class Peer:
     """The namespace, its address and ours, and the processes run in it."""
 
-    def __init__(self, namespace: str, local: str, remote: str, remote_link: str) -> None:
+    def __init__(self, namespace: str, local: str, remote: str, local_link: str, remote_link: str) -> None:
         self.namespace = namespace
         #: Our address on the link: bind servers here.
         self.local = local
         #: The peer's address.
         self.remote = remote
+        self._local_link = local_link
         self._remote_link = remote_link
         self._processes: List[subprocess.Popen[str]] = []
 
@@ -80,6 +83,22 @@ class Peer:
         """Drop every packet from now on: the peer's link goes down."""
         _ip("link", "set", self._remote_link, "down", namespace=self.namespace)
 
+    def block_here(self) -> None:
+        """Refuse, on this host, every packet to the peer: a route that prohibits its address.
+
+        Nothing sent to it leaves this host any more, as behind a local
+        firewall that drops everything. Removed at the end.
+        """
+        _ip("route", "add", "prohibit", f"{self.remote}/32")
+
+    def lose_route(self) -> None:
+        """Make the peer unreachable from this host, as when the route to it is gone.
+
+        (Deleting the link's route alone isn't that: packets would take the
+        default route instead.) Removed at the end.
+        """
+        _ip("route", "add", "unreachable", f"{self.remote}/32")
+
     def _stop(self) -> None:
         for process in self._processes:
             if process.poll() is None:
@@ -96,7 +115,7 @@ def vanishing_peer() -> Iterator[Peer]:
     subnet = _free_subnet()
     local, remote = str(subnet[1]), str(subnet[2])
     _ip("netns", "add", namespace)
-    peer = Peer(namespace, local, remote, remote_link)
+    peer = Peer(namespace, local, remote, local_link, remote_link)
     try:
         _ip("link", "add", local_link, "type", "veth", "peer", "name", remote_link)
         _ip("link", "set", remote_link, "netns", namespace)
@@ -111,3 +130,5 @@ def vanishing_peer() -> Iterator[Peer]:
         # Deleting the namespace deletes its end of the pair, and so both.
         subprocess.run(["ip", "netns", "del", namespace], capture_output=True, timeout=10)
         subprocess.run(["ip", "link", "del", local_link], capture_output=True, timeout=10)
+        for kind in ("prohibit", "unreachable"):
+            subprocess.run(["ip", "route", "del", kind, f"{remote}/32"], capture_output=True, timeout=10)

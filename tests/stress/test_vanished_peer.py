@@ -141,9 +141,12 @@ def test_server_notices_a_vanished_client_while_its_handler_reads() -> None:
             assert time.monotonic() - start < BOUND
 
 
-def test_server_notices_a_vanished_client_while_its_queue_is_full() -> None:
+@pytest.mark.parametrize("cut_off", ["vanish", "block_here", "lose_route"])
+def test_server_notices_a_vanished_client_while_its_queue_is_full(cut_off: str) -> None:
     # Issue 11, point 6: the reader waits for room in the queue and reads
-    # nothing; keepalive's ping then stays unacknowledged by TCP.
+    # nothing; keepalive's ping then stays unacknowledged by TCP. Issue 22:
+    # also when the ping never leaves this host (block_here, lose_route),
+    # and so is never sent, let alone acknowledged.
     entered = threading.Event()
     state: dict = {}
 
@@ -162,9 +165,12 @@ def test_server_notices_a_vanished_client_while_its_queue_is_full() -> None:
             # Let the client fill the queue and every buffer on the way.
             connection = next(iter(server.connections))
             assert wait_for(lambda: connection._messages.put_waiting, timeout=10)
-            peer.vanish()
+            getattr(peer, cut_off)()
+            start = time.monotonic()
             assert wait_for(lambda: "closed" in state, timeout=BOUND + 10)
             assert state["closed"]
+            assert time.monotonic() - start < BOUND
+            assert connection.close_reason == "keepalive ping timeout"
 
 
 def test_a_send_blocked_on_a_vanished_peer_ends_at_write_timeout() -> None:
