@@ -27,9 +27,25 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import pytest
 
+from services import find_program
 from syncws.handshake import accept_key
 
 STRESS_DIR = Path(__file__).parent / "stress"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "needs(program, ...): the test starts these programs; without them it is skipped, "
+        "saying why, or fails under CI=true (tests/services.py)",
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip (or, in CI, fail) a test marked ``needs`` whose programs aren't installed."""
+    for mark in item.iter_markers(name="needs"):
+        for program in mark.args:
+            find_program(program)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:

@@ -1,12 +1,20 @@
-"""Real services for the scaling tests: redis-server, nginx, chat servers.
+"""Real services for the tests: redis-server, nginx, chat servers; the programs they need.
 
 Each runs as a child process on 127.0.0.1 and a free port, with its files in
 a temporary directory, and is stopped by its PID (never by name). Starting
 waits until the service answers, within a deadline.
+
+A test that needs a program this machine lacks ends with
+:func:`cannot_run`: skipped, saying why and how to install it, except under
+CI (``CI=true``), which installs everything the tests need, and where such a
+test fails instead. :func:`find_program` does that for a program, and the
+``needs`` marker (``@pytest.mark.needs("redis-server", "nginx")``, handled
+in conftest.py) for a test or a module.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -16,7 +24,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, Any, List, Optional, Sequence
+from typing import IO, Any, List, NoReturn, Optional, Sequence
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 CHAT_SERVER = REPO / "examples" / "chat" / "server.py"
@@ -25,15 +35,68 @@ HOST = "127.0.0.1"
 START_TIMEOUT = 15.0
 
 
+# How to install each program the tests start (Debian's packages; .ci/run
+# installs them).
+INSTALL = {
+    "redis-server": "apt-get install redis-server",
+    "nginx": "apt-get install nginx",
+    "microsocks": "apt-get install microsocks",
+    "danted": "apt-get install dante-server",
+    "chromium": "apt-get install chromium",
+    "node": "apt-get install nodejs npm",
+    "npm": "apt-get install npm",
+    "openssl": "apt-get install openssl",
+    "ip": "apt-get install iproute2",
+    "ss": "apt-get install iproute2",
+}
+
+# Where programs for root live, searched after PATH: a user's PATH often
+# lacks them, though nginx or danted run fine as any user.
+_SBIN = os.pathsep.join(["/usr/local/sbin", "/usr/sbin", "/sbin"])
+
+
+def in_ci() -> bool:
+    """Whether the tests run in CI (``CI=true``, as .ci/run sets it)."""
+    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
+
+
+def cannot_run(reason: str) -> NoReturn:
+    """End a test that this machine can't run: skip it, saying why; in CI, fail it.
+
+    CI installs every program the tests need: there, one missing is a broken
+    setup, not a reason to skip.
+    """
+    if in_ci():
+        pytest.fail(f"{reason}; CI=true, where every test must run", pytrace=False)
+    pytest.skip(reason)
+
+
+def find_program(*names: str) -> str:
+    """The path of the first of ``names`` installed here; else :func:`cannot_run`.
+
+    Args:
+        names: a program and the other names it goes by (``danted`` or
+            ``sockd``), the one in :data:`INSTALL` first.
+    """
+    for name in names:
+        path = shutil.which(name) or shutil.which(name, path=_SBIN)
+        if path is not None:
+            return path
+    cannot_run(f"{' or '.join(names)} is not installed ({INSTALL.get(names[0], 'install it')})")
+
+
 def ip(*args: str) -> None:
     """Run ``ip ARGS`` (iproute2), failing on an error."""
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=START_TIMEOUT)
 
 
+@functools.lru_cache(maxsize=None)
 def netns_unavailable() -> str:
-    """Why network namespaces can't be made here, or "" when they can."""
+    """Why network namespaces can't be made here, or "" when they can (asked once)."""
+    if not sys.platform.startswith("linux"):
+        return "network namespaces are Linux's"
     if shutil.which("ip") is None:
-        return "the ip command (iproute2) is not installed"
+        return f"ip is not installed ({INSTALL['ip']})"
     if os.geteuid() != 0:
         return "network namespaces need root"
     name = f"swprobe{os.getpid()}"
@@ -46,6 +109,13 @@ def netns_unavailable() -> str:
     except subprocess.CalledProcessError:
         pass
     return ""
+
+
+def need_network_namespaces() -> None:
+    """:func:`cannot_run` unless this process can make network namespaces (root, Linux, iproute2)."""
+    reason = netns_unavailable()
+    if reason:
+        cannot_run(reason)
 
 
 def free_port() -> int:
@@ -92,7 +162,7 @@ class Redis:
     """``redis-server`` without persistence on a free port."""
 
     def __init__(self, directory: Path) -> None:
-        self.binary = shutil.which("redis-server")
+        self.binary = find_program("redis-server")
         self.directory = directory
         self.port = free_port()
         self.process: Optional[subprocess.Popen] = None
@@ -102,7 +172,6 @@ class Redis:
         return f"redis://{HOST}:{self.port}/0"
 
     def start(self) -> None:
-        assert self.binary is not None
         log = open(self.directory / "redis.log", "ab")
         self.process = subprocess.Popen(
             [
@@ -126,7 +195,7 @@ class Nginx:
     """nginx in the foreground, with examples/chat/nginx.conf pointed at ``upstreams``."""
 
     def __init__(self, directory: Path, upstreams: Sequence[int]) -> None:
-        self.binary = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+        self.binary = find_program("nginx")
         self.directory = directory
         self.port = free_port()
         self.upstreams = list(upstreams)
@@ -162,7 +231,6 @@ class Nginx:
         return path
 
     def start(self) -> None:
-        assert self.binary is not None
         config = self.write_config()
         self.process = subprocess.Popen(
             [self.binary, "-p", str(self.directory), "-c", str(config), "-g", "daemon off;"],

@@ -30,7 +30,6 @@ import os
 import queue
 import random
 import select
-import shutil
 import socket
 import struct
 import subprocess
@@ -43,6 +42,7 @@ import pytest
 
 import syncws
 from conftest import traced_peak
+from services import find_program
 from syncws.exceptions import ConnectionClosedError
 from syncws.extensions.permessage_deflate import DEFAULT_THRESHOLD, DeflateSettings
 from syncws.framing import Frame, Opcode, read_frame
@@ -993,22 +993,18 @@ def test_rsv1_without_negotiation_against_the_server(why):
 @pytest.fixture(scope="module")
 def node() -> str:
     """The node executable, with ws installed in tests/interop/node."""
-    exe = shutil.which("node")
-    if exe is None:
-        pytest.skip("Node.js (node) is not on PATH: the Node ws interop tests can't run on this machine")
+    exe = find_program("node")
     if not (NODE_DIR / "node_modules" / "ws" / "package.json").is_file():
         # The pinned ws is a test dependency, like pip's test extra: install
         # it from the lock file so that `python -m pytest` alone is enough.
-        npm = shutil.which("npm")
-        result = None if npm is None else subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund", "--prefix", str(NODE_DIR)],
+        result = subprocess.run(
+            [find_program("npm"), "ci", "--no-audit", "--no-fund", "--prefix", str(NODE_DIR)],
             capture_output=True, text=True, timeout=300,
         )
-        if result is None or result.returncode != 0:
-            output = "npm not found" if result is None else result.stderr[-2000:]
+        if result.returncode != 0:
             pytest.fail(
                 f"node is on PATH but the ws package isn't installed in {NODE_DIR} "
-                f"and `{NPM_CI}` failed: {output}",
+                f"and `{NPM_CI}` failed: {result.stderr[-2000:]}",
                 pytrace=False,
             )
     return exe

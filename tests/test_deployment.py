@@ -13,8 +13,6 @@ and that no message crosses rooms.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
 import time
 import urllib.request
@@ -26,13 +24,7 @@ import pytest
 import syncws
 from services import HOST, NGINX_CONF, ChatServer, Nginx, Redis, start_chat_servers, wait_message
 
-pytestmark = [
-    pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed (apt-get install redis-server)"),
-    pytest.mark.skipif(
-        shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx"),
-        reason="nginx is not installed (apt-get install nginx)",
-    ),
-]
+pytestmark = pytest.mark.needs("redis-server", "nginx")
 
 pytest.importorskip("redis", reason="redis-py is not installed (pip install 'syncws[redis]')")
 

@@ -10,7 +10,6 @@ is stopped by its PID.
 from __future__ import annotations
 
 import logging
-import shutil
 import signal
 import socket
 import sys
@@ -27,9 +26,7 @@ from services import HOST, Redis, wait_message
 
 TIMEOUT = 10.0
 
-needs_redis = pytest.mark.skipif(
-    shutil.which("redis-server") is None, reason="redis-server is not installed (apt-get install redis-server)"
-)
+needs_redis = pytest.mark.needs("redis-server")
 
 
 def room_server(fanout: Fanout) -> syncws.WebSocketServer:
@@ -245,8 +242,6 @@ def test_redis_extra_missing(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[Redis]:
     pytest.importorskip("redis", reason="redis-py is not installed (pip install 'syncws[redis]')")
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
     server = Redis(tmp_path)
     server.start()
     try:

@@ -28,7 +28,7 @@ from syncws.redirects import AddressSpace, RedirectChain, address_space, host_ad
 from syncws.uri import parse_uri
 
 from conftest import CERT_FILE, KEY_FILE
-from services import ip, netns_unavailable
+from services import ip, need_network_namespaces
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -476,7 +476,6 @@ def test_chain_keeps_what_the_caller_gave_for_the_first_origin_only() -> None:
 PUBLIC = "192.31.196.1"
 PRIVATE = "10.213.250.1"
 CLONE_NEWNET = 0x40000000
-NETNS_REASON = netns_unavailable()
 
 
 def in_namespace(name: str, scenario: Callable[[], None]) -> None:
@@ -508,8 +507,7 @@ def in_namespace(name: str, scenario: Callable[[], None]) -> None:
 
 @pytest.fixture
 def namespace() -> Iterator[str]:
-    if NETNS_REASON:
-        pytest.skip(NETNS_REASON)
+    need_network_namespaces()
     name = f"swredir{os.getpid()}"
     ip("netns", "add", name)
     try:

@@ -14,7 +14,6 @@ import http
 import logging
 import os
 import re
-import shutil
 import socket
 import ssl
 import subprocess
@@ -29,6 +28,7 @@ import websockets.asyncio.client
 import websockets.sync.client
 
 import syncws
+from services import find_program
 from syncws.server import SERVER_HEADER
 
 HOST = "127.0.0.1"
@@ -1352,8 +1352,7 @@ def test_unix_serve_on_an_abstract_address():
 
 @pytest.fixture
 def tls_contexts(tmp_path):
-    openssl = shutil.which("openssl")
-    assert openssl, "the openssl CLI is needed to make a test certificate"
+    openssl = find_program("openssl")
     key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
     subprocess.run(
         [

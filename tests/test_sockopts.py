@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import os
 import queue
-import shutil
 import socket
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import pytest
 
 import syncws
 from conftest import wait_for
+from services import find_program
 from syncws import sockopts
 from syncws.transport import Transport
 
@@ -149,12 +149,12 @@ def test_default_backlog_is_somaxconn() -> None:
     assert expected >= 128
 
 
-@pytest.mark.skipif(shutil.which("ss") is None, reason="iproute2's ss isn't installed")
 def test_serve_listens_with_the_default_backlog() -> None:
+    ss = find_program("ss")
     with syncws.serve(lambda ws: None, "127.0.0.1", 0) as server:
         # For a listening socket, ss shows the backlog as Send-Q.
         out = subprocess.run(
-            ["ss", "-ltnH", f"sport = :{server.port}"], capture_output=True, text=True, check=True, timeout=10
+            [ss, "-ltnH", f"sport = :{server.port}"], capture_output=True, text=True, check=True, timeout=10
         ).stdout.split()
     assert int(out[2]) == sockopts.default_backlog(), out
 

@@ -3,14 +3,14 @@
 Real SOCKS servers started here on 127.0.0.1: microsocks (SOCKS5, with and
 without username/password; it logs the destination it was asked for, so the
 tests see who resolved the name) and Dante (SOCKS4). Neither speaks SOCKS4a,
-so a SOCKS4a server of a few lines stands in for it.
+so a SOCKS4a server of a few lines stands in for it. Without microsocks or
+Dante, their tests are skipped, saying so (under CI=true, they fail).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
 import ssl
 import struct
@@ -27,6 +27,7 @@ from syncws.proxy import proxy_for
 from syncws.uri import parse_uri
 
 from conftest import CERT_FILE, KEY_FILE, wait_for
+from services import find_program
 from test_proxy import TunnelProxy
 
 pytestmark = pytest.mark.timeout(30)
@@ -73,33 +74,24 @@ class Microsocks:
         return [line.rsplit("connected to ", 1)[1].strip() for line in self.log.read_text().splitlines() if "connected to " in line]
 
 
-def microsocks_program() -> str:
-    program = shutil.which("microsocks")
-    if program is None:
-        pytest.fail("microsocks is missing: apt-get install microsocks (.ci/run installs it)")
-    return program
-
-
 @pytest.fixture
 def microsocks(tmp_path: Path) -> Iterator[Microsocks]:
     port = free_port()
-    with run_server([microsocks_program(), "-i", "127.0.0.1", "-p", str(port)], port, tmp_path / "ms.log"):
+    with run_server([find_program("microsocks"), "-i", "127.0.0.1", "-p", str(port)], port, tmp_path / "ms.log"):
         yield Microsocks(port, tmp_path / "ms.log")
 
 
 @pytest.fixture
 def microsocks_auth(tmp_path: Path) -> Iterator[Microsocks]:
     port = free_port()
-    argv = [microsocks_program(), "-i", "127.0.0.1", "-p", str(port), "-u", "alice", "-P", "s3cr:t@"]
+    argv = [find_program("microsocks"), "-i", "127.0.0.1", "-p", str(port), "-u", "alice", "-P", "s3cr:t@"]
     with run_server(argv, port, tmp_path / "ms-auth.log"):
         yield Microsocks(port, tmp_path / "ms-auth.log")
 
 
 @pytest.fixture
 def dante(tmp_path: Path) -> Iterator[int]:
-    program = shutil.which("danted") or shutil.which("sockd")
-    if program is None:
-        pytest.fail("Dante is missing: apt-get install dante-server (.ci/run installs it)")
+    program = find_program("danted", "sockd")
     port = free_port()
     privileges = "user.privileged: root\nuser.unprivileged: nobody\n" if os.geteuid() == 0 else ""
     config = tmp_path / "danted.conf"

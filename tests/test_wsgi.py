@@ -21,11 +21,12 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List
 
 import pytest
 
 import syncws
+from services import find_program
 from syncws import framing
 from syncws.exceptions import InvalidStatusCode
 from syncws.wsgi import HandedOver, ServerNotSupported, accept, websocket_app
@@ -921,21 +922,13 @@ def test_after_accept_the_servers_socket_writes_nothing_to_the_client() -> None:
 
 # -- a real browser ----------------------------------------------------------------------------
 
-def chromium() -> Optional[str]:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
 @pytest.mark.timeout(120)
-@pytest.mark.skipif(chromium() is None, reason="no chromium installed (apt-get install chromium)")
 def test_browser_gets_its_echoes(flask_gunicorn: ServerProcess) -> None:
+    chromium = find_program("chromium", "chromium-browser", "google-chrome")
     profile = tempfile.mkdtemp(prefix="syncws-chromium-")
     browser = subprocess.Popen(
         [
-            str(chromium()), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+            chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
             "--no-first-run", "--disable-background-networking", "--disable-component-update",
             "--disable-sync", f"--user-data-dir={profile}", "--remote-debugging-address=127.0.0.1",
             "--remote-debugging-port=0", f"{flask_gunicorn.url}/",

@@ -7,7 +7,7 @@ dropped, no FIN and no RST ever arrive, as when a client is unplugged or a
 NAT forgets it. ``block_here()`` and ``lose_route()`` cut it off on this side
 instead, so that nothing sent to the peer even leaves this host, as with a
 firewall dropping everything or the route to it gone. Needs root and ``ip``
-(iproute2); :func:`unavailable` says why not when it can't be done.
+(iproute2): see ``services.need_network_namespaces()``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import contextlib
 import ipaddress
 import os
 import random
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,23 +27,6 @@ REPO = Path(__file__).resolve().parents[2]
 def _ip(*args: str, namespace: Optional[str] = None) -> None:
     command = ["ip", *args] if namespace is None else ["ip", "netns", "exec", namespace, "ip", *args]
     subprocess.run(command, check=True, capture_output=True, timeout=10)
-
-
-def unavailable() -> Optional[str]:
-    """Why network namespaces can't be used here, or ``None`` if they can."""
-    if not sys.platform.startswith("linux"):
-        return "network namespaces are Linux-only"
-    if os.geteuid() != 0:
-        return "creating network namespaces needs root"
-    if shutil.which("ip") is None:
-        return "iproute2's ip command isn't installed"
-    name = f"syncws-probe-{os.getpid()}"
-    try:
-        _ip("netns", "add", name)
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        return f"ip netns add failed: {getattr(exc, 'stderr', b'') or exc!r}"
-    _ip("netns", "del", name)
-    return None
 
 
 def _free_subnet() -> ipaddress.IPv4Network:

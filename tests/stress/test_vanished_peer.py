@@ -22,11 +22,16 @@ import pytest
 
 import syncws
 from conftest import wait_for
-from netns import unavailable, vanishing_peer
+from netns import vanishing_peer
+from services import need_network_namespaces
 from syncws.sockopts import connection_failed, tune_connection
 
-REASON = unavailable()
-pytestmark = [pytest.mark.skipif(REASON is not None, reason=REASON or ""), pytest.mark.timeout(60)]
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(autouse=True)
+def _network_namespaces() -> None:
+    need_network_namespaces()
 
 PING_INTERVAL = 1.0
 PING_TIMEOUT = 2.0
