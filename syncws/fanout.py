@@ -28,21 +28,27 @@ Two classes, one interface (:class:`Fanout`):
   channel in Redis when its first local member joins and unsubscribes when
   the last one leaves, reads messages, and hands them to the local members.
 
-**Delivery to local members** follows :func:`syncws.broadcast`'s policy: one
-slow or dead client never stalls the others; a send that takes longer than
-``timeout`` aborts that connection, and failures are reported (``on_failure``
-and the log), not raised; a member whose send failed is dropped from every
-channel. :func:`~syncws.broadcast` itself isn't called here
-because it returns only once its slow sends are done, and a stream of
-messages can't wait for the slowest member before the next one. Instead,
-every member has a *mailbox* (a FIFO of messages). Delivering appends to
-the mailboxes of a channel's members and puts the members that weren't
-already waiting on a queue; a small pool of sender threads takes members
-from that queue and empties each mailbox in order, one sender per member at
-a time. A member that doesn't read blocks one sender until its send times
-out (the connection is then aborted); the others keep going. A mailbox over
+**Delivery to local members**: one slow or dead client never delays the
+others. A send that takes longer than ``timeout`` aborts that connection,
+and failures are reported (``on_failure`` and the log), not raised; a
+member whose send failed is dropped from every channel. Every member has a
+*mailbox* (a FIFO of messages). Delivering appends to the mailboxes of a
+channel's members and puts the members that weren't already being served
+on a queue. A few *dispatcher* threads take members from it and send each
+the messages that its socket takes at once
+(:meth:`~syncws.protocol.WebSocketCommonProtocol.send_nowait`): a
+dispatcher never waits for a member. The first message that would wait
+(a full socket buffer, a message bigger than the room in it, a send under
+way on the connection) and the rest of that mailbox go to a *sender thread*
+of the member's own (:func:`syncws.readers.start`: an idle thread, or a new
+one), which waits up to ``timeout`` for each send, then gives the member
+back to the dispatchers once its mailbox is empty. So members that stop
+reading hold one thread each, never one that others need, and a fan-out
+costs threads only for the members that are behind. A mailbox over
 ``max_pending`` messages means the member can't keep up: it is dropped from
-every channel and reported.
+every channel and reported. :func:`~syncws.broadcast` isn't used here
+because it returns only once its slow sends are done, and a stream of
+messages can't wait for the slowest member before the next one.
 
 **Order**: messages from one publisher (one thread calling ``publish()``)
 reach every member in the order they were published: Redis keeps the order
@@ -71,6 +77,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import enum
+import functools
 import logging
 import os
 import queue
@@ -80,8 +88,9 @@ import time
 import uuid
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
-from . import metrics
-from .exceptions import PublishError
+from . import metrics, readers
+from .exceptions import ConnectionClosed, PublishError
+from .logs import format_address
 from .protocol import Data, WebSocketCommonProtocol
 from .safetext import redact_uri
 
@@ -89,9 +98,9 @@ __all__ = ["Fanout", "FanoutStats", "Gap", "LocalFanout", "PublishError", "Redis
 
 logger = logging.getLogger("syncws.fanout")
 
-#: Sender threads per fan-out: enough to wait on several slow clients at
-#: once without a thread per connection.
-SENDERS = 16
+#: Dispatcher threads per fan-out. They never wait for a member (they only
+#: send what its socket takes at once), so a few serve any number.
+DISPATCHERS = 2
 
 # How long the subscriber thread blocks reading Redis before it looks at its
 # subscription requests again: the latency of a first subscribe().
@@ -138,17 +147,38 @@ class FanoutStats:
     reconnects: int = 0
 
 
+class _State(enum.Enum):
+    """Where a member's delivery stands; changed under the fan-out's lock.
+
+    ::
+
+        IDLE ---mail---> QUEUED ---mailbox empty---> IDLE
+                         QUEUED ---can't send now---> SLOW
+                         SLOW ---mailbox empty---> IDLE
+        any ---dropped, or left every channel---> GONE
+    """
+
+    IDLE = "idle"  # nothing to send; nobody serves it
+    QUEUED = "queued"  # on the dispatchers' queue, or a dispatcher sends to it
+    SLOW = "slow"  # a sender thread of its own sends to it, waiting as long as it must
+    GONE = "gone"  # dropped, or no longer a member: gets nothing more
+
+
 class _Member:
     """One connection's mailbox; guarded by the fan-out's lock."""
 
-    __slots__ = ("connection", "mailbox", "scheduled", "failed", "channels")
+    __slots__ = ("connection", "mailbox", "state", "channels")
 
     def __init__(self, connection: WebSocketCommonProtocol) -> None:
         self.connection = connection
         self.mailbox: Deque[Data] = collections.deque()
-        self.scheduled = False  # on the ready queue or being emptied by a sender
-        self.failed = False  # dropped: gets nothing more
+        self.state = _State.IDLE
         self.channels: Set[str] = set()
+
+    @property
+    def gone(self) -> bool:
+        """Gets nothing more (another thread may have made it so)."""
+        return self.state is _State.GONE
 
 
 FailureCallback = Callable[[WebSocketCommonProtocol, Exception], None]
@@ -167,7 +197,7 @@ class Fanout:
             ``write_timeout``).
         max_pending: messages waiting for one member before it is dropped.
         on_failure: called with ``(connection, exception)`` when a member is
-            dropped (from a sender thread; keep it short).
+            dropped, from the thread that dropped it (keep it short).
     """
 
     def __init__(
@@ -188,9 +218,9 @@ class Fanout:
         self._lock = threading.Lock()
         self._channels: Dict[str, Set[_Member]] = {}
         self._members: Dict[WebSocketCommonProtocol, _Member] = {}
-        # Members with mail, for the senders; None tells a sender to stop.
+        # QUEUED members, for the dispatchers; None tells a dispatcher to stop.
         self._ready: "queue.SimpleQueue[Optional[_Member]]" = queue.SimpleQueue()
-        self._senders: List[threading.Thread] = []
+        self._dispatchers: List[threading.Thread] = []
         self._closed = False
 
     # -- membership -------------------------------------------------------
@@ -256,6 +286,7 @@ class Fanout:
         member.channels.discard(channel)
         if not member.channels:
             del self._members[member.connection]
+            member.state = _State.GONE
             member.mailbox.clear()
         members = self._channels[channel]
         members.discard(member)
@@ -324,80 +355,126 @@ class Fanout:
         raise NotImplementedError
 
     def _deliver(self, channel: str, message: Data) -> None:
-        """Queue ``message`` for every local member of ``channel``."""
-        to_wake = []
+        """Queue ``message`` for every local member of ``channel``.
+
+        What a backend calls for each message that reaches this process.
+        """
+        queued = []
+        dropped = []
         with self._lock:
             members = self._channels.get(channel)
             if not members or self._closed:
                 return
             self.stats.received += 1
-            for member in list(members):  # _fail() may remove some
-                if member.failed:
-                    continue
+            for member in list(members):  # _drop() may remove some
                 if len(member.mailbox) >= self.max_pending:
-                    self._fail(member, OverflowError(f"more than {self.max_pending} messages waiting: too slow"))
+                    too_slow = OverflowError(f"more than {self.max_pending} messages waiting: too slow")
+                    dropped.append(self._drop(member, too_slow))
                     continue
                 member.mailbox.append(message)
-                if not member.scheduled:
-                    member.scheduled = True
-                    to_wake.append(member)
-            if to_wake and not self._senders:
-                self._start_senders()
-        for member in to_wake:
+                if member.state is _State.IDLE:
+                    member.state = _State.QUEUED
+                    queued.append(member)
+            if queued and not self._dispatchers:
+                self._start_dispatchers()
+        for member in queued:
             self._ready.put(member)
+        for connection, exc, channels in dropped:
+            self._report_drop(connection, exc, channels)
 
-    def _fail(self, member: _Member, exc: Exception) -> None:
-        """Drop a member from every channel (lock held); report it."""
-        member.failed = True
-        member.mailbox.clear()
+    def _drop(self, member: _Member, exc: Exception) -> Tuple[WebSocketCommonProtocol, Exception, List[str]]:
+        """Drop a member from every channel (lock held); :meth:`_report_drop` follows."""
+        channels = sorted(member.channels)
         self.stats.failures += 1
-        logger.warning("dropping %s from %s: %s", _name(member.connection), sorted(member.channels), exc)
-        for channel in list(member.channels):
+        for channel in channels:
             self._remove(member, channel)
-        if isinstance(exc, OverflowError) or self.on_failure is not None:
-            # In a thread of its own: closing waits for the closing
-            # handshake, and the callback may call unsubscribe_all().
-            threading.Thread(
-                target=self._after_failure, args=(member.connection, exc), name="syncws-fanout-failure", daemon=True
-            ).start()
+        assert member.gone and not member.mailbox
+        return member.connection, exc, channels
 
-    def _after_failure(self, connection: WebSocketCommonProtocol, exc: Exception) -> None:
+    def _report_drop(self, connection: WebSocketCommonProtocol, exc: Exception, channels: List[str]) -> None:
+        """Log a drop, close a member too slow to keep up, call ``on_failure`` (lock not held)."""
+        logger.warning("dropping %s from %s: %s", _name(connection), channels, exc)
         if isinstance(exc, OverflowError):
-            # Still open but too slow: tell it why it gets nothing more.
-            # (A send that timed out has aborted its connection already.)
-            connection.close(1008, "too slow to keep up")
+            # Still open but too slow: tell it why it gets nothing more,
+            # without waiting (a send blocked on it may hold its writer).
+            connection.start_closing(1008, "too slow to keep up")
         if self.on_failure is not None:
-            self.on_failure(connection, exc)
+            try:
+                self.on_failure(connection, exc)
+            except Exception:
+                logger.exception("on_failure raised")
 
-    def _start_senders(self) -> None:
-        for i in range(SENDERS):
-            thread = threading.Thread(target=self._send_loop, name=f"syncws-fanout-sender-{i}", daemon=True)
+    def _start_dispatchers(self) -> None:
+        for i in range(DISPATCHERS):
+            thread = threading.Thread(target=self._dispatch, name=f"syncws-fanout-dispatcher-{i}", daemon=True)
             thread.start()
-            self._senders.append(thread)
+            self._dispatchers.append(thread)
 
-    def _send_loop(self) -> None:
-        """A sender thread: empty the mailboxes of members with mail."""
+    def _dispatch(self) -> None:
+        """A dispatcher thread: send to QUEUED members what their sockets take at once."""
         while True:
             member = self._ready.get()
             if member is None:
                 return
-            sent = 0  # counted at the next lock acquisition
-            while True:
-                with self._lock:
-                    self.stats.delivered += sent
-                    if member.failed or not member.mailbox:
-                        member.scheduled = False
-                        break
-                    message = member.mailbox.popleft()
-                try:
-                    member.connection.send(message, timeout=self.timeout)
-                except Exception as exc:
+            self._serve(member, blocking=False)
+
+    def _serve(self, member: _Member, blocking: bool) -> None:
+        """Send a member its mail, in order, until its mailbox is empty.
+
+        In a dispatcher (``blocking`` false), only what the socket takes at
+        once: the first message that would block, and the rest after it,
+        go to a sender thread of the member's own (``blocking``), which
+        waits up to ``timeout`` for each send. So a stalled member holds
+        only its own thread, never a dispatcher.
+        """
+        connection = member.connection
+        sent = 0  # counted at the next lock acquisition
+        while True:
+            with self._lock:
+                self.stats.delivered += sent
+                if member.gone:
+                    return
+                if not member.mailbox:
+                    member.state = _State.IDLE
+                    return
+                message = member.mailbox.popleft()
+            try:
+                if blocking:
+                    connection.send(message, timeout=self.timeout)
+                elif not connection.send_nowait(message, self.timeout):
                     with self._lock:
-                        if not member.failed:
-                            self._fail(member, exc)
-                        member.scheduled = False
-                    break
-                sent = 1
+                        if member.gone:
+                            return
+                        member.mailbox.appendleft(message)
+                        member.state = _State.SLOW
+                    self._start_sender(member)
+                    return
+            except ConnectionClosed as exc:
+                # Closing or closed: no failure, its handler ends anyway.
+                logger.debug("%s left: %s", _name(connection), exc)
+                with self._lock:
+                    for channel in list(member.channels):
+                        self._remove(member, channel)
+                return
+            except Exception as exc:
+                with self._lock:
+                    drop = None if member.gone else self._drop(member, exc)
+                if drop is not None:
+                    self._report_drop(*drop)
+                return
+            sent = 1
+
+    def _start_sender(self, member: _Member) -> None:
+        """Give a SLOW member a sender thread of its own."""
+        try:
+            readers.start(
+                functools.partial(self._serve, member, blocking=True), f"syncws-fanout-sender-{_name(member.connection)}"
+            )
+        except RuntimeError as exc:  # out of threads: it can't be served
+            with self._lock:
+                drop = None if member.gone else self._drop(member, exc)
+            if drop is not None:
+                self._report_drop(*drop)
 
     def close(self) -> None:
         """Stop delivering and release the threads and broker connections.
@@ -408,12 +485,12 @@ class Fanout:
             if self._closed:
                 return
             self._closed = True
-            senders = list(self._senders)
+            dispatchers = list(self._dispatchers)
             for member in self._members.values():
                 member.mailbox.clear()
-        for _ in senders:
+        for _ in dispatchers:
             self._ready.put(None)
-        for thread in senders:
+        for thread in dispatchers:
             thread.join()
 
     def __enter__(self) -> "Fanout":
@@ -425,7 +502,7 @@ class Fanout:
 
 def _name(connection: WebSocketCommonProtocol) -> str:
     try:
-        return str(connection.remote_address)
+        return format_address(connection.remote_address)
     except Exception:
         return repr(connection)
 

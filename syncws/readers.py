@@ -12,10 +12,13 @@ only when none comes does it end. At most :data:`MAX_IDLE` threads wait so
 at a time: after a burst of closes the others end at once. While a
 connection is open, its reader thread is still its own.
 
-Only syncws's reader loop runs in these threads, never application code, so
-nothing a thread keeps (thread-locals) carries over from one connection to
-the next. Every thread is named after the connection it reads for
-(``syncws-reader-<peer address>``), and ``syncws-reader-idle`` while it waits.
+Only syncws's loops run in these threads, so nothing a thread keeps
+(thread-locals) carries over from one connection to the next: a
+connection's reader, and :mod:`syncws.fanout`'s sender for a member that is
+behind (whose only application code is a fan-out's ``on_failure``
+callback). Every thread is named after the connection it serves
+(``syncws-reader-<peer address>``, ``syncws-fanout-sender-<peer address>``),
+and ``syncws-reader-idle`` while it waits.
 
 :func:`start` is safe to call from any thread. After :func:`os.fork`, the
 child has none of its parent's threads: its pool starts empty.
@@ -69,7 +72,8 @@ def start(target: Callable[[], None], name: str) -> None:
     connection's reader signals its end itself).
 
     Args:
-        target: the reader loop of one connection; what it raises is logged.
+        target: the reader loop of one connection (or a fan-out's sender);
+            what it raises is logged.
         name: the thread's name while it runs ``target``.
 
     Raises:

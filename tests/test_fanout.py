@@ -437,3 +437,84 @@ def test_redis_password_stays_out_of_warnings_and_publish_errors(tmp_path: Path,
         logging.getLogger("syncws").removeHandler(watch)
     assert f"on redis://:[redacted]@{HOST}:{server.port}/0: " in str(excinfo.value)
     assert "s3cret" not in str(excinfo.value) and "s3cret" not in caplog.text
+
+
+# -- head-of-line blocking ---------------------------------------------------------
+
+
+class Listener:
+    """A member that reads all the time, noting when each message arrived."""
+
+    def __init__(self, websocket: syncws.WebSocketClientProtocol) -> None:
+        self.websocket = websocket
+        self.arrivals: List[Tuple[Any, float]] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for message in self.websocket:
+                self.arrivals.append((message, time.monotonic()))
+        except syncws.ConnectionClosed:
+            pass
+
+    def wait_for(self, count: int, predicate: Any, timeout: float = TIMEOUT) -> List[Tuple[Any, float]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            matching = [(m, t) for m, t in list(self.arrivals) if predicate(m)]
+            if len(matching) >= count or time.monotonic() > deadline:
+                return matching
+            time.sleep(0.01)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", ["local", "redis"])
+def test_stalled_members_do_not_delay_the_others(backend: str, request: pytest.FixtureRequest) -> None:
+    """100 members, 50 stop reading: the 50 others get each message at once."""
+    kwargs: Any = dict(timeout=60)
+    fanout: Fanout
+    if backend == "local":
+        fanout = LocalFanout(**kwargs)
+    else:
+        redis_server = request.getfixturevalue("redis_server")
+        fanout = RedisFanout(redis_server.url, **kwargs)
+    server = room_server(fanout)
+    stalled: List[Tuple[syncws.WebSocketClientProtocol, socket.socket]] = []
+    try:
+        listeners = [Listener(join(server, "r", f"r{i}")) for i in range(50)]
+        for _ in range(50):
+            stalled.append(stalled_client(server, "r"))
+        deadline = time.monotonic() + TIMEOUT
+        while len(fanout.members("r")) < 100:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        # More than a stalled member's socket buffers hold (about 3 MiB):
+        # every stalled member then has a send that can't finish.
+        big = b"x" * (512 * 1024)
+        for _ in range(8):
+            fanout.publish("r", big)
+        for listener in listeners:
+            assert len(listener.wait_for(8, lambda m: m == big, 3 * TIMEOUT)) == 8
+        latencies = []
+        for number in range(20):
+            fanout.publish("r", f"tick {number} {time.monotonic()}")
+            time.sleep(0.02)
+        for listener in listeners:
+            ticks = listener.wait_for(20, lambda m: isinstance(m, str) and m.startswith("tick "), 3 * TIMEOUT)
+            assert [int(m.split()[1]) for m, _ in ticks] == list(range(20))
+            latencies += [arrival - float(m.split()[2]) for m, arrival in ticks]
+        latencies.sort()
+        print(f"latency over {len(latencies)} deliveries: median {latencies[len(latencies) // 2] * 1000:.1f} ms, "
+              f"99th {latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms")
+        # Measured: a few ms (bench/fanout.py, docs/performance.rst). The
+        # bound leaves room for a machine loaded by other work, and stays
+        # far below the 60 s each stalled member's send may wait, which is
+        # what the others waited for when stalled members held the senders.
+        assert latencies[-1] < 5.0
+        assert fanout.stats.failures == 0
+    finally:
+        for websocket, sock in stalled:
+            abort(websocket, sock)
+        server.close()
+        server.wait_closed(TIMEOUT)
+        fanout.close()
