@@ -44,9 +44,15 @@ of the member's own (:func:`syncws.readers.start`: an idle thread, or a new
 one), which waits up to ``timeout`` for each send, then gives the member
 back to the dispatchers once its mailbox is empty. So members that stop
 reading hold one thread each, never one that others need, and a fan-out
-costs threads only for the members that are behind. A mailbox over
-``max_pending`` messages means the member can't keep up: it is dropped from
-every channel and reported. :func:`~syncws.broadcast` isn't used here
+costs threads only for the members that are behind.
+
+**Slow members**: a mailbox holds at most ``max_pending`` messages and
+``max_pending_bytes`` bytes (payload bytes, UTF-8 for text; one message
+always fits in an empty mailbox). A member whose next message would pass
+either limit can't keep up: it is dropped from every channel, closed with
+1008 ("too slow to keep up"; aborted if the close frame can't be sent
+within the connection's ``close_timeout``), and reported (a WARNING line
+with what was waiting, ``on_failure``, ``stats.failures``). :func:`~syncws.broadcast` isn't used here
 because it returns only once its slow sends are done, and a stream of
 messages can't wait for the slowest member before the next one.
 
@@ -164,14 +170,20 @@ class _State(enum.Enum):
     GONE = "gone"  # dropped, or no longer a member: gets nothing more
 
 
+# A message in mailboxes: (message, its size in bytes). Made once per message
+# and shared by every member's mailbox.
+_Mail = Tuple[Data, int]
+
+
 class _Member:
     """One connection's mailbox; guarded by the fan-out's lock."""
 
-    __slots__ = ("connection", "mailbox", "state", "channels")
+    __slots__ = ("connection", "mailbox", "mailbox_bytes", "state", "channels")
 
     def __init__(self, connection: WebSocketCommonProtocol) -> None:
         self.connection = connection
-        self.mailbox: Deque[Data] = collections.deque()
+        self.mailbox: Deque[_Mail] = collections.deque()
+        self.mailbox_bytes = 0  # the sizes of the messages in the mailbox
         self.state = _State.IDLE
         self.channels: Set[str] = set()
 
@@ -195,9 +207,16 @@ class Fanout:
         timeout: seconds a send to one member may take; past it the
             connection is aborted (``None``: each connection's
             ``write_timeout``).
-        max_pending: messages waiting for one member before it is dropped.
+        max_pending: the most messages waiting for one member; a member
+            with more is dropped.
+        max_pending_bytes: the most bytes of messages waiting for one
+            member (one message always fits in an empty mailbox); a member
+            with more is dropped.
         on_failure: called with ``(connection, exception)`` when a member is
             dropped, from the thread that dropped it (keep it short).
+
+    Raises:
+        ValueError: a limit below 1.
     """
 
     def __init__(
@@ -205,12 +224,16 @@ class Fanout:
         *,
         timeout: Optional[float] = 10,
         max_pending: int = 1024,
+        max_pending_bytes: int = 4 * 2**20,
         on_failure: Optional[FailureCallback] = None,
     ) -> None:
         if max_pending < 1:
             raise ValueError(f"max_pending must be at least 1, got {max_pending}")
+        if max_pending_bytes < 1:
+            raise ValueError(f"max_pending_bytes must be at least 1, got {max_pending_bytes}")
         self.timeout = timeout
         self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
         self.on_failure = on_failure
         self.stats = FanoutStats()
         metrics.track_fanout(self)
@@ -288,6 +311,7 @@ class Fanout:
             del self._members[member.connection]
             member.state = _State.GONE
             member.mailbox.clear()
+            member.mailbox_bytes = 0
         members = self._channels[channel]
         members.discard(member)
         if not members:
@@ -359,6 +383,8 @@ class Fanout:
 
         What a backend calls for each message that reaches this process.
         """
+        size = _size(message)
+        mail = (message, size)
         queued = []
         dropped = []
         with self._lock:
@@ -367,11 +393,13 @@ class Fanout:
                 return
             self.stats.received += 1
             for member in list(members):  # _drop() may remove some
-                if len(member.mailbox) >= self.max_pending:
-                    too_slow = OverflowError(f"more than {self.max_pending} messages waiting: too slow")
-                    dropped.append(self._drop(member, too_slow))
+                if member.mailbox and (
+                    len(member.mailbox) >= self.max_pending or member.mailbox_bytes + size > self.max_pending_bytes
+                ):
+                    dropped.append(self._drop(member, self._too_slow(member, size)))
                     continue
-                member.mailbox.append(message)
+                member.mailbox.append(mail)
+                member.mailbox_bytes += size
                 if member.state is _State.IDLE:
                     member.state = _State.QUEUED
                     queued.append(member)
@@ -381,6 +409,17 @@ class Fanout:
             self._ready.put(member)
         for connection, exc, channels in dropped:
             self._report_drop(connection, exc, channels)
+
+    def _too_slow(self, member: _Member, size: int) -> OverflowError:
+        """Why ``member`` can't take one more message of ``size`` bytes (lock held)."""
+        if len(member.mailbox) >= self.max_pending:
+            limit = f"max_pending={self.max_pending}"
+        else:
+            limit = f"max_pending_bytes={self.max_pending_bytes}"
+        return OverflowError(
+            f"too slow: {len(member.mailbox)} messages ({member.mailbox_bytes} bytes) waiting, "
+            f"one more ({size} bytes) would pass {limit}"
+        )
 
     def _drop(self, member: _Member, exc: Exception) -> Tuple[WebSocketCommonProtocol, Exception, List[str]]:
         """Drop a member from every channel (lock held); :meth:`_report_drop` follows."""
@@ -437,7 +476,9 @@ class Fanout:
                 if not member.mailbox:
                     member.state = _State.IDLE
                     return
-                message = member.mailbox.popleft()
+                mail = member.mailbox.popleft()
+                member.mailbox_bytes -= mail[1]
+                message = mail[0]
             try:
                 if blocking:
                     connection.send(message, timeout=self.timeout)
@@ -445,7 +486,8 @@ class Fanout:
                     with self._lock:
                         if member.gone:
                             return
-                        member.mailbox.appendleft(message)
+                        member.mailbox.appendleft(mail)
+                        member.mailbox_bytes += mail[1]
                         member.state = _State.SLOW
                     self._start_sender(member)
                     return
@@ -505,6 +547,14 @@ def _name(connection: WebSocketCommonProtocol) -> str:
         return format_address(connection.remote_address)
     except Exception:
         return repr(connection)
+
+
+def _size(message: Data) -> int:
+    """The bytes of a message's payload: UTF-8 for text."""
+    if isinstance(message, str):
+        # isascii() is O(1) on CPython: no copy for the common case.
+        return len(message) if message.isascii() else len(message.encode())
+    return len(message)
 
 
 def _check_message(message: Data) -> Data:
@@ -586,6 +636,7 @@ class RedisFanout(Fanout):
         timeout: as for :class:`Fanout`; also bounds each Redis command
             and connection attempt.
         max_pending: as for :class:`Fanout`.
+        max_pending_bytes: as for :class:`Fanout`.
         on_failure: as for :class:`Fanout`.
         on_gap: called with a :class:`Gap` when messages may have been lost
             (from the subscriber thread; keep it short).
@@ -609,6 +660,7 @@ class RedisFanout(Fanout):
         prefix: str = "syncws:",
         timeout: Optional[float] = 10,
         max_pending: int = 1024,
+        max_pending_bytes: int = 4 * 2**20,
         on_failure: Optional[FailureCallback] = None,
         on_gap: Optional[GapCallback] = None,
         ping_interval: float = 5.0,
@@ -617,7 +669,9 @@ class RedisFanout(Fanout):
         max_reconnect_delay: float = 5.0,
     ) -> None:
         redis = _import_redis()
-        super().__init__(timeout=timeout, max_pending=max_pending, on_failure=on_failure)
+        super().__init__(
+            timeout=timeout, max_pending=max_pending, max_pending_bytes=max_pending_bytes, on_failure=on_failure
+        )
         self.url = url
         self.prefix = prefix
         self.on_gap = on_gap

@@ -160,6 +160,8 @@ def test_local_bad_arguments() -> None:
         fanout.publish("a", {})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_pending must be at least 1"):
         LocalFanout(max_pending=0)
+    with pytest.raises(ValueError, match="max_pending_bytes must be at least 1, got 0"):
+        LocalFanout(max_pending_bytes=0)
     fanout.close()
     fanout.close()
     with pytest.raises(RuntimeError, match="closed"):
@@ -167,7 +169,16 @@ def test_local_bad_arguments() -> None:
 
 
 @pytest.mark.timeout(30)
-def test_local_stalled_member_does_not_delay_the_others_and_is_dropped_when_full() -> None:
+@pytest.mark.parametrize(
+    "limits, limit_hit",
+    [
+        (dict(max_pending=50, max_pending_bytes=2**30), "max_pending=50"),
+        (dict(), "max_pending_bytes=4194304"),
+    ],
+)
+def test_local_stalled_member_does_not_delay_the_others_and_is_dropped_when_full(
+    limits: Any, limit_hit: str
+) -> None:
     failures: List[Tuple[Any, Exception]] = []
     failed = threading.Event()
 
@@ -175,7 +186,7 @@ def test_local_stalled_member_does_not_delay_the_others_and_is_dropped_when_full
         failures.append((connection, exc))
         failed.set()
 
-    fanout = LocalFanout(timeout=1, max_pending=50, on_failure=on_failure)
+    fanout = LocalFanout(timeout=1, on_failure=on_failure, **limits)
     server = room_server(fanout)
     try:
         readers = [join(server, "r", f"r{i}") for i in range(3)]
@@ -191,7 +202,7 @@ def test_local_stalled_member_does_not_delay_the_others_and_is_dropped_when_full
                 assert receive(reader, 1) == [big]
         assert failed.wait(TIMEOUT)
         ((connection, exc),) = failures
-        assert isinstance(exc, OverflowError) and "more than 50 messages waiting" in str(exc)
+        assert isinstance(exc, OverflowError) and f"would pass {limit_hit}" in str(exc)
         assert fanout.stats.failures == 1
         members = fanout.members("r")  # dropped from the room, the readers stay
         assert connection not in members and len(members) == 3
@@ -209,9 +220,37 @@ def test_local_stalled_member_does_not_delay_the_others_and_is_dropped_when_full
 
 
 @pytest.mark.timeout(30)
+def test_local_mailbox_bytes_bound_what_waits_for_a_stalled_member() -> None:
+    """1 MiB messages to a member that doesn't read: at most 4 MiB wait for it, not 64."""
+    failed = threading.Event()
+    fanout = LocalFanout(timeout=30, max_pending_bytes=4 * 2**20, on_failure=lambda connection, exc: failed.set())
+    server = room_server(fanout)
+    try:
+        stalled, sock = stalled_client(server, "r")
+        deadline = time.monotonic() + TIMEOUT
+        while not fanout.members("r"):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        message = b"m" * 2**20
+        for number in range(64):
+            fanout.publish("r", message)
+            if failed.is_set():
+                break
+            waiting = fanout.pending()
+            assert waiting * len(message) <= 4 * 2**20, f"{waiting} MiB waiting after {number + 1} published"
+        assert failed.is_set(), "64 MiB published, and the stalled member is still there"
+        assert fanout.pending() == 0 and fanout.stats.failures == 1
+        abort(stalled, sock)
+    finally:
+        server.close()
+        server.wait_closed(TIMEOUT)
+        fanout.close()
+
+
+@pytest.mark.timeout(30)
 def test_local_send_timeout_aborts_and_reports() -> None:
     failed = threading.Event()
-    fanout = LocalFanout(timeout=0.5, on_failure=lambda connection, exc: failed.set())
+    fanout = LocalFanout(timeout=0.5, max_pending_bytes=2**30, on_failure=lambda connection, exc: failed.set())
     server = room_server(fanout)
     try:
         reader = join(server, "r", "reader")
@@ -471,7 +510,7 @@ class Listener:
 @pytest.mark.parametrize("backend", ["local", "redis"])
 def test_stalled_members_do_not_delay_the_others(backend: str, request: pytest.FixtureRequest) -> None:
     """100 members, 50 stop reading: the 50 others get each message at once."""
-    kwargs: Any = dict(timeout=60)
+    kwargs: Any = dict(timeout=60, max_pending_bytes=256 * 2**20)
     fanout: Fanout
     if backend == "local":
         fanout = LocalFanout(**kwargs)
