@@ -132,25 +132,72 @@ class Gap:
     publisher: Optional[str] = None
 
 
+def _counter(default: Any = 0) -> Any:
+    return dataclasses.field(default=default, metadata={"kind": "counter"})
+
+
+def _gauge(default: Any = 0) -> Any:
+    return dataclasses.field(default=default, metadata={"kind": "gauge"})
+
+
 @dataclasses.dataclass
 class FanoutStats:
-    """Counters, updated as things happen (read them from any thread).
+    """What a fan-out did and what it holds: :attr:`Fanout.stats` is a snapshot.
+
+    Counters count from the fan-out's creation and only grow; gauges are
+    values at the time of the snapshot. Each field's ``metadata["kind"]``
+    says which (``"counter"`` or ``"gauge"``), for exporters such as
+    Prometheus'. Counting costs an integer addition under a lock the
+    fan-out takes anyway; a snapshot walks the members once.
 
     Attributes:
         published: messages this process published.
+        publish_errors: :meth:`~Fanout.publish` calls that raised
+            :exc:`~syncws.PublishError`.
         received: messages that reached this process for local members.
-        delivered: sends to local members that succeeded.
-        failures: members dropped after a failed send or a full mailbox.
+        delivered: messages sent to local members (one per member).
+        delivery_seconds: the seconds delivered messages waited in this
+            process between their arrival and their send, summed:
+            divided by ``delivered``, the mean delivery lag.
+        failures: members dropped: a send that failed or timed out, or a
+            full mailbox.
+        too_slow: of those, members dropped for a full mailbox.
+        discarded: messages never sent because the member they waited
+            for was dropped or closed first.
         gaps: :class:`Gap` reports (outages and sequence gaps).
+        lost: messages known lost from sequence gaps (the sum of
+            :attr:`Gap.lost`).
         reconnects: times the subscriber reconnected to the broker.
+        members: connections subscribed to a channel (gauge).
+        channels: channels with a local member (gauge).
+        pending: messages waiting in mailboxes (gauge).
+        pending_bytes: their bytes (gauge).
+        oldest_pending: seconds the oldest of them has waited; 0 when none
+            waits (gauge).
+        slow_members: members that a sender thread of their own serves,
+            their socket being full (gauge).
+        connected: 1 while messages from the broker can arrive, 0 during an
+            outage (gauge; always 1 for :class:`LocalFanout`).
     """
 
-    published: int = 0
-    received: int = 0
-    delivered: int = 0
-    failures: int = 0
-    gaps: int = 0
-    reconnects: int = 0
+    published: int = _counter()
+    publish_errors: int = _counter()
+    received: int = _counter()
+    delivered: int = _counter()
+    delivery_seconds: float = _counter(0.0)
+    failures: int = _counter()
+    too_slow: int = _counter()
+    discarded: int = _counter()
+    gaps: int = _counter()
+    lost: int = _counter()
+    reconnects: int = _counter()
+    members: int = _gauge()
+    channels: int = _gauge()
+    pending: int = _gauge()
+    pending_bytes: int = _gauge()
+    oldest_pending: float = _gauge(0.0)
+    slow_members: int = _gauge()
+    connected: int = _gauge(1)
 
 
 class _State(enum.Enum):
@@ -170,9 +217,9 @@ class _State(enum.Enum):
     GONE = "gone"  # dropped, or no longer a member: gets nothing more
 
 
-# A message in mailboxes: (message, its size in bytes). Made once per message
-# and shared by every member's mailbox.
-_Mail = Tuple[Data, int]
+# A message in mailboxes: (message, its size in bytes, time.monotonic() at
+# its arrival). Made once per message and shared by every member's mailbox.
+_Mail = Tuple[Data, int, float]
 
 
 class _Member:
@@ -235,9 +282,9 @@ class Fanout:
         self.max_pending = max_pending
         self.max_pending_bytes = max_pending_bytes
         self.on_failure = on_failure
-        self.stats = FanoutStats()
-        metrics.track_fanout(self)
-        # Guards _channels, _members and every _Member's fields.
+        # The counters; the gauges are computed by the stats property.
+        self._counts = FanoutStats()
+        # Guards _channels, _members, _counts and every _Member's fields.
         self._lock = threading.Lock()
         self._channels: Dict[str, Set[_Member]] = {}
         self._members: Dict[WebSocketCommonProtocol, _Member] = {}
@@ -245,6 +292,7 @@ class Fanout:
         self._ready: "queue.SimpleQueue[Optional[_Member]]" = queue.SimpleQueue()
         self._dispatchers: List[threading.Thread] = []
         self._closed = False
+        metrics.track_fanout(self)  # for syncws.metrics.render(), which reads stats
 
     # -- membership -------------------------------------------------------
 
@@ -339,6 +387,24 @@ class Fanout:
         with self._lock:
             return sum(len(m.mailbox) for m in self._members.values())
 
+    @property
+    def stats(self) -> FanoutStats:
+        """The counters and gauges of this fan-out, as of now (a new snapshot)."""
+        now = time.monotonic()
+        with self._lock:
+            members = list(self._members.values())
+            snapshot = dataclasses.replace(
+                self._counts,
+                members=len(members),
+                channels=len(self._channels),
+                pending=sum(len(m.mailbox) for m in members),
+                pending_bytes=sum(m.mailbox_bytes for m in members),
+                oldest_pending=max((now - m.mailbox[0][2] for m in members if m.mailbox), default=0.0),
+                slow_members=sum(m.state is _State.SLOW for m in members),
+                connected=int(self._connected()),
+            )
+        return snapshot
+
     def channels(self) -> Set[str]:
         """The channels with at least one local member (a snapshot).
 
@@ -360,6 +426,10 @@ class Fanout:
 
     def _channel_emptied(self, channel: str) -> None:
         pass
+
+    def _connected(self) -> bool:
+        """Whether messages from the broker can arrive now (lock held)."""
+        return True
 
     # -- publishing and delivery -------------------------------------------
 
@@ -384,14 +454,14 @@ class Fanout:
         What a backend calls for each message that reaches this process.
         """
         size = _size(message)
-        mail = (message, size)
+        mail = (message, size, time.monotonic())
         queued = []
         dropped = []
         with self._lock:
             members = self._channels.get(channel)
             if not members or self._closed:
                 return
-            self.stats.received += 1
+            self._counts.received += 1
             for member in list(members):  # _drop() may remove some
                 if member.mailbox and (
                     len(member.mailbox) >= self.max_pending or member.mailbox_bytes + size > self.max_pending_bytes
@@ -424,7 +494,9 @@ class Fanout:
     def _drop(self, member: _Member, exc: Exception) -> Tuple[WebSocketCommonProtocol, Exception, List[str]]:
         """Drop a member from every channel (lock held); :meth:`_report_drop` follows."""
         channels = sorted(member.channels)
-        self.stats.failures += 1
+        self._counts.failures += 1
+        self._counts.too_slow += isinstance(exc, OverflowError)
+        self._counts.discarded += len(member.mailbox)
         for channel in channels:
             self._remove(member, channel)
         assert member.gone and not member.mailbox
@@ -467,10 +539,12 @@ class Fanout:
         only its own thread, never a dispatcher.
         """
         connection = member.connection
-        sent = 0  # counted at the next lock acquisition
+        lag = None  # of the message just sent, counted at the next lock acquisition
         while True:
             with self._lock:
-                self.stats.delivered += sent
+                if lag is not None:
+                    self._counts.delivered += 1
+                    self._counts.delivery_seconds += lag
                 if member.gone:
                     return
                 if not member.mailbox:
@@ -495,16 +569,18 @@ class Fanout:
                 # Closing or closed: no failure, its handler ends anyway.
                 logger.debug("%s left: %s", _name(connection), exc)
                 with self._lock:
+                    self._counts.discarded += 1 + len(member.mailbox)
                     for channel in list(member.channels):
                         self._remove(member, channel)
                 return
             except Exception as exc:
                 with self._lock:
+                    self._counts.discarded += 1
                     drop = None if member.gone else self._drop(member, exc)
                 if drop is not None:
                     self._report_drop(*drop)
                 return
-            sent = 1
+            lag = time.monotonic() - mail[2]
 
     def _start_sender(self, member: _Member) -> None:
         """Give a SLOW member a sender thread of its own."""
@@ -583,7 +659,7 @@ class LocalFanout(Fanout):
         """
         message = _check_message(message)
         with self._lock:
-            self.stats.published += 1
+            self._counts.published += 1
         self._deliver(channel, message)
 
 
@@ -653,6 +729,11 @@ class RedisFanout(Fanout):
         ValueError: ``url`` isn't a Redis URL.
     """
 
+    # Monotonic time the subscription was lost, until it is whole again
+    # (written by the subscriber thread). A class default too: the stats,
+    # which read it, may be taken while __init__ runs.
+    _down_since: Optional[float] = None
+
     def __init__(
         self,
         url: str,
@@ -702,9 +783,7 @@ class RedisFanout(Fanout):
         self._confirmed: Dict[str, threading.Event] = {}
         # (publisher, channel) -> last sequence number seen (subscriber thread only).
         self._last_seen: Dict[Tuple[str, str], int] = {}
-        # Monotonic time the subscription was lost, until it is whole again
-        # (subscriber thread only).
-        self._down_since: Optional[float] = None
+        self._down_since = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._subscriber, name="syncws-fanout-redis", daemon=True)
         self._thread.start()
@@ -733,8 +812,9 @@ class RedisFanout(Fanout):
             try:
                 self._publisher_client.publish(self.prefix + channel, _pack(self.publisher_id, sequence, message))
             except self._redis.RedisError as exc:
+                self._counts.publish_errors += 1
                 raise PublishError(f"cannot publish to {channel!r} on {redact_uri(self.url)}: {exc}") from exc
-            self.stats.published += 1
+            self._counts.published += 1
 
     # -- subscriptions --------------------------------------------------------
 
@@ -748,6 +828,9 @@ class RedisFanout(Fanout):
             event = self._confirmed.get(channel)
         return event is None or event.wait(self.timeout)
 
+    def _connected(self) -> bool:
+        return self._down_since is None
+
     def _channel_emptied(self, channel: str) -> None:
         # A later first member waits for a new confirmation.
         self._confirmed.pop(channel, None)
@@ -760,7 +843,7 @@ class RedisFanout(Fanout):
             try:
                 pubsub.ping()  # connects, or raises
                 if self._down_since is not None:
-                    self.stats.reconnects += 1
+                    self._counts.reconnects += 1
                 self._serve_subscription(pubsub)
                 return  # closed
             except Exception as exc:
@@ -878,7 +961,8 @@ class RedisFanout(Fanout):
 
     def _gap(self, gap: Gap) -> None:
         with self._lock:
-            self.stats.gaps += 1
+            self._counts.gaps += 1
+            self._counts.lost += gap.lost or 0
         if self.on_gap is not None:
             try:
                 self.on_gap(gap)

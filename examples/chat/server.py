@@ -15,8 +15,9 @@ process started with the same Redis URL shares them
 of one room to different processes or machines.
 
 ``GET /`` serves a small chat page; ``GET /stats`` answers the fan-out's
-counters as JSON (messages, failures, gaps, reconnects), which the tests and
-a monitoring probe can read. SIGTERM or Ctrl-C closes every connection with
+counters and gauges as JSON (:class:`syncws.fanout.FanoutStats`: messages,
+members, what waits for slow ones, failures, gaps, reconnects), which the
+tests and a monitoring probe can read. SIGTERM or Ctrl-C closes every connection with
 1001 (going away).
 """
 
@@ -100,8 +101,7 @@ class ChatServer:
         if path == "/":
             return 200, [("Content-Type", "text/html; charset=utf-8")], PAGE.encode()
         if path == "/stats":
-            members = sum(len(self.fanout.members(room)) for room in self.fanout.channels())
-            body = dict(dataclasses.asdict(self.fanout.stats), pid=os.getpid(), members=members, pending=self.fanout.pending())
+            body = dict(dataclasses.asdict(self.fanout.stats), pid=os.getpid())
             return 200, [("Content-Type", "application/json")], json.dumps(body).encode()
         return 404, [("Content-Type", "text/plain")], b"not found: try / or /chat/<room>\n"
 
