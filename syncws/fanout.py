@@ -74,6 +74,12 @@ nothing. :class:`RedisFanout` detects and reports this two ways:
   while the publisher's wasn't) reports a :class:`Gap` with the count of
   messages lost.
 
+This bookkeeping stays bounded however many channels come and go: a
+publisher keeps the numbers of its ``max_sequences`` most recent channels
+(one forgotten and published to again starts afresh under a new publisher
+id), and a subscriber those of the channels it subscribes to, for at most
+:data:`PUBLISHERS_KEPT` publishers each.
+
 A publisher that can't reach Redis raises :exc:`~syncws.PublishError`. The
 message's sequence number is spent all the same (a publish that timed out
 may still have reached Redis), so subscribers count it lost if it didn't go.
@@ -668,6 +674,22 @@ class LocalFanout(Fanout):
 # An envelope is b"<publisher> <sequence> <t|b>\n" followed by the payload
 # (UTF-8 for text). The sequence number counts per publisher and channel.
 
+#: The publishers per channel whose sequence numbers a subscriber remembers,
+#: the least recently heard forgotten first: every process that published
+#: to the channel since this one subscribed, and processes restart under new
+#: ids. A forgotten publisher's next message is taken as its first.
+PUBLISHERS_KEPT = 256
+
+
+class _Sequence:
+    """A publisher's numbering of one channel's messages."""
+
+    __slots__ = ("publisher", "number")
+
+    def __init__(self, publisher: str) -> None:
+        self.publisher = publisher  # the envelope's publisher field
+        self.number = 0  # the last number given
+
 
 def _pack(publisher: str, sequence: int, message: Data) -> bytes:
     if isinstance(message, str):
@@ -723,6 +745,11 @@ class RedisFanout(Fanout):
         reconnect_delay: the first delay before reconnecting, doubled on
             each failure (with jitter) up to ``max_reconnect_delay``.
         max_reconnect_delay: the longest delay between attempts.
+        max_sequences: the channels whose sequence numbers this publisher
+            remembers, the least recently published to forgotten first. A
+            forgotten channel's numbers start again under a new publisher
+            id, which subscribers take for a new publisher: nothing is
+            reported lost or repeated.
 
     Raises:
         ImportError: redis-py isn't installed (``syncws[redis]``).
@@ -748,6 +775,7 @@ class RedisFanout(Fanout):
         ping_timeout: float = 5.0,
         reconnect_delay: float = 0.1,
         max_reconnect_delay: float = 5.0,
+        max_sequences: int = 4096,
     ) -> None:
         redis = _import_redis()
         super().__init__(
@@ -760,6 +788,9 @@ class RedisFanout(Fanout):
         self.ping_timeout = ping_timeout
         self.reconnect_delay = reconnect_delay
         self.max_reconnect_delay = max_reconnect_delay
+        if max_sequences < 1:
+            raise ValueError(f"max_sequences must be at least 1, got {max_sequences}")
+        self.max_sequences = max_sequences
         self._redis = redis
         # Our own reconnection policy; redis-py's retries would block the
         # subscriber thread out of our sight.
@@ -773,16 +804,23 @@ class RedisFanout(Fanout):
         # Unique per process and instance, so a restarted publisher starts
         # new sequences instead of looking like a gap.
         self.publisher_id = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        # Held across numbering and PUBLISH, so numbers go out in order.
+        # Held across numbering and PUBLISH, so numbers go out in order;
+        # guards _sequences and _forgotten.
         self._publish_lock = threading.Lock()
-        self._sequences: Dict[str, int] = {}
+        # The channels published to, the least recently first.
+        self._sequences: "collections.OrderedDict[str, _Sequence]" = collections.OrderedDict()
+        # Channels dropped from _sequences so far: a channel numbered again
+        # gets the publisher id with this count, one it never had.
+        self._forgotten = 0
         # Subscriber thread state. _live: channels Redis confirmed on the
         # current connection (written by the subscriber thread, read under
         # _lock); _confirmed: an Event per channel a subscribe() waits on.
         self._live: Set[str] = set()
         self._confirmed: Dict[str, threading.Event] = {}
-        # (publisher, channel) -> last sequence number seen (subscriber thread only).
-        self._last_seen: Dict[Tuple[str, str], int] = {}
+        # channel -> publisher -> the last sequence number seen, the least
+        # recently heard publisher first; only channels subscribed to
+        # (subscriber thread only).
+        self._last_seen: Dict[str, "collections.OrderedDict[str, int]"] = {}
         self._down_since = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._subscriber, name="syncws-fanout-redis", daemon=True)
@@ -808,13 +846,29 @@ class RedisFanout(Fanout):
             # out may have reached Redis, and reusing its number would make
             # the next message look like a repeat. When it didn't go,
             # subscribers count it lost.
-            sequence = self._sequences[channel] = self._sequences.get(channel, 0) + 1
+            sequence = self._number(channel)
             try:
-                self._publisher_client.publish(self.prefix + channel, _pack(self.publisher_id, sequence, message))
+                self._publisher_client.publish(
+                    self.prefix + channel, _pack(sequence.publisher, sequence.number, message)
+                )
             except self._redis.RedisError as exc:
                 self._counts.publish_errors += 1
                 raise PublishError(f"cannot publish to {channel!r} on {redact_uri(self.url)}: {exc}") from exc
             self._counts.published += 1
+
+    def _number(self, channel: str) -> _Sequence:
+        """Number the next message to ``channel`` (``_publish_lock`` held)."""
+        sequence = self._sequences.get(channel)
+        if sequence is None:
+            suffix = f".{self._forgotten}" if self._forgotten else ""
+            sequence = self._sequences[channel] = _Sequence(self.publisher_id + suffix)
+            if len(self._sequences) > self.max_sequences:
+                self._sequences.popitem(last=False)
+                self._forgotten += 1
+        else:
+            self._sequences.move_to_end(channel)
+        sequence.number += 1
+        return sequence
 
     # -- subscriptions --------------------------------------------------------
 
@@ -877,6 +931,10 @@ class RedisFanout(Fanout):
         """Run one subscription connection until it breaks (raises) or we close."""
         pending: Set[str] = set()  # SUBSCRIBE sent, confirmation not yet read
         last_heard = last_ping = time.monotonic()
+        with self._lock:
+            wanted = set(self._channels)
+        for channel in set(self._last_seen) - wanted:  # left during an outage: no UNSUBSCRIBE said so
+            del self._last_seen[channel]
         while not self._stop.is_set():
             with self._lock:
                 wanted = set(self._channels)
@@ -930,24 +988,25 @@ class RedisFanout(Fanout):
         elif kind == "unsubscribe":
             with self._lock:
                 self._live.discard(channel)
-                stale = [key for key in self._last_seen if key[1] == channel]
-            for key in stale:
-                del self._last_seen[key]
+            self._last_seen.pop(channel, None)
         elif kind == "message":
             try:
                 publisher, sequence, payload = _unpack(message["data"])
             except (ValueError, UnicodeDecodeError):
                 logger.warning("ignoring a message on %s that isn't a syncws envelope", channel)
                 return
-            key = (publisher, channel)
-            last = self._last_seen.get(key)
+            seen = self._last_seen.setdefault(channel, collections.OrderedDict())
+            last = seen.get(publisher)
             if last is not None and sequence <= last:
-                logger.warning("dropping a repeated message %d from %s on %s", sequence, publisher, channel)
+                logger.warning("dropping a repeated message %d from %r on %r", sequence, publisher, channel)
                 return
-            self._last_seen[key] = sequence
+            seen[publisher] = sequence
+            seen.move_to_end(publisher)
+            if len(seen) > PUBLISHERS_KEPT:
+                seen.popitem(last=False)
             if last is not None and sequence > last + 1:
                 lost = sequence - last - 1
-                logger.warning("%d messages from publisher %s on %r were lost", lost, publisher, channel)
+                logger.warning("%d messages from publisher %r on %r were lost", lost, publisher, channel)
                 self._gap(Gap((channel,), lost=lost, publisher=publisher))
             self._deliver(channel, payload)
 

@@ -401,6 +401,51 @@ def test_redis_sequence_gap_is_reported(nodes: List[Node], redis_server: Redis) 
 
 
 @needs_redis
+@pytest.mark.timeout(60)
+def test_redis_bookkeeping_is_bounded_over_5000_channels(redis_server: Redis) -> None:
+    """Numbers are kept for the last channels published to, and subscribed ones."""
+    publisher = RedisFanout(redis_server.url, max_sequences=1000)
+    listener = Node(redis_server.url)
+    try:
+        member = join(listener.server, "kept", "m")
+        for number in range(5000):
+            publisher.publish(f"channel {number}", "x")
+            publisher.publish("kept", f"{number}")
+        assert len(publisher._sequences) <= 1000
+        # "kept" stayed among the recent ones: one publisher, numbered on.
+        assert [m for m in receive(member, 5000)] == [str(n) for n in range(5000)]
+        assert list(listener.fanout._last_seen) == ["kept"]
+        assert len(listener.fanout._last_seen["kept"]) == 2  # the member's hello, and ours
+        member.close()
+        deadline = time.monotonic() + TIMEOUT
+        while listener.fanout._last_seen:  # forgotten with the subscription
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert listener.gaps == []
+    finally:
+        listener.close()
+        publisher.close()
+
+
+@needs_redis
+def test_redis_a_forgotten_channel_starts_a_new_sequence(redis_server: Redis) -> None:
+    """Renumbered from 1 under a new publisher id: no repeat, no gap, bounded."""
+    publisher = RedisFanout(redis_server.url, max_sequences=1)
+    listener = Node(redis_server.url)
+    try:
+        member = join(listener.server, "a", "m")
+        for number in range(600):  # each one forgets "a": a new publisher id every time
+            publisher.publish("a", f"a{number}")
+            publisher.publish("b", f"b{number}")
+        assert receive(member, 600) == [f"a{n}" for n in range(600)]
+        assert listener.gaps == []
+        assert len(listener.fanout._last_seen["a"]) == syncws.fanout.PUBLISHERS_KEPT
+    finally:
+        listener.close()
+        publisher.close()
+
+
+@needs_redis
 @pytest.mark.timeout(30)
 def test_redis_restart_reconnects_and_reports_the_outage(nodes: List[Node], redis_server: Redis) -> None:
     one, two = nodes
