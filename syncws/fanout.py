@@ -9,7 +9,10 @@
         rooms.subscribe(room, websocket)
         try:
             for message in websocket:
-                rooms.publish(room, message)
+                try:
+                    rooms.publish(room, message)
+                except syncws.PublishError:  # Redis down for publish_timeout
+                    websocket.send("not sent, please try again")
         finally:
             rooms.unsubscribe_all(websocket)
 
@@ -66,9 +69,8 @@ disconnected, messages published to its channels are lost, and Redis says
 nothing. :class:`RedisFanout` detects and reports this two ways:
 
 * the subscriber thread notices a lost connection (an error, or no answer to
-  its pings for ``ping_timeout`` seconds), reconnects with a growing delay,
-  subscribes again, and then reports the outage as a :class:`Gap` with its
-  duration;
+  its pings for ``ping_timeout`` seconds), reconnects, subscribes again, and
+  then reports the outage as a :class:`Gap` with its duration;
 * each envelope carries its publisher's id and a sequence number per
   channel. A subscriber that sees a number jump (its connection was cut
   while the publisher's wasn't) reports a :class:`Gap` with the count of
@@ -80,9 +82,33 @@ publisher keeps the numbers of its ``max_sequences`` most recent channels
 id), and a subscriber those of the channels it subscribes to, for at most
 :data:`PUBLISHERS_KEPT` publishers each.
 
-A publisher that can't reach Redis raises :exc:`~syncws.PublishError`. The
-message's sequence number is spent all the same (a publish that timed out
-may still have reached Redis), so subscribers count it lost if it didn't go.
+**Redis outages** (a restart, a failover, a network cut): nothing waits
+longer than a parameter says, and nothing is lost unreported.
+
+* The subscriber thread retries at once, then after ``reconnect_delay``,
+  doubled up to ``max_reconnect_delay`` (0.5 s): it is back within about
+  that long once Redis answers.
+* :meth:`~Fanout.subscribe` returns ``False`` at once while the subscriber
+  knows Redis is unreachable; the membership stands and takes effect when
+  the subscriber is back (pub/sub has nothing to catch up on: what was
+  published meanwhile is the outage's gap). Otherwise it waits for Redis to
+  confirm the subscription, ``timeout`` at most.
+* :meth:`~RedisFanout.publish` retries while Redis is unreachable, for up
+  to ``publish_timeout`` (5 s), and after an outage waits, within the same
+  time, until the channel has as many subscriptions as its last message
+  reached, so the other processes, back too, get it. Past that it raises
+  :exc:`~syncws.PublishError`: the message is not sent. A retry reuses the
+  first attempt's sequence number, so a message that reached Redis after
+  all isn't delivered twice; a number whose message never went is counted
+  lost by subscribers.
+
+So a Redis restart shorter than ``publish_timeout`` costs no client its
+connection and no publisher a message it was given; what is lost are the
+messages Redis had accepted and not yet passed on when it died, and those
+published while a process wasn't subscribed (it left the channel, or was
+cut off while Redis was up): each is counted (:attr:`FanoutStats.lost`,
+:class:`Gap`, a WARNING line) once a later message from the same publisher
+arrives.
 """
 
 from __future__ import annotations
@@ -98,7 +124,7 @@ import random
 import threading
 import time
 import uuid
-from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, NoReturn, Optional, Set, Tuple
 
 from . import metrics, readers
 from .exceptions import ConnectionClosed, PublishError
@@ -117,6 +143,9 @@ DISPATCHERS = 2
 # How long the subscriber thread blocks reading Redis before it looks at its
 # subscription requests again: the latency of a first subscribe().
 _POLL = 0.05
+
+# The channels named in an outage's log line; the others are counted.
+_CHANNELS_SHOWN = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -370,7 +399,6 @@ class Fanout:
         members.discard(member)
         if not members:
             del self._channels[channel]
-            self._channel_emptied(channel)
 
     def members(self, channel: str) -> Set[WebSocketCommonProtocol]:
         """The local connections subscribed to ``channel``.
@@ -422,16 +450,13 @@ class Fanout:
 
     # Hooks for subclasses. A channel got its first local member, or a
     # member joined a channel that had some (without the lock: they may
-    # wait); a channel lost its last local member (with the lock held).
+    # wait).
 
     def _channel_added(self, channel: str) -> bool:
         return True
 
     def _channel_live(self, channel: str) -> bool:
         return True
-
-    def _channel_emptied(self, channel: str) -> None:
-        pass
 
     def _connected(self) -> bool:
         """Whether messages from the broker can arrive now (lock held)."""
@@ -684,11 +709,12 @@ PUBLISHERS_KEPT = 256
 class _Sequence:
     """A publisher's numbering of one channel's messages."""
 
-    __slots__ = ("publisher", "number")
+    __slots__ = ("publisher", "number", "receivers")
 
     def __init__(self, publisher: str) -> None:
         self.publisher = publisher  # the envelope's publisher field
         self.number = 0  # the last number given
+        self.receivers = 0  # subscriptions the last PUBLISH reached (its reply)
 
 
 def _pack(publisher: str, sequence: int, message: Data) -> bytes:
@@ -721,18 +747,42 @@ def _import_redis() -> Any:
 GapCallback = Callable[[Gap], None]
 
 
+class _Backoff:
+    """Delays between attempts to reach Redis: none at first, then growing.
+
+    The first retry is immediate; then ``first``, doubled at each failure up
+    to ``cap``, each one shortened at random by up to half so that many
+    processes don't retry in step. :meth:`reset` after a success.
+    """
+
+    def __init__(self, first: float, cap: float) -> None:
+        self.first = first
+        self.cap = cap
+        self._next = 0.0
+
+    def reset(self) -> None:
+        self._next = 0.0
+
+    def next(self) -> float:
+        """The delay before the next attempt."""
+        delay = self._next
+        self._next = min(max(self._next * 2, self.first), self.cap)
+        return delay * (0.5 + random.random() / 2)
+
+
 class RedisFanout(Fanout):
     """Fan-out across processes and machines over Redis pub/sub.
 
     Every process that shares ``url`` (and ``prefix``) shares the channels.
-    See the module docstring for delivery, order and gaps.
+    See the module docstring for delivery, order, gaps and Redis outages.
 
     Args:
         url: ``redis://[[user]:password@]host[:port][/db]`` (or ``rediss://``,
             ``unix://``).
         prefix: put before every channel name in Redis.
         timeout: as for :class:`Fanout`; also bounds each Redis command
-            and connection attempt.
+            and connection attempt, and how long :meth:`subscribe` waits for
+            Redis to confirm a subscription.
         max_pending: as for :class:`Fanout`.
         max_pending_bytes: as for :class:`Fanout`.
         on_failure: as for :class:`Fanout`.
@@ -742,9 +792,16 @@ class RedisFanout(Fanout):
             connection, to notice a silent network cut.
         ping_timeout: seconds without any answer before the subscription
             connection is considered dead.
-        reconnect_delay: the first delay before reconnecting, doubled on
-            each failure (with jitter) up to ``max_reconnect_delay``.
-        max_reconnect_delay: the longest delay between attempts.
+        reconnect_delay: the delay before the second attempt to reconnect
+            (the first is immediate), doubled on each failure up to
+            ``max_reconnect_delay``; each delay is shortened at random by up
+            to half.
+        max_reconnect_delay: the longest delay between attempts: once Redis
+            answers again, the subscriber is back within about this long.
+        publish_timeout: seconds :meth:`publish` keeps retrying while Redis
+            is unreachable (as quickly as the subscriber reconnects) before
+            it raises :exc:`~syncws.PublishError`; 0 raises at the first
+            failure.
         max_sequences: the channels whose sequence numbers this publisher
             remembers, the least recently published to forgotten first. A
             forgotten channel's numbers start again under a new publisher
@@ -753,12 +810,11 @@ class RedisFanout(Fanout):
 
     Raises:
         ImportError: redis-py isn't installed (``syncws[redis]``).
-        ValueError: ``url`` isn't a Redis URL.
+        ValueError: ``url`` isn't a Redis URL, or a limit is below 1.
     """
 
-    # Monotonic time the subscription was lost, until it is whole again
-    # (written by the subscriber thread). A class default too: the stats,
-    # which read it, may be taken while __init__ runs.
+    # See __init__; a class default too, as the stats, which read it, may
+    # be taken while __init__ runs.
     _down_since: Optional[float] = None
 
     def __init__(
@@ -773,14 +829,17 @@ class RedisFanout(Fanout):
         on_gap: Optional[GapCallback] = None,
         ping_interval: float = 5.0,
         ping_timeout: float = 5.0,
-        reconnect_delay: float = 0.1,
-        max_reconnect_delay: float = 5.0,
+        reconnect_delay: float = 0.05,
+        max_reconnect_delay: float = 0.5,
+        publish_timeout: float = 5.0,
         max_sequences: int = 4096,
     ) -> None:
         redis = _import_redis()
         super().__init__(
             timeout=timeout, max_pending=max_pending, max_pending_bytes=max_pending_bytes, on_failure=on_failure
         )
+        if max_sequences < 1:
+            raise ValueError(f"max_sequences must be at least 1, got {max_sequences}")
         self.url = url
         self.prefix = prefix
         self.on_gap = on_gap
@@ -788,8 +847,7 @@ class RedisFanout(Fanout):
         self.ping_timeout = ping_timeout
         self.reconnect_delay = reconnect_delay
         self.max_reconnect_delay = max_reconnect_delay
-        if max_sequences < 1:
-            raise ValueError(f"max_sequences must be at least 1, got {max_sequences}")
+        self.publish_timeout = publish_timeout
         self.max_sequences = max_sequences
         self._redis = redis
         # Our own reconnection policy; redis-py's retries would block the
@@ -804,57 +862,109 @@ class RedisFanout(Fanout):
         # Unique per process and instance, so a restarted publisher starts
         # new sequences instead of looking like a gap.
         self.publisher_id = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        # Held across numbering and PUBLISH, so numbers go out in order;
-        # guards _sequences and _forgotten.
+        # Held across numbering and PUBLISH (its retries included), so
+        # numbers go out in order; guards _sequences and _forgotten.
         self._publish_lock = threading.Lock()
         # The channels published to, the least recently first.
         self._sequences: "collections.OrderedDict[str, _Sequence]" = collections.OrderedDict()
         # Channels dropped from _sequences so far: a channel numbered again
         # gets the publisher id with this count, one it never had.
         self._forgotten = 0
-        # Subscriber thread state. _live: channels Redis confirmed on the
-        # current connection (written by the subscriber thread, read under
-        # _lock); _confirmed: an Event per channel a subscribe() waits on.
+        # The subscriber thread's state, under _lock. _live: the channels
+        # Redis confirmed on the current connection. _link_down: the last
+        # attempt to reach Redis failed, so a subscribe() doesn't wait for a
+        # confirmation. _down_since: the monotonic time the subscription
+        # was lost, until it is whole again. _changed is notified when any
+        # of them changes, for subscribe() to wait on.
         self._live: Set[str] = set()
-        self._confirmed: Dict[str, threading.Event] = {}
+        self._link_down = False
+        self._down_since = None
+        self._changed = threading.Condition(self._lock)
         # channel -> publisher -> the last sequence number seen, the least
         # recently heard publisher first; only channels subscribed to
         # (subscriber thread only).
         self._last_seen: Dict[str, "collections.OrderedDict[str, int]"] = {}
-        self._down_since = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._subscriber, name="syncws-fanout-redis", daemon=True)
-        self._thread.start()
+        # Started by the first subscribe(): a process that only publishes
+        # needs none.
+        self._thread: Optional[threading.Thread] = None
 
     # -- publishing ---------------------------------------------------------
 
     def publish(self, channel: str, message: Data) -> None:
         """Publish ``message`` to ``channel`` on every process.
 
+        While Redis is unreachable, retries for up to ``publish_timeout``
+        seconds (each attempt bounded by ``timeout``), as soon as it answers
+        again; and then, within the same time, waits until the channel has
+        as many subscriptions as the last publish reached, so that the
+        processes that were subscribed get it too. A retry carries the first
+        attempt's sequence number, so a message that reached Redis after all
+        isn't delivered twice.
+
         Args:
             channel: the channel.
             message: ``str`` or bytes-like.
 
         Raises:
-            PublishError: Redis couldn't be reached (the message is not
-                sent).
+            PublishError: Redis couldn't be reached within
+                ``publish_timeout`` or refused the command (the message is
+                not sent).
             TypeError: ``message`` is neither ``str`` nor bytes-like.
         """
         message = _check_message(message)
-        with self._publish_lock:
-            # The number is used even if PUBLISH fails: a command that timed
-            # out may have reached Redis, and reusing its number would make
-            # the next message look like a repeat. When it didn't go,
+        deadline = time.monotonic() + self.publish_timeout
+        # Another publish may be waiting for Redis with the lock held.
+        if not self._publish_lock.acquire(timeout=self.publish_timeout if self.publish_timeout > 0 else -1):
+            self._publish_failed(channel, "another publish waited for Redis all this time")
+        try:
+            # The number is used even if PUBLISH fails: a command that
+            # timed out may have reached Redis, and reusing its number would
+            # make the next message look like a repeat. When it didn't go,
             # subscribers count it lost.
             sequence = self._number(channel)
-            try:
-                self._publisher_client.publish(
-                    self.prefix + channel, _pack(sequence.publisher, sequence.number, message)
-                )
-            except self._redis.RedisError as exc:
-                self._counts.publish_errors += 1
-                raise PublishError(f"cannot publish to {channel!r} on {redact_uri(self.url)}: {exc}") from exc
-            self._counts.published += 1
+            envelope = _pack(sequence.publisher, sequence.number, message)
+            backoff = _Backoff(self.reconnect_delay, self.max_reconnect_delay)
+            retrying = False
+            while True:
+                try:
+                    if retrying:
+                        self._await_subscribers(channel, sequence.receivers, deadline)
+                    sequence.receivers = self._publisher_client.publish(self.prefix + channel, envelope)
+                    break
+                except (self._redis.ConnectionError, self._redis.TimeoutError) as exc:
+                    retrying = True
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or self._stop.is_set():
+                        self._publish_failed(channel, str(exc), exc)
+                    self._stop.wait(min(backoff.next(), remaining))
+                except self._redis.RedisError as exc:  # refused: retrying won't help
+                    self._publish_failed(channel, str(exc), exc)
+            with self._lock:
+                self._counts.published += 1
+        finally:
+            self._publish_lock.release()
+
+    def _await_subscribers(self, channel: str, receivers: int, deadline: float) -> None:
+        """After an outage, wait until ``channel`` has its ``receivers`` back, until ``deadline``.
+
+        A restarted Redis has no subscriptions: a message published before
+        the other processes subscribe again would be lost to them. The
+        last PUBLISH's reply said how many subscriptions it reached; once
+        Redis counts as many (a process gone meanwhile never comes back:
+        then until ``deadline``), the message goes.
+        """
+        while time.monotonic() < deadline and not self._stop.is_set():
+            ((_, subscribed),) = self._publisher_client.pubsub_numsub(self.prefix + channel)
+            if subscribed >= receivers:
+                return
+            self._stop.wait(min(_POLL, max(0.0, deadline - time.monotonic())))
+
+    def _publish_failed(self, channel: str, why: str, cause: Optional[BaseException] = None) -> NoReturn:
+        with self._lock:
+            self._counts.publish_errors += 1
+        within = f" within {self.publish_timeout} s" if self.publish_timeout > 0 else ""
+        raise PublishError(f"cannot publish to {channel!r} on {redact_uri(self.url)}{within}: {why}") from cause
 
     def _number(self, channel: str) -> _Sequence:
         """Number the next message to ``channel`` (``_publish_lock`` held)."""
@@ -873,32 +983,41 @@ class RedisFanout(Fanout):
     # -- subscriptions --------------------------------------------------------
 
     def _channel_added(self, channel: str) -> bool:
-        with self._lock:
-            event = self._confirmed.setdefault(channel, threading.Event())
-        return event.wait(self.timeout)
+        return self._wait_live(channel)
 
     def _channel_live(self, channel: str) -> bool:
+        return self._wait_live(channel)
+
+    def _wait_live(self, channel: str) -> bool:
+        """Wait until Redis confirms ``channel``: ``False`` at once while it is down.
+
+        At most ``timeout`` seconds, when Redis neither confirms nor fails
+        (a connection attempt that hangs).
+        """
         with self._lock:
-            event = self._confirmed.get(channel)
-        return event is None or event.wait(self.timeout)
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._subscriber, name="syncws-fanout-redis", daemon=True)
+                self._thread.start()
+            self._changed.wait_for(
+                lambda: channel in self._live or self._link_down or self._closed, self.timeout
+            )
+            return channel in self._live
 
     def _connected(self) -> bool:
         return self._down_since is None
 
-    def _channel_emptied(self, channel: str) -> None:
-        # A later first member waits for a new confirmation.
-        self._confirmed.pop(channel, None)
-
     def _subscriber(self) -> None:
         """The subscriber thread: connect, subscribe, read, reconnect."""
-        delay = self.reconnect_delay
+        backoff = _Backoff(self.reconnect_delay, self.max_reconnect_delay)
         while not self._stop.is_set():
             pubsub = self._subscriber_client.pubsub()
             try:
                 pubsub.ping()  # connects, or raises
-                if self._down_since is not None:
-                    self._counts.reconnects += 1
-                self._serve_subscription(pubsub)
+                with self._lock:
+                    self._link_down = False
+                    if self._down_since is not None:
+                        self._counts.reconnects += 1
+                self._serve_subscription(pubsub, backoff)
                 return  # closed
             except Exception as exc:
                 # Connection errors are expected; anything else is a bug,
@@ -907,27 +1026,24 @@ class RedisFanout(Fanout):
                 if not isinstance(exc, (self._redis.RedisError, OSError)):
                     logger.exception("redis subscriber failed; reconnecting")
                 if self._down_since is None:
-                    # A new outage (the last one was over): retry soon.
-                    self._down_since = time.monotonic()
-                    delay = self.reconnect_delay
                     logger.warning("redis subscription to %s lost: %s; reconnecting", redact_uri(self.url), exc)
                 else:
                     logger.debug("reconnecting to %s failed: %s", redact_uri(self.url), exc)
+                with self._lock:
+                    if self._down_since is None:
+                        self._down_since = time.monotonic()  # a new outage
+                    self._link_down = True
+                    self._changed.notify_all()  # subscribe() calls return
             finally:
                 with self._lock:
-                    self._live.clear()
-                    # subscribe() must wait again until Redis confirms.
-                    for event in self._confirmed.values():
-                        event.clear()
+                    self._live.clear()  # subscribe() waits again until Redis confirms
                 try:
                     pubsub.close()
                 except Exception:  # a broken connection may fail to close
                     pass
-            self._stop.wait(delay * (0.5 + random.random()))
-            delay = min(delay * 2, self.max_reconnect_delay)
-        return
+            self._stop.wait(backoff.next())
 
-    def _serve_subscription(self, pubsub: Any) -> None:
+    def _serve_subscription(self, pubsub: Any, backoff: _Backoff) -> None:
         """Run one subscription connection until it breaks (raises) or we close."""
         pending: Set[str] = set()  # SUBSCRIBE sent, confirmation not yet read
         last_heard = last_ping = time.monotonic()
@@ -949,9 +1065,12 @@ class RedisFanout(Fanout):
                 with self._lock:
                     self._live -= to_unsubscribe
             if self._down_since is not None and not pending:
-                # Every wanted channel is live again: the outage is over.
+                # Every wanted channel is live again: the outage is over,
+                # and the next one starts with an immediate retry.
                 self._report_outage(time.monotonic() - self._down_since, tuple(sorted(wanted)))
-                self._down_since = None
+                with self._lock:
+                    self._down_since = None
+                backoff.reset()
             message = pubsub.get_message(timeout=_POLL)
             now = time.monotonic()
             if message is not None:
@@ -980,11 +1099,7 @@ class RedisFanout(Fanout):
             pending.discard(channel)
             with self._lock:
                 self._live.add(channel)  # unsubscribed next round if no longer wanted
-                # No event for a channel emptied meanwhile: a stale, set
-                # event would let its next first member skip the wait.
-                event = self._confirmed.setdefault(channel, threading.Event()) if channel in self._channels else None
-            if event is not None:
-                event.set()
+                self._changed.notify_all()
         elif kind == "unsubscribe":
             with self._lock:
                 self._live.discard(channel)
@@ -993,7 +1108,7 @@ class RedisFanout(Fanout):
             try:
                 publisher, sequence, payload = _unpack(message["data"])
             except (ValueError, UnicodeDecodeError):
-                logger.warning("ignoring a message on %s that isn't a syncws envelope", channel)
+                logger.warning("ignoring a message on %r that isn't a syncws envelope", channel)
                 return
             seen = self._last_seen.setdefault(channel, collections.OrderedDict())
             last = seen.get(publisher)
@@ -1011,10 +1126,18 @@ class RedisFanout(Fanout):
             self._deliver(channel, payload)
 
     def _report_outage(self, duration: float, channels: Tuple[str, ...]) -> None:
+        if not channels:
+            logger.warning(
+                "redis subscription to %s restored after %.2f s; no channel had members here meanwhile",
+                redact_uri(self.url), duration,
+            )
+            return
+        shown = ", ".join(repr(channel) for channel in channels[:_CHANNELS_SHOWN])
+        more = f" and {len(channels) - _CHANNELS_SHOWN} more" if len(channels) > _CHANNELS_SHOWN else ""
         logger.warning(
-            "redis subscription to %s restored after a %.2f s gap: messages published meanwhile "
-            "on %d channels were not delivered",
-            redact_uri(self.url), duration, len(channels),
+            "redis subscription to %s restored after %.2f s: what was published meanwhile to %s%s "
+            "didn't reach this process (Redis pub/sub keeps nothing)",
+            redact_uri(self.url), duration, shown, more,
         )
         self._gap(Gap(channels, duration=duration))
 
@@ -1034,7 +1157,12 @@ class RedisFanout(Fanout):
         Idempotent.
         """
         self._stop.set()
-        self._thread.join()
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join()
         super().close()
+        with self._lock:
+            self._changed.notify_all()
         self._publisher_client.close()
         self._subscriber_client.close()

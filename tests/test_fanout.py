@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import queue
 import signal
 import socket
 import sys
@@ -454,8 +455,11 @@ def test_redis_restart_reconnects_and_reports_the_outage(nodes: List[Node], redi
     sender.send("before")  # so that two knows where one's numbers are
     assert receive(receiver, 1) == ["before"]
     redis_server.kill()
-    with pytest.raises(PublishError, match="cannot publish to 'a'"):
+    one.fanout.publish_timeout = 0.5
+    started = time.monotonic()
+    with pytest.raises(PublishError, match="cannot publish to 'a' on .* within 0.5 s"):
         one.fanout.publish("a", "lost")
+    assert 0.5 <= time.monotonic() - started < 0.5 + TIMEOUT / 2  # retried, then gave up
     assert one.fanout.stats.publish_errors == 1
     redis_server.start()
     assert one.gap.wait(TIMEOUT) and two.gap.wait(TIMEOUT)
@@ -496,29 +500,84 @@ def test_redis_silent_cut_is_detected_by_pings(
 
 
 @needs_redis
-def test_redis_subscribe_while_redis_is_down(tmp_path: Path) -> None:
+@pytest.mark.timeout(60)
+def test_redis_subscribe_returns_at_once_while_redis_is_down_and_joins_when_back(tmp_path: Path) -> None:
     pytest.importorskip("redis")
-    server = Redis(tmp_path)  # not started: nothing listens on its port
-    node = Node(server.url, timeout=0.5, reconnect_delay=0.05, max_reconnect_delay=0.2)
-    try:
+    redis_server = Redis(tmp_path)  # not started: nothing listens on its port
+    fanout = RedisFanout(redis_server.url, timeout=10)  # subscribe() waited this long
+    subscribed: "queue.Queue[Tuple[bool, float]]" = queue.Queue()
+
+    def handler(websocket: syncws.WebSocketServerProtocol) -> None:
         started = time.monotonic()
-        websocket = syncws.connect(f"ws://{HOST}:{node.server.port}/a", compression=None)
-        # subscribe() in the handler waited 0.5 s, then went on unconfirmed.
-        server.start()
-        assert node.gap.wait(TIMEOUT)
-        deadline = time.monotonic() + TIMEOUT
-        while True:  # the membership took effect once Redis was there
-            websocket.send("hi")
+        subscribed.put((fanout.subscribe("a", websocket), time.monotonic() - started))
+        try:
+            for _ in websocket:
+                pass
+        finally:
+            fanout.unsubscribe_all(websocket)
+
+    server = syncws.serve(handler, HOST, 0, compression=None)
+    publisher = None
+    try:
+        member = syncws.connect(f"ws://{HOST}:{server.port}/", compression=None)
+        confirmed, waited = subscribed.get(timeout=TIMEOUT)
+        assert not confirmed and waited < 1.0, waited
+        assert fanout.stats.connected == 0
+        # Down long enough for reconnection attempts to back off to their
+        # longest delay (max_reconnect_delay, 0.5 s).
+        time.sleep(4)
+        redis_server.start()
+        back = time.monotonic()
+        publisher = RedisFanout(redis_server.url)
+        while True:  # the membership takes effect once Redis is back
+            publisher.publish("a", "hi")
             try:
-                if websocket.recv(0.2) == "hi":
+                if member.recv(0.05) == "hi":
                     break
             except TimeoutError:
-                assert time.monotonic() < deadline
-        assert time.monotonic() - started < TIMEOUT
-        websocket.close()
+                assert time.monotonic() - back < TIMEOUT
+        resumed = time.monotonic() - back
+        assert resumed < 1.5, f"delivery resumed {resumed:.2f} s after Redis was back"
+        later = syncws.connect(f"ws://{HOST}:{server.port}/", compression=None)
+        confirmed, waited = subscribed.get(timeout=TIMEOUT)
+        assert confirmed
+        later.close()
+        member.close()
     finally:
-        node.close()
-        server.stop()
+        server.close()
+        server.wait_closed(TIMEOUT)
+        fanout.close()
+        if publisher is not None:
+            publisher.close()
+        redis_server.stop()
+
+
+@needs_redis
+@pytest.mark.timeout(30)
+def test_redis_publish_rides_out_a_restart(nodes: List[Node], redis_server: Redis) -> None:
+    """publish() retries while Redis is down, and waits for the subscribers to be back."""
+    one, two = nodes
+    receiver = join(two.server, "a", "receiver")
+    one.fanout.publish("a", "before")
+    assert receive(receiver, 1) == ["before"]
+    redis_server.kill()
+    published = threading.Event()
+
+    def publish() -> None:
+        one.fanout.publish("a", "during")  # waits for Redis: 5 s at most
+        published.set()
+
+    thread = threading.Thread(target=publish)
+    thread.start()
+    assert not published.wait(1.0)
+    redis_server.start()
+    assert published.wait(TIMEOUT)
+    thread.join()
+    for number in range(10):
+        one.fanout.publish("a", f"after {number}")
+    # "during" waited for two's subscription to be back, then went.
+    assert receive(receiver, 11) == ["during"] + [f"after {n}" for n in range(10)]
+    assert two.fanout.stats.lost == 0 and one.fanout.stats.publish_errors == 0
 
 
 @needs_redis
@@ -557,10 +616,11 @@ def test_redis_password_stays_out_of_warnings_and_publish_errors(tmp_path: Path,
 
     watch = Watch()
     logging.getLogger("syncws").addHandler(watch)
-    fanout = RedisFanout(f"redis://:s3cret@{HOST}:{server.port}/0", timeout=0.5, reconnect_delay=0.05)
+    fanout = RedisFanout(f"redis://:s3cret@{HOST}:{server.port}/0", timeout=0.5, publish_timeout=0)
     try:
         with pytest.raises(PublishError) as excinfo:
             fanout.publish("room", "hi")
+        assert not fanout.subscribe("room", object())  # type: ignore[arg-type]  # starts the subscriber
         assert warned.wait(TIMEOUT), caplog.text
     finally:
         fanout.close()
@@ -648,3 +708,4 @@ def test_stalled_members_do_not_delay_the_others(backend: str, request: pytest.F
         server.close()
         server.wait_closed(TIMEOUT)
         fanout.close()
+
