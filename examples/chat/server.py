@@ -12,7 +12,10 @@ every client of that room, the sender included. Without ``--redis`` the rooms
 live in this process (:class:`syncws.fanout.LocalFanout`); with it, every
 process started with the same Redis URL shares them
 (:class:`syncws.fanout.RedisFanout`), so a load balancer may send the members
-of one room to different processes or machines.
+of one room to different processes or machines. A Redis restart shorter than
+5 s (``publish_timeout``) costs no client its connection nor, as a rule, a
+message; a message that can't be handed to Redis in that time is answered
+with a notice to its sender (``NOT_SENT``).
 
 ``GET /`` serves a small chat page; ``GET /stats`` answers the fan-out's
 counters and gauges as JSON (:class:`syncws.fanout.FanoutStats`: messages,
@@ -41,6 +44,8 @@ logger = logging.getLogger("chat")
 
 ROOM_PREFIX = "/chat/"
 MAX_ROOM_NAME = 64
+# What a client is told when its message couldn't be handed to Redis.
+NOT_SENT = "[not sent: the chat service is unreachable, please try again]"
 
 PAGE = """<!DOCTYPE html>
 <html lang="en">
@@ -119,7 +124,10 @@ class ChatServer:
                 try:
                     self.fanout.publish(room, message)
                 except PublishError as exc:
-                    logger.warning("message from %s lost: %s", websocket.remote_address, exc)
+                    # Redis was unreachable for longer than publish_timeout
+                    # (5 s): the message didn't go. Say so, and stay.
+                    logger.warning("a message from %s was not sent: %s", websocket.remote_address, exc)
+                    websocket.send(NOT_SENT)
         finally:
             self.fanout.unsubscribe_all(websocket)
 
