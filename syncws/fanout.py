@@ -82,6 +82,12 @@ publisher keeps the numbers of its ``max_sequences`` most recent channels
 id), and a subscriber those of the channels it subscribes to, for at most
 :data:`PUBLISHERS_KEPT` publishers each.
 
+**Forks**: a fan-out made before :func:`os.fork` (at module level, under
+``gunicorn --preload`` or with :mod:`multiprocessing`) works in the child:
+there it starts afresh, with new locks, no members (the parent's
+connections stay the parent's), new Redis connections and publisher id, and
+threads that start when used; an INFO line says so.
+
 **Redis outages** (a restart, a failover, a network cut): nothing waits
 longer than a parameter says, and nothing is lost unreported.
 
@@ -124,6 +130,7 @@ import random
 import threading
 import time
 import uuid
+import weakref
 from typing import Any, Callable, Deque, Dict, List, NoReturn, Optional, Set, Tuple
 
 from . import metrics, readers
@@ -317,6 +324,13 @@ class Fanout:
         self.max_pending = max_pending
         self.max_pending_bytes = max_pending_bytes
         self.on_failure = on_failure
+        self._closed = False
+        self._start_fresh()
+        _fanouts.add(self)
+        metrics.track_fanout(self)  # for syncws.metrics.render(), which reads stats
+
+    def _start_fresh(self) -> None:
+        """Set up the state of a new fan-out: at creation, and in a forked child."""
         # The counters; the gauges are computed by the stats property.
         self._counts = FanoutStats()
         # Guards _channels, _members, _counts and every _Member's fields.
@@ -325,9 +339,23 @@ class Fanout:
         self._members: Dict[WebSocketCommonProtocol, _Member] = {}
         # QUEUED members, for the dispatchers; None tells a dispatcher to stop.
         self._ready: "queue.SimpleQueue[Optional[_Member]]" = queue.SimpleQueue()
+        # Started by the first delivery.
         self._dispatchers: List[threading.Thread] = []
-        self._closed = False
-        metrics.track_fanout(self)  # for syncws.metrics.render(), which reads stats
+
+    def _after_fork(self) -> None:
+        """In a child process made by :func:`os.fork`: start afresh, and say so.
+
+        The parent's threads don't exist here, a lock may have been held by
+        one of them at the fork, and the members' connections belong to the
+        parent, which goes on serving them.
+        """
+        members = len(self._members)
+        self._start_fresh()
+        logger.info(
+            "%s in process %d, forked from %d: starting afresh (the parent keeps its %d members; "
+            "threads start when used)",
+            type(self).__name__, os.getpid(), os.getppid(), members,
+        )
 
     # -- membership -------------------------------------------------------
 
@@ -649,6 +677,21 @@ class Fanout:
         self.close()
 
 
+# Every fan-out alive in this process, for _after_fork_in_child().
+_fanouts: "weakref.WeakSet[Fanout]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # gunicorn --preload, multiprocessing: a fan-out made before the fork
+    # (at module level) must work in the children.
+    for fanout in list(_fanouts):
+        fanout._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _name(connection: WebSocketCommonProtocol) -> str:
     try:
         return format_address(connection.remote_address)
@@ -813,10 +856,6 @@ class RedisFanout(Fanout):
         ValueError: ``url`` isn't a Redis URL, or a limit is below 1.
     """
 
-    # See __init__; a class default too, as the stats, which read it, may
-    # be taken while __init__ runs.
-    _down_since: Optional[float] = None
-
     def __init__(
         self,
         url: str,
@@ -835,9 +874,6 @@ class RedisFanout(Fanout):
         max_sequences: int = 4096,
     ) -> None:
         redis = _import_redis()
-        super().__init__(
-            timeout=timeout, max_pending=max_pending, max_pending_bytes=max_pending_bytes, on_failure=on_failure
-        )
         if max_sequences < 1:
             raise ValueError(f"max_sequences must be at least 1, got {max_sequences}")
         self.url = url
@@ -852,15 +888,24 @@ class RedisFanout(Fanout):
         self._redis = redis
         # Our own reconnection policy; redis-py's retries would block the
         # subscriber thread out of our sight.
-        client_options: Dict[str, Any] = dict(
+        self._client_options: Dict[str, Any] = dict(
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
         )
-        self._publisher_client = redis.Redis.from_url(url, **client_options)
-        self._subscriber_client = redis.Redis.from_url(url, **client_options)
-        # Unique per process and instance, so a restarted publisher starts
-        # new sequences instead of looking like a gap.
+        super().__init__(  # calls _start_fresh()
+            timeout=timeout, max_pending=max_pending, max_pending_bytes=max_pending_bytes, on_failure=on_failure
+        )
+
+    def _start_fresh(self) -> None:
+        super()._start_fresh()
+        # New clients after a fork: the parent's connections are the
+        # parent's (redis-py leaves their sockets to it).
+        self._publisher_client = self._redis.Redis.from_url(self.url, **self._client_options)
+        self._subscriber_client = self._redis.Redis.from_url(self.url, **self._client_options)
+        # Unique per process and instance: a restarted publisher, or a
+        # forked one, starts new sequences instead of looking like a gap or
+        # repeating its parent's numbers.
         self.publisher_id = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         # Held across numbering and PUBLISH (its retries included), so
         # numbers go out in order; guards _sequences and _forgotten.
@@ -878,7 +923,7 @@ class RedisFanout(Fanout):
         # of them changes, for subscribe() to wait on.
         self._live: Set[str] = set()
         self._link_down = False
-        self._down_since = None
+        self._down_since: Optional[float] = None
         self._changed = threading.Condition(self._lock)
         # channel -> publisher -> the last sequence number seen, the least
         # recently heard publisher first; only channels subscribed to

@@ -1,4 +1,4 @@
-"""Real services for the tests: redis-server, nginx, chat servers; the programs they need.
+"""Real services for the tests: redis-server, nginx, chat servers, gunicorn; the programs they need.
 
 Each runs as a child process on 127.0.0.1 and a free port, with its files in
 a temporary directory, and is stopped by its PID (never by name). Starting
@@ -30,6 +30,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 CHAT_SERVER = REPO / "examples" / "chat" / "server.py"
+WSGI_APPS = REPO / "tests" / "wsgi_apps"
 NGINX_CONF = REPO / "examples" / "chat" / "nginx.conf"
 HOST = "127.0.0.1"
 START_TIMEOUT = 15.0
@@ -286,3 +287,40 @@ def start_chat_servers(directory: Path, redis_url: Optional[str], count: int) ->
             server.stop()
         raise
     return servers
+
+
+class Gunicorn:
+    """gunicorn serving ``app`` (a module of tests/wsgi_apps) on a free port, its log in a file.
+
+    With syncws's gunicorn configuration (SIGTERM closes WebSockets with
+    1001); ``args`` go before the app (``--preload``, ``--workers 2``...).
+    """
+
+    def __init__(self, directory: Path, app: str, *args: str, env: Optional[dict] = None) -> None:
+        from gunicorn.config import KNOWN_SETTINGS
+
+        self.port = free_port()
+        self.log_path = directory / "gunicorn.log"
+        # gunicorn >= 25 opens a control socket at a fixed path: not in tests.
+        no_control = ["--no-control-socket"] if any(s.name == "control_socket_disable" for s in KNOWN_SETTINGS) else []
+        environ = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+        environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), str(WSGI_APPS), environ.get("PYTHONPATH")]))
+        command = [
+            sys.executable, "-m", "gunicorn", "-b", f"{HOST}:{self.port}", "-c", "python:syncws.gunicorn_conf",
+            *no_control, *args, app,
+        ]
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                command, cwd=WSGI_APPS, env=environ, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+        try:
+            wait_port(self.port, process=self.process)
+        except BaseException:
+            self.stop()
+            raise
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        stop(self.process, sig)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import queue
 import signal
 import socket
@@ -26,7 +27,7 @@ import pytest
 
 import syncws
 from syncws.fanout import Fanout, FanoutStats, Gap, LocalFanout, PublishError, RedisFanout, _pack
-from services import HOST, ChatServer, Redis, wait_message
+from services import HOST, ChatServer, Gunicorn, Redis, wait_message
 
 TIMEOUT = 10.0
 
@@ -798,3 +799,106 @@ def test_chat_rides_out_a_redis_restart(redis_server: Redis, tmp_path: Path) -> 
             websocket.close()
         for chat in chats:
             chat.stop()
+
+
+# -- forks ----------------------------------------------------------------------------
+
+
+@needs_redis
+@pytest.mark.timeout(60)
+def test_redis_fanout_made_before_a_fork_works_in_the_child(redis_server: Redis) -> None:
+    """Forked while another thread holds the fan-out's lock, with a live subscriber."""
+    parent = Node(redis_server.url)
+    release = threading.Event()
+    holding = threading.Event()
+
+    def hold_the_lock() -> None:
+        with parent.fanout._lock:
+            holding.set()
+            release.wait(TIMEOUT)
+
+    member = join(parent.server, "a", "parent")  # the subscriber thread runs, "a" is live
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    try:
+        assert holding.wait(TIMEOUT)
+        pid = os.fork()
+        if pid == 0:  # the child: a server of its own, the parent's fan-out
+            code = 1
+            try:
+                server = room_server(parent.fanout)
+                child = join(server, "a", "child")  # subscribe() and publish() work
+                child.send("from the child")
+                wait_message(child, "from the child")
+                assert parent.fanout.members("a") == {next(iter(server.connections))}
+                child.close()
+                server.close()
+                code = 0
+            finally:
+                os._exit(code)
+        release.set()
+        wait_message(member, "from the child")  # the child's publisher id is its own
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                pytest.fail("the child is stuck")
+            time.sleep(0.02)
+        assert os.waitstatus_to_exitcode(status) == 0
+        member.send("still here")  # the parent goes on as before
+        wait_message(member, "still here")
+        assert parent.gaps == []
+    finally:
+        release.set()
+        holder.join()
+        parent.close()
+
+
+@needs_redis
+@pytest.mark.timeout(90)
+def test_gunicorn_preload_workers_share_a_fanout_made_before_the_fork(redis_server: Redis, tmp_path: Path) -> None:
+    pytest.importorskip("gunicorn", reason="gunicorn is not installed (pip install gunicorn)")
+    server = Gunicorn(
+        tmp_path, "fanout_app:app", "--preload", "--workers", "2", "-k", "gthread", "--threads", "8",
+        env={"SYNCWS_TEST_REDIS": redis_server.url},
+    )
+    clients = {}  # worker pid -> a client it serves
+    try:
+        for _ in range(40):
+            websocket = syncws.connect(f"ws://{HOST}:{server.port}/ws", compression=None, max_queue=None)
+            pid = int(websocket.recv(TIMEOUT).split()[1])
+            if pid in clients:
+                websocket.close()  # served by a worker we have: its thread is free again
+            else:
+                clients[pid] = websocket
+            if len(clients) == 2:
+                break
+        assert len(clients) == 2, "every connection went to the same worker"
+        first, second = clients.values()
+        for number in range(20):  # both workers publish, interleaved
+            first.send(f"first {number}")
+            second.send(f"second {number}")
+        expected = {f"{name} {n}" for name in ("first", "second") for n in range(20)}
+        for websocket in (first, second):
+            received = [websocket.recv(TIMEOUT) for _ in range(40)]
+            assert set(received) == expected
+            for name in ("first", "second"):
+                assert [m for m in received if m.startswith(name)] == [f"{name} {n}" for n in range(20)]
+        assert server.log().count("forked from") == 2, server.log()
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        for websocket in (first, second):
+            with pytest.raises(syncws.ConnectionClosed) as info:
+                websocket.recv(TIMEOUT)
+            assert info.value.code == 1001
+        assert server.process.wait(TIMEOUT) == 0
+        # As for any gunicorn app (tests/test_wsgi.py): well within the graceful timeout.
+        assert time.monotonic() - started < 10, f"SIGTERM took {time.monotonic() - started:.1f} s: {server.log()}"
+    finally:
+        for websocket in clients.values():
+            websocket.close()
+        server.stop()
