@@ -2,23 +2,25 @@
 
 Theory of operation: most sends complete at once, because the socket buffer
 has room. :func:`broadcast` first sends inline to every connection whose
-socket buffer surely holds the whole frame; the others (a send already under
-way, a full buffer, a message bigger than the free room) are handed to a few
-worker threads, each send bounded by the timeout. So one slow or dead client
-never delays the others.
+socket buffer surely holds the whole frame; each of the others (a send
+already under way, a full buffer, a message bigger than the free room) gets
+a thread of its own (:func:`syncws.readers.start`: an idle one, or a new
+one), whose send is bounded by the timeout. So one slow or dead client never
+delays the others, however many are slow, and a call returns within about
+``timeout``, at the price of a thread per slow connection while it lasts.
 """
 
 from __future__ import annotations
 
+import functools
+import threading
 from typing import Dict, Iterable, Optional
 
+from . import readers
+from .logs import format_address
 from .protocol import Data, WebSocketCommonProtocol
 
 __all__ = ["broadcast"]
-
-# Enough workers to wait on several slow clients in parallel without a
-# thread per connection.
-_MAX_WORKERS = 16
 
 
 def broadcast(
@@ -31,6 +33,7 @@ def broadcast(
     Connections that aren't open are skipped. A connection whose send fails
     or takes longer than ``timeout`` is reported, not raised: a timed-out
     connection is aborted, as with :meth:`~WebSocketCommonProtocol.send`.
+    Returns once every send is done: within about ``timeout``.
 
     Args:
         connections: the connections, e.g. ``server.connections``.
@@ -53,14 +56,26 @@ def broadcast(
         except Exception as exc:
             failures[connection] = exc
     if slow:
-        import concurrent.futures  # only when some connection is slow
+        lock = threading.Lock()  # guards failures while the slow sends run
+        done = threading.Semaphore(0)  # released once per slow send
 
-        with concurrent.futures.ThreadPoolExecutor(
-            max_workers=min(_MAX_WORKERS, len(slow)), thread_name_prefix="syncws-broadcast"
-        ) as pool:
-            futures = {pool.submit(c.send, message, timeout): c for c in slow}
-            for future in concurrent.futures.as_completed(futures):
-                error = future.exception()
-                if isinstance(error, Exception):
-                    failures[futures[future]] = error
+        def send(connection: WebSocketCommonProtocol) -> None:
+            try:
+                connection.send(message, timeout=timeout)
+            except Exception as exc:
+                with lock:
+                    failures[connection] = exc
+            finally:
+                done.release()
+
+        for connection in slow:
+            name = f"syncws-broadcast-{format_address(connection.remote_address)}"
+            try:
+                readers.start(functools.partial(send, connection), name)
+            except RuntimeError as exc:  # out of threads: this one fails
+                with lock:
+                    failures[connection] = exc
+                done.release()
+        for _ in slow:
+            done.acquire()
     return failures

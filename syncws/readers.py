@@ -14,11 +14,12 @@ connection is open, its reader thread is still its own.
 
 Only syncws's loops run in these threads, so nothing a thread keeps
 (thread-locals) carries over from one connection to the next: a
-connection's reader, and :mod:`syncws.fanout`'s sender for a member that is
+connection's reader, :mod:`syncws.fanout`'s sender for a member that is
 behind (whose only application code is a fan-out's ``on_failure``
-callback). Every thread is named after the connection it serves
-(``syncws-reader-<peer address>``, ``syncws-fanout-sender-<peer address>``),
-and ``syncws-reader-idle`` while it waits.
+callback), and :func:`syncws.broadcast`'s send to a slow connection. Every
+thread is named after the connection it serves (``syncws-reader-<peer
+address>``, ``syncws-fanout-sender-...``, ``syncws-broadcast-...``), and
+``syncws-reader-idle`` while it waits.
 
 :func:`start` is safe to call from any thread. After :func:`os.fork`, the
 child has none of its parent's threads: its pool starts empty.

@@ -352,3 +352,54 @@ def test_broadcast_timeout_bounds_a_message_bigger_than_the_socket_buffers(make_
     finally:
         stalled.close()
         healthy.close()
+
+
+@pytest.mark.timeout(60)
+def test_broadcast_many_stalled_clients_delay_neither_the_others_nor_the_call(make_server):
+    # 32 clients that stop reading and 3 that read, and a message that no
+    # socket takes at once: every send is a slow one. Each runs in a thread
+    # of its own, so the readers get the message at once, however many
+    # stalled sends are ahead of them, and the call ends after one timeout.
+    entered = threading.Semaphore(0)
+    server = make_server(hold(entered), compression=None)
+    stalled = []
+    for _ in range(32):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(5)
+        sock.connect((HOST, server.port))
+        sock.sendall(upgrade_request())
+        assert read_head(sock)[0] == 101
+        stalled.append(sock)
+    healthy = [syncws.connect(f"ws://{HOST}:{server.port}/", max_size=None, compression=None) for _ in range(3)]
+    message = b"\xcd" * 2**22  # more than a stalled client's socket buffers take (about 3 MiB)
+    arrivals = []
+
+    def receive(ws):
+        if ws.recv(timeout=20) == message:
+            arrivals.append(time.monotonic())
+
+    try:
+        wait_for_handlers(entered, 35)
+        by_address = {c.remote_address: c for c in server.connections}
+        slow = [by_address[sock.getsockname()] for sock in stalled]
+        others = [c for c in by_address.values() if c not in slow]
+        receivers = [threading.Thread(target=receive, args=(ws,), daemon=True) for ws in healthy]
+        for thread in receivers:
+            thread.start()
+        start = time.monotonic()
+        failures = syncws.broadcast(slow + others, message, timeout=3)  # the readers last in line
+        elapsed = time.monotonic() - start
+        assert set(failures) == set(slow) and all(isinstance(e, TimeoutError) for e in failures.values())
+        for thread in receivers:
+            thread.join(10)
+        assert len(arrivals) == 3
+        # Before, 16 worker threads took the slow sends in turn: the readers
+        # waited for two rounds of stalled sends (6 s), the call for three.
+        assert max(arrivals) - start < 3, [a - start for a in arrivals]
+        assert elapsed < 6, elapsed
+    finally:
+        for sock in stalled:
+            sock.close()
+        for ws in healthy:
+            ws.close()
