@@ -92,8 +92,9 @@ class ServerMetrics(NamedTuple):
         connections_open: connections open now (gauge).
         connections_opened: connections that completed their opening
             handshake.
-        connections_closed: connections that ended, by close code (1006 for
-            those that ended without a close frame).
+        connections_closed: connections that ended, by close code: the
+            client's close frame's, else the server's (a connection it
+            failed: 1009, 1011...), else 1006 (none either way).
         handshakes_refused: opening handshakes answered with an HTTP error
             instead of 101, by status (400, 403, 503...).
         messages_received: messages received, by every connection.
@@ -187,7 +188,7 @@ class ConnectionCounters:
             connection: the connection.
         """
         stats = connection.stats
-        code = connection.close_code or _NO_CLOSE_FRAME
+        code = _close_code(connection)
         with self._lock:
             self._open.discard(connection)
             self._closed[code] = self._closed.get(code, 0) + 1
@@ -232,6 +233,14 @@ class ConnectionCounters:
             bytes_received=snapshot.bytes_received + sum(stats.bytes_in for stats in live),
             bytes_sent=snapshot.bytes_sent + sum(stats.bytes_out for stats in live),
         )
+
+
+def _close_code(connection: Any) -> int:
+    """The code a connection ended with: the peer's close frame's, else ours
+    (a connection we failed, 1009, 1011...: we don't wait for the peer's),
+    else 1006."""
+    frame = connection.close_rcvd or connection.close_sent
+    return int(frame[0]) if frame else _NO_CLOSE_FRAME
 
 
 # Every ConnectionCounters alive in the process (servers' and WSGI's), for
@@ -306,7 +315,8 @@ _SERVER_FAMILIES: Sequence[Tuple[str, str, str, str, Optional[str]]] = (
     ("syncws_connections_opened_total", "counter", "WebSocket connections that completed the opening handshake.",
      "connections_opened", None),
     ("syncws_connections_closed_total", "counter",
-     "WebSocket connections closed, by close code (1006: without a close frame).", "connections_closed", "code"),
+     "WebSocket connections closed, by close code (the client's, else the server's, else 1006).",
+     "connections_closed", "code"),
     ("syncws_handshakes_refused_total", "counter", "Opening handshakes answered with an HTTP error, by status.",
      "handshakes_refused", "status"),
     ("syncws_received_messages_total", "counter", "WebSocket messages received.", "messages_received", None),

@@ -36,7 +36,11 @@ def echo(websocket: syncws.WebSocketServerProtocol) -> None:
 
 @pytest.fixture
 def server() -> Iterator[syncws.WebSocketServer]:
-    with syncws.serve(echo, HOST, 0, origins=["https://good.example", None], max_connections=3) as running:
+    # No keepalive: a ping or a pong in flight as a client aborts would
+    # count on one side only.
+    with syncws.serve(
+        echo, HOST, 0, origins=["https://good.example", None], max_connections=3, ping_interval=None
+    ) as running:
         yield running
 
 
@@ -55,7 +59,7 @@ def test_a_new_server_counts_nothing(server: syncws.WebSocketServer) -> None:
 
 
 def test_connections_messages_and_bytes_match_the_clients(server: syncws.WebSocketServer) -> None:
-    clients = [syncws.connect(uri(server), compression=None) for _ in range(3)]
+    clients = [syncws.connect(uri(server), compression=None, ping_interval=None) for _ in range(3)]
     try:
         # connect() returns on the 101; the server counts the connection
         # just after writing it.
@@ -84,8 +88,20 @@ def test_connections_messages_and_bytes_match_the_clients(server: syncws.WebSock
     assert done.messages_received == sum(c.stats.messages_out for c in clients)  # "close 4000" included
     assert done.messages_sent == sum(c.stats.messages_in for c in clients)
     # Every byte each way, frame headers and close frames included.
-    assert done.bytes_received == sum(c.stats.bytes_out for c in clients[:2]) + clients[2].stats.bytes_out
-    assert done.bytes_sent == sum(c.stats.bytes_in for c in clients)
+    client_stats = [client.stats for client in clients]
+    assert done.bytes_received == sum(stats.bytes_out for stats in client_stats), (done, client_stats)
+    assert done.bytes_sent == sum(stats.bytes_in for stats in client_stats), (done, client_stats)
+
+
+def test_a_connection_the_server_fails_counts_with_its_code() -> None:
+    with syncws.serve(echo, HOST, 0, max_size=100) as server:
+        with syncws.connect(uri(server), compression=None) as client:
+            client.send("x" * 101)
+            with pytest.raises(syncws.ConnectionClosed) as closed:
+                client.recv(TIMEOUT)
+        assert closed.value.code == 1009
+        # The server doesn't wait for the client's close frame: its own code counts.
+        assert settled(server, 1).connections_closed == {1009: 1}
 
 
 def test_refused_handshakes_by_status(server: syncws.WebSocketServer) -> None:
