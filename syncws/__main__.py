@@ -5,6 +5,7 @@
     python -m syncws ws://localhost:8765/      # interactive client
     python -m syncws serve [--host H] [--port P]   # echo server
     python -m syncws serve --processes 4 app:handler  # 4 processes, one port
+    python -m syncws serve --help               # every option a deployment tunes
     python -m syncws demo                       # a client and a server, end to end
 
 Theory of operation of the interactive client
@@ -48,11 +49,15 @@ import logging
 import os
 import signal
 import ssl
+import stat
 import sys
 import threading
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from . import ConnectionClosed, InvalidHandshake, InvalidStatusCode, InvalidURI, connect, serve, workers
+from . import (
+    ConnectionClosed, InvalidHandshake, InvalidStatusCode, InvalidURI, connect, logconfig, serve, serveconfig, unix_serve,
+    workers,
+)
 # "1001 (going away) reason", as exception messages say it (reason escaped).
 from .framing import describe_close
 from .close_codes import OK_CLOSE_CODES
@@ -65,13 +70,13 @@ __all__ = ["main"]
 logger = logging.getLogger("syncws.cli")
 
 PROG = "python -m syncws"
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8765
 
-# Exit statuses: 1 for any failure, 130 (128 + SIGINT) for a Ctrl-C that
+# Exit statuses: 1 for any failure, 2 for options that don't go together
+# (as argparse's usage errors), 130 (128 + SIGINT) for a Ctrl-C that
 # interrupted something other than an open connection, as shells do.
 EXIT_OK = 0
 EXIT_ERROR = 1
+EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 # How many bytes of a binary message are shown, in hex.
@@ -107,15 +112,15 @@ def format_message(message: Union[str, bytes]) -> str:
     return text
 
 
-def websocket_uri(address: Sequence[object]) -> str:
-    """The ``ws://`` URI of a listening socket's address."""
+def websocket_uri(address: Sequence[object], secure: bool = False) -> str:
+    """The ``ws://`` (``wss://`` when ``secure``) URI of a listening socket's address."""
     host, port = str(address[0]), address[1]
     try:
         if ipaddress.ip_address(host).version == 6:
             host = f"[{host}]"
     except ValueError:
         pass  # a name
-    return f"ws://{host}:{port}/"
+    return f"{'wss' if secure else 'ws'}://{host}:{port}/"
 
 
 def _error(message: str) -> None:
@@ -316,13 +321,12 @@ def run_client(args: argparse.Namespace) -> int:
 
 
 def run_server(args: argparse.Namespace) -> int:
-    """``python -m syncws serve``: an echo server until Ctrl-C or SIGTERM.
+    """``python -m syncws serve``: a server until Ctrl-C or SIGTERM.
 
     The first Ctrl-C (or SIGTERM, from a service manager) closes the server
     gracefully: clients get 1001 (going away). A second one stops waiting for
     the closing handshakes.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.processes is not None:
         return _run_processes(args)
     try:
@@ -330,6 +334,11 @@ def run_server(args: argparse.Namespace) -> int:
     except workers.HandlerImportError as exc:
         _error(str(exc))
         return EXIT_ERROR
+    # After the handler's import: a module that configures logging keeps it.
+    logconfig.configure(args.log_level, args.log_format)
+    options = _server_options(args)
+    if isinstance(options, int):
+        return options
     interrupts: List[int] = []
 
     def interrupt(signum: int, frame: object) -> None:
@@ -345,15 +354,21 @@ def run_server(args: argparse.Namespace) -> int:
         if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:
             signal.signal(signum, interrupt)
 
+    where = args.unix or f"{args.host}:{args.port}"
     try:
-        server = serve(handler, args.host, args.port)
+        if args.unix:
+            server = unix_serve(handler, args.unix, **options)
+        else:
+            server = serve(handler, args.host, args.port, **options)
     except OSError as exc:
-        _error(f"could not listen on {args.host}:{args.port}: {exc.strerror or exc}")
+        _error(f"could not listen on {where}: {exc.strerror or exc}")
         return EXIT_ERROR
     try:
         try:
-            for sock in server.sockets:
-                print(f"serving on {websocket_uri(sock.getsockname())}", flush=True)
+            if args.unix:
+                print(f"serving on unix socket {args.unix}", flush=True)
+            for sock in server.sockets if not args.unix else ():
+                print(f"serving on {websocket_uri(sock.getsockname(), secure='ssl' in options)}", flush=True)
             # On Ctrl-C, closes the server, waits for its connections and
             # returns; a second Ctrl-C meanwhile escapes it.
             server.serve_forever()
@@ -366,23 +381,57 @@ def run_server(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         _status("server stopped without waiting for every connection to close")
         return EXIT_INTERRUPTED
+    finally:
+        if args.unix:
+            _remove_socket(args.unix)
     _status("server closed")
     return EXIT_OK
 
 
+def _server_options(args: argparse.Namespace) -> Union[Dict[str, Any], int]:
+    """serve()'s options from the command line, or the exit status after saying what's wrong."""
+    try:
+        return serveconfig.server_options(args)
+    except ValueError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except OSError as exc:  # ssl.SSLError included
+        _error(f"could not load the TLS certificate: {exc.strerror or exc}")
+        return EXIT_ERROR
+
+
+def _remove_socket(path: str) -> None:
+    """Remove the Unix socket the server listened on, if it is still there."""
+    try:
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)
+    except OSError:
+        pass
+
+
 def _run_processes(args: argparse.Namespace) -> int:
     """``serve --processes N``: a supervisor and N workers (syncws.workers)."""
+    logconfig.configure(args.log_level, args.log_format)
+    if args.unix:
+        _error("--unix and --processes don't go together: processes share a TCP port, not a Unix socket")
+        return EXIT_USAGE
+    # Checked here once, so that a typo is one clear line, not N workers failing.
+    options = _server_options(args)
+    if isinstance(options, int):
+        return options
+    secure = "ssl" in options
 
     def ready(supervisor: workers.Supervisor) -> None:
         print(
-            f"serving on {websocket_uri((supervisor.host, supervisor.port))} with "
+            f"serving on {websocket_uri((supervisor.host, supervisor.port), secure=secure)} with "
             f"{len(supervisor.slots)} worker processes (supervisor pid {os.getpid()})",
             flush=True,
         )
 
     try:
         return workers.run_supervisor(
-            args.handler or workers.DEFAULT_HANDLER, args.host, args.port, args.processes or None, ready=ready
+            args.handler or workers.DEFAULT_HANDLER, args.host, args.port, args.processes or None, ready=ready,
+            options=serveconfig.worker_arguments(args),
         )
     except OSError as exc:
         _error(f"could not listen on {args.host}:{args.port}: {exc.strerror or exc}")
@@ -461,7 +510,7 @@ def _client_parser() -> argparse.ArgumentParser:
             f"{PROG} [-h] [--version] [--no-compression] [--header 'NAME: VALUE'] ...\n"
             f"       {' ' * len(PROG)} [--subprotocol NAME] ... [--origin ORIGIN] [--insecure]\n"
             f"       {' ' * len(PROG)} [--reply-timeout SECONDS] URI\n"
-            f"       {PROG} serve [-h] [--host HOST] [--port PORT] [--processes [N]] [module:handler]\n"
+            f"       {PROG} serve [-h] [--host HOST] [--port PORT] [--processes [N]] [options] [module:handler]\n"
             f"       {PROG} demo [-h]"
         ),
         description=(
@@ -471,7 +520,7 @@ def _client_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "commands:\n"
-            "  serve   run an echo server (see 'serve -h')\n"
+            "  serve   run a server: echo, or your handler (see 'serve -h')\n"
             "  demo    start an echo server, talk to it, and show what happens"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -507,32 +556,13 @@ def _client_parser() -> argparse.ArgumentParser:
 def _serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=f"{PROG} serve",
-        description="Run a WebSocket server (echo, or module:handler) until Ctrl-C (or SIGTERM).",
+        description=(
+            "Run a WebSocket server (echo, or module:handler) until Ctrl-C (or SIGTERM). "
+            "Options not given keep syncws.serve()'s defaults."
+        ),
     )
-    parser.add_argument(
-        "--host", default=DEFAULT_HOST, help=f"the interface to listen on (default: {DEFAULT_HOST})"
-    )
-    parser.add_argument(
-        "--port", type=int, default=DEFAULT_PORT,
-        help=f"the port (default: {DEFAULT_PORT}; 0 picks a free one, printed at start)",
-    )
-    parser.add_argument(
-        "--processes", type=_processes, nargs="?", const=0, metavar="N",
-        help="run N worker processes sharing the port (SO_REUSEPORT) under a supervisor; "
-        "without N, one per CPU",
-    )
-    parser.add_argument(
-        "handler", nargs="?", metavar="module:handler",
-        help="the handler to serve, e.g. myapp.server:handler (default: echo)",
-    )
+    serveconfig.add_arguments(parser)
     return parser
-
-
-def _processes(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _demo_parser() -> argparse.ArgumentParser:

@@ -58,8 +58,11 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
+import os
 import re
 import threading
+import time
 import weakref
 from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
@@ -67,6 +70,7 @@ __all__ = [
     "CONTENT_TYPE",
     "ConnectionCounters",
     "Family",
+    "GroupMetrics",
     "ServerMetrics",
     "collect",
     "exposition",
@@ -77,6 +81,8 @@ __all__ = [
     "track_fanout",
     "wsgi_counters",
 ]
+
+logger = logging.getLogger("syncws.metrics")
 
 #: The ``Content-Type`` of :func:`render`'s text.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -431,3 +437,85 @@ def render(metrics: Optional[ServerMetrics] = None, fanouts: Optional[Sequence[A
     return exposition(families(
         collect() if metrics is None else metrics, fanout_stats() if fanouts is None else fanouts,
     ))
+
+
+class GroupMetrics:
+    """The metrics of a group of processes sharing a port, whichever one is asked.
+
+    The workers of ``python -m syncws serve --processes`` share one port, so
+    a scrape reaches any one of them. Each writes its own families (from
+    :func:`collect` and :func:`fanout_stats`, every sample labelled
+    ``worker="<index>"``) to ``<directory>/<index>.json``, every
+    ``interval`` seconds from a thread of its own (:meth:`start`) and at each
+    scrape; :meth:`render` reads the files of every worker alive. A worker
+    restarted under the same index starts its counters from zero, which
+    Prometheus reads as a counter reset.
+
+    Args:
+        directory: a directory the group shares (the supervisor makes it).
+        index: this process's place in the group.
+        interval: seconds between two writes.
+    """
+
+    def __init__(self, directory: str, index: int, interval: float = 1.0) -> None:
+        self.directory = directory
+        self.index = index
+        self.interval = interval
+
+    def start(self) -> None:
+        """Publish every ``interval`` seconds, from a daemon thread, for the life of the process."""
+
+        def publish_forever() -> None:
+            while True:
+                try:
+                    self.publish()
+                except OSError as exc:  # the directory went away: the group is stopping
+                    logger.debug("metrics of worker %d not written: %s", self.index, exc)
+                time.sleep(self.interval)
+
+        threading.Thread(target=publish_forever, name="syncws-metrics", daemon=True).start()
+
+    def publish(self) -> None:
+        """Write this process's families to its file (atomically: written aside, then renamed)."""
+        import json  # only in the workers of a group: not every server's memory
+        labelled = families(collect(), fanout_stats(), {"worker": str(self.index)})
+        data = {"pid": os.getpid(), "families": [[f.name, f.type, f.help, f.samples] for f in labelled]}
+        path = os.path.join(self.directory, f"{self.index}.json")
+        temporary = f"{path}.{os.getpid()}.tmp"
+        with open(temporary, "w") as file:
+            json.dump(data, file)
+        os.replace(temporary, path)
+
+    def render(self) -> str:
+        """Prometheus' text for the whole group, this process's counts fresh.
+
+        Returns:
+            The text, every sample labelled with its worker.
+        """
+        import json
+
+        self.publish()
+        found: List[Family] = []
+        for name in sorted(os.listdir(self.directory)):
+            if not name.endswith(".json"):
+                continue
+            try:
+                with open(os.path.join(self.directory, name)) as file:
+                    data = json.load(file)
+            except (OSError, ValueError):  # being replaced, or gone
+                continue
+            if not _alive(data["pid"]):
+                continue  # a worker being restarted: its successor starts from zero
+            for name_, kind, text, samples in data["families"]:
+                found.append(Family(name_, kind, text, [(tuple(map(tuple, labels)), value) for labels, value in samples]))
+        return exposition(found)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

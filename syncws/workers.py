@@ -23,6 +23,10 @@ The **supervisor** (:func:`run_supervisor`, the parent) does no serving:
   that port for the workers while one restarts. Once the workers listen,
   it checks that no other process does (:func:`syncws.ports.strangers`:
   two supervisors started at once both get a reservation);
+* it starts every worker with the options of ``serve`` it was given (the
+  same parser reads them back: :mod:`syncws.serveconfig`), its index, and a
+  private directory the workers share for ``--metrics``
+  (:class:`syncws.metrics.GroupMetrics`), removed when the supervisor ends;
 * it starts N workers as fresh interpreters (:mod:`subprocess`, running
   ``python -m syncws.workers``), not with :func:`os.fork`: a forked child
   would inherit the parent's threads' locks in whatever state they were, and
@@ -62,15 +66,17 @@ import importlib
 import logging
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
-from . import ports
+from . import logconfig, metrics, ports, serveconfig
 from .server import serve
 
 __all__ = [
@@ -148,7 +154,12 @@ def load_handler(spec: str) -> Callable[..., Any]:
 
 
 def run_worker(
-    spec: str, host: str, port: int, watch_fd: Optional[int] = None, ready_fd: Optional[int] = None
+    spec: Union[str, Callable[..., Any]],
+    host: str,
+    port: int,
+    watch_fd: Optional[int] = None,
+    ready_fd: Optional[int] = None,
+    **serve_options: Any,
 ) -> int:
     """Serve ``spec`` on ``host:port`` with ``SO_REUSEPORT`` until told to stop.
 
@@ -157,12 +168,13 @@ def run_worker(
     1001 and this returns once they are done.
 
     Args:
-        spec: the handler, ``module:name``.
+        spec: the handler, or ``module:name`` to import it from.
         host: the interface.
         port: the port, shared with the other workers.
         watch_fd: a file descriptor whose end of file means "stop".
         ready_fd: a file descriptor written to, then closed, once the
             server listens.
+        **serve_options: more keyword arguments of :func:`~syncws.serve`.
 
     Returns:
         The exit status: 0, or :data:`EXIT_CONFIG` when the handler doesn't
@@ -177,8 +189,8 @@ def run_worker(
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
     try:
-        handler = load_handler(spec)
-        server = serve(handler, host, port, reuse_port=True)
+        handler = load_handler(spec) if isinstance(spec, str) else spec
+        server = serve(handler, host, port, reuse_port=True, **serve_options)
     except HandlerImportError as exc:
         logger.error("worker %d: %s", os.getpid(), exc)
         return EXIT_CONFIG
@@ -238,6 +250,8 @@ class Supervisor:
         shutdown_timeout: seconds to wait for workers on shutdown before
             killing them.
         python: the interpreter for the workers (default: this one).
+        options: options of ``python -m syncws serve`` for every worker
+            (``["--max-size", "65536"]``: see :mod:`syncws.serveconfig`).
     """
 
     def __init__(
@@ -249,6 +263,7 @@ class Supervisor:
         *,
         shutdown_timeout: float = SHUTDOWN_TIMEOUT,
         python: Optional[str] = None,
+        options: Sequence[str] = (),
     ) -> None:
         if processes < 1:
             raise ValueError(f"processes must be at least 1, got {processes}")
@@ -257,12 +272,15 @@ class Supervisor:
         self.port = port
         self.shutdown_timeout = shutdown_timeout
         self.python = python or sys.executable
+        self.options = list(options)
         self.slots = [_Slot(i) for i in range(processes)]
         # Bound, never listening: reserves the port (see the module docstring).
         self._reserved: Optional[List[socket.socket]] = None
         self._failed: Optional[str] = None  # why the supervisor gave up
         # Another process listens on the port too (see _check_alone).
         self._conflict: Optional[OSError] = None
+        # A directory the workers share (their metrics), while running.
+        self._directory: Optional[str] = None
 
     def bind(self) -> None:
         """Reserve the address (and pick the port for port 0).
@@ -279,9 +297,11 @@ class Supervisor:
 
     def _start(self, slot: _Slot) -> None:
         ready_read, ready_write = os.pipe()
+        assert self._directory is not None
         command = [
-            self.python, "-m", "syncws.workers",
-            "--host", self.host, "--port", str(self.port), "--ready-fd", str(ready_write), self.spec,
+            self.python, "-m", "syncws.workers", *self.options, "--host", self.host, "--port", str(self.port),
+            "--ready-fd", str(ready_write), "--worker-index", str(slot.index), "--group-dir", self._directory,
+            self.spec,
         ]
         # stdin: the pipe whose end of file tells the worker we are gone;
         # stdout and stderr are ours.
@@ -353,6 +373,7 @@ class Supervisor:
         """
         if self._reserved is None:
             self.bind()
+        self._directory = tempfile.mkdtemp(prefix="syncws-workers-")
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, False)
         os.set_blocking(write_fd, False)
@@ -406,6 +427,8 @@ class Supervisor:
             os.close(write_fd)
             for sock in self._reserved or ():
                 sock.close()
+            shutil.rmtree(self._directory, ignore_errors=True)
+            self._directory = None
         if self._conflict is not None:
             raise self._conflict
         if self._failed is not None:
@@ -469,6 +492,7 @@ def run_supervisor(
     processes: Optional[int] = None,
     *,
     ready: Optional[Callable[[Supervisor], None]] = None,
+    options: Sequence[str] = (),
 ) -> int:
     """Serve ``spec`` from ``processes`` workers sharing ``host:port``.
 
@@ -482,6 +506,7 @@ def run_supervisor(
         processes: how many workers; ``None`` for one per CPU.
         ready: called with the :class:`Supervisor` once every worker
             listens (its ``port`` is the bound port).
+        options: options of ``python -m syncws serve`` for every worker.
 
     Returns:
         The exit status: 0 after a signal, 1 when a worker couldn't start.
@@ -491,19 +516,37 @@ def run_supervisor(
             on it (``EADDRINUSE``, saying which).
         ValueError: ``processes`` is below 1.
     """
-    supervisor = Supervisor(spec, host, port, processes or os.cpu_count() or 1)
+    supervisor = Supervisor(spec, host, port, processes or os.cpu_count() or 1, options=options)
     return supervisor.run(ready)
 
 
 def _worker_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m syncws.workers``: one worker, as the supervisor starts it."""
     parser = argparse.ArgumentParser(prog="python -m syncws.workers", description="One worker (started by the supervisor).")
-    parser.add_argument("--host", required=True)
-    parser.add_argument("--port", type=int, required=True)
+    serveconfig.add_arguments(parser)
     parser.add_argument("--ready-fd", type=int)
-    parser.add_argument("handler")
+    parser.add_argument("--worker-index", type=int, default=0)
+    parser.add_argument("--group-dir")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    return run_worker(args.handler, args.host, args.port, watch_fd=sys.stdin.fileno(), ready_fd=args.ready_fd)
+    try:
+        handler = load_handler(args.handler or DEFAULT_HANDLER)
+    except HandlerImportError as exc:
+        logconfig.configure(args.log_level, args.log_format)
+        logger.error("worker %d: %s", os.getpid(), exc)
+        return EXIT_CONFIG
+    # After the import: a handler's module that configures logging keeps it.
+    logconfig.configure(args.log_level, args.log_format)
+    group = None
+    if args.metrics is not None and args.group_dir is not None:
+        group = metrics.GroupMetrics(args.group_dir, args.worker_index)
+    try:
+        options = serveconfig.server_options(args, render=None if group is None else group.render)
+    except (OSError, ValueError) as exc:  # checked by the supervisor first: a file that changed meanwhile
+        logger.error("worker %d: %s", os.getpid(), exc)
+        return EXIT_CONFIG
+    if group is not None:
+        group.start()
+    return run_worker(handler, args.host, args.port, watch_fd=sys.stdin.fileno(), ready_fd=args.ready_fd, **options)
 
 
 if __name__ == "__main__":

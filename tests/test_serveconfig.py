@@ -1,0 +1,377 @@
+"""Tests for ``python -m syncws serve``'s options (syncws.serveconfig), as operators run them.
+
+The parsing is tested in this process; every option's effect is tested on
+a server run by the command line in a subprocess, on 127.0.0.1 and a free
+port (or a Unix socket in a temporary directory), stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+import pytest
+
+import syncws
+from conftest import CERT_FILE, KEY_FILE, wait_for
+from syncws import serveconfig
+
+REPO = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+TIMEOUT = 20
+
+PID_HANDLER = '''
+import os
+
+def handler(websocket):
+    websocket.send(str(os.getpid()))
+    for message in websocket:
+        websocket.send(message)
+'''
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    serveconfig.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+# -- parsing --------------------------------------------------------------------------
+
+
+EVERY_OPTION = [
+    "--max-size", "65536", "--max-queue", "none", "--read-limit", "4096", "--write-limit", "8192",
+    "--ping-interval", "5.5", "--ping-timeout", "none", "--open-timeout", "3", "--close-timeout", "2",
+    "--write-timeout", "30", "--first-byte-timeout", "1", "--max-connections", "100",
+    "--max-pending-handshakes", "16", "--backlog", "64", "--origin", "https://a.example",
+    "--origin", "https://b.example", "--origin-regex", r"https://.*\.c\.example", "--allow-no-origin",
+    "--no-compression", "--subprotocol", "chat.v2", "--subprotocol", "chat.v1", "--server-header", "",
+    "--certfile", CERT_FILE, "--keyfile", KEY_FILE, "--health", "/healthz", "--metrics", "/metrics",
+    "--log-level", "debug", "--log-format", "json",
+]
+
+
+def test_every_setting_reaches_serve() -> None:
+    options = serveconfig.server_options(parse(*EVERY_OPTION))
+    origins = options.pop("origins")
+    assert origins[:2] == ["https://a.example", "https://b.example"] and origins[3] is None
+    assert origins[2].pattern == r"https://.*\.c\.example"
+    assert isinstance(options.pop("ssl"), ssl.SSLContext)
+    assert callable(options.pop("process_request"))
+    assert options == {
+        "max_size": 65536, "max_queue": None, "read_limit": 4096, "write_limit": 8192, "ping_interval": 5.5,
+        "ping_timeout": None, "open_timeout": 3.0, "close_timeout": 2.0, "write_timeout": 30.0,
+        "first_byte_timeout": 1.0, "max_connections": 100, "max_pending_handshakes": 16, "backlog": 64,
+        "compression": None, "subprotocols": ["chat.v2", "chat.v1"], "server_header": None,
+    }
+    # Each of serve()'s settings has its option.
+    assert {s.dest for s in serveconfig.SETTINGS} >= {
+        "max_size", "max_queue", "read_limit", "write_limit", "ping_interval", "ping_timeout", "open_timeout",
+        "close_timeout", "write_timeout", "first_byte_timeout", "max_connections", "max_pending_handshakes",
+        "backlog", "origins", "subprotocols", "server_header",
+    }
+
+
+def test_options_not_given_keep_serves_defaults() -> None:
+    assert serveconfig.server_options(parse()) == {}
+
+
+def test_workers_read_back_the_same_options() -> None:
+    given = parse(*EVERY_OPTION, "--host", "0.0.0.0", "--port", "9000", "--processes", "4", "app:handler")
+    again = parse(*serveconfig.worker_arguments(given))
+    for name, value in vars(given).items():
+        if name in ("host", "port", "processes", "handler"):
+            continue  # the supervisor gives each worker these itself
+        if name == "origin_patterns":
+            assert [p.pattern for p in getattr(again, name)] == [p.pattern for p in value]
+        else:
+            assert getattr(again, name) == value, name
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--ping-interval", "0"], "--ping-interval must be > 0 seconds or None, got 0.0"),
+    (["--keyfile", KEY_FILE], "--keyfile needs --certfile"),
+    (["--allow-no-origin"], "--allow-no-origin goes with --origin or --origin-regex"),
+])
+def test_options_that_dont_go_together(argv: List[str], message: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        serveconfig.server_options(parse(*argv))
+    assert message in str(raised.value)
+
+
+# -- the command line, for real ---------------------------------------------------------
+
+
+def cli_env(*paths: Path) -> Dict[str, str]:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *map(str, paths)]), PYTHONIOENCODING="utf-8")
+
+
+class Served:
+    """``python -m syncws serve args``, until stopped by its PID."""
+
+    def __init__(self, cwd: Path, *args: str) -> None:
+        self.log = cwd / f"serve-{time.monotonic_ns()}.log"
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "syncws", "serve", *args], cwd=cwd, env=cli_env(cwd),
+                stdout=subprocess.PIPE, stderr=log, text=True,
+            )
+        assert self.process.stdout is not None
+        self.line = self.process.stdout.readline()  # bounded by the test's timeout
+        assert self.line.startswith("serving on "), (self.line, self.stderr())
+        match = re.match(r"serving on wss?://[^:]+:(\d+)/", self.line)
+        self.port = int(match.group(1)) if match else 0
+
+    def stderr(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def get(self, path: str, headers: Optional[Dict[str, str]] = None) -> http.client.HTTPResponse:
+        connection = http.client.HTTPConnection(HOST, self.port, timeout=TIMEOUT)
+        connection.request("GET", path, headers=headers or {})
+        response = connection.getresponse()
+        response.read()
+        connection.close()
+        return response
+
+    def text(self, path: str) -> str:
+        connection = http.client.HTTPConnection(HOST, self.port, timeout=TIMEOUT)
+        connection.request("GET", path)
+        body = connection.getresponse().read().decode()
+        connection.close()
+        return body
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(TIMEOUT)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+        return int(self.process.returncode)
+
+
+@pytest.fixture
+def serve_cli(tmp_path: Path) -> Iterator[Any]:
+    started: List[Served] = []
+
+    def start(*args: str) -> Served:
+        served = Served(tmp_path, *args)
+        started.append(served)
+        return served
+
+    yield start
+    for served in started:
+        served.stop()
+
+
+def metric(text: str, sample: str) -> float:
+    """The value of one sample (name and labels, as written) of an exposition."""
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name == sample:
+            return float(value)
+    raise AssertionError(f"no sample {sample} in:\n{text}")
+
+
+@pytest.mark.timeout(60)
+def test_an_operators_server(serve_cli: Any) -> None:
+    server = serve_cli(
+        "--host", HOST, "--port", "0", "--max-size", "100", "--origin", "https://good.example", "--allow-no-origin",
+        "--subprotocol", "chat", "--no-compression", "--server-header", "", "--max-connections", "1",
+        "--ping-interval", "none", "--health", "/healthz", "--metrics", "/metrics",
+    )
+    uri = f"ws://{HOST}:{server.port}/"
+    # The health check: plain HTTP, no upgrade, nothing refused.
+    health = server.get("/healthz?probe=1")
+    assert (health.status, health.getheader("Server")) == (200, None)
+    with pytest.raises(syncws.InvalidStatusCode) as refused:
+        syncws.connect(uri, origin="https://evil.example")
+    assert refused.value.status_code == 403
+    with syncws.connect(uri, subprotocols=["other", "chat"], origin="https://good.example") as websocket:
+        assert websocket.subprotocol == "chat"
+        assert websocket.response_headers.get("Sec-WebSocket-Extensions") is None
+        assert websocket.response_headers.get("Server") is None
+        # --max-connections 1: the server sheds load before reading a
+        # request, so a full server answers 503 to everything, its health
+        # check included (a load balancer then sends clients elsewhere).
+        assert wait_for(lambda: server.get("/healthz").status == 503, TIMEOUT)
+        with pytest.raises(syncws.InvalidStatusCode) as busy:
+            syncws.connect(uri)
+        assert busy.value.status_code == 503
+        websocket.send("x" * 101)  # --max-size 100
+        with pytest.raises(syncws.ConnectionClosed) as closed:
+            websocket.recv(TIMEOUT)
+        assert closed.value.code == 1009
+        assert websocket.latency == 0.0  # --ping-interval none: never pinged
+    assert wait_for(lambda: 'syncws_connections_closed_total{code="1009"} 1' in server.text("/metrics"), TIMEOUT)
+    text = server.text("/metrics")
+    assert metric(text, 'syncws_handshakes_refused_total{status="403"}') == 1
+    assert metric(text, 'syncws_handshakes_refused_total{status="503"}') >= 2  # the WebSocket, the health check
+    assert metric(text, "syncws_connections_opened_total") == 1
+    assert metric(text, "syncws_connections_open") == 0
+    assert server.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_tls(serve_cli: Any) -> None:
+    server = serve_cli("--port", "0", "--certfile", CERT_FILE, "--keyfile", KEY_FILE)
+    assert server.line.startswith("serving on wss://127.0.0.1:")
+    context = ssl.create_default_context(cafile=CERT_FILE)
+    with syncws.connect(f"wss://localhost:{server.port}/", ssl=context) as websocket:
+        assert websocket.secure
+        websocket.send("over TLS")
+        assert websocket.recv(TIMEOUT) == "over TLS"
+
+
+def test_a_certificate_that_does_not_load(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "syncws", "serve", "--port", "0", "--certfile", str(tmp_path / "missing.pem")],
+        capture_output=True, text=True, env=cli_env(), timeout=TIMEOUT,
+    )
+    assert result.returncode == 1
+    assert result.stderr == "python -m syncws: could not load the TLS certificate: No such file or directory\n"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--ping-interval", "0"], "--ping-interval must be > 0 seconds or None, got 0.0"),
+    (["--processes", "2", "--unix", "x.sock"], "--unix and --processes don't go together"),
+    (["--processes", "2", "--keyfile", KEY_FILE], "--keyfile needs --certfile"),
+])
+def test_usage_errors(tmp_path: Path, argv: List[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "syncws", "serve", "--port", "0", *argv],
+        capture_output=True, text=True, env=cli_env(), cwd=tmp_path, timeout=TIMEOUT,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("python -m syncws: ") and message in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.timeout(60)
+def test_unix_socket(serve_cli: Any, tmp_path: Path) -> None:
+    path = tmp_path / "server.sock"
+    server = serve_cli("--unix", str(path), "--health", "/healthz")
+    assert server.line == f"serving on unix socket {path}\n"
+    with syncws.unix_connect(str(path)) as websocket:
+        websocket.send("over a Unix socket")
+        assert websocket.recv(TIMEOUT) == "over a Unix socket"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(TIMEOUT)
+        sock.connect(str(path))
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 200 OK\r\n")
+    assert server.stop() == 0
+    assert not path.exists()  # removed on the way out
+
+
+@pytest.mark.timeout(90)
+def test_processes_answer_health_and_metrics_for_every_worker(serve_cli: Any, tmp_path: Path) -> None:
+    (tmp_path / "pidapp.py").write_text(PID_HANDLER)
+    server = serve_cli(
+        "--processes", "2", "--host", HOST, "--port", "0", "--health", "/healthz", "--metrics", "/metrics",
+        "--max-size", "100", "pidapp:handler",
+    )
+    uri = f"ws://{HOST}:{server.port}/"
+    for _ in range(20):  # spread over both workers by the kernel
+        assert server.get("/healthz").status == 200
+    # One connection held open on each worker.
+    clients: Dict[int, syncws.WebSocketClientProtocol] = {}
+    deadline = time.monotonic() + TIMEOUT
+    while len(clients) < 2:
+        assert time.monotonic() < deadline, f"only workers {list(clients)} answered"
+        websocket = syncws.connect(uri, timeout=TIMEOUT)
+        pid = int(websocket.recv(TIMEOUT))
+        if pid in clients:
+            websocket.close()
+        else:
+            clients[pid] = websocket
+    try:
+        # --max-size reached the workers.
+        first = next(iter(clients.values()))
+        first.send("x" * 101)
+        with pytest.raises(syncws.ConnectionClosed) as closed:
+            first.recv(TIMEOUT)
+        assert closed.value.code == 1009
+
+        def scrape() -> Dict[str, float]:
+            text = server.text("/metrics")
+            return {
+                worker: metric(text, f'syncws_connections_open{{worker="{worker}"}}') for worker in ("0", "1")
+            }
+
+        # Whichever worker answers, both workers' samples are there (each
+        # writes its own every second): one connection open on one, none
+        # on the other, which closed one with 1009.
+        assert wait_for(lambda: sorted(scrape().values()) == [0, 1], TIMEOUT)
+        text = server.text("/metrics")
+        assert text.count("# TYPE syncws_connections_open gauge") == 1
+        assert sum(
+            metric(text, f'syncws_connections_closed_total{{worker="{w}",code="1009"}}')
+            for w in ("0", "1") if f'{{worker="{w}",code="1009"}}' in text
+        ) == 1
+    finally:
+        for websocket in clients.values():
+            websocket.close()
+
+
+JSON_LINE_KEYS = {"time", "level", "logger", "pid", "connection", "message"}
+
+
+@pytest.mark.timeout(60)
+def test_json_logs_with_the_pid_and_the_connection(serve_cli: Any) -> None:
+    server = serve_cli("--port", "0", "--log-format", "json", "--log-level", "info")
+    with syncws.connect(f"ws://{HOST}:{server.port}/chat") as websocket:
+        websocket.send("hi")
+        websocket.recv(TIMEOUT)
+    assert server.stop() == 0
+    lines = [json.loads(line) for line in server.stderr().splitlines() if line.startswith("{")]
+    assert lines and all(set(line) == JSON_LINE_KEYS for line in lines)
+    assert {line["pid"] for line in lines} == {server.process.pid}
+    opened = next(line for line in lines if " opened: " in line["message"])
+    connection = opened["connection"]
+    about = [line["message"] for line in lines if line["connection"] == connection]
+    # syncws's lines and the echo handler's own (logger syncws.cli).
+    assert any("connected, path /chat" in message for message in about)
+    assert any(" closed: 1000 (OK)" in message for message in about)
+
+
+def test_debug_level(serve_cli: Any) -> None:
+    server = serve_cli("--port", "0", "--log-level", "debug")
+    with syncws.connect(f"ws://{HOST}:{server.port}/"):
+        pass
+    server.stop()
+    assert " DEBUG syncws.server: " in server.stderr()
+    assert re.search(r"^\S+ \S+ \d+ [0-9a-f]{8} DEBUG syncws.server: connection [0-9a-f]{8} request: GET /",
+                     server.stderr(), re.MULTILINE)
+
+
+def test_a_handler_modules_logging_is_kept(serve_cli: Any, tmp_path: Path) -> None:
+    (tmp_path / "loggingapp.py").write_text(
+        "import logging\n"
+        "logging.basicConfig(level=logging.WARNING, format='APP %(levelname)s %(name)s: %(message)s')\n"
+        "def handler(websocket):\n"
+        "    logging.getLogger('app').warning('hello %s', websocket.path)\n"
+    )
+    server = serve_cli("--port", "0", "--log-format", "json", "--log-level", "debug", "loggingapp:handler")
+    with syncws.connect(f"ws://{HOST}:{server.port}/x") as websocket:
+        with pytest.raises(syncws.ConnectionClosed):
+            websocket.recv(TIMEOUT)
+    server.stop()
+    log = server.stderr()
+    assert "APP WARNING app: hello /x" in log.splitlines()
+    assert "{" not in log and "INFO" not in log  # neither JSON nor the CLI's level
