@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import select
 import socket
 import sys
 import threading
@@ -22,7 +23,7 @@ from typing import Any, List
 import pytest
 
 import syncws
-from conftest import frame, traced_peak
+from conftest import frame, traced_peak, wait_for
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -96,67 +97,87 @@ def test_memory_bounded_while_a_peer_ignores_our_close(how: str) -> None:
     assert result[0] > 16 * MiB  # the peer really did flood
 
 
-@pytest.mark.timeout(30)
+# How long the tiny-fragments test waits for each step another thread
+# takes. None of them measures speed: the server parses 65,536 two-byte
+# frames, seconds of CPU time that a loaded machine spreads over tens of
+# seconds, so the waits are generous.
+SLOW_STEP = 90
+MAX_QUEUE = 4
+
+
+@pytest.mark.timeout(4 * SLOW_STEP)
 def test_tiny_fragments_cost_memory_by_bytes_not_by_fragment() -> None:
     """A message in 2-byte fragments to a handler that doesn't read: TCP
     pushes back within the bound; once the handler reads, the message goes
     over max_size and the connection fails with 1009."""
-    release = threading.Event()
-    outcome: List[Any] = []
+    queue_full = threading.Event()  # set by the handler: the reader thread stopped reading
+    release = threading.Event()  # set by the test: the handler may read
+    handler_done = threading.Event()
+    outcome: List[BaseException] = []
 
     def handler(ws: Any) -> None:
-        release.wait(20)  # doesn't read until the peer is blocked
         try:
-            ws.recv(timeout=10)
-        except syncws.ConnectionClosed as exc:
+            # max_queue items waiting: the reader thread's next put waits
+            # for room, so it reads at most once more, then TCP pushes back.
+            if wait_for(lambda: ws.stats.queued >= MAX_QUEUE, SLOW_STEP, 0.01):
+                queue_full.set()
+            release.wait(SLOW_STEP)
+            ws.recv(timeout=SLOW_STEP)
+        except Exception as exc:
             outcome.append(exc)
+        finally:
+            handler_done.set()
 
     # 8 KiB of payload in 4096 frames, again and again: 0.6 MiB would take
     # tens of MiB as an object per fragment.
     first = frame(0x2, b"ab", fin=False, mask=b"abcd")
     more = b"".join(frame(0x0, b"cd", fin=False, mask=b"abcd") for _ in range(4096))
     stop = threading.Event()
+    # Set by the sender each time the kernel's buffers are full.
+    pushed_back = threading.Event()
     with traced_peak() as peak:
         with syncws.serve(
-            handler, "127.0.0.1", 0, compression=None, max_size=128 * KiB, max_queue=4,
+            handler, "127.0.0.1", 0, compression=None, max_size=128 * KiB, max_queue=MAX_QUEUE,
             ping_interval=None, close_timeout=2,
         ) as server:
             sock = raw_client(server.port)
             sock.sendall(first)
-            progress: List[int] = [0]
 
             def send() -> None:
-                # Blocking sends, counted as they go: progress stalls when
-                # TCP pushes back; closing the socket ends the thread.
-                sock.settimeout(None)
+                # Non-blocking sends, to see TCP push back rather than
+                # guess it from a pause; stop (or the server closing)
+                # ends the thread.
+                sock.setblocking(False)
+                view = memoryview(b"")
                 while not stop.is_set():
-                    view = memoryview(more)
-                    while view:
-                        try:
-                            sent = sock.send(view)
-                        except OSError:
-                            return
-                        progress[0] += sent
-                        view = view[sent:]
+                    if not view:
+                        view = memoryview(more)
+                    try:
+                        view = view[sock.send(view):]
+                    except BlockingIOError:
+                        pushed_back.set()
+                        select.select([], [sock], [], 0.05)
+                    except OSError:
+                        return
 
             sender = threading.Thread(target=send)
             sender.start()
-            # Wait until TCP pushes back: nothing more goes out for a second.
-            last = -1
-            while progress[0] != last:
-                last = progress[0]
-                time.sleep(1)
-            blocked_peak = tracemalloc.get_traced_memory()[1]
-            release.set()
-            deadline = time.monotonic() + 10
-            while not outcome and time.monotonic() < deadline:
-                time.sleep(0.05)
-            stop.set()
-            with contextlib.suppress(OSError):  # the server may have closed first
-                sock.shutdown(socket.SHUT_RDWR)
-            sender.join(10)
-            sock.close()
-    assert outcome and outcome[0].code == 1006 and "max_size" in outcome[0].reason, outcome
+            try:
+                assert queue_full.wait(SLOW_STEP), "the server's queue never filled"
+                # Pushed back after the queue filled: the server holds what
+                # it read, and the kernel's buffers the rest.
+                pushed_back.clear()
+                assert pushed_back.wait(SLOW_STEP), "TCP never pushed back"
+                blocked_peak = tracemalloc.get_traced_memory()[1]
+                release.set()
+                assert handler_done.wait(SLOW_STEP + 10), "recv() never returned"
+            finally:
+                release.set()
+                stop.set()
+                sender.join(SLOW_STEP)
+                sock.close()
+    assert len(outcome) == 1 and isinstance(outcome[0], syncws.ConnectionClosed), outcome
+    assert outcome[0].code == 1006 and "max_size" in outcome[0].reason, outcome
     # (max_queue + 1) x max_size is 640 KiB, and the kernel's buffers hold
     # the rest of what the peer sent.
     assert blocked_peak < 2 * MiB, f"peak {blocked_peak / MiB:.1f} MiB while blocked"
