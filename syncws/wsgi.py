@@ -76,12 +76,15 @@ from .transport import Transport
 
 __all__ = [
     "ACCEPTED",
+    "SOCKET",
+    "RFILE",
     "accept",
     "websocket_app",
     "WebSocketMiddleware",
     "flask_websocket",
     "flask_route",
     "django_websocket",
+    "django_live_server_thread",
     "HandedOver",
     "ServerNotSupported",
     "close_all",
@@ -184,7 +187,7 @@ def _server_socket(environ: Mapping[str, Any]) -> Tuple[socket.socket, bytes]:
         ServerNotSupported: the server doesn't give its socket.
     """
     software = str(environ.get("SERVER_SOFTWARE") or "this WSGI server")
-    for key, read_ahead in (("gunicorn.socket", _gunicorn_read_ahead), ("werkzeug.socket", _buffered_read_ahead)):
+    for key, input_key, read_ahead in _SOCKET_SOURCES:
         sock = environ.get(key)
         if sock is None:
             continue
@@ -199,7 +202,7 @@ def _server_socket(environ: Mapping[str, Any]) -> Tuple[socket.socket, bytes]:
                 f"{type(sock).__module__}.{type(sock).__qualname__}, not a blocking socket (an "
                 "async worker such as gevent or eventlet). Use gunicorn -k gthread or -k sync."
             )
-        return sock, read_ahead(sock, environ.get("wsgi.input"))
+        return sock, read_ahead(sock, environ.get(input_key))
     if software.startswith("waitress"):
         raise _not_supported(software, _WAITRESS)
     if software.startswith("WSGIServer/"):
@@ -273,6 +276,24 @@ def _buffered_read_ahead(sock: socket.socket, stream: Any) -> bytes:
         return b""
     finally:
         sock.settimeout(timeout)
+
+
+#: The ``environ`` key where a WSGI server that wants to hand its sockets to
+#: syncws puts the connected socket of the request (gunicorn and werkzeug
+#: have keys of their own); :data:`RFILE` then holds the buffered reader it
+#: read the request with, if any, so that bytes it read past the head reach
+#: the WebSocket.
+SOCKET = "syncws.socket"
+#: See :data:`SOCKET`.
+RFILE = "syncws.rfile"
+
+# Where each server gives its socket: (socket key, key of the stream that may
+# hold bytes read past the head, how to take them).
+_SOCKET_SOURCES = (
+    ("gunicorn.socket", "wsgi.input", _gunicorn_read_ahead),
+    ("werkzeug.socket", "wsgi.input", _buffered_read_ahead),
+    (SOCKET, RFILE, _buffered_read_ahead),
+)
 
 
 # -- the connections this process has open, for SIGTERM ------------------------------
@@ -970,6 +991,52 @@ def django_websocket(**options: Any) -> Callable[[Callable[..., Any]], Callable[
         return endpoint
 
     return decorator
+
+
+def django_live_server_thread() -> type:
+    """A server thread for Django's ``LiveServerTestCase`` that serves WebSockets.
+
+    ``LiveServerTestCase`` serves the project with Django's ``runserver``
+    machinery (:mod:`wsgiref`), which doesn't hand its sockets over: a
+    WebSocket view answers 500 under it. The thread this returns runs the
+    same server, but its requests carry their socket (:data:`SOCKET`)::
+
+        from django.test import LiveServerTestCase
+        from syncws.wsgi import django_live_server_thread
+
+        class EchoTests(LiveServerTestCase):
+            server_thread_class = django_live_server_thread()
+
+            def test_echo(self):
+                uri = self.live_server_url.replace("http", "ws", 1) + "/ws/echo"
+                with syncws.connect(uri) as websocket:
+                    ...
+
+    Returns:
+        A subclass of ``django.test.testcases.LiveServerThread``.
+    """
+    return _django_live_server_thread()
+
+
+@functools.lru_cache(maxsize=None)
+def _django_live_server_thread() -> type:
+    testcases = importlib.import_module("django.test.testcases")  # only when a Django test asks
+
+    class WebSocketRequestHandler(testcases.QuietWSGIRequestHandler):  # type: ignore[misc, name-defined]
+        def get_environ(self) -> Dict[str, Any]:
+            environ: Dict[str, Any] = super().get_environ()
+            environ[SOCKET] = self.connection
+            environ[RFILE] = self.rfile
+            return environ
+
+    class WebSocketLiveServerThread(testcases.LiveServerThread):  # type: ignore[misc, name-defined]
+        def _create_server(self, connections_override: Any = None) -> Any:
+            return self.server_class(
+                (self.host, self.port), WebSocketRequestHandler, allow_reuse_address=False,
+                connections_override=connections_override,
+            )
+
+    return WebSocketLiveServerThread
 
 
 # -- gunicorn ---------------------------------------------------------------------------

@@ -19,6 +19,8 @@ Routes:
   (signed cookies: no database needed);
 * ``/ws/whoami``: a WebSocket for logged-in users only (403 otherwise); the
   handler sees ``request.session``.
+
+``test_django_app.py`` tests these routes.
 """
 
 import os
@@ -36,6 +38,7 @@ settings.configure(
         "django.contrib.sessions.middleware.SessionMiddleware",
     ],
     SESSION_ENGINE="django.contrib.sessions.backends.signed_cookies",
+    STATIC_URL="/static/",  # LiveServerTestCase (test_django_app.py) serves static files
 )
 
 from django.core.wsgi import get_wsgi_application  # noqa: E402  (after settings)
