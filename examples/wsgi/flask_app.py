@@ -17,12 +17,19 @@ Routes:
 * ``/ws/echo``: a WebSocket echoing every text and binary message;
 * ``POST /login`` (form field ``user``) and ``POST /logout``: a session;
 * ``/ws/whoami``: a WebSocket for logged-in users only (401 otherwise); the
-  handler sees the Flask session.
+  handler sees the Flask session;
+* ``/ws/ticker``: the server pushes a tick every second, and the client may
+  change the pace by sending ``{"interval": seconds}``.
+
+``test_flask_app.py`` tests these routes.
 """
 
 import functools
+import json
+import math
 import os
-from typing import Any, Callable
+import time
+from typing import Any, Callable, Optional
 
 import flask
 
@@ -78,3 +85,36 @@ def whoami(websocket: Any) -> None:
     websocket.send(f"hello {user}")
     for message in websocket:
         websocket.send(f"{user}: {message}")
+
+
+@flask_route(app, "/ws/ticker")
+@flask_websocket()
+def ticker(websocket: Any) -> None:
+    """Push a tick every ``interval`` seconds, and read the client meanwhile."""
+    interval = 1.0
+    tick = 0
+    next_tick = time.monotonic() + interval
+    while True:  # until the client leaves: recv() or send() raise ConnectionClosed
+        try:
+            # Wait for a message from the client, but not past the next tick.
+            message = websocket.recv(timeout=max(0.0, next_tick - time.monotonic()))
+        except TimeoutError:
+            tick += 1
+            websocket.send(json.dumps({"tick": tick, "time": time.time()}))
+            next_tick += interval
+            continue
+        requested = requested_interval(message)
+        if requested is None:
+            websocket.send(json.dumps({"error": 'send {"interval": seconds}'}))
+        else:
+            interval = requested
+            next_tick = time.monotonic() + interval
+
+
+def requested_interval(message: Any) -> Optional[float]:
+    """The interval a client asked for, kept within 0.05-60 s; None if it isn't one."""
+    try:
+        value = float(json.loads(message)["interval"])
+    except (ValueError, TypeError, KeyError):
+        return None
+    return min(max(value, 0.05), 60.0) if math.isfinite(value) else None
