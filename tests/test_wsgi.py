@@ -9,6 +9,8 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -16,6 +18,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 import urllib.error
@@ -38,6 +41,7 @@ websockets_sync = pytest.importorskip("websockets.sync.client")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples", "wsgi")
+DOCS_PAGE = os.path.join(ROOT, "docs", "wsgi.rst")
 APPS = os.path.join(ROOT, "tests", "wsgi_apps")
 MiB = 1 << 20
 
@@ -374,17 +378,21 @@ def test_a_path_that_isnt_utf8_is_the_routers_or_refused(fixture: str, expected:
 
 # -- refusals close the connection; the handshake is strict -----------------------------
 
-def exchange(port: int, request: bytes) -> bytes:
-    """Send ``request``; return what the server sends until it closes (or stops for 10 s)."""
+def exchange(port: int, request: bytes, *, until_head: bool = False) -> bytes:
+    """Send ``request``; return what the server sends until it closes (or stops for 10 s).
+
+    With ``until_head``, until the end of the response's head only.
+    """
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(request)
         data = b""
         try:
-            while True:
+            while not (until_head and b"\r\n\r\n" in data):
                 chunk = sock.recv(65536)
                 if not chunk:
                     return data
                 data += chunk
+            return data
         except socket.timeout:
             return data + b"<still open>"
 
@@ -513,6 +521,26 @@ def test_session_is_visible_in_the_handler(fixture: str, request: Any) -> None:
         assert ws.recv(timeout=10) == "hello alice"
         ws.send("hi")
         assert ws.recv(timeout=10) == "alice: hi"
+
+
+@pytest.mark.timeout(60)
+def test_djangos_login_required_redirects_where_a_refusal_is_wanted() -> None:
+    # What docs/wsgi.rst says: login_required answers an anonymous upgrade
+    # with 302 to LOGIN_URL; a client that follows it gets that page's
+    # answer (404 here), a browser just fails. Refuse with 403 instead.
+    server = gunicorn_server("django_auth_app:application", "-k", "gthread", "--threads", "4", name="gunicorn-auth")
+    try:
+        data = exchange(server.port, upgrade("/ws/stock"), until_head=True)
+        assert data.startswith(b"HTTP/1.1 302 "), data[:300]
+        assert b"\r\nLocation: /accounts/login/?next=/ws/stock\r\n" in data, data[:500]
+        with pytest.raises(InvalidStatusCode) as followed:
+            syncws.connect(f"{server.ws}/ws/stock")
+        assert followed.value.status_code == 404
+        with pytest.raises(InvalidStatusCode) as refused:
+            syncws.connect(f"{server.ws}/ws/refusing")
+        assert refused.value.status_code == 403
+    finally:
+        server.close()
 
 
 def test_origins_and_subprotocols(flask_gunicorn: ServerProcess) -> None:
@@ -977,3 +1005,52 @@ def test_browser_gets_its_echoes(flask_gunicorn: ServerProcess) -> None:
             browser.wait()
         shutil.rmtree(profile, ignore_errors=True)
 
+
+# -- docs/wsgi.rst's commands, run -----------------------------------------------------
+
+def shell_commands(page: str) -> List[str]:
+    """The shell commands of a page's literal blocks, continuation lines joined."""
+    with open(page, encoding="utf-8") as text:
+        blocks = re.finditer(r"::\n\n((?:[ ]{4}.*\n|\n)+)", text.read())
+    commands = [" ".join(textwrap.dedent(block.group(1)).replace("\\\n", " ").split()) for block in blocks]
+    return [command for command in commands if command.split()[0] in ("gunicorn", "cd", "flask", "python", "python3")]
+
+
+def test_the_wsgi_page_shows_these_commands() -> None:
+    # A command added to the page must be run by a test below.
+    assert shell_commands(DOCS_PAGE) == [
+        "cd examples/wsgi && python3 -m unittest test_django_app",
+        "cd examples/wsgi && python3 -m unittest test_flask_app",
+        "gunicorn -k gthread --threads 64 --workers 2 -c python:syncws.gunicorn_conf --chdir examples/wsgi "
+        "flask_app:app",
+    ]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("command", [c for c in shell_commands(DOCS_PAGE) if "unittest" in c])
+def test_the_docs_test_commands_pass(command: str) -> None:
+    result = subprocess.run(["bash", "-c", command.replace("python3 ", f"{shlex.quote(sys.executable)} ", 1)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=100,
+                            env=dict(os.environ, PYTHONPATH=ROOT))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"^Ran [1-9][0-9]* tests? in .*\n\nOK$", result.stderr.strip(), re.MULTILINE), result.stderr
+
+
+@pytest.mark.timeout(90)
+def test_the_docs_gunicorn_command_serves_the_example() -> None:
+    [command] = [c for c in shell_commands(DOCS_PAGE) if c.startswith("gunicorn ")]
+    port = free_port()
+    *options, app = shlex.split(command)[1:]
+    argv = [sys.executable, "-m", "gunicorn", *options, "-b", f"127.0.0.1:{port}", *NO_CONTROL_SOCKET, app]
+    server = ServerProcess("gunicorn-docs", argv, port, cwd=ROOT)
+    try:
+        with syncws.connect(f"{server.ws}/ws/echo") as ws:
+            ws.send("as documented")
+            assert ws.recv(timeout=10) == "as documented"
+        with syncws.connect(f"{server.ws}/ws/ticker") as ws:
+            ws.send(json.dumps({"interval": 0.05}))
+            ticks = [json.loads(ws.recv(timeout=10))["tick"] for _ in range(2)]
+            assert ticks[1] == ticks[0] + 1
+        assert len(server.worker_pids()) == 2
+    finally:
+        server.close()
