@@ -23,6 +23,7 @@ import urllib.parse
 from typing import NamedTuple, Optional, Tuple
 
 from .exceptions import InvalidURI
+from .safetext import REDACTED, redact_uri
 
 __all__ = ["WebSocketURI", "parse_uri", "host_header"]
 
@@ -53,6 +54,11 @@ class WebSocketURI(NamedTuple):
             request line (``/`` when the URI has no path).
         user_info: ``(user, password)`` percent-decoded, when the URI has
             them.
+
+    Its ``repr()`` (and ``str()``) leaves the secrets out, as
+    :func:`~syncws.safetext.redact_uri` does: the password and the query's
+    values become ``[redacted]``, so that logging a parsed URI doesn't log
+    them. The fields themselves hold the values whole.
     """
 
     secure: bool
@@ -60,6 +66,13 @@ class WebSocketURI(NamedTuple):
     port: int
     resource_name: str
     user_info: Optional[Tuple[str, str]] = None
+
+    def __repr__(self) -> str:
+        user_info = None if self.user_info is None else (self.user_info[0], REDACTED)
+        return (
+            f"{type(self).__name__}(secure={self.secure!r}, host={self.host!r}, port={self.port!r}, "
+            f"resource_name={redact_uri(self.resource_name)!r}, user_info={user_info!r})"
+        )
 
 
 def parse_uri(uri: str) -> WebSocketURI:

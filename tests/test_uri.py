@@ -63,6 +63,34 @@ def test_non_ascii_host_is_idna_encoded() -> None:
     assert parse_uri("ws://bücher.example/").host == "xn--bcher-kva.example"
 
 
+
+def test_repr_leaves_the_password_and_query_values_out() -> None:
+    # An application that logs a parsed URI (logger.info("%r", wsuri), an
+    # f-string, a traceback's locals) must not log its secrets.
+    wsuri = parse_uri("wss://bob:hunter2@example.com:8443/feed?room=1&token=abc123")
+    shown = (
+        "WebSocketURI(secure=True, host='example.com', port=8443, "
+        "resource_name='/feed?room=[redacted]&token=[redacted]', user_info=('bob', '[redacted]'))"
+    )
+    assert repr(wsuri) == shown
+    assert str(wsuri) == f"{wsuri}" == "%s" % (wsuri,) == shown
+    assert "hunter2" not in repr([wsuri]) and "abc123" not in repr({"uri": wsuri})
+    assert repr(parse_uri("ws://h/")) == (
+        "WebSocketURI(secure=False, host='h', port=80, resource_name='/', user_info=None)"
+    )
+
+
+def test_repr_keeps_the_tuple_whole() -> None:
+    wsuri = parse_uri("wss://bob:hunter2@example.com:8443/feed?room=1")
+    assert wsuri == (True, "example.com", 8443, "/feed?room=1", ("bob", "hunter2"))
+    assert wsuri.user_info == ("bob", "hunter2")
+    assert wsuri._asdict()["resource_name"] == "/feed?room=1"
+    assert wsuri._replace(port=1) == WebSocketURI(True, "example.com", 1, "/feed?room=1", ("bob", "hunter2"))
+    assert WebSocketURI._make(tuple(wsuri)) == wsuri
+    secure, host, port, resource_name, user_info = wsuri
+    assert (host, port, user_info) == ("example.com", 8443, ("bob", "hunter2"))
+
+
 @pytest.mark.parametrize(
     "uri, reason",
     [
