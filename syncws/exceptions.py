@@ -35,7 +35,7 @@ import http
 from typing import Any, Iterable, Optional, Tuple
 
 from .close_codes import describe_close
-from .safetext import redact_uri
+from .safetext import redact_invalid_uri
 
 __all__ = [
     "WebSocketException",
@@ -260,8 +260,11 @@ class ConnectionClosedError(ConnectionClosed):
 class InvalidURI(WebSocketException):
     """A URI is not a valid ``ws://`` or ``wss://`` URI.
 
-    The message shows the URI without its password and query values
-    (:func:`syncws.safetext.redact_uri`); :attr:`uri` holds it whole.
+    The message shows the URI without its user info's password and query
+    values (:func:`syncws.safetext.redact_invalid_uri`: where the password of
+    an invalid URI ends can't be known, so everything before its last ``@``
+    is left out), and the reason quotes no part that may hold one;
+    :attr:`uri` holds the URI whole.
 
     Args:
         uri: the URI.
@@ -271,7 +274,7 @@ class InvalidURI(WebSocketException):
     def __init__(self, uri: str, reason: str) -> None:
         self.uri = uri
         self.reason = reason
-        super().__init__(f"'{redact_uri(uri)}' isn't a valid WebSocket URI: {reason}")
+        super().__init__(f"'{redact_invalid_uri(uri)}' isn't a valid WebSocket URI: {reason}")
 
 
 class PayloadTooBig(WebSocketException):

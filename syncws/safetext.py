@@ -11,7 +11,8 @@ Two kinds of values must never reach those as they are:
 * **Secrets in URIs**: the password of a URI's user info and the values of
   its query (``?access_token=...``). :func:`redact_uri` leaves them out and
   escapes what remains; every URI, path, proxy URL and Redis URL that syncws
-  logs or puts in an exception goes through it.
+  logs or puts in an exception goes through it, and
+  :func:`redact_invalid_uri` every URI that didn't parse.
 * **Credential headers** (:func:`is_secret_header`): their values are
   left out of logged heads and of the errors about malformed ones.
 
@@ -25,7 +26,7 @@ import functools
 import re
 from typing import Dict
 
-__all__ = ["escape", "redact_uri", "is_secret_header", "REDACTED"]
+__all__ = ["escape", "redact_uri", "redact_invalid_uri", "is_secret_header", "REDACTED"]
 
 #: What stands for a secret left out of a URI.
 REDACTED = "[redacted]"
@@ -119,6 +120,45 @@ def redact_uri(uri: str) -> str:
     if hash_sign:
         head += "#" + REDACTED
     return escape(head)
+
+
+# A scheme and its "//" (RFC 3986 §3.1): no ":" or "@" in it.
+_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+# What a user name can't hold unescaped: a "user" with one of these, in a
+# URI that didn't parse, may be a token or a piece of a password.
+_NOT_IN_A_USER_RE = re.compile(r"[/?#@]")
+
+
+def redact_invalid_uri(text: str) -> str:
+    """Render text that isn't a valid URI for an error, secrets left out.
+
+    Where the user info of such text ends can't be known: a ``/``, ``?`` or
+    ``#`` in a password ends the authority early (``ws://user:pa/ss@host``
+    reads as host ``user``, port ``pa`` and path ``/ss@host``), and without
+    ``://`` there is no authority at all. So everything between the scheme
+    (if the text starts with one) and the last ``@`` is left out, but for a
+    user name that is plainly one; then :func:`redact_uri` applies.
+
+    Args:
+        text: what was given as a URI.
+
+    Returns:
+        The text without any part of a password or of a query value.
+
+    Example::
+
+        >>> redact_invalid_uri("ws://bob:pa/ss@example.com:x/?token=abc")
+        'ws://bob:[redacted]@example.com:x/?token=[redacted]'
+    """
+    scheme = _SCHEME_RE.match(text)
+    start = scheme.end() if scheme else 0
+    user_info, at, rest = text[start:].rpartition("@")
+    if at:
+        user, colon, _ = user_info.partition(":")
+        user_info = f"{user}:{REDACTED}" if colon and not _NOT_IN_A_USER_RE.search(user) else REDACTED
+        text = f"{text[:start]}{user_info}@{rest}"
+    return redact_uri(text)
 
 
 def _redact_parameter(parameter: str) -> str:

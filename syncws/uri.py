@@ -94,7 +94,10 @@ def parse_uri(uri: str) -> WebSocketURI:
         raise InvalidURI(uri, "it contains a lone surrogate") from None
     if "#" in uri:
         # RFC 6455 §3: a "#" must be escaped; there is no fragment to send.
-        raise InvalidURI(uri, "fragments aren't allowed")
+        reason = "fragments aren't allowed"
+        if "@" in uri.partition("#")[2]:
+            reason += " (a '#' in a password must be percent-encoded: %23)"
+        raise InvalidURI(uri, reason)
 
     scheme, colon, rest = uri.partition(":")
     if not colon or scheme.lower() not in ("ws", "wss"):
@@ -110,11 +113,20 @@ def parse_uri(uri: str) -> WebSocketURI:
     # Like browsers, take the last "@" so a password may hold a raw "@".
     raw_user_info, at, host_port = authority.rpartition("@")
     user_info = _parse_user_info(uri, raw_user_info) if at else None
-    host, port_text = _split_host_port(uri, host_port)
-    if port_text is None:
-        port = _DEFAULT_PORTS[secure]
-    else:
-        port = _parse_port(uri, port_text)
+    try:
+        host, port_text = _split_host_port(uri, host_port)
+        port = _DEFAULT_PORTS[secure] if port_text is None else _parse_port(uri, port_text)
+    except InvalidURI:
+        if "@" not in path_and_query:
+            raise
+        # A "/" or "?" in a password ends the authority early:
+        # "ws://user:pa/ss@host" reads as host "user" and port "pa". What
+        # the reason would quote may be part of a password, so it doesn't.
+        raise InvalidURI(
+            uri,
+            "the host or port is invalid, and an '@' follows it: "
+            "a '/' or '?' in a password must be percent-encoded (%2F, %3F)",
+        ) from None
     return WebSocketURI(secure, host, port, _resource_name(path_and_query), user_info)
 
 

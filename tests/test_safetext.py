@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from syncws.safetext import REDACTED, escape, is_secret_header, redact_uri
+from syncws.safetext import REDACTED, escape, is_secret_header, redact_invalid_uri, redact_uri
 
 
 @pytest.mark.parametrize(
@@ -81,6 +81,42 @@ def test_redact_uri_never_shows_the_password_or_a_query_value(prefix: str, secre
         shown = redact_uri(uri)
         assert f":{secret}@" not in shown and f"={secret}" not in shown, shown
         assert "\n" not in shown and "\x1b" not in shown
+
+
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        ("ws://bob:pa/ss@example.com:x/?token=abc", f"ws://bob:{REDACTED}@example.com:x/?token={REDACTED}"),
+        ("ws://bob:p?ss@h", f"ws://bob:{REDACTED}@h"),
+        ("ws://bob:p#ss@h", f"ws://bob:{REDACTED}@h"),
+        ("ws://bob:p@ss@h:x", f"ws://bob:{REDACTED}@h:x"),
+        ("ws://to/ken@h/", f"ws://{REDACTED}@h/"),
+        ("ws://token@h/", f"ws://{REDACTED}@h/"),
+        ("bob:secret@h/", f"bob:{REDACTED}@h/"),
+        ("u:a://secret@h", f"u:{REDACTED}@h"),
+        ("ws://h/p?mail=a@b.example", f"ws://{REDACTED}@b.example"),
+        ("ws://h:x/p?k=v", f"ws://h:x/p?k={REDACTED}"),
+        ("ws://h\n/", "ws://h\\x0a/"),
+        ("", ""),
+    ],
+)
+def test_redact_invalid_uri(text: str, shown: str) -> None:
+    assert redact_invalid_uri(text) == shown
+
+
+# The passwords are made of the letters QZXJK, which nothing else holds.
+@given(
+    scheme=st.sampled_from(["ws://", "wss://", "", "ws:", "ws:/", "u:a://"]),
+    user=st.text(st.characters(blacklist_characters="QZXJK:@")),
+    password=st.text("QZXJK/?#@:[] %.&=", min_size=1),
+    after=st.text(st.characters(blacklist_characters="QZXJK@")),
+)
+def test_redact_invalid_uri_never_shows_a_part_of_the_password(
+    scheme: str, user: str, password: str, after: str
+) -> None:
+    shown = redact_invalid_uri(f"{scheme}{user}:{password}@{after}")
+    assert not set("QZXJK") & set(shown), shown
+    assert "\n" not in shown and "\x1b" not in shown
 
 
 @pytest.mark.parametrize(

@@ -135,6 +135,83 @@ def test_parse_invalid(uri: str, reason: str) -> None:
     assert reason in str(excinfo.value)
 
 
+
+# A "/", "?" or "#" in a password ends the authority early, and what parse_uri
+# then reads as the host, the port or the path is a part of the password.
+@pytest.mark.parametrize(
+    "uri, text",
+    [
+        (
+            "ws://u:pa/ss@h",
+            "'ws://u:[redacted]@h' isn't a valid WebSocket URI: the host or port is invalid, "
+            "and an '@' follows it: a '/' or '?' in a password must be percent-encoded (%2F, %3F)",
+        ),
+        (
+            "ws://u:p?ss@h",
+            "'ws://u:[redacted]@h' isn't a valid WebSocket URI: the host or port is invalid, "
+            "and an '@' follows it: a '/' or '?' in a password must be percent-encoded (%2F, %3F)",
+        ),
+        (
+            "ws://u:p#ss@h",
+            "'ws://u:[redacted]@h' isn't a valid WebSocket URI: fragments aren't allowed "
+            "(a '#' in a password must be percent-encoded: %23)",
+        ),
+        ("ws://u:p@ss@h:x", "'ws://u:[redacted]@h:x' isn't a valid WebSocket URI: port 'x' isn't a number"),
+    ],
+)
+def test_invalid_uri_text_with_an_ambiguous_user_info(uri: str, text: str) -> None:
+    with pytest.raises(InvalidURI) as excinfo:
+        parse_uri(uri)
+    assert str(excinfo.value) == text
+    assert excinfo.value.uri == uri  # the attribute keeps it whole
+
+
+# The passwords below are made of the letters QZXJK (which no reason uses)
+# and of what ends or splits an authority.
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "ws://u:QZ/XJ@h/",
+        "ws://u:QZ?XJ@h/",
+        "ws://u:QZ#XJ@h/",
+        "ws://u:QZ@XJ@h:x/",
+        "ws://u:QZ@X J/K@h/",  # the host would be "X J"
+        "ws://u:Q Z/XJ@h/",
+        "ws://u:QZ:XJ/K@h/",
+        "ws://[u:QZ/XJ@h/",
+        "ws://u:[QZ/XJ@h/",
+        "ws://u:QZ\n/XJ@h/",
+        "ws://u:QZ/XJ@h:99999/",
+        "ws://u:/QZ@h/",
+        "wss:/u:QZ@h/",
+        "u:QZ@h/",
+        "ws:u:QZ/XJ@h",
+        "ws://u:QZ/XJ@h/\ud800",
+        "http://u:QZ/XJ@h/",
+        "ws://Q Z/XJ@h/",  # a token alone, with a " " and a "/"
+    ],
+)
+def test_invalid_uri_texts_hold_no_part_of_a_password(uri: str) -> None:
+    with pytest.raises(InvalidURI) as excinfo:
+        parse_uri(uri)
+    for text in (str(excinfo.value), excinfo.value.reason, repr(excinfo.value)):
+        assert not set("QZXJK") & set(text), text
+    assert excinfo.value.uri == uri
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    prefix=st.sampled_from(["ws://", "wss://", "ws:/", "ws:", "", "http://"]),
+    password=st.text(alphabet="QZXJK/?#@:[] %.", min_size=1),
+    after=st.sampled_from(["h", "h/", "h:x", "h:99999/p", "h/p?q=1", "[::1]/", "h st/"]),
+)
+def test_no_invalid_uri_text_holds_part_of_a_password(prefix: str, password: str, after: str) -> None:
+    try:
+        parse_uri(f"{prefix}u:{password}@{after}")
+    except InvalidURI as exc:
+        assert not set("QZXJK") & set(str(exc) + exc.reason), str(exc)
+
+
 @pytest.mark.parametrize(
     "uri, header",
     [
