@@ -17,6 +17,7 @@ import pytest
 
 import syncws
 from syncws import http as syncws_http
+from syncws.fanout import Fanout
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "security.rst"
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -97,7 +98,9 @@ def test_the_defaults_table() -> None:
     assert serve["ping_interval"].default == 20 and serve["ping_timeout"].default == 20
     assert (syncws_http.MAX_LINE, syncws_http.MAX_HEADERS) == (8192, 128)
     assert inspect.signature(syncws.connect).parameters["max_redirects"].default == 10
+    fanout = inspect.signature(Fanout).parameters
+    assert (fanout["max_pending"].default, fanout["max_pending_bytes"].default) == (1024, 4 * 2**20)
     text = PAGE.read_text()
     for stated in ("1 MiB per message", "32 messages", "128 handshakes", "5 s of silence", "10 s for TLS",
-                   "60 s for a send", "20 s / 20 s", "8 KiB per line, 128 headers"):
+                   "60 s for a send", "20 s / 20 s", "8 KiB per line, 128 headers", "1024 messages, 4 MiB"):
         assert stated in text, stated
