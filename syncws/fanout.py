@@ -1099,16 +1099,16 @@ class RedisFanout(Fanout):
         while not self._stop.is_set():
             with self._lock:
                 wanted = set(self._channels)
-                live = set(self._live)
-            to_subscribe = wanted - live - pending
-            to_unsubscribe = live - wanted
+                to_unsubscribe = self._live - wanted
+                # Not live from now on, before UNSUBSCRIBE goes: a first
+                # member joining meanwhile waits for a new confirmation.
+                self._live -= to_unsubscribe
+                to_subscribe = wanted - self._live - pending
             if to_subscribe:
                 pubsub.subscribe(*(self.prefix + c for c in to_subscribe))
                 pending |= to_subscribe
             if to_unsubscribe:
                 pubsub.unsubscribe(*(self.prefix + c for c in to_unsubscribe))
-                with self._lock:
-                    self._live -= to_unsubscribe
             if self._down_since is not None and not pending:
                 # Every wanted channel is live again: the outage is over,
                 # and the next one starts with an immediate retry.
