@@ -194,32 +194,31 @@ class FanoutStats:
 
     Attributes:
         published: messages this process published.
-        publish_errors: :meth:`~Fanout.publish` calls that raised
-            :exc:`~syncws.PublishError`.
+        publish_errors: publish() calls that raised PublishError.
         received: messages that reached this process for local members.
         delivered: messages sent to local members (one per member).
         delivery_seconds: the seconds delivered messages waited in this
-            process between their arrival and their send, summed:
-            divided by ``delivered``, the mean delivery lag.
+            process between their arrival and their send, summed: divided
+            by delivered, the mean delivery lag.
         failures: members dropped: a send that failed or timed out, or a
             full mailbox.
         too_slow: of those, members dropped for a full mailbox.
         discarded: messages never sent because the member they waited
             for was dropped or closed first.
-        gaps: :class:`Gap` reports (outages and sequence gaps).
-        lost: messages known lost from sequence gaps (the sum of
-            :attr:`Gap.lost`).
+        gaps: gaps reported, outages and sequence gaps (each a Gap).
+        lost: messages known lost from sequence gaps (the sum of the
+            gaps' lost).
         reconnects: times the subscriber reconnected to the broker.
         members: connections subscribed to a channel (gauge).
         channels: channels with a local member (gauge).
         pending: messages waiting in mailboxes (gauge).
-        pending_bytes: their bytes (gauge).
-        oldest_pending: seconds the oldest of them has waited; 0 when none
-            waits (gauge).
+        pending_bytes: bytes of the messages waiting in mailboxes (gauge).
+        oldest_pending: seconds the oldest message in a mailbox has waited;
+            0 when none waits (gauge).
         slow_members: members that a sender thread of their own serves,
             their socket being full (gauge).
         connected: 1 while messages from the broker can arrive, 0 during an
-            outage (gauge; always 1 for :class:`LocalFanout`).
+            outage (gauge; always 1 for LocalFanout).
     """
 
     published: int = _counter()
