@@ -156,8 +156,9 @@ class InvalidStatusCode(InvalidHandshake):
     The message says the status (and why a redirect wasn't followed), never
     the body: an application that shows the error to whoever gave it the
     URI would show them what a server (an internal one, reached through a
-    redirect) answered. The body is on :attr:`body`, as the server sent it:
-    escape it (:func:`syncws.safetext.escape`) before printing it.
+    redirect) answered. The body is on :attr:`body` and :attr:`response`, as
+    the server sent it: escape it (:func:`syncws.safetext.escape`) before
+    printing it.
 
     Args:
         status_code: the HTTP status the server answered with.
@@ -171,6 +172,9 @@ class InvalidStatusCode(InvalidHandshake):
         status_code: the HTTP status.
         headers: the response headers, empty when unknown.
         body: the start of the response body (at most 64 KiB).
+        response: the three in one :class:`~syncws.ServerResponse`
+            (``status_code``, ``headers``, ``body``), as websockets'
+            ``InvalidStatus.response`` has them.
     """
 
     def __init__(
@@ -181,7 +185,9 @@ class InvalidStatusCode(InvalidHandshake):
         *,
         detail: Optional[str] = None,
     ) -> None:
-        # Imported here: syncws.http imports this module.
+        # Imported here: syncws.http (which syncws.hooks imports) imports
+        # this module.
+        from .hooks import ServerResponse
         from .http import Headers
 
         if not isinstance(body, (bytes, bytearray, memoryview)):
@@ -190,6 +196,7 @@ class InvalidStatusCode(InvalidHandshake):
         self.status_code = status_code
         self.headers = headers if isinstance(headers, Headers) else Headers(headers or ())
         self.body = bytes(body)
+        self.response = ServerResponse(status_code, self.headers, self.body)
         message = f"server rejected WebSocket connection: HTTP {status_code}"
         if detail:
             message = f"{message} ({detail})"

@@ -191,6 +191,10 @@ def test_invalid_status_code_with_body(raw_serve):
     assert excinfo.value.status_code == 403
     assert excinfo.value.body == b"not for you :("
     assert str(excinfo.value) == "server rejected WebSocket connection: HTTP 403"
+    # The whole response in one, as websockets' InvalidStatus.response.
+    response = excinfo.value.response
+    assert (response.status_code, response.body) == (403, b"not for you :(")
+    assert response.headers["Content-Type"] == "text/plain"
 
 
 def test_invalid_status_code_from_websockets(ws_serve):

@@ -30,6 +30,8 @@ from syncws.exceptions import (
     WebSocketException,
     WebSocketProtocolError,
 )
+from syncws.hooks import ServerResponse
+from syncws.http import Headers
 
 # Each exception and its direct parent, as the module docstring draws the tree.
 PARENTS = {
@@ -122,6 +124,25 @@ def test_invalid_status_code_keeps_the_body_out_of_its_message() -> None:
     assert exc.status_code == 200
     assert exc.body == body
     assert str(exc) == "server rejected WebSocket connection: HTTP 200"
+
+
+
+def test_invalid_status_code_has_the_response() -> None:
+    # As websockets' InvalidStatus.response: status, headers and body in one.
+    body = b"\x1b]0;pwned\x07AccessKeyId: AKIA...\n"
+    exc = InvalidStatusCode(403, body, Headers([("Content-Type", "text/plain")]))
+    assert isinstance(exc.response, ServerResponse)
+    assert exc.response.status_code == 403
+    assert exc.response.headers["Content-Type"] == "text/plain"
+    assert exc.response.body == body
+    status, headers, response_body = exc.response  # as process_request's triple
+    assert (status, headers, response_body) == (403, exc.headers, body)
+    assert str(exc) == "server rejected WebSocket connection: HTTP 403"
+    assert "AKIA" not in repr(exc)
+    # The seed's form, InvalidStatusCode(status_code, headers).
+    seed = InvalidStatusCode(404, Headers([("Server", "x")]))
+    assert seed.response == (404, seed.headers, b"")
+    assert seed.response.headers["Server"] == "x"
 
 
 def test_invalid_header_missing() -> None:
