@@ -30,7 +30,7 @@ from .extensions import permessage_deflate
 from .http import Headers, HeadersLike, read_response, serialize_request
 from .protocol import WebSocketCommonProtocol
 from .logs import connection_label, format_head, format_status, opened_line
-from .proxy import open_proxy, proxy_for
+from .proxy import open_proxy, proxy_for, proxy_target
 from .redirects import REDIRECT_STATUSES, AddressSpace, RedirectChain, address_space, host_address_space
 from .safetext import redact_uri
 from .settings import SizeSetting, check_settings
@@ -308,8 +308,10 @@ def connect(
             unique local...) or to loopback, or from a local one to
             loopback. Refused by default, since a public server could use
             it to make this client read an internal service. The addresses
-            checked are those connected to, after resolving the name; through
-            a proxy, which resolves names itself, only IP addresses and
+            checked are those connected to, after resolving the name (for
+            a ``socks5://`` or ``socks4://`` proxy too, which is given the
+            address); through a proxy that resolves names itself
+            (``socks5h://``, ``socks4a://``, HTTP), only IP addresses and
             ``localhost`` names can be checked.
         keep_headers_on_redirect: send the ``additional_headers``,
             credentials included, to every origin a redirect leads to (as
@@ -402,6 +404,9 @@ def connect(
         host, port = chain.connect_host or wsuri.host, chain.connect_port or wsuri.port
         proxy_url = proxy_for(wsuri, proxy) if sock is None else None
         if proxy_url is not None:
+            # The address, when the proxy leaves the name to us (socks5://):
+            # the one checked is the one the proxy connects to.
+            host = proxy_target(proxy_url, host, port)
             chain.check_space(host_address_space(host))
             sock = open_proxy(proxy_url, host, port, timeout=remaining, source_address=source_address)
         elif sock is None:

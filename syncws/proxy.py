@@ -22,6 +22,10 @@ socks4a     the proxy
 socks4      this machine (IPv4 only)
 ==========  ============================================
 
+With ``socks5`` and ``socks4``, :func:`~syncws.connect` resolves the name
+itself (:func:`proxy_target`) and gives the proxy the address: the one the
+redirect rules of :mod:`syncws.redirects` checked.
+
 Credentials in the URL (``socks5h://user:password@proxy:1080``) are sent
 with SOCKS5's username/password method (RFC 1929), or as SOCKS4's user id.
 """
@@ -42,7 +46,7 @@ from .safetext import escape, redact_uri
 from .streamreader import StreamReader
 from .uri import WebSocketURI
 
-__all__ = ["proxy_for", "open_tunnel", "open_socks", "open_proxy", "SOCKS_SCHEMES"]
+__all__ = ["proxy_for", "proxy_target", "open_tunnel", "open_socks", "open_proxy", "SOCKS_SCHEMES"]
 
 #: The SOCKS schemes, and whether the proxy resolves the server's name.
 SOCKS_SCHEMES = {"socks5h": True, "socks5": False, "socks4a": True, "socks4": False}
@@ -108,6 +112,41 @@ def _looked_up(host: str, secure: bool) -> Optional[str]:
     return proxies.get("ws") or socks or proxies.get("http") or proxies.get("all")
 
 
+def _scheme(proxy_url: str) -> str:
+    """The scheme of a proxy URL, lowercase; ``http`` when it has none."""
+    return proxy_url.split("://", 1)[0].lower() if "://" in proxy_url else "http"
+
+
+def proxy_target(proxy_url: str, host: str, port: int) -> str:
+    """What to ask the proxy at ``proxy_url`` to connect to: ``host``, or its address.
+
+    A SOCKS proxy whose scheme leaves the name to the client (``socks5://``,
+    ``socks4://``) is given an address, resolved here the way python-socks
+    would (IPv4 first; IPv4 only for SOCKS4). The caller then knows which
+    address the proxy connects to, and can check it (the redirect rules of
+    :mod:`syncws.redirects`), and the name can't resolve to another address
+    in between. Every other proxy resolves the name itself and gets it.
+
+    Args:
+        proxy_url: the proxy's URL.
+        host: the WebSocket server's host, a name or an IP address.
+        port: its port.
+
+    Returns:
+        ``host``, or the IP address it resolves to.
+
+    Raises:
+        OSError: the name doesn't resolve (:exc:`socket.gaierror`).
+    """
+    scheme = _scheme(proxy_url)
+    if SOCKS_SCHEMES.get(scheme, True):
+        return host
+    family = socket.AF_INET if scheme == "socks4" else socket.AF_UNSPEC
+    addresses = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+    ipv4_first = min(addresses, key=lambda info: info[0] != socket.AF_INET)
+    return str(ipv4_first[4][0])
+
+
 def open_proxy(
     proxy_url: str,
     host: str,
@@ -136,8 +175,7 @@ def open_proxy(
         ValueError: an unsupported scheme.
         OSError: the proxy can't be reached.
     """
-    scheme = proxy_url.split("://", 1)[0].lower() if "://" in proxy_url else "http"
-    if scheme in SOCKS_SCHEMES:
+    if _scheme(proxy_url) in SOCKS_SCHEMES:
         return open_socks(proxy_url, host, port, timeout=timeout, source_address=source_address)
     return open_tunnel(proxy_url, host, port, timeout=timeout, source_address=source_address)
 

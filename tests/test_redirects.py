@@ -15,6 +15,7 @@ import queue
 import re
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from typing import Any, Callable, Iterator, List, Tuple
@@ -27,8 +28,8 @@ from syncws.http import Headers
 from syncws.redirects import AddressSpace, RedirectChain, address_space, host_address_space
 from syncws.uri import parse_uri
 
-from conftest import CERT_FILE, KEY_FILE
-from services import ip, need_network_namespaces
+from conftest import CERT_FILE, KEY_FILE, wait_for
+from services import find_program, ip, need_network_namespaces
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -568,3 +569,74 @@ def test_a_redirect_may_stay_public_or_leave_loopback(namespace: str) -> None:
                         syncws.connect(f"ws://127.0.0.1:{port}/")
 
     in_namespace(namespace, scenario)
+
+
+# -- the same through a SOCKS proxy that leaves the name to this machine ----------
+
+# A name that this process's resolver answers for (the tests' stand-in for
+# DNS): only resolving it tells where it leads, not the name itself.
+INTERNAL_NAME = "metadata.internal.test"
+
+
+@pytest.fixture
+def internal_name(monkeypatch: pytest.MonkeyPatch) -> List[str]:
+    """Make INTERNAL_NAME resolve, in this process, to the address the test appends."""
+    answer: List[str] = []
+    real_getaddrinfo = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        return real_getaddrinfo(answer[0] if host == INTERNAL_NAME else host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return answer
+
+
+@pytest.mark.parametrize(
+    "internal, refusal",
+    [("127.0.0.1", "loopback address after a public one"), (PRIVATE, "local address after a public one")],
+)
+def test_a_socks5_proxy_is_given_an_address_checked_like_a_direct_hop(
+    namespace: str, internal_name: List[str], internal: str, refusal: str
+) -> None:
+    # socks5:// (not socks5h://): this machine resolves the name and hands
+    # the proxy an address, so the address can be checked before it is.
+    pytest.importorskip("python_socks", reason="python-socks isn't installed: pip install -e '.[test]'")
+    microsocks = find_program("microsocks")
+    internal_name.append(internal)
+    secret = b'{"SecretAccessKey": "wJalrXUtnFEMI"}'
+    internal_answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(secret), secret)
+
+    def scenario() -> None:
+        with socket.create_server(("127.0.0.1", 0)) as probe:  # a free port of the namespace
+            proxy_port = probe.getsockname()[1]
+        argv = ["ip", "netns", "exec", namespace, microsocks, "-i", "127.0.0.1", "-p", str(proxy_port)]
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            assert wait_for(lambda: accepts(("127.0.0.1", proxy_port)) or process.poll() is not None, 10)
+            assert process.poll() is None, "microsocks exited"
+            proxy = f"socks5://127.0.0.1:{proxy_port}"
+            with redirector(lambda path: internal_answer, internal) as (internal_port, asked):
+                location = f"ws://{INTERNAL_NAME}:{internal_port}/latest/meta-data"
+                with redirector(lambda path: redirect(302, location), PUBLIC) as (port, _):
+                    with pytest.raises(InvalidStatusCode) as excinfo:
+                        syncws.connect(f"ws://{PUBLIC}:{port}/", proxy=proxy)
+                    assert excinfo.value.status_code == 302
+                    assert refusal in str(excinfo.value), str(excinfo.value)
+                    assert asked.empty()  # the internal server heard nothing
+
+                    # The caller may opt in, and then reads what it answered.
+                    with pytest.raises(InvalidStatusCode) as excinfo:
+                        syncws.connect(f"ws://{PUBLIC}:{port}/", proxy=proxy, allow_private_redirects=True)
+                    assert excinfo.value.status_code == 200 and excinfo.value.body == secret
+                    assert asked.qsize() == 1
+        finally:
+            process.terminate()
+            process.wait(10)
+
+    in_namespace(namespace, scenario)
+
+
+def accepts(address: Tuple[str, int]) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(address, timeout=1):
+        return True
+    return False

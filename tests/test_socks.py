@@ -23,7 +23,7 @@ from typing import Iterator, List
 import pytest
 
 import syncws
-from syncws.proxy import proxy_for
+from syncws.proxy import proxy_for, proxy_target
 from syncws.uri import parse_uri
 
 from conftest import CERT_FILE, KEY_FILE, wait_for
@@ -182,6 +182,17 @@ def test_socks5h_the_proxy_resolves(server: syncws.WebSocketServer, microsocks: 
 def test_socks5_this_machine_resolves(server: syncws.WebSocketServer, microsocks: Microsocks) -> None:
     round_trip(f"ws://localhost:{server.port}/", proxy=f"socks5://127.0.0.1:{microsocks.port}")
     assert microsocks.destinations() == [f"127.0.0.1:{server.port}"]
+
+
+@pytest.mark.parametrize(
+    "scheme, target",
+    [("socks5h", "localhost"), ("socks4a", "localhost"), ("http", "localhost"), ("socks5", "127.0.0.1"), ("socks4", "127.0.0.1")],
+)
+def test_proxy_target_is_the_address_when_the_proxy_leaves_the_name_to_us(scheme: str, target: str) -> None:
+    # connect() checks this address against the redirect rules (see
+    # test_redirects.py), and the proxy connects to it and no other.
+    assert proxy_target(f"{scheme}://127.0.0.1:1080", "localhost", 80) == target
+    assert proxy_target(f"{scheme}://127.0.0.1:1080", "127.0.0.1", 80) == "127.0.0.1"
 
 
 def test_socks5_username_password(server: syncws.WebSocketServer, microsocks_auth: Microsocks) -> None:
