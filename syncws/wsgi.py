@@ -81,6 +81,7 @@ __all__ = [
     "accept",
     "websocket_app",
     "WebSocketMiddleware",
+    "close_refused_upgrades",
     "flask_websocket",
     "flask_route",
     "django_websocket",
@@ -286,6 +287,8 @@ def _buffered_read_ahead(sock: socket.socket, stream: Any) -> bytes:
 SOCKET = "syncws.socket"
 #: See :data:`SOCKET`.
 RFILE = "syncws.rfile"
+# Set in the environ once syncws answered a refusal on the socket itself.
+_REFUSED = "syncws.refused"
 
 # Where each server gives its socket: (socket key, key of the stream that may
 # hold bytes read past the head, how to take them).
@@ -634,7 +637,8 @@ def _detach(server_sock: socket.socket) -> None:
 
 
 def _answer_refusal(
-    environ: Mapping[str, Any], exc: AbortHandshake, server_header: Optional[str]
+    environ: Mapping[str, Any], status: int, headers: Iterable[Tuple[str, str]], body: bytes,
+    server_header: Optional[str],
 ) -> Optional[_Answered]:
     """Answer a refused upgrade on the server's socket and end the connection.
 
@@ -650,22 +654,41 @@ def _answer_refusal(
         sock, _ = _server_socket(environ)  # takes what the server read ahead: no next request
     except ServerNotSupported:
         return None
-    send_http_answer(sock, int(exc.status), Headers(exc.headers).items(), exc.body, server_header)
-    status, headers, _ = _refusal(exc)
-    return _Answered(status, headers)
+    headers = list(headers)
+    send_http_answer(sock, status, headers, body, server_header)
+    if isinstance(environ, MutableMapping):
+        environ[_REFUSED] = True
+    status_line, wsgi_headers, _ = _wsgi_answer(status, headers, body)
+    return _Answered(status_line, wsgi_headers)
+
+
+def _answer(
+    environ: Mapping[str, Any], start_response: StartResponse, status: int, headers: Iterable[Tuple[str, str]],
+    body: bytes, server_header: Optional[str],
+) -> Iterable[bytes]:
+    """Answer a refused upgrade: on the socket if the server gives it, else through the server."""
+    headers = list(headers)
+    answered = _answer_refusal(environ, status, headers, body, server_header)
+    if answered is not None:
+        return answered(start_response)
+    status_line, wsgi_headers, body = _wsgi_answer(status, headers, body)
+    start_response(status_line, wsgi_headers + [("Content-Length", str(len(body)))])
+    return [body]
 
 
 def _no_handler(websocket: WebSocketServerProtocol) -> None:
     """The handler slot of a protocol :func:`accept` made: the caller runs its own."""
 
 
-def _refusal(exc: AbortHandshake) -> Tuple[str, List[Tuple[str, str]], bytes]:
-    """The WSGI status, headers and body answering a refused upgrade."""
+def _wsgi_answer(
+    status: int, headers: Iterable[Tuple[str, str]], body: bytes
+) -> Tuple[str, List[Tuple[str, str]], bytes]:
+    """The WSGI status line, headers and body answering a refused upgrade."""
     # Connection and Upgrade (426) are hop-by-hop: WSGI forbids them.
-    headers = _end_to_end(Headers(exc.headers))
-    if "content-type" not in {k.lower() for k, _ in headers}:
-        headers.append(("Content-Type", "text/plain; charset=utf-8"))
-    return f"{int(exc.status)} {ServerResponse(int(exc.status), Headers(), b'').reason}", headers, exc.body
+    wsgi_headers = [(k, v) for k, v in _end_to_end(Headers(headers)) if k.lower() != "content-length"]
+    if "content-type" not in {k.lower() for k, _ in wsgi_headers}:
+        wsgi_headers.append(("Content-Type", "text/plain; charset=utf-8"))
+    return f"{status} {ServerResponse(status, Headers(), b'').reason}", wsgi_headers, body
 
 
 def _run(handler: Callable[[], Any], websocket: WebSocketServerProtocol) -> None:
@@ -732,12 +755,8 @@ def websocket_app(handler: Handler, **options: Any) -> WSGIApp:
         try:
             websocket = accept(environ, **options)
         except AbortHandshake as exc:
-            answered = _answer_refusal(environ, exc, server_header)
-            if answered is not None:
-                return answered(start_response)
-            status, headers, body = _refusal(exc)
-            start_response(status, headers + [("Content-Length", str(len(body)))])
-            return [body]
+            return _answer(environ, start_response, int(exc.status), Headers(exc.headers).items(), exc.body,
+                           server_header)
         _run(lambda: handler(websocket), websocket)
         return HandedOver(websocket)(start_response)
 
@@ -759,6 +778,63 @@ def _check_endpoint(options: Mapping[str, Any]) -> None:
         raise TypeError(f"unexpected WebSocket options: {', '.join(sorted(unknown))}")
     setting_names = check_settings.__kwdefaults__ or {}
     check_settings(**{name: value for name, value in options.items() if name in setting_names})
+
+
+def close_refused_upgrades(app: WSGIApp) -> WSGIApp:
+    """Make every refused WebSocket upgrade end its connection, the application's too.
+
+    syncws's own refusals (400, 403, 426...) close the connection already.
+    This covers the answers an application gives a WebSocket upgrade before
+    syncws sees it: a login decorator's 401, 403 or redirect, a router's 404.
+    For a request asking for a WebSocket (``Upgrade: websocket``) that
+    doesn't get 101, the answer is written with ``Connection: close`` and
+    the connection ends, as :func:`~syncws.serve` does, so that a keep-alive
+    server (gunicorn's gthread worker) reads no further request from it.
+    Other requests pass through untouched.
+
+    :func:`flask_route` and :class:`WebSocketMiddleware` apply it to the
+    application; for Django, wrap the WSGI application::
+
+        application = close_refused_upgrades(get_wsgi_application())
+
+    Args:
+        app: the WSGI application.
+
+    Returns:
+        The WSGI application, wrapped (once: wrapping it again returns it).
+    """
+    return app if isinstance(app, _RefusalsClosed) else _RefusalsClosed(app)
+
+
+class _RefusalsClosed:
+    """A WSGI application whose refusals of WebSocket upgrades end the connection."""
+
+    def __init__(self, app: WSGIApp) -> None:
+        self.app = app
+
+    def __call__(self, environ: Dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        upgrade = str(environ.get("HTTP_UPGRADE", ""))
+        if "websocket" not in (token.strip().lower() for token in upgrade.split(",")):
+            return self.app(environ, start_response)
+        started: List[Any] = []
+        written: List[bytes] = []
+
+        def capture(status: str, headers: List[Tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+            started[:] = [status, headers]
+            return written.append
+
+        body = self.app(environ, capture)
+        if ACCEPTED in environ or _REFUSED in environ:  # syncws answered on the socket
+            start_response(*started)
+            return body
+        try:
+            written.extend(body)  # a generator calls start_response as it starts
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+        status = int(str(started[0]).split(" ", 1)[0])
+        return _answer(environ, start_response, status, started[1], b"".join(written), SERVER_HEADER)
 
 
 class WebSocketMiddleware:
@@ -785,7 +861,7 @@ class WebSocketMiddleware:
     """
 
     def __init__(self, app: WSGIApp, handlers: Mapping[str, Handler], **options: Any) -> None:
-        self.app = app
+        self.app = close_refused_upgrades(app)
         self.routes: Dict[str, WSGIApp] = {
             path: websocket_app(handler, **options) for path, handler in handlers.items()
         }
@@ -863,7 +939,10 @@ def flask_route(scaffold: Any, rule: str, **route_options: Any) -> Callable[[Cal
     (``websocket=True``), and plain requests with the others. This registers
     the view under ``rule`` both ways, so that a plain request gets the
     answer :func:`~syncws.serve` gives (426 Upgrade Required) rather than
-    werkzeug's bare 400.
+    werkzeug's bare 400. It also wraps the application's ``wsgi_app`` in
+    :func:`close_refused_upgrades` (once), so that an upgrade refused by a
+    decorator above :func:`flask_websocket` (a login check's 401) ends its
+    connection too.
 
     Args:
         scaffold: a :class:`flask.Flask` or :class:`flask.Blueprint`.
@@ -878,9 +957,17 @@ def flask_route(scaffold: Any, rule: str, **route_options: Any) -> Callable[[Cal
         endpoint = route_options.pop("endpoint", None) or view.__name__
         scaffold.add_url_rule(rule, endpoint, view, websocket=True, **route_options)
         scaffold.add_url_rule(rule, endpoint, view, **route_options)
+        if hasattr(scaffold, "wsgi_app"):  # an application
+            _close_refusals_of(scaffold)
+        else:  # a blueprint: its application, once registered
+            scaffold.record_once(lambda state: _close_refusals_of(state.app))
         return view
 
     return decorator
+
+
+def _close_refusals_of(flask_app: Any) -> None:
+    flask_app.wsgi_app = close_refused_upgrades(flask_app.wsgi_app)
 
 
 def _upgrade_view(
@@ -900,11 +987,12 @@ def _upgrade_view(
     try:
         websocket = accept(environ, **options)
     except AbortHandshake as exc:
-        answered = _answer_refusal(environ, exc, options.get("server_header", SERVER_HEADER))
+        status, headers = int(exc.status), Headers(exc.headers).items()
+        answered = _answer_refusal(environ, status, headers, exc.body, options.get("server_header", SERVER_HEADER))
         if answered is None:
-            _, headers, body = _refusal(exc)
-            return refuse(int(exc.status), headers, body)
-        return _framework_response(response_class, int(exc.status), answered)
+            _, wsgi_headers, body = _wsgi_answer(status, headers, exc.body)
+            return refuse(status, wsgi_headers, body)
+        return _framework_response(response_class, status, answered)
     _run(lambda: handler(websocket), websocket)
     return _framework_response(response_class, 101, HandedOver(websocket))
 

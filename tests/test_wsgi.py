@@ -433,6 +433,26 @@ def test_a_refused_upgrade_is_400_and_closes_the_connection(fixture: str, mount:
     assert rest[int(length):] == b"", data  # nothing more: no answer to the pipelined request, then the end
 
 
+@pytest.mark.parametrize("fixture, target, status", [
+    ("flask_gunicorn", "/ws/whoami", 401),         # the login decorator above flask_websocket
+    ("django_gunicorn", "/ws/whoami", 403),        # the same in Django
+    ("bare_gunicorn_mounted", "/app/nowhere", 200),  # not a WebSocket path: the application's page
+    ("flask_gunicorn", "/nowhere", 404),           # the router's
+])
+def test_an_upgrade_the_application_refuses_closes_the_connection(fixture: str, target: str, status: int,
+                                                                   request: Any) -> None:
+    # Answered by the application before syncws saw the request, these kept
+    # gunicorn's connection alive, and it served the pipelined request.
+    server: ServerProcess = request.getfixturevalue(fixture)
+    mount = target[:4] if target.startswith("/app/") else ""
+    data = exchange(server.port, upgrade(target) + f"GET {mount}/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status} ".encode()), data[:300]
+    assert b"\r\nConnection: close\r\n" in head + b"\r\n", head
+    [length] = [line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+    assert rest[int(length):] == b"", data
+
+
 @pytest.fixture(scope="module")
 def accept_gunicorn() -> Iterator[ServerProcess]:
     yield from running(gunicorn_server("accept_app:app", "-k", "gthread", "--threads", "8", name="gunicorn-accept"))

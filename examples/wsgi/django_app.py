@@ -50,7 +50,7 @@ from django.views.decorators.csrf import csrf_exempt  # noqa: E402
 from django.views.decorators.http import require_POST  # noqa: E402
 from django.urls import path  # noqa: E402
 
-from syncws.wsgi import django_websocket  # noqa: E402
+from syncws.wsgi import close_refused_upgrades, django_websocket  # noqa: E402
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "echo.html")
 
@@ -108,4 +108,6 @@ urlpatterns = [
     path("ws/whoami", whoami),
 ]
 
-application = get_wsgi_application()
+# An upgrade refused before django_websocket (session_login_required's 403)
+# then ends its connection, as syncws's own refusals do.
+application = close_refused_upgrades(get_wsgi_application())
