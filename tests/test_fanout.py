@@ -16,6 +16,7 @@ import os
 import queue
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -902,3 +903,21 @@ def test_gunicorn_preload_workers_share_a_fanout_made_before_the_fork(redis_serv
         for websocket in clients.values():
             websocket.close()
         server.stop()
+
+
+# -- the benchmark docs/performance.rst shows -------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_the_fanout_benchmark_runs() -> None:
+    """``python bench/fanout.py``, small: every message reaches every reader."""
+    bench = Path(__file__).resolve().parent.parent / "bench" / "fanout.py"
+    result = subprocess.run(
+        [sys.executable, str(bench), "--members", "6", "--stalled", "3", "--fill", "8", "--messages", "10",
+         "--backend", "local"],
+        capture_output=True, text=True, timeout=100,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "LocalFanout  6 reading, 0 stalled: 60/60 delivered" in result.stdout, result.stdout
+    assert "LocalFanout  3 reading, 3 stalled: 30/30 delivered" in result.stdout, result.stdout
+    assert "members with a sender of their own 3" in result.stdout, result.stdout
