@@ -37,17 +37,19 @@ and failures are reported (``on_failure`` and the log), not raised; a
 member whose send failed is dropped from every channel. Every member has a
 *mailbox* (a FIFO of messages). Delivering appends to the mailboxes of a
 channel's members and puts the members that weren't already being served
-on a queue. A few *dispatcher* threads take members from it and send each
-the messages that its socket takes at once
+on a queue. :data:`DISPATCHERS` *dispatcher* threads take members from it
+and send each the messages that its socket takes at once
 (:meth:`~syncws.protocol.WebSocketCommonProtocol.send_nowait`): a
-dispatcher never waits for a member. The first message that would wait
-(a full socket buffer, a message bigger than the room in it, a send under
-way on the connection) and the rest of that mailbox go to a *sender thread*
-of the member's own (:func:`syncws.readers.start`: an idle thread, or a new
+dispatcher never waits for a member. The first message that would wait (a
+full socket buffer, a message bigger than the room in it, a send under way
+on the connection) and the rest of that mailbox go to a *sender thread* of
+the member's own (:func:`syncws.readers.start`: an idle thread, or a new
 one), which waits up to ``timeout`` for each send, then gives the member
 back to the dispatchers once its mailbox is empty. So members that stop
 reading hold one thread each, never one that others need, and a fan-out
-costs threads only for the members that are behind.
+costs threads only for the members that are behind. (:func:`~syncws.broadcast`
+isn't used here: it returns only once its slow sends are done, and a stream
+of messages can't wait for the slowest member before the next one.)
 
 **Slow members**: a mailbox holds at most ``max_pending`` messages and
 ``max_pending_bytes`` bytes (payload bytes, UTF-8 for text; one message
@@ -55,9 +57,7 @@ always fits in an empty mailbox). A member whose next message would pass
 either limit can't keep up: it is dropped from every channel, closed with
 1008 ("too slow to keep up"; aborted if the close frame can't be sent
 within the connection's ``close_timeout``), and reported (a WARNING line
-with what was waiting, ``on_failure``, ``stats.failures``). :func:`~syncws.broadcast` isn't used here
-because it returns only once its slow sends are done, and a stream of
-messages can't wait for the slowest member before the next one.
+with what was waiting, ``on_failure``, ``stats.failures``).
 
 **Order**: messages from one publisher (one thread calling ``publish()``)
 reach every member in the order they were published: Redis keeps the order
@@ -111,8 +111,8 @@ longer than a parameter says, and nothing is lost unreported.
 So a Redis restart shorter than ``publish_timeout`` costs no client its
 connection and no publisher a message it was given; what is lost are the
 messages Redis had accepted and not yet passed on when it died, and those
-published while a process wasn't subscribed (it left the channel, or was
-cut off while Redis was up): each is counted (:attr:`FanoutStats.lost`,
+published while a process was cut off from Redis and their publisher
+wasn't: each is counted (:attr:`FanoutStats.lost`,
 :class:`Gap`, a WARNING line) once a later message from the same publisher
 arrives.
 """
@@ -186,7 +186,8 @@ def _gauge(default: Any = 0) -> Any:
 class FanoutStats:
     """What a fan-out did and what it holds: :attr:`Fanout.stats` is a snapshot.
 
-    Counters count from the fan-out's creation and only grow; gauges are
+    Counters count from the fan-out's creation (in a forked child, from
+    the fork) and only grow; gauges are
     values at the time of the snapshot. Each field's ``metadata["kind"]``
     says which (``"counter"`` or ``"gauge"``), for exporters such as
     Prometheus'. Counting costs an integer addition under a lock the
@@ -642,10 +643,9 @@ class Fanout:
 
     def _start_sender(self, member: _Member) -> None:
         """Give a SLOW member a sender thread of its own."""
+        name = f"syncws-fanout-sender-{_name(member.connection)}"
         try:
-            readers.start(
-                functools.partial(self._serve, member, blocking=True), f"syncws-fanout-sender-{_name(member.connection)}"
-            )
+            readers.start(functools.partial(self._serve, member, blocking=True), name)
         except RuntimeError as exc:  # out of threads: it can't be served
             with self._lock:
                 drop = None if member.gone else self._drop(member, exc)
@@ -664,6 +664,7 @@ class Fanout:
             dispatchers = list(self._dispatchers)
             for member in self._members.values():
                 member.mailbox.clear()
+                member.mailbox_bytes = 0
         for _ in dispatchers:
             self._ready.put(None)
         for thread in dispatchers:
