@@ -198,6 +198,17 @@ def hold(entered):
     return handler
 
 
+def stalled_client(port):
+    """A client that completes the handshake, then never reads: a raw socket."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(5)
+    sock.connect((HOST, port))
+    sock.sendall(upgrade_request())
+    assert read_head(sock)[0] == 101
+    return sock
+
+
 @pytest.mark.timeout(20)
 def test_broadcast_reaches_every_client(make_server):
     entered = threading.Semaphore(0)
@@ -232,14 +243,7 @@ def test_broadcast_a_client_that_stops_reading_does_not_stall_others(make_server
     server = make_server(hold(entered), compression=None)
     port = server.port
 
-    # A client that completes the handshake, then never reads.
-    stalled = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stalled.settimeout(5)
-    stalled.connect((HOST, port))
-    stalled.sendall(upgrade_request())
-    status, _, _ = read_head(stalled)
-    assert status == 101
+    stalled = stalled_client(port)
 
     healthy = [syncws.connect(f"ws://{HOST}:{port}/", max_size=None, compression=None) for _ in range(3)]
     messages = [bytes([n]) * 2**20 for n in range(8)]
@@ -309,12 +313,7 @@ def test_broadcast_timeout_bounds_a_message_bigger_than_the_socket_buffers(make_
     # write_timeout, must bound it.
     entered = threading.Semaphore(0)
     server = make_server(hold(entered), compression=None)
-    stalled = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stalled.settimeout(5)
-    stalled.connect((HOST, server.port))
-    stalled.sendall(upgrade_request())
-    assert read_head(stalled)[0] == 101
+    stalled = stalled_client(server.port)
     healthy = syncws.connect(f"ws://{HOST}:{server.port}/", max_size=None, compression=None)
     message = b"\xab" * 2**24
     try:
@@ -362,15 +361,7 @@ def test_broadcast_many_stalled_clients_delay_neither_the_others_nor_the_call(ma
     # stalled sends are ahead of them, and the call ends after one timeout.
     entered = threading.Semaphore(0)
     server = make_server(hold(entered), compression=None)
-    stalled = []
-    for _ in range(32):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.settimeout(5)
-        sock.connect((HOST, server.port))
-        sock.sendall(upgrade_request())
-        assert read_head(sock)[0] == 101
-        stalled.append(sock)
+    stalled = [stalled_client(server.port) for _ in range(32)]
     healthy = [syncws.connect(f"ws://{HOST}:{server.port}/", max_size=None, compression=None) for _ in range(3)]
     message = b"\xcd" * 2**22  # more than a stalled client's socket buffers take (about 3 MiB)
     arrivals = []
