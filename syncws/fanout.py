@@ -292,6 +292,16 @@ class Fanout:
     every process; this class keeps the membership and the delivery policy.
     Every method is safe to call from any thread.
 
+    A backend implements :meth:`publish` and calls ``_deliver(channel,
+    message)`` for each message that reaches this process; it may override
+    ``_channel_added(channel)`` and ``_channel_live(channel)`` (a channel's
+    first member, another member: return whether messages will reach it),
+    ``_connected()`` (for ``stats.connected``), ``_start_fresh()`` (its
+    state, set up at creation and again in a forked child; call the base's
+    first) and :meth:`close` (call the base's). Membership, mailboxes,
+    dispatchers and senders, the slow-member policy, the counters and fork
+    safety come with this class.
+
     Args:
         timeout: seconds a send to one member may take; past it the
             connection is aborted (``None``: each connection's
