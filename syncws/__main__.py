@@ -331,12 +331,13 @@ def run_server(args: argparse.Namespace) -> int:
         return _run_processes(args)
     try:
         handler = workers.load_handler(args.handler) if args.handler else _echo
+        hook = workers.load_handler(args.process_request, "--process-request") if args.process_request else None
     except workers.HandlerImportError as exc:
         _error(str(exc))
         return EXIT_ERROR
     # After the handler's import: a module that configures logging keeps it.
     logconfig.configure(args.log_level, args.log_format)
-    options = _server_options(args)
+    options = _server_options(args, hook)
     if isinstance(options, int):
         return options
     interrupts: List[int] = []
@@ -388,10 +389,10 @@ def run_server(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _server_options(args: argparse.Namespace) -> Union[Dict[str, Any], int]:
+def _server_options(args: argparse.Namespace, hook: Any = None) -> Union[Dict[str, Any], int]:
     """serve()'s options from the command line, or the exit status after saying what's wrong."""
     try:
-        return serveconfig.server_options(args)
+        return serveconfig.server_options(args, process_request=hook)
     except ValueError as exc:
         _error(str(exc))
         return EXIT_USAGE

@@ -43,7 +43,10 @@ from .hooks import check_origins
 from .http import Headers
 from .settings import check_settings
 
-__all__ = ["SETTINGS", "Setting", "add_arguments", "routes", "server_options", "worker_arguments"]
+__all__ = ["SETTINGS", "ProcessRequest", "Setting", "add_arguments", "routes", "server_options", "worker_arguments"]
+
+#: ``process_request(path, request_headers)``, as :func:`~syncws.serve` takes it.
+ProcessRequest = Callable[[str, Headers], Any]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -160,6 +163,7 @@ _OTHERS: Sequence[Tuple[str, str, bool]] = (
     ("--keyfile", "keyfile", True),
     ("--health", "health", True),
     ("--metrics", "metrics", True),
+    ("--process-request", "process_request", True),
     ("--log-level", "log_level", True),
     ("--log-format", "log_format", True),
 )
@@ -201,6 +205,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     http.add_argument("--health", type=_path, metavar="PATH", help="answer GET PATH with 200 OK, e.g. /healthz")
     http.add_argument(
         "--metrics", type=_path, metavar="PATH", help="answer GET PATH with Prometheus metrics, e.g. /metrics"
+    )
+    http.add_argument(
+        "--process-request", metavar="module:name",
+        help="serve()'s process_request hook, (path, headers) -> None or (status, headers, body): "
+        "plain HTTP of your own (a page, a 401), after --health and --metrics",
     )
     logs = parser.add_argument_group("logging (unless the handler's module configures it)")
     logs.add_argument("--log-level", choices=logconfig.LEVELS, default="info", help="default: info")
@@ -250,12 +259,17 @@ def _text(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def server_options(args: argparse.Namespace, render: Optional[Callable[[], str]] = None) -> Dict[str, Any]:
+def server_options(
+    args: argparse.Namespace,
+    render: Optional[Callable[[], str]] = None,
+    process_request: Optional[ProcessRequest] = None,
+) -> Dict[str, Any]:
     """The keyword arguments of :func:`~syncws.serve` the options ask for.
 
     Args:
         args: the parsed ``serve`` command line.
         render: writes the metrics for ``--metrics`` (see :func:`routes`).
+        process_request: the hook ``--process-request`` names, imported.
 
     Returns:
         Only what was given (and TLS, and the HTTP routes), so that
@@ -287,9 +301,9 @@ def server_options(args: argparse.Namespace, render: Optional[Callable[[], str]]
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(args.certfile, args.keyfile)
         options["ssl"] = context
-    process_request = routes(args.health, args.metrics, render)
-    if process_request is not None:
-        options["process_request"] = process_request
+    hook = routes(args.health, args.metrics, render, process_request)
+    if hook is not None:
+        options["process_request"] = hook
     return options
 
 
@@ -328,8 +342,11 @@ _SHARED_SETTINGS = frozenset({
 
 
 def routes(
-    health: Optional[str], metrics_path: Optional[str], render: Optional[Callable[[], str]] = None
-) -> Optional[Callable[[str, Headers], Optional[Tuple[int, List[Tuple[str, str]], bytes]]]]:
+    health: Optional[str],
+    metrics_path: Optional[str],
+    render: Optional[Callable[[], str]] = None,
+    then: Optional[ProcessRequest] = None,
+) -> Optional[ProcessRequest]:
     """A ``process_request`` hook answering the health check and the metrics.
 
     Args:
@@ -337,20 +354,22 @@ def routes(
         metrics_path: the metrics' path, or ``None``.
         render: writes the metrics; :func:`syncws.metrics.render` by
             default (this process).
+        then: the application's hook, asked about every other request.
 
     Returns:
-        The hook, or ``None`` when neither path is set.
+        The hook (``then`` itself without either path; ``None`` without
+        anything to answer).
     """
     if health is None and metrics_path is None:
-        return None
+        return then
     write = render or metrics.render
 
-    def answer(path: str, request_headers: Headers) -> Optional[Tuple[int, List[Tuple[str, str]], bytes]]:
-        path = path.partition("?")[0]
-        if path == health:
+    def answer(path: str, request_headers: Headers) -> Any:
+        bare = path.partition("?")[0]
+        if bare == health:
             return 200, [("Content-Type", "text/plain; charset=utf-8"), ("Cache-Control", "no-store")], b"OK\n"
-        if path == metrics_path:
+        if bare == metrics_path:
             return 200, [("Content-Type", metrics.CONTENT_TYPE), ("Cache-Control", "no-store")], write().encode()
-        return None
+        return None if then is None else then(path, request_headers)
 
     return answer

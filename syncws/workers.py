@@ -116,12 +116,13 @@ class HandlerImportError(ImportError):
     """A ``module:handler`` specification that doesn't name a callable."""
 
 
-def load_handler(spec: str) -> Callable[..., Any]:
+def load_handler(spec: str, what: str = "handler") -> Callable[..., Any]:
     """Import the handler that ``spec`` names.
 
     Args:
         spec: ``"package.module:name"``; ``name`` may be dotted
             (``"app:Chat.handler"``).
+        what: what it is, for the errors' messages.
 
     Returns:
         The callable.
@@ -133,20 +134,20 @@ def load_handler(spec: str) -> Callable[..., Any]:
     """
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
-        raise HandlerImportError(f"handler {spec!r}: expected module:name, e.g. myapp.server:handler")
+        raise HandlerImportError(f"{what} {spec!r}: expected module:name, e.g. myapp.server:handler")
     try:
         target: Any = importlib.import_module(module_name)
     except Exception as exc:  # ImportError, or whatever the module raised
         raise HandlerImportError(
-            f"handler {spec!r}: cannot import module {module_name!r}: {type(exc).__name__}: {exc}"
+            f"{what} {spec!r}: cannot import module {module_name!r}: {type(exc).__name__}: {exc}"
         ) from exc
     for part in attribute.split("."):
         try:
             target = getattr(target, part)
         except AttributeError:
-            raise HandlerImportError(f"handler {spec!r}: {module_name!r} has no attribute {attribute!r}") from None
+            raise HandlerImportError(f"{what} {spec!r}: {module_name!r} has no attribute {attribute!r}") from None
     if not callable(target):
-        raise HandlerImportError(f"handler {spec!r}: {type(target).__name__} object is not callable")
+        raise HandlerImportError(f"{what} {spec!r}: {type(target).__name__} object is not callable")
     return target  # type: ignore[no-any-return]
 
 
@@ -530,6 +531,7 @@ def _worker_main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         handler = load_handler(args.handler or DEFAULT_HANDLER)
+        hook = load_handler(args.process_request, "--process-request") if args.process_request else None
     except HandlerImportError as exc:
         logconfig.configure(args.log_level, args.log_format)
         logger.error("worker %d: %s", os.getpid(), exc)
@@ -540,7 +542,7 @@ def _worker_main(argv: Optional[Sequence[str]] = None) -> int:
     if args.metrics is not None and args.group_dir is not None:
         group = metrics.GroupMetrics(args.group_dir, args.worker_index)
     try:
-        options = serveconfig.server_options(args, render=None if group is None else group.render)
+        options = serveconfig.server_options(args, None if group is None else group.render, hook)
     except (OSError, ValueError) as exc:  # checked by the supervisor first: a file that changed meanwhile
         logger.error("worker %d: %s", os.getpid(), exc)
         return EXIT_CONFIG

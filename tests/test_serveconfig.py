@@ -17,7 +17,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
@@ -27,6 +26,7 @@ import pytest
 import syncws
 from conftest import CERT_FILE, KEY_FILE, wait_for
 from syncws import serveconfig
+from syncws.http import Headers
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -375,3 +375,43 @@ def test_a_handler_modules_logging_is_kept(serve_cli: Any, tmp_path: Path) -> No
     log = server.stderr()
     assert "APP WARNING app: hello /x" in log.splitlines()
     assert "{" not in log and "INFO" not in log  # neither JSON nor the CLI's level
+
+
+def test_the_applications_hook_comes_after_health_and_metrics() -> None:
+    asked: List[str] = []
+
+    def page(path: str, headers: Any) -> Any:
+        asked.append(path)
+        return (200, [], b"page") if path == "/" else None
+
+    hook = serveconfig.routes("/healthz", "/metrics", lambda: "metrics\n", page)
+    assert hook is not None
+    headers = Headers()
+    assert hook("/healthz", headers)[2] == b"OK\n"  # type: ignore[index]
+    assert hook("/metrics?x=1", headers)[2] == b"metrics\n"  # type: ignore[index]
+    assert hook("/?q=1", headers) is None and hook("/", headers) == (200, [], b"page")
+    assert asked == ["/?q=1", "/"]  # with its query, as serve() gives it
+    assert serveconfig.routes(None, None, then=page) is page
+
+
+@pytest.mark.timeout(60)
+def test_process_request_option(serve_cli: Any, tmp_path: Path) -> None:
+    (tmp_path / "pageapp.py").write_text(
+        "def pages(path, headers):\n"
+        "    return (200, [('Content-Type', 'text/plain')], b'a page\\n') if path == '/page' else None\n"
+    )
+    server = serve_cli("--port", "0", "--health", "/healthz", "--process-request", "pageapp:pages")
+    assert server.text("/page") == "a page\n"
+    assert server.text("/healthz") == "OK\n"
+    with syncws.connect(f"ws://{HOST}:{server.port}/ws") as websocket:  # not a page: WebSocket
+        websocket.send("echo")
+        assert websocket.recv(TIMEOUT) == "echo"
+
+
+def test_a_process_request_that_does_not_import(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "syncws", "serve", "--port", "0", "--process-request", "nomodule_xyz:pages"],
+        capture_output=True, text=True, env=cli_env(), cwd=tmp_path, timeout=TIMEOUT,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("python -m syncws: --process-request 'nomodule_xyz:pages': cannot import")

@@ -1,0 +1,33 @@
+"""The chat of ``server.py``, for ``python -m syncws serve``.
+
+::
+
+    cd examples/chat
+    python -m syncws serve --port 8765 --process-request chat:process_request chat:handler
+    CHAT_REDIS=redis://127.0.0.1:6379/0 python -m syncws serve --processes 4 --port 8765 \\
+        --process-request chat:process_request chat:handler
+
+``handler`` serves the rooms (``/chat/<room>``), ``process_request`` the page
+(``/``) and the fan-out's counters (``/stats``), as ``server.py`` does; the
+command line adds what an operator sets (limits, TLS, health checks,
+metrics, logs, worker processes). The fan-out is made when the module is
+imported, in each process: on the Redis that ``CHAT_REDIS`` names, so that
+rooms span every process and machine using it, or within the process
+without it (one process only: with ``--processes``, each worker would have
+rooms of its own).
+"""
+
+from __future__ import annotations
+
+import os
+
+from server import ChatServer, report_gap
+
+from syncws.fanout import Fanout, LocalFanout, RedisFanout
+
+_redis = os.environ.get("CHAT_REDIS")
+fanout: Fanout = RedisFanout(_redis, on_gap=report_gap) if _redis else LocalFanout()
+rooms = ChatServer(fanout)
+
+handler = rooms.handler
+process_request = rooms.process_request
