@@ -47,6 +47,7 @@ INSTALL = {
     "node": "apt-get install nodejs npm",
     "npm": "apt-get install npm",
     "openssl": "apt-get install openssl",
+    "curl": "apt-get install curl",
     "ip": "apt-get install iproute2",
     "ss": "apt-get install iproute2",
 }
