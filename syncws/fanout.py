@@ -126,7 +126,6 @@ import functools
 import logging
 import os
 import queue
-import random
 import threading
 import time
 import uuid
@@ -137,6 +136,7 @@ from . import metrics, readers
 from .exceptions import ConnectionClosed, PublishError
 from .logs import format_address
 from .protocol import Data, WebSocketCommonProtocol
+from .redislink import Backoff, client_options, import_redis
 from .safetext import redact_uri
 
 __all__ = ["Fanout", "FanoutStats", "Gap", "LocalFanout", "PublishError", "RedisFanout"]
@@ -785,42 +785,7 @@ def _unpack(envelope: bytes) -> Tuple[str, int, Data]:
     return publisher.decode(), int(sequence), payload.decode() if kind == b"t" else payload
 
 
-def _import_redis() -> Any:
-    try:
-        import redis
-        import redis.backoff
-        import redis.retry
-    except ImportError as exc:
-        raise ImportError(
-            "syncws.fanout.RedisFanout needs redis-py: pip install 'syncws[redis]'"
-        ) from exc
-    return redis
-
-
 GapCallback = Callable[[Gap], None]
-
-
-class _Backoff:
-    """Delays between attempts to reach Redis: none at first, then growing.
-
-    The first retry is immediate; then ``first``, doubled at each failure up
-    to ``cap``, each one shortened at random by up to half so that many
-    processes don't retry in step. :meth:`reset` after a success.
-    """
-
-    def __init__(self, first: float, cap: float) -> None:
-        self.first = first
-        self.cap = cap
-        self._next = 0.0
-
-    def reset(self) -> None:
-        self._next = 0.0
-
-    def next(self) -> float:
-        """The delay before the next attempt."""
-        delay = self._next
-        self._next = min(max(self._next * 2, self.first), self.cap)
-        return delay * (0.5 + random.random() / 2)
 
 
 class RedisFanout(Fanout):
@@ -883,7 +848,7 @@ class RedisFanout(Fanout):
         publish_timeout: float = 5.0,
         max_sequences: int = 4096,
     ) -> None:
-        redis = _import_redis()
+        redis = import_redis("syncws.fanout.RedisFanout")
         if max_sequences < 1:
             raise ValueError(f"max_sequences must be at least 1, got {max_sequences}")
         self.url = url
@@ -896,13 +861,7 @@ class RedisFanout(Fanout):
         self.publish_timeout = publish_timeout
         self.max_sequences = max_sequences
         self._redis = redis
-        # Our own reconnection policy; redis-py's retries would block the
-        # subscriber thread out of our sight.
-        self._client_options: Dict[str, Any] = dict(
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
-        )
+        self._client_options = client_options(redis, timeout)
         super().__init__(  # calls _start_fresh()
             timeout=timeout, max_pending=max_pending, max_pending_bytes=max_pending_bytes, on_failure=on_failure
         )
@@ -979,7 +938,7 @@ class RedisFanout(Fanout):
             # subscribers count it lost.
             sequence = self._number(channel)
             envelope = _pack(sequence.publisher, sequence.number, message)
-            backoff = _Backoff(self.reconnect_delay, self.max_reconnect_delay)
+            backoff = Backoff(self.reconnect_delay, self.max_reconnect_delay)
             retrying = False
             while True:
                 try:
@@ -1063,7 +1022,7 @@ class RedisFanout(Fanout):
 
     def _subscriber(self) -> None:
         """The subscriber thread: connect, subscribe, read, reconnect."""
-        backoff = _Backoff(self.reconnect_delay, self.max_reconnect_delay)
+        backoff = Backoff(self.reconnect_delay, self.max_reconnect_delay)
         while not self._stop.is_set():
             pubsub = self._subscriber_client.pubsub()
             try:
@@ -1098,7 +1057,7 @@ class RedisFanout(Fanout):
                     pass
             self._stop.wait(backoff.next())
 
-    def _serve_subscription(self, pubsub: Any, backoff: _Backoff) -> None:
+    def _serve_subscription(self, pubsub: Any, backoff: Backoff) -> None:
         """Run one subscription connection until it breaks (raises) or we close."""
         pending: Set[str] = set()  # SUBSCRIBE sent, confirmation not yet read
         last_heard = last_ping = time.monotonic()
