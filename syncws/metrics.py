@@ -359,11 +359,16 @@ def _fanout_families(stats: Any, labels: Tuple[Tuple[str, str], ...]) -> List[Fa
 
 
 def _attribute_docs(cls: type) -> Dict[str, str]:
-    """The ``Attributes:`` section of a class's docstring: name -> text, on one line."""
+    """The ``Attributes:`` sections of a class's docstring and its bases': name -> text, on one line.
+
+    A subclass documents the fields it adds; those it inherits keep their
+    base's text.
+    """
     docs: Dict[str, str] = {}
-    section = (cls.__doc__ or "").partition("Attributes:")[2]
-    for name, text in re.findall(r"^\s{4,8}(\w+): (.*(?:\n\s{10,}.*)*)", section, re.MULTILINE):
-        docs[name] = " ".join(text.split())
+    for klass in reversed(cls.__mro__):
+        section = (klass.__dict__.get("__doc__") or "").partition("Attributes:")[2]
+        for name, text in re.findall(r"^\s{4,8}(\w+): (.*(?:\n\s{10,}.*)*)", section, re.MULTILINE):
+            docs[name] = " ".join(text.split())
     return docs
 
 

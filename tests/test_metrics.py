@@ -7,6 +7,7 @@ exactly once its side of every connection has ended.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import socket
 import threading
@@ -19,7 +20,7 @@ import pytest
 import syncws
 from conftest import wait_for
 from syncws import metrics
-from syncws.fanout import LocalFanout
+from syncws.fanout import FanoutStats, LocalFanout
 from syncws.metrics import ServerMetrics
 
 HOST = "127.0.0.1"
@@ -237,6 +238,25 @@ def test_render_includes_every_fanout_of_the_process(server: syncws.WebSocketSer
         assert values["syncws_connections_opened_total"] >= 1
     finally:
         fanout.close()
+
+
+@dataclasses.dataclass
+class MoreStats(FanoutStats):
+    """A fan-out's stats with a field of its own.
+
+    Attributes:
+        recovered: messages sent again.
+    """
+
+    recovered: int = dataclasses.field(default=0, metadata={"kind": "counter"})
+
+
+def test_a_subclass_of_fanout_stats_keeps_the_help_of_every_field() -> None:
+    text = metrics.render(ServerMetrics(), fanouts=[MoreStats(published=3, recovered=2)])
+    types, values = parse(text)
+    assert values["syncws_fanout_published_total"] == 3 and values["syncws_fanout_recovered_total"] == 2
+    assert "# HELP syncws_fanout_published_total Fan-out: messages this process published." in text
+    assert "# HELP syncws_fanout_recovered_total Fan-out: messages sent again." in text
 
 
 def test_labels_are_escaped() -> None:
