@@ -166,12 +166,18 @@ class Gap:
         lost: how many messages were lost, when known (sequence gaps);
             ``None`` after an outage, where Redis can't say.
         publisher: the publisher whose messages were lost, for a sequence gap.
+        since: for a fan-out with history (:mod:`syncws.streams`), the id of
+            the last message before those missing, when there was one.
     """
 
     channels: Tuple[str, ...]
     duration: Optional[float] = None
     lost: Optional[int] = None
     publisher: Optional[str] = None
+    since: Optional[str] = None
+
+
+GapCallback = Callable[[Gap], None]
 
 
 def _counter(default: Any = 0) -> Any:
@@ -247,10 +253,16 @@ class _State(enum.Enum):
 
     ::
 
-        IDLE ---mail---> QUEUED ---mailbox empty---> IDLE
+        IDLE ---mail---> QUEUED ---mailbox empty, or held---> IDLE
                          QUEUED ---can't send now---> SLOW
-                         SLOW ---mailbox empty---> IDLE
+                         SLOW ---mailbox empty, or held---> IDLE
+        IDLE (held, mail waiting) ---released---> QUEUED
         any ---dropped, or left every channel---> GONE
+
+    A *held* member (:meth:`Fanout._hold`) gets mail in its mailbox but
+    nobody sends it, until it is released: meanwhile, the thread that held
+    it sends it other messages that must go first (a fan-out with history
+    sends a reconnecting member what it missed).
     """
 
     IDLE = "idle"  # nothing to send; nobody serves it
@@ -267,7 +279,7 @@ _Mail = Tuple[Data, int, float]
 class _Member:
     """One connection's mailbox; guarded by the fan-out's lock."""
 
-    __slots__ = ("connection", "mailbox", "mailbox_bytes", "state", "channels")
+    __slots__ = ("connection", "mailbox", "mailbox_bytes", "state", "channels", "holds")
 
     def __init__(self, connection: WebSocketCommonProtocol) -> None:
         self.connection = connection
@@ -275,6 +287,7 @@ class _Member:
         self.mailbox_bytes = 0  # the sizes of the messages in the mailbox
         self.state = _State.IDLE
         self.channels: Set[str] = set()
+        self.holds = 0  # _hold() calls not yet released: nobody sends while > 0
 
     @property
     def gone(self) -> bool:
@@ -296,11 +309,21 @@ class Fanout:
     message)`` for each message that reaches this process; it may override
     ``_channel_added(channel)`` and ``_channel_live(channel)`` (a channel's
     first member, another member: return whether messages will reach it),
-    ``_connected()`` (for ``stats.connected``), ``_start_fresh()`` (its
-    state, set up at creation and again in a forked child; call the base's
-    first) and :meth:`close` (call the base's). Membership, mailboxes,
-    dispatchers and senders, the slow-member policy, the counters and fork
-    safety come with this class.
+    ``_connected()`` (for ``stats.connected``), ``_left(connection,
+    channel, emptied)`` (a member left a channel, its last if ``emptied``;
+    lock held), ``_start_fresh()`` (its state, set up at creation and again
+    in a forked child; call the base's first) and :meth:`close` (call the
+    base's). Membership, mailboxes, dispatchers and senders, the
+    slow-member policy, the counters and fork safety come with this class.
+
+    A backend that must change its own state in the same step as a
+    delivery (a stream's position) keeps that state under ``_lock``, which
+    guards the membership, the counters (``_counts``) and every mailbox,
+    and uses the two halves of ``_deliver``: ``_enqueue`` (lock held) then
+    ``_hand_over`` (lock released). ``_join`` adds a member under the lock;
+    ``_hold`` and ``_release`` pause a member's delivery while the backend
+    sends it something first; ``_send_failed`` applies the failure policy
+    to such a send; ``_gap`` reports a :class:`Gap`.
 
     Args:
         timeout: seconds a send to one member may take; past it the
@@ -334,6 +357,8 @@ class Fanout:
         self.max_pending = max_pending
         self.max_pending_bytes = max_pending_bytes
         self.on_failure = on_failure
+        # Set by subclasses whose broker can lose messages; see _gap().
+        self.on_gap: Optional[GapCallback] = None
         self._closed = False
         self._start_fresh()
         _fanouts.add(self)
@@ -386,18 +411,31 @@ class Fanout:
             RuntimeError: the fan-out is closed.
             TypeError: ``channel`` isn't a ``str``.
         """
+        self._check_channel(channel)
+        with self._lock:
+            self._check_open()
+            first = channel not in self._channels
+            self._join(channel, connection)
+        return self._channel_added(channel) if first else self._channel_live(channel)
+
+    @staticmethod
+    def _check_channel(channel: str) -> None:
         if not isinstance(channel, str):
             raise TypeError(f"channel must be a str, got {type(channel).__name__}")
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("this fan-out is closed")
-            member = self._members.get(connection)
-            if member is None:
-                member = self._members[connection] = _Member(connection)
-            first = channel not in self._channels
-            self._channels.setdefault(channel, set()).add(member)
-            member.channels.add(channel)
-        return self._channel_added(channel) if first else self._channel_live(channel)
+
+    def _check_open(self) -> None:
+        """Raise RuntimeError if closed (lock held)."""
+        if self._closed:
+            raise RuntimeError("this fan-out is closed")
+
+    def _join(self, channel: str, connection: WebSocketCommonProtocol) -> _Member:
+        """Make ``connection`` a member of ``channel`` (lock held); its :class:`_Member`."""
+        member = self._members.get(connection)
+        if member is None:
+            member = self._members[connection] = _Member(connection)
+        self._channels.setdefault(channel, set()).add(member)
+        member.channels.add(channel)
+        return member
 
     def unsubscribe(self, channel: str, connection: WebSocketCommonProtocol) -> None:
         """Remove ``connection`` from ``channel`` (nothing if it isn't a member).
@@ -437,6 +475,7 @@ class Fanout:
         members.discard(member)
         if not members:
             del self._channels[channel]
+        self._left(member.connection, channel, not members)
 
     def members(self, channel: str) -> Set[WebSocketCommonProtocol]:
         """The local connections subscribed to ``channel``.
@@ -500,9 +539,12 @@ class Fanout:
         """Whether messages from the broker can arrive now (lock held)."""
         return True
 
+    def _left(self, connection: WebSocketCommonProtocol, channel: str, emptied: bool) -> None:
+        """``connection`` left ``channel``, its last local member if ``emptied`` (lock held)."""
+
     # -- publishing and delivery -------------------------------------------
 
-    def publish(self, channel: str, message: Data) -> None:
+    def publish(self, channel: str, message: Data) -> Optional[str]:
         """Send ``message`` to every member of ``channel``, wherever it is.
 
         Returns once the message is on its way, not when it was delivered.
@@ -510,6 +552,10 @@ class Fanout:
         Args:
             channel: the channel.
             message: ``str`` (a text message) or bytes-like (binary).
+
+        Returns:
+            The message's id, for a fan-out that gives ids
+            (:class:`~syncws.streams.RedisStreamFanout`); else ``None``.
 
         Raises:
             PublishError: the message couldn't be handed to the broker.
@@ -522,32 +568,65 @@ class Fanout:
 
         What a backend calls for each message that reaches this process.
         """
+        handover = _Handover()
+        with self._lock:
+            self._enqueue(channel, message, handover)
+        self._hand_over(handover)
+
+    def _enqueue(self, channel: str, message: Data, handover: "_Handover") -> None:
+        """Put ``message`` in the mailboxes of ``channel``'s local members (lock held).
+
+        Members to serve and members dropped go to ``handover``, for
+        :meth:`_hand_over` once the lock is released.
+        """
+        members = self._channels.get(channel)
+        if not members or self._closed:
+            return
         size = _size(message)
         mail = (message, size, time.monotonic())
-        queued = []
-        dropped = []
-        with self._lock:
-            members = self._channels.get(channel)
-            if not members or self._closed:
-                return
-            self._counts.received += 1
-            for member in list(members):  # _drop() may remove some
-                if member.mailbox and (
-                    len(member.mailbox) >= self.max_pending or member.mailbox_bytes + size > self.max_pending_bytes
-                ):
-                    dropped.append(self._drop(member, self._too_slow(member, size)))
-                    continue
-                member.mailbox.append(mail)
-                member.mailbox_bytes += size
-                if member.state is _State.IDLE:
-                    member.state = _State.QUEUED
-                    queued.append(member)
-            if queued and not self._dispatchers:
-                self._start_dispatchers()
-        for member in queued:
+        self._counts.received += 1
+        for member in list(members):  # _drop() may remove some
+            if member.mailbox and (
+                len(member.mailbox) >= self.max_pending or member.mailbox_bytes + size > self.max_pending_bytes
+            ):
+                handover.dropped.append(self._drop(member, self._too_slow(member, size)))
+                continue
+            member.mailbox.append(mail)
+            member.mailbox_bytes += size
+            if member.state is _State.IDLE and not member.holds:
+                self._queue(member, handover)
+
+    def _queue(self, member: _Member, handover: "_Handover") -> None:
+        """Make an IDLE member QUEUED (lock held); :meth:`_hand_over` wakes a dispatcher."""
+        member.state = _State.QUEUED
+        handover.queued.append(member)
+        if not self._dispatchers:
+            self._start_dispatchers()
+
+    def _hand_over(self, handover: "_Handover") -> None:
+        """Wake the dispatchers for the members queued, report those dropped (lock not held)."""
+        for member in handover.queued:
             self._ready.put(member)
-        for connection, exc, channels in dropped:
+        for connection, exc, channels in handover.dropped:
             self._report_drop(connection, exc, channels)
+
+    def _hold(self, member: _Member) -> None:
+        """Stop sending ``member`` its mail until :meth:`_release` (lock held).
+
+        Mail still reaches its mailbox (within the limits); a send under way
+        finishes. The caller may then send to the connection itself.
+        """
+        member.holds += 1
+
+    def _release(self, member: _Member) -> None:
+        """Undo one :meth:`_hold`: the mail that waited goes out (lock not held)."""
+        handover = _Handover()
+        with self._lock:
+            member.holds -= 1
+            assert member.holds >= 0
+            if not member.holds and member.state is _State.IDLE and member.mailbox and not self._closed:
+                self._queue(member, handover)
+        self._hand_over(handover)
 
     def _too_slow(self, member: _Member, size: int) -> OverflowError:
         """Why ``member`` can't take one more message of ``size`` bytes (lock held)."""
@@ -616,7 +695,7 @@ class Fanout:
                     self._counts.delivery_seconds += lag
                 if member.gone:
                     return
-                if not member.mailbox:
+                if not member.mailbox or member.holds:
                     member.state = _State.IDLE
                     return
                 mail = member.mailbox.popleft()
@@ -634,22 +713,41 @@ class Fanout:
                         member.state = _State.SLOW
                     self._start_sender(member)
                     return
-            except ConnectionClosed as exc:
-                # Closing or closed: no failure, its handler ends anyway.
-                logger.debug("%s left: %s", _name(connection), exc)
-                with self._lock:
-                    self._counts.discarded += 1 + len(member.mailbox)
-                    for channel in list(member.channels):
-                        self._remove(member, channel)
-                return
             except Exception as exc:
-                with self._lock:
-                    self._counts.discarded += 1
-                    drop = None if member.gone else self._drop(member, exc)
-                if drop is not None:
-                    self._report_drop(*drop)
+                self._send_failed(member, exc)
                 return
             lag = time.monotonic() - mail[2]
+
+    def _send_failed(self, member: _Member, exc: Exception) -> None:
+        """A send to ``member`` raised ``exc``: the message is discarded, the member dropped.
+
+        A connection closing or closed (:exc:`~syncws.ConnectionClosed`)
+        leaves quietly (its handler ends anyway); any other error is a
+        failure, reported. Lock not held.
+        """
+        if isinstance(exc, ConnectionClosed):
+            logger.debug("%s left: %s", _name(member.connection), exc)
+            with self._lock:
+                self._counts.discarded += 1 + len(member.mailbox)
+                for channel in list(member.channels):
+                    self._remove(member, channel)
+            return
+        with self._lock:
+            self._counts.discarded += 1
+            drop = None if member.gone else self._drop(member, exc)
+        if drop is not None:
+            self._report_drop(*drop)
+
+    def _gap(self, gap: Gap) -> None:
+        """Count ``gap`` and call ``on_gap`` with it (lock not held)."""
+        with self._lock:
+            self._counts.gaps += 1
+            self._counts.lost += gap.lost or 0
+        if self.on_gap is not None:
+            try:
+                self.on_gap(gap)
+            except Exception:
+                logger.exception("on_gap raised")
 
     def _start_sender(self, member: _Member) -> None:
         """Give a SLOW member a sender thread of its own."""
@@ -661,6 +759,19 @@ class Fanout:
                 drop = None if member.gone else self._drop(member, exc)
             if drop is not None:
                 self._report_drop(*drop)
+
+    @staticmethod
+    def _checked_message(message: Data) -> Data:
+        """``message`` as ``str`` or ``bytes``, for :meth:`publish`.
+
+        Raises:
+            TypeError: it is neither ``str`` nor bytes-like.
+        """
+        if isinstance(message, str):
+            return message
+        if isinstance(message, (bytes, bytearray, memoryview)):
+            return bytes(message)
+        raise TypeError(f"message must be str or bytes-like, got {type(message).__name__}")
 
     def close(self) -> None:
         """Stop delivering and release the threads and broker connections.
@@ -717,12 +828,14 @@ def _size(message: Data) -> int:
     return len(message)
 
 
-def _check_message(message: Data) -> Data:
-    if isinstance(message, str):
-        return message
-    if isinstance(message, (bytes, bytearray, memoryview)):
-        return bytes(message)
-    raise TypeError(f"message must be str or bytes-like, got {type(message).__name__}")
+class _Handover:
+    """What :meth:`Fanout._enqueue` leaves for :meth:`Fanout._hand_over` to do without the lock."""
+
+    __slots__ = ("queued", "dropped")
+
+    def __init__(self) -> None:
+        self.queued: List[_Member] = []  # made QUEUED: to put on the dispatchers' queue
+        self.dropped: List[Tuple[WebSocketCommonProtocol, Exception, List[str]]] = []  # to report
 
 
 class LocalFanout(Fanout):
@@ -741,7 +854,7 @@ class LocalFanout(Fanout):
         Raises:
             TypeError: ``message`` is neither ``str`` nor bytes-like.
         """
-        message = _check_message(message)
+        message = self._checked_message(message)
         with self._lock:
             self._counts.published += 1
         self._deliver(channel, message)
@@ -783,9 +896,6 @@ def _unpack(envelope: bytes) -> Tuple[str, int, Data]:
     if not sep or kind not in (b"t", b"b"):
         raise ValueError("not a syncws envelope")
     return publisher.decode(), int(sequence), payload.decode() if kind == b"t" else payload
-
-
-GapCallback = Callable[[Gap], None]
 
 
 class RedisFanout(Fanout):
@@ -853,7 +963,6 @@ class RedisFanout(Fanout):
             raise ValueError(f"max_sequences must be at least 1, got {max_sequences}")
         self.url = url
         self.prefix = prefix
-        self.on_gap = on_gap
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.reconnect_delay = reconnect_delay
@@ -865,6 +974,7 @@ class RedisFanout(Fanout):
         super().__init__(  # calls _start_fresh()
             timeout=timeout, max_pending=max_pending, max_pending_bytes=max_pending_bytes, on_failure=on_failure
         )
+        self.on_gap = on_gap
 
     def _start_fresh(self) -> None:
         super()._start_fresh()
@@ -926,7 +1036,7 @@ class RedisFanout(Fanout):
                 not sent).
             TypeError: ``message`` is neither ``str`` nor bytes-like.
         """
-        message = _check_message(message)
+        message = self._checked_message(message)
         deadline = time.monotonic() + self.publish_timeout
         # Another publish may be waiting for Redis with the lock held.
         if not self._publish_lock.acquire(timeout=self.publish_timeout if self.publish_timeout > 0 else -1):
@@ -1154,16 +1264,6 @@ class RedisFanout(Fanout):
             redact_uri(self.url), duration, shown, more,
         )
         self._gap(Gap(channels, duration=duration))
-
-    def _gap(self, gap: Gap) -> None:
-        with self._lock:
-            self._counts.gaps += 1
-            self._counts.lost += gap.lost or 0
-        if self.on_gap is not None:
-            try:
-                self.on_gap(gap)
-            except Exception:
-                logger.exception("on_gap raised")
 
     def close(self) -> None:
         """Stop the subscriber thread and the senders; close Redis connections.
