@@ -790,7 +790,9 @@ def close_refused_upgrades(app: WSGIApp) -> WSGIApp:
     doesn't get 101, the answer is written with ``Connection: close`` and
     the connection ends, as :func:`~syncws.serve` does, so that a keep-alive
     server (gunicorn's gthread worker) reads no further request from it.
-    Other requests pass through untouched.
+    A response other than :class:`HandedOver` to a request that
+    :func:`accept` upgraded raises :exc:`RuntimeError` (the server logs it;
+    nothing reaches the WebSocket). Other requests pass through untouched.
 
     :func:`flask_route` and :class:`WebSocketMiddleware` apply it to the
     application; for Django, wrap the WSGI application::
@@ -824,6 +826,12 @@ class _RefusalsClosed:
             return written.append
 
         body = self.app(environ, capture)
+        if ACCEPTED in environ and not (started and str(started[0]).startswith("101")):
+            # Written, it would fail: accept() detached the server's socket.
+            raise RuntimeError(
+                f"the application answered {str(started[0]) if started else 'nothing'!r} to a request "
+                "that accept() upgraded: return HandedOver(websocket)(start_response) instead"
+            )
         if ACCEPTED in environ or _REFUSED in environ:  # syncws answered on the socket
             start_response(*started)
             return body

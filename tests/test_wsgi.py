@@ -483,6 +483,24 @@ def test_a_response_returned_after_accept_never_reaches_the_websocket(fixture: s
     assert ws.close_code == 1000  # 1002 before: "HTTP/1.1 200 OK" arrived as a frame
 
 
+@pytest.mark.timeout(60)
+def test_a_response_after_accept_raises_under_flask_route() -> None:
+    # flask_route's wrapper tells the mistake: the server logs a RuntimeError
+    # that says what to return, and the WebSocket goes on untouched.
+    server = gunicorn_server("flask_test_app:app", "-k", "gthread", "--threads", "8", name="gunicorn-mistake")
+    try:
+        with syncws.connect(f"{server.ws}/ws/then-a-response") as ws:
+            for message in ("one", "two"):
+                ws.send(message)
+                assert ws.recv(timeout=10) == message
+        assert ws.close_code == 1000
+    finally:
+        server.stop()
+        log = server.read_log()
+        os.unlink(server.log.name)
+    assert "RuntimeError: the application answered '200 OK' to a request that accept() upgraded" in log, log
+
+
 def test_flask_debug_logs_nothing_for_a_websocket() -> None:
     # Under werkzeug's debugger, every WebSocket logged "Debugging
     # middleware caught exception" and a traceback (HandedOver's body raised).

@@ -6,12 +6,15 @@ Run by the tests with examples/wsgi on sys.path.
 import json
 import logging
 import socket
+import threading
 from typing import Any
+
+import flask
 
 import path_check
 from flask_app import app  # examples/wsgi/flask_app.py
 
-from syncws.wsgi import flask_route, flask_websocket
+from syncws.wsgi import accept, flask_route, flask_websocket
 
 
 # The failing handler's traceback is expected: keep it out of the server log,
@@ -74,3 +77,11 @@ def private_feed(websocket: Any) -> None:
 @flask_websocket(**path_check.OPTIONS)
 def public(websocket: Any, name: str) -> None:
     path_check.report(websocket)
+
+
+@flask_route(app, "/ws/then-a-response")
+def then_a_response() -> Any:
+    """A mistake: accept() by hand, the WebSocket left to a thread, and a page returned."""
+    websocket = accept(flask.request.environ)
+    threading.Thread(target=_echo, args=(websocket,), daemon=True).start()
+    return "this must not reach the WebSocket\n"
