@@ -335,8 +335,10 @@ def connect(
         ProxyError: the proxy refused the tunnel.
         ImportError: a SOCKS proxy without python-socks installed.
         OSError: TCP or TLS failed.
-        TimeoutError: the opening handshake (with its redirects) didn't
-            finish within ``open_timeout``.
+        TimeoutError: the opening handshake (TCP, the proxy, TLS and the
+            HTTP upgrade, redirects included) didn't finish within
+            ``open_timeout``, on every Python (a socket's timeout isn't a
+            :exc:`TimeoutError` before 3.10).
         TypeError: an unknown keyword argument, or a setting of the wrong
             type (see :func:`syncws.settings.check_settings`).
         ValueError: a setting out of range (the message names it).
@@ -403,15 +405,23 @@ def connect(
             raise timed_out()
         host, port = chain.connect_host or wsuri.host, chain.connect_port or wsuri.port
         proxy_url = proxy_for(wsuri, proxy) if sock is None else None
-        if proxy_url is not None:
-            # The address, when the proxy leaves the name to us (socks5://):
-            # the one checked is the one the proxy connects to.
-            host = proxy_target(proxy_url, host, port)
-            chain.check_space(host_address_space(host))
-            sock = open_proxy(proxy_url, host, port, timeout=remaining, source_address=source_address)
-        elif sock is None:
-            check_space = chain.check_space if chain.checks_addresses else None
-            sock = _open_tcp(host, port, remaining, source_address, check_space)
+        try:
+            if proxy_url is not None:
+                # The address, when the proxy leaves the name to us
+                # (socks5://): the one checked is the one the proxy connects to.
+                host = proxy_target(proxy_url, host, port)
+                chain.check_space(host_address_space(host))
+                sock = open_proxy(proxy_url, host, port, timeout=remaining, source_address=source_address)
+            elif sock is None:
+                check_space = chain.check_space if chain.checks_addresses else None
+                sock = _open_tcp(host, port, remaining, source_address, check_space)
+        except (socket.timeout, TimeoutError) as exc:
+            # The socket's timeout (socket.timeout, no TimeoutError before
+            # Python 3.10) or python-socks' is open_timeout's; a kernel's
+            # ETIMEDOUT (with an errno) is another timeout.
+            if deadline is None or exc.errno is not None:
+                raise
+            raise timed_out() from exc
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         sockopts.tune_connection(sock, ping_interval=ping_interval, ping_timeout=ping_timeout)
         transport = Transport(sock, read_limit=read_limit)

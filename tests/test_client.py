@@ -9,6 +9,7 @@ from __future__ import annotations
 import queue
 import socket
 import ssl
+import struct
 import time
 
 import pytest
@@ -241,6 +242,52 @@ def test_open_timeout_when_server_never_answers(raw_serve):
     with pytest.raises(TimeoutError):
         syncws.connect(uri, open_timeout=0.5)
     assert 0.4 <= time.monotonic() - started < 2
+
+
+@pytest.fixture
+def full_backlog_port():
+    """A port whose listener never accepts and has a full queue: a TCP
+    connect to it gets no answer (the kernel drops the SYN) until it times
+    out."""
+    with socket.create_server(("127.0.0.1", 0), backlog=0) as listener:
+        port = listener.getsockname()[1]
+        held = []
+
+        def queue_is_full():
+            # struct tcp_info of a listener: tcpi_unacked is the length of
+            # its queue, tcpi_sacked the backlog; full once it's over it.
+            info = listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
+            length, backlog = struct.unpack_from("II", info, 24)
+            return length > backlog
+
+        try:
+            while not queue_is_full():
+                assert len(held) < 16, "the listener's queue doesn't fill up"
+                held.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+            yield port
+        finally:
+            for sock in held:
+                sock.close()
+
+
+def test_open_timeout_when_tcp_connect_gets_no_answer(full_backlog_port):
+    # socket.timeout isn't a TimeoutError before Python 3.10: it comes out
+    # as the TimeoutError open_timeout promises, on every Python.
+    uri = f"ws://127.0.0.1:{full_backlog_port}/"
+    with pytest.raises(TimeoutError) as excinfo:
+        syncws.connect(uri, open_timeout=0.5)
+    assert str(excinfo.value) == f"the opening handshake with {uri} didn't finish within 0.5 seconds"
+    assert isinstance(excinfo.value.__cause__, socket.timeout)  # from the TCP connect
+
+
+def test_open_timeout_when_the_http_proxy_never_answers():
+    # The proxy accepts TCP (into its queue) and never reads the CONNECT.
+    with socket.create_server(("127.0.0.1", 0)) as proxy:
+        proxy_url = f"http://127.0.0.1:{proxy.getsockname()[1]}"
+        with pytest.raises(TimeoutError) as excinfo:
+            syncws.connect("ws://example.com/", proxy=proxy_url, open_timeout=0.5)
+    assert str(excinfo.value) == "the opening handshake with ws://example.com/ didn't finish within 0.5 seconds"
+    assert isinstance(excinfo.value.__cause__, socket.timeout)
 
 
 # -- TLS ---------------------------------------------------------------------------
