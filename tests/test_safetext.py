@@ -71,7 +71,8 @@ def test_redact_uri(uri: str, shown: str) -> None:
     assert redact_uri(uri) == shown
 
 
-@given(st.text(), st.text(min_size=1).filter(lambda s: not set(s) & set("@/?#&=")))
+# A secret that "[redacted]" starts with ("[", "[re") would be found in it.
+@given(st.text(), st.text(min_size=1).filter(lambda s: not set(s) & set("@/?#&=") and not REDACTED.startswith(s)))
 def test_redact_uri_never_shows_the_password_or_a_query_value(prefix: str, secret: str) -> None:
     for uri in (
         f"ws://user:{secret}@host/{prefix}",
