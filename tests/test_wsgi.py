@@ -77,13 +77,20 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {self.read_log()}")
+                self._give_up("exited")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                 return
             except OSError:
                 self.process_wait(0.05)
-        raise RuntimeError(f"{self.name} isn't listening after {timeout} s: {self.read_log()}")
+        self._give_up(f"isn't listening after {timeout} s")
+
+    def _give_up(self, why: str) -> None:
+        """Stop the server and remove its log (the caller gets no ServerProcess to do it), then raise."""
+        self.stop()
+        log = self.read_log()
+        os.unlink(self.log.name)
+        raise RuntimeError(f"{self.name} {why}: {log}")
 
     def process_wait(self, seconds: float) -> None:
         try:
