@@ -57,9 +57,12 @@ def escape(text: str, keep: str = "") -> str:
     """Render peer-controlled text for a log line, an error or a terminal.
 
     Control characters, the Unicode line separators and the bidirectional
-    controls become ``\\xNN`` or ``\\uNNNN``; everything else, printable
+    controls become ``\\xNN`` or ``\\uNNNN``, and so does a lone surrogate
+    (``\\udNNN``: a ``str`` given as a URI, bytes decoded with
+    ``surrogateescape``), which UTF-8 can't encode; everything else, printable
     Unicode included, is kept. The result holds no line break, so it can't
-    forge a log line, and no escape sequence, so it can't drive a terminal.
+    forge a log line, and no escape sequence, so it can't drive a terminal;
+    it encodes to UTF-8, so printing or logging it can't fail.
 
     Args:
         text: the text as the peer sent it.
@@ -74,7 +77,12 @@ def escape(text: str, keep: str = "") -> str:
         >>> escape("bye\\r\\nINFO forged\\x1b]0;title\\x07")
         'bye\\\\x0d\\\\x0aINFO forged\\\\x1b]0;title\\\\x07'
     """
-    return text.translate(_table(keep))
+    escaped = text.translate(_table(keep))
+    if escaped.isascii():
+        return escaped
+    # Only lone surrogates can't be encoded: backslashreplace turns them,
+    # and nothing else, into \udNNN.
+    return escaped.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def redact_uri(uri: str) -> str:

@@ -29,6 +29,19 @@ def test_escape(text: str, shown: str) -> None:
     assert escape(text) == shown
 
 
+@given(st.text(st.characters(blacklist_categories=())))  # lone surrogates included
+def test_escape_gives_text_that_encodes(text: str) -> None:
+    # A lone surrogate (a URI given as str, bytes decoded with
+    # surrogateescape) would make print() or a log handler fail.
+    escape(text).encode("utf-8")
+
+
+def test_escape_renders_a_lone_surrogate_as_a_backslash_sequence() -> None:
+    assert escape("a\ud800b\udfff") == "a\\ud800b\\udfff"
+    assert escape("é\ud83d\x1b") == "é\\ud83d\\x1b"
+    assert redact_uri("ws://h/\udc80?k=v") == f"ws://h/\\udc80?k={REDACTED}"
+
+
 def test_escape_keeps_what_it_is_told_to() -> None:
     assert escape("a\nb\tc\x1b", keep="\n\t") == "a\nb\tc\\x1b"
     assert escape("a\nb") == "a\\x0ab"  # the default table is unchanged

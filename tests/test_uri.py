@@ -197,6 +197,7 @@ def test_invalid_uri_texts_hold_no_part_of_a_password(uri: str) -> None:
     for text in (str(excinfo.value), excinfo.value.reason, repr(excinfo.value)):
         assert not set("QZXJK") & set(text), text
     assert excinfo.value.uri == uri
+    str(excinfo.value).encode("utf-8")  # printable and loggable: no lone surrogate
 
 
 @settings(max_examples=300, deadline=None)
