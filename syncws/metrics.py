@@ -499,9 +499,14 @@ class GroupMetrics:
         """
         import json
 
-        self.publish()
+        try:
+            self.publish()
+            names = sorted(os.listdir(self.directory))
+        except OSError as exc:  # the directory went away: this worker's own, at least
+            logger.warning("metrics of the other workers unavailable: %s", exc)
+            return exposition(families(collect(), fanout_stats(), {"worker": str(self.index)}))
         found: List[Family] = []
-        for name in sorted(os.listdir(self.directory)):
+        for name in names:
             if not name.endswith(".json"):
                 continue
             try:

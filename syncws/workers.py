@@ -24,9 +24,10 @@ The **supervisor** (:func:`run_supervisor`, the parent) does no serving:
   it checks that no other process does (:func:`syncws.ports.strangers`:
   two supervisors started at once both get a reservation);
 * it starts every worker with the options of ``serve`` it was given (the
-  same parser reads them back: :mod:`syncws.serveconfig`), its index, and a
-  private directory the workers share for ``--metrics``
-  (:class:`syncws.metrics.GroupMetrics`), removed when the supervisor ends;
+  same parser reads them back: :mod:`syncws.serveconfig`), its index, and,
+  with ``--metrics``, a private directory the workers share for their
+  metrics (:class:`syncws.metrics.GroupMetrics`), removed when the
+  supervisor ends (left behind, empty or nearly, if it is killed);
 * it starts N workers as fresh interpreters (:mod:`subprocess`, running
   ``python -m syncws.workers``), not with :func:`os.fork`: a forked child
   would inherit the parent's threads' locks in whatever state they were, and
@@ -280,7 +281,7 @@ class Supervisor:
         self._failed: Optional[str] = None  # why the supervisor gave up
         # Another process listens on the port too (see _check_alone).
         self._conflict: Optional[OSError] = None
-        # A directory the workers share (their metrics), while running.
+        # A directory the workers share for --metrics, while running.
         self._directory: Optional[str] = None
 
     def bind(self) -> None:
@@ -298,11 +299,10 @@ class Supervisor:
 
     def _start(self, slot: _Slot) -> None:
         ready_read, ready_write = os.pipe()
-        assert self._directory is not None
         command = [
             self.python, "-m", "syncws.workers", *self.options, "--host", self.host, "--port", str(self.port),
-            "--ready-fd", str(ready_write), "--worker-index", str(slot.index), "--group-dir", self._directory,
-            self.spec,
+            "--ready-fd", str(ready_write), "--worker-index", str(slot.index),
+            *(["--group-dir", self._directory] if self._directory is not None else []), self.spec,
         ]
         # stdin: the pipe whose end of file tells the worker we are gone;
         # stdout and stderr are ours.
@@ -374,7 +374,8 @@ class Supervisor:
         """
         if self._reserved is None:
             self.bind()
-        self._directory = tempfile.mkdtemp(prefix="syncws-workers-")
+        if "--metrics" in self.options:
+            self._directory = tempfile.mkdtemp(prefix="syncws-workers-")
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, False)
         os.set_blocking(write_fd, False)
@@ -428,8 +429,9 @@ class Supervisor:
             os.close(write_fd)
             for sock in self._reserved or ():
                 sock.close()
-            shutil.rmtree(self._directory, ignore_errors=True)
-            self._directory = None
+            if self._directory is not None:
+                shutil.rmtree(self._directory, ignore_errors=True)
+                self._directory = None
         if self._conflict is not None:
             raise self._conflict
         if self._failed is not None:
