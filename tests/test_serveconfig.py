@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -308,22 +308,18 @@ def test_processes_answer_health_and_metrics_for_every_worker(serve_cli: Any, tm
             first.recv(TIMEOUT)
         assert closed.value.code == 1009
 
-        def scrape() -> Dict[str, float]:
+        def scrape() -> Tuple[List[float], float]:
+            """(connections open per worker, connections closed with 1009 in all)."""
             text = server.text("/metrics")
-            return {
-                worker: metric(text, f'syncws_connections_open{{worker="{worker}"}}') for worker in ("0", "1")
-            }
+            assert text.count("# TYPE syncws_connections_open gauge") == 1
+            open_now = sorted(metric(text, f'syncws_connections_open{{worker="{w}"}}') for w in ("0", "1"))
+            failed = sum(float(v) for v in re.findall(r'^syncws_connections_closed_total\{worker="\d",code="1009"\} (\S+)$', text, re.M))
+            return open_now, failed
 
         # Whichever worker answers, both workers' samples are there (each
-        # writes its own every second): one connection open on one, none
-        # on the other, which closed one with 1009.
-        assert wait_for(lambda: sorted(scrape().values()) == [0, 1], TIMEOUT)
-        text = server.text("/metrics")
-        assert text.count("# TYPE syncws_connections_open gauge") == 1
-        assert sum(
-            metric(text, f'syncws_connections_closed_total{{worker="{w}",code="1009"}}')
-            for w in ("0", "1") if f'{{worker="{w}",code="1009"}}' in text
-        ) == 1
+        # writes its own every second): one connection still open on one
+        # worker, none on the other, which closed one with 1009.
+        assert wait_for(lambda: scrape() == ([0, 1], 1), TIMEOUT), scrape()
     finally:
         for websocket in clients.values():
             websocket.close()
