@@ -286,22 +286,28 @@ def test_metrics(machine: Machine) -> None:
             assert result.returncode == 0, result.stderr
             return result.stdout
 
-        # Every worker's samples, whichever answers (written every second).
-        assert wait_for_text(scrape, [f'syncws_connections_open{{worker="{n}"}}' for n in range(4)])
-        text = scrape()
-        open_now = sum(float(v) for v in re.findall(r'^syncws_connections_open\{worker="\d"\} (\S+)$', text, re.M))
-        assert open_now >= 1
-        assert re.search(r'^syncws_fanout_published_total\{worker="\d"\} [1-9]', text, re.M)
-        assert "# TYPE syncws_fanout_delivered_total counter" in text
+        def counted(text: str) -> bool:
+            """Every worker's samples, and this connection and its message counted."""
+            workers = re.findall(r'^syncws_connections_open\{worker="(\d)"\} (\S+)$', text, re.M)
+            published = re.findall(r'^syncws_fanout_published_total\{worker="\d"\} (\S+)$', text, re.M)
+            return (
+                sorted(worker for worker, _ in workers) == ["0", "1", "2", "3"]
+                and sum(float(value) for _, value in workers) >= 1
+                and sum(map(float, published)) >= 1
+            )
+
+        # Whichever worker answers, it answers for all (each writes its own
+        # every second).
+        assert wait_for_text(scrape, counted), scrape()
+        assert "# TYPE syncws_fanout_delivered_total counter" in scrape()
     assert machine.nginx is not None
     assert get(f"http://{HOST}:{machine.nginx.port}/metrics")[0] == 404
 
 
-def wait_for_text(scrape: Callable[[], str], needles: List[str]) -> bool:
+def wait_for_text(scrape: Callable[[], str], ready: Callable[[str], bool]) -> bool:
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
-        text = scrape()
-        if all(needle in text for needle in needles):
+        if ready(scrape()):
             return True
         time.sleep(0.2)
     return False
