@@ -9,25 +9,21 @@ a free port, and is stopped by its PID.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import List
 
 import pytest
 
 import syncws
+from services import HOST, Gunicorn
 
 pytest.importorskip("gunicorn")
 
-REPO = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
 TIMEOUT = 20
+
+# A thread per open WebSocket, as docs/wsgi.rst recommends.
+THREADS = ("-k", "gthread", "--threads", "4")
 
 APP = '''
 import logging
@@ -56,49 +52,19 @@ app = WebSocketMiddleware(hello, {"/ws/boom": boom})
 GUNICORN_LINE = r"^\[[^]]+\] \[\d+\] \[{level}\] "
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 def gunicorn_log(tmp_path: Path, *args: str, **env: str) -> str:
     """Run gunicorn with the app, make its handler fail once, stop it; its log."""
     (tmp_path / "boomapp.py").write_text(APP)
-    port = free_port()
-    log = tmp_path / "gunicorn.log"
-    from gunicorn.config import KNOWN_SETTINGS
-
-    no_control = ["--no-control-socket"] if any(s.name == "control_socket_disable" for s in KNOWN_SETTINGS) else []
-    with open(log, "wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-b", f"{HOST}:{port}", "-k", "gthread", "--threads", "4",
-             "-c", "python:syncws.gunicorn_conf", *no_control, *args, "boomapp:app"],
-            cwd=tmp_path, stdout=output, stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(tmp_path)]), **env),
-        )
+    gunicorn = Gunicorn(tmp_path, "boomapp:app", *THREADS, *args, env=dict(env, PYTHONPATH=str(tmp_path)))
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            try:
-                websocket = syncws.connect(f"ws://{HOST}:{port}/ws/boom", timeout=TIMEOUT)
-                break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.05)
-        with websocket:
+        with syncws.connect(f"ws://{HOST}:{gunicorn.port}/ws/boom", timeout=TIMEOUT) as websocket:
             websocket.send("go")
             with pytest.raises(syncws.ConnectionClosed) as closed:
                 websocket.recv(TIMEOUT)
             assert closed.value.code == 1011
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(TIMEOUT)
-    return log.read_text()
+        gunicorn.stop()
+    return gunicorn.log()
 
 
 def lines_with(log: str, text: str) -> List[str]:

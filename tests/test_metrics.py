@@ -13,7 +13,7 @@ import socket
 import threading
 import urllib.error
 import urllib.request
-from typing import Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
@@ -274,3 +274,47 @@ def test_samples_of_several_sources_share_one_family() -> None:
     assert values['syncws_connections_open{worker="0"}'] == 1
     assert values['syncws_connections_open{worker="1"}'] == 2
     assert text.count("# TYPE syncws_connections_open gauge") == 1
+
+
+WSGI_APP = '''
+import syncws.metrics
+from syncws.wsgi import WebSocketMiddleware
+
+
+def metrics(environ, start_response):
+    start_response("200 OK", [("Content-Type", syncws.metrics.CONTENT_TYPE)])
+    return [syncws.metrics.render().encode()]
+
+
+def echo(websocket):
+    for message in websocket:
+        websocket.send(message)
+
+
+app = WebSocketMiddleware(metrics, {"/ws/echo": echo})
+'''
+
+
+@pytest.mark.timeout(60)
+def test_a_wsgi_application_exposes_its_connections(tmp_path: Any) -> None:
+    pytest.importorskip("gunicorn")
+    from services import Gunicorn
+
+    (tmp_path / "metricsapp.py").write_text(WSGI_APP)
+    gunicorn = Gunicorn(tmp_path, "metricsapp:app", "-k", "gthread", "--threads", "4", env={"PYTHONPATH": str(tmp_path)})
+    try:
+        scrape = f"http://{HOST}:{gunicorn.port}/metrics"
+        with syncws.connect(f"ws://{HOST}:{gunicorn.port}/ws/echo", timeout=TIMEOUT, compression=None) as client:
+            for n in range(3):
+                client.send(f"message {n}")
+                client.recv(TIMEOUT)
+            with urllib.request.urlopen(scrape, timeout=TIMEOUT) as response:
+                assert response.headers["Content-Type"] == metrics.CONTENT_TYPE
+                _, values = parse(response.read().decode())
+            assert values["syncws_connections_open"] == 1
+            assert values["syncws_received_messages_total"] == values["syncws_sent_messages_total"] == 3
+        assert wait_for(lambda: 'syncws_connections_closed_total{code="1000"} 1' in urllib.request.urlopen(
+            scrape, timeout=TIMEOUT).read().decode(), TIMEOUT)
+    finally:
+        gunicorn.stop()
+    assert "Traceback" not in gunicorn.log()
