@@ -120,6 +120,7 @@ arrives.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import enum
 import functools
@@ -130,7 +131,7 @@ import threading
 import time
 import uuid
 import weakref
-from typing import Any, Callable, Deque, Dict, List, NoReturn, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, Iterator, List, NoReturn, Optional, Set, Tuple
 
 from . import metrics, readers
 from .exceptions import ConnectionClosed, PublishError
@@ -319,8 +320,8 @@ class Fanout:
     A backend that must change its own state in the same step as a
     delivery (a stream's position) keeps that state under ``_lock``, which
     guards the membership, the counters (``_counts``) and every mailbox,
-    and uses the two halves of ``_deliver``: ``_enqueue`` (lock held) then
-    ``_hand_over`` (lock released). ``_join`` adds a member under the lock;
+    and delivers with ``with self._delivering() as enqueue:``, which holds
+    the lock and wakes the dispatchers after the block. ``_join`` adds a member under the lock;
     ``_hold`` and ``_release`` pause a member's delivery while the backend
     sends it something first; ``_send_failed`` applies the failure policy
     to such a send; ``_gap`` reports a :class:`Gap`.
@@ -568,9 +569,24 @@ class Fanout:
 
         What a backend calls for each message that reaches this process.
         """
+        # Hot path (one message): what _delivering() does, without its
+        # generator and partial.
         handover = _Handover()
         with self._lock:
             self._enqueue(channel, message, handover)
+        self._hand_over(handover)
+
+    @contextlib.contextmanager
+    def _delivering(self) -> Iterator[Callable[[str, Data], None]]:
+        """Deliver several messages in one locked step, with other state changes.
+
+        Holds the lock and yields ``enqueue(channel, message)``, which puts
+        a message in the mailboxes of the channel's members; when the block
+        ends, the dispatchers are woken (lock released).
+        """
+        handover = _Handover()
+        with self._lock:
+            yield functools.partial(self._enqueue, handover=handover)
         self._hand_over(handover)
 
     def _enqueue(self, channel: str, message: Data, handover: "_Handover") -> None:
