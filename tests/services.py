@@ -161,11 +161,16 @@ def stop(process: Optional[subprocess.Popen], sig: int = signal.SIGTERM, timeout
 
 
 class Redis:
-    """``redis-server`` without persistence on a free port."""
+    """``redis-server`` on a free port: without persistence, or with ``appendonly yes`` (``persist``).
 
-    def __init__(self, directory: Path) -> None:
+    Started again after :meth:`kill` or :meth:`stop`, it keeps its port and,
+    persisting, what it had written to its append-only file in ``directory``.
+    """
+
+    def __init__(self, directory: Path, persist: bool = False) -> None:
         self.binary = find_program("redis-server")
         self.directory = directory
+        self.persist = persist
         self.port = free_port()
         self.process: Optional[subprocess.Popen] = None
 
@@ -177,8 +182,8 @@ class Redis:
         log = open(self.directory / "redis.log", "ab")
         self.process = subprocess.Popen(
             [
-                self.binary, "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no",
-                "--dir", str(self.directory), "--protected-mode", "no",
+                self.binary, "--port", str(self.port), "--bind", HOST, "--save", "",
+                "--appendonly", "yes" if self.persist else "no", "--dir", str(self.directory), "--protected-mode", "no",
             ],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
