@@ -32,7 +32,7 @@ from .exceptions import (
 )
 from .extensions.permessage_deflate import DeflateSettings
 from .hooks import ServerResponse, respond
-from .http import Headers
+from .datastructures import Headers
 from .protocol import State, Stats, WebSocketCommonProtocol
 from .server import WebSocketServer, WebSocketServerProtocol, serve, unix_serve
 from .version import __version__

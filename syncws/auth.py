@@ -11,7 +11,7 @@ import binascii
 import http
 from typing import Callable, Iterable, Optional, Tuple, Union
 
-from .http import Headers
+from .datastructures import Headers
 
 __all__ = ["basic_auth", "BasicAuth"]
 

@@ -35,6 +35,7 @@ import http
 from typing import Any, Iterable, Optional, Tuple
 
 from .close_codes import describe_close
+from .datastructures import Headers, ServerResponse
 from .safetext import redact_invalid_uri
 
 __all__ = [
@@ -185,11 +186,6 @@ class InvalidStatusCode(InvalidHandshake):
         *,
         detail: Optional[str] = None,
     ) -> None:
-        # Imported here: syncws.http (which syncws.hooks imports) imports
-        # this module.
-        from .hooks import ServerResponse
-        from .http import Headers
-
         if not isinstance(body, (bytes, bytearray, memoryview)):
             # The seed's form: InvalidStatusCode(status_code, headers).
             body, headers = b"", body

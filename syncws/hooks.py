@@ -20,37 +20,12 @@ from __future__ import annotations
 
 import http
 import re
-from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
-from .http import Headers, Request
+from .datastructures import Headers, ServerResponse
+from .http import Request
 
 __all__ = ["ServerResponse", "respond", "as_response", "origin_allowed", "check_origins", "Origins", "ProcessResponse"]
-
-
-class ServerResponse(NamedTuple):
-    """An HTTP response of the server's handshake: 101, or a plain HTTP answer.
-
-    It unpacks like the ``(status, headers, body)`` triple that
-    ``process_request`` returns, so either form is accepted where the other
-    is.
-
-    Attributes:
-        status_code: the HTTP status.
-        headers: the response headers (mutable in ``process_response``).
-        body: the body; empty for a 101.
-    """
-
-    status_code: int
-    headers: Headers
-    body: bytes
-
-    @property
-    def reason(self) -> str:
-        """The standard reason phrase of :attr:`status_code` (empty if unknown)."""
-        try:
-            return http.HTTPStatus(self.status_code).phrase
-        except ValueError:
-            return ""
 
 
 #: ``process_response(connection, request, response)``: ``None`` keeps the

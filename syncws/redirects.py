@@ -45,7 +45,7 @@ import urllib.parse
 from typing import List, Optional, Tuple, Union
 
 from .exceptions import InvalidStatusCode, InvalidURI
-from .http import HeadersLike
+from .datastructures import HeadersLike
 from .safetext import redact_uri
 from .uri import WebSocketURI, parse_uri
 

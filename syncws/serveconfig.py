@@ -40,7 +40,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 
 from . import logconfig, metrics
 from .hooks import check_origins
-from .http import Headers
+from .datastructures import Headers
 from .settings import check_settings
 
 __all__ = ["SETTINGS", "ProcessRequest", "Setting", "add_arguments", "routes", "server_options", "worker_arguments"]
