@@ -1,15 +1,21 @@
-// Load generator of bench/server_load.py: many connections doing round trips.
+// Load generator of bench/server_load.py and bench/busy.py: many connections
+// doing round trips.
 //
 // Usage: NODE_PATH=tests/interop/node/node_modules \
-//          node bench/node/load.js PROTOCOL PORT CONNECTIONS SECONDS
+//          node bench/node/load.js PROTOCOL PORT CONNECTIONS SECONDS [--plain] [--idle]
 //   PROTOCOL: "ws" (WebSocket, Node's `ws` package, compression off) or "raw"
 //   (bench/ceiling.py's framing over TCP: a 5-byte header, 1 type byte and a
 //   4-byte big-endian length, then the payload; types 1 text, 2 binary,
 //   8 close).
+//   --plain: no mode message (step 1): for an echo server that echoes every
+//   message, such as `python -m syncws serve`.
+//   --idle: the connections stay silent in step 2 (bench/busy.py measures
+//   their memory).
 //
 // 1. Opens CONNECTIONS connections to 127.0.0.1:PORT, at most OPENING at a
 //    time (a burst of 1000 SYNs would only measure the listen backlog), and
-//    sends each the mode message "echo".
+//    sends each the mode message "echo" (bench/servers.py's handler and
+//    bench/node/server.js read it first).
 // 2. Once every connection is open (or failed), each one sends a 16-byte text
 //    message and, on every echo, the next one: one message in flight per
 //    connection, for SECONDS seconds. Echoes are counted per connection.
@@ -25,18 +31,23 @@
 const net = require('net');
 const WebSocket = require('ws');
 
-const [protocol, portArg, connectionsArg, secondsArg] = process.argv.slice(2);
+const [protocol, portArg, connectionsArg, secondsArg, ...flags] = process.argv.slice(2);
 const port = Number(portArg);
 const total = Number(connectionsArg);
 const seconds = Number(secondsArg);
-if (!['ws', 'raw'].includes(protocol) || !port || !total || !seconds) {
-  process.stderr.write('usage: node load.js ws|raw PORT CONNECTIONS SECONDS\n');
+const plain = flags.includes('--plain');
+const idle = flags.includes('--idle');
+if (!['ws', 'raw'].includes(protocol) || !port || !total || !seconds ||
+    flags.some((flag) => !['--plain', '--idle'].includes(flag))) {
+  process.stderr.write('usage: node load.js ws|raw PORT CONNECTIONS SECONDS [--plain] [--idle]\n');
   process.exit(2);
 }
 
 const OPENING = 50; // connections being opened at once
-const OPEN_TIMEOUT = 60000; // ms for all of them to open
-const CLOSE_TIMEOUT = 30000; // ms for all of them to close
+// ms for all of them to open, and to close: a threaded server starts a thread
+// or two per connection, which takes longer as their number grows.
+const OPEN_TIMEOUT = Math.max(60000, 20 * total);
+const CLOSE_TIMEOUT = Math.max(30000, 10 * total);
 const MESSAGE = 'x'.repeat(16);
 const TEXT = 1;
 const CLOSE = 8;
@@ -139,7 +150,7 @@ function openNext() {
   entry.conn = new Connection(
     () => {
       entry.open = true;
-      entry.conn.send('echo');
+      if (!plain) entry.conn.send('echo');
       connections.push(entry);
       settled += 1;
       openNext();
@@ -153,7 +164,7 @@ function openNext() {
       if (settled === total) startRun();
     },
     () => {
-      if (running) {
+      if (running && !idle) {
         entry.count += 1;
         entry.conn.send(MESSAGE);
       }
@@ -169,10 +180,11 @@ let openedMs = 0;
 let stopTimer = null;
 
 function startRun() {
+  if (running || stopTimer !== null) return; // the open timeout fired first
   openedMs = Date.now() - t0;
   process.stdout.write('start\n'); // the window opens: bench/server_load.py samples the server
   running = true;
-  for (const entry of connections) entry.conn.send(MESSAGE);
+  if (!idle) for (const entry of connections) entry.conn.send(MESSAGE);
   stopTimer = setTimeout(stopRun, seconds * 1000);
 }
 

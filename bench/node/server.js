@@ -1,11 +1,13 @@
 // The Node `ws` server of bench/server_load.py: the event-loop comparison.
 //
-// Usage: NODE_PATH=tests/interop/node/node_modules node bench/node/server.js
+// Usage: NODE_PATH=tests/interop/node/node_modules node bench/node/server.js [--plain]
 //   Listens on 127.0.0.1, port 0, prints the port on one line, and runs until
 //   its stdin closes. Compression off. Like the handler of
 //   bench/servers.py, the first message of a connection picks what
 //   the server does: "sink" counts messages until "end" and answers the
-//   count; anything else echoes every following message.
+//   count; anything else echoes every following message. With --plain it
+//   echoes every message, the first one too, as `python -m syncws serve`
+//   does (bench/busy.py).
 'use strict';
 
 const { WebSocketServer } = require('ws');
@@ -22,8 +24,10 @@ wss.on('listening', () => {
   process.stdout.write(`${wss.address().port}\n`);
 });
 
+const plain = process.argv.includes('--plain');
+
 wss.on('connection', (ws) => {
-  let mode = null;
+  let mode = plain ? 'echo' : null;
   let count = 0;
   ws.on('message', (data, isBinary) => {
     if (mode === null) {
