@@ -15,6 +15,7 @@ in conftest.py) for a test or a module.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import shutil
@@ -22,7 +23,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import IO, Any, List, NoReturn, Optional, Sequence
 
@@ -330,3 +334,89 @@ class Gunicorn:
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         stop(self.process, sig)
+
+
+class Chromium:
+    """Headless Chromium showing ``url``, driven through its DevTools protocol (a syncws client).
+
+    :meth:`evaluate` runs JavaScript in the page. Stopped by its PID, its
+    profile (a temporary directory) removed.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        binary = find_program("chromium", "chromium-browser", "google-chrome")
+        self.profile = tempfile.mkdtemp(prefix="syncws-chromium-")
+        self.process = subprocess.Popen(
+            [
+                binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", f"--user-data-dir={self.profile}", "--remote-debugging-address=127.0.0.1",
+                "--remote-debugging-port=0", url,
+            ],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        self.cdp: Any = None
+        self.requests = 0
+        try:
+            self._attach()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _attach(self) -> None:
+        import syncws
+
+        assert self.process.stderr is not None
+        devtools = None
+        for line in self.process.stderr:
+            if "DevTools listening on" in line:
+                devtools = line.split()[-1]
+                break
+        assert devtools, "chromium didn't start its DevTools endpoint"
+        port = devtools.split("/")[2].split(":")[1]
+        threading.Thread(target=self.process.stderr.read, daemon=True).start()  # keep the pipe drained
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=START_TIMEOUT) as answer:
+            pages = json.load(answer)
+        [page] = [p for p in pages if p["type"] == "page" and p["url"].startswith(self.url.partition("?")[0])]
+        self.cdp = syncws.connect(page["webSocketDebuggerUrl"], max_size=None)
+
+    def evaluate(self, expression: str, timeout: float = 60) -> Any:
+        """The value of ``expression`` in the page (a promise is awaited); JSON-like values only.
+
+        The first evaluation may land in the blank page the browser starts
+        with, destroyed when ours commits: it is evaluated again then.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            self.requests += 1
+            request_id = self.requests
+            self.cdp.send(json.dumps({"id": request_id, "method": "Runtime.evaluate", "params": {
+                "expression": expression, "awaitPromise": True, "returnByValue": True,
+                "timeout": int(timeout * 1000)}}))
+            answer = json.loads(self.cdp.recv(timeout=max(0.0, deadline - time.monotonic())))
+            while answer.get("id") != request_id:  # events
+                answer = json.loads(self.cdp.recv(timeout=max(0.0, deadline - time.monotonic())))
+            if "destroyed" not in answer.get("error", {}).get("message", ""):
+                break
+        assert "result" in answer and "exceptionDetails" not in answer["result"], answer
+        return answer["result"]["result"].get("value")
+
+    def wait_for(self, condition: str, timeout: float = 30) -> Any:
+        """Wait until the JavaScript ``condition`` is truthy in the page; its value."""
+        return self.evaluate(
+            f"new Promise(resolve => {{ const check = () => {{ const value = ({condition});"
+            f" value ? resolve(value) : setTimeout(check, 50); }}; check(); }})",
+            timeout,
+        )
+
+    def stop(self) -> None:
+        if self.cdp is not None:
+            self.cdp.close()
+        self.process.terminate()
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        shutil.rmtree(self.profile, ignore_errors=True)

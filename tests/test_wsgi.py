@@ -29,7 +29,7 @@ from typing import Any, Dict, Iterator, List
 import pytest
 
 import syncws
-from services import find_program
+from services import Chromium
 from syncws import framing
 from syncws.exceptions import InvalidStatusCode
 from syncws.wsgi import HandedOver, ServerNotSupported, accept, websocket_app
@@ -997,58 +997,17 @@ def test_after_accept_the_servers_socket_writes_nothing_to_the_client() -> None:
 
 @pytest.mark.timeout(120)
 def test_browser_gets_its_echoes(flask_gunicorn: ServerProcess) -> None:
-    chromium = find_program("chromium", "chromium-browser", "google-chrome")
-    profile = tempfile.mkdtemp(prefix="syncws-chromium-")
-    browser = subprocess.Popen(
-        [
-            chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-            "--no-first-run", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", f"--user-data-dir={profile}", "--remote-debugging-address=127.0.0.1",
-            "--remote-debugging-port=0", f"{flask_gunicorn.url}/",
-        ],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
+    browser = Chromium(f"{flask_gunicorn.url}/")
     try:
-        assert browser.stderr is not None
-        devtools = None
-        for line in browser.stderr:
-            if "DevTools listening on" in line:
-                devtools = line.split()[-1]
-                break
-        assert devtools, "chromium didn't start its DevTools endpoint"
-        port = devtools.split("/")[2].split(":")[1]
-        threading.Thread(target=browser.stderr.read, daemon=True).start()  # keep the pipe drained
-        pages = json.load(get(f"http://127.0.0.1:{port}/json/list"))
-        [page] = [p for p in pages if p["type"] == "page" and p["url"].startswith(flask_gunicorn.url)]
-        with syncws.connect(page["webSocketDebuggerUrl"], max_size=None) as cdp:
-            # Wait for the page's script, then for its echoes.
-            expression = (
-                "new Promise(resolve => { const check = () => window.echoesDone"
-                " ? window.echoesDone.then(resolve) : setTimeout(check, 50); check(); })"
-            )
-            deadline = time.monotonic() + 60
-            for request_id in range(1, 100):
-                cdp.send(json.dumps({"id": request_id, "method": "Runtime.evaluate", "params": {
-                    "expression": expression, "awaitPromise": True, "returnByValue": True, "timeout": 30000}}))
-                answer = json.loads(cdp.recv(timeout=deadline - time.monotonic()))
-                while answer.get("id") != request_id:  # events
-                    answer = json.loads(cdp.recv(timeout=deadline - time.monotonic()))
-                # The first evaluation may land in the blank page the browser
-                # starts with, destroyed when ours commits: evaluate again.
-                if "destroyed" not in answer.get("error", {}).get("message", ""):
-                    break
-        assert "result" in answer, answer
-        assert answer["result"]["result"].get("value") == [
-            "hello", "héllo wörld", "¡syncws!", "binary:0,1,2,253,254,255"
-        ], answer
+        # Wait for the page's script, then for its echoes.
+        echoes = browser.evaluate(
+            "new Promise(resolve => { const check = () => window.echoesDone"
+            " ? window.echoesDone.then(resolve) : setTimeout(check, 50); check(); })",
+            timeout=60,
+        )
+        assert echoes == ["hello", "héllo wörld", "¡syncws!", "binary:0,1,2,253,254,255"]
     finally:
-        browser.terminate()
-        try:
-            browser.wait(20)
-        except subprocess.TimeoutExpired:
-            browser.kill()
-            browser.wait()
-        shutil.rmtree(profile, ignore_errors=True)
+        browser.stop()
 
 
 # -- docs/wsgi.rst's commands, run -----------------------------------------------------
