@@ -6,6 +6,8 @@
     python -m syncws serve --port 8765 --process-request chat:process_request chat:handler
     CHAT_REDIS=redis://127.0.0.1:6379/0 python -m syncws serve --processes 4 --port 8765 \\
         --process-request chat:process_request chat:handler
+    CHAT_REDIS=redis://127.0.0.1:6379/0 CHAT_HISTORY=1000 python -m syncws serve --processes 4 \\
+        --port 8765 --process-request chat:process_request chat:handler
 
 ``handler`` serves the rooms (``/chat/<room>``), ``process_request`` the page
 (``/``) and the fan-out's counters (``/stats``), as ``server.py`` does; the
@@ -14,19 +16,28 @@ metrics, logs, worker processes). The fan-out is made when the module is
 imported, in each process: on the Redis that ``CHAT_REDIS`` names, so that
 rooms span every process and machine using it, or within the process
 without it (one process only: with ``--processes``, each worker would have
-rooms of its own).
+rooms of its own). ``CHAT_HISTORY=N`` keeps each room's last ``N``
+messages, as ``server.py --history N`` does (and its JSON protocol).
 """
 
 from __future__ import annotations
 
 import os
 
-from server import ChatServer, report_gap
+from server import ChatServer, as_json, report_gap
 
 from syncws.fanout import Fanout, LocalFanout, RedisFanout
+from syncws.streams import RedisStreamFanout
 
 _redis = os.environ.get("CHAT_REDIS")
-fanout: Fanout = RedisFanout(_redis, on_gap=report_gap) if _redis else LocalFanout()
+_history = os.environ.get("CHAT_HISTORY")
+fanout: Fanout
+if _redis and _history:
+    fanout = RedisStreamFanout(_redis, history=int(_history), encode=as_json, presence=True, on_gap=report_gap)
+elif _redis:
+    fanout = RedisFanout(_redis, on_gap=report_gap)
+else:
+    fanout = LocalFanout()
 rooms = ChatServer(fanout)
 
 handler = rooms.handler

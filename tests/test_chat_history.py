@@ -1,0 +1,267 @@
+"""``examples/chat/server.py --history``: the chat on Redis Streams, run as users run it.
+
+Chat processes are subprocesses on 127.0.0.1 and free ports, sharing a
+``redis-server`` with ``appendonly yes``; clients are syncws clients, and a
+headless Chromium for the page. Each message a client sends is
+``"<client> <n>"``, so that a receiver can check what came, from whom, in
+which order, and that nothing came twice.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+import pytest
+
+import syncws
+from services import CHAT_SERVER, HOST, ChatServer, Chromium, Redis, free_port
+
+pytestmark = pytest.mark.needs("redis-server")
+
+pytest.importorskip("redis", reason="redis-py is not installed (pip install 'syncws[redis]')")
+
+TIMEOUT = 15.0
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Redis]:
+    server = Redis(tmp_path, persist=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def start_chat(directory: Path, redis: Redis, name: str, history: int = 1000, port: int = 0) -> ChatServer:
+    chat = ChatServer(directory, redis.url, name,
+                      extra=["--history", str(history), "--redis-ping", "0.5", "--port", str(port)])
+    try:
+        chat.wait_serving()
+    except BaseException:
+        chat.stop()
+        raise
+    return chat
+
+
+@pytest.fixture
+def chats(tmp_path: Path, redis_server: Redis) -> Iterator[List[ChatServer]]:
+    running: List[ChatServer] = []
+    try:
+        for index in range(2):
+            running.append(start_chat(tmp_path, redis_server, f"chat{index}"))
+        yield running
+    finally:
+        for chat in running:
+            chat.stop()
+
+
+class Client:
+    """A chat client: what it was sent, parsed, in order."""
+
+    def __init__(self, chat: ChatServer, room: str, name: str, since: Optional[str] = None) -> None:
+        query = f"?name={name}" + ("" if since is None else f"&since={since}")
+        self.websocket = syncws.connect(f"ws://{HOST}:{chat.port}/chat/{room}{query}", compression=None, max_queue=None)
+        self.name = name
+        self.events: List[Dict[str, Any]] = []
+        self.texts: List[Dict[str, Any]] = []  # {"id", "text"}, and {"recovered": false}
+
+    def read(self, until: Any, timeout: float = TIMEOUT) -> None:
+        """Read events until ``until(self)`` is true."""
+        deadline = time.monotonic() + timeout
+        while not until(self):
+            event = json.loads(self.websocket.recv(max(0.0, deadline - time.monotonic())))
+            self.events.append(event)
+            if "text" in event or "recovered" in event:
+                self.texts.append(event)
+
+    def drain(self, wait: float = 0.3) -> None:
+        """Read what comes within ``wait`` of the last event."""
+        try:
+            while True:
+                self.read(lambda client: False, wait)
+        except TimeoutError:
+            pass
+
+    @property
+    def last_id(self) -> str:
+        return str([e for e in self.events if "id" in e][-1]["id"])
+
+
+def present(client: Client) -> bool:
+    return any("present" in event for event in client.events)
+
+
+def stats(chat: ChatServer) -> Dict[str, Any]:
+    with urllib.request.urlopen(f"http://{HOST}:{chat.port}/stats", timeout=TIMEOUT) as response:
+        return json.loads(response.read())  # type: ignore[no-any-return]
+
+
+# -- the protocol ------------------------------------------------------------------------
+
+
+def test_ids_recovery_and_presence(tmp_path: Path, redis_server: Redis) -> None:
+    chat = start_chat(tmp_path, redis_server, "chat", history=20)
+    try:
+        ann = Client(chat, "room", "ann")
+        ann.read(present)  # who is there, and its own join: in either order
+        ann.read(lambda c: any(e.get("joined") == "ann" for e in c.events))
+        assert [list(e["present"].values()) for e in ann.events if "present" in e] == [["ann"]]
+        for number in range(5):
+            ann.websocket.send(f"ann {number}")
+        ann.read(lambda c: len(c.texts) == 5)
+        assert [e["text"] for e in ann.texts] == [f"ann {n}" for n in range(5)]
+        assert all(set(e) == {"id", "text"} for e in ann.texts)
+        # Back after the second: the three that followed, then live ones.
+        bob = Client(chat, "room", "bob", since=ann.texts[1]["id"])
+        bob.read(lambda c: len(c.texts) == 3)
+        assert bob.texts == ann.texts[2:]
+        bob.read(present)
+        assert [sorted(e["present"].values()) for e in bob.events if "present" in e] == [["ann", "bob"]]
+        ann.read(lambda c: any(e.get("joined") == "bob" for e in c.events))
+        bob.websocket.close()
+        ann.read(lambda c: any(e.get("left") == "bob" for e in c.events))
+        # Pushed out of the 20 kept: the client is told first, then gets the history.
+        for number in range(5, 30):
+            ann.websocket.send(f"ann {number}")
+        ann.read(lambda c: len(c.texts) == 30)
+        carol = Client(chat, "room", "carol", since=ann.texts[0]["id"])
+        carol.read(lambda c: len(c.texts) >= 2)
+        assert carol.texts[0] == {"recovered": False}
+        assert carol.texts[1]["text"].startswith("ann ") and carol.texts[1] in ann.texts
+        # "since=" (empty): the whole history, no notice.
+        dave = Client(chat, "room", "dave", since="")
+        dave.read(lambda c: c.texts and c.texts[-1] == ann.texts[-1])
+        assert dave.texts == ann.texts[-len(dave.texts):] and len(dave.texts) >= 10
+        counters = stats(chat)
+        assert (counters["recoveries"], counters["recoveries_failed"]) == (2, 1)
+        for client in (ann, carol, dave):
+            client.websocket.close()
+    finally:
+        chat.stop()
+
+
+def test_history_needs_redis(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(CHAT_SERVER), "--history", "10"], capture_output=True, text=True,
+                            timeout=TIMEOUT)
+    assert result.returncode == 2 and "--history needs --redis" in result.stderr
+
+
+# -- 300 clients, 10 rooms, a Redis restart ------------------------------------------------
+
+
+@pytest.mark.timeout(240)
+def test_a_redis_restart_under_300_clients_in_10_rooms_loses_nothing(
+    chats: List[ChatServer], redis_server: Redis
+) -> None:
+    """Two processes, Redis SIGKILLed and started again while everyone chats.
+
+    Every member of a room gets every message of the room once, in the
+    same order as every other member; ten clients, one a room, drop out
+    meanwhile and come back with their last id: they get exactly what
+    they missed.
+    """
+    rooms = 10
+    clients = [Client(chats[n % 2], f"room{n % rooms}", f"c{n}") for n in range(300)]
+    for client in clients:
+        client.read(present)  # subscribed: the live messages follow
+    droppers = clients[:rooms]  # one a room
+    sent = [0] * len(clients)
+    away: Dict[int, List[Dict[str, Any]]] = {}  # dropper -> what it had before it left
+
+    def chat_round() -> None:
+        for number, client in enumerate(clients):
+            if number not in away:
+                client.websocket.send(f"c{number} {sent[number]}")
+                sent[number] += 1
+
+    for round_number in range(10):
+        chat_round()
+        if round_number == 2:
+            redis_server.kill()  # its append-only file has all it acknowledged
+            killed = time.monotonic()
+        if round_number == 5:
+            redis_server.start()
+            print(f"Redis down for {time.monotonic() - killed:.1f} s")
+        if round_number == 6:
+            for number, client in enumerate(droppers):
+                client.drain(0.1)
+                away[number] = list(client.texts)
+                client.websocket.close()
+        if round_number == 8:
+            for number, client in enumerate(droppers):  # back, through the other process
+                clients[number] = Client(chats[(number + 1) % 2], f"room{number % rooms}", f"c{number}",
+                                         since=away[number][-1]["id"])
+            for number in range(rooms):
+                clients[number].texts = away[number] + clients[number].texts
+            away.clear()
+        time.sleep(0.25)
+    # Everyone gets everything its room said.
+    expected = {room: sum(sent[n] for n in range(room, 300, rooms)) for room in range(rooms)}
+    for number, client in enumerate(clients):
+        client.read(lambda c: len(c.texts) >= expected[number % rooms], 120)
+    for room in range(rooms):
+        members = clients[room::rooms]
+        reference = [e["text"] for e in members[1].texts]
+        assert len(reference) == expected[room] and len(set(reference)) == len(reference)
+        for sender in range(room, 300, rooms):
+            mine = [t for t in reference if t.split()[0] == f"c{sender}"]
+            assert mine == [f"c{sender} {n}" for n in range(sent[sender])], f"c{sender}: {mine}"
+        for member in members:
+            assert [e.get("text") for e in member.texts] == reference, f"{member.name} differs"
+    for client in clients[:20]:  # and nothing more: no repeat trailing behind
+        client.drain(0.2)
+        assert len(client.texts) == expected[clients.index(client) % rooms]
+    for chat in chats:
+        counters = stats(chat)
+        assert counters["publish_errors"] == 0 and counters["reconnects"] == 1, counters
+        assert counters["gaps"] == 0 and counters["recoveries"] == rooms // 2, counters
+    print(f"{sum(sent)} messages, {sum(expected[n % rooms] for n in range(300))} deliveries checked")
+    for client in clients:
+        assert not [e for e in client.events if "error" in e]
+        client.websocket.close()
+
+
+# -- the page ------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_the_page_reconnects_by_itself_and_misses_nothing(tmp_path: Path, redis_server: Redis) -> None:
+    port = free_port()
+    page_server = start_chat(tmp_path, redis_server, "page", port=port)
+    other = start_chat(tmp_path, redis_server, "other")
+    browser = None
+    try:
+        browser = Chromium(f"http://{HOST}:{port}/?room=lobby&name=page")
+        browser.wait_for("window.opened === 1")
+        sender = Client(other, "lobby", "sender")
+        sender.read(present)
+        for number in range(5):
+            sender.websocket.send(f"m{number}")
+        assert browser.wait_for("window.received.length === 5 && window.received") == [f"m{n}" for n in range(5)]
+        page_server.stop()  # the page's connection closes (1001)
+        for number in range(5, 10):  # said while the page's server is away
+            sender.websocket.send(f"m{number}")
+        sender.read(lambda c: len(c.texts) == 10)
+        page_server = start_chat(tmp_path, redis_server, "page", port=port)
+        browser.wait_for("window.opened === 2")
+        for number in range(10, 15):
+            sender.websocket.send(f"m{number}")
+        received = browser.wait_for("window.received.length >= 15 && window.received")
+        assert received == [f"m{n}" for n in range(15)]
+        assert browser.evaluate("document.getElementById('log').textContent") == "".join(
+            f"m{n}\n" for n in range(15)
+        )
+        sender.websocket.close()
+    finally:
+        if browser is not None:
+            browser.stop()
+        page_server.stop()
+        other.stop()
