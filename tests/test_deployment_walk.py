@@ -62,6 +62,8 @@ METRICS = command("curl -fsS http://127.0.0.1:8765/metrics")
 LOGS = command("--log-format json")
 MACHINE_REDIS = command("--bind 10.0.0.5")
 MACHINE = command("--host 10.0.0.11")
+HISTORY_REDIS = command("--appendonly yes")
+HISTORY = command("CHAT_HISTORY=1000")
 
 
 def test_every_command_of_the_page_is_run() -> None:
@@ -351,3 +353,41 @@ def test_several_machines(tmp_path: Path, background: "Background") -> None:
         chat_round([f"ws://{HOST}:{nginx.port}", f"ws://{HOST}:{ports[0]}", f"ws://{HOST}:{ports[1]}"], "far", 6)
     finally:
         nginx.stop()
+
+
+# -- history ----------------------------------------------------------------------
+
+
+@pytest.mark.needs("redis-server")
+@pytest.mark.timeout(90)
+def test_history_outlives_a_redis_restart(tmp_path: Path, background: "Background") -> None:
+    ports = {"6379": free_port(), "8765": free_port()}
+    redis = background(HISTORY_REDIS, ports, cwd=tmp_path)  # type: ignore[operator]
+    wait_port(ports["6379"], process=redis.process)
+    background(HISTORY, ports).wait_serving()  # type: ignore[operator]
+    uri = f"ws://{HOST}:{ports['8765']}/chat/kept"
+
+    def texts(websocket: syncws.WebSocketClientProtocol, count: int) -> List[Dict[str, str]]:
+        found: List[Dict[str, str]] = []
+        while len(found) < count:
+            event = json.loads(websocket.recv(TIMEOUT))
+            if "text" in event or "recovered" in event:
+                found.append(event)
+        return found
+
+    with syncws.connect(uri + "?name=ann", timeout=TIMEOUT) as ann:
+        for line in ("one", "two", "three"):
+            ann.send(line)
+        said = texts(ann, 3)
+    assert [event["text"] for event in said] == ["one", "two", "three"]
+    redis.stop(signal.SIGKILL)  # what it acknowledged is in its append-only file
+    redis = background(HISTORY_REDIS, ports, cwd=tmp_path)  # type: ignore[operator]
+    wait_port(ports["6379"], process=redis.process)
+    # Back with the first id: the two that followed, from the Redis restarted.
+    with syncws.connect(uri + f"?name=bob&since={said[0]['id']}", timeout=TIMEOUT) as bob:
+        assert texts(bob, 2) == said[1:]
+        bob.send("four")
+        assert texts(bob, 1)[0]["text"] == "four"
+    # An id of no stream here: the client is told, then gets the history.
+    with syncws.connect(uri + "?since=000000000000:1-0", timeout=TIMEOUT) as carol:
+        assert texts(carol, 5)[:4] == [{"recovered": False}] + said
