@@ -29,26 +29,18 @@ import time
 import types
 from typing import TYPE_CHECKING, Any, Callable, Iterable, List, Optional, Sequence, Set, Tuple, Type, Union
 
-from . import admission, handshake, metrics, ports, sockopts, timers
-from .exceptions import (
-    AbortHandshake,
-    ConnectionClosed,
-    HeadersTooLarge,
-    InvalidHandshake,
-    InvalidHeader,
-    InvalidMessage,
-    InvalidOrigin,
-    InvalidUpgrade,
-)
+from . import admission, metrics, opening, ports, sockopts, timers
+from .exceptions import AbortHandshake, ConnectionClosed, InvalidHandshake
 from .extensions import permessage_deflate
 from .framing import CloseCode, serialize_close
 from .auth import BasicAuth
-from .hooks import Origins, ProcessResponse, ServerResponse, as_response, check_origins, origin_allowed, respond
+from .hooks import Origins, ProcessResponse, ServerResponse, as_response, check_origins, respond
 from .http import Headers, HeadersLike, Request, read_request, serialize_response
+from .opening import ServerHooks, ServerPolicy, serialize_answer
+from .opening import http_answer as http_answer  # its home before syncws.opening
 from .safetext import redact_uri
 from .metrics import ServerMetrics
 from .logs import connection_label, format_address, format_head, format_status, opened_line, set_connection
-from .paths import decode_target
 from .protocol import State, WebSocketCommonProtocol
 from .settings import SizeSetting, check_settings
 from .transport import Transport
@@ -62,16 +54,11 @@ __all__ = ["serve", "unix_serve", "WebSocketServer", "WebSocketServerProtocol", 
 #: The default ``Server`` header.
 SERVER_HEADER = f"Python syncws/{__version__}"
 
-# Read once: on CPython 3.11, every http.HTTPStatus.SWITCHING_PROTOCOLS is a
-# lookup through the enum's metaclass (about 0.5 µs), and every handshake
-# read it three times.
-_SWITCHING_PROTOCOLS = http.HTTPStatus.SWITCHING_PROTOCOLS
-
 ProcessRequest = Callable[[str, Headers], Optional[Tuple[int, HeadersLike, bytes]]]
 SelectSubprotocol = Callable[["WebSocketServerProtocol", Sequence[str]], Optional[str]]
 
 
-class WebSocketServerProtocol(WebSocketCommonProtocol):
+class WebSocketServerProtocol(WebSocketCommonProtocol, ServerHooks):
     """The server side of a connection, as handlers receive it.
 
     Args:
@@ -107,7 +94,7 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
     __slots__ = (
         "ws_handler", "ws_server", "origins", "available_subprotocols", "extra_headers", "compression",
         "_process_request", "server_header", "_select_subprotocol", "_process_response_hook", "request",
-        "username", "_response_processed", "origin", "_handshake_lock", "_handshake_answered",
+        "username", "origin", "_handshake_lock", "_handshake_answered",
         "_handshake_cancelled",
     )
 
@@ -143,8 +130,6 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
         self.request: Optional[Request] = None
         #: The user name :func:`~syncws.basic_auth` authenticated, or ``None``.
         self.username: Optional[str] = None
-        # Whether process_response already saw the handshake's response.
-        self._response_processed = False
         #: The ``Origin`` header of the request, or ``None``.
         self.origin: Optional[str] = None
         # Orders the 101 response against WebSocketServer.close(): the
@@ -220,7 +205,6 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
             The response to send: the hook's, or ``response`` (its headers
             possibly changed in place).
         """
-        self._response_processed = True
         if self._process_response_hook is None:
             return response
         answer = self._process_response_hook(self, request, response)
@@ -243,25 +227,7 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
         """
         if self._select_subprotocol is not None:
             return self._select_subprotocol(self, client_protos)
-        for protocol in server_protos:
-            if protocol in client_protos:
-                return protocol
-        return None
-
-    def get_response_status(self, set_header: Callable[[str, str], None]) -> http.HTTPStatus:
-        """Decide the handshake's HTTP status; 101 goes on with WebSocket.
-
-        Override it to refuse requests (401, 403, 404...): any other status
-        is answered as plain HTTP and the connection is closed. Headers set
-        with ``set_header`` are sent either way.
-
-        Args:
-            set_header: ``set_header(name, value)`` adds a response header.
-
-        Returns:
-            The status, :attr:`http.HTTPStatus.SWITCHING_PROTOCOLS` by default.
-        """
-        return _SWITCHING_PROTOCOLS
+        return super().select_subprotocol(client_protos, server_protos)
 
     def handshake(
         self,
@@ -326,13 +292,12 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
     ) -> Headers:
         """Decide the answer to a parsed handshake request, writing nothing.
 
-        Checks the request against the rules of :meth:`handshake` (method,
-        :meth:`process_request`, the WebSocket headers, origins,
-        :meth:`get_response_status`), negotiates the subprotocol and
-        permessage-deflate, runs :meth:`process_response`, and sets
-        ``request``, ``path``, ``request_headers``, ``origin`` and
-        ``subprotocol``. Used by :meth:`handshake` and by :mod:`syncws.wsgi`,
-        whose server already parsed the request.
+        :func:`syncws.opening.accept` with this connection's options and
+        hooks: it checks the request (method, :meth:`process_request`, the
+        WebSocket headers, origins, :meth:`get_response_status`), negotiates
+        the subprotocol and permessage-deflate, runs
+        :meth:`process_response`, and sets ``request``, ``path``,
+        ``request_headers``, ``origin``, ``subprotocol`` and ``extensions``.
 
         Args:
             request: the request's method, path and headers.
@@ -348,62 +313,14 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
 
         Raises:
             AbortHandshake: the request is to be answered with plain HTTP
-                instead (the status, headers and body are on the exception).
-            InvalidHandshake: the request isn't a valid handshake.
+                instead (the status, headers and body are on the exception,
+                after :meth:`process_response`; its ``__cause__`` says why).
+            Exception: what :meth:`process_response` raised.
         """
-        self.request = request
-        self.path = decode_target(request.path) if path is None else path
-        self.request_headers = request.headers
-        if request.method != "GET":
-            raise AbortHandshake(
-                http.HTTPStatus.METHOD_NOT_ALLOWED,
-                [("Allow", "GET")],
-                f"Failed to open a WebSocket connection: {request.method} isn't allowed; "
-                f"a WebSocket handshake is a GET request.\n".encode(),
-            )
-        # Before the hooks: they read Host and Origin as single values.
-        handshake.check_request_head(request.headers.get_joined)
-        answer = self.process_request(self.path, request.headers)
-        if answer is not None:
-            status, headers, body = as_response(answer, "process_request")
-            raise AbortHandshake(status, headers.items(), body)
-
-        key = handshake.check_request(request.headers.get_joined)
-        self.origin = request.headers.get_joined("Origin")
-        if origins is not None and not origin_allowed(self.origin, origins):
-            raise InvalidOrigin(self.origin)
-
-        response_headers = Headers()
-        offered = request.headers.get_joined("Sec-WebSocket-Protocol")
-        if offered is not None and (subprotocols or self._select_subprotocol is not None):
-            client_protos = handshake.parse_subprotocol_list(offered)
-            self.subprotocol = self.select_subprotocol(client_protos, subprotocols or [])
-            if self.subprotocol is not None:
-                if self.subprotocol not in client_protos:
-                    raise ValueError(
-                        f"select_subprotocol chose {self.subprotocol!r}, which the client "
-                        f"didn't offer ({client_protos})"
-                    )
-                response_headers["Sec-WebSocket-Protocol"] = self.subprotocol
-        self._negotiate_extensions(request.headers, response_headers)
-
-        status = self.get_response_status(response_headers.__setitem__)
-        if status != _SWITCHING_PROTOCOLS:
-            status = http.HTTPStatus(status)
-            raise AbortHandshake(status, response_headers.items(), f"{status.phrase}\n".encode())
-
-        handshake.build_response(response_headers.__setitem__, key)
-        if callable(extra_headers):
-            extra_headers = extra_headers(self.path, request.headers)
-        if extra_headers is not None:
-            response_headers.update(extra_headers)
-        if self.server_header is not None and "Server" not in response_headers:
-            response_headers["Server"] = self.server_header
-        response = self.process_response(request, ServerResponse(101, response_headers, b""))
-        if response.status_code != _SWITCHING_PROTOCOLS:
-            raise AbortHandshake(response.status_code, response.headers.items(), response.body)
-        response_headers = response.headers
-        return response_headers
+        policy = ServerPolicy(
+            origins, subprotocols, extra_headers, self.compression, self.server_header, self._select_subprotocol
+        )
+        return opening.accept(request, policy, self, path=path).headers
 
     def _cancel_handshake(self) -> None:
         """Drop a connection whose opening handshake isn't answered yet.
@@ -416,25 +333,6 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
                 self._handshake_cancelled = True
                 if self.transport is not None:
                     self.transport.abort()
-
-    def _negotiate_extensions(self, request_headers: Headers, response_headers: Headers) -> None:
-        """Accept permessage-deflate when the client offers it acceptably."""
-        factory = permessage_deflate.ServerDeflateFactory.from_compression(self.compression)
-        value = request_headers.get_joined("Sec-WebSocket-Extensions")
-        if factory is None or value is None:
-            return
-        offers = [
-            params
-            for name, params in handshake.parse_extension_list(value)
-            if name == permessage_deflate.EXTENSION_NAME
-        ]
-        accepted = factory.accept(offers) if offers else None
-        if accepted is not None:
-            params, deflate = accepted
-            self.extensions = [deflate]
-            response_headers["Sec-WebSocket-Extensions"] = handshake.build_extension_list(
-                [(permessage_deflate.EXTENSION_NAME, params)]
-            )
 
     def _run(self, transport: Transport, ssl_context: Optional[ssl_module.SSLContext],
              open_timeout: Optional[float]) -> bool:
@@ -458,8 +356,9 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
                 self._refuse(exc)
                 return False
             except Exception:
-                # A bug in process_request, get_response_status or the like:
-                # answer 500 and keep serving.
+                # A bug in process_response (syncws.opening.accept answers
+                # the other hooks' with 500 itself): answer 500 and keep
+                # serving.
                 self.logger.exception("%s: the opening handshake raised", self)
                 self._refuse(AbortHandshake(
                     http.HTTPStatus.INTERNAL_SERVER_ERROR, [],
@@ -473,14 +372,16 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
         return True
 
     def _refuse(self, exc: Exception) -> None:
-        """Answer a failed handshake with plain HTTP, then close."""
+        """Answer a failed handshake with plain HTTP, then close.
+
+        ``exc`` is what reading the request or :meth:`handshake` raised; a
+        refusal of :func:`syncws.opening.accept` holds its final answer,
+        and why in its ``__cause__``.
+        """
         answer = http_answer(exc)
-        if answer is not None and self.request is not None and not self._response_processed:
-            try:
-                response = self.process_response(self.request, ServerResponse(answer[0], Headers(answer[1]), answer[2]))
-                answer = (response.status_code, response.headers.items(), response.body)
-            except Exception:
-                self.logger.exception("%s: process_response raised; answering as it was", self)
+        cause = exc.__cause__ if isinstance(exc, AbortHandshake) and exc.__cause__ is not None else exc
+        if not isinstance(cause, (InvalidHandshake, OSError)):  # a hook's bug
+            self.logger.error("%s: the opening handshake raised", self, exc_info=cause)
         if answer is None:
             # Nothing worth answering: the client left, or TLS failed.
             self.logger.debug("%s: handshake failed: %r", self, exc)
@@ -494,7 +395,7 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
                 logging.INFO if status >= 400 else logging.DEBUG,
                 "%s %s with %s: peer %s, path %s: %s", connection_label(self),
                 "refused" if status >= 400 else "answered", format_status(status),
-                format_address(self.remote_address), redact_uri(self.request.path) if self.request else "?", exc,
+                format_address(self.remote_address), redact_uri(self.request.path) if self.request else "?", cause,
             )
             assert self.transport is not None
             send_http_answer(self.transport.sock, status, headers, body, self.server_header)
@@ -537,39 +438,6 @@ def run_handler(protocol: WebSocketServerProtocol, handler: Callable[[], Any]) -
         protocol.close()
 
 
-def http_answer(exc: Exception) -> Optional[Tuple[int, List[Tuple[str, str]], bytes]]:
-    """Map a handshake failure to the HTTP answer it deserves.
-
-    Args:
-        exc: what :meth:`WebSocketServerProtocol.negotiate` or reading the
-            request raised.
-
-    Returns:
-        ``(status, headers, body)``, or ``None`` when nobody is left to
-        answer (the client went away, a network or TLS error).
-    """
-    if isinstance(exc, AbortHandshake):
-        return exc.status, list(Headers(exc.headers).items()), exc.body
-    if isinstance(exc, InvalidMessage) and isinstance(exc.__cause__, EOFError):
-        return None  # the client closed before finishing its request
-    if not isinstance(exc, InvalidHandshake):
-        return None  # a network or TLS error: nobody to answer
-    # The text quotes the peer's values with repr(); the body is ASCII:
-    # bytes 0x80-0xFF of a header value come out as escapes.
-    body = f"Failed to open a WebSocket connection: {exc}.\n".encode("ascii", "backslashreplace")
-    if isinstance(exc, HeadersTooLarge):
-        return http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, [], body
-    if isinstance(exc, InvalidOrigin):
-        return http.HTTPStatus.FORBIDDEN, [], body
-    if isinstance(exc, InvalidUpgrade):
-        return http.HTTPStatus.UPGRADE_REQUIRED, [("Upgrade", "websocket"), ("Connection", "Upgrade")], body
-    if isinstance(exc, InvalidHeader) and exc.name == "Sec-WebSocket-Version" and "," not in (exc.value or ""):
-        # A client speaking another version learns ours (RFC 6455 §4.4); one
-        # that sent the header twice (joined with a comma) made a bad request.
-        return http.HTTPStatus.UPGRADE_REQUIRED, [("Sec-WebSocket-Version", handshake.WEBSOCKET_VERSION)], body
-    return http.HTTPStatus.BAD_REQUEST, [], body
-
-
 def send_http_answer(
     sock: socket.socket,
     status: int,
@@ -587,23 +455,11 @@ def send_http_answer(
 
     Args:
         sock: the connected socket.
-        status: the HTTP status.
-        headers: the response headers; ``Content-Length``, ``Connection``
-            and (unless given) ``Content-Type`` and ``Server`` are set here.
-        body: the body.
-        server_header: the ``Server`` header; ``None`` omits it.
+        status, headers, body, server_header: the answer, as for
+            :func:`syncws.opening.serialize_answer`.
     """
-    response_headers = Headers(headers)
-    if server_header is not None and "Server" not in response_headers:
-        response_headers["Server"] = server_header
-    if "Content-Type" not in response_headers:
-        response_headers["Content-Type"] = "text/plain; charset=utf-8"
-    if "Content-Length" in response_headers:
-        del response_headers["Content-Length"]  # the body decides it
-    response_headers["Content-Length"] = str(len(body))
-    response_headers["Connection"] = "close"
     try:
-        sock.sendall(serialize_response(status, response_headers) + body)
+        sock.sendall(serialize_answer(status, headers, body, server_header))
         # Half-close so the client reads the whole answer before the socket
         # closes: a close with unread request bytes would reset it.
         socket.socket.shutdown(sock, socket.SHUT_WR)

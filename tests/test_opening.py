@@ -1,0 +1,376 @@
+"""Tests for syncws.opening: the opening handshake's policy, with sockets disabled.
+
+Every test here runs with the socket module's constructors replaced by a
+function that fails the test (the ``no_sockets`` fixture): the negotiation
+takes heads in and gives heads out.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import socket
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
+
+import pytest
+
+from syncws import WebSocketServerProtocol
+from syncws.datastructures import Headers, ServerResponse
+from syncws.exceptions import (
+    AbortHandshake,
+    HeadersTooLarge,
+    InvalidHeader,
+    InvalidMessage,
+    InvalidOrigin,
+    InvalidUpgrade,
+)
+from syncws.extensions.permessage_deflate import PerMessageDeflate
+from syncws.http import Request, read_request, read_response, serialize_response
+from syncws.opening import ServerHooks, ServerPolicy, accept, http_answer, serialize_answer
+
+# RFC 6455 §1.3.
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+class SocketTouched(AssertionError):
+    """The code under test made a socket."""
+
+
+@pytest.fixture(autouse=True)
+def no_sockets(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Make every way of getting a socket fail the test."""
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise SocketTouched("the opening handshake touched a socket")
+
+    for name in ("socket", "socketpair", "create_connection", "create_server", "fromfd"):
+        monkeypatch.setattr(socket, name, refuse)
+    yield
+
+
+def test_sockets_are_disabled() -> None:
+    with pytest.raises(SocketTouched):
+        socket.socket()
+    with pytest.raises(SocketTouched):
+        socket.create_connection(("127.0.0.1", 9))
+
+
+def request(target: str = "/chat", *, method: str = "GET", drop: Sequence[str] = (), **extra: str) -> Request:
+    """A request as the server's reader parses it: a valid opening request, changed."""
+    headers = {
+        "Host": "example.com",
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": KEY,
+        "Sec-WebSocket-Version": "13",
+    }
+    for name in drop:
+        del headers[name]
+    lines = [f"{method} {target} HTTP/1.1"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    lines += [f"{name.replace('_', '-')}: {value}" for name, value in extra.items()]
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    return read_request(io.BytesIO(head).readline)
+
+
+class Hooks(ServerHooks):
+    """Hooks that record what they were asked, and answer as told."""
+
+    def __init__(self, *, status: int = 101, answer: Any = None, pick: Optional[str] = None) -> None:
+        self.status = status
+        self.answer = answer
+        self.pick = pick
+        self.calls: List[Tuple[str, Any]] = []
+        self.seen_in_status: Tuple[Any, ...] = ()
+
+    def process_request(self, path: str, request_headers: Headers) -> Any:
+        self.calls.append(("process_request", path))
+        return self.answer
+
+    def select_subprotocol(self, client_protos: Sequence[str], server_protos: Sequence[str]) -> Optional[str]:
+        self.calls.append(("select_subprotocol", list(client_protos)))
+        if self.pick is not None:
+            return self.pick
+        return super().select_subprotocol(client_protos, server_protos)
+
+    def get_response_status(self, set_header: Any) -> int:
+        self.seen_in_status = (self.origin, self.path, self.request_headers["Host"], self.subprotocol)
+        if self.status != 101:
+            set_header("X-Why", "told so")
+        return self.status
+
+    def process_response(self, request: Request, response: ServerResponse) -> ServerResponse:
+        self.calls.append(("process_response", response.status_code))
+        return response
+
+
+def refusal(req: Request, policy: ServerPolicy = ServerPolicy(), hooks: Optional[ServerHooks] = None) -> AbortHandshake:
+    with pytest.raises(AbortHandshake) as excinfo:
+        accept(req, policy, hooks or Hooks())
+    return excinfo.value
+
+
+# -- the server: the 101 --------------------------------------------------------------
+
+
+def test_a_valid_request_gets_101() -> None:
+    hooks = Hooks()
+    response = accept(request("/caf%C3%A9?room=1", Origin="https://app.test"), ServerPolicy(server_header="S/1"), hooks)
+    assert response.status_code == 101 and response.body == b""
+    assert response.headers["Upgrade"] == "websocket"
+    assert response.headers["Connection"] == "Upgrade"
+    assert response.headers["Sec-WebSocket-Accept"] == ACCEPT
+    assert response.headers["Server"] == "S/1"
+    # The state the hooks read, set before get_response_status ran.
+    assert hooks.seen_in_status == ("https://app.test", "/café?room=1", "example.com", None)
+    assert hooks.request is not None and hooks.request.path == "/caf%C3%A9?room=1"
+    assert hooks.extensions == []
+    assert hooks.calls == [("process_request", "/café?room=1"), ("process_response", 101)]
+
+
+def test_the_101_is_written_as_http() -> None:
+    response = accept(request(), ServerPolicy(), Hooks())
+    head = serialize_response(response.status_code, response.headers)
+    assert head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+
+
+def test_a_path_given_is_used_as_is() -> None:
+    hooks = Hooks()
+    accept(request("/%70rivate"), ServerPolicy(), hooks, path="/routed")
+    assert hooks.path == "/routed"
+    assert hooks.calls[0] == ("process_request", "/routed")
+
+
+def test_extra_headers_and_a_server_header_of_its_own() -> None:
+    seen = []
+
+    def extra(path: str, headers: Headers) -> List[Tuple[str, str]]:
+        seen.append(path)
+        return [("X-Room", "1"), ("Server", "mine")]
+
+    response = accept(request("/a%20b"), ServerPolicy(extra_headers=extra, server_header="S/1"), Hooks())
+    assert seen == ["/a b"]
+    assert response.headers["X-Room"] == "1"
+    assert response.headers.get_all("Server") == ["mine"]
+
+
+def test_no_server_header() -> None:
+    assert "Server" not in accept(request(), ServerPolicy(server_header=None), Hooks()).headers
+
+
+# -- the server: refusals -------------------------------------------------------------
+
+
+def test_another_method_gets_405() -> None:
+    exc = refusal(request(method="POST"))
+    assert exc.status == 405
+    assert ("Allow", "GET") in list(exc.headers)
+    assert b"POST isn't allowed" in exc.body
+
+
+@pytest.mark.parametrize(
+    "req, fragment",
+    [
+        (request(drop=["Host"]), "Host"),
+        (request(Host="other.test"), "more than one Host"),
+        (request(Origin="https://a.test, https://b.test"), "more than one origin"),
+        (request(Content_Length="5"), "no body"),
+        (request(Sec_WebSocket_Key="c2hvcnQ="), "Sec-WebSocket-Key"),
+        (request("/%FF"), "UTF-8"),
+    ],
+)
+def test_bad_requests_get_400(req: Request, fragment: str) -> None:
+    hooks = Hooks()
+    exc = refusal(req, hooks=hooks)
+    assert exc.status == 400
+    assert fragment in exc.body.decode()
+    assert isinstance(exc.__cause__, (InvalidHeader, InvalidMessage))
+    assert hooks.calls[-1] == ("process_response", 400)
+
+
+def test_the_checks_of_any_request_come_before_process_request() -> None:
+    hooks = Hooks(answer=(200, [], b"health"))
+    assert refusal(request(Host="two.test"), hooks=hooks).status == 400
+    assert ("process_request", "/chat") not in hooks.calls
+
+
+def test_process_request_answers_instead() -> None:
+    hooks = Hooks(answer=(200, [("X-Health", "ok")], b"OK\n"))
+    exc = refusal(request(drop=["Upgrade"]), hooks=hooks)  # before the WebSocket headers' checks
+    assert (exc.status, exc.body) == (200, b"OK\n")
+    assert ("X-Health", "ok") in list(exc.headers)
+    assert hooks.calls == [("process_request", "/chat"), ("process_response", 200)]
+
+
+def test_upgrade_missing_gets_426_saying_what_to_send() -> None:
+    exc = refusal(request(drop=["Upgrade"]))
+    assert exc.status == 426
+    assert dict(exc.headers) == {"Upgrade": "websocket", "Connection": "Upgrade"}
+    assert isinstance(exc.__cause__, InvalidUpgrade)
+
+
+def test_another_version_gets_426_with_ours() -> None:
+    exc = refusal(request(Sec_WebSocket_Version="8", drop=["Sec-WebSocket-Version"]))
+    assert exc.status == 426
+    assert dict(exc.headers) == {"Sec-WebSocket-Version": "13"}
+
+
+def test_a_repeated_version_gets_400() -> None:
+    assert refusal(request(Sec_WebSocket_Version="13")).status == 400
+
+
+def test_origins() -> None:
+    policy = ServerPolicy(origins=["https://good.test", re.compile(r"https://[a-z]+\.app\.test"), None])
+    accept(request(Origin="https://good.test"), policy, Hooks())
+    accept(request(Origin="https://chat.app.test"), policy, Hooks())
+    accept(request(), policy, Hooks())  # None admits a request without Origin
+    exc = refusal(request(Origin="https://evil.test"), policy)
+    assert exc.status == 403
+    assert isinstance(exc.__cause__, InvalidOrigin)
+    assert b"evil.test" in exc.body
+    assert refusal(request(), ServerPolicy(origins=["https://good.test"])).status == 403
+
+
+def test_get_response_status_refuses_with_its_headers() -> None:
+    hooks = Hooks(status=401)
+    exc = refusal(request(), hooks=hooks)
+    assert (exc.status, exc.body) == (401, b"Unauthorized\n")
+    assert ("X-Why", "told so") in list(exc.headers)
+    assert hooks.calls[-1] == ("process_response", 401)
+
+
+def test_a_bug_in_a_hook_gets_500_with_the_bug_as_cause() -> None:
+    class Broken(Hooks):
+        def get_response_status(self, set_header: Any) -> int:
+            raise RuntimeError("exploded")
+
+    hooks = Broken()
+    exc = refusal(request(), hooks=hooks)
+    assert exc.status == 500
+    assert isinstance(exc.__cause__, RuntimeError)
+    assert hooks.calls[-1] == ("process_response", 500)
+
+
+def test_what_process_response_raises_goes_through() -> None:
+    class Broken(Hooks):
+        def process_response(self, request: Request, response: ServerResponse) -> ServerResponse:
+            raise RuntimeError("exploded")
+
+    with pytest.raises(RuntimeError, match="exploded"):
+        accept(request(), ServerPolicy(), Broken())
+
+
+def test_process_response_may_refuse_the_101_but_never_accept_a_refusal() -> None:
+    class Refusing(Hooks):
+        def process_response(self, request: Request, response: ServerResponse) -> ServerResponse:
+            return ServerResponse(403, Headers(), b"no")
+
+    assert (refusal(request(), hooks=Refusing()).status, refusal(request(), hooks=Refusing()).body) == (403, b"no")
+
+    class Accepting(Hooks):
+        def process_response(self, request: Request, response: ServerResponse) -> ServerResponse:
+            return ServerResponse(101, response.headers, b"")
+
+    exc = refusal(request(drop=["Upgrade"]), hooks=Accepting())
+    assert exc.status == 426
+
+
+# -- the server: subprotocols and extensions ---------------------------------------------
+
+
+def test_the_servers_preference_wins() -> None:
+    hooks = Hooks()
+    response = accept(
+        request(Sec_WebSocket_Protocol="chat.v1, chat.v2"), ServerPolicy(subprotocols=["chat.v2", "chat.v1"]), hooks
+    )
+    assert response.headers["Sec-WebSocket-Protocol"] == "chat.v2"
+    assert hooks.subprotocol == "chat.v2"
+    assert hooks.seen_in_status[3] == "chat.v2"  # set before get_response_status
+
+
+def test_no_subprotocol_in_common_sends_none() -> None:
+    hooks = Hooks()
+    response = accept(request(Sec_WebSocket_Protocol="other"), ServerPolicy(subprotocols=["chat"]), hooks)
+    assert "Sec-WebSocket-Protocol" not in response.headers and hooks.subprotocol is None
+
+
+def test_select_subprotocol_is_asked_only_when_the_server_has_a_say() -> None:
+    hooks = Hooks(pick="other")
+    accept(request(Sec_WebSocket_Protocol="other"), ServerPolicy(), hooks)
+    assert hooks.subprotocol is None
+    assert not any(name == "select_subprotocol" for name, _ in hooks.calls)
+    # With serve()'s select_subprotocol hook, it is asked.
+    accept(request(Sec_WebSocket_Protocol="other"), ServerPolicy(select_subprotocol=lambda c, p: None), hooks)
+    assert hooks.subprotocol == "other"
+
+
+def test_a_subprotocol_the_client_didnt_offer_is_a_bug() -> None:
+    exc = refusal(request(Sec_WebSocket_Protocol="chat"), ServerPolicy(subprotocols=["chat"]), Hooks(pick="spam"))
+    assert exc.status == 500
+    assert isinstance(exc.__cause__, ValueError) and "didn't offer" in str(exc.__cause__)
+
+
+def test_a_malformed_subprotocol_list_gets_400() -> None:
+    exc = refusal(request(Sec_WebSocket_Protocol="chat room"), ServerPolicy(subprotocols=["chat"]))
+    assert exc.status == 400
+
+
+def test_permessage_deflate_is_accepted_when_offered() -> None:
+    hooks = Hooks()
+    response = accept(request(Sec_WebSocket_Extensions="permessage-deflate"), ServerPolicy(), hooks)
+    assert response.headers["Sec-WebSocket-Extensions"].startswith("permessage-deflate")
+    assert len(hooks.extensions) == 1 and isinstance(hooks.extensions[0], PerMessageDeflate)
+
+
+@pytest.mark.parametrize("compression", [None, "deflate"])
+def test_no_deflate_unless_both_want_it(compression: Any) -> None:
+    hooks = Hooks()
+    extensions = "x-unknown" if compression else "permessage-deflate"
+    response = accept(request(Sec_WebSocket_Extensions=extensions), ServerPolicy(compression=compression), hooks)
+    assert "Sec-WebSocket-Extensions" not in response.headers and hooks.extensions == []
+
+
+# -- the server's connection: the same negotiation ---------------------------------------
+
+
+def test_the_servers_connection_negotiates_without_a_socket() -> None:
+    class Gatekeeper(WebSocketServerProtocol):
+        def get_response_status(self, set_header: Any) -> int:
+            return 403 if self.path == "/private" else 101
+
+    connection = Gatekeeper(
+        None, None, subprotocols=["chat"], server_header="S/1", compression=None,  # type: ignore[arg-type]
+        process_response=lambda conn, req, resp: resp.headers.__setitem__("X-Seen", conn.path),
+    )
+    headers = connection.negotiate(request("/room", Sec_WebSocket_Protocol="chat"), subprotocols=["chat"])
+    assert headers["X-Seen"] == "/room" and headers["Server"] == "S/1"
+    assert (connection.path, connection.subprotocol, connection.transport) == ("/room", "chat", None)
+    with pytest.raises(AbortHandshake) as excinfo:
+        connection.negotiate(request("/private"))
+    assert excinfo.value.status == 403
+
+
+# -- refusals as HTTP ------------------------------------------------------------------
+
+
+def test_http_answer_maps_failures() -> None:
+    assert http_answer(InvalidOrigin("https://evil.test"))[0] == 403  # type: ignore[index]
+    assert http_answer(HeadersTooLarge("too long", 8192))[0] == 431  # type: ignore[index]
+    assert http_answer(InvalidMessage("bad line"))[0] == 400  # type: ignore[index]
+    ended = InvalidMessage("connection closed")
+    ended.__cause__ = EOFError()
+    assert http_answer(ended) is None  # nobody left to answer
+    assert http_answer(OSError("reset")) is None
+
+
+def test_an_answer_ends_the_connection() -> None:
+    data = serialize_answer(403, [("Content-Length", "999"), ("X-A", "1")], b"no\n", "S/1")
+    response = read_response(io.BytesIO(data).readline)
+    assert response.status_code == 403
+    assert response.headers["Connection"] == "close"
+    assert response.headers.get_all("Content-Length") == ["3"]
+    assert response.headers["Server"] == "S/1"
+    assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert data.endswith(b"\r\n\r\nno\n")
+    assert b"Server" not in serialize_answer(400, [], b"", None)
