@@ -1,14 +1,14 @@
 """The client: :func:`connect` and :class:`WebSocketClientProtocol`.
 
 This module only sets a connection up: it opens TCP (and TLS), performs the
-opening handshake with :mod:`syncws.handshake` and :mod:`syncws.http`, then
+opening handshake (:mod:`syncws.opening` decides what to send and what to
+accept; this module writes and reads the heads), then
 hands the socket to :class:`~syncws.protocol.WebSocketCommonProtocol`, which
 runs the connection. It holds no framing logic.
 """
 
 from __future__ import annotations
 
-import base64
 import functools
 import logging
 import random
@@ -17,17 +17,11 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type, Union
 
-from . import handshake, sockopts, timers
-from .exceptions import (
-    InvalidHandshake,
-    InvalidHeader,
-    InvalidMessage,
-    InvalidStatusCode,
-    InvalidURI,
-    NegotiationError,
-)
+from . import sockopts, timers
+from .exceptions import InvalidHandshake, InvalidMessage, InvalidStatusCode, InvalidURI
 from .extensions import permessage_deflate
 from .http import Headers, HeadersLike, read_response, serialize_request
+from .opening import ClientOpening
 from .protocol import WebSocketCommonProtocol
 from .logs import connection_label, format_head, format_status, opened_line
 from .proxy import open_proxy, proxy_for, proxy_target
@@ -35,7 +29,7 @@ from .redirects import REDIRECT_STATUSES, AddressSpace, RedirectChain, address_s
 from .safetext import redact_uri
 from .settings import SizeSetting, check_settings
 from .transport import Transport
-from .uri import WebSocketURI, host_header, parse_uri
+from .uri import WebSocketURI, parse_uri
 from .version import __version__
 
 # connect() parses its URI on every call, and applications connect to the
@@ -111,27 +105,11 @@ class WebSocketClientProtocol(WebSocketCommonProtocol):
         transport = self.transport
         assert transport is not None, "connection_made() must come first"
         self.path = wsuri.resource_name
-        headers = Headers()
-        headers["Host"] = host_header(wsuri)
-        if wsuri.user_info is not None:
-            credentials = ":".join(wsuri.user_info).encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode()
-        if origin is not None:
-            headers["Origin"] = origin
-        key = handshake.build_request(headers.__setitem__)
-        deflate_factory = permessage_deflate.ClientDeflateFactory.from_compression(self.compression)
-        if deflate_factory is not None:
-            headers["Sec-WebSocket-Extensions"] = handshake.build_extension_list(
-                [deflate_factory.offer()]
-            )
-        if subprotocols:
-            headers["Sec-WebSocket-Protocol"] = handshake.build_subprotocol_list(subprotocols)
-        if extra_headers is not None:
-            headers.update(extra_headers)
-        if self.user_agent_header is not None and "User-Agent" not in headers:
-            headers["User-Agent"] = self.user_agent_header
-        self.request_headers = headers
-
+        client = ClientOpening(
+            wsuri, origin=origin, subprotocols=subprotocols, extra_headers=extra_headers,
+            compression=self.compression, user_agent=self.user_agent_header,
+        )
+        headers = self.request_headers = client.request_headers
         debug = self.logger.isEnabledFor(logging.DEBUG)
         if debug:
             self.logger.debug(
@@ -146,12 +124,8 @@ class WebSocketClientProtocol(WebSocketCommonProtocol):
                 format_head(format_status(response.status_code), response.headers.items()),
             )
         self.response_headers = response.headers
-        if response.status_code != 101:
-            raise InvalidStatusCode(response.status_code, self._read_error_body(response.headers), response.headers)
-        handshake.check_response(response.headers.get_joined, key)
-        self.subprotocol = _chosen_subprotocol(response.headers, subprotocols)
-        deflate = _accepted_extensions(response.headers, deflate_factory)
-        self.extensions = [] if deflate is None else [deflate]
+        body = b"" if response.status_code == 101 else self._read_error_body(response.headers)
+        self.subprotocol, self.extensions = client.check(response, body)
 
     def _read_error_body(self, headers: Headers) -> bytes:
         """Read the body of a refused handshake, for the error message."""
@@ -174,37 +148,6 @@ class WebSocketClientProtocol(WebSocketCommonProtocol):
         except OSError:
             pass  # the status is what matters; keep what arrived
         return body
-
-
-def _chosen_subprotocol(headers: Headers, offered: Optional[Sequence[str]]) -> Optional[str]:
-    """Return the subprotocol the server chose, checking it was offered."""
-    value = headers.get_joined("Sec-WebSocket-Protocol")
-    if value is None:
-        return None
-    chosen = handshake.parse_subprotocol_list(value)
-    if len(chosen) != 1:
-        raise InvalidHeader("Sec-WebSocket-Protocol", value, "the server must choose one subprotocol")
-    if not offered or chosen[0] not in offered:
-        raise NegotiationError(
-            f"the server chose subprotocol {chosen[0]!r}, which wasn't offered "
-            f"(offered: {list(offered or [])})"
-        )
-    return chosen[0]
-
-
-def _accepted_extensions(headers: Headers, deflate_factory: Any) -> Any:
-    """Return the codec of the extensions the server accepted, if any."""
-    value = headers.get_joined("Sec-WebSocket-Extensions")
-    if value is None:
-        return None
-    deflate = None
-    for name, params in handshake.parse_extension_list(value):
-        if name != permessage_deflate.EXTENSION_NAME or deflate_factory is None:
-            raise NegotiationError(f"the server accepted extension {name!r}, which wasn't offered")
-        if deflate is not None:
-            raise NegotiationError(f"the server accepted {name} twice")
-        deflate = deflate_factory.accept(params)
-    return deflate
 
 
 def connect(

@@ -21,15 +21,21 @@ The application's hooks are the methods of a :class:`ServerHooks`:
 given to :func:`~syncws.serve`, and a subclass of it overrides them as the
 seed allows. :func:`http_answer` maps a failure to its HTTP refusal, and
 :func:`serialize_answer` writes a refusal that closes the connection.
+
+The client's side is :class:`ClientOpening`: the request's headers (the key,
+the offered subprotocols and permessage-deflate, the caller's headers), then
+the check of the server's answer: the status, the key's answer, and that the
+subprotocol and extensions chosen were offered.
 """
 
 from __future__ import annotations
 
+import base64
 import http
 from typing import Any, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import handshake
-from .datastructures import Headers, ServerResponse
+from .datastructures import Headers, HeadersLike, ServerResponse
 from .exceptions import (
     AbortHandshake,
     HeadersTooLarge,
@@ -37,12 +43,15 @@ from .exceptions import (
     InvalidHeader,
     InvalidMessage,
     InvalidOrigin,
+    InvalidStatusCode,
     InvalidUpgrade,
+    NegotiationError,
 )
 from .extensions import permessage_deflate
 from .hooks import Origins, as_response, origin_allowed
-from .http import Request, serialize_response
+from .http import Request, Response, serialize_response
 from .paths import decode_target
+from .uri import WebSocketURI, host_header
 
 __all__ = [
     "ServerPolicy",
@@ -50,6 +59,7 @@ __all__ = [
     "accept",
     "http_answer",
     "serialize_answer",
+    "ClientOpening",
 ]
 
 # Read once: on CPython 3.11, every http.HTTPStatus.SWITCHING_PROTOCOLS is a
@@ -375,3 +385,116 @@ def serialize_answer(
     response_headers["Connection"] = "close"
     return serialize_response(status, response_headers) + body
 
+
+# -- the client's side ------------------------------------------------------
+
+
+class ClientOpening:
+    """One client-side opening handshake: the request to send, then the check of the answer.
+
+    Args:
+        wsuri: the URI to connect to; its user info, if any, is sent as
+            HTTP Basic authentication.
+        origin: the ``Origin`` header to send, if any.
+        subprotocols: subprotocols to offer, in order of preference.
+        extra_headers: more request headers (a mapping or pairs); a
+            ``User-Agent`` here replaces ``user_agent``.
+        compression: ``"deflate"`` offers permessage-deflate; ``None`` doesn't;
+            a :class:`~syncws.extensions.permessage_deflate.DeflateSettings`
+            tunes it.
+        user_agent: the ``User-Agent`` header; ``None`` omits it.
+
+    Raises:
+        ValueError: a subprotocol or a header isn't valid.
+
+    Attributes:
+        request_headers: the request's headers, to send with its path
+            (``wsuri.resource_name``).
+        key: the ``Sec-WebSocket-Key`` sent, which the answer must match.
+    """
+
+    def __init__(
+        self,
+        wsuri: WebSocketURI,
+        *,
+        origin: Optional[str] = None,
+        subprotocols: Optional[Sequence[str]] = None,
+        extra_headers: Optional[HeadersLike] = None,
+        compression: Any = "deflate",
+        user_agent: Optional[str] = None,
+    ) -> None:
+        headers = Headers()
+        headers["Host"] = host_header(wsuri)
+        if wsuri.user_info is not None:
+            credentials = ":".join(wsuri.user_info).encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode()
+        if origin is not None:
+            headers["Origin"] = origin
+        self.key = handshake.build_request(headers.__setitem__)
+        self._deflate_factory = permessage_deflate.ClientDeflateFactory.from_compression(compression)
+        if self._deflate_factory is not None:
+            headers["Sec-WebSocket-Extensions"] = handshake.build_extension_list([self._deflate_factory.offer()])
+        self._subprotocols = subprotocols
+        if subprotocols:
+            headers["Sec-WebSocket-Protocol"] = handshake.build_subprotocol_list(subprotocols)
+        if extra_headers is not None:
+            headers.update(extra_headers)
+        if user_agent is not None and "User-Agent" not in headers:
+            headers["User-Agent"] = user_agent
+        self.request_headers = headers
+
+    def check(self, response: Response, body: bytes = b"") -> Tuple[Optional[str], List[Any]]:
+        """Check the server's answer.
+
+        Args:
+            response: the response's head.
+            body: the start of its body, for the error of a refusal.
+
+        Returns:
+            The subprotocol the server chose (``None`` for none) and the
+            extensions it accepted (the permessage-deflate codec).
+
+        Raises:
+            InvalidStatusCode: the status isn't 101.
+            InvalidUpgrade: ``Upgrade`` or ``Connection`` doesn't accept the
+                upgrade.
+            InvalidHeader: a header is missing or wrong (the exception
+                names it).
+            NegotiationError: the server chose an extension or subprotocol
+                that wasn't offered.
+        """
+        if response.status_code != _SWITCHING_PROTOCOLS:
+            raise InvalidStatusCode(response.status_code, body, response.headers)
+        headers = response.headers
+        handshake.check_response(headers.get_joined, self.key)
+        deflate = self._accepted_deflate(headers)
+        return self._chosen_subprotocol(headers), [] if deflate is None else [deflate]
+
+    def _chosen_subprotocol(self, headers: Headers) -> Optional[str]:
+        """The subprotocol the server chose, checking it was offered."""
+        value = headers.get_joined("Sec-WebSocket-Protocol")
+        if value is None:
+            return None
+        chosen = handshake.parse_subprotocol_list(value)
+        if len(chosen) != 1:
+            raise InvalidHeader("Sec-WebSocket-Protocol", value, "the server must choose one subprotocol")
+        offered = self._subprotocols
+        if not offered or chosen[0] not in offered:
+            raise NegotiationError(
+                f"the server chose subprotocol {chosen[0]!r}, which wasn't offered (offered: {list(offered or [])})"
+            )
+        return chosen[0]
+
+    def _accepted_deflate(self, headers: Headers) -> Any:
+        """The codec of the extensions the server accepted, if any."""
+        value = headers.get_joined("Sec-WebSocket-Extensions")
+        if value is None:
+            return None
+        deflate = None
+        for name, params in handshake.parse_extension_list(value):
+            if name != permessage_deflate.EXTENSION_NAME or self._deflate_factory is None:
+                raise NegotiationError(f"the server accepted extension {name!r}, which wasn't offered")
+            if deflate is not None:
+                raise NegotiationError(f"the server accepted {name} twice")
+            deflate = self._deflate_factory.accept(params)
+        return deflate

@@ -143,7 +143,7 @@ def test_the_import_graph_is_read_whole() -> None:
     graph = import_graph()
     # At the top, from a subpackage, inside a function (a deferred import),
     # but not under TYPE_CHECKING (protocol.py's import of metrics).
-    assert "syncws.handshake" in graph["syncws.client"]
+    assert "syncws.handshake" in graph["syncws.opening"]
     assert "syncws.extensions.permessage_deflate" in graph["syncws.client"]
     assert "syncws.logconfig" in graph["syncws.wsgi"]
     assert "syncws.metrics" not in graph["syncws.protocol"]

@@ -1,8 +1,8 @@
 """Tests for syncws.opening: the opening handshake's policy, with sockets disabled.
 
 Every test here runs with the socket module's constructors replaced by a
-function that fails the test (the ``no_sockets`` fixture): the negotiation
-takes heads in and gives heads out.
+function that fails the test (the ``no_sockets`` fixture): the negotiation,
+server and client side, takes heads in and gives heads out.
 """
 
 from __future__ import annotations
@@ -22,11 +22,15 @@ from syncws.exceptions import (
     InvalidHeader,
     InvalidMessage,
     InvalidOrigin,
+    InvalidStatusCode,
     InvalidUpgrade,
+    NegotiationError,
 )
-from syncws.extensions.permessage_deflate import PerMessageDeflate
-from syncws.http import Request, read_request, read_response, serialize_response
-from syncws.opening import ServerHooks, ServerPolicy, accept, http_answer, serialize_answer
+from syncws.extensions.permessage_deflate import DeflateSettings, PerMessageDeflate
+from syncws.handshake import accept_key
+from syncws.http import Request, Response, read_request, read_response, serialize_request, serialize_response
+from syncws.opening import ClientOpening, ServerHooks, ServerPolicy, accept, http_answer, serialize_answer
+from syncws.uri import parse_uri
 
 # RFC 6455 §1.3.
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -374,3 +378,91 @@ def test_an_answer_ends_the_connection() -> None:
     assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
     assert data.endswith(b"\r\n\r\nno\n")
     assert b"Server" not in serialize_answer(400, [], b"", None)
+
+
+# -- the client ------------------------------------------------------------------------
+
+
+def test_the_clients_request() -> None:
+    client = ClientOpening(
+        parse_uri("wss://u:p@example.com:8443/chat?x=1"), origin="https://app.test", subprotocols=["a", "b"],
+        extra_headers={"X-Token": "t"}, compression="deflate", user_agent="UA/1",
+    )
+    headers = client.request_headers
+    assert headers["Host"] == "example.com:8443"
+    assert headers["Authorization"] == "Basic dTpw"
+    assert headers["Origin"] == "https://app.test"
+    assert headers["Sec-WebSocket-Key"] == client.key
+    assert headers["Sec-WebSocket-Protocol"] == "a, b"
+    assert headers["Sec-WebSocket-Extensions"].startswith("permessage-deflate")
+    assert (headers["X-Token"], headers["User-Agent"]) == ("t", "UA/1")
+
+
+def test_the_callers_user_agent_wins_and_none_omits() -> None:
+    uri = parse_uri("ws://example.com/")
+    assert ClientOpening(uri, extra_headers=[("User-Agent", "mine")], user_agent="UA/1").request_headers.get_all(
+        "User-Agent"
+    ) == ["mine"]
+    headers = ClientOpening(uri, compression=None).request_headers
+    assert "User-Agent" not in headers and "Sec-WebSocket-Extensions" not in headers
+
+
+def answer(client: ClientOpening, status: int = 101, **extra: str) -> Response:
+    headers = Headers([("Upgrade", "websocket"), ("Connection", "Upgrade")])
+    headers["Sec-WebSocket-Accept"] = accept_key(client.key)
+    for name, value in extra.items():
+        headers[name.replace("_", "-")] = value
+    return Response(status, "", headers)
+
+
+def test_the_client_checks_the_answer() -> None:
+    client = ClientOpening(parse_uri("ws://example.com/"), subprotocols=["chat"])
+    assert client.check(answer(client, Sec_WebSocket_Protocol="chat")) == ("chat", [])
+    assert client.check(answer(client)) == (None, [])
+    with pytest.raises(InvalidHeader, match="Sec-WebSocket-Accept"):
+        client.check(Response(101, "", Headers([("Upgrade", "websocket"), ("Connection", "Upgrade")])))
+    with pytest.raises(NegotiationError, match="wasn't offered"):
+        client.check(answer(client, Sec_WebSocket_Protocol="other"))
+    with pytest.raises(InvalidHeader, match="one subprotocol"):
+        client.check(answer(client, Sec_WebSocket_Protocol="chat, chat"))
+    with pytest.raises(NegotiationError, match="x-unknown"):
+        client.check(answer(client, Sec_WebSocket_Extensions="x-unknown"))
+
+
+def test_the_client_refuses_deflate_it_didnt_offer_or_twice() -> None:
+    without = ClientOpening(parse_uri("ws://example.com/"), compression=None)
+    with pytest.raises(NegotiationError, match="wasn't offered"):
+        without.check(answer(without, Sec_WebSocket_Extensions="permessage-deflate"))
+    client = ClientOpening(parse_uri("ws://example.com/"))
+    with pytest.raises(NegotiationError, match="twice"):
+        client.check(answer(client, Sec_WebSocket_Extensions="permessage-deflate, permessage-deflate"))
+
+
+def test_a_refusal_is_an_invalid_status_code_with_its_body() -> None:
+    client = ClientOpening(parse_uri("ws://example.com/"))
+    with pytest.raises(InvalidStatusCode) as excinfo:
+        client.check(Response(403, "Forbidden", Headers([("X-Why", "no")])), b"go away")
+    assert (excinfo.value.status_code, excinfo.value.body, excinfo.value.headers["X-Why"]) == (403, b"go away", "no")
+
+
+# -- both sides, head to head -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("compression", ["deflate", None, DeflateSettings(client_max_window_bits=10)])
+def test_a_whole_opening_handshake_in_bytes(compression: Any) -> None:
+    uri = parse_uri("ws://example.com/caf%C3%A9?room=1")
+    client = ClientOpening(uri, subprotocols=["v2", "v1"], compression=compression)
+    request_bytes = serialize_request(uri.resource_name, client.request_headers)
+
+    hooks = ServerHooks()
+    server_response = accept(
+        read_request(io.BytesIO(request_bytes).readline),
+        ServerPolicy(subprotocols=["v1", "v2"], compression=compression),
+        hooks,
+    )
+    response_bytes = serialize_response(server_response.status_code, server_response.headers)
+
+    subprotocol, extensions = client.check(read_response(io.BytesIO(response_bytes).readline))
+    assert subprotocol == hooks.subprotocol == "v1"
+    assert hooks.path == "/café?room=1"
+    assert len(extensions) == len(hooks.extensions) == (0 if compression is None else 1)
