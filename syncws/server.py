@@ -62,8 +62,11 @@ class WebSocketServerProtocol(WebSocketCommonProtocol, ServerHooks):
     """The server side of a connection, as handlers receive it.
 
     Args:
-        ws_handler: the application's handler.
-        ws_server: the :class:`WebSocketServer` the connection belongs to.
+        ws_handler: the application's handler; ``None`` when the caller runs
+            its own (as :mod:`syncws.wsgi` does).
+        ws_server: the :class:`WebSocketServer` the connection belongs to;
+            ``None`` for a connection a WSGI server accepted
+            (:mod:`syncws.wsgi`).
         origins: allowed ``Origin`` values (``None`` in the list admits a
             request without ``Origin``); ``None`` allows any.
         subprotocols: the server's subprotocols, in order of preference.
@@ -100,8 +103,8 @@ class WebSocketServerProtocol(WebSocketCommonProtocol, ServerHooks):
 
     def __init__(
         self,
-        ws_handler: Callable[..., Any],
-        ws_server: "WebSocketServer",
+        ws_handler: Optional[Callable[..., Any]],
+        ws_server: Optional["WebSocketServer"],
         *,
         origins: Optional[Origins] = None,
         subprotocols: Optional[Sequence[str]] = None,
@@ -116,7 +119,6 @@ class WebSocketServerProtocol(WebSocketCommonProtocol, ServerHooks):
         super().__init__(**kwargs)
         self.ws_handler = ws_handler
         self.ws_server = ws_server
-        # syncws.wsgi's connections have no WebSocketServer.
         self.counters = metrics.wsgi_counters if ws_server is None else ws_server.counters
         self.origins = origins
         self.available_subprotocols = subprotocols

@@ -3,8 +3,8 @@
 Theory of operation: a WSGI server parses the upgrade request and calls the
 application with its ``environ``. :func:`accept` checks that request with the
 rules and options of :func:`~syncws.serve` (the negotiation is
-:meth:`~syncws.WebSocketServerProtocol.negotiate`, shared with the server),
-writes the 101 response on the server's own socket, and starts a
+:func:`syncws.opening.accept`, which the server calls too), writes the 101
+response on the server's own socket, and starts a
 :class:`~syncws.WebSocketServerProtocol` on it: the same connection as
 ``serve()`` gives, with its reader thread, bounded queue, keepalive,
 compression, limits and close codes. The handler then runs in the WSGI
@@ -61,7 +61,6 @@ import urllib.parse
 import weakref
 from typing import (
     Any, Callable, Dict, Iterable, Iterator, List, Mapping, MutableMapping, Optional, Sequence, Tuple, Type, Union,
-    cast,
 )
 
 from . import sockopts
@@ -564,8 +563,8 @@ def accept(
     )
     protocol_class = create_protocol or WebSocketServerProtocol
     protocol = protocol_class(
-        _no_handler,
-        cast(Any, None),  # no WebSocketServer: the WSGI server is the server
+        None,  # the caller runs its handler
+        None,  # the WSGI server is the server
         host=str(environ.get("SERVER_NAME", "")) or None,
         port=int(environ.get("SERVER_PORT") or 0) or None,
         secure=environ.get("wsgi.url_scheme") == "https",
@@ -675,10 +674,6 @@ def _answer(
     status_line, wsgi_headers, body = _wsgi_answer(status, headers, body)
     start_response(status_line, wsgi_headers + [("Content-Length", str(len(body)))])
     return [body]
-
-
-def _no_handler(websocket: WebSocketServerProtocol) -> None:
-    """The handler slot of a protocol :func:`accept` made: the caller runs its own."""
 
 
 def _wsgi_answer(
