@@ -26,17 +26,18 @@ import socket
 import stat
 import threading
 import time
-import types
 from typing import TYPE_CHECKING, Any, Callable, Iterable, List, Optional, Sequence, Set, Tuple, Type, Union
 
 from . import admission, metrics, opening, ports, sockopts, timers
-from .exceptions import AbortHandshake, ConnectionClosed, InvalidHandshake
+from .exceptions import AbortHandshake, InvalidHandshake
 from .extensions import permessage_deflate
 from .framing import CloseCode, serialize_close
 from .auth import BasicAuth
 from .hooks import Origins, ProcessResponse, ServerResponse, as_response, check_origins, respond
 from .http import Headers, HeadersLike, Request, read_request, serialize_response
 from .opening import ServerHooks, ServerPolicy, serialize_answer
+from .handlers import takes_path
+from .handlers import run_handler as run_handler  # its home before syncws.handlers
 from .opening import http_answer as http_answer  # its home before syncws.opening
 from .safetext import redact_uri
 from .metrics import ServerMetrics
@@ -404,42 +405,6 @@ class WebSocketServerProtocol(WebSocketCommonProtocol, ServerHooks):
         self.abort(f"the opening handshake failed: {exc}")
 
 
-def run_handler(protocol: WebSocketServerProtocol, handler: Callable[[], Any]) -> None:
-    """Run a connection's handler, then close the connection as its end deserves.
-
-    :func:`serve` and :mod:`syncws.wsgi` run handlers through it. The close
-    code tells the client the truth: 1000 when the handler returns; 1011
-    (internal error) when it raises anything, :exc:`BaseException`
-    included (``sys.exit()``, gunicorn's worker timeout, which raises
-    :exc:`SystemExit` in the handler, :exc:`KeyboardInterrupt`,
-    :exc:`GeneratorExit`); nothing more when it ends on
-    :exc:`~syncws.ConnectionClosed` (the connection closed under it: the
-    normal way for a handler to end). The errors are logged.
-
-    Args:
-        protocol: the open connection.
-        handler: the handler, bound to its arguments.
-
-    Raises:
-        BaseException: what the handler raised if it isn't an
-            :exc:`Exception`, again, once the close frame is out: it was
-            meant for the thread or the process (a worker told to exit).
-    """
-    try:
-        handler()
-    except ConnectionClosed as exc:
-        protocol.logger.debug("%s: handler ended by %s", protocol, exc)
-    except Exception:
-        protocol.logger.exception("%s: the handler raised", protocol)
-        protocol.close(CloseCode.INTERNAL_ERROR, "internal error")
-    except BaseException as exc:
-        protocol.logger.error("%s: the handler was stopped by %s", protocol, type(exc).__name__)
-        protocol.close(CloseCode.INTERNAL_ERROR, "internal error")
-        raise
-    else:
-        protocol.close()
-
-
 def send_http_answer(
     sock: socket.socket,
     status: int,
@@ -500,7 +465,7 @@ class WebSocketServer:
         )
         self._make_protocol = make_protocol
         self._handler = handler
-        self._handler_takes_path = _takes_path(handler)
+        self._handler_takes_path = takes_path(handler)
         self._ssl_context = ssl_context
         self._open_timeout = open_timeout
         self._max_connections = max_connections
@@ -863,38 +828,6 @@ def _describe_address(sock: socket.socket) -> str:
         return str(sock.getsockname())
     except OSError:
         return "?"
-
-
-def _takes_path(handler: Callable[..., Any]) -> bool:
-    """Tell a seed-style ``handler(websocket, path)`` from ``handler(websocket)``.
-
-    A plain function or method is read from its code object; any other
-    callable through :func:`inspect.signature`, imported only then: the
-    module costs a server process close to a megabyte of memory.
-    """
-    function, bound = handler, 0
-    if isinstance(handler, types.MethodType):
-        function, bound = handler.__func__, 1
-    if isinstance(function, types.FunctionType):
-        code = function.__code__
-        positional = code.co_argcount - len(function.__defaults__ or ()) - bound
-        variadic = bool(code.co_flags & _CO_VARARGS)
-    else:
-        import inspect
-
-        try:
-            parameters = inspect.signature(handler).parameters.values()
-        except (TypeError, ValueError):
-            return True
-        positional = sum(
-            1 for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
-        )
-        variadic = any(p.kind is p.VAR_POSITIONAL for p in parameters)
-    return positional >= 2 or (variadic and positional < 2)
-
-
-# inspect.CO_VARARGS, without importing inspect: the code flag of a *args parameter.
-_CO_VARARGS = 0x04
 
 
 def serve(

@@ -1491,7 +1491,7 @@ def test_takes_path_agrees_with_inspect(handler: Any) -> None:
     # reads must be what inspect.signature says.
     import inspect
 
-    from syncws.server import _takes_path
+    from syncws.handlers import takes_path
 
     try:
         parameters = list(inspect.signature(handler).parameters.values())
@@ -1504,4 +1504,4 @@ def test_takes_path_agrees_with_inspect(handler: Any) -> None:
         ]
         variadic = any(p.kind is p.VAR_POSITIONAL for p in parameters)
         expected = len(positional) >= 2 or (variadic and len(positional) < 2)
-    assert _takes_path(handler) is expected
+    assert takes_path(handler) is expected
