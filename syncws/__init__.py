@@ -34,7 +34,8 @@ from .extensions.permessage_deflate import DeflateSettings
 from .hooks import ServerResponse, respond
 from .datastructures import Headers
 from .protocol import State, Stats, WebSocketCommonProtocol
-from .server import WebSocketServer, WebSocketServerProtocol, serve, unix_serve
+from .server import WebSocketServer, serve, unix_serve
+from .serverprotocol import WebSocketServerProtocol
 from .version import __version__
 
 __all__ = [

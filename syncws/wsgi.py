@@ -71,7 +71,7 @@ from .http import Headers, Request, check_version, serialize_response
 from .paths import check_path, decode_path
 from .opening import http_answer
 from .handlers import run_handler
-from .server import SERVER_HEADER, WebSocketServerProtocol, send_http_answer
+from .serverprotocol import SERVER_HEADER, WebSocketServerProtocol, send_http_answer
 from .settings import check_settings
 from .transport import Transport
 
