@@ -286,11 +286,7 @@ def connect(
             type (see :func:`syncws.settings.check_settings`).
         ValueError: a setting out of range (the message names it).
     """
-    connect_host = kwds.pop("host", None)
-    connect_port = kwds.pop("port", None)
-    source_address = kwds.pop("source_address", None)
-    if kwds:
-        raise TypeError(f"connect() got unexpected keyword arguments: {', '.join(sorted(kwds))}")
+    connect_host, connect_port, source_address = _pop_connect_kwds(kwds)
     if extra_headers is not None and additional_headers is not None:
         raise TypeError("pass extra_headers or additional_headers, not both")
     if additional_headers is not None:
@@ -306,15 +302,9 @@ def connect(
     open_timeout = settings.open_timeout
     protocol_class = create_protocol or WebSocketClientProtocol
     chain = RedirectChain(
-        uri,
-        headers=extra_headers,
-        server_hostname=server_hostname,
-        connect_host=connect_host,
-        connect_port=connect_port,
-        max_redirects=max_redirects,
-        allow_private_redirects=allow_private_redirects,
-        keep_headers_on_redirect=keep_headers_on_redirect,
-        own_socket=sock is not None,
+        uri, headers=extra_headers, server_hostname=server_hostname, connect_host=connect_host,
+        connect_port=connect_port, max_redirects=max_redirects, allow_private_redirects=allow_private_redirects,
+        keep_headers_on_redirect=keep_headers_on_redirect, own_socket=sock is not None,
     )
     # One deadline for TCP, TLS and the handshake of every hop: a chain of
     # slow redirects can't take max_redirects times open_timeout.
@@ -322,82 +312,41 @@ def connect(
     while True:
         uri = chain.uri
         wsuri = _parse_uri(uri)
-        if ssl is not None and ssl is not False and not wsuri.secure and ssl is not True and sock is None:
-            raise ValueError("ssl= was given for a ws:// URI: use wss://")
-        if ssl is False and wsuri.secure:
-            raise ValueError("ssl=False with a wss:// URI: use ws://")
+        _check_ssl(ssl, wsuri, own_socket=sock is not None)
 
         protocol = protocol_class(
-            host=wsuri.host,
-            port=wsuri.port,
-            secure=wsuri.secure,
-            settings=settings,
-            logger=logger,
-            compression=compression,
-            user_agent_header=user_agent_header,
+            host=wsuri.host, port=wsuri.port, secure=wsuri.secure, settings=settings, logger=logger,
+            compression=compression, user_agent_header=user_agent_header,
         )
-
-        def timed_out() -> TimeoutError:
-            redirects = f", {len(chain.visited)} redirects included" if chain.visited else ""
-            return TimeoutError(
-                f"the opening handshake with {redact_uri(uri)} didn't finish within {open_timeout} seconds{redirects}"
-            )
-
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
-            raise timed_out()
-        host, port = chain.connect_host or wsuri.host, chain.connect_port or wsuri.port
+            raise _timed_out(chain, open_timeout)
         proxy_url = proxy_for(wsuri, proxy) if sock is None else None
+        # The proxy's target, when there is a proxy: the host a redirect's
+        # address space is checked from.
+        proxy_host: Optional[str] = None
         try:
-            if proxy_url is not None:
-                # The address, when the proxy leaves the name to us
-                # (socks5://): the one checked is the one the proxy connects to.
-                host = proxy_target(proxy_url, host, port)
-                chain.check_space(host_address_space(host))
-                sock = open_proxy(proxy_url, host, port, timeout=remaining, source_address=source_address)
-            elif sock is None:
-                check_space = chain.check_space if chain.checks_addresses else None
-                sock = _open_tcp(host, port, remaining, source_address, check_space)
+            if sock is None:
+                sock, proxy_host = _open_socket(chain, wsuri, proxy_url, remaining, source_address)
         except (socket.timeout, TimeoutError) as exc:
             # The socket's timeout (socket.timeout, no TimeoutError before
             # Python 3.10) or python-socks' is open_timeout's; a kernel's
             # ETIMEDOUT (with an errno) is another timeout.
             if deadline is None or exc.errno is not None:
                 raise
-            raise timed_out() from exc
+            raise _timed_out(chain, open_timeout) from exc
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         sockopts.tune_connection(sock, ping_interval=ping_interval, ping_timeout=ping_timeout)
         transport = Transport(sock, read_limit=read_limit)
         protocol.connection_made(transport)
         try:
-            # The deadline shuts the socket down, which ends whatever step of
-            # the handshake is blocked; `expired` tells that from a real error.
-            with timers.deadline(remaining, transport.abort) as handshake_deadline:
-                try:
-                    if wsuri.secure or ssl is True or (ssl is not None and ssl is not False):
-                        import ssl as ssl_module  # only for wss://: it costs megabytes
-
-                        context = ssl if isinstance(ssl, ssl_module.SSLContext) else ssl_module.create_default_context()
-                        transport.start_tls(context, server_hostname=chain.server_hostname or wsuri.host)
-                    protocol.handshake(wsuri, origin=origin, subprotocols=subprotocols, extra_headers=chain.headers)
-                except (OSError, InvalidMessage):
-                    if not handshake_deadline.expired:
-                        raise
-            if handshake_deadline.expired:
-                raise timed_out()
+            if not _handshake(protocol, wsuri, ssl, chain, remaining, origin=origin, subprotocols=subprotocols):
+                raise _timed_out(chain, open_timeout)
         except InvalidStatusCode as exc:
             protocol.abort(f"the server answered HTTP {exc.status_code}")
             if exc.status_code not in REDIRECT_STATUSES:
                 raise
-            remote = transport.remote_address
-            if proxy_url is not None:
-                space = host_address_space(host)
-            else:
-                space = address_space(remote[0]) if isinstance(remote, tuple) else None
-            chain.follow(wsuri, exc, space)
-            logging.getLogger("syncws.client").info(
-                "%s redirected to %s (HTTP %d)", redact_uri(uri), redact_uri(chain.uri), exc.status_code
-            )
+            _follow_redirect(chain, wsuri, exc, transport, proxy_host)
             sock = None
             continue
         except BaseException:
@@ -409,6 +358,118 @@ def connect(
         extensions = [permessage_deflate.EXTENSION_NAME] if protocol.extensions else []
         protocol.logger.info("%s", opened_line(protocol, wsuri.resource_name, protocol.subprotocol, extensions))
     return protocol
+
+
+def _pop_connect_kwds(kwds: Dict[str, Any]) -> Tuple[Optional[str], Optional[int], Any]:
+    """Take :func:`connect`'s ``host``, ``port`` and ``source_address`` from ``kwds``.
+
+    Raises:
+        TypeError: ``kwds`` holds anything else.
+    """
+    connect_host, connect_port, source_address = (kwds.pop(name, None) for name in ("host", "port", "source_address"))
+    if kwds:
+        raise TypeError(f"connect() got unexpected keyword arguments: {', '.join(sorted(kwds))}")
+    return connect_host, connect_port, source_address
+
+
+def _timed_out(chain: RedirectChain, open_timeout: Optional[float]) -> TimeoutError:
+    """The error of a redirect chain whose ``open_timeout`` ran out at its current hop."""
+    redirects = f", {len(chain.visited)} redirects included" if chain.visited else ""
+    return TimeoutError(
+        f"the opening handshake with {redact_uri(chain.uri)} didn't finish within {open_timeout} seconds{redirects}"
+    )
+
+
+def _check_ssl(ssl: Any, wsuri: WebSocketURI, *, own_socket: bool) -> None:
+    """Refuse an ``ssl`` argument that contradicts the URI's scheme.
+
+    Raises:
+        ValueError: a context for ``ws://`` (unless on the caller's own
+            socket), or ``ssl=False`` for ``wss://``.
+    """
+    if ssl is not None and ssl is not False and not wsuri.secure and ssl is not True and not own_socket:
+        raise ValueError("ssl= was given for a ws:// URI: use wss://")
+    if ssl is False and wsuri.secure:
+        raise ValueError("ssl=False with a wss:// URI: use ws://")
+
+
+def _open_socket(
+    chain: RedirectChain, wsuri: WebSocketURI, proxy_url: Optional[str], timeout: Optional[float],
+    source_address: Any,
+) -> Tuple[socket.socket, Optional[str]]:
+    """Open TCP for one hop of a redirect chain, through the proxy if any.
+
+    Returns:
+        The socket, and the host the proxy was asked for (``None`` without
+        a proxy).
+
+    Raises:
+        InvalidStatusCode: the address is in a more private space than the
+            chain allows (see :meth:`~syncws.redirects.RedirectChain.check_space`).
+        OSError, TimeoutError: connecting failed.
+    """
+    host, port = chain.connect_host or wsuri.host, chain.connect_port or wsuri.port
+    if proxy_url is None:
+        check_space = chain.check_space if chain.checks_addresses else None
+        return _open_tcp(host, port, timeout, source_address, check_space), None
+    # The address, when the proxy leaves the name to us (socks5://): the one
+    # checked is the one the proxy connects to.
+    host = proxy_target(proxy_url, host, port)
+    chain.check_space(host_address_space(host))
+    return open_proxy(proxy_url, host, port, timeout=timeout, source_address=source_address), host
+
+
+def _handshake(
+    protocol: WebSocketClientProtocol, wsuri: WebSocketURI, ssl: Any, chain: RedirectChain,
+    timeout: Optional[float], *, origin: Optional[str], subprotocols: Optional[Sequence[str]],
+) -> bool:
+    """TLS, for ``wss://`` or when ``ssl`` asks for it, then the opening handshake, within ``timeout``.
+
+    Args:
+        ssl: :func:`connect`'s argument: an :class:`ssl.SSLContext`, or
+            ``True``/``None`` for a default verifying context (``None``:
+            only for ``wss://``), ``False`` for no TLS.
+
+    Returns:
+        ``False`` when the time ran out.
+
+    Raises:
+        InvalidHandshake, OSError: as :meth:`WebSocketClientProtocol.handshake`
+            and TLS raise them.
+    """
+    transport = protocol.transport
+    assert transport is not None
+    # The deadline shuts the socket down, which ends whatever step of the
+    # handshake is blocked; `expired` tells that from a real error.
+    with timers.deadline(timeout, transport.abort) as handshake_deadline:
+        try:
+            if wsuri.secure or (ssl is not None and ssl is not False):
+                import ssl as ssl_module  # only for wss://: it costs megabytes
+
+                context = ssl if isinstance(ssl, ssl_module.SSLContext) else ssl_module.create_default_context()
+                transport.start_tls(context, server_hostname=chain.server_hostname or wsuri.host)
+            protocol.handshake(wsuri, origin=origin, subprotocols=subprotocols, extra_headers=chain.headers)
+        except (OSError, InvalidMessage):
+            if not handshake_deadline.expired:
+                raise
+    return not handshake_deadline.expired
+
+
+def _follow_redirect(
+    chain: RedirectChain, wsuri: WebSocketURI, exc: InvalidStatusCode, transport: Transport,
+    proxy_host: Optional[str],
+) -> None:
+    """Move the chain to a redirect's target, checked from where the hop went."""
+    if proxy_host is not None:
+        space = host_address_space(proxy_host)
+    else:
+        remote = transport.remote_address
+        space = address_space(remote[0]) if isinstance(remote, tuple) else None
+    hop = chain.uri
+    chain.follow(wsuri, exc, space)
+    logging.getLogger("syncws.client").info(
+        "%s redirected to %s (HTTP %d)", redact_uri(hop), redact_uri(chain.uri), exc.status_code
+    )
 
 
 def _open_tcp(

@@ -26,9 +26,7 @@ EXTENSIONS = {"syncws._speedups"}
 
 # Functions over the limit, each with the issue that removes it. Empty: keep
 # it so, or name the issue here.
-KNOWN_LONG_FUNCTIONS: Set[str] = {
-    "syncws.client.connect",  # issue 25: being split
-}
+KNOWN_LONG_FUNCTIONS: Set[str] = set()
 
 
 def module_name(path: pathlib.Path) -> str:
