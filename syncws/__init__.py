@@ -3,6 +3,12 @@
 Everything public is importable from here, except the low-level modules,
 which are imported by module: :mod:`syncws.framing`, :mod:`syncws.handshake`,
 :mod:`syncws.uri` and :mod:`syncws.http`.
+
+*The seed*, in docstrings and comments, is the API syncws adapts to threads:
+that of websockets' legacy (asyncio) implementation, whose names and
+signatures syncws keeps (``serve(ws_handler, host, port)``,
+``WebSocketServerProtocol.get_response_status(set_header)``, ``timeout``,
+``extra_headers``...) beside the modern ones. A "seed name" is such a name.
 """
 
 from .broadcast import broadcast
