@@ -1,10 +1,22 @@
-"""WebSocket frames (RFC 6455 §5): parsing, validation and serialization.
+"""WebSocket frames (RFC 6455 §5): the frame, its rules, and the one serializer.
 
-This module is pure: it turns bytes into :class:`Frame` objects and back and
-never touches a socket. Reading goes through a ``read_exact(n)`` callable that
-returns exactly ``n`` bytes (the connection's buffered socket reader, or
-``io.BytesIO(...).read`` in tests), so every rule of §5 is checked in one
-place for the client, the server and the tests.
+This module is pure and never touches a socket. It holds:
+
+* the vocabulary: :class:`Opcode`, :class:`CloseCode`, :class:`Frame` and the
+  close payload (:func:`parse_close`, :func:`serialize_close`);
+* the rules of a frame header (:func:`check_header`), which every parser
+  applies;
+* the one serializer: every frame syncws sends is written by
+  :func:`encode_frame` or :func:`encode_frame_bytes`, which check the frame,
+  or, on the connection's path for a whole small message, by
+  :func:`pack_frame`, which they call too (:func:`frame_header` writes the
+  header of a frame whose payload goes out apart);
+* a reference parser, :func:`read_frame`, which reads one frame at a time
+  from a ``read_exact(n)`` callable and checks every rule of §5: test peers,
+  tools and the benchmarks' raw clients use it. A live connection doesn't:
+  :mod:`syncws.core` parses incrementally, from bytes split anywhere, with
+  :func:`parse_simple_frames` below for the common case and
+  :func:`check_header` for the rules.
 
 A frame holds only what matters after parsing: ``fin``, ``opcode``, the
 unmasked payload and the three reserved bits. The mask exists only while a
