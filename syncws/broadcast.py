@@ -4,7 +4,7 @@ Theory of operation: most sends complete at once, because the socket buffer
 has room. :func:`broadcast` first sends inline to every connection whose
 socket buffer surely holds the whole frame; each of the others (a send
 already under way, a full buffer, a message bigger than the free room) gets
-a thread of its own (:func:`syncws.readers.start`: an idle one, or a new
+a thread of its own (:func:`syncws.threadpool.start`: an idle one, or a new
 one), whose send is bounded by the timeout. So one slow or dead client never
 delays the others, however many are slow, and a call returns within about
 ``timeout``, at the price of a thread per slow connection while it lasts.
@@ -16,7 +16,7 @@ import functools
 import threading
 from typing import Dict, Iterable, Optional
 
-from . import readers
+from . import threadpool
 from .logs import format_address
 from .protocol import Data, WebSocketCommonProtocol
 
@@ -71,7 +71,7 @@ def broadcast(
         for connection in slow:
             name = f"syncws-broadcast-{format_address(connection.remote_address)}"
             try:
-                readers.start(functools.partial(send, connection), name)
+                threadpool.start(functools.partial(send, connection), name)
             except RuntimeError as exc:  # out of threads: this one fails
                 with lock:
                     failures[connection] = exc

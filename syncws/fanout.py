@@ -43,7 +43,7 @@ and send each the messages that its socket takes at once
 dispatcher never waits for a member. The first message that would wait (a
 full socket buffer, a message bigger than the room in it, a send under way
 on the connection) and the rest of that mailbox go to a *sender thread* of
-the member's own (:func:`syncws.readers.start`: an idle thread, or a new
+the member's own (:func:`syncws.threadpool.start`: an idle thread, or a new
 one), which waits up to ``timeout`` for each send, then gives the member
 back to the dispatchers once its mailbox is empty. So members that stop
 reading hold one thread each, never one that others need, and a fan-out
@@ -133,7 +133,7 @@ import uuid
 import weakref
 from typing import Any, Callable, Deque, Dict, Iterator, List, NoReturn, Optional, Set, Tuple
 
-from . import metrics, readers
+from . import metrics, threadpool
 from .exceptions import ConnectionClosed, PublishError
 from .logs import format_address
 from .protocol import Data, WebSocketCommonProtocol
@@ -769,7 +769,7 @@ class Fanout:
         """Give a SLOW member a sender thread of its own."""
         name = f"syncws-fanout-sender-{_name(member.connection)}"
         try:
-            readers.start(functools.partial(self._serve, member, blocking=True), name)
+            threadpool.start(functools.partial(self._serve, member, blocking=True), name)
         except RuntimeError as exc:  # out of threads: it can't be served
             with self._lock:
                 drop = None if member.gone else self._drop(member, exc)

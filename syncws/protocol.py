@@ -36,7 +36,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, NamedTuple, NoReturn, Optional, Tuple, Union
 
-from . import readers, timers
+from . import threadpool, timers
 from .close_codes import OK_CLOSE_CODES, CloseCode, describe_close
 from .core import (
     BytesLike,
@@ -247,7 +247,7 @@ class WebSocketCommonProtocol:
         # The reader loop connection_open() made, until its thread ends
         # (dropped then: it refers back to the connection); whether
         # connection_open() gave the connection its reader thread (from
-        # syncws.readers); the thread's ident once it runs.
+        # syncws.threadpool); the thread's ident once it runs.
         self._reader: Optional[Reader] = None
         self._reader_started = False
         self._reader_ident: Optional[int] = None
@@ -401,7 +401,7 @@ class WebSocketCommonProtocol:
             on_pong=self._pong_received, on_closing=self._start_close_timer, on_end=self._finish,
         )
         # Keepalive first: the reader may end the connection (and stop
-        # keepalive) before readers.start() even returns.
+        # keepalive) before threadpool.start() even returns.
         if self.ping_interval is not None:
             self._keepalive = Keepalive(
                 self._writer, interval=self.ping_interval, timeout=self.ping_timeout,
@@ -416,7 +416,7 @@ class WebSocketCommonProtocol:
             # Not the address tuple's repr: repr() of a container gives the
             # calling thread a dict of its own (CPython's recursion guard),
             # about 300 bytes for as long as a server's handler thread lives.
-            readers.start(self._run_reader, f"syncws-reader-{format_address(self.remote_address)}")
+            threadpool.start(self._run_reader, f"syncws-reader-{format_address(self.remote_address)}")
         except BaseException:
             self._reader_started = False
             self._reader = None
@@ -427,7 +427,7 @@ class WebSocketCommonProtocol:
             raise
 
     def _run_reader(self) -> None:
-        """The connection's reader thread (a thread of :mod:`syncws.readers`)."""
+        """The connection's reader thread (a thread of :mod:`syncws.threadpool`)."""
         self._reader_ident = threading.get_ident()
         assert self._reader is not None
         set_connection(self)

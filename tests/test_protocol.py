@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed as WSConnectionClosed
 
 import syncws
 from syncws import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
-from syncws import readers
+from syncws import threadpool
 
 from conftest import close_payload, fd_count, frame, wait_for
 
@@ -838,11 +838,11 @@ def test_no_thread_or_fd_leak(ws_serve):
         t.name for t in _other_threads()
     ]
     assert wait_for(lambda: fd_count() <= fds_before, timeout=10), (fd_count(), fds_before)
-    # Reader threads linger idle for readers.LINGER seconds (some may predate
+    # Reader threads linger idle for threadpool.LINGER seconds (some may predate
     # this test), then end.
     assert wait_for(
         lambda: not [t for t in threading.enumerate() if t.name.startswith("syncws-reader")],
-        timeout=readers.LINGER + 5,
+        timeout=threadpool.LINGER + 5,
     ), [t.name for t in threading.enumerate()]
     assert len([t for t in threading.enumerate() if t.name == "syncws-timers"]) <= 1
 

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Tuple
 import pytest
 
 import syncws
-import syncws.readers
+import syncws.threadpool
 from conftest import wait_for
 from measure import fd_count, thread_count
 
@@ -123,5 +123,5 @@ def test_thousand_simultaneous_handshakes(many_fds: None) -> None:
     assert times[-1] < MAX_SECONDS
     assert fd_count() <= fds_before
     # The timer thread stays; reader threads wait idle for another
-    # connection for up to readers.LINGER seconds, then end.
-    assert wait_for(lambda: thread_count() <= threads_before + 1, timeout=syncws.readers.LINGER + 5), thread_count()
+    # connection for up to threadpool.LINGER seconds, then end.
+    assert wait_for(lambda: thread_count() <= threads_before + 1, timeout=syncws.threadpool.LINGER + 5), thread_count()

@@ -91,7 +91,7 @@ def test_hundreds_of_hostile_sockets(tls: bool) -> None:
             # the real one, on its way out; the real connection's reader
             # threads (client and server, in this process), and the
             # previous connection's two, which may still be on their way to
-            # idle (syncws.readers); the dribbler, the accept and timer
+            # idle (syncws.threadpool); the dribbler, the accept and timer
             # threads. Bounded by the pool, however many hostile sockets.
             assert peak_threads - threads_before <= POOL + 11
         finally:

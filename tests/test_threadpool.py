@@ -1,4 +1,4 @@
-"""syncws.readers: reader threads reused across connections, ended when idle."""
+"""syncws.threadpool: threads reused across connections, ended when idle."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any, List
 
 import pytest
 
-from syncws import readers
+from syncws import threadpool
 
 
 def run(name: str) -> "tuple[threading.Thread, str]":
@@ -22,7 +22,7 @@ def run(name: str) -> "tuple[threading.Thread, str]":
         seen.append((threading.current_thread(), threading.current_thread().name))
         done.set()
 
-    readers.start(task, name)
+    threadpool.start(task, name)
     assert done.wait(5)
     return seen[0]
 
@@ -47,7 +47,7 @@ def test_a_thread_is_named_after_its_task_and_reused_when_idle() -> None:
 
 
 def test_an_idle_thread_ends_after_linger(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(readers, "LINGER", 0.05)
+    monkeypatch.setattr(threadpool, "LINGER", 0.05)
     thread, _ = run("syncws-reader-short")
     thread.join(5)
     assert not thread.is_alive()
@@ -68,7 +68,7 @@ def start_busy(count: int) -> "tuple[List[threading.Thread], threading.Event]":
         release.wait(5)
 
     for index in range(count):
-        readers.start(task, f"syncws-reader-busy-{index}")
+        threadpool.start(task, f"syncws-reader-busy-{index}")
     started.wait()
     return threads, release
 
@@ -82,8 +82,8 @@ def test_busy_threads_are_not_shared() -> None:
 def test_a_new_thread_keeps_nothing_of_its_first_task_once_done(monkeypatch: pytest.MonkeyPatch) -> None:
     # A reader thread outlives its first connection (it lingers, or reads
     # for the next one): what it ran must be freed when the task ends.
-    monkeypatch.setattr(readers, "LINGER", 10.0)  # longer than the check below
-    _, release = start_busy(len(readers._idle))  # so the task gets a new thread
+    monkeypatch.setattr(threadpool, "LINGER", 10.0)  # longer than the check below
+    _, release = start_busy(len(threadpool._idle))  # so the task gets a new thread
     try:
         class Connection:
             def __init__(self) -> None:
@@ -97,7 +97,7 @@ def test_a_new_thread_keeps_nothing_of_its_first_task_once_done(monkeypatch: pyt
         ran = connection.ran
         gc.disable()  # freed by reference counting, not by a collection
         try:
-            readers.start(connection.read, "syncws-reader-first")
+            threadpool.start(connection.read, "syncws-reader-first")
             del connection
             assert ran.wait(5)
             for _ in range(200):
@@ -118,7 +118,7 @@ def test_an_error_in_a_task_is_logged_and_the_thread_lives_on(caplog: pytest.Log
         ran.append(threading.current_thread())
         raise ValueError("boom")
 
-    readers.start(boom, "syncws-reader-boom")
+    threadpool.start(boom, "syncws-reader-boom")
     for _ in range(500):
         if ran:
             break
@@ -136,9 +136,9 @@ def test_a_forked_child_starts_with_an_empty_pool() -> None:
     pid = os.fork()
     if pid == 0:  # the child: the parent's idle thread doesn't exist here
         try:
-            ok = not readers._idle
+            ok = not threadpool._idle
             done = threading.Event()
-            readers.start(done.set, "syncws-reader-child")
+            threadpool.start(done.set, "syncws-reader-child")
             ok = ok and done.wait(5)
         finally:
             os._exit(0 if ok else 1)
@@ -149,8 +149,8 @@ def test_a_forked_child_starts_with_an_empty_pool() -> None:
 def test_at_most_max_idle_threads_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     # A burst of closes doesn't park a thread per connection: past MAX_IDLE
     # waiting threads, a thread whose task ended ends at once.
-    monkeypatch.setattr(readers, "MAX_IDLE", 2)
-    monkeypatch.setattr(readers, "LINGER", 3.0)  # longer than the check below
+    monkeypatch.setattr(threadpool, "MAX_IDLE", 2)
+    monkeypatch.setattr(threadpool, "LINGER", 3.0)  # longer than the check below
     threads, release = start_busy(5)
     release.set()
     for _ in range(150):

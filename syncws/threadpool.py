@@ -1,4 +1,4 @@
-"""Reader threads, reused: the thread a connection reads its socket with.
+"""Threads reused from one task to the next: connections' readers, and senders.
 
 Theory of operation: every connection has a thread of its own that reads its
 socket, from the end of the opening handshake to the end of the connection
@@ -35,7 +35,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 __all__ = ["LINGER", "MAX_IDLE", "start"]
 
-logger = logging.getLogger("syncws.readers")
+logger = logging.getLogger("syncws.threadpool")
 
 #: Seconds an idle reader thread waits for another connection before it ends.
 LINGER = 1.0
