@@ -35,3 +35,8 @@ try:
     from . import _speedups as SPEEDUPS
 except ImportError:
     SPEEDUPS = None
+
+if SPEEDUPS is not None and hasattr(os, "register_at_fork"):
+    # A thread of the parent may hold the gate at the fork, and the child
+    # doesn't have that thread to release it.
+    os.register_at_fork(after_in_child=SPEEDUPS.reset_gate)

@@ -13,9 +13,11 @@ frames. :class:`Assembler` is the one consumer: it joins fragments for
 
 The hand-off is a :class:`queue.SimpleQueue`, whose ``put`` and ``get`` are
 implemented in C: a thread wake-up is the dominant cost of a round trip, and
-this is the cheapest one CPython offers. The bound is kept beside it: the
-reader checks the size before each put and, only when the queue is full,
-waits on an event that consumers set once they have taken a message.
+this is the cheapest one CPython offers. With the C speedups it is their
+twin, whose ``get`` passes the interpreter lock's gate on its way back from
+a wait (:data:`SimpleQueue`). The bound is kept beside it: the reader
+checks the size before each put and, only when the queue is full, waits on
+an event that consumers set once they have taken a message.
 
 Two events lift the bound. When the connection closes, the reader must keep
 reading to see the peer's close frame, so :meth:`unbound` lets it append
@@ -32,6 +34,7 @@ import threading
 import time
 from typing import Any, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
+from .accelerator import SPEEDUPS
 from .core import BytesLike, Data, Fragment
 from .exceptions import ConcurrencyError
 
@@ -41,6 +44,11 @@ __all__ = ["MessageQueue", "QueueClosed", "Assembler", "Outgoing", "prepare_mess
 class QueueClosed(Exception):
     """Raised by :meth:`MessageQueue.get` once the queue is empty and closed."""
 
+
+#: The queue's hand-off: :class:`queue.SimpleQueue`, or its twin from the C
+#: speedups, whose ``get()`` passes the interpreter lock's gate on the way
+#: back from a wait (see :doc:`design`).
+SimpleQueue: Any = getattr(SPEEDUPS, "SimpleQueue", queue.SimpleQueue)
 
 # The end marker. A consumer that takes it puts it back for the next one, so
 # it stays last in the queue for good.
@@ -62,7 +70,7 @@ class MessageQueue:
     )
 
     def __init__(self, high: Optional[int], low: Optional[int] = None) -> None:
-        self._items: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._items: "queue.SimpleQueue[Any]" = SimpleQueue()
         self._maxsize = high or 0
         self._low = self._maxsize - 1 if low is None else low
         # Cleared once when the connection starts closing or the queue closes.

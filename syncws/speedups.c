@@ -58,7 +58,10 @@
  * same way.  parse_simple_frames keeps the GIL throughout: it appends to a
  * Python list as it goes, and payloads up to the connection's size limit
  * (1 MiB by default) take well under a millisecond to unmask.  send_nowait
- * lets the GIL go around send(2), as socket.send() does, reading memory
+ * keeps the GIL around send(2) up to GIL_RELEASE_THRESHOLD bytes: a send
+ * that can't block takes microseconds, less than handing the GIL to
+ * another thread and waiting to get it back among thousands (the gate
+ * below); above, it lets the GIL go, as socket.send() does, reading memory
  * pinned the same way.
  */
 
@@ -71,13 +74,15 @@
 #ifndef _WIN32
 #include <errno.h>
 #include <sys/socket.h>
+#include <time.h>
 #endif
 
 #ifdef __SSE2__
 #include <emmintrin.h>
 #endif
 
-/* Below this size, dropping and retaking the GIL costs more than the XOR. */
+/* Below this size, dropping and retaking the GIL costs more than the XOR,
+ * or than a send(2) that doesn't block. */
 #define GIL_RELEASE_THRESHOLD (64 * 1024)
 
 /*
@@ -829,9 +834,12 @@ done:
     return result;
 }
 
-/* The module's state: the one name send_nowait() looks up per call. */
+/* The module's state: the one name the socket functions look up per call,
+ * queue.Empty, and the gate. */
 typedef struct {
     PyObject *fileno;       /* "fileno", interned */
+    PyObject *empty;        /* queue.Empty, which SimpleQueue.get() raises */
+    PyThread_type_lock gate;  /* see the theory of operation; unused without a GIL */
 } speedups_state;
 
 #ifdef MSG_DONTWAIT
@@ -888,13 +896,18 @@ send_nowait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         length = view.len;
     }
     for (;;) {
-        /* The GIL is let go, as socket.send() does: over loopback the
-         * kernel delivers the bytes to the peer's socket within this
-         * call, which takes microseconds. */
-        Py_BEGIN_ALLOW_THREADS
-        sent = send((int)fd, data, (size_t)length, MSG_DONTWAIT);
-        error = errno;
-        Py_END_ALLOW_THREADS
+        /* See the theory of operation ("Threads") for when the GIL is let
+         * go: a small send(2) that can't block is over in microseconds. */
+        if (length <= GIL_RELEASE_THRESHOLD) {
+            sent = send((int)fd, data, (size_t)length, MSG_DONTWAIT);
+            error = errno;
+        }
+        else {
+            Py_BEGIN_ALLOW_THREADS
+            sent = send((int)fd, data, (size_t)length, MSG_DONTWAIT);
+            error = errno;
+            Py_END_ALLOW_THREADS
+        }
         if (sent >= 0) {
             break;
         }
@@ -931,6 +944,462 @@ done:
     return result;
 }
 #endif  /* MSG_DONTWAIT */
+
+/*
+ * The gate (see the theory of operation above): gate_restore() is
+ * PyEval_RestoreThread() for the blocking calls that every message goes
+ * through.
+ */
+#ifdef Py_GIL_DISABLED
+#define gate_restore(state, save) PyEval_RestoreThread(save)
+#else
+static void
+gate_restore(speedups_state *state, PyThreadState *save)
+{
+    PyThread_type_lock gate = state->gate;
+
+    PyThread_acquire_lock(gate, WAIT_LOCK);
+    PyEval_RestoreThread(save);
+    PyThread_release_lock(gate);
+}
+#endif
+
+PyDoc_STRVAR(reset_gate_doc,
+"reset_gate($module, /)\n"
+"--\n"
+"\n"
+"Give the gate a new lock: for a child process after fork(), where a\n"
+"thread of the parent may have held it.\n");
+
+static PyObject *
+reset_gate(PyObject *module, PyObject *unused)
+{
+#ifndef Py_GIL_DISABLED
+    speedups_state *state = PyModule_GetState(module);
+    PyThread_type_lock gate = PyThread_allocate_lock();
+
+    if (gate == NULL) {
+        return PyErr_NoMemory();
+    }
+    /* The old lock is left alone: it may be held by a thread that the
+     * child doesn't have, and freeing a held lock is undefined. */
+    state->gate = gate;
+#endif
+    (void)module;
+    (void)unused;
+    Py_RETURN_NONE;
+}
+
+#ifndef _WIN32
+/* The descriptor of a socket object, asked per call as socket.recv() does:
+ * a closed socket says -1, and recv(2) then fails with EBADF. */
+static int
+socket_fd(speedups_state *state, PyObject *sock, int *fd)
+{
+    PyObject *fileno = PyObject_CallMethodNoArgs(sock, state->fileno);
+    long value;
+
+    if (fileno == NULL) {
+        return -1;
+    }
+    value = PyLong_AsLong(fileno);
+    Py_DECREF(fileno);
+    if (value == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    *fd = (int)value;
+    return 0;
+}
+
+/* One blocking recv(2) into buf, the GIL let go and the gate passed on the
+ * way back; retried after the signal handlers when interrupted (PEP 475).
+ * Returns the byte count, or -1 with an exception set. */
+static Py_ssize_t
+gated_recv(speedups_state *state, int fd, char *buf, Py_ssize_t size)
+{
+    Py_ssize_t received;
+    int error;
+
+    if (size == 0) {
+        return 0;  /* as socket.recv(0): nothing to wait for */
+    }
+    for (;;) {
+        PyThreadState *save = PyEval_SaveThread();
+        received = recv(fd, buf, (size_t)size, 0);
+        error = errno;
+        gate_restore(state, save);
+        if (received >= 0) {
+            return received;
+        }
+        if (error != EINTR) {
+            errno = error;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            return -1;
+        }
+    }
+}
+
+PyDoc_STRVAR(recv_doc,
+"recv($module, sock, size, /)\n"
+"--\n"
+"\n"
+"sock.recv(size) on a blocking socket, passing the gate on the way back.\n");
+
+static PyObject *
+recv_gated(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    speedups_state *state = PyModule_GetState(module);
+    PyObject *result;
+    Py_ssize_t size, received;
+    int fd;
+
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError,
+                     "recv() takes exactly 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (socket_fd(state, args[0], &fd) < 0) {
+        return NULL;
+    }
+    size = PyNumber_AsSsize_t(args[1], PyExc_OverflowError);
+    if (size == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (size < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative buffersize in recv");
+        return NULL;
+    }
+    result = PyBytes_FromStringAndSize(NULL, size);
+    if (result == NULL) {
+        return NULL;
+    }
+    received = gated_recv(state, fd, PyBytes_AS_STRING(result), size);
+    if (received < 0) {
+        Py_DECREF(result);
+        return NULL;
+    }
+    if (received != size) {
+        /* Shrunk in place, as socket.recv() does: nobody else has seen it. */
+        _PyBytes_Resize(&result, received);
+    }
+    return result;
+}
+
+PyDoc_STRVAR(recv_into_doc,
+"recv_into($module, sock, buffer, /)\n"
+"--\n"
+"\n"
+"sock.recv_into(buffer) on a blocking socket, passing the gate on the way\n"
+"back.\n");
+
+static PyObject *
+recv_into_gated(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    speedups_state *state = PyModule_GetState(module);
+    Py_buffer view;
+    Py_ssize_t received;
+    int fd;
+
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError,
+                     "recv_into() takes exactly 2 arguments (%zd given)",
+                     nargs);
+        return NULL;
+    }
+    if (socket_fd(state, args[0], &fd) < 0) {
+        return NULL;
+    }
+    /* The export pins the buffer (a bytearray can't be resized) while the
+     * GIL is let go. */
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_WRITABLE) < 0) {
+        PyErr_Format(PyExc_TypeError,
+                     "recv_into() argument must be read-write bytes-like "
+                     "object, not %.50s", Py_TYPE(args[1])->tp_name);
+        return NULL;
+    }
+    received = gated_recv(state, fd, (char *)view.buf, view.len);
+    PyBuffer_Release(&view);
+    if (received < 0) {
+        return NULL;
+    }
+    return PyLong_FromSsize_t(received);
+}
+
+/*
+ * SimpleQueue: queue.SimpleQueue's put, get and qsize, as CPython 3.11
+ * implements them (a list, and a lock held while the queue is empty), with
+ * the gate on the way back from a get() that waited.  The list and the
+ * lock's bookkeeping are changed under the GIL, or the object's critical
+ * section in free-threaded builds.  POSIX only, as the reads: the gate is
+ * for the threads that they wake.
+ */
+#ifndef Py_BEGIN_CRITICAL_SECTION
+#define Py_BEGIN_CRITICAL_SECTION(op) {
+#define Py_END_CRITICAL_SECTION() }
+#endif
+
+typedef struct {
+    PyObject_HEAD
+    speedups_state *state;    /* the module's (the type keeps it alive) */
+    PyThread_type_lock lock;  /* acquired by get() while the queue is empty */
+    int locked;               /* whether get() holds the lock */
+    PyObject *items;          /* a list; the queue starts at items[head] */
+    Py_ssize_t head;
+} SimpleQueueObject;
+
+PyDoc_STRVAR(simple_queue_doc,
+"SimpleQueue()\n"
+"--\n"
+"\n"
+"An unbounded FIFO queue: queue.SimpleQueue's put(), get() and qsize(),\n"
+"with the gate on the way back from a get() that waited.\n");
+
+static PyObject *
+simple_queue_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    SimpleQueueObject *self;
+    PyObject *module;
+
+    if (PyTuple_GET_SIZE(args) != 0
+        || (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "SimpleQueue() takes no arguments");
+        return NULL;
+    }
+    module = PyType_GetModule(type);
+    if (module == NULL) {
+        return NULL;
+    }
+    self = (SimpleQueueObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->state = PyModule_GetState(module);
+    self->locked = 0;
+    self->head = 0;
+    self->items = PyList_New(0);
+    if (self->items == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->lock = PyThread_allocate_lock();
+    if (self->lock == NULL) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    return (PyObject *)self;
+}
+
+static int
+simple_queue_traverse(SimpleQueueObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->items);
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+static int
+simple_queue_clear(SimpleQueueObject *self)
+{
+    Py_CLEAR(self->items);
+    return 0;
+}
+
+static void
+simple_queue_dealloc(SimpleQueueObject *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+
+    PyObject_GC_UnTrack(self);
+    Py_CLEAR(self->items);
+    if (self->lock != NULL) {
+        if (self->locked) {
+            PyThread_release_lock(self->lock);
+        }
+        PyThread_free_lock(self->lock);
+    }
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);  /* a heap type: each instance holds a reference */
+}
+
+PyDoc_STRVAR(simple_queue_put_doc,
+"put($self, item, /)\n"
+"--\n"
+"\n"
+"Append item, waking a get() that waits; never blocks.\n");
+
+static PyObject *
+simple_queue_put(SimpleQueueObject *self, PyObject *item)
+{
+    PyObject *result = Py_None;
+
+    Py_BEGIN_CRITICAL_SECTION(self);
+    if (PyList_Append(self->items, item) < 0) {
+        result = NULL;
+    }
+    else if (self->locked) {
+        /* A get() waits, or will find the lock free. */
+        PyThread_release_lock(self->lock);
+        self->locked = 0;
+    }
+    Py_END_CRITICAL_SECTION();
+    Py_XINCREF(result);
+    return result;
+}
+
+/* The first item, taken out; the caller checked that there is one. */
+static PyObject *
+simple_queue_pop(SimpleQueueObject *self)
+{
+    Py_ssize_t size = PyList_GET_SIZE(self->items);
+    PyObject *item = PyList_GET_ITEM(self->items, self->head);
+
+    Py_INCREF(Py_None);
+    PyList_SET_ITEM(self->items, self->head, Py_None);
+    self->head++;
+    if (self->head > size - self->head) {
+        /* More than half of the list is taken: reclaim it. */
+        if (PyList_SetSlice(self->items, 0, self->head, NULL) < 0) {
+            self->head--;
+            PyList_SET_ITEM(self->items, self->head, item);
+            Py_DECREF(Py_None);
+            return NULL;
+        }
+        self->head = 0;
+    }
+    return item;
+}
+
+/* Microseconds on a monotonic clock, for get()'s deadline. */
+static int64_t
+monotonic_us(void)
+{
+    struct timespec now;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)now.tv_sec * 1000000 + now.tv_nsec / 1000;
+}
+
+PyDoc_STRVAR(simple_queue_get_doc,
+"get($self, /, block=True, timeout=None)\n"
+"--\n"
+"\n"
+"Remove and return the first item, as queue.SimpleQueue.get().\n"
+"\n"
+"Raises:\n"
+"    queue.Empty: block is false and the queue is empty, or no item came\n"
+"        within timeout seconds.\n");
+
+static PyObject *
+simple_queue_get(SimpleQueueObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"block", "timeout", NULL};
+    int block = 1;
+    PyObject *timeout = Py_None, *item = NULL;
+    PY_TIMEOUT_T microseconds = -1;  /* -1: no limit */
+    int64_t deadline = 0;
+    PyLockStatus status;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|pO:get", keywords,
+                                     &block, &timeout)) {
+        return NULL;
+    }
+    if (!block) {
+        microseconds = 0;
+    }
+    else if (timeout != Py_None) {
+        double seconds = PyFloat_AsDouble(timeout);
+
+        if (seconds == -1.0 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (seconds < 0) {
+            PyErr_SetString(PyExc_ValueError,
+                            "'timeout' must be a non-negative number");
+            return NULL;
+        }
+        if (seconds * 1e6 >= (double)PY_TIMEOUT_MAX) {
+            PyErr_SetString(PyExc_OverflowError,
+                            "timeout value is too large");
+            return NULL;
+        }
+        microseconds = (PY_TIMEOUT_T)(seconds * 1e6 + 0.999);  /* ceiling */
+        deadline = monotonic_us() + microseconds;
+    }
+
+    Py_BEGIN_CRITICAL_SECTION(self);
+    for (;;) {
+        if (self->head < PyList_GET_SIZE(self->items)) {
+            item = simple_queue_pop(self);
+            break;
+        }
+        /* A try first, without letting the GIL go. */
+        status = PyThread_acquire_lock_timed(self->lock, 0, 0);
+        if (status == PY_LOCK_FAILURE && microseconds != 0) {
+            PyThreadState *save = PyEval_SaveThread();
+            status = PyThread_acquire_lock_timed(self->lock, microseconds, 1);
+            gate_restore(self->state, save);
+        }
+        if (status == PY_LOCK_INTR && Py_MakePendingCalls() < 0) {
+            break;  /* a signal handler raised */
+        }
+        if (status == PY_LOCK_FAILURE) {
+            PyErr_SetNone(self->state->empty);
+            break;
+        }
+        if (status == PY_LOCK_ACQUIRED) {
+            self->locked = 1;
+        }
+        if (microseconds > 0) {
+            microseconds = (PY_TIMEOUT_T)(deadline - monotonic_us());
+            if (microseconds < 0) {
+                microseconds = 0;
+            }
+        }
+    }
+    Py_END_CRITICAL_SECTION();
+    return item;
+}
+
+PyDoc_STRVAR(simple_queue_qsize_doc,
+"qsize($self, /)\n"
+"--\n"
+"\n"
+"The number of items in the queue.\n");
+
+static PyObject *
+simple_queue_qsize(SimpleQueueObject *self, PyObject *unused)
+{
+    Py_ssize_t size;
+
+    (void)unused;
+    Py_BEGIN_CRITICAL_SECTION(self);
+    size = PyList_GET_SIZE(self->items) - self->head;
+    Py_END_CRITICAL_SECTION();
+    return PyLong_FromSsize_t(size);
+}
+
+static PyMethodDef simple_queue_methods[] = {
+    {"put", (PyCFunction)simple_queue_put, METH_O, simple_queue_put_doc},
+    {"get", (PyCFunction)(void (*)(void))simple_queue_get,
+     METH_VARARGS | METH_KEYWORDS, simple_queue_get_doc},
+    {"qsize", (PyCFunction)simple_queue_qsize, METH_NOARGS,
+     simple_queue_qsize_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot simple_queue_slots[] = {
+    {Py_tp_doc, (void *)simple_queue_doc},
+    {Py_tp_new, (void *)simple_queue_new},
+    {Py_tp_dealloc, (void *)simple_queue_dealloc},
+    {Py_tp_traverse, (void *)simple_queue_traverse},
+    {Py_tp_clear, (void *)simple_queue_clear},
+    {Py_tp_methods, simple_queue_methods},
+    {0, NULL},
+};
+#endif  /* _WIN32 */
 
 /*
  * PayloadBuffer: see the theory of operation above.  The bytes object is
@@ -1084,17 +1553,57 @@ static PyType_Spec payload_buffer_spec = {
     payload_buffer_slots,
 };
 
+#ifndef _WIN32
+static PyType_Spec simple_queue_spec = {
+    "syncws._speedups.SimpleQueue",
+    sizeof(SimpleQueueObject),
+    0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_HAVE_GC,
+    simple_queue_slots,
+};
+#endif
+
 /* A heap type per module object, as multi-phase initialization wants. */
 static int
 speedups_exec(PyObject *module)
 {
     speedups_state *state = PyModule_GetState(module);
     PyObject *type;
+#ifndef _WIN32
+    PyObject *queue;
+#endif
 
     state->fileno = PyUnicode_InternFromString("fileno");
     if (state->fileno == NULL) {
         return -1;
     }
+#ifndef Py_GIL_DISABLED
+    /* Never freed: a thread may sleep on it until the process ends. */
+    state->gate = PyThread_allocate_lock();
+    if (state->gate == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+#endif
+#ifndef _WIN32
+    queue = PyImport_ImportModule("_queue");
+    if (queue == NULL) {
+        return -1;
+    }
+    state->empty = PyObject_GetAttrString(queue, "Empty");
+    Py_DECREF(queue);
+    if (state->empty == NULL) {
+        return -1;
+    }
+    type = PyType_FromModuleAndSpec(module, &simple_queue_spec, NULL);
+    if (type == NULL) {
+        return -1;
+    }
+    if (PyModule_AddObject(module, "SimpleQueue", type) < 0) {
+        Py_DECREF(type);
+        return -1;
+    }
+#endif
     type = PyType_FromModuleAndSpec(module, &payload_buffer_spec, NULL);
 
     if (type == NULL) {
@@ -1120,6 +1629,13 @@ static PyMethodDef speedups_methods[] = {
     {"send_nowait", (PyCFunction)(void (*)(void))send_nowait, METH_FASTCALL,
      send_nowait_doc},
 #endif
+#ifndef _WIN32
+    {"recv", (PyCFunction)(void (*)(void))recv_gated, METH_FASTCALL,
+     recv_doc},
+    {"recv_into", (PyCFunction)(void (*)(void))recv_into_gated, METH_FASTCALL,
+     recv_into_doc},
+#endif
+    {"reset_gate", (PyCFunction)reset_gate, METH_NOARGS, reset_gate_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1129,6 +1645,7 @@ speedups_traverse(PyObject *module, visitproc visit, void *arg)
     speedups_state *state = PyModule_GetState(module);
 
     Py_VISIT(state->fileno);
+    Py_VISIT(state->empty);
     return 0;
 }
 
@@ -1138,6 +1655,7 @@ speedups_clear(PyObject *module)
     speedups_state *state = PyModule_GetState(module);
 
     Py_CLEAR(state->fileno);
+    Py_CLEAR(state->empty);
     return 0;
 }
 

@@ -7,7 +7,8 @@ its first byte to its last, and is the only code that calls the socket.
   through a :class:`~syncws.streamreader.StreamReader`; whatever arrived
   after the head is then handed over with :meth:`Transport.take_buffered`, and
   the reader thread reads with :meth:`~Transport.recv` and
-  :meth:`~Transport.recv_into`.
+  :meth:`~Transport.recv_into`: on a plain socket, with the C speedups,
+  through the interpreter lock's gate (:data:`gated_recv`).
 * **Writing** (:meth:`~Transport.write`) first tries one non-blocking
   ``send`` (``MSG_DONTWAIT`` on POSIX sockets without TLS, through
   :func:`send_nowait`): when the kernel buffer has room, a frame costs one
@@ -41,7 +42,7 @@ from .streamreader import StreamReader
 if TYPE_CHECKING:  # ssl costs megabytes of memory: imported only for wss://
     import ssl as ssl_module
 
-__all__ = ["Transport", "send_nowait", "py_send_nowait"]
+__all__ = ["Transport", "gated_recv", "gated_recv_into", "send_nowait", "py_send_nowait"]
 
 # MSG_DONTWAIT lets a write try without blocking on a socket whose reads
 # block, with no syscall to switch modes; POSIX only, and not for TLS.
@@ -91,6 +92,14 @@ def py_send_nowait(sock: socket.socket, data: BytesLike) -> Optional[memoryview]
 send_nowait: Callable[[socket.socket, BytesLike], Optional[memoryview]] = getattr(
     SPEEDUPS, "send_nowait", py_send_nowait
 )
+
+
+#: ``socket.recv(size)`` and ``socket.recv_into(buffer)`` on a blocking
+#: socket, passing the interpreter lock's gate on the way back (the C
+#: speedups, see :doc:`design`, "The interpreter lock's gate"); ``None``
+#: without them. Called with the socket as first argument.
+gated_recv: Optional[Callable[[socket.socket, int], bytes]] = getattr(SPEEDUPS, "recv", None)
+gated_recv_into: Optional[Callable[[socket.socket, memoryview], int]] = getattr(SPEEDUPS, "recv_into", None)
 
 
 def _nothing_written(data: BytesLike) -> BytesLike:
@@ -155,6 +164,12 @@ class Transport:
             pass
 
     @property
+    def _gated(self) -> bool:
+        """Whether the reads go through :data:`gated_recv`: on a plain socket
+        (not TLS, nor a subclass, which may override ``recv``)."""
+        return gated_recv is not None and type(self.sock) is socket.socket
+
+    @property
     def secure(self) -> bool:
         """Whether the socket is a TLS socket."""
         return hasattr(self.sock, "cipher")  # an SSLSocket, without importing ssl
@@ -209,9 +224,13 @@ class Transport:
     def recv(self) -> Callable[[int], bytes]:
         """One blocking ``recv`` of at most ``size`` bytes; ``b""`` at the end of the stream.
 
-        The socket's own method, so that the reader thread, which binds it
-        once, reads with one call per read, not two.
+        The socket's own method, or for a plain socket its gated twin from
+        the C speedups (:data:`gated_recv`), so that the reader thread,
+        which binds it once, reads with one call per read, not two.
         """
+        if self._gated:
+            assert gated_recv is not None
+            return functools.partial(gated_recv, self.sock)
         return self.sock.recv
 
     def recv_ready(self, size: int) -> bytes:
@@ -228,7 +247,10 @@ class Transport:
             return b""
 
     def recv_into(self, buffer: memoryview) -> int:
-        """One blocking ``recv_into``; 0 at the end of the stream."""
+        """One blocking ``recv_into``; 0 at the end of the stream (gated as :attr:`recv`)."""
+        if self._gated:
+            assert gated_recv_into is not None
+            return gated_recv_into(self.sock, buffer)
         return self.sock.recv_into(buffer)
 
     def drain(self) -> None:
