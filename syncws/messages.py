@@ -50,6 +50,14 @@ class QueueClosed(Exception):
 #: back from a wait (see :doc:`design`).
 SimpleQueue: Any = getattr(SPEEDUPS, "SimpleQueue", queue.SimpleQueue)
 
+# Orders the making of a queue's room event (the reader, the first time
+# it waits) against unbound(), close() and consumers looking for it after
+# they lifted the bound or took a message: either the event is found and
+# set, or the reader sees the change and doesn't wait. Without a GIL
+# (free-threaded builds) nothing else orders those plain attribute
+# accesses. Rare paths: one lock serves every queue.
+_room_lock = threading.Lock()
+
 # The end marker. A consumer that takes it puts it back for the next one, so
 # it stays last in the queue for good.
 _CLOSED = object()
@@ -82,8 +90,9 @@ class MessageQueue:
         # wake-up can't be lost between the check and the wait. Made by the
         # reader the first time it waits: most queues never fill, and an
         # Event costs a server 1.2 KB per connection. unbound() and close()
-        # change _bounded before they look for it, so a reader that makes it
-        # after they looked sees _bounded False and doesn't wait.
+        # change _bounded before they look for it, both under _room_lock,
+        # so a reader that makes it after they looked sees _bounded False
+        # and doesn't wait.
         self._room: Optional[threading.Event] = None
         #: True while the reader thread waits in put(): the peer is alive and
         #: sending faster than the application consumes.
@@ -101,7 +110,8 @@ class MessageQueue:
         if self._bounded and self._items.qsize() >= self._maxsize:
             room = self._room
             if room is None:
-                room = self._room = threading.Event()
+                with _room_lock:
+                    room = self._room = threading.Event()
             self.put_waiting = True
             try:
                 while self._bounded and self._items.qsize() > self._low:
@@ -197,7 +207,8 @@ class MessageQueue:
 
     def _wake_reader(self) -> None:
         """Wake the reader if it waits for room (or may: it made the event)."""
-        room = self._room
+        with _room_lock:
+            room = self._room
         if room is not None:
             room.set()
 

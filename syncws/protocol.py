@@ -679,8 +679,13 @@ class WebSocketCommonProtocol:
         """
         payload = data.encode() if isinstance(data, str) else None if data is None else bytes(data)
         event = threading.Event()
-        self._send(Writer.send, lambda core: core.send_ping(payload, (event, time.monotonic())), None)
-        self._pings_sent += 1
+
+        def produce(core: ConnectionCore) -> None:
+            core.send_ping(payload, (event, time.monotonic()))
+            # Counted under the core's lock: pings may come from several threads.
+            self._pings_sent += 1
+
+        self._send(Writer.send, produce, None)
         return event
 
     def pong(self, data: Union[str, bytes] = b"") -> None:
@@ -810,11 +815,19 @@ class WebSocketCommonProtocol:
     # -- deadlines -------------------------------------------------------------
 
     def _start_close_timer(self) -> None:
-        """Drop TCP if the closing handshake isn't over within the timeout."""
-        if self._close_timer is None and self.close_timeout is not None:
-            self._close_timer = timers.call_later(
-                self.close_timeout, lambda: self.abort("the closing handshake timed out")
-            )
+        """Drop TCP if the closing handshake isn't over within the timeout.
+
+        From the reader thread, the closing thread or the timer thread, maybe
+        at once: the core's lock makes the look and the arming one step, so
+        only one timer is armed, and none once :meth:`_finish` has cancelled it.
+        """
+        if self.close_timeout is None:
+            return
+        with self._core_lock:
+            if self._close_timer is None and self._core.state is not State.CLOSED:
+                self._close_timer = timers.call_later(
+                    self.close_timeout, lambda: self.abort("the closing handshake timed out")
+                )
 
     def _keepalive_timed_out(self) -> None:
         """Keepalive callback (timer thread): the peer stopped answering pings."""
@@ -849,12 +862,14 @@ class WebSocketCommonProtocol:
         try:
             with self._core_lock:
                 self._core.receive_eof(cause)
+                # Read with the state's change: no timer is armed once CLOSED.
+                close_timer = self._close_timer
             transport.close()
         finally:
             write_lock.release()
         self._writer.connection_closed()
-        if self._close_timer is not None:
-            self._close_timer.cancel()
+        if close_timer is not None:
+            close_timer.cancel()
         if self._keepalive is not None:
             self._keepalive.stop()
         self._messages.close()

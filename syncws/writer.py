@@ -117,8 +117,7 @@ class Writer:
                 core.send_data(payload, text=text, fin=fin, compress=compress)
                 data = core.data_to_send()
             self.write_locked(data, deadline)
-        if core.outgoing:
-            self.flush(blocking=False)
+        self._flush_left()
 
     def send_message(
         self, payload: Union[BytesLike, str], text: bool, compress: Optional[bool], timeout: Optional[float],
@@ -183,7 +182,11 @@ class Writer:
             finally:
                 self._end_turn()
             return True
-        if core.outgoing:
+        # _flush_left(), inline: this runs for every message.
+        core_lock.acquire()
+        left = bool(core.outgoing)
+        core_lock.release()
+        if left:
             self.flush(blocking=False)
         return True
 
@@ -330,8 +333,7 @@ class Writer:
                 produce(self.core)
                 data = self.core.data_to_send()
             self.write_locked(data, deadline)
-        if self.core.outgoing:
-            self.flush(blocking=False)
+        self._flush_left()
 
     def write_locked(
         self, data: Sequence[BytesLike], deadline: Optional[float], timeout: Optional[float] = None
@@ -365,6 +367,27 @@ class Writer:
             self.core.abandon(cause)
         self.transport.abort()
 
+    def _left(self) -> bool:
+        """Whether frames wait in the core's buffer, looked at under the core's lock.
+
+        For a thread that just let go of :attr:`lock`: another thread may
+        have added frames meanwhile, under the core's lock, and failed to
+        take the write lock. Taking the core's lock orders this look after
+        that addition; without a GIL (free-threaded builds) a plain read
+        might not see it yet, and the frames would wait for the next write.
+        """
+        core_lock = self.core_lock
+        core_lock.acquire()
+        try:
+            return bool(self.core.outgoing)
+        finally:
+            core_lock.release()
+
+    def _flush_left(self) -> None:
+        """After letting go of :attr:`lock`: write what other threads left meanwhile (see :meth:`_left`)."""
+        if self._left():
+            self.flush(blocking=False)
+
     def flush(self, blocking: bool) -> None:
         """Write the frames other threads left in the core's buffer.
 
@@ -372,7 +395,7 @@ class Writer:
         lock: that thread flushes after its own frames. Never raises: a
         failed write aborts the transport, which ends the connection.
         """
-        while self.core.outgoing:
+        while self._left():
             if not self.lock.acquire(blocking=blocking):
                 return
             try:
@@ -421,7 +444,7 @@ class Writer:
             return False
         finally:
             self.lock.release()
-            if written and self.core.outgoing:
+            if written and self._left():
                 timers.call_later(0, self._write_waiting)
 
     def _write_waiting(self) -> None:
