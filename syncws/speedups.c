@@ -1667,15 +1667,17 @@ speedups_free(void *module)
 
 /* Multi-phase initialization: the module keeps its type and one interned
  * name (one of each per module object), so it is safe in subinterpreters,
- * and in free-threaded builds the functions only touch memory the caller
- * handed over.  A PayloadBuffer's export count is not atomic: a buffer belongs to
- * one thread at a time (the reader thread, under the core's lock). */
+ * and it doesn't need the GIL (Py_mod_gil, CPython 3.13+): the functions
+ * only touch memory the caller handed over, SimpleQueue keeps its list
+ * under its critical section, and the gate exists only with a GIL.  A
+ * PayloadBuffer's export count is not atomic: a buffer belongs to one
+ * thread at a time (the reader thread, under the core's lock). */
 static PyModuleDef_Slot speedups_slots[] = {
     {Py_mod_exec, (void *)speedups_exec},
 #ifdef Py_mod_multiple_interpreters
     {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
 #endif
-#ifdef Py_GIL_DISABLED
+#ifdef Py_mod_gil
     {Py_mod_gil, Py_MOD_GIL_NOT_USED},
 #endif
     {0, NULL},
