@@ -78,7 +78,12 @@ def test_connections_messages_and_bytes_match_the_clients(server: syncws.WebSock
         clients[1].send("close 4000")
         with pytest.raises(syncws.ConnectionClosed):
             clients[1].recv(TIMEOUT)
-        clients[2].transport.abort()  # type: ignore[union-attr]  # gone, without a close frame
+        # Gone, without a close frame. abort(), not transport.abort(): behind
+        # the connection's back, the close() below could still make a close
+        # frame (before the reader saw the end of the stream), count it in
+        # the client's bytes_out, and fail to send it (8 bytes "missing" on
+        # the server's side, under load).
+        clients[2].abort()
         done = settled(server, 3)
     finally:
         for client in clients:
