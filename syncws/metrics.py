@@ -466,6 +466,11 @@ class GroupMetrics:
         self.directory = directory
         self.index = index
         self.interval = interval
+        # Held by publish(), which the publishing thread and every scrape
+        # (connection threads) call: one at a time, they don't write the
+        # same temporary file at once, and the file's snapshots follow
+        # each other in order.
+        self._publishing = threading.Lock()
 
     def start(self) -> None:
         """Publish every ``interval`` seconds, from a daemon thread, for the life of the process."""
@@ -481,15 +486,19 @@ class GroupMetrics:
         threading.Thread(target=publish_forever, name="syncws-metrics", daemon=True).start()
 
     def publish(self) -> None:
-        """Write this process's families to its file (atomically: written aside, then renamed)."""
+        """Write this process's families to its file (atomically: written aside, then renamed).
+
+        Safe from any thread: one write at a time.
+        """
         import json  # only in the workers of a group: not every server's memory
-        labelled = families(collect(), fanout_stats(), {"worker": str(self.index)})
-        data = {"pid": os.getpid(), "families": [[f.name, f.type, f.help, f.samples] for f in labelled]}
         path = os.path.join(self.directory, f"{self.index}.json")
         temporary = f"{path}.{os.getpid()}.tmp"
-        with open(temporary, "w") as file:
-            json.dump(data, file)
-        os.replace(temporary, path)
+        with self._publishing:
+            labelled = families(collect(), fanout_stats(), {"worker": str(self.index)})
+            data = {"pid": os.getpid(), "families": [[f.name, f.type, f.help, f.samples] for f in labelled]}
+            with open(temporary, "w") as file:
+                json.dump(data, file)
+            os.replace(temporary, path)
 
     def render(self) -> str:
         """Prometheus' text for the whole group, this process's counts fresh.

@@ -8,6 +8,7 @@ exactly once its side of every connection has ended.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import socket
 import threading
@@ -279,6 +280,49 @@ def test_samples_of_several_sources_share_one_family() -> None:
     assert values['syncws_connections_open{worker="0"}'] == 1
     assert values['syncws_connections_open{worker="1"}'] == 2
     assert text.count("# TYPE syncws_connections_open gauge") == 1
+
+
+def test_a_group_member_writes_its_file_one_publish_at_a_time(tmp_path: Any, monkeypatch: Any) -> None:
+    # A worker's metrics thread and a scrape (a connection thread) publish at
+    # once: both wrote the same temporary file, and the second rename found
+    # it gone (FileNotFoundError, which render() took for the group's
+    # directory gone: the other workers' samples went missing).
+    group = metrics.GroupMetrics(str(tmp_path), 0)
+    writing, most = 0, 0
+    count_lock = threading.Lock()
+    entered, overlapped = threading.Event(), threading.Event()
+    real_dump = json.dump
+
+    def dump(data: Any, file: Any) -> None:
+        nonlocal writing, most
+        with count_lock:
+            writing += 1
+            most = max(most, writing)
+        if writing > 1:
+            overlapped.set()
+        entered.set()
+        overlapped.wait(1.0)  # time for the other publish to come in, if it can
+        real_dump(data, file)
+        with count_lock:
+            writing -= 1
+
+    errors: List[BaseException] = []
+
+    def publish() -> None:
+        try:
+            group.publish()
+        except BaseException as exc:
+            errors.append(exc)
+
+    monkeypatch.setattr(json, "dump", dump)
+    first, second = threading.Thread(target=publish), threading.Thread(target=publish)
+    first.start()
+    assert entered.wait(TIMEOUT)
+    second.start()
+    first.join(TIMEOUT)
+    second.join(TIMEOUT)
+    assert (most, errors) == (1, [])
+    assert json.loads((tmp_path / "0.json").read_text())["families"]
 
 
 WSGI_APP = '''
