@@ -24,9 +24,10 @@ three things, and so does this module:
   handshake don't count against ``max_connections`` (open WebSockets) but
   against their own pool of ``max_pending`` threads, the
   :class:`HandshakePool`. When it is full, a connection whose first byte has
-  arrived waits (without a thread) for a slot, newest first (the oldest
-  waiting are the likeliest to be an attacker's: last in, first out is what
-  keeps a queue useful under overload); if the oldest handshake in the
+  arrived waits (without a thread) for a slot, newest first by the time it
+  was accepted (the oldest waiting are the likeliest to be an attacker's:
+  last in, first out is what keeps a queue useful under overload), for at
+  most ``queue_timeout`` from its accept; if the oldest handshake in the
   pool has already taken :data:`EVICTABLE_AFTER` seconds, it is dropped to
   make room: a real client sends its whole request at once and is done in
   milliseconds, so the oldest handshake is the likeliest to be an attacker's,
@@ -227,8 +228,9 @@ def accept_loop(
         pool: the pool of handshakes, shared by every listener of a server.
         first_byte_timeout: seconds a connection may stay silent; ``None``
             for no limit (the pool's bound still applies).
-        queue_timeout: seconds a connection that has sent its first byte
-            may wait for a slot; ``None`` for no limit.
+        queue_timeout: seconds from its accept within which a connection
+            that has sent its first byte must get a slot, or be dropped;
+            ``None`` for no limit.
         is_closing: whether the server is closing.
         at_capacity: whether the server serves ``max_connections`` open
             connections; new connections then get 503 at once.
@@ -244,8 +246,9 @@ def accept_loop(
         return
     # Silent connections, oldest first: socket -> (accepted at, address).
     silent: Dict[socket.socket, Tuple[float, Any]] = {}
-    # Connections whose first byte arrived, waiting for a slot, oldest first
-    # (served newest first).
+    # Connections whose first byte arrived, waiting for a slot: (socket,
+    # address, accepted at), oldest accepted first (served newest first; see
+    # _queue).
     waiting: Deque[Tuple[socket.socket, Any, float]] = collections.deque()
     max_silent = None if pool.size is None else SILENT_PER_SLOT * pool.size
 
@@ -282,8 +285,8 @@ def accept_loop(
                     sock = key.fileobj
                     assert isinstance(sock, socket.socket)
                     selector.unregister(sock)
-                    _, address = silent.pop(sock)
-                    waiting.append((sock, address, time.monotonic()))
+                    accepted, address = silent.pop(sock)
+                    _queue(waiting, (sock, address, accepted))
 
             now = time.monotonic()
             if first_byte_timeout is not None:
@@ -311,6 +314,28 @@ def accept_loop(
         wakeup.close()
         for sock in list(silent) + [entry[0] for entry in waiting]:
             drop(sock)
+
+
+def _queue(waiting: Deque[Tuple[socket.socket, Any, float]], entry: Tuple[socket.socket, Any, float]) -> None:
+    """Add a connection whose first byte arrived to ``waiting``, in the order
+    of the accept times (the entries' last field).
+
+    The loop notices first bytes in its own order: a connection accepted
+    silent may be seen ready only after a newer one was accepted with its
+    request there (in the same batch of events, or while the loop was busy
+    accepting). Appending it would put it after the newer one, and serve it
+    first.
+    """
+    accepted = entry[2]
+    low, high = 0, len(waiting)
+    # bisect, by hand: its key argument needs Python 3.10.
+    while low < high:  # the first entry accepted later
+        middle = (low + high) // 2
+        if waiting[middle][2] <= accepted:
+            low = middle + 1
+        else:
+            high = middle
+    waiting.insert(low, entry)
 
 
 def _backlog_probe(listener: socket.socket) -> Callable[[], bool]:
@@ -397,7 +422,7 @@ def _accept_batch(
             selector.unregister(oldest)
             state = _has_data(oldest)
             if state:
-                waiting.append((oldest, oldest_address, accepted))
+                _queue(waiting, (oldest, oldest_address, accepted))
             else:
                 if state is not None:
                     logger.info("%d connections sent nothing yet: dropping the oldest", max_silent)

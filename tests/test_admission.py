@@ -150,8 +150,10 @@ def test_full_pool_drops_its_oldest_handshake_for_a_newcomer() -> None:
 def test_silent_connection_dropped_after_first_byte_timeout_without_a_thread() -> None:
     before = {t.name for t in threading.enumerate()}
     with syncws.serve(echo, HOST, 0, first_byte_timeout=0.3, open_timeout=10) as server:
+        # Before connecting: the server's clock starts at its accept, which
+        # may come before this thread runs again.
+        start = time.monotonic()
         with socket.create_connection((HOST, server.port), timeout=5) as idle:
-            start = time.monotonic()
             # No thread for a connection that has sent nothing.
             assert {t.name for t in threading.enumerate()} - before <= {
                 t.name for t in threading.enumerate() if t.name.startswith(("syncws-accept", "syncws-timers"))
@@ -289,4 +291,82 @@ def test_an_accept_batch_takes_the_whole_backlog_without_an_empty_accept() -> No
     finally:
         for sock in clients + accepted:
             sock.close()
+        listener.close()
+
+
+class _GatedPool:
+    """A pool that is full until ``open`` is set, then has a slot for everyone."""
+
+    size = 1
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+
+    def make_room(self, logger: logging.Logger) -> bool:
+        return self.open.is_set()
+
+
+@pytest.mark.timeout(15)
+def test_waiting_connections_are_served_newest_accepted_first() -> None:
+    """Newest first means newest accepted, whatever order the loop noticed
+    their first bytes in: a connection accepted early whose first byte the
+    loop saw only after accepting a newer one was served before it. A loaded
+    accept thread met that in test_full_pool_drops_its_oldest_handshake_for_a_newcomer:
+    the real client came after ten slow handshakes and waited for them."""
+    listener = socket.create_server((HOST, 0))
+    wakeup, other = socket.socketpair()
+    selector = syncws.admission.watch(listener, wakeup)
+    pool = _GatedPool()
+    accepted: "collections.deque[threading.Event]" = collections.deque(threading.Event() for _ in range(3))
+    gate = threading.Event()
+    served: List[Any] = []
+    closing = False
+
+    def at_capacity() -> bool:
+        event = accepted.popleft()
+        event.set()
+        if len(accepted) == 1:  # the second connection: the loop stalls here
+            gate.wait(10)
+        return False
+
+    def start_handshake(sock: socket.socket, address: Any) -> None:
+        served.append(address)
+        sock.close()
+
+    events = list(accepted)
+    loop = threading.Thread(target=syncws.admission.accept_loop, args=(listener,), kwargs=dict(
+        selector=selector, wakeup=wakeup, pool=pool, first_byte_timeout=None, queue_timeout=None,
+        is_closing=lambda: closing, at_capacity=at_capacity, refuse_busy=lambda sock: None,
+        start_handshake=start_handshake, logger=logging.getLogger("syncws.tests"),
+    ))
+    loop.start()
+    older = socket.create_connection(listener.getsockname())
+    staller = newer = None
+    try:
+        assert events[0].wait(5)  # accepted, silent
+        staller = socket.create_connection(listener.getsockname())
+        assert events[1].wait(5)  # the loop is stalled in its accept batch
+        older.sendall(b"G")
+        newer = socket.create_connection(listener.getsockname())
+        newer.sendall(b"G")
+        gate.set()  # the batch goes on: the newer one is accepted with its byte there
+        assert events[2].wait(5)
+
+        def registered() -> List[Any]:
+            return [key.fileobj.getpeername() for key in list(selector.get_map().values())
+                    if key.fileobj not in (listener, wakeup)]
+
+        # The older one's byte noticed too: only the silent staller is left to watch.
+        assert wait_for(lambda: registered() == [staller.getsockname()]), registered()
+        pool.open.set()
+        assert wait_for(lambda: len(served) == 2)
+        assert served == [newer.getsockname(), older.getsockname()]
+    finally:
+        closing = True
+        other.send(b"\0")
+        loop.join(5)
+        other.close()
+        for sock in (older, staller, newer):
+            if sock is not None:
+                sock.close()
         listener.close()
