@@ -49,7 +49,6 @@ import logging
 import os
 import signal
 import ssl
-import stat
 import sys
 import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -382,9 +381,6 @@ def run_server(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         _status("server stopped without waiting for every connection to close")
         return EXIT_INTERRUPTED
-    finally:
-        if args.unix:
-            _remove_socket(args.unix)
     _status("server closed")
     return EXIT_OK
 
@@ -399,15 +395,6 @@ def _server_options(args: argparse.Namespace, hook: Any = None) -> Union[Dict[st
     except OSError as exc:  # ssl.SSLError included
         _error(f"could not load the TLS certificate: {exc.strerror or exc}")
         return EXIT_ERROR
-
-
-def _remove_socket(path: str) -> None:
-    """Remove the Unix socket the server listened on, if it is still there."""
-    try:
-        if stat.S_ISSOCK(os.stat(path).st_mode):
-            os.unlink(path)
-    except OSError:
-        pass
 
 
 def _run_processes(args: argparse.Namespace) -> int:

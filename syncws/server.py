@@ -124,6 +124,10 @@ class WebSocketServer:
         self._closing = False
         self._close_args: Tuple[int, str] = (CloseCode.GOING_AWAY, "")
         self._closed = threading.Event()
+        # The socket file unix_serve() bound for this server, removed by
+        # close(): its path, and its (device, inode) to tell it from a file
+        # that took its place since.
+        self._socket_file: Optional[Tuple[str, Tuple[int, int]]] = None
         # One socket pair per accept thread: close() writes to the second
         # socket to wake the thread up.
         self._wakeups = [socket.socketpair() for _ in sockets]
@@ -370,6 +374,10 @@ class WebSocketServer:
             spare, self._spare = self._spare, None
         if spare is not None:
             spare[1].put(None)
+        if self._socket_file is not None:
+            # While the socket still listens: a newer unix_serve() can't
+            # have replaced the file meanwhile (it refuses a live socket).
+            _remove_socket_file(*self._socket_file, self.logger)
         for sock in self.sockets:
             try:
                 # Wakes the accept thread blocked on this socket.
@@ -677,13 +685,36 @@ def _remove_stale_socket(path: str) -> None:
         raise OSError(error, f"can't tell whether a server listens on this path: {os.strerror(error)}", path)
 
 
+def _socket_file_identity(path: str) -> Optional[Tuple[int, int]]:
+    """The (device, inode) of the socket file just bound at ``path``;
+    ``None`` in Linux's abstract namespace, where there is no file."""
+    if path.startswith("\0"):
+        return None
+    status = os.lstat(path)
+    return status.st_dev, status.st_ino
+
+
+def _remove_socket_file(path: str, identity: Tuple[int, int], logger: logging.Logger) -> None:
+    """Remove the socket file at ``path`` if it is still the one with ``identity``."""
+    try:
+        status = os.lstat(path)
+        if (status.st_dev, status.st_ino) == identity and stat.S_ISSOCK(status.st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass  # removed by someone else: nothing of ours is left
+    except OSError as exc:
+        logger.warning("could not remove the socket file %s: %s", path, exc.strerror or exc)
+
+
 def unix_serve(ws_handler: Callable[..., Any], path: str, **kwargs: Any) -> WebSocketServer:
     """Start a WebSocket server on a Unix socket.
 
     Args:
         ws_handler: as for :func:`serve`.
         path: the socket's path. A socket file left there by a server that
-            is gone is replaced; anything else is refused.
+            is gone is replaced; anything else is refused. The server
+            removes its socket file when it closes (unless another file
+            has taken its place since).
         **kwargs: as for :func:`serve`.
 
     Returns:
@@ -698,9 +729,19 @@ def unix_serve(ws_handler: Callable[..., Any], path: str, **kwargs: Any) -> WebS
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
-        backlog = kwargs.pop("backlog", None)
-        sock.listen(sockopts.default_backlog() if backlog is None else backlog)
+        identity = _socket_file_identity(path)
     except BaseException:
         sock.close()
         raise
-    return serve(ws_handler, sock=sock, **kwargs)
+    try:
+        backlog = kwargs.pop("backlog", None)
+        sock.listen(sockopts.default_backlog() if backlog is None else backlog)
+        server = serve(ws_handler, sock=sock, **kwargs)
+    except BaseException:
+        if identity is not None:
+            _remove_socket_file(path, identity, logging.getLogger("syncws.server"))
+        sock.close()
+        raise
+    if identity is not None:
+        server._socket_file = (path, identity)
+    return server

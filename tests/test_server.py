@@ -1268,6 +1268,53 @@ def stale_socket(path: str) -> None:
 
 
 @pytest.mark.timeout(10)
+def test_unix_serve_removes_its_socket_when_it_closes(tmp_path):
+    # As gunicorn and uvicorn do: no stale file left for the next start.
+    path = tmp_path / "ws.sock"
+    server = syncws.unix_serve(echo, str(path))
+    assert path.is_socket()
+    server.close()
+    assert not os.path.lexists(path)
+    server.wait_closed(timeout=5)
+    server.close()  # again: nothing more to remove, no error
+
+
+@pytest.mark.timeout(10)
+def test_unix_serve_leaves_a_newer_servers_socket(tmp_path):
+    # The file was removed under the first server and a newer one listens
+    # at the path: closing the first must not take the newer one's socket.
+    path = str(tmp_path / "ws.sock")
+    older = syncws.unix_serve(lambda ws: ws.send("older"), path)
+    try:
+        os.unlink(path)
+        with syncws.unix_serve(lambda ws: ws.send("newer"), path):
+            older.close()
+            older.wait_closed(timeout=5)
+            with syncws.unix_connect(path) as ws:
+                assert ws.recv(timeout=5) == "newer"
+        assert not os.path.lexists(path)
+    finally:
+        older.close()
+
+
+@pytest.mark.timeout(10)
+def test_unix_serve_leaves_what_replaced_its_socket(tmp_path):
+    path = tmp_path / "ws.sock"
+    with syncws.unix_serve(echo, str(path)):
+        path.unlink()
+        path.write_text("precious")
+    assert path.read_text() == "precious"
+
+
+@pytest.mark.timeout(10)
+def test_unix_serve_removes_its_socket_when_serve_refuses_the_options(tmp_path):
+    path = tmp_path / "ws.sock"
+    with pytest.raises(ValueError):
+        syncws.unix_serve(echo, str(path), max_pending_handshakes=0)
+    assert not os.path.lexists(path)
+
+
+@pytest.mark.timeout(10)
 def test_unix_serve_replaces_a_stale_socket(tmp_path):
     path = str(tmp_path / "ws.sock")
     stale_socket(path)
