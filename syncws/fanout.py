@@ -100,9 +100,12 @@ longer than a parameter says, and nothing is lost unreported.
   published meanwhile is the outage's gap). Otherwise it waits for Redis to
   confirm the subscription, ``timeout`` at most.
 * :meth:`~RedisFanout.publish` retries while Redis is unreachable, for up
-  to ``publish_timeout`` (5 s), and after an outage waits, within the same
-  time, until the channel has as many subscriptions as its last message
-  reached, so the other processes, back too, get it. Past that it raises
+  to ``publish_timeout`` (5 s). Once Redis answers again it waits until
+  the channel has as many subscriptions as its last message reached, so the
+  other processes, back too, get it; but for twice ``max_reconnect_delay``
+  at most (1 s): every live subscriber retries at least that often, so one
+  that isn't back by then has left (or is cut off from Redis, and reports
+  its own outage). Past ``publish_timeout`` it raises
   :exc:`~syncws.PublishError`: the message is not sent. A retry reuses the
   first attempt's sequence number, so a message that reached Redis after
   all isn't delivered twice; a number whose message never went is counted
@@ -942,6 +945,8 @@ class RedisFanout(Fanout):
             to half.
         max_reconnect_delay: the longest delay between attempts: once Redis
             answers again, the subscriber is back within about this long.
+            After an outage, :meth:`publish` waits twice this long at most
+            for the subscriptions of other processes to be back.
         publish_timeout: seconds :meth:`publish` keeps retrying while Redis
             is unreachable (as quickly as the subscriber reconnects) before
             it raises :exc:`~syncws.PublishError`; 0 raises at the first
@@ -1036,9 +1041,10 @@ class RedisFanout(Fanout):
 
         While Redis is unreachable, retries for up to ``publish_timeout``
         seconds (each attempt bounded by ``timeout``), as soon as it answers
-        again; and then, within the same time, waits until the channel has
-        as many subscriptions as the last publish reached, so that the
-        processes that were subscribed get it too. A retry carries the first
+        again; and then waits until the channel has as many subscriptions as
+        the last publish reached, so that the processes that were subscribed
+        get it too, for at most twice ``max_reconnect_delay`` (a process
+        that left meanwhile never comes back). A retry carries the first
         attempt's sequence number, so a message that reached Redis after all
         isn't delivered twice.
 
@@ -1086,19 +1092,33 @@ class RedisFanout(Fanout):
             self._publish_lock.release()
 
     def _await_subscribers(self, channel: str, receivers: int, deadline: float) -> None:
-        """After an outage, wait until ``channel`` has its ``receivers`` back, until ``deadline``.
+        """After an outage, wait until ``channel`` has its ``receivers`` back, briefly.
 
         A restarted Redis has no subscriptions: a message published before
         the other processes subscribe again would be lost to them. The
-        last PUBLISH's reply said how many subscriptions it reached; once
-        Redis counts as many (a process gone meanwhile never comes back:
-        then until ``deadline``), the message goes.
+        last PUBLISH's reply said how many subscriptions it reached, and
+        the message goes once Redis counts as many again. A live process
+        retries at most ``max_reconnect_delay`` apart, so it is back within
+        about that long once Redis answers; one that isn't back within twice
+        that has left (it never comes back), or is cut off from Redis (it
+        reports its outage, this message included). So the wait ends then,
+        or at ``deadline``.
         """
-        while time.monotonic() < deadline and not self._stop.is_set():
+        grace_ends = None  # set by Redis's first answer
+        while not self._stop.is_set():
             ((_, subscribed),) = self._publisher_client.pubsub_numsub(self.prefix + channel)
+            now = time.monotonic()
+            if grace_ends is None:
+                grace_ends = min(deadline, now + 2 * self.max_reconnect_delay)
             if subscribed >= receivers:
                 return
-            self._stop.wait(min(_POLL, max(0.0, deadline - time.monotonic())))
+            if now >= grace_ends:
+                logger.debug(
+                    "publishing to %r with %d of its %d subscriptions back after the outage",
+                    channel, subscribed, receivers,
+                )
+                return
+            self._stop.wait(min(_POLL, grace_ends - now))
 
     def _publish_failed(self, channel: str, why: str, cause: Optional[BaseException] = None) -> NoReturn:
         with self._lock:

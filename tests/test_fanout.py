@@ -585,6 +585,62 @@ def test_redis_publish_rides_out_a_restart(nodes: List[Node], redis_server: Redi
 
 
 @needs_redis
+@pytest.mark.timeout(150)
+def test_redis_publish_after_an_outage_does_not_wait_for_a_process_that_left(
+    redis_server: Redis, tmp_path: Path
+) -> None:
+    """Two chat processes subscribe to a room; one of them stops while Redis is down.
+
+    The first publish after the restart waited for both subscriptions, so
+    for its whole publish_timeout. It now waits for the process that comes
+    back, and no longer than twice max_reconnect_delay for the one that left.
+    """
+    chats = [ChatServer(tmp_path, redis_server.url, f"chat{i}", extra=["--redis-ping", "0.5"]) for i in range(2)]
+    # A publisher in this process (no member here). Its grace for the
+    # subscriptions, 2 x 2 s, leaves a loaded machine's chat process time
+    # to subscribe again; the bound below is a third of publish_timeout.
+    publisher = RedisFanout(redis_server.url, publish_timeout=60, max_reconnect_delay=2.0)
+    members: List[syncws.WebSocketClientProtocol] = []
+    try:
+        for number, chat in enumerate(chats):
+            chat.wait_serving()
+            websocket = syncws.connect(f"ws://{HOST}:{chat.port}/chat/left", compression=None, max_queue=None)
+            websocket.send(f"hello {number}")
+            wait_message(websocket, f"hello {number}")
+            members.append(websocket)
+        publisher.publish("left", "before")  # Redis's reply: two subscriptions
+        for websocket in members:
+            wait_message(websocket, "before")
+        redis_server.kill()
+        chats[1].stop()  # leaves while Redis is down
+        published = threading.Event()
+
+        def publish() -> None:
+            publisher.publish("left", "during")
+            published.set()
+
+        thread = threading.Thread(target=publish)
+        thread.start()
+        assert not published.wait(0.5)  # retrying: Redis is down
+        redis_server.start()
+        back = time.monotonic()
+        assert published.wait(publisher.publish_timeout)
+        waited = time.monotonic() - back
+        thread.join()
+        # It waited for the process that came back, which got it...
+        wait_message(members[0], "during", TIMEOUT)
+        # ... not for the one that left.
+        assert waited < publisher.publish_timeout / 3, f"published {waited:.1f} s after Redis was back"
+        assert publisher.stats.publish_errors == 0
+    finally:
+        for websocket in members:
+            websocket.close()
+        for chat in chats:
+            chat.stop()
+        publisher.close()
+
+
+@needs_redis
 @pytest.mark.timeout(30)
 def test_redis_each_outage_is_reported_with_its_own_duration(nodes: List[Node], redis_server: Redis) -> None:
     one, two = nodes
