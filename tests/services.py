@@ -299,6 +299,34 @@ def start_chat_servers(directory: Path, redis_url: Optional[str], count: int) ->
     return servers
 
 
+@functools.lru_cache(maxsize=None)
+def _no_control_socket() -> List[str]:
+    """gunicorn >= 25 opens a control socket at a fixed path: not in tests."""
+    from gunicorn.config import KNOWN_SETTINGS
+
+    return ["--no-control-socket"] if any(s.name == "control_socket_disable" for s in KNOWN_SETTINGS) else []
+
+
+def gunicorn_command(app: str, *args: str, port: Optional[int] = None, config: bool = True) -> List[str]:
+    """The command that runs gunicorn serving ``app``, without a control socket.
+
+    Args:
+        app: the WSGI application, ``module:name``.
+        args: gunicorn's options.
+        port: the port of 127.0.0.1 to listen on (bound after ``args``, so
+            it wins); ``None`` leaves the address to the configuration.
+        config: with syncws's gunicorn configuration
+            (``-c python:syncws.gunicorn_conf``).
+    """
+    command = [sys.executable, "-m", "gunicorn"]
+    if config:
+        command += ["-c", "python:syncws.gunicorn_conf"]
+    command += [*_no_control_socket(), *args]
+    if port is not None:
+        command += ["-b", f"{HOST}:{port}"]
+    return [*command, app]
+
+
 class Gunicorn:
     """gunicorn serving ``app`` (a module of tests/wsgi_apps) on a free port, its log in a file.
 
@@ -307,18 +335,11 @@ class Gunicorn:
     """
 
     def __init__(self, directory: Path, app: str, *args: str, env: Optional[dict] = None) -> None:
-        from gunicorn.config import KNOWN_SETTINGS
-
         self.port = free_port()
         self.log_path = directory / "gunicorn.log"
-        # gunicorn >= 25 opens a control socket at a fixed path: not in tests.
-        no_control = ["--no-control-socket"] if any(s.name == "control_socket_disable" for s in KNOWN_SETTINGS) else []
         environ = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), str(WSGI_APPS), environ.get("PYTHONPATH")]))
-        command = [
-            sys.executable, "-m", "gunicorn", "-b", f"{HOST}:{self.port}", "-c", "python:syncws.gunicorn_conf",
-            *no_control, *args, app,
-        ]
+        command = gunicorn_command(app, *args, port=self.port)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 command, cwd=WSGI_APPS, env=environ, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -29,7 +29,7 @@ from typing import Any, Dict, Iterator, List
 import pytest
 
 import syncws
-from services import Chromium
+from services import Chromium, free_port, gunicorn_command
 from syncws import framing
 from syncws.exceptions import InvalidStatusCode
 from syncws.wsgi import HandedOver, ServerNotSupported, accept, websocket_app
@@ -44,22 +44,6 @@ EXAMPLES = os.path.join(ROOT, "examples", "wsgi")
 DOCS_PAGE = os.path.join(ROOT, "docs", "wsgi.rst")
 APPS = os.path.join(ROOT, "tests", "wsgi_apps")
 MiB = 1 << 20
-
-
-def _no_control_socket() -> List[str]:
-    """gunicorn >= 25 opens a control socket at a fixed path: not for tests."""
-    from gunicorn.config import KNOWN_SETTINGS
-
-    return ["--no-control-socket"] if any(s.name == "control_socket_disable" for s in KNOWN_SETTINGS) else []
-
-
-NO_CONTROL_SOCKET = _no_control_socket()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ServerProcess:
@@ -140,11 +124,7 @@ class ServerProcess:
 
 def gunicorn_server(app: str, *args: str, name: str = "gunicorn", **env: str) -> ServerProcess:
     port = free_port()
-    argv = [
-        sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "--chdir", EXAMPLES,
-        "-c", "python:syncws.gunicorn_conf", *NO_CONTROL_SOCKET, *args, app,
-    ]
-    return ServerProcess(name, argv, port, **env)
+    return ServerProcess(name, gunicorn_command(app, "--chdir", EXAMPLES, *args, port=port), port, **env)
 
 
 def werkzeug_server(app: str) -> ServerProcess:
@@ -673,8 +653,7 @@ def test_worker_timeout_closes_with_1011() -> None:
     # whose SIGABRT handler raises SystemExit inside websocket.recv(). The
     # client used to get 1000 (OK) for it.
     port = free_port()
-    argv = [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "--chdir", EXAMPLES,
-            *NO_CONTROL_SOCKET, "-k", "sync", "--timeout", "1", "bare_app:app"]
+    argv = gunicorn_command("bare_app:app", "--chdir", EXAMPLES, "-k", "sync", "--timeout", "1", port=port, config=False)
     server = ServerProcess("gunicorn-timeout", argv, port)
     try:
         with syncws.connect(f"{server.ws}/ws/echo") as ws:
@@ -806,8 +785,7 @@ def test_gunicorn_hook_composes_with_the_projects_gunicorn_conf_py(composed_by: 
         imports="" if by_syncws else "from syncws.wsgi import gunicorn_post_worker_init",
         call="" if by_syncws else "gunicorn_post_worker_init(worker)\n    ",
     ))
-    config = ["-c", "python:syncws.gunicorn_conf"] if by_syncws else []
-    argv = [sys.executable, "-m", "gunicorn", *config, *NO_CONTROL_SOCKET, "--chdir", EXAMPLES, "flask_app:app"]
+    argv = gunicorn_command("flask_app:app", "--chdir", EXAMPLES, config=by_syncws)
     server = ServerProcess("gunicorn-composed", argv, port, cwd=str(tmp_path))
     try:
         with syncws.connect(f"{server.ws}/ws/echo") as ws:
@@ -1045,7 +1023,7 @@ def test_the_docs_gunicorn_command_serves_the_example() -> None:
     [command] = [c for c in shell_commands(DOCS_PAGE) if c.startswith("gunicorn ")]
     port = free_port()
     *options, app = shlex.split(command)[1:]
-    argv = [sys.executable, "-m", "gunicorn", *options, "-b", f"127.0.0.1:{port}", *NO_CONTROL_SOCKET, app]
+    argv = gunicorn_command(app, *options, port=port, config=False)
     server = ServerProcess("gunicorn-docs", argv, port, cwd=ROOT)
     try:
         with syncws.connect(f"{server.ws}/ws/echo") as ws:
