@@ -3,8 +3,12 @@
 Theory of operation: every ``interval`` seconds the shared timer thread
 (:mod:`syncws.timers`) sends a ping, but only if that can't block (the write
 lock free, the socket writable: a send in progress has its own deadline
-watching the peer). ``timeout`` seconds later it checks that the pong came;
-if not, the peer is dead and ``on_timeout()`` drops the connection.
+watching the peer), and only if no message came from the peer since it
+last looked: a peer that sends is alive, and a server with thousands of
+busy connections would otherwise spend a quarter of a core on pings and
+pongs it needs no answer from (docs/performance.rst). ``timeout`` seconds
+after a ping it checks that the pong came; if not, the peer is dead and
+``on_timeout()`` drops the connection.
 
 One case needs the kernel's help: while the reader thread waits for room in
 a full queue, it doesn't read, so a pong can't be seen. A live peer's TCP
@@ -54,6 +58,7 @@ class Keepalive:
 
     __slots__ = (
         "writer", "interval", "timeout", "messages", "on_timeout", "pings_sent", "pings_missed", "_timer",
+        "_received",
     )
 
     def __init__(
@@ -74,9 +79,12 @@ class Keepalive:
         self.pings_sent = 0
         self.pings_missed = 0
         self._timer: Optional[timers.Timer] = None
+        # The peer's messages counted at the last look (the timer thread's).
+        self._received = 0
 
     def start(self) -> None:
         """Schedule the first ping."""
+        self._received = self.writer.core.messages_received
         self._timer = timers.call_later(self.interval, self._ping)
 
     def stop(self) -> None:
@@ -92,9 +100,16 @@ class Keepalive:
 
     def _ping(self) -> None:
         """Timer callback: send a ping and schedule the next one."""
-        if self.writer.core.state is not State.OPEN:
+        core = self.writer.core
+        if core.state is not State.OPEN:
             return
         self._timer = timers.call_later(self.interval, self._ping)
+        # Read without the core's lock: a count that lags by a message only
+        # moves a ping by one interval.
+        received = core.messages_received
+        if received != self._received:
+            self._received = received
+            return  # a message came since the last look: the peer is alive
         event = threading.Event()
         if not self.writer.try_now(lambda core: core.send_ping(None, (event, time.monotonic()))):
             return  # a send is under way: its own deadline watches the peer

@@ -42,6 +42,8 @@ The settings
     system call: a positive ``int``.
 ``ping_interval``
     Seconds between keepalive pings, ``> 0``; ``None`` disables keepalive.
+    A ping is skipped when a message came from the peer since the last
+    look: a peer that sends is alive.
 ``ping_timeout``
     Seconds to wait for a keepalive pong before closing with 1011, ``> 0``;
     ``None`` waits forever.

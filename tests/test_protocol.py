@@ -756,6 +756,25 @@ def test_keepalive_with_responsive_peer(ws_serve):
         assert ws.recv(timeout=5) == "alive"
 
 
+def test_keepalive_pings_only_a_silent_peer(ws_serve):
+    """A peer whose messages keep coming is alive: no ping until they stop."""
+    stop = threading.Event()
+
+    def stream(ws):
+        while not stop.wait(0.01):
+            ws.send("tick")
+        ws.recv()  # until the client closes
+
+    with syncws.connect(ws_serve(stream, ping_interval=None), ping_interval=0.1, ping_timeout=1) as ws:
+        deadline = time.monotonic() + 1.0  # ten intervals of messages
+        while time.monotonic() < deadline:
+            ws.recv(timeout=5)
+        assert ws.stats.pings_sent == 0
+        stop.set()
+        assert wait_for(lambda: ws.stats.pings_sent >= 2, timeout=5)
+        assert ws.open and ws.stats.pings_missed == 0
+
+
 def test_keepalive_keeps_a_live_peer_while_the_queue_is_full(ws_serve):
     """The reader doesn't read, so no pong is seen; the peer's TCP acknowledged the pings."""
 
