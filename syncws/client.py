@@ -366,7 +366,8 @@ def _pop_connect_kwds(kwds: Dict[str, Any]) -> Tuple[Optional[str], Optional[int
     Raises:
         TypeError: ``kwds`` holds anything else.
     """
-    connect_host, connect_port, source_address = (kwds.pop(name, None) for name in ("host", "port", "source_address"))
+    connect_host, connect_port = kwds.pop("host", None), kwds.pop("port", None)
+    source_address = kwds.pop("source_address", None)
     if kwds:
         raise TypeError(f"connect() got unexpected keyword arguments: {', '.join(sorted(kwds))}")
     return connect_host, connect_port, source_address

@@ -10,9 +10,16 @@ modules, still export these names.
 from __future__ import annotations
 
 import http
-from typing import Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Tuple, Union
 
-__all__ = ["Headers", "HeadersLike", "MultipleValuesError", "ServerResponse", "SHARED_STRINGS", "headers_from_fields"]
+__all__ = [
+    "Field", "Headers", "HeadersLike", "MultipleValuesError", "ServerResponse", "SHARED_STRINGS", "header_pairs",
+    "headers_from_lines",
+]
+
+Field = Tuple[str, str, str]
+"""A header line parsed: its name, its value, and the name's lowercase form
+(:data:`SHARED_STRINGS`' copy of it when there is one)."""
 
 #: One copy of the strings every WebSocket handshake's head holds: the names
 #: (as commonly spelled, and in lowercase, the keys of a Headers' index) and
@@ -276,30 +283,43 @@ HeadersLike = Union[Headers, Mapping[str, str], Iterable[Tuple[str, str]]]
 """Anything :class:`Headers` and the ``serialize_*`` functions accept."""
 
 
-def headers_from_fields(fields: Iterable[Tuple[str, str, str]]) -> Headers:
-    """Build :class:`Headers` from parsed fields, in order.
+def headers_from_lines(
+    lines: Iterable[bytes], known: Mapping[bytes, Field], parse: Callable[[bytes], Field]
+) -> Headers:
+    """Build :class:`Headers` from a head's header lines, in order.
 
-    For a parser that lowercased each name already (:mod:`syncws.http`
-    remembers the lines it parsed with their lowercase names).
+    For :mod:`syncws.http`'s parser, which remembers the lines it parsed:
+    a line it knows costs a dict lookup here, with no call.
 
     Args:
-        fields: ``(name, value, key)`` triples, ``key`` being
-            ``name.lower()``, or its copy in :data:`SHARED_STRINGS`.
+        lines: the header lines.
+        known: the fields of lines parsed before, by line.
+        parse: parses a line that ``known`` doesn't hold.
 
     Returns:
         The headers.
     """
     headers = Headers()
     # A name's first value is added here, without a call to __setitem__ and
-    # its lowercasing per field; a repeated name goes through __setitem__.
+    # its lowercasing per line; a repeated name goes through __setitem__.
     items, values = headers._items, headers._values
-    for name, value, key in fields:
+    for line in lines:
+        name, value, key = known.get(line) or parse(line)
         if key in values:
             headers[name] = value
         else:
             items += (name, value)
             values[key] = value
     return headers
+
+
+def header_pairs(headers: Headers) -> Iterator[Tuple[str, str]]:
+    """Every ``(name, value)`` pair of ``headers``, in order, made as they are iterated.
+
+    :meth:`Headers.items` copies them into a list first; the serializer of
+    :mod:`syncws.http` only reads them once.
+    """
+    return headers._pairs()
 
 
 class ServerResponse(NamedTuple):

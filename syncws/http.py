@@ -24,7 +24,7 @@ import io
 import re
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, TypeVar
 
-from .datastructures import SHARED_STRINGS, Headers, HeadersLike, MultipleValuesError, headers_from_fields
+from .datastructures import SHARED_STRINGS, Field, Headers, HeadersLike, MultipleValuesError, header_pairs, headers_from_lines
 from .exceptions import HeadersTooLarge, InvalidMessage
 from .safetext import REDACTED, is_secret_header, redact_uri
 
@@ -86,7 +86,7 @@ _UNREMEMBERED = frozenset((
     "sec-websocket-key", "sec-websocket-accept", "authorization", "proxy-authorization", "cookie", "set-cookie",
 ))
 # header line read, CRLF included -> its (name, value, index key)
-_known_lines: Dict[bytes, Tuple[str, str, str]] = {}
+_known_lines: Dict[bytes, Field] = {}
 # A start line parsed: a request's (method, target) or a response's (status, reason).
 _Start = TypeVar("_Start", Tuple[str, str], Tuple[int, str])
 # start line read, CRLF included -> its (method, target) or (status, reason)
@@ -339,11 +339,10 @@ def _whole_head(
 
 def _headers_from_lines(lines: List[bytes]) -> Headers:
     """The headers of a head's lines from :func:`_whole_head` (start line first)."""
-    known = _known_lines
-    return headers_from_fields([known.get(line) or _new_header(line) for line in lines[1:-1]])
+    return headers_from_lines(lines[1:-1], _known_lines, _new_header)
 
 
-def _new_header(line: bytes) -> Tuple[str, str, str]:
+def _new_header(line: bytes) -> Field:
     """Parse a header line read, CRLF included, that isn't in ``_known_lines``.
 
     Returns its name, value and index key (as :class:`Headers` keeps it), as
@@ -471,7 +470,7 @@ def _serialize_head(start_line: str, headers: HeadersLike) -> bytes:
     """Validate headers and write them after ``start_line``."""
     if not isinstance(headers, Headers):
         headers = Headers(headers)
-    for header in headers.items():
+    for header in header_pairs(headers):
         if header not in _known_headers:
             _check_header(*header)
             if header[0].lower() not in _UNREMEMBERED:
