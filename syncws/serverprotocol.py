@@ -29,7 +29,7 @@ from .logs import connection_label, format_address, format_head, format_status, 
 from .opening import ServerHooks, ServerPolicy, http_answer, serialize_answer
 from .protocol import WebSocketCommonProtocol
 from .safetext import redact_uri
-from .transport import Transport
+from .transport import Transport, send_last
 from .version import __version__
 
 if TYPE_CHECKING:
@@ -388,7 +388,7 @@ class WebSocketServerProtocol(WebSocketCommonProtocol, ServerHooks):
                 format_address(self.remote_address), redact_uri(self.request.path) if self.request else "?", cause,
             )
             assert self.transport is not None
-            send_http_answer(self.transport.sock, status, headers, body, self.server_header)
+            self.transport.send_last(serialize_answer(status, headers, body, self.server_header))
         self.abort(f"the opening handshake failed: {exc}")
 
 
@@ -399,10 +399,10 @@ def send_http_answer(
     body: bytes,
     server_header: Optional[str],
 ) -> None:
-    """Write a plain HTTP response that closes the connection, then our FIN.
+    """Answer with plain HTTP on a socket that has no transport, then our FIN.
 
-    :func:`serve` answers refused handshakes with it, and :mod:`syncws.wsgi`
-    too, on the WSGI server's socket, so that every refusal says
+    The server's accept thread answers 503 with it, and :mod:`syncws.wsgi`
+    its refusals, on the WSGI server's socket: every refusal says
     ``Connection: close`` and ends the connection (a keep-alive server would
     otherwise read the next request, or the client's first frames, from it).
     Errors writing are ignored: the client left.
@@ -412,10 +412,4 @@ def send_http_answer(
         status, headers, body, server_header: the answer, as for
             :func:`syncws.opening.serialize_answer`.
     """
-    try:
-        sock.sendall(serialize_answer(status, headers, body, server_header))
-        # Half-close so the client reads the whole answer before the socket
-        # closes: a close with unread request bytes would reset it.
-        socket.socket.shutdown(sock, socket.SHUT_WR)
-    except (OSError, ValueError):
-        pass
+    send_last(sock, serialize_answer(status, headers, body, server_header))

@@ -1,7 +1,10 @@
 """A connected socket as a WebSocket connection uses it.
 
 Theory of operation: one :class:`Transport` wraps a connection's socket from
-its first byte to its last, and is the only code that calls the socket.
+the end of its setup (TCP, and a proxy's tunnel: :mod:`syncws.proxy`) to its
+last byte, and is the only code that reads or writes the socket meanwhile;
+before it, the server's accept loop only peeks at the first byte
+(:mod:`syncws.admission`).
 
 * **Reading**: the opening handshake reads the HTTP head line by line
   through a :class:`~syncws.streamreader.StreamReader`; whatever arrived
@@ -22,6 +25,10 @@ its first byte to its last, and is the only code that calls the socket.
 * **Aborting** (:meth:`~Transport.abort`) shuts the socket down, which never
   blocks and wakes every thread blocked on it: that is how deadlines are
   enforced on blocking sockets from the timer thread.
+* **Refusing**: an HTTP answer that ends a connection (a refused opening
+  handshake) is written by :meth:`~Transport.send_last`, then our FIN; or by
+  :func:`send_last` on a socket that has no transport (the 503 of the
+  server's accept thread, a refusal on a WSGI server's socket).
 
 The transport holds no protocol state: which bytes to write and when is the
 connection's business (:mod:`syncws.protocol`).
@@ -42,7 +49,7 @@ from .streamreader import StreamReader
 if TYPE_CHECKING:  # ssl costs megabytes of memory: imported only for wss://
     import ssl as ssl_module
 
-__all__ = ["Transport", "gated_recv", "gated_recv_into", "send_nowait", "py_send_nowait"]
+__all__ = ["Transport", "gated_recv", "gated_recv_into", "send_last", "send_nowait", "py_send_nowait"]
 
 # MSG_DONTWAIT lets a write try without blocking on a socket whose reads
 # block, with no syscall to switch modes; POSIX only, and not for TLS.
@@ -100,6 +107,26 @@ send_nowait: Callable[[socket.socket, BytesLike], Optional[memoryview]] = getatt
 #: without them. Called with the socket as first argument.
 gated_recv: Optional[Callable[[socket.socket, int], bytes]] = getattr(SPEEDUPS, "recv", None)
 gated_recv_into: Optional[Callable[[socket.socket, memoryview], int]] = getattr(SPEEDUPS, "recv_into", None)
+
+
+def send_last(sock: socket.socket, data: bytes) -> None:
+    """Write the last bytes this side sends (an HTTP answer), then our FIN.
+
+    Errors are ignored: the peer left, and there is nothing more to tell
+    it. The socket stays open, for the peer to read the answer before it
+    sees our end; closing it is the caller's.
+
+    Args:
+        sock: the connected socket.
+        data: what to write.
+    """
+    try:
+        sock.sendall(data)
+        # Half-close so the client reads the whole answer before the socket
+        # closes: a close with unread request bytes would reset it.
+        socket.socket.shutdown(sock, socket.SHUT_WR)
+    except (OSError, ValueError):
+        pass
 
 
 def _nothing_written(data: BytesLike) -> BytesLike:
@@ -410,6 +437,10 @@ class Transport:
             socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
         except OSError:
             pass  # already shut down or never connected
+
+    def send_last(self, data: bytes) -> None:
+        """Write an answer that ends the connection, then our FIN (see :func:`send_last`)."""
+        send_last(self.sock, data)
 
     def shutdown_write(self) -> None:
         """Send our FIN: we are done writing (the server's way to end TCP, §7.1.1)."""

@@ -212,3 +212,22 @@ def test_write_parts_times_out_as_one_write(pair: Any) -> None:
     parts = [bytes(2**16)] * 4  # the peer never reads
     with pytest.raises(TimeoutError):
         Transport(one).write_parts(parts, timeout=0.2)
+
+
+@pytest.mark.timeout(10)
+def test_send_last_writes_the_answer_then_our_fin(pair: Any) -> None:
+    one, two = pair
+    two.settimeout(5)
+    Transport(one).send_last(b"HTTP/1.1 403 Forbidden\r\n\r\n")
+    assert receive(two, 26) == b"HTTP/1.1 403 Forbidden\r\n\r\n"
+    assert two.recv(1) == b""  # the FIN: nothing follows
+    two.sendall(b"late")  # our side still reads: only writing ended
+    assert one.recv(4) == b"late"
+
+
+def test_send_last_to_a_peer_that_left_raises_nothing(pair: Any) -> None:
+    one, two = pair
+    two.close()
+    transport.send_last(one, b"x" * 2**16)  # EPIPE, ignored
+    one.close()
+    transport.send_last(one, b"x")  # a closed socket, ignored
