@@ -183,7 +183,7 @@ class Reader:
             self.on_closing()
             if not self.is_client:
                 transport.shutdown_write()
-            transport.drain()
+            transport.discard_input()
         except OSError as exc:
             cause = f"connection lost: {exc}" if str(exc) else "connection lost"
         except Exception:

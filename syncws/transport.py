@@ -64,7 +64,7 @@ BytesLike = Union[bytes, bytearray, memoryview]
 _SENDMSG_MAX_PARTS = 16
 
 
-# Where drain() reads what it discards: one buffer for every connection, so
+# Where discard_input() reads what it discards: one buffer for every connection, so
 # that a connection waiting for the end of its peer's stream holds none. With
 # recv(read_limit) instead, 1000 connections closing at once made a server's
 # resident memory peak 3-4 MiB higher: each allocation of 64 KiB touched a
@@ -280,8 +280,13 @@ class Transport:
             return gated_recv_into(self.sock, buffer)
         return self.sock.recv_into(buffer)
 
-    def drain(self) -> None:
-        """Discard input until the peer closes, or an abort ends the wait."""
+    def discard_input(self) -> None:
+        """Read and throw away what the peer sends, until it closes or an abort ends the wait.
+
+        How a connection waits for the end of the peer's stream once it
+        processes no more input (its closing handshake is over, or it
+        failed). Not asyncio's ``drain()``, which waits for output to go.
+        """
         try:
             while self.sock.recv_into(_DISCARDED):
                 pass
