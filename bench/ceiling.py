@@ -24,7 +24,7 @@ empty payload).
 Data path, to know what the ceiling costs per byte: the reader receives up to
 64 KiB at a time (``recv``, so no buffer stays allocated between messages;
 starting at :data:`SMALL_READ` bytes and growing while the peer fills them,
-as syncws's reads do, for the memory reason syncws.streamreader gives)
+as syncws's reads do, for the memory reason syncws.headreader gives)
 and cuts small messages out of what it got (one copy each); a message longer
 than what is there is received straight into a ``bytearray`` of its size,
 then decoded (text) or copied once into ``bytes`` (binary). A send of up

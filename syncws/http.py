@@ -152,7 +152,7 @@ def read_request(
         read_head: returns the whole head (up to and including its empty
             line) when the stream already holds it within the given number
             of bytes, else ``None``, having consumed nothing (see
-            :meth:`syncws.streamreader.StreamReader.read_head`): the head is
+            :meth:`syncws.headreader.HeadReader.read_head`): the head is
             then parsed at once rather than line by line.
 
     Returns:

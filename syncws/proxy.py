@@ -43,7 +43,7 @@ from typing import Any, Optional, Tuple, Union
 from .exceptions import InvalidMessage, ProxyError
 from .http import Headers, read_response, serialize_request
 from .safetext import escape, redact_uri
-from .streamreader import StreamReader
+from .headreader import HeadReader
 from .uri import WebSocketURI
 
 __all__ = ["proxy_for", "proxy_target", "open_tunnel", "open_socks", "open_proxy", "SOCKS_SCHEMES"]
@@ -299,7 +299,7 @@ def open_tunnel(
         head = serialize_request(authority, headers).replace(b"GET ", b"CONNECT ", 1)
         sock.sendall(head)
         try:
-            response = read_response(StreamReader(sock, 4096).read_line, max_line=max_line)
+            response = read_response(HeadReader(sock, 4096).read_line, max_line=max_line)
         except InvalidMessage as exc:
             raise ProxyError(f"proxy {parsed.hostname}:{proxy_port} didn't answer CONNECT with HTTP: {exc}") from exc
         if not 200 <= response.status_code < 300:

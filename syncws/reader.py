@@ -28,7 +28,7 @@ from typing import Callable, List, Union
 from .close_codes import CloseCode, describe_close
 from .core import CloseReceived, ConnectionCore, Data, Event, Failed, Fragment, PongReceived
 from .messages import MessageQueue
-from .streamreader import SMALL_READ
+from .headreader import SMALL_READ
 from .transport import Transport
 from .writer import Writer
 

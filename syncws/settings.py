@@ -36,7 +36,7 @@ The settings
     Seconds a send may stall before the connection is aborted.
 ``read_limit``
     The most bytes asked of the socket per read: a positive ``int``
-    (reads start smaller, see :data:`syncws.streamreader.SMALL_READ`).
+    (reads start smaller, see :data:`syncws.headreader.SMALL_READ`).
 ``write_limit``
     Payloads up to this many bytes go out with their frame header in one
     system call: a positive ``int``.

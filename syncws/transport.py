@@ -7,7 +7,7 @@ before it, the server's accept loop only peeks at the first byte
 (:mod:`syncws.admission`).
 
 * **Reading**: the opening handshake reads the HTTP head line by line
-  through a :class:`~syncws.streamreader.StreamReader`; whatever arrived
+  through a :class:`~syncws.headreader.HeadReader`; whatever arrived
   after the head is then handed over with :meth:`Transport.take_buffered`, and
   the reader thread reads with :meth:`~Transport.recv` and
   :meth:`~Transport.recv_into`: on a plain socket, with the C speedups,
@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Tuple, Unio
 
 from . import sockopts, timers
 from .accelerator import SPEEDUPS
-from .streamreader import StreamReader
+from .headreader import HeadReader
 
 if TYPE_CHECKING:  # ssl costs megabytes of memory: imported only for wss://
     import ssl as ssl_module
@@ -172,7 +172,7 @@ class Transport:
         #: partial of :func:`send_nowait`, so no Python frame on the way
         #: (with TLS, or without ``MSG_DONTWAIT``, it writes nothing).
         self.write_nowait = self._nowait_writer()
-        self._stream = StreamReader(sock, read_limit, buffered=buffered)
+        self._stream = HeadReader(sock, read_limit, buffered=buffered)
         #: Set (by the timer thread) just before a write that ran past its
         #: deadline is aborted, so the writer can tell a timeout from a lost
         #: peer.
@@ -221,14 +221,14 @@ class Transport:
         )
         self._try_nowait = False
         self.write_nowait = self._nowait_writer()
-        self._stream = StreamReader(self.sock, self.read_limit)
+        self._stream = HeadReader(self.sock, self.read_limit)
         self.sock.do_handshake()
 
     # -- reading -----------------------------------------------------------------
 
     @property
     def read_line(self) -> Callable[[int], bytes]:
-        """Reads one line of the HTTP head (see :meth:`StreamReader.read_line`).
+        """Reads one line of the HTTP head (see :meth:`HeadReader.read_line`).
 
         The stream's own method, so that reading a head line by line goes
         through one call per line, not two.
@@ -236,7 +236,7 @@ class Transport:
         return self._stream.read_line
 
     def read_head(self, limit: int) -> Optional[bytes]:
-        """Read a whole HTTP head if it is there (see :meth:`StreamReader.read_head`)."""
+        """Read a whole HTTP head if it is there (see :meth:`HeadReader.read_head`)."""
         return self._stream.read_head(limit, self.recv_ready)
 
     def read_available(self, limit: int) -> bytes:

@@ -50,7 +50,7 @@ class RecordingReader:
         self.stream = io.BytesIO(data)
         self.requests: List[int] = []
         # Requests of at least this many bytes come back as a bytearray, as
-        # StreamReader does past its read_limit.
+        # HeadReader does past its read_limit.
         self.bytearray_from = bytearray_from
         self.returned: List[object] = []
 

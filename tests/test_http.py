@@ -441,9 +441,9 @@ _HEADS = [
 def test_a_head_taken_whole_reads_as_line_by_line(
     data: bytes, read: Callable[..., object], limits: dict
 ) -> None:
-    from syncws.streamreader import StreamReader
+    from syncws.headreader import HeadReader
 
-    stream = StreamReader(_Chunks(data))  # type: ignore[arg-type]
+    stream = HeadReader(_Chunks(data))  # type: ignore[arg-type]
     whole = _outcome(lambda: read(stream.read_line, read_head=stream.read_head, **limits))
     assert whole == _outcome(lambda: read(reader(data), **limits))
     if not isinstance(whole[0], type):  # read: what follows the head stays

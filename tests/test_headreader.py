@@ -1,4 +1,4 @@
-"""Tests for syncws.streamreader over real sockets (socket.socketpair()).
+"""Tests for syncws.headreader over real sockets (socket.socketpair()).
 
 Every socket gets a timeout so that a reader waiting for bytes that never
 come fails with an OSError instead of hanging the run.
@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from syncws.framing import Frame, Opcode, read_frame, serialize_frame
-from syncws.streamreader import SMALL_READ, StreamReader
+from syncws.headreader import SMALL_READ, HeadReader
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -72,7 +72,7 @@ class ScriptedSocket:
 
 def test_read_exact_simple(pair: Tuple[socket.socket, socket.socket]) -> None:
     reader_sock, writer = pair
-    reader = StreamReader(reader_sock)
+    reader = HeadReader(reader_sock)
     feed(writer, b"hello world")
     assert reader.read_exact(5) == b"hello"
     assert reader.read_exact(0) == b""
@@ -81,7 +81,7 @@ def test_read_exact_simple(pair: Tuple[socket.socket, socket.socket]) -> None:
 
 def test_read_exact_across_multiple_sends(pair: Tuple[socket.socket, socket.socket]) -> None:
     reader_sock, writer = pair
-    reader = StreamReader(reader_sock, read_limit=4)
+    reader = HeadReader(reader_sock, read_limit=4)
     chunks = [b"ab", b"cdefg", b"h", b"ijklmnop"]
 
     def send() -> None:
@@ -101,7 +101,7 @@ def test_read_exact_across_multiple_sends(pair: Tuple[socket.socket, socket.sock
 
 def test_read_exact_across_scripted_recvs() -> None:
     sock = ScriptedSocket([b"a", b"bc", b"def"])
-    reader = StreamReader(sock, read_limit=8)  # type: ignore[arg-type]
+    reader = HeadReader(sock, read_limit=8)  # type: ignore[arg-type]
     assert reader.read_exact(5) == b"abcde"
     assert sock.requests == [8, 8, 8]
     assert reader.read_exact(1) == b"f"
@@ -110,7 +110,7 @@ def test_read_exact_across_scripted_recvs() -> None:
 def test_refills_start_small_and_grow_while_recvs_come_back_full() -> None:
     full, short = b"x" * SMALL_READ, b"y" * 10
     sock = ScriptedSocket([full, b"z" * 5000, short, short])
-    reader = StreamReader(sock, read_limit=2**16)  # type: ignore[arg-type]
+    reader = HeadReader(sock, read_limit=2**16)  # type: ignore[arg-type]
     assert reader.read_exact(SMALL_READ + 5000 + 20) == full + b"z" * 5000 + short + short
     # A full small read: the next asks for read_limit, which stays while a
     # recv returns SMALL_READ bytes or more; a shorter one goes back to small.
@@ -119,7 +119,7 @@ def test_refills_start_small_and_grow_while_recvs_come_back_full() -> None:
 
 def test_read_exact_larger_than_read_limit(pair: Tuple[socket.socket, socket.socket]) -> None:
     reader_sock, writer = pair
-    reader = StreamReader(reader_sock, read_limit=1024)
+    reader = HeadReader(reader_sock, read_limit=1024)
     payload = bytes(i % 256 for i in range(300_000))
 
     thread = threading.Thread(target=feed, args=(writer, payload + b"tail"))
@@ -135,7 +135,7 @@ def test_read_exact_larger_than_read_limit(pair: Tuple[socket.socket, socket.soc
 
 def test_read_exact_large_includes_buffered_bytes() -> None:
     sock = ScriptedSocket([b"0123456789", b"abcdefghij", b"klmno"])
-    reader = StreamReader(sock, read_limit=10)  # type: ignore[arg-type]
+    reader = HeadReader(sock, read_limit=10)  # type: ignore[arg-type]
     assert reader.read_exact(3) == b"012"
     # 7 bytes are buffered; the rest goes straight into the bytearray.
     data = reader.read_exact(20)
@@ -146,7 +146,7 @@ def test_read_exact_large_includes_buffered_bytes() -> None:
 
 def test_read_exact_large_is_writable_for_unmasking(pair: Tuple[socket.socket, socket.socket]) -> None:
     reader_sock, writer = pair
-    reader = StreamReader(reader_sock, read_limit=512)
+    reader = HeadReader(reader_sock, read_limit=512)
     frame = Frame(True, Opcode.BINARY, bytes(range(256)) * 40)
 
     thread = threading.Thread(target=feed, args=(writer, serialize_frame(frame, mask=True)))
@@ -161,7 +161,7 @@ def test_read_exact_large_is_writable_for_unmasking(pair: Tuple[socket.socket, s
 
 def test_read_exact_eof_before_enough_bytes(pair: Tuple[socket.socket, socket.socket]) -> None:
     reader_sock, writer = pair
-    reader = StreamReader(reader_sock)
+    reader = HeadReader(reader_sock)
     feed(writer, b"abc")
     with pytest.raises(EOFError):
         reader.read_exact(5)
@@ -169,7 +169,7 @@ def test_read_exact_eof_before_enough_bytes(pair: Tuple[socket.socket, socket.so
 
 def test_read_exact_eof_on_empty_stream(pair: Tuple[socket.socket, socket.socket]) -> None:
     reader_sock, writer = pair
-    reader = StreamReader(reader_sock)
+    reader = HeadReader(reader_sock)
     writer.close()
     with pytest.raises(EOFError):
         reader.read_exact(1)
@@ -177,7 +177,7 @@ def test_read_exact_eof_on_empty_stream(pair: Tuple[socket.socket, socket.socket
 
 def test_read_exact_large_eof(pair: Tuple[socket.socket, socket.socket]) -> None:
     reader_sock, writer = pair
-    reader = StreamReader(reader_sock, read_limit=16)
+    reader = HeadReader(reader_sock, read_limit=16)
     feed(writer, b"x" * 50)
     with pytest.raises(EOFError):
         reader.read_exact(100)
@@ -185,7 +185,7 @@ def test_read_exact_large_eof(pair: Tuple[socket.socket, socket.socket]) -> None
 
 def test_read_exact_zero_at_eof(pair: Tuple[socket.socket, socket.socket]) -> None:
     reader_sock, writer = pair
-    reader = StreamReader(reader_sock)
+    reader = HeadReader(reader_sock)
     writer.close()
     assert reader.read_exact(0) == b""
 
@@ -193,7 +193,7 @@ def test_read_exact_zero_at_eof(pair: Tuple[socket.socket, socket.socket]) -> No
 def test_socket_errors_pass_through(pair: Tuple[socket.socket, socket.socket]) -> None:
     reader_sock, _ = pair
     reader_sock.settimeout(0.05)
-    reader = StreamReader(reader_sock)
+    reader = HeadReader(reader_sock)
     with pytest.raises(OSError):
         reader.read_exact(1)
 
@@ -203,7 +203,7 @@ def test_socket_errors_pass_through(pair: Tuple[socket.socket, socket.socket]) -
 
 def test_read_line_then_leftover_for_read_exact(pair: Tuple[socket.socket, socket.socket]) -> None:
     reader_sock, writer = pair
-    reader = StreamReader(reader_sock)
+    reader = HeadReader(reader_sock)
     feed(writer, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x02hi")
     assert reader.read_line(100) == b"HTTP/1.1 101 Switching Protocols\r\n"
     assert reader.read_line(100) == b"Upgrade: websocket\r\n"
@@ -216,7 +216,7 @@ def test_read_line_then_leftover_for_read_exact(pair: Tuple[socket.socket, socke
 
 def test_read_line_across_recvs() -> None:
     sock = ScriptedSocket([b"GE", b"T / HT", b"TP/1.1\r", b"\nHost: x\r\n"])
-    reader = StreamReader(sock, read_limit=64)  # type: ignore[arg-type]
+    reader = HeadReader(sock, read_limit=64)  # type: ignore[arg-type]
     assert reader.read_line(100) == b"GET / HTTP/1.1\r\n"
     assert reader.read_line(100) == b"Host: x\r\n"
     assert reader.read_line(100) == b""
@@ -224,7 +224,7 @@ def test_read_line_across_recvs() -> None:
 
 def test_read_line_limit_cuts_long_line(pair: Tuple[socket.socket, socket.socket]) -> None:
     reader_sock, writer = pair
-    reader = StreamReader(reader_sock, read_limit=4)
+    reader = HeadReader(reader_sock, read_limit=4)
     feed(writer, b"abcdefghij\nrest")
     assert reader.read_line(6) == b"abcdef"
     assert reader.read_line(6) == b"ghij\n"
@@ -235,7 +235,7 @@ def test_read_line_limit_cuts_long_line(pair: Tuple[socket.socket, socket.socket
 
 def test_read_line_newline_exactly_at_limit(pair: Tuple[socket.socket, socket.socket]) -> None:
     reader_sock, writer = pair
-    reader = StreamReader(reader_sock)
+    reader = HeadReader(reader_sock)
     feed(writer, b"abcd\nefgh\n")
     assert reader.read_line(5) == b"abcd\n"
     assert reader.read_line(4) == b"efgh"
@@ -244,7 +244,7 @@ def test_read_line_newline_exactly_at_limit(pair: Tuple[socket.socket, socket.so
 
 def test_read_line_zero_limit(pair: Tuple[socket.socket, socket.socket]) -> None:
     reader_sock, writer = pair
-    reader = StreamReader(reader_sock)
+    reader = HeadReader(reader_sock)
     feed(writer, b"x\n")
     assert reader.read_line(0) == b""
     assert reader.read_line(10) == b"x\n"
@@ -252,7 +252,7 @@ def test_read_line_zero_limit(pair: Tuple[socket.socket, socket.socket]) -> None
 
 def test_read_line_empty_stream(pair: Tuple[socket.socket, socket.socket]) -> None:
     reader_sock, writer = pair
-    reader = StreamReader(reader_sock)
+    reader = HeadReader(reader_sock)
     writer.close()
     assert reader.read_line(10) == b""
 
@@ -260,7 +260,7 @@ def test_read_line_empty_stream(pair: Tuple[socket.socket, socket.socket]) -> No
 def test_read_line_does_not_read_past_limit_needlessly() -> None:
     # Once ``limit`` bytes are buffered, read_line returns without another recv.
     sock = ScriptedSocket([b"abcdef"])
-    reader = StreamReader(sock, read_limit=6)  # type: ignore[arg-type]
+    reader = HeadReader(sock, read_limit=6)  # type: ignore[arg-type]
     assert reader.read_line(6) == b"abcdef"
     assert sock.requests == [6]
 
@@ -270,7 +270,7 @@ def test_read_line_does_not_read_past_limit_needlessly() -> None:
 
 def test_read_available_returns_buffered_first(pair: Tuple[socket.socket, socket.socket]) -> None:
     reader_sock, writer = pair
-    reader = StreamReader(reader_sock)
+    reader = HeadReader(reader_sock)
     feed(writer, b"line\nbody bytes")
     assert reader.read_line(100) == b"line\n"
     assert reader.read_available(4) == b"body"
@@ -281,7 +281,7 @@ def test_read_available_returns_buffered_first(pair: Tuple[socket.socket, socket
 
 def test_read_available_one_recv_at_most() -> None:
     sock = ScriptedSocket([b"abc", b"def"])
-    reader = StreamReader(sock, read_limit=100)  # type: ignore[arg-type]
+    reader = HeadReader(sock, read_limit=100)  # type: ignore[arg-type]
     assert reader.read_available(100) == b"abc"
     assert reader.read_available(2) == b"de"
     assert reader.read_available(2) == b"f"
@@ -290,7 +290,7 @@ def test_read_available_one_recv_at_most() -> None:
 
 def test_read_available_waits_for_data(pair: Tuple[socket.socket, socket.socket]) -> None:
     reader_sock, writer = pair
-    reader = StreamReader(reader_sock)
+    reader = HeadReader(reader_sock)
     thread = threading.Thread(target=feed, args=(writer, b"late"), kwargs={"eof": False})
     thread.start()
     try:
@@ -326,7 +326,7 @@ def test_matches_buffered_reader(data: bytes, read_limit: int, ops: List[Tuple[s
     try:
         a.settimeout(5)
         feed(b, data)
-        reader = StreamReader(a, read_limit=read_limit)
+        reader = HeadReader(a, read_limit=read_limit)
         reference = io.BufferedReader(io.BytesIO(data))  # type: ignore[arg-type]
         for op, n in ops:
             if op == "line":
@@ -356,7 +356,7 @@ def test_read_line_negative_limit_never_rewinds(pair: Tuple[socket.socket, socke
     # with a negative limit, it must not move its position backwards and hand
     # out bytes a second time.
     reader_sock, writer = pair
-    reader = StreamReader(reader_sock)
+    reader = HeadReader(reader_sock)
     feed(writer, b"abc\ndef\n")
     assert reader.read_line(4) == b"abc\n"
     assert reader.read_line(-1) == io.BufferedReader(io.BytesIO(b"def\n")).readline(-1)  # type: ignore[arg-type]
@@ -368,7 +368,7 @@ def test_read_line_negative_limit_never_rewinds(pair: Tuple[socket.socket, socke
 
 def test_read_head_takes_a_whole_head_and_leaves_the_rest() -> None:
     sock = ScriptedSocket([b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x81\x00"])
-    reader = StreamReader(sock, read_limit=64)  # type: ignore[arg-type]
+    reader = HeadReader(sock, read_limit=64)  # type: ignore[arg-type]
     assert reader.read_head(100) == b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
     assert reader.take_buffered() == b"\x81\x00"
 
@@ -376,7 +376,7 @@ def test_read_head_takes_a_whole_head_and_leaves_the_rest() -> None:
 @pytest.mark.parametrize("limit", [10, 26])
 def test_read_head_consumes_nothing_without_a_whole_head_within_limit(limit: int) -> None:
     sock = ScriptedSocket([b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"more"])
-    reader = StreamReader(sock, read_limit=64)  # type: ignore[arg-type]
+    reader = HeadReader(sock, read_limit=64)  # type: ignore[arg-type]
     assert reader.read_head(limit) is None
     assert sock.requests == [64]  # one read, as the first line's would be
     assert reader.read_line(100) == b"GET / HTTP/1.1\r\n"
@@ -384,14 +384,14 @@ def test_read_head_consumes_nothing_without_a_whole_head_within_limit(limit: int
 
 def test_read_head_reads_nothing_more_when_a_part_is_buffered() -> None:
     sock = ScriptedSocket([b"GET / HTTP/1.1\r\n", b"\r\n"])
-    reader = StreamReader(sock, read_limit=64)  # type: ignore[arg-type]
+    reader = HeadReader(sock, read_limit=64)  # type: ignore[arg-type]
     assert reader.read_head(100) is None
     assert reader.read_head(100) is None
     assert sock.requests == [64]
 
 
 def test_read_head_at_end_of_stream() -> None:
-    reader = StreamReader(ScriptedSocket([]), read_limit=64)  # type: ignore[arg-type]
+    reader = HeadReader(ScriptedSocket([]), read_limit=64)  # type: ignore[arg-type]
     assert reader.read_head(100) is None
     assert reader.read_line(100) == b""
 
@@ -409,7 +409,7 @@ def test_read_head_tops_up_a_full_read_without_the_head_end() -> None:
         asked.append(size)
         return rest
 
-    reader = StreamReader(sock, read_limit=2**16)  # type: ignore[arg-type]
+    reader = HeadReader(sock, read_limit=2**16)  # type: ignore[arg-type]
     assert reader.read_head(4096, top_up) == LONG_HEAD
     assert sock.requests == [SMALL_READ] and asked == [4096 - SMALL_READ]
     assert reader.take_buffered() == b"\x81\x00"
@@ -419,7 +419,7 @@ def test_read_head_tops_up_only_a_full_read() -> None:
     # A short read without the head's end: the rest is still on its way.
     sock = ScriptedSocket([b"GET / HTTP/1.1\r\n", b"\r\n"])
     asked: List[int] = []
-    reader = StreamReader(sock, read_limit=2**16)  # type: ignore[arg-type]
+    reader = HeadReader(sock, read_limit=2**16)  # type: ignore[arg-type]
     assert reader.read_head(4096, lambda size: asked.append(size) or b"") is None
     assert asked == []
 
@@ -427,7 +427,7 @@ def test_read_head_tops_up_only_a_full_read() -> None:
 def test_read_head_without_the_rest_leaves_the_head_to_the_lines() -> None:
     first, rest = LONG_HEAD[:SMALL_READ], LONG_HEAD[SMALL_READ:]
     sock = ScriptedSocket([first, rest])
-    reader = StreamReader(sock, read_limit=2**16)  # type: ignore[arg-type]
+    reader = HeadReader(sock, read_limit=2**16)  # type: ignore[arg-type]
     assert reader.read_head(4096, lambda size: b"") is None  # nothing there yet, or TLS
     assert reader.read_line(4096) == b"GET /chat HTTP/1.1\r\n"
     assert reader.read_line(4096) == b"Host: x\r\n"
@@ -438,6 +438,6 @@ def test_read_head_without_the_rest_leaves_the_head_to_the_lines() -> None:
 def test_read_head_tops_up_no_further_than_the_limit() -> None:
     sock = ScriptedSocket([LONG_HEAD[:SMALL_READ]])
     asked: List[int] = []
-    reader = StreamReader(sock, read_limit=2**16)  # type: ignore[arg-type]
+    reader = HeadReader(sock, read_limit=2**16)  # type: ignore[arg-type]
     assert reader.read_head(600, lambda size: asked.append(size) or LONG_HEAD[SMALL_READ : SMALL_READ + size]) is None
     assert asked == [600 - SMALL_READ]

@@ -2,10 +2,10 @@
 byte counts for frames.
 
 A connection's opening handshake reads the HTTP head line by line through a
-:class:`StreamReader` (inside :class:`~syncws.transport.Transport`); whatever
-arrived after the head is then taken with :meth:`StreamReader.take_buffered`
+:class:`HeadReader` (inside :class:`~syncws.transport.Transport`); whatever
+arrived after the head is then taken with :meth:`HeadReader.take_buffered`
 and handed to the connection's core, so no byte is lost between the two.
-:meth:`StreamReader.read_exact` serves :func:`syncws.framing.read_frame` for
+:meth:`HeadReader.read_exact` serves :func:`syncws.framing.read_frame` for
 code that reads frames one at a time from a socket (test peers, tools); the
 connection itself parses frames incrementally in :mod:`syncws.core`.
 
@@ -21,7 +21,7 @@ import socket
 import sys
 from typing import Callable, Optional, Union
 
-__all__ = ["SMALL_READ", "StreamReader"]
+__all__ = ["SMALL_READ", "HeadReader"]
 
 #: Bytes asked per read while the peer sends little: a bytes object of this
 #: size, header included, is one block of CPython's small-object allocator
@@ -41,7 +41,7 @@ __all__ = ["SMALL_READ", "StreamReader"]
 SMALL_READ = 512 - sys.getsizeof(b"")
 
 
-class StreamReader:
+class HeadReader:
     """Reads from a socket through a buffer.
 
     Args:
@@ -60,7 +60,7 @@ class StreamReader:
 
     def __init__(self, sock: socket.socket, read_limit: int = 2**16, buffered: bytes = b"") -> None:
         # The socket itself, not its bound recv methods (64 bytes each): a
-        # connection's transport keeps its StreamReader for as long as the
+        # connection's transport keeps its HeadReader for as long as the
         # connection is open, and reads through it only for the opening
         # handshake, once or twice.
         self._sock = sock
