@@ -1,13 +1,14 @@
-"""Buffered reading from a blocking socket: lines for the HTTP head, exact
-byte counts for frames.
+"""Buffered reading of an HTTP head from a blocking socket.
 
-A connection's opening handshake reads the HTTP head line by line through a
-:class:`HeadReader` (inside :class:`~syncws.transport.Transport`); whatever
-arrived after the head is then taken with :meth:`HeadReader.take_buffered`
-and handed to the connection's core, so no byte is lost between the two.
-:meth:`HeadReader.read_exact` serves :func:`syncws.framing.read_frame` for
-code that reads frames one at a time from a socket (test peers, tools); the
-connection itself parses frames incrementally in :mod:`syncws.core`.
+A connection's opening handshake reads the HTTP head (the server's request,
+the client's response, a proxy's answer to ``CONNECT``) through a
+:class:`HeadReader` (inside :class:`~syncws.transport.Transport`): whole when
+it arrived at once, else line by line. Whatever arrived after the head is then
+taken with :meth:`HeadReader.take_buffered` and handed to the connection's
+core, so no byte is lost between the two. :meth:`HeadReader.read_exact`
+reads exact byte counts, for :func:`syncws.framing.read_frame` in code that
+reads frames one at a time; syncws's connections don't: they parse frames
+incrementally in :mod:`syncws.core`.
 
 Only one thread reads at a time, so there is no lock. Each refill is one
 blocking ``recv`` of :data:`SMALL_READ` bytes, or of ``read_limit`` after a
