@@ -38,17 +38,28 @@ listens with the option: it is how a group's members join.
 When an address is taken, :func:`bind` and :func:`reserve` say by whom
 (:func:`holders`, Linux): ``Address already in use: served by another
 process (pid 4242, nginx)``.
+
+**Unix sockets.** :func:`unix_listener` listens on a path for
+:func:`~syncws.unix_serve`: it replaces a socket file that a server which is
+gone left there, and refuses anything else (a file, a directory, a link, a
+socket that a server still listens on). :func:`remove_socket_file` removes
+the server's file when it closes, unless another took its place.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
+import stat
 import sys
 from typing import Any, Collection, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
-__all__ = ["Holder", "address_in_use", "bind", "holders", "listening_sockets", "reserve", "strangers"]
+__all__ = [
+    "Holder", "SocketFile", "address_in_use", "bind", "holders", "listening_sockets", "remove_socket_file", "reserve",
+    "strangers", "unix_listener",
+]
 
 
 class Holder(NamedTuple):
@@ -321,3 +332,119 @@ def address_in_use(port: int, found: Optional[Sequence[Holder]] = None) -> OSErr
         return OSError(errno.EADDRINUSE, f"{text}: another socket is bound to port {port}")
     listed = "; ".join(map(str, found[:3])) + ("; ..." if len(found) > 3 else "")
     return OSError(errno.EADDRINUSE, f"{text}: served by another process ({listed})")
+
+
+# -- Unix sockets --------------------------------------------------------------
+
+
+class SocketFile(NamedTuple):
+    """The file of a Unix socket a server bound, to remove when it closes.
+
+    Attributes:
+        path: its path.
+        identity: its ``(device, inode)``, to tell it from a file that took
+            its place since.
+    """
+
+    path: str
+    identity: Tuple[int, int]
+
+
+def unix_listener(path: str, backlog: int) -> Tuple[socket.socket, Optional[SocketFile]]:
+    """Listen on a Unix socket at ``path``.
+
+    A socket file left there by a server that is gone is replaced; anything
+    else is refused: a file, a directory, a symbolic link, or a socket that a
+    server still listens on.
+
+    Args:
+        path: the socket's path; one starting with ``"\\0"`` is in Linux's
+            abstract namespace, where there is no file.
+        backlog: the listen backlog.
+
+    Returns:
+        The listening socket, and its file (``None`` in the abstract
+        namespace), for :func:`remove_socket_file`.
+
+    Raises:
+        FileExistsError: something other than a socket is at ``path``.
+        OSError: a server is listening on ``path`` (``EADDRINUSE``), or it
+            can't be bound.
+    """
+    _remove_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+    except BaseException:
+        sock.close()
+        raise
+    socket_file = None
+    try:
+        if not path.startswith("\0"):
+            status = os.lstat(path)
+            socket_file = SocketFile(path, (status.st_dev, status.st_ino))
+        sock.listen(backlog)
+    except BaseException:
+        if socket_file is not None:
+            remove_socket_file(socket_file, logging.getLogger("syncws.server"))
+        sock.close()
+        raise
+    return sock, socket_file
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove the socket file a server that is gone left at ``path``.
+
+    Anything else there is refused: a file, a directory, a symbolic link, or
+    a socket a server still listens on (the connection attempt tells, as
+    other servers that reuse a socket path do).
+
+    Raises:
+        FileExistsError: ``path`` is not a socket.
+        OSError: a server listens on it (``EADDRINUSE``), or whether one does
+            can't be told.
+    """
+    if path.startswith("\0"):
+        return  # Linux's abstract namespace: no file
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise FileExistsError(
+            errno.EEXIST, "can't listen on this path: it exists and is not a socket (remove it or choose another path)",
+            path,
+        )
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        # Without blocking: a server whose backlog is full answers EAGAIN.
+        probe.setblocking(False)
+        error = probe.connect_ex(path)
+    if error == errno.ECONNREFUSED:  # nobody listens: stale
+        os.unlink(path)
+    elif error in (0, errno.EAGAIN, errno.EWOULDBLOCK):
+        raise OSError(errno.EADDRINUSE, "can't listen on this path: a server is listening on it", path)
+    elif error != errno.ENOENT:  # gone meanwhile: free
+        raise OSError(error, f"can't tell whether a server listens on this path: {os.strerror(error)}", path)
+
+
+def remove_socket_file(socket_file: SocketFile, logger: logging.Logger) -> None:
+    """Remove a socket file :func:`unix_listener` made, if it is still there.
+
+    A file that took its place since (a newer server's socket, anything
+    else) stays. Call it while the listening socket still listens: a newer
+    :func:`unix_listener` refuses a live socket's path, so the file can't
+    change between the check and the removal.
+
+    Args:
+        socket_file: what :func:`unix_listener` returned.
+        logger: where to warn when the file can't be removed.
+    """
+    path = socket_file.path
+    try:
+        status = os.lstat(path)
+        if (status.st_dev, status.st_ino) == socket_file.identity and stat.S_ISSOCK(status.st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass  # removed by someone else: nothing of ours is left
+    except OSError as exc:
+        logger.warning("could not remove the socket file %s: %s", path, exc.strerror or exc)

@@ -19,14 +19,11 @@ opening handshake (:mod:`syncws.serverprotocol`); the addresses come from
 
 from __future__ import annotations
 
-import errno
 import http
 import logging
-import os
 import queue
 import selectors
 import socket
-import stat
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Set, Tuple, Type, Union
@@ -125,9 +122,8 @@ class WebSocketServer:
         self._close_args: Tuple[int, str] = (CloseCode.GOING_AWAY, "")
         self._closed = threading.Event()
         # The socket file unix_serve() bound for this server, removed by
-        # close(): its path, and its (device, inode) to tell it from a file
-        # that took its place since.
-        self._socket_file: Optional[Tuple[str, Tuple[int, int]]] = None
+        # close() (see syncws.ports.remove_socket_file).
+        self._socket_file: Optional[ports.SocketFile] = None
         # One socket pair per accept thread: close() writes to the second
         # socket to wake the thread up.
         self._wakeups = [socket.socketpair() for _ in sockets]
@@ -377,7 +373,7 @@ class WebSocketServer:
         if self._socket_file is not None:
             # While the socket still listens: a newer unix_serve() can't
             # have replaced the file meanwhile (it refuses a live socket).
-            _remove_socket_file(*self._socket_file, self.logger)
+            ports.remove_socket_file(self._socket_file, self.logger)
         for sock in self.sockets:
             try:
                 # Wakes the accept thread blocked on this socket.
@@ -650,62 +646,6 @@ def serve(
     )
 
 
-def _remove_stale_socket(path: str) -> None:
-    """Remove the socket file a server that is gone left at ``path``.
-
-    Anything else there is refused: a file, a directory, a symbolic link, or
-    a socket a server still listens on (the connection attempt tells, as
-    other servers that reuse a socket path do).
-
-    Raises:
-        FileExistsError: ``path`` is not a socket.
-        OSError: a server listens on it (``EADDRINUSE``), or whether one does
-            can't be told.
-    """
-    if path.startswith("\0"):
-        return  # Linux's abstract namespace: no file
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise FileExistsError(
-            errno.EEXIST, "can't listen on this path: it exists and is not a socket (remove it or choose another path)",
-            path,
-        )
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        # Without blocking: a server whose backlog is full answers EAGAIN.
-        probe.setblocking(False)
-        error = probe.connect_ex(path)
-    if error == errno.ECONNREFUSED:  # nobody listens: stale
-        os.unlink(path)
-    elif error in (0, errno.EAGAIN, errno.EWOULDBLOCK):
-        raise OSError(errno.EADDRINUSE, "can't listen on this path: a server is listening on it", path)
-    elif error != errno.ENOENT:  # gone meanwhile: free
-        raise OSError(error, f"can't tell whether a server listens on this path: {os.strerror(error)}", path)
-
-
-def _socket_file_identity(path: str) -> Optional[Tuple[int, int]]:
-    """The (device, inode) of the socket file just bound at ``path``;
-    ``None`` in Linux's abstract namespace, where there is no file."""
-    if path.startswith("\0"):
-        return None
-    status = os.lstat(path)
-    return status.st_dev, status.st_ino
-
-
-def _remove_socket_file(path: str, identity: Tuple[int, int], logger: logging.Logger) -> None:
-    """Remove the socket file at ``path`` if it is still the one with ``identity``."""
-    try:
-        status = os.lstat(path)
-        if (status.st_dev, status.st_ino) == identity and stat.S_ISSOCK(status.st_mode):
-            os.unlink(path)
-    except FileNotFoundError:
-        pass  # removed by someone else: nothing of ours is left
-    except OSError as exc:
-        logger.warning("could not remove the socket file %s: %s", path, exc.strerror or exc)
-
-
 def unix_serve(ws_handler: Callable[..., Any], path: str, **kwargs: Any) -> WebSocketServer:
     """Start a WebSocket server on a Unix socket.
 
@@ -725,23 +665,14 @@ def unix_serve(ws_handler: Callable[..., Any], path: str, **kwargs: Any) -> WebS
         OSError: a server is listening on ``path`` (``EADDRINUSE``), or it
             can't be bound.
     """
-    _remove_stale_socket(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    backlog = kwargs.pop("backlog", None)
+    sock, socket_file = ports.unix_listener(path, sockopts.default_backlog() if backlog is None else backlog)
     try:
-        sock.bind(path)
-        identity = _socket_file_identity(path)
-    except BaseException:
-        sock.close()
-        raise
-    try:
-        backlog = kwargs.pop("backlog", None)
-        sock.listen(sockopts.default_backlog() if backlog is None else backlog)
         server = serve(ws_handler, sock=sock, **kwargs)
     except BaseException:
-        if identity is not None:
-            _remove_socket_file(path, identity, logging.getLogger("syncws.server"))
+        if socket_file is not None:
+            ports.remove_socket_file(socket_file, logging.getLogger("syncws.server"))
         sock.close()
         raise
-    if identity is not None:
-        server._socket_file = (path, identity)
+    server._socket_file = socket_file
     return server
