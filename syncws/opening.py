@@ -57,6 +57,7 @@ __all__ = [
     "ServerPolicy",
     "ServerHooks",
     "accept",
+    "hook_bug",
     "http_answer",
     "serialize_answer",
     "ClientOpening",
@@ -66,10 +67,7 @@ __all__ = [
 # lookup through the enum's metaclass, and every handshake reads it.
 _SWITCHING_PROTOCOLS = http.HTTPStatus.SWITCHING_PROTOCOLS
 
-_INTERNAL_ERROR = ServerResponse(
-    http.HTTPStatus.INTERNAL_SERVER_ERROR, Headers(),
-    b"Failed to open a WebSocket connection: internal server error.\n",
-)
+_INTERNAL_ERROR_BODY = b"Failed to open a WebSocket connection: internal server error.\n"
 
 
 # -- the server's side ------------------------------------------------------
@@ -214,7 +212,8 @@ def accept(request: Request, policy: ServerPolicy, hooks: ServerHooks, *, path: 
     except InvalidHandshake as exc:
         error, response = exc, _refusal(exc)
     except Exception as exc:  # a bug in a hook: answer 500, keep the traceback
-        error, response = exc, _INTERNAL_ERROR
+        # A response of its own: process_response may change its headers.
+        error, response = exc, ServerResponse(http.HTTPStatus.INTERNAL_SERVER_ERROR, Headers(), _INTERNAL_ERROR_BODY)
     final = hooks.process_response(request, response)
     if final.status_code != _SWITCHING_PROTOCOLS:
         raise AbortHandshake(final.status_code, final.headers.items(), final.body) from error
@@ -313,6 +312,20 @@ def _negotiate_deflate(headers: Headers, compression: Any, response_headers: Hea
         [(permessage_deflate.EXTENSION_NAME, params)]
     )
     return deflate
+
+
+def hook_bug(exc: BaseException) -> Optional[BaseException]:
+    """What a hook raised, when :func:`accept` refused with 500 because of it.
+
+    Args:
+        exc: what :func:`accept` raised.
+
+    Returns:
+        The hook's exception, with its traceback, for the server's log;
+        ``None`` for a refusal that comes from the request.
+    """
+    cause = exc.__cause__ if isinstance(exc, AbortHandshake) else None
+    return None if cause is None or isinstance(cause, InvalidHandshake) else cause
 
 
 def http_answer(exc: Exception) -> Optional[Tuple[int, List[Tuple[str, str]], bytes]]:

@@ -26,7 +26,7 @@ from .extensions import permessage_deflate
 from .hooks import Origins, ProcessResponse, ServerResponse, as_response, respond
 from .http import Headers, HeadersLike, Request, read_request, serialize_response
 from .logs import connection_label, format_address, format_head, format_status, opened_line
-from .opening import ServerHooks, ServerPolicy, http_answer, serialize_answer
+from .opening import ServerHooks, ServerPolicy, hook_bug, http_answer, serialize_answer
 from .protocol import WebSocketCommonProtocol
 from .safetext import redact_uri
 from .transport import Transport, send_last
@@ -370,8 +370,9 @@ class WebSocketServerProtocol(WebSocketCommonProtocol, ServerHooks):
         """
         answer = http_answer(exc)
         cause = exc.__cause__ if isinstance(exc, AbortHandshake) and exc.__cause__ is not None else exc
-        if not isinstance(cause, (InvalidHandshake, OSError)):  # a hook's bug
-            self.logger.error("%s: the opening handshake raised", self, exc_info=cause)
+        bug = hook_bug(exc)
+        if bug is not None:
+            self.logger.error("%s: the opening handshake raised", self, exc_info=bug)
         if answer is None:
             # Nothing worth answering: the client left, or TLS failed.
             self.logger.debug("%s: handshake failed: %r", self, exc)

@@ -69,7 +69,7 @@ from .framing import CloseCode
 from .hooks import ServerResponse
 from .http import Headers, Request, check_version, serialize_response
 from .paths import check_path, decode_path
-from .opening import http_answer
+from .opening import hook_bug, http_answer
 from .handlers import run_handler
 from .serverprotocol import SERVER_HEADER, WebSocketServerProtocol, send_http_answer
 from .settings import check_settings
@@ -589,6 +589,9 @@ def accept(
         )
     except InvalidHandshake as exc:
         if isinstance(exc, AbortHandshake):
+            bug = hook_bug(exc)
+            if bug is not None:  # answered 500, logged here as serve() logs it
+                protocol.logger.error("the opening handshake raised", exc_info=bug)
             raise
         answer = http_answer(exc)
         assert answer is not None  # every InvalidHandshake has an answer

@@ -29,7 +29,7 @@ from syncws.exceptions import (
 from syncws.extensions.permessage_deflate import DeflateSettings, PerMessageDeflate
 from syncws.handshake import accept_key
 from syncws.http import Request, Response, read_request, read_response, serialize_request, serialize_response
-from syncws.opening import ClientOpening, ServerHooks, ServerPolicy, accept, http_answer, serialize_answer
+from syncws.opening import ClientOpening, ServerHooks, ServerPolicy, accept, hook_bug, http_answer, serialize_answer
 from syncws.uri import parse_uri
 
 # RFC 6455 §1.3.
@@ -254,6 +254,56 @@ def test_a_bug_in_a_hook_gets_500_with_the_bug_as_cause() -> None:
     assert exc.status == 500
     assert isinstance(exc.__cause__, RuntimeError)
     assert hooks.calls[-1] == ("process_response", 500)
+
+
+def test_each_500_has_headers_of_its_own() -> None:
+    class Broken(Hooks):
+        def get_response_status(self, set_header: Any) -> int:
+            raise RuntimeError("exploded")
+
+        def process_response(self, request: Request, response: ServerResponse) -> ServerResponse:
+            response.headers["X-Seen"] = "1"  # in place, as the hook may
+            return response
+
+    for _ in range(2):
+        assert refusal(request(), hooks=Broken()).headers == [("X-Seen", "1")]
+
+
+def test_hook_bug_tells_a_bug_from_a_refusal() -> None:
+    class Broken(Hooks):
+        def get_response_status(self, set_header: Any) -> int:
+            raise RuntimeError("exploded")
+
+    bug = hook_bug(refusal(request(), hooks=Broken()))
+    assert isinstance(bug, RuntimeError) and bug.__traceback__ is not None
+    assert hook_bug(refusal(request(drop=["Upgrade"]))) is None
+    assert hook_bug(refusal(request(), hooks=Hooks(answer=(401, [], b"")))) is None
+    assert hook_bug(OSError("reset")) is None
+
+
+def test_wsgi_accept_negotiates_without_a_socket(caplog: pytest.LogCaptureFixture) -> None:
+    from syncws import wsgi
+
+    environ = {
+        "REQUEST_METHOD": "GET", "PATH_INFO": "/chat", "SERVER_PROTOCOL": "HTTP/1.1", "SERVER_NAME": "example.com",
+        "HTTP_HOST": "example.com", "HTTP_UPGRADE": "websocket", "HTTP_CONNECTION": "Upgrade",
+        "HTTP_SEC_WEBSOCKET_KEY": KEY, "HTTP_SEC_WEBSOCKET_VERSION": "13",
+    }
+    with pytest.raises(AbortHandshake) as excinfo:
+        wsgi.accept(dict(environ, HTTP_ORIGIN="https://evil.test"), origins=["https://good.test"])
+    assert excinfo.value.status == 403
+
+    def exploding(path: str, headers: Headers) -> None:
+        raise RuntimeError("process_request exploded")
+
+    with pytest.raises(AbortHandshake) as excinfo:
+        wsgi.accept(dict(environ), process_request=exploding)
+    assert excinfo.value.status == 500
+    assert "process_request exploded" in caplog.text  # logged, not lost
+    # A valid upgrade gets as far as the WSGI server's socket, which this
+    # environ doesn't hold.
+    with pytest.raises(wsgi.ServerNotSupported):
+        wsgi.accept(dict(environ))
 
 
 def test_what_process_response_raises_goes_through() -> None:
