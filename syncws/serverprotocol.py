@@ -76,6 +76,12 @@ class WebSocketServerProtocol(WebSocketCommonProtocol, ServerHooks):
     Inside :meth:`get_response_status` (and after the handshake), ``origin``,
     ``path`` (decoded: see :mod:`syncws.paths`), ``request_target`` (as
     received), ``raw_request_headers`` and ``request_headers`` are set.
+
+    Its methods :meth:`process_request`, :meth:`select_subprotocol`,
+    :meth:`get_response_status` and :meth:`process_response` are the hooks
+    that :func:`syncws.opening.accept` calls (see
+    :class:`~syncws.opening.ServerHooks`); a subclass passed as
+    ``create_protocol`` overrides them.
     """
 
     is_client = False
