@@ -18,11 +18,17 @@ run). Then ``--messages`` small messages, one every ``--interval`` seconds,
 each carrying the time it was published; every reading member notes when
 it arrives.
 
+``--size`` pads each of these messages with text to that many bytes of
+UTF-8 (``--accented``: with "é", two bytes each, rather than ASCII).
+
 Each backend runs twice: with no member stalled, for reference, then with
 ``--stalled``. Reported per run: the delivery latency (publish to ``recv()`` in the
 reading member) over every message and reading member: median, 99th
-percentile and maximum; the most threads the process had; and the fan-out's
-own count of members with a sender thread of their own (``slow_members``).
+percentile and maximum; the server process's CPU time per delivery while
+the small messages went out (the fan-out's work, the server's, and the
+stalled members', which is nothing); the most threads the process had; and
+the fan-out's own count of members with a sender thread of their own
+(``slow_members``).
 The reading members run in a process of their own (the stalled ones, which
 do nothing, in the server's), so the latencies are the fan-out's and the
 server's, plus the readers' ``recv()``.
@@ -122,19 +128,22 @@ def run(fanout: Fanout, args: argparse.Namespace) -> None:
             fanout.publish("room", b"f" * (512 * 1024))
         assert pipe.recv() == "filled"  # the stalled members' sends are blocked by now
         time.sleep(0.5)
+        padding = ("é" * (args.size // 2) if args.accented else "x" * args.size)
+        cpu = time.process_time()
         for _ in range(args.messages):
-            fanout.publish("room", f"tick {time.monotonic()}")
+            fanout.publish("room", f"tick {time.monotonic()} {padding}")
             peak_threads = max(peak_threads, threading.active_count())
             time.sleep(args.interval)
         slow = fanout.stats.slow_members
-        latencies = sorted(pipe.recv())
+        latencies = sorted(pipe.recv())  # once every reader has them all
+        cpu = time.process_time() - cpu
         expected = args.messages * reading
         ms = [1000 * latencies[int(q * (len(latencies) - 1))] for q in (0.5, 0.99, 1.0)]
         print(
             f"{type(fanout).__name__:12} {reading} reading, {args.stalled} stalled: "
             f"{len(latencies)}/{expected} delivered; latency median {ms[0]:.1f} ms, "
-            f"99th {ms[1]:.1f} ms, max {ms[2]:.1f} ms; server's peak threads {peak_threads}, "
-            f"members with a sender of their own {slow}",
+            f"99th {ms[1]:.1f} ms, max {ms[2]:.1f} ms; server CPU {1e6 * cpu / max(1, len(latencies)):.1f} µs "
+            f"a delivery; server's peak threads {peak_threads}, members with a sender of their own {slow}",
             flush=True,
         )
     finally:
@@ -164,6 +173,8 @@ def main() -> None:
     parser.add_argument("--fill", type=int, default=16, help="512 KiB messages that fill the stalled members")
     parser.add_argument("--messages", type=int, default=200)
     parser.add_argument("--interval", type=float, default=0.01)
+    parser.add_argument("--size", type=int, default=0, help="bytes of text added to each small message")
+    parser.add_argument("--accented", action="store_true", help="pad with 'é' (2 bytes in UTF-8), not ASCII")
     parser.add_argument("--backend", choices=["local", "redis", "both"], default="both")
     args = parser.parse_args()
     limits: Any = dict(timeout=60, max_pending_bytes=2**30, max_pending=2**20)
