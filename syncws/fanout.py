@@ -275,9 +275,12 @@ class _State(enum.Enum):
     GONE = "gone"  # dropped, or no longer a member: gets nothing more
 
 
-# A message in mailboxes: (message, its size in bytes, time.monotonic() at
-# its arrival). Made once per message and shared by every member's mailbox.
-_Mail = Tuple[Data, int, float]
+# A message in mailboxes: (its payload, the payload's size in bytes,
+# time.monotonic() at its arrival, whether it is text). Made once per
+# message and shared by every member's mailbox: text is encoded to UTF-8
+# once, not by each member's send. Hot path: see
+# docs/performance.rst#fan-out-encoding-once.
+_Mail = Tuple[bytes, int, float, bool]
 
 
 class _Member:
@@ -567,16 +570,19 @@ class Fanout:
         """
         raise NotImplementedError
 
-    def _deliver(self, channel: str, message: Data) -> None:
+    def _deliver(self, channel: str, message: Data, text: bool = False) -> None:
         """Queue ``message`` for every local member of ``channel``.
 
-        What a backend calls for each message that reaches this process.
+        What a backend calls for each message that reaches this process:
+        ``str`` for text, or ``bytes``, sent as text if ``text`` is true
+        (UTF-8 the backend has checked).
         """
+        payload, text = _payload(message, text)  # encoded before the lock is taken
         # Hot path (one message): what _delivering() does, without its
         # generator and partial.
         handover = _Handover()
         with self._lock:
-            self._enqueue(channel, message, handover)
+            self._enqueue(channel, payload, handover, text)
         self._hand_over(handover)
 
     @contextlib.contextmanager
@@ -592,17 +598,19 @@ class Fanout:
             yield functools.partial(self._enqueue, handover=handover)
         self._hand_over(handover)
 
-    def _enqueue(self, channel: str, message: Data, handover: "_Handover") -> None:
+    def _enqueue(self, channel: str, message: Data, handover: "_Handover", text: bool = False) -> None:
         """Put ``message`` in the mailboxes of ``channel``'s local members (lock held).
 
-        Members to serve and members dropped go to ``handover``, for
-        :meth:`_hand_over` once the lock is released.
+        ``message`` and ``text`` are as for :meth:`_deliver`. Members to
+        serve and members dropped go to ``handover``, for :meth:`_hand_over`
+        once the lock is released.
         """
         members = self._channels.get(channel)
         if not members or self._closed:
             return
-        size = _size(message)
-        mail = (message, size, time.monotonic())
+        payload, text = _payload(message, text)
+        size = len(payload)
+        mail = (payload, size, time.monotonic(), text)
         self._counts.received += 1
         for member in list(members):  # _drop() may remove some
             if member.mailbox and (
@@ -719,11 +727,11 @@ class Fanout:
                     return
                 mail = member.mailbox.popleft()
                 member.mailbox_bytes -= mail[1]
-                message = mail[0]
+            payload, text = mail[0], mail[3]
             try:
                 if blocking:
-                    connection.send(message, timeout=self.timeout)
-                elif not connection.send_nowait(message, self.timeout):
+                    connection.send(payload, timeout=self.timeout, text=text)
+                elif not connection.send_nowait(payload, self.timeout, text=text):
                     with self._lock:
                         if member.gone:
                             return
@@ -839,12 +847,11 @@ def _name(connection: WebSocketCommonProtocol) -> str:
         return repr(connection)
 
 
-def _size(message: Data) -> int:
-    """The bytes of a message's payload: UTF-8 for text."""
+def _payload(message: Data, text: bool) -> Tuple[bytes, bool]:
+    """What members are sent: the payload's bytes (``str`` encoded to UTF-8), and whether it is text."""
     if isinstance(message, str):
-        # isascii() is O(1) on CPython: no copy for the common case.
-        return len(message) if message.isascii() else len(message.encode())
-    return len(message)
+        return message.encode(), True
+    return message, text
 
 
 class _Handover:
@@ -908,13 +915,25 @@ def _pack(publisher: str, sequence: int, message: Data) -> bytes:
     return b"%s %d b\n%s" % (publisher.encode(), sequence, message)
 
 
-def _unpack(envelope: bytes) -> Tuple[str, int, Data]:
-    """Raises ValueError on anything that isn't an envelope."""
+def _unpack(envelope: bytes) -> Tuple[str, int, bytes, bool]:
+    """(publisher, sequence, payload, whether it is text) of an envelope.
+
+    A text payload stays UTF-8 bytes, sent to members as they are, once
+    checked: a text frame must be UTF-8 (RFC 6455, section 8.1), and anyone
+    with access to Redis can publish on a channel.
+
+    Raises:
+        ValueError: it isn't an envelope (UnicodeDecodeError: text that
+            isn't UTF-8).
+    """
     head, sep, payload = envelope.partition(b"\n")
     publisher, sequence, kind = head.split(b" ")
     if not sep or kind not in (b"t", b"b"):
         raise ValueError("not a syncws envelope")
-    return publisher.decode(), int(sequence), payload.decode() if kind == b"t" else payload
+    text = kind == b"t"
+    if text:
+        payload.decode()  # the check; the str isn't kept
+    return publisher.decode(), int(sequence), payload, text
 
 
 class RedisFanout(Fanout):
@@ -1266,7 +1285,7 @@ class RedisFanout(Fanout):
             self._last_seen.pop(channel, None)
         elif kind == "message":
             try:
-                publisher, sequence, payload = _unpack(message["data"])
+                publisher, sequence, payload, text = _unpack(message["data"])
             except (ValueError, UnicodeDecodeError):
                 logger.warning("ignoring a message on %r that isn't a syncws envelope", channel)
                 return
@@ -1283,7 +1302,7 @@ class RedisFanout(Fanout):
                 lost = sequence - last - 1
                 logger.warning("%d messages from publisher %r on %r were lost", lost, publisher, channel)
                 self._gap(Gap((channel,), lost=lost, publisher=publisher))
-            self._deliver(channel, payload)
+            self._deliver(channel, payload, text)
 
     def _report_outage(self, duration: float, channels: Tuple[str, ...]) -> None:
         if not channels:

@@ -635,12 +635,14 @@ class WebSocketCommonProtocol:
             raise self._closed_exception() from None
         raise self._closed_exception() from exc
 
-    def send_nowait(self, message: Data, timeout: Optional[float] = None) -> bool:
+    def send_nowait(self, message: Data, timeout: Optional[float] = None, *, text: Optional[bool] = None) -> bool:
         """Send ``message`` only if that can't block; for :func:`~syncws.broadcast`.
 
         Args:
             message: ``str`` or bytes-like.
             timeout: the deadline of the send, should it block after all.
+            text: as for :meth:`send`: ``True`` sends bytes as a text frame
+                (they must be UTF-8).
 
         Returns:
             ``False``, having sent nothing, when another send is under way or
@@ -651,7 +653,7 @@ class WebSocketCommonProtocol:
             ConnectionClosed: the connection is closed.
             TimeoutError: as for :meth:`send`.
         """
-        outgoing = prepare_message(message, None)
+        outgoing = prepare_message(message, text)
         if outgoing.payload is None:
             raise TypeError(f"broadcast() sends str or bytes-like messages, not {type(message).__name__}")
         if not self.open:

@@ -158,6 +158,35 @@ def test_local_unsubscribe(local: Tuple[LocalFanout, syncws.WebSocketServer]) ->
     assert fanout.channels() == set()  # handlers called unsubscribe_all
 
 
+class Recorder:
+    """Stands for a connection (no socket): notes what the fan-out sends it."""
+
+    remote_address = (HOST, 0)
+
+    def __init__(self) -> None:
+        self.sent: "queue.Queue[Tuple[Any, Any]]" = queue.Queue()
+
+    def send_nowait(self, message: Any, timeout: Any = None, *, text: Any = None) -> bool:
+        self.sent.put((message, text))
+        return True
+
+
+def test_a_message_is_encoded_once_for_every_member() -> None:
+    fanout = LocalFanout()
+    members = [Recorder() for _ in range(3)]
+    try:
+        for member in members:
+            fanout.subscribe("c", member)  # type: ignore[arg-type]
+        fanout.publish("c", "héllo")
+        fanout.publish("c", b"\xff")
+        texts, binaries = zip(*[(member.sent.get(timeout=TIMEOUT), member.sent.get(timeout=TIMEOUT)) for member in members])
+        assert [(m, text) for m, text in texts] == [("héllo".encode(), True)] * 3
+        assert len({id(m) for m, _ in texts}) == 1  # one encoding, shared by the members
+        assert [(m, text) for m, text in binaries] == [(b"\xff", False)] * 3
+    finally:
+        fanout.close()
+
+
 def test_local_bad_arguments() -> None:
     fanout = LocalFanout()
     with pytest.raises(TypeError, match="channel must be a str, got int"):
@@ -396,6 +425,7 @@ def test_redis_sequence_gap_is_reported(nodes: List[Node], redis_server: Redis) 
         client.publish("syncws:a", _pack(publisher, 5, "fifth"))  # 2, 3, 4 lost
         client.publish("syncws:a", _pack(publisher, 5, "fifth again"))  # a repeat: dropped
         client.publish("syncws:a", b"not an envelope")  # ignored
+        client.publish("syncws:a", b"other 1 t\n\xff")  # text that isn't UTF-8: ignored, not sent on
         client.publish("syncws:a", _pack(publisher, 6, "sixth"))
     finally:
         client.close()
@@ -970,10 +1000,11 @@ def test_the_fanout_benchmark_runs() -> None:
     bench = Path(__file__).resolve().parent.parent / "bench" / "fanout.py"
     result = subprocess.run(
         [sys.executable, str(bench), "--members", "6", "--stalled", "3", "--fill", "8", "--messages", "10",
-         "--backend", "local"],
+         "--backend", "local", "--size", "100", "--accented"],
         capture_output=True, text=True, timeout=100,
     )
     assert result.returncode == 0, result.stderr
     assert "LocalFanout  6 reading, 0 stalled: 60/60 delivered" in result.stdout, result.stdout
     assert "LocalFanout  3 reading, 3 stalled: 30/30 delivered" in result.stdout, result.stdout
     assert "members with a sender of their own 3" in result.stdout, result.stdout
+    assert "µs a delivery" in result.stdout, result.stdout
