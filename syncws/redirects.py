@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import socket
 import urllib.parse
 from typing import List, Optional, Tuple, Union
 
@@ -125,7 +126,11 @@ def host_address_space(host: str) -> Optional[AddressSpace]:
 
     For a hop through a proxy, which resolves names itself: an IP address
     has its space, ``localhost`` and ``*.localhost`` are loopback (RFC
-    6761); any other name is ``None``, unknown.
+    6761), with or without the root's trailing dot; any other name is
+    ``None``, unknown. An IPv4 address counts in every form that
+    ``inet_aton()`` reads (``127.1``, ``2130706433``, ``0x7f.1``,
+    ``0177.0.0.1``): the resolver of a proxy reads them so, and connects to
+    that address.
 
     Args:
         host: a host as :class:`~syncws.uri.WebSocketURI` holds it.
@@ -133,11 +138,16 @@ def host_address_space(host: str) -> Optional[AddressSpace]:
     Returns:
         The address space, or ``None``.
     """
-    if host == "localhost" or host.endswith(".localhost"):
+    name = host[:-1] if host.endswith(".") else host
+    if name == "localhost" or name.endswith(".localhost"):
         return AddressSpace.LOOPBACK
     try:
         return address_space(host)
     except ValueError:
+        pass
+    try:
+        return address_space(socket.inet_ntoa(socket.inet_aton(host)))
+    except (OSError, ValueError):  # not an IPv4 address in any form
         return None
 
 

@@ -398,6 +398,12 @@ def test_address_space(address: str, space: AddressSpace) -> None:
         ("localhost", AddressSpace.LOOPBACK), ("app.localhost", AddressSpace.LOOPBACK),
         ("169.254.169.254", AddressSpace.LOCAL), ("::1", AddressSpace.LOOPBACK),
         ("8.8.8.8", AddressSpace.PUBLIC), ("example.com", None), ("localhost.example", None),
+        # What a proxy's resolver reads as an address, or as localhost.
+        ("localhost.", AddressSpace.LOOPBACK), ("app.localhost.", AddressSpace.LOOPBACK),
+        ("127.1", AddressSpace.LOOPBACK), ("2130706433", AddressSpace.LOOPBACK),
+        ("0x7f.1", AddressSpace.LOOPBACK), ("0177.0.0.1", AddressSpace.LOOPBACK), ("0", AddressSpace.LOOPBACK),
+        ("0xa9fea9fe", AddressSpace.LOCAL), ("10.1", AddressSpace.LOCAL), ("134744072", AddressSpace.PUBLIC),
+        ("1e100.net", None), ("0x7f.example", None),
     ],
 )
 def test_host_address_space(host: str, space: Any) -> None:
@@ -640,3 +646,39 @@ def accepts(address: Tuple[str, int]) -> bool:
     with contextlib.suppress(OSError), socket.create_connection(address, timeout=1):
         return True
     return False
+
+
+@pytest.mark.parametrize("internal_host", ["127.1", "2130706433", "0x7f.1", "0177.0.0.1"])
+def test_a_proxy_that_resolves_names_is_refused_loopback_in_any_ipv4_form(
+    namespace: str, internal_host: str
+) -> None:
+    # socks5h://: the proxy resolves the host, as every resolver reads an
+    # IPv4 address, so "127.1" reaches the proxy's loopback: it must be
+    # checked as 127.0.0.1 is.
+    pytest.importorskip("python_socks", reason="python-socks isn't installed: pip install -e '.[test]'")
+    microsocks = find_program("microsocks")
+    secret = b'{"SecretAccessKey": "wJalrXUtnFEMI"}'
+    internal_answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(secret), secret)
+
+    def scenario() -> None:
+        with socket.create_server(("127.0.0.1", 0)) as probe:  # a free port of the namespace
+            proxy_port = probe.getsockname()[1]
+        argv = ["ip", "netns", "exec", namespace, microsocks, "-i", "127.0.0.1", "-p", str(proxy_port)]
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            assert wait_for(lambda: accepts(("127.0.0.1", proxy_port)) or process.poll() is not None, 10)
+            assert process.poll() is None, "microsocks exited"
+            proxy = f"socks5h://127.0.0.1:{proxy_port}"
+            with redirector(lambda path: internal_answer, "127.0.0.1") as (internal_port, asked):
+                location = f"ws://{internal_host}:{internal_port}/latest/meta-data"
+                with redirector(lambda path: redirect(302, location), PUBLIC) as (port, _):
+                    with pytest.raises(InvalidStatusCode) as excinfo:
+                        syncws.connect(f"ws://{PUBLIC}:{port}/", proxy=proxy)
+                    assert excinfo.value.status_code == 302
+                    assert "loopback address after a public one" in str(excinfo.value), str(excinfo.value)
+                    assert asked.empty()  # the internal server heard nothing
+        finally:
+            process.terminate()
+            process.wait(10)
+
+    in_namespace(namespace, scenario)
