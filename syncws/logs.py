@@ -144,9 +144,10 @@ def format_head(start_line: str, headers: Iterable[Tuple[str, str]]) -> str:
     """Render an HTTP head for a DEBUG line, one header per indented line.
 
     Credentials are replaced by ``[redacted]``: ``Authorization`` and
-    ``Proxy-Authorization`` (their scheme is kept), cookies, and any header
-    whose name says it holds one (``X-Api-Key``, ``X-Auth-Token``,
-    ``Private-Token``, ...; ``Sec-WebSocket-Key`` is no secret). URIs in
+    ``Proxy-Authorization`` (their scheme is kept when credentials follow
+    it), cookies, and any header whose name says it holds one
+    (``X-Api-Key``, ``X-Auth-Token``, ``Private-Token``, ...;
+    ``Sec-WebSocket-Key`` is no secret). URIs in
     ``Location``, ``Content-Location`` and ``Referer`` go through
     :func:`~syncws.safetext.redact_uri`. Every value is escaped.
 
@@ -172,8 +173,11 @@ def _redacted(name: str, value: str) -> str:
     if not is_secret_header(lowered):
         return escape(value)
     if lowered.endswith("authorization"):
-        scheme, _, _ = value.partition(" ")
-        return f"{escape(scheme)} {REDACTED}"
+        # "<scheme> <credentials>": a value without credentials after a
+        # space is a bare token (sent without a scheme by many APIs).
+        scheme, _, credentials = value.partition(" ")
+        if credentials.strip():
+            return f"{escape(scheme)} {REDACTED}"
     return REDACTED
 
 

@@ -88,6 +88,23 @@ def test_handshake_heads_at_debug_with_credentials_redacted(caplog: pytest.LogCa
     assert all("Sec-WebSocket-Accept: " in line for line in response)
 
 
+def test_a_bare_token_in_authorization_is_redacted_whole(caplog: pytest.LogCaptureFixture) -> None:
+    # Many APIs send a token with no scheme before it: the part before a
+    # space is a scheme only when credentials follow it.
+    caplog.set_level(logging.DEBUG, logger="syncws")
+    with syncws.serve(echo, "127.0.0.1", 0) as server:
+        with syncws.connect(
+            f"ws://127.0.0.1:{server.port}/",
+            additional_headers={"Authorization": "sk_live_tok123", "Proxy-Authorization": "tok456"},
+        ):
+            pass
+    request = [line for line in messages(caplog, logging.DEBUG, "syncws.server") if " request: GET /" in line]
+    assert len(request) == 1
+    assert "\n  Authorization: [redacted]" in request[0] and "\n  Proxy-Authorization: [redacted]" in request[0]
+    assert "tok123" not in caplog.text and "tok456" not in caplog.text
+    assert format_head("GET /", [("Authorization", "Bearer ")]) == "GET /\n  Authorization: [redacted]"
+
+
 def test_each_received_message_at_debug(caplog: pytest.LogCaptureFixture) -> None:
     # Whole messages reach the queue without the reader looking at each,
     # except at DEBUG, where each is logged.
