@@ -1379,6 +1379,12 @@ simple_queue_get(SimpleQueueObject *self, PyObject *args, PyObject *kwargs)
         if (seconds == -1.0 && PyErr_Occurred()) {
             return NULL;
         }
+        if (Py_IS_NAN(seconds)) {
+            /* As queue.SimpleQueue: converted, NaN would wait forever. */
+            PyErr_SetString(PyExc_ValueError,
+                            "Invalid value NaN (not a number)");
+            return NULL;
+        }
         if (seconds < 0) {
             PyErr_SetString(PyExc_ValueError,
                             "'timeout' must be a non-negative number");

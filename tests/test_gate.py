@@ -239,6 +239,12 @@ def test_queue_bad_timeout(make_queue: Callable[[], Any]) -> None:
         items.get(timeout=-1)
     with pytest.raises(TypeError):
         items.get(timeout="1")
+    # NaN is refused before the queue is looked at: the gated get used to
+    # wait forever on an empty queue (NaN made a negative wait: no limit).
+    items.put("waiting")
+    with pytest.raises(ValueError):
+        items.get(timeout=float("nan"))
+    assert items.get(block=False) == "waiting"
 
 
 def test_queue_wakes_a_waiting_get(make_queue: Callable[[], Any]) -> None:
