@@ -209,8 +209,9 @@ class ConnectionCounters:
         Args:
             status: the status.
         """
+        number = int(status)  # an HTTPStatus prints as its name before Python 3.11
         with self._lock:
-            self._refused[status] = self._refused.get(status, 0) + 1
+            self._refused[number] = self._refused.get(number, 0) + 1
 
     def snapshot(self) -> ServerMetrics:
         """The counts as of now.

@@ -8,6 +8,7 @@ exactly once its side of every connection has ended.
 from __future__ import annotations
 
 import dataclasses
+import http
 import json
 import re
 import socket
@@ -172,6 +173,15 @@ def test_clients_count_nowhere(server: syncws.WebSocketServer) -> None:
     after = settled(server, 1)
     # collect() adds this server's one connection, not the client's.
     assert metrics.collect().connections_opened - before.connections_opened == after.connections_opened == 1
+
+
+def test_a_refusal_counts_under_its_number_on_every_python() -> None:
+    # str(HTTPStatus.FORBIDDEN) is "HTTPStatus.FORBIDDEN" before Python 3.11.
+    counters = metrics.ConnectionCounters()
+    counters.refused(http.HTTPStatus.FORBIDDEN)
+    refused = counters.snapshot().handshakes_refused
+    assert [(type(status), status) for status in refused] == [(int, 403)]
+    assert 'syncws_handshakes_refused_total{status="403"} 1' in metrics.render(counters.snapshot(), [])
 
 
 def test_add_snapshots() -> None:
