@@ -19,7 +19,8 @@ included, goes through ``process_response`` once, which has the last word.
 The application's hooks are the methods of a :class:`ServerHooks`:
 :class:`~syncws.WebSocketServerProtocol` is one, whose methods run the hooks
 given to :func:`~syncws.serve`, and a subclass of it overrides them as the
-seed allows. :func:`http_answer` maps a failure to its HTTP refusal, and
+seed allows; :class:`RequestHooks` is one that no connection carries, for
+negotiating before a connection is made. :func:`http_answer` maps a failure to its HTTP refusal, and
 :func:`serialize_answer` writes a refusal that closes the connection.
 
 The client's side is :class:`ClientOpening`: the request's headers (the key,
@@ -32,9 +33,10 @@ from __future__ import annotations
 
 import base64
 import http
-from typing import Any, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import handshake
+from .auth import BasicAuth
 from .datastructures import Headers, HeadersLike, ServerResponse
 from .exceptions import (
     AbortHandshake,
@@ -56,6 +58,8 @@ from .uri import WebSocketURI, host_header
 __all__ = [
     "ServerPolicy",
     "ServerHooks",
+    "RequestHooks",
+    "call_process_request",
     "accept",
     "hook_bug",
     "http_answer",
@@ -178,6 +182,68 @@ class ServerHooks:
             The response to send; by default ``response``.
         """
         return response
+
+    def copy_outcome(self, other: "ServerHooks") -> None:
+        """Give ``other`` what :func:`accept` set here: the request and what was chosen.
+
+        Args:
+            other: the hooks, a connection, that carry on with the handshake's
+                outcome.
+        """
+        for name in _OUTCOME:
+            setattr(other, name, getattr(self, name))
+
+
+# The attributes of ServerHooks that accept() sets.
+_OUTCOME = ("request", "path", "request_headers", "origin", "subprotocol", "extensions")
+
+
+class RequestHooks(ServerHooks):
+    """The hooks of a handshake negotiated before any connection exists.
+
+    :func:`syncws.wsgi.accept` negotiates with one when the connection's
+    class keeps :class:`~syncws.WebSocketServerProtocol`'s hooks, then makes
+    the connection only for a 101 and gives it the outcome
+    (:meth:`~ServerHooks.copy_outcome`, and :attr:`username`). The only
+    hook an application gives it is a ``process_request`` function.
+
+    Args:
+        process_request: ``(path, request_headers)`` returning ``None`` or
+            an answer, as for :func:`~syncws.serve`; ``None`` for none.
+    """
+
+    def __init__(self, process_request: Optional[Callable[[str, Headers], Any]] = None) -> None:
+        self._process_request = process_request
+        #: The user name :func:`~syncws.basic_auth` authenticated, or ``None``.
+        self.username: Optional[str] = None
+
+    def process_request(self, path: str, request_headers: Headers) -> Any:
+        """Call the ``process_request`` function, if any (see :func:`call_process_request`)."""
+        answer, self.username = call_process_request(self._process_request, path, request_headers)
+        return answer
+
+
+def call_process_request(
+    function: Optional[Callable[[str, Headers], Any]], path: str, request_headers: Headers
+) -> Tuple[Any, Optional[str]]:
+    """Call a server's ``process_request`` function.
+
+    Args:
+        function: the function given to the server, or ``None``.
+        path: the request's decoded path, with its query.
+        request_headers: the request's headers.
+
+    Returns:
+        Its answer (``None`` to go on with the handshake), and the user name
+        when the function is a :class:`~syncws.auth.BasicAuth` that let the
+        request through, else ``None``.
+    """
+    if function is None:
+        return None, None
+    answer = function(path, request_headers)
+    if answer is None and isinstance(function, BasicAuth):
+        return None, BasicAuth.username(request_headers)
+    return answer, None
 
 
 def accept(request: Request, policy: ServerPolicy, hooks: ServerHooks, *, path: Optional[str] = None) -> ServerResponse:

@@ -34,6 +34,7 @@ from .hooks import Origins, ProcessResponse, check_origins
 from .handlers import takes_path
 from .metrics import ServerMetrics
 from .logs import format_address, set_connection
+from .opening import ServerPolicy
 from .protocol import State
 from .serverprotocol import ProcessRequest, SelectSubprotocol, send_http_answer
 from .settings import SizeSetting, check_settings
@@ -609,6 +610,8 @@ def serve(
         sockets = ports.listening_sockets(host, port or 0, backlog, reuse_port=bool(reuse_port))
     protocol_class = create_protocol or WebSocketServerProtocol
     open_timeout = settings.open_timeout
+    # One for every connection: what the handshakes accept doesn't change.
+    policy = ServerPolicy(origins, subprotocols, extra_headers, compression, server_header, select_subprotocol)
 
     def make_protocol(server: WebSocketServer) -> WebSocketServerProtocol:
         return protocol_class(
@@ -627,6 +630,7 @@ def serve(
             server_header=server_header,
             select_subprotocol=select_subprotocol,
             process_response=process_response,
+            policy=policy,
         )
 
     logger.info("server listening on %s", ", ".join(format_address(_bound_address(sock)) for sock in sockets))

@@ -17,16 +17,15 @@ import http
 import logging
 import socket
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Iterable, List, Optional, Sequence, Tuple, Type
 
 from . import metrics, opening, timers
-from .auth import BasicAuth
 from .exceptions import AbortHandshake, InvalidHandshake
 from .extensions import permessage_deflate
 from .hooks import Origins, ProcessResponse, ServerResponse, as_response, respond
 from .http import Headers, HeadersLike, Request, read_request, serialize_response
 from .logs import connection_label, format_address, format_head, format_status, opened_line
-from .opening import ServerHooks, ServerPolicy, hook_bug, http_answer, serialize_answer
+from .opening import ServerHooks, ServerPolicy, call_process_request, hook_bug, http_answer, serialize_answer
 from .protocol import WebSocketCommonProtocol
 from .safetext import redact_uri
 from .transport import Transport, send_last
@@ -37,7 +36,7 @@ if TYPE_CHECKING:
 
     from .server import WebSocketServer
 
-__all__ = ["WebSocketServerProtocol", "SERVER_HEADER", "send_http_answer"]
+__all__ = ["WebSocketServerProtocol", "SERVER_HEADER", "runs_own_hooks", "send_http_answer"]
 
 #: The default ``Server`` header.
 SERVER_HEADER = f"Python syncws/{__version__}"
@@ -70,6 +69,10 @@ class WebSocketServerProtocol(WebSocketCommonProtocol, ServerHooks):
             :meth:`select_subprotocol`'s policy.
         process_response: ``(connection, request, response)``, called with
             every response of the handshake (see :mod:`syncws.hooks`).
+        policy: the :class:`~syncws.opening.ServerPolicy` of ``origins``,
+            ``subprotocols``, ``extra_headers``, ``compression``,
+            ``server_header`` and ``select_subprotocol``, when the server
+            built it once for all its connections; ``None`` builds it here.
         **kwargs: the keyword arguments of
             :class:`~syncws.protocol.WebSocketCommonProtocol`.
 
@@ -92,7 +95,7 @@ class WebSocketServerProtocol(WebSocketCommonProtocol, ServerHooks):
         "ws_handler", "ws_server", "origins", "available_subprotocols", "extra_headers", "compression",
         "_process_request", "server_header", "_select_subprotocol", "_process_response_hook", "request",
         "username", "origin", "_handshake_lock", "_handshake_answered",
-        "_handshake_cancelled",
+        "_handshake_cancelled", "policy",
     )
 
     def __init__(
@@ -108,6 +111,7 @@ class WebSocketServerProtocol(WebSocketCommonProtocol, ServerHooks):
         server_header: Optional[str] = SERVER_HEADER,
         select_subprotocol: Optional[SelectSubprotocol] = None,
         process_response: Optional[ProcessResponse] = None,
+        policy: Optional[ServerPolicy] = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -122,6 +126,10 @@ class WebSocketServerProtocol(WebSocketCommonProtocol, ServerHooks):
         self.server_header = server_header
         self._select_subprotocol = select_subprotocol
         self._process_response_hook = process_response
+        #: What the server accepts, as :func:`syncws.opening.accept` reads it.
+        self.policy = policy or ServerPolicy(
+            origins, subprotocols, extra_headers, compression, server_header, select_subprotocol
+        )
         #: The opening handshake's request, once read.
         self.request: Optional[Request] = None
         #: The user name :func:`~syncws.basic_auth` authenticated, or ``None``.
@@ -167,11 +175,8 @@ class WebSocketServerProtocol(WebSocketCommonProtocol, ServerHooks):
             ``None`` to go on with the handshake, or ``(status, headers,
             body)`` to answer with plain HTTP (health checks, 401s).
         """
-        if self._process_request is None:
-            return None
-        answer = self._process_request(path, request_headers)
-        if answer is None and isinstance(self._process_request, BasicAuth):
-            self.username = BasicAuth.username(request_headers)
+        answer: Optional[Tuple[int, HeadersLike, bytes]]
+        answer, self.username = call_process_request(self._process_request, path, request_headers)
         return answer
 
     def respond(self, status: int, text: str) -> ServerResponse:
@@ -313,9 +318,12 @@ class WebSocketServerProtocol(WebSocketCommonProtocol, ServerHooks):
                 after :meth:`process_response`; its ``__cause__`` says why).
             Exception: what :meth:`process_response` raised.
         """
-        policy = ServerPolicy(
-            origins, subprotocols, extra_headers, self.compression, self.server_header, self._select_subprotocol
-        )
+        policy = self.policy
+        if origins is not policy.origins or subprotocols is not policy.subprotocols or (
+            extra_headers is not policy.extra_headers
+        ):
+            # A handshake() called with other options than the connection's.
+            policy = policy._replace(origins=origins, subprotocols=subprotocols, extra_headers=extra_headers)
         return opening.accept(request, policy, self, path=path).headers
 
     def _cancel_handshake(self) -> None:
@@ -397,6 +405,25 @@ class WebSocketServerProtocol(WebSocketCommonProtocol, ServerHooks):
             assert self.transport is not None
             self.transport.send_last(serialize_answer(status, headers, body, self.server_header))
         self.abort(f"the opening handshake failed: {exc}")
+
+
+# The methods of WebSocketServerProtocol that syncws.opening.accept() calls.
+_HOOKS = ("process_request", "select_subprotocol", "get_response_status", "process_response")
+
+
+def runs_own_hooks(protocol_class: Type[WebSocketServerProtocol]) -> bool:
+    """Whether a ``create_protocol`` class overrides a hook of the opening handshake.
+
+    When it doesn't, a handshake can be negotiated before its connection is
+    made, with :class:`~syncws.opening.RequestHooks`.
+
+    Args:
+        protocol_class: :class:`WebSocketServerProtocol` or a subclass.
+
+    Returns:
+        ``True`` when one of its hooks isn't :class:`WebSocketServerProtocol`'s.
+    """
+    return any(getattr(protocol_class, name) is not getattr(WebSocketServerProtocol, name) for name in _HOOKS)
 
 
 def send_http_answer(

@@ -63,15 +63,15 @@ from typing import (
     Any, Callable, Dict, Iterable, Iterator, List, Mapping, MutableMapping, Optional, Sequence, Tuple, Type, Union,
 )
 
-from . import sockopts
+from . import opening, sockopts
 from .exceptions import AbortHandshake, InvalidHandshake, InvalidMessage
 from .framing import CloseCode
 from .hooks import ServerResponse
 from .http import Headers, Request, check_version, serialize_response
 from .paths import check_path, decode_path
-from .opening import hook_bug, http_answer
+from .opening import RequestHooks, ServerHooks, ServerPolicy, hook_bug, http_answer
 from .handlers import run_handler
-from .serverprotocol import SERVER_HEADER, WebSocketServerProtocol, send_http_answer
+from .serverprotocol import SERVER_HEADER, WebSocketServerProtocol, runs_own_hooks, send_http_answer
 from .settings import check_settings
 from .transport import Transport
 
@@ -551,77 +551,142 @@ def accept(
         ServerNotSupported: the WSGI server can't hand its socket over.
         OSError: the client went away before the 101 was written.
     """
-    if ACCEPTED in environ:
-        raise RuntimeError(
-            "accept() was called again for a request it already upgraded: use the "
-            f"connection the first call returned (environ[{ACCEPTED!r}])"
+    return _Endpoint(
+        create_protocol=create_protocol, timeout=timeout, max_size=max_size, max_queue=max_queue,
+        read_limit=read_limit, write_limit=write_limit, origins=origins, subprotocols=subprotocols,
+        extra_headers=extra_headers, compression=compression, ping_interval=ping_interval,
+        ping_timeout=ping_timeout, process_request=process_request, open_timeout=open_timeout,
+        close_timeout=close_timeout, write_timeout=write_timeout, server_header=server_header, logger=logger,
+    ).accept(environ, path)
+
+
+class _Endpoint:
+    """One WebSocket endpoint's options, checked once: :func:`accept` for each request.
+
+    :func:`websocket_app`, :class:`WebSocketMiddleware` and the framework
+    views make one per endpoint, so that the settings and the
+    :class:`~syncws.opening.ServerPolicy` are built once, not per request.
+
+    Args:
+        **options: the keyword arguments of :func:`accept` but ``path``.
+
+    Raises:
+        TypeError: an unknown option.
+        ValueError: a setting out of range.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        unknown = set(options) - set(_ENDPOINT_OPTIONS)
+        if unknown:
+            raise TypeError(f"unexpected WebSocket options: {', '.join(sorted(unknown))}")
+        options = {**_ENDPOINT_OPTIONS, **options}
+        setting_names = check_settings.__kwdefaults__ or {}
+        self.settings = check_settings(**{name: options[name] for name in setting_names})
+        self.protocol_class: Type[WebSocketServerProtocol] = options["create_protocol"] or WebSocketServerProtocol
+        self.process_request: Optional[Callable[[str, Headers], Any]] = options["process_request"]
+        self.server_header: Optional[str] = options["server_header"]
+        self.policy = ServerPolicy(
+            options["origins"], options["subprotocols"], options["extra_headers"], options["compression"],
+            self.server_header,
         )
-    settings = check_settings(
-        max_size=max_size, max_queue=max_queue, timeout=timeout, open_timeout=open_timeout,
-        close_timeout=close_timeout, write_timeout=write_timeout, read_limit=read_limit,
-        write_limit=write_limit, ping_interval=ping_interval, ping_timeout=ping_timeout,
-        compression=compression,
-    )
-    protocol_class = create_protocol or WebSocketServerProtocol
-    protocol = protocol_class(
-        None,  # the caller runs its handler
-        None,  # the WSGI server is the server
-        host=str(environ.get("SERVER_NAME", "")) or None,
-        port=int(environ.get("SERVER_PORT") or 0) or None,
-        secure=environ.get("wsgi.url_scheme") == "https",
-        settings=settings,
-        logger=logger,
-        origins=origins,
-        subprotocols=subprotocols,
-        extra_headers=extra_headers,
-        compression=compression,
-        process_request=process_request,
-        server_header=server_header,
-    )
-    try:
-        # As serve() reads the request line: HTTP/1.0 has no Upgrade.
-        check_version(str(environ.get("SERVER_PROTOCOL") or "HTTP/1.1"))
-        request = Request(
-            str(environ.get("REQUEST_METHOD", "GET")), _request_target(environ), _request_headers(environ)
+        logger_option = options["logger"]
+        self.logger: logging.Logger = (
+            logger_option if isinstance(logger_option, logging.Logger)
+            else logging.getLogger(logger_option or "syncws.server")
         )
-        response_headers = protocol.negotiate(
-            request, origins, subprotocols, extra_headers, path=_request_path(environ, path)
+
+    def accept(self, environ: Mapping[str, Any], path: Optional[str]) -> WebSocketServerProtocol:
+        """:func:`accept` with this endpoint's options (see it for what it raises)."""
+        if ACCEPTED in environ:
+            raise RuntimeError(
+                "accept() was called again for a request it already upgraded: use the "
+                f"connection the first call returned (environ[{ACCEPTED!r}])"
+            )
+        # The connection's methods are the hooks when its class overrides
+        # one; otherwise it is made only once the request is accepted.
+        protocol = self._connection(environ) if runs_own_hooks(self.protocol_class) else None
+        hooks: ServerHooks = protocol if protocol is not None else RequestHooks(self.process_request)
+        try:
+            # As serve() reads the request line: HTTP/1.0 has no Upgrade.
+            check_version(str(environ.get("SERVER_PROTOCOL") or "HTTP/1.1"))
+            request = Request(
+                str(environ.get("REQUEST_METHOD", "GET")), _request_target(environ), _request_headers(environ)
+            )
+            response = opening.accept(request, self.policy, hooks, path=_request_path(environ, path))
+        except InvalidHandshake as exc:
+            if isinstance(exc, AbortHandshake):
+                bug = hook_bug(exc)
+                if bug is not None:  # answered 500, logged here as serve() logs it
+                    self.logger.error("the opening handshake raised", exc_info=bug)
+                raise
+            answer = http_answer(exc)
+            assert answer is not None  # every InvalidHandshake has an answer
+            raise AbortHandshake(*answer) from exc
+        if _shutting_down:
+            raise AbortHandshake(
+                http.HTTPStatus.SERVICE_UNAVAILABLE, [("Retry-After", "1")],
+                b"Failed to open a WebSocket connection: the server is shutting down.\n",
+            )
+        if protocol is None:
+            assert isinstance(hooks, RequestHooks)
+            protocol = self._connection(environ)
+            hooks.copy_outcome(protocol)
+            protocol.username = hooks.username
+        protocol.response_headers = response.headers
+        self._open(environ, protocol)
+        return protocol
+
+    def _connection(self, environ: Mapping[str, Any]) -> WebSocketServerProtocol:
+        """A new connection for the request, not opened yet."""
+        policy = self.policy
+        return self.protocol_class(
+            None,  # the caller runs its handler
+            None,  # the WSGI server is the server
+            host=str(environ.get("SERVER_NAME", "")) or None,
+            port=int(environ.get("SERVER_PORT") or 0) or None,
+            secure=environ.get("wsgi.url_scheme") == "https",
+            settings=self.settings,
+            logger=self.logger,
+            origins=policy.origins,
+            subprotocols=policy.subprotocols,
+            extra_headers=policy.extra_headers,
+            compression=policy.compression,
+            process_request=self.process_request,
+            server_header=self.server_header,
+            policy=policy,
         )
-    except InvalidHandshake as exc:
-        if isinstance(exc, AbortHandshake):
-            bug = hook_bug(exc)
-            if bug is not None:  # answered 500, logged here as serve() logs it
-                protocol.logger.error("the opening handshake raised", exc_info=bug)
+
+    def _open(self, environ: Mapping[str, Any], protocol: WebSocketServerProtocol) -> None:
+        """Write the 101 on the server's socket and open the connection on it.
+
+        Raises:
+            ServerNotSupported: the WSGI server can't hand its socket over.
+            OSError: the client went away before the 101 was written.
+        """
+        settings = self.settings
+        server_sock, read_ahead = _server_socket(environ)
+        sock = server_sock.dup()
+        try:
+            _detach(server_sock)
+            if isinstance(environ, MutableMapping):
+                environ[ACCEPTED] = protocol
+            sockopts.tune_connection(sock, ping_interval=settings.ping_interval, ping_timeout=settings.ping_timeout)
+            transport = Transport(sock, read_limit=settings.read_limit, buffered=read_ahead)
+            protocol.connection_made(transport)
+            deadline = None if settings.open_timeout is None else time.monotonic() + settings.open_timeout
+            transport.write(serialize_response(101, protocol.response_headers), deadline)
+            protocol.connection_open()
+        except BaseException:
+            sock.close()
             raise
-        answer = http_answer(exc)
-        assert answer is not None  # every InvalidHandshake has an answer
-        raise AbortHandshake(*answer) from exc
-    if _shutting_down:
-        raise AbortHandshake(
-            http.HTTPStatus.SERVICE_UNAVAILABLE, [("Retry-After", "1")],
-            b"Failed to open a WebSocket connection: the server is shutting down.\n",
-        )
-    server_sock, read_ahead = _server_socket(environ)
-    sock = server_sock.dup()
-    try:
-        _detach(server_sock)
-        if isinstance(environ, MutableMapping):
-            environ[ACCEPTED] = protocol
-        sockopts.tune_connection(sock, ping_interval=settings.ping_interval, ping_timeout=settings.ping_timeout)
-        transport = Transport(sock, read_limit=settings.read_limit, buffered=read_ahead)
-        protocol.connection_made(transport)
-        protocol.response_headers = response_headers
-        deadline = None if settings.open_timeout is None else time.monotonic() + settings.open_timeout
-        transport.write(serialize_response(101, response_headers), deadline)
-        protocol.connection_open()
-    except BaseException:
-        sock.close()
-        raise
-    if not _register(protocol):
-        # close_all() ran since the check above, maybe without seeing this
-        # connection.
-        protocol.close(CloseCode.GOING_AWAY, "server shutting down")
-    return protocol
+        if not _register(protocol):
+            # close_all() ran since the check above, maybe without seeing this
+            # connection.
+            protocol.close(CloseCode.GOING_AWAY, "server shutting down")
+
+
+# accept()'s options and their defaults, but the request's path.
+_ENDPOINT_OPTIONS = {name: value for name, value in (accept.__kwdefaults__ or {}).items() if name != "path"}
 
 
 def _detach(server_sock: socket.socket) -> None:
@@ -747,24 +812,25 @@ def websocket_app(handler: Handler, **options: Any) -> WSGIApp:
             hand its sockets over (``waitress-serve``, Django's ``runserver``).
         ValueError: an invalid ``compression``.
     """
-    _check_endpoint(options)
-
-    server_header = options.get("server_header", SERVER_HEADER)
+    endpoint = _endpoint(options)
 
     def app(environ: Dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         try:
-            websocket = accept(environ, **options)
+            websocket = endpoint.accept(environ, None)
         except AbortHandshake as exc:
             return _answer(environ, start_response, int(exc.status), Headers(exc.headers).items(), exc.body,
-                           server_header)
+                           endpoint.server_header)
         _run(lambda: handler(websocket), websocket)
         return HandedOver(websocket)(start_response)
 
     return app
 
 
-def _check_endpoint(options: Mapping[str, Any]) -> None:
+def _endpoint(options: Mapping[str, Any]) -> _Endpoint:
     """Check, when an endpoint is defined, its options and the server.
+
+    Returns:
+        The endpoint, to accept its requests with.
 
     Raises:
         TypeError: an unknown option (or a setting of the wrong type).
@@ -772,12 +838,7 @@ def _check_endpoint(options: Mapping[str, Any]) -> None:
         ServerNotSupported: see :func:`_refuse_unsupported_server`.
     """
     _refuse_unsupported_server()
-    known = set(accept.__kwdefaults__ or {}) - {"path"}  # the integration's to give
-    unknown = set(options) - known
-    if unknown:
-        raise TypeError(f"unexpected WebSocket options: {', '.join(sorted(unknown))}")
-    setting_names = check_settings.__kwdefaults__ or {}
-    check_settings(**{name: value for name, value in options.items() if name in setting_names})
+    return _Endpoint(**options)
 
 
 def close_refused_upgrades(app: WSGIApp) -> WSGIApp:
@@ -920,7 +981,7 @@ def flask_websocket(**options: Any) -> Callable[[Callable[..., Any]], Callable[.
         ServerNotSupported: this process runs a WSGI server that can't
             hand its sockets over (``waitress-serve``, Django's ``runserver``).
     """
-    _check_endpoint(options)
+    websocket_endpoint = _endpoint(options)
 
     def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(view)
@@ -931,7 +992,7 @@ def flask_websocket(**options: Any) -> Callable[[Callable[..., Any]], Callable[.
                 return flask.Response(body, status=status, headers=headers)
 
             return _upgrade_view(
-                flask.request.environ, options, lambda websocket: view(websocket, *args, **kwargs),
+                flask.request.environ, websocket_endpoint, None, lambda websocket: view(websocket, *args, **kwargs),
                 refuse, flask.Response,
             )
 
@@ -980,7 +1041,8 @@ def _close_refusals_of(flask_app: Any) -> None:
 
 def _upgrade_view(
     environ: Mapping[str, Any],
-    options: Mapping[str, Any],
+    endpoint: _Endpoint,
+    path: Optional[str],
     handler: Handler,
     refuse: Callable[[int, List[Tuple[str, str]], bytes], Any],
     response_class: type,
@@ -993,10 +1055,10 @@ def _upgrade_view(
     socket, ``refuse(status, headers, body)`` for those it couldn't.
     """
     try:
-        websocket = accept(environ, **options)
+        websocket = endpoint.accept(environ, path)
     except AbortHandshake as exc:
         status, headers = int(exc.status), Headers(exc.headers).items()
-        answered = _answer_refusal(environ, status, headers, exc.body, options.get("server_header", SERVER_HEADER))
+        answered = _answer_refusal(environ, status, headers, exc.body, endpoint.server_header)
         if answered is None:
             _, wsgi_headers, body = _wsgi_answer(status, headers, exc.body)
             return refuse(status, wsgi_headers, body)
@@ -1061,7 +1123,7 @@ def django_websocket(**options: Any) -> Callable[[Callable[..., Any]], Callable[
         ServerNotSupported: this process runs a WSGI server that can't
             hand its sockets over (``waitress-serve``, Django's ``runserver``).
     """
-    _check_endpoint(options)
+    websocket_endpoint = _endpoint(options)
 
     def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(view)
@@ -1075,7 +1137,7 @@ def django_websocket(**options: Any) -> Callable[[Callable[..., Any]], Callable[
                 return response
 
             response = _upgrade_view(
-                request.META, dict(options, path=request.path),  # Django rewrote PATH_INFO as text
+                request.META, websocket_endpoint, request.path,  # Django rewrote PATH_INFO as text
                 lambda websocket: view(request, websocket, *args, **kwargs), refuse, HttpResponse,
             )
             answered = getattr(response, "handed_over", None)

@@ -7,6 +7,7 @@ server and client side, takes heads in and gives heads out.
 
 from __future__ import annotations
 
+import base64
 import io
 import re
 import socket
@@ -29,7 +30,11 @@ from syncws.exceptions import (
 from syncws.extensions.permessage_deflate import DeflateSettings, PerMessageDeflate
 from syncws.handshake import accept_key
 from syncws.http import Request, Response, read_request, read_response, serialize_request, serialize_response
-from syncws.opening import ClientOpening, ServerHooks, ServerPolicy, accept, hook_bug, http_answer, serialize_answer
+from syncws.auth import basic_auth
+from syncws.opening import (
+    ClientOpening, RequestHooks, ServerHooks, ServerPolicy, accept, hook_bug, http_answer, serialize_answer,
+)
+from syncws.serverprotocol import runs_own_hooks
 from syncws.uri import parse_uri
 
 # RFC 6455 §1.3.
@@ -403,6 +408,33 @@ def test_the_servers_connection_negotiates_without_a_socket() -> None:
     with pytest.raises(AbortHandshake) as excinfo:
         connection.negotiate(request("/private"))
     assert excinfo.value.status == 403
+
+
+def test_request_hooks_negotiate_before_a_connection_exists() -> None:
+    hooks = RequestHooks(basic_auth(credentials=("ann", "secret")))
+    token = base64.b64encode(b"ann:secret").decode()
+    accept(request("/room", Authorization=f"Basic {token}", Sec_WebSocket_Protocol="chat"),
+           ServerPolicy(subprotocols=["chat"]), hooks)
+    assert hooks.username == "ann"
+    connection = WebSocketServerProtocol(None, None)
+    hooks.copy_outcome(connection)
+    assert (connection.path, connection.subprotocol, connection.extensions) == ("/room", "chat", [])
+    assert connection.request_headers["Host"] == "example.com"
+    assert connection.request is hooks.request
+    refused = refusal(request("/room"), ServerPolicy(), RequestHooks(basic_auth(credentials=("ann", "secret"))))
+    assert refused.status == 401
+
+
+def test_a_subclass_that_overrides_a_hook_runs_its_own_hooks() -> None:
+    class Gatekeeper(WebSocketServerProtocol):
+        def get_response_status(self, set_header: Any) -> int:
+            return 403
+
+    class Quiet(WebSocketServerProtocol):
+        pass
+
+    assert runs_own_hooks(Gatekeeper)
+    assert not runs_own_hooks(Quiet) and not runs_own_hooks(WebSocketServerProtocol)
 
 
 # -- refusals as HTTP ------------------------------------------------------------------

@@ -153,6 +153,26 @@ def test_echo_syncws_client(make_server):
 
 
 @pytest.mark.timeout(10)
+def test_the_server_builds_its_handshake_policy_once(make_server, monkeypatch):
+    policies = []
+    negotiate = syncws.opening.accept
+
+    def spy(request, policy, hooks, **kwargs):
+        policies.append(policy)
+        return negotiate(request, policy, hooks, **kwargs)
+
+    monkeypatch.setattr(syncws.opening, "accept", spy)
+    server = make_server(subprotocols=["chat"])
+    for _ in range(2):
+        with syncws.connect(url(server), subprotocols=["chat"]) as ws:
+            assert ws.subprotocol == "chat"
+            ws.send("policy")
+            assert ws.recv(timeout=5) == "policy"
+    first, second = policies
+    assert first is second
+
+
+@pytest.mark.timeout(10)
 def test_connection_threads_are_named_after_the_peer(make_server):
     """The handler's thread and the reader thread carry the peer's address
     as log lines write it (host:port)."""

@@ -6,6 +6,8 @@ stopped by its PID; its log is checked for errors when it stops.
 
 from __future__ import annotations
 
+import base64
+import http
 import http.client
 import json
 import os
@@ -846,6 +848,93 @@ def test_unsupported_server_gets_a_clear_error() -> None:
     environ["SERVER_SOFTWARE"] = "WSGIServer/0.2 CPython/3.11"
     with pytest.raises(ServerNotSupported, match="runserver"):
         accept(environ)
+
+
+# -- the negotiation, without a socket --------------------------------------------------
+
+UPGRADE_ENVIRON = {
+    "REQUEST_METHOD": "GET", "PATH_INFO": "/ws", "SERVER_PROTOCOL": "HTTP/1.1",
+    "HTTP_HOST": "example.com", "HTTP_UPGRADE": "websocket", "HTTP_CONNECTION": "Upgrade",
+    "HTTP_SEC_WEBSOCKET_KEY": "dGhlIHNhbXBsZSBub25jZQ==", "HTTP_SEC_WEBSOCKET_VERSION": "13",
+}
+
+
+@pytest.fixture
+def made_connections(monkeypatch: pytest.MonkeyPatch) -> List[Any]:
+    """The WebSocketServerProtocol instances made while the test runs."""
+    made: List[Any] = []
+    init = syncws.WebSocketServerProtocol.__init__
+
+    def counting_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        made.append(self)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(syncws.WebSocketServerProtocol, "__init__", counting_init)
+    return made
+
+
+@pytest.fixture
+def policies(monkeypatch: pytest.MonkeyPatch) -> List[Any]:
+    """The ServerPolicy of every negotiation while the test runs."""
+    seen: List[Any] = []
+    negotiate = syncws.opening.accept
+
+    def spy(request: Any, policy: Any, hooks: Any, **kwargs: Any) -> Any:
+        seen.append(policy)
+        return negotiate(request, policy, hooks, **kwargs)
+
+    monkeypatch.setattr(syncws.opening, "accept", spy)
+    return seen
+
+
+def test_a_refused_upgrade_makes_no_connection(made_connections: List[Any]) -> None:
+    environ = dict(UPGRADE_ENVIRON, HTTP_ORIGIN="https://evil.example")
+    with pytest.raises(syncws.AbortHandshake) as refused:
+        accept(environ, origins=["https://good.example"], process_request=lambda path, headers: None)
+    assert refused.value.status == 403
+    with pytest.raises(syncws.AbortHandshake) as answered:
+        accept(UPGRADE_ENVIRON, process_request=lambda path, headers: (200, [], b"hello\n"))
+    assert (answered.value.status, answered.value.body) == (200, b"hello\n")
+    assert made_connections == []
+
+
+def test_an_accepted_upgrade_makes_its_connection_after_negotiating(made_connections: List[Any]) -> None:
+    # waitress gives no socket: accept() fails after the negotiation, with
+    # the connection it made for the 101.
+    environ = dict(
+        UPGRADE_ENVIRON, SERVER_SOFTWARE="waitress", HTTP_SEC_WEBSOCKET_PROTOCOL="chat",
+        HTTP_AUTHORIZATION="Basic " + base64.b64encode(b"ann:secret").decode(),
+    )
+    with pytest.raises(ServerNotSupported):
+        accept(environ, subprotocols=["chat"], process_request=syncws.basic_auth(credentials=("ann", "secret")))
+    [connection] = made_connections
+    assert (connection.path, connection.subprotocol, connection.origin) == ("/ws", "chat", None)
+    assert connection.username == "ann"
+    assert connection.request_headers["Host"] == "example.com"
+
+
+def test_a_subclass_with_its_own_hooks_negotiates_on_its_connection(made_connections: List[Any]) -> None:
+    class Private(syncws.WebSocketServerProtocol):
+        def get_response_status(self, set_header: Any) -> int:
+            set_header("X-Path", self.path)
+            return http.HTTPStatus.NOT_FOUND
+
+    with pytest.raises(syncws.AbortHandshake) as refused:
+        accept(UPGRADE_ENVIRON, create_protocol=Private)
+    assert refused.value.status == 404
+    assert ("X-Path", "/ws") in list(refused.value.headers)
+    assert [type(connection) for connection in made_connections] == [Private]
+
+
+def test_an_endpoint_builds_its_policy_once(policies: List[Any]) -> None:
+    app = websocket_app(lambda websocket: None, subprotocols=["chat"])
+    for _ in range(2):
+        answers: List[str] = []
+        body = app(dict(UPGRADE_ENVIRON, HTTP_UPGRADE="h2c"), lambda status, headers: answers.append(status))
+        assert answers and answers[0].startswith("426"), (answers, body)
+    first, second = policies
+    assert first is second
+    assert first.subprotocols == ["chat"]
 
 
 MANAGE_PY = """
