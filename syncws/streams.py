@@ -255,8 +255,10 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
 """
 
 # An id given to members: "<epoch>:<ms>-<seq>". Hostile input when it comes
-# back as since: anything else is not an id.
+# back as since: anything else is not an id, and neither is a part beyond
+# what a Redis stream id holds (64 bits), which Redis refuses.
 _ID = re.compile(r"([0-9a-f]{12}):([0-9]{1,20})-([0-9]{1,20})")
+_MAX_ID_PART = 2**64 - 1
 
 # Entries read per stream by one XREAD, and per page of a recovery.
 _READ_COUNT = 500
@@ -306,7 +308,10 @@ def _target(since: str) -> Optional[_Target]:
     if match is None:
         return None
     epoch, ms, seq = match.groups()
-    return _Target(epoch, f"{ms}-{seq}", (int(ms), int(seq)))
+    key = int(ms), int(seq)
+    if max(key) > _MAX_ID_PART:
+        return None
+    return _Target(epoch, f"{ms}-{seq}", key)
 
 
 class _Presence(NamedTuple):

@@ -265,14 +265,19 @@ def test_an_id_older_than_the_history_is_reported_first(redis_server: Redis) -> 
         node.close()
 
 
-@pytest.mark.parametrize("since", ["bogus", "", "0123456789ab:1-0", "0123456789ab:99999999999999-0", "x" * 1000, "future"])
+@pytest.mark.parametrize(
+    "since", ["bogus", "", "0123456789ab:1-0", "0123456789ab:99999999999999-0", "x" * 1000, "future", "beyond 64 bits"]
+)
 def test_ids_that_are_not_this_streams(redis_server: Redis, since: str) -> None:
-    """Any other id (malformed, another epoch, the future) is reported; "" is the whole history."""
+    """Any other id (malformed, another epoch, the future, a part Redis can't
+    hold) is reported, and the history follows; "" is the whole history."""
     node = Node(redis_server.url)
     try:
         ids = [node.fanout.publish("a", f"m{n}") for n in range(3)]
         if since == "future":  # this epoch, an id not given yet
             since = ids[0].split(":")[0] + ":99999999999999-0"
+        if since == "beyond 64 bits":  # this epoch, before its ids, a sequence over 2**64 - 1
+            since = ids[0].split(":")[0] + f":0-{2**64}"
         member = node.connect("a", since=since)
         head = [] if since == "" else [{"recovered": False}]
         assert events(member, len(head) + 3) == head + [{"id": i, "text": f"m{n}"} for n, i in enumerate(ids)]
