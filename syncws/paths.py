@@ -17,12 +17,16 @@ The rules:
 * a path that isn't UTF-8 once decoded, or that holds a control character
   (``%00``, ``%0A``...), is refused with 400: frameworks disagree on those
   (replacement characters, re-encoding), and no route needs them;
+* so is a path with a ``?`` or ``#`` once decoded (``%3F``, ``%23``): the
+  query follows the path after a ``?``, so ``/metrics%3F`` would read as
+  ``/metrics`` to every hook that splits it off (``--metrics``' own did),
+  while a proxy in front, which matches the decoded path, took it for
+  another one than the ``/metrics`` it denies to the public;
 * nothing else is normalized, as WSGI servers don't: ``%2F`` becomes ``/``,
   and dot segments and doubled slashes stay, so a router that matches paths
   literally sees exactly what the checks saw;
 * the query follows as received, after ``?``, not decoded (as
-  ``QUERY_STRING``). A ``%3F`` in the path decodes to a ``?`` inside the
-  path: split the query off ``websocket.request_target`` when that matters.
+  ``QUERY_STRING``): the first ``?`` ends the path.
 
 This module is pure: strings in, strings out.
 """
@@ -39,13 +43,16 @@ __all__ = ["check_path", "decode_path", "decode_target"]
 # Control characters (C0, DEL, C1), which no route needs and which logs and
 # file systems take badly.
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# What ends a path in a request-target: decoded inside one, it would pass
+# for the start of the query or of a fragment.
+_DELIMITER_RE = re.compile(r"[?#]")
 # The scheme and authority of an absolute-form target (RFC 9112 §3.2.2):
 # what a proxy may forward, and what a server must accept.
 _ABSOLUTE_FORM_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
 
 
 def check_path(path: str) -> str:
-    """Refuse a decoded path that holds a control character.
+    """Refuse a decoded path that holds a control character, a ``?`` or a ``#``.
 
     Args:
         path: a decoded path (a framework's, such as Django's
@@ -55,10 +62,12 @@ def check_path(path: str) -> str:
         The path, unchanged.
 
     Raises:
-        InvalidMessage: it holds a control character.
+        InvalidMessage: it holds a control character, a ``?`` or a ``#``.
     """
     if _CONTROL_RE.search(path):
         raise InvalidMessage("the request path holds a control character once percent-decoded")
+    if _DELIMITER_RE.search(path):
+        raise InvalidMessage("the request path holds a '?' or '#' once percent-decoded (%3F, %23)")
     return path
 
 
@@ -73,7 +82,8 @@ def decode_path(raw: bytes) -> str:
         The path.
 
     Raises:
-        InvalidMessage: the bytes aren't UTF-8 or hold a control character.
+        InvalidMessage: the bytes aren't UTF-8 or hold a control character,
+            a ``?`` or a ``#``.
     """
     try:
         path = raw.decode()

@@ -150,8 +150,7 @@ class WebSocketServerProtocol(WebSocketCommonProtocol, ServerHooks):
 
         Not what decisions use: :attr:`path` is its decoded form (see
         :mod:`syncws.paths`), which ``process_request``, ``extra_headers``
-        and the handler get. Log it, or read the query from it when the
-        path may hold an encoded ``?``.
+        and the handler get (without an encoded ``?`` or ``#``: refused).
         """
         return "" if self.request is None else self.request.path
 

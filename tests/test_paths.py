@@ -13,7 +13,6 @@ from syncws.paths import check_path, decode_path, decode_target
     ("/caf%C3%A9?q=caf%C3%A9", "/café?q=caf%C3%A9"),  # the query as received
     ("/a%2Fb", "/a/b"),  # as WSGI servers decode PATH_INFO
     ("/a/../b//c", "/a/../b//c"),  # not normalized: routers match literally
-    ("/a%3Fb?c", "/a?b?c"),  # see request_target for the query
     ("/a?", "/a"),
     ("http://example.com/chat?x=1", "/chat?x=1"),
     ("ws://example.com", "/"),
@@ -32,6 +31,11 @@ def test_decode_target(target, path):
     ("/a%00", "control character"),
     ("/a%7F", "control character"),
     ("/a%C2%9B", "control character"),  # C1: a terminal's CSI
+    # A decoded "?" would pass for the query's start ("/metrics%3F" for
+    # "/metrics" past a proxy that denies "/metrics"), a "#" for a fragment's.
+    ("/metrics%3F", "'\\?' or '#'"),
+    ("/a%3fb?c", "'\\?' or '#'"),
+    ("/metrics%23", "'\\?' or '#'"),
 ])
 def test_decode_target_refuses(target, why):
     if why is None:
@@ -48,6 +52,9 @@ def test_decode_path_and_check_path():
         decode_path(b"/\xe9")
     with pytest.raises(InvalidMessage, match="control"):
         check_path("/a\nb")
+    for path in ("/metrics?", "/a#b"):  # a framework's path with %3F or %23 decoded
+        with pytest.raises(InvalidMessage, match="'#'"):
+            check_path(path)
 
 
 def test_refusals_quote_no_peer_text():
