@@ -47,6 +47,7 @@ import sys
 from typing import IO, Any, Optional
 
 from .logs import LazyLabel, current_connection
+from .safetext import escape_json
 
 __all__ = ["FORMATS", "LEVELS", "TEXT_FORMAT", "ConnectionFilter", "JsonFormatter", "configure", "use_gunicorn_logging"]
 
@@ -113,6 +114,10 @@ class JsonFormatter(logging.Formatter):
     ``logger``, ``pid``, ``connection`` (or ``null``), ``message``, and
     ``exception`` (the traceback) when there is one.
 
+    Non-ASCII text is written as it is, but for the characters that a
+    reader may break a line at or a terminal may act on, written as
+    ``\\uNNNN`` (:func:`syncws.safetext.escape_json`).
+
     Use it with :class:`ConnectionFilter` on the same handler.
     """
 
@@ -137,7 +142,9 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(entry, ensure_ascii=False)
+        # Readable text, but peer text an application logs as it is can't
+        # break the line or drive the terminal showing it.
+        return escape_json(json.dumps(entry, ensure_ascii=False))
 
 
 def configure(level: str = "info", format: str = "text", stream: Optional[IO[str]] = None) -> bool:

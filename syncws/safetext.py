@@ -16,6 +16,9 @@ Two kinds of values must never reach those as they are:
 * **Credential headers** (:func:`is_secret_header`): their values are
   left out of logged heads and of the errors about malformed ones.
 
+:func:`escape_json` does for JSON text what :func:`escape` does for plain
+text, keeping its value: the JSON log lines use it.
+
 This module imports nothing of syncws, so that every other module (the
 exceptions and the close codes included) can use it.
 """
@@ -26,7 +29,7 @@ import functools
 import re
 from typing import Dict
 
-__all__ = ["escape", "redact_uri", "redact_invalid_uri", "is_secret_header", "REDACTED"]
+__all__ = ["escape", "escape_json", "redact_uri", "redact_invalid_uri", "is_secret_header", "REDACTED"]
 
 #: What stands for a secret left out of a URI.
 REDACTED = "[redacted]"
@@ -83,6 +86,31 @@ def escape(text: str, keep: str = "") -> str:
     # Only lone surrogates can't be encoded: backslashreplace turns them,
     # and nothing else, into \udNNN.
     return escaped.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+# What escape_json() rewrites: the characters escape() escapes that JSON
+# strings may hold raw (C0 controls must be escaped in JSON already).
+_RAW_IN_JSON_RE = re.compile("[" + "".join(chr(code) for code in _ESCAPED if code >= 0x20) + "]")
+
+
+def escape_json(text: str) -> str:
+    """Write in JSON text, as ``\\uNNNN``, what :func:`escape` escapes and JSON may hold raw.
+
+    ``json.dumps(..., ensure_ascii=False)`` escapes the C0 controls only:
+    DEL, the C1 controls (U+009B is a terminal's CSI), the Unicode line
+    separators (:meth:`str.splitlines` breaks a line at U+0085, U+2028 and
+    U+2029) and the bidirectional controls stay raw. This writes them as
+    JSON escapes, so a JSON line stays one line and drives no terminal,
+    while it decodes to the same value; other text, printable Unicode
+    included, is kept.
+
+    Args:
+        text: JSON text, as :func:`json.dumps` writes it.
+
+    Returns:
+        The same JSON value, written without those characters.
+    """
+    return _RAW_IN_JSON_RE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
 def redact_uri(uri: str) -> str:

@@ -120,6 +120,18 @@ def test_json_lines_carry_the_traceback(captured: io.StringIO) -> None:
     assert line["time"].endswith("+00:00")
 
 
+def test_json_lines_hold_no_character_a_reader_breaks_a_line_at(captured: io.StringIO) -> None:
+    """Peer text an application logs as it is stays on one line, and drives no terminal."""
+    said = "hi\u2028FORGED\x85next\u2029\x9b2J\u202eevil\u200f caf\u00e9 \\\u2028"
+    app_logger.info("user said %s", said)
+    text = captured.getvalue()
+    assert len(text.splitlines()) == 1  # str.splitlines() breaks at U+0085, U+2028, U+2029 too
+    assert not any(character in text for character in "\x85\x9b\u2028\u2029\u202e\u200f")
+    assert "caf\u00e9" in text  # printable text stays readable
+    (line,) = parsed(captured)
+    assert line["message"] == f"user said {said}"  # the same JSON string
+
+
 def run_python(code: str) -> "subprocess.CompletedProcess[str]":
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=TIMEOUT)
