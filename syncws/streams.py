@@ -833,7 +833,7 @@ class RedisStreamFanout(Fanout):
             except self._redis.RedisError as exc:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._stop.is_set():
-                    logger.warning("cannot read %s's history on %s: %s", stream, redact_uri(self.url), exc)
+                    logger.warning("cannot read the history of %r on %s: %s", stream, redact_uri(self.url), exc)
                     return None
                 self._stop.wait(min(backoff.next(), remaining))
 

@@ -286,6 +286,24 @@ def test_ids_that_are_not_this_streams(redis_server: Redis, since: str) -> None:
         node.close()
 
 
+def test_a_room_name_is_logged_escaped(redis_server: Redis, caplog: pytest.LogCaptureFixture) -> None:
+    """A room a peer named (a line separator, a bidi override) can't forge or reorder a log line."""
+    room = "a\u2028FORGED\u202e"
+    node = Node(redis_server.url, timeout=0.5)
+    try:
+        ids = [node.fanout.publish(room, f"m{n}") for n in range(3)]
+        node.connect(urllib.parse.quote(room))  # the reader reads the room's stream
+        assert outcomes(node, 1) == [True]
+        redis_server.kill()
+        node.connect(urllib.parse.quote(room), since=ids[0])  # its history can't be read now
+        assert outcomes(node, 2) == [True, False]
+    finally:
+        node.close()
+    logged = [record.getMessage() for record in caplog.records if record.name == "syncws.streams"]
+    assert any("history" in line for line in logged), logged
+    assert not any("\u2028" in line or "\u202e" in line for line in logged), logged
+
+
 def test_a_stream_made_again_is_another_epoch(redis_server: Redis) -> None:
     node = Node(redis_server.url)
     client = redis_client(redis_server)
