@@ -77,11 +77,10 @@ _PEEK_NOWAIT = int(socket.MSG_PEEK) | int(_MSG_DONTWAIT)
 
 
 class _Entry:
-    __slots__ = ("started", "thread", "cancel")
+    __slots__ = ("started", "cancel")
 
-    def __init__(self, started: float, thread: threading.Thread) -> None:
+    def __init__(self, started: float) -> None:
         self.started = started
-        self.thread = thread
         # Set by the connection thread once it can be cancelled.
         self.cancel: Optional[Callable[[], None]] = None
 
@@ -111,15 +110,17 @@ class HandshakePool:
         with self._lock:
             return len(self._entries)
 
-    def add(self, key: Any, thread: threading.Thread) -> None:
-        """Count a handshake that ``thread`` is about to perform.
+    def add(self, key: Any) -> None:
+        """Count a handshake that a connection thread is about to perform.
+
+        The thread calls :meth:`remove` when it is done with the
+        connection, whatever happened.
 
         Args:
             key: identifies the connection (its socket) in later calls.
-            thread: the thread that performs it (not started yet).
         """
         with self._lock:
-            self._entries[key] = _Entry(time.monotonic(), thread)
+            self._entries[key] = _Entry(time.monotonic())
 
     def cancellable(self, key: Any, cancel: Callable[[], None]) -> None:
         """Tell how to drop the handshake: ``cancel()`` must not block.
@@ -154,12 +155,6 @@ class HandshakePool:
         """
         cancel = None
         with self._lock:
-            if self.size is not None and len(self._entries) < self.size:
-                return True  # a free slot: no need to look for dead threads' (an is_alive() each)
-            # Threads that died without calling remove() (a bug, or an
-            # error before the handshake began) don't hold their slot.
-            for key in [k for k, e in self._entries.items() if e.thread.ident is not None and not e.thread.is_alive()]:
-                del self._entries[key]
             if self.size is None or len(self._entries) < self.size:
                 return True
             key, oldest = next(iter(self._entries.items()))

@@ -4,12 +4,12 @@ Theory of operation: one accept thread per listening socket
 (:mod:`syncws.admission`); each accepted connection gets a thread of its own
 that performs TLS and the opening handshake under ``open_timeout`` (a
 stalled client only ever holds its own thread), then runs the application's
-handler with the open connection. That thread is usually the *spare* one,
-started while the previous connection's handler got going, so a new
-connection's handshake begins with a queue hand-off rather than a thread
-start; it still serves that one connection and ends. This module keeps
-those threads and ends them: :meth:`WebSocketServer.close` stops accepting,
-cancels the handshakes under way and closes the open connections.
+handler with the open connection. The thread comes from
+:mod:`syncws.threadpool`, as readers' do: usually one that an ended
+connection left idle, so a new connection's handshake begins with a queue
+hand-off rather than a thread start. This module counts those connections
+and ends them: :meth:`WebSocketServer.close` stops accepting, cancels the
+handshakes under way and closes the open connections.
 
 The connection the thread serves is a
 :class:`~syncws.serverprotocol.WebSocketServerProtocol`, which performs the
@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import http
 import logging
-import queue
 import selectors
 import socket
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Set, Tuple, Type, Union
 
-from . import admission, metrics, ports, sockopts, timers
+from . import admission, metrics, ports, sockopts, threadpool, timers
 from .framing import CloseCode, serialize_close
 from .hooks import Origins, ProcessResponse, check_origins
 from .handlers import takes_path
@@ -102,20 +101,13 @@ class WebSocketServer:
         self.logger = logger
         #: The server's :class:`~syncws.metrics.ConnectionCounters`; see :meth:`metrics`.
         self.counters = metrics.track(metrics.ConnectionCounters())
-        # Guards _threads, _connections and _closing; taken briefly, never
+        # Guards _serving, _connections and _closing; taken briefly, never
         # while blocking on a socket.
         self._lock = threading.Lock()
-        # A connection thread started ahead of need, waiting in its mailbox
-        # for the next admitted connection: handing a connection over is a
-        # queue put, where starting a thread costs ~40 µs and as much delay
-        # before the handshake can begin. It serves that one connection and
-        # ends, like every connection thread; only its start moved ahead.
-        self._spare: Optional[Tuple[threading.Thread, "queue.SimpleQueue[Any]"]] = None
-        # Whether a thread is starting the next spare (see _start_spare).
-        self._spare_starting = False
-        # Connection threads alive, from accept to the handler's end (the
-        # spare one included).
-        self._threads: Set[threading.Thread] = set()
+        # How many connections a thread serves, from accept to the
+        # handler's end; notified, under _lock, when it drops to 0.
+        self._serving = 0
+        self._all_served = threading.Condition(self._lock)
         self._connections: Set[WebSocketServerProtocol] = set()
         # Connections still in their opening handshake.
         self._pending: Set[WebSocketServerProtocol] = set()
@@ -200,67 +192,24 @@ class WebSocketServer:
             if self._closing:
                 sock.close()
                 return
-            spare, self._spare = self._spare, None
-            if spare is None:
-                thread = threading.Thread(
-                    target=self._serve_connection, args=(sock, address), name=name, daemon=True,
-                )
-                self._threads.add(thread)
-        if spare is not None:
-            thread, mailbox = spare
-        self._handshake_pool.add(sock, thread)
-        if spare is not None:
-            thread.name = name
-            mailbox.put((sock, address))
-            return
+            self._serving += 1
+        self._handshake_pool.add(sock)
         try:
-            thread.start()
+            # A closure, not functools.partial: called from Python, the
+            # connection's whole life doesn't run in a frame re-entered from C.
+            threadpool.start(lambda: self._serve_connection(sock, address), name)
         except RuntimeError as exc:  # "can't start new thread": out of threads or memory
             self.logger.error("%s: dropped: %s", address, exc)
             self._handshake_pool.remove(sock)
-            with self._lock:
-                self._threads.discard(thread)
+            self._served()
             sock.close()
 
-    def _start_spare(self) -> None:
-        """Start a connection thread that waits for the next connection."""
+    def _served(self) -> None:
+        """Count a connection whose thread is done with it."""
         with self._lock:
-            # One thread starts the spare at a time: when many handshakes
-            # end together (a pool of slow ones evicted, say), each would
-            # start one, and all but the first would end unused.
-            if self._closing or self._spare is not None or self._spare_starting:
-                return
-            self._spare_starting = True
-        mailbox: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
-        thread = threading.Thread(target=self._wait_as_spare, args=(mailbox,), name="syncws-spare", daemon=True)
-        try:
-            thread.start()
-        except RuntimeError:  # out of threads: the next connection starts its own
-            with self._lock:
-                self._spare_starting = False
-            return
-        # Offered once started: wait_closed() joins every thread in _threads.
-        with self._lock:
-            self._spare_starting = False
-            if not self._closing:
-                self._spare = (thread, mailbox)
-                self._threads.add(thread)
-                return
-        mailbox.put(None)  # the server closed meanwhile: let it end
-
-    def _wait_as_spare(self, mailbox: "queue.SimpleQueue[Any]") -> None:
-        """The spare connection thread: serve the connection handed over, if any."""
-        task = mailbox.get()
-        if task is None:  # the server closed first
-            with self._lock:
-                self._threads.discard(threading.current_thread())
-            return
-        # Unpacked here: on CPython 3.11, f(*task) would re-enter the
-        # interpreter from C, and the connection's whole life (handshake,
-        # handler) would run in that frame, 0.5 KB deeper in the thread's
-        # stack.
-        sock, address = task
-        self._serve_connection(sock, address)
+            self._serving -= 1
+            if self._serving == 0:
+                self._all_served.notify_all()
 
     def _refuse_busy(self, sock: socket.socket) -> None:
         """Answer 503 without starting a thread, then let the client go."""
@@ -289,7 +238,6 @@ class WebSocketServer:
                 if not closing:
                     self._pending.add(protocol)
             if closing:
-                self._handshake_pool.remove(sock)
                 sock.close()
                 return
             self._handshake_pool.cancellable(sock, protocol._cancel_handshake)
@@ -299,11 +247,6 @@ class WebSocketServer:
                 self._handshake_pool.remove(sock)
                 with self._lock:
                     self._pending.discard(protocol)
-            # The next connection's thread, started now that the answer is
-            # out and the client has its next step to take: not while the
-            # accept thread hands this connection over, nor while its
-            # handshake runs.
-            self._start_spare()
             if not opened:
                 return
             with self._lock:
@@ -329,9 +272,9 @@ class WebSocketServer:
             self.logger.exception("connection from %s failed", address)
             sock.close()
         finally:
+            self._handshake_pool.remove(sock)  # if it failed before its handshake
             set_connection(None)
-            with self._lock:
-                self._threads.discard(threading.current_thread())
+            self._served()
 
     def _run_handler(self, protocol: WebSocketServerProtocol) -> None:
         """Run the application's handler, then close the connection."""
@@ -368,9 +311,6 @@ class WebSocketServer:
             self._close_args = (code, reason)
             connections = list(self._connections)
             pending = list(self._pending)
-            spare, self._spare = self._spare, None
-        if spare is not None:
-            spare[1].put(None)
         if self._socket_file is not None:
             # While the socket still listens: a newer unix_serve() can't
             # have replaced the file meanwhile (it refuses a live socket).
@@ -396,26 +336,24 @@ class WebSocketServer:
         self._closed.set()
 
     def wait_closed(self, timeout: Optional[float] = None) -> None:
-        """Wait until the listening sockets and every connection thread ended.
+        """Wait until the accept threads ended and every connection was served.
+
+        A connection is served once its handler returned and its connection
+        closed (or its handshake failed); its thread may then wait idle for
+        another connection (see :mod:`syncws.threadpool`).
 
         Args:
             timeout: seconds to wait; ``None`` for as long as it takes.
 
         Raises:
-            TimeoutError: threads are still running after ``timeout``.
+            TimeoutError: connections are still being served after ``timeout``.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._accept_threads:
             thread.join(_remaining(deadline))
-        while True:
-            with self._lock:
-                threads = list(self._threads)
-            if not threads:
-                return
-            for thread in threads:
-                thread.join(_remaining(deadline))
-                if thread.is_alive():
-                    raise TimeoutError(f"{len(threads)} connection threads still running after {timeout} seconds")
+        with self._lock:
+            if not self._all_served.wait_for(lambda: self._serving == 0, _remaining(deadline)):
+                raise TimeoutError(f"{self._serving} connections still being served after {timeout} seconds")
 
     def serve_forever(self) -> None:
         """Block until the server is closed; Ctrl-C closes it gracefully."""

@@ -1,25 +1,29 @@
-"""Threads reused from one task to the next: connections' readers, and senders.
+"""Threads reused from one task to the next: connections' readers, servers' connections, senders.
 
 Theory of operation: every connection has a thread of its own that reads its
 socket, from the end of the opening handshake to the end of the connection
-(:mod:`syncws.reader` is what it runs). Starting a thread costs about 40 µs
-of CPU, and the work waits as long for the new thread to be scheduled and
-set up: for a connection that opens and closes quickly, that is a large part
-of its cost, on both sides. So a reader thread whose connection has ended
-doesn't end at once: it waits, idle, for up to :data:`LINGER` seconds for
-another connection to read for, which it picks up with one queue hand-off;
-only when none comes does it end. At most :data:`MAX_IDLE` threads wait so
-at a time: after a burst of closes the others end at once. While a
-connection is open, its reader thread is still its own.
+(:mod:`syncws.reader` is what it runs), and a server gives each accepted
+connection a thread for its handshake and its handler (:mod:`syncws.server`).
+Starting a thread costs CPU, and the work waits as long for the new thread
+to be scheduled and set up: for a connection that opens and closes quickly,
+that is a large part of its cost, on both sides (see
+docs/performance.rst#connections-per-second). So a thread whose task has
+ended doesn't end at once: it waits, idle, for up to :data:`LINGER` seconds
+for another task, which it picks up with one queue hand-off; only when none
+comes does it end. At most :data:`MAX_IDLE` threads wait so at a time:
+after a burst of closes the others end at once. While a task runs, its
+thread is its own. This is syncws's one mechanism for reusing threads.
 
-Only syncws's loops run in these threads, so nothing a thread keeps
-(thread-locals) carries over from one connection to the next: a
-connection's reader, :mod:`syncws.fanout`'s sender for a member that is
-behind (whose only application code is a fan-out's ``on_failure``
-callback), and :func:`syncws.broadcast`'s send to a slow connection. Every
-thread is named after the connection it serves (``syncws-reader-<peer
-address>``, ``syncws-fanout-sender-...``, ``syncws-broadcast-...``), and
-``syncws-reader-idle`` while it waits.
+What runs here: a connection's reader, a server connection's handshake and
+handler, :mod:`syncws.fanout`'s sender for a member that is behind, and
+:func:`syncws.broadcast`'s send to a slow connection. A handler is
+application code: like a thread pool server's (gunicorn's gthread workers),
+what it leaves in thread-locals may be seen by a later connection's handler
+on the same thread; syncws's own per-thread state (the connection a log
+line is about, :func:`syncws.logs.set_connection`) is reset at each task's
+end. Every thread is named after what it serves (``syncws-reader-<peer
+address>``, ``syncws-server-<peer address>``, ``syncws-fanout-sender-...``,
+``syncws-broadcast-...``), and ``syncws-idle`` while it waits.
 
 :func:`start` is safe to call from any thread. After :func:`os.fork`, the
 child has none of its parent's threads: its pool starts empty.
@@ -37,14 +41,14 @@ __all__ = ["LINGER", "MAX_IDLE", "start"]
 
 logger = logging.getLogger("syncws.threadpool")
 
-#: Seconds an idle reader thread waits for another connection before it ends.
+#: Seconds an idle thread waits for another task before it ends.
 LINGER = 1.0
 
-#: The most reader threads that wait idle at once; more end at once.
+#: The most threads that wait idle at once; more end at once.
 MAX_IDLE = 64
 
 # The name of a thread that waits for a connection.
-_IDLE_NAME = "syncws-reader-idle"
+_IDLE_NAME = "syncws-idle"
 
 Task = Tuple[Callable[[], None], str]
 
@@ -67,14 +71,14 @@ _idle: Dict[_Worker, None] = {}
 
 
 def start(target: Callable[[], None], name: str) -> None:
-    """Run ``target()`` in a reader thread: an idle one, or a new one.
+    """Run ``target()`` in a pool thread: an idle one, or a new one.
 
     Returns at once; ``target`` tells its caller when it is done (the
     connection's reader signals its end itself).
 
     Args:
-        target: the reader loop of one connection (or a fan-out's sender);
-            what it raises is logged.
+        target: one task (see the module's docstring); what it raises is
+            logged.
         name: the thread's name while it runs ``target``.
 
     Raises:
@@ -95,7 +99,7 @@ def start(target: Callable[[], None], name: str) -> None:
 
 
 def _work(worker: _Worker) -> None:
-    """A reader thread's body: run tasks until none comes for LINGER seconds."""
+    """A pool thread's body: run tasks until none comes for LINGER seconds."""
     thread = threading.current_thread()
     target: Optional[Callable[[], None]]
     target, name = worker.tasks.get()
@@ -103,7 +107,7 @@ def _work(worker: _Worker) -> None:
         thread.name = name
         try:
             target()
-        except Exception:  # the reader loop catches its own errors; this is a last resort
+        except Exception:  # every task catches its own errors; this is a last resort
             logger.exception("%s: unexpected error", name)
         # Don't keep the connection alive while idle.
         target = None

@@ -172,6 +172,30 @@ def test_the_server_builds_its_handshake_policy_once(make_server, monkeypatch):
     assert first is second
 
 
+@pytest.mark.timeout(20)
+def test_a_connection_thread_is_reused_from_the_pool(make_server, monkeypatch):
+    """A new connection's handshake and handler run on a thread that an
+    ended connection left idle (syncws.threadpool), not a new one."""
+    monkeypatch.setattr(syncws.threadpool, "LINGER", 30.0)  # no idle thread ends meanwhile
+    handler_threads = []
+
+    def handler(ws):
+        handler_threads.append(threading.current_thread())
+        echo(ws)
+
+    server = make_server(handler)
+    with syncws.connect(url(server)) as ws:
+        ws.send("first")
+        assert ws.recv(timeout=5) == "first"
+    first = handler_threads[0]
+    assert wait_until(lambda: first.name == "syncws-idle", timeout=10)
+    idle = {t for t in threading.enumerate() if t.name == "syncws-idle"}
+    with syncws.connect(url(server)) as ws:
+        ws.send("second")
+        assert ws.recv(timeout=5) == "second"
+    assert handler_threads[1] in idle
+
+
 @pytest.mark.timeout(10)
 def test_connection_threads_are_named_after_the_peer(make_server):
     """The handler's thread and the reader thread carry the peer's address
@@ -928,7 +952,8 @@ def test_close_wakes_handlers_blocked_in_recv(make_server):
         assert excinfo.value.code == 1001
         assert ws.close_code == 1001
         ws.close()
-    assert server_thread_names() == []
+    # Done with their connections, the threads wait idle, renamed a moment later.
+    assert wait_until(lambda: server_thread_names() == [])
     assert server.connections == set()
     with pytest.raises(OSError):
         syncws.connect(url(server), open_timeout=2)
@@ -1023,8 +1048,8 @@ def test_context_manager_closes_and_waits():
         ws = syncws.connect(url(server))
         assert entered.wait(5)
         assert server_thread_names() != []
-    # __exit__ closed the server and waited for every connection thread.
-    assert server_thread_names() == []
+    # __exit__ closed the server and waited for every connection to be served.
+    assert wait_until(lambda: server_thread_names() == [])
     with pytest.raises(syncws.ConnectionClosedOK) as excinfo:
         ws.recv(timeout=5)
     assert excinfo.value.code == 1001

@@ -30,7 +30,7 @@ def run(name: str) -> "tuple[threading.Thread, str]":
 def wait_idle(thread: threading.Thread) -> None:
     """Wait until ``thread`` is back in the pool (renamed once it is)."""
     for _ in range(500):
-        if thread.name == "syncws-reader-idle":
+        if thread.name == "syncws-idle":
             return
         threading.Event().wait(0.01)
     raise AssertionError("the thread didn't go idle")
@@ -40,7 +40,7 @@ def test_a_thread_is_named_after_its_task_and_reused_when_idle() -> None:
     first, name = run("syncws-reader-a")
     assert name == "syncws-reader-a"
     wait_idle(first)
-    idle = [t for t in threading.enumerate() if t.name == "syncws-reader-idle"]
+    idle = [t for t in threading.enumerate() if t.name == "syncws-idle"]
     second, name = run("syncws-reader-b")
     # No new thread: an idle one (the first, unless another went idle since).
     assert second in idle and name == "syncws-reader-b"

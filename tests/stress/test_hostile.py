@@ -85,14 +85,15 @@ def test_hundreds_of_hostile_sockets(tls: bool) -> None:
             # (EVICTABLE_AFTER), and for its thread to be scheduled among
             # ~130 busy ones: measured 0.85-1.95 s on 2 loaded cores.
             assert max(waits) < syncws.admission.EVICTABLE_AFTER + 2.0, waits
-            # Threads: the pool; a real connection's handler thread and the
-            # spare one; the previous real connection's handler thread,
-            # still closing, and the handshake evicted to make room for
-            # the real one, on its way out; the real connection's reader
-            # threads (client and server, in this process), and the
-            # previous connection's two, which may still be on their way to
-            # idle (syncws.threadpool); the dribbler, the accept and timer
-            # threads. Bounded by the pool, however many hostile sockets.
+            # Threads: the pool; a real connection's handler thread; the
+            # previous real connection's handler thread, still closing, and
+            # the handshake evicted to make room for the real one, on its
+            # way out; the real connection's reader threads (client and
+            # server, in this process), and the previous connection's,
+            # which may still be on their way to idle (syncws.threadpool,
+            # where handler threads go idle too); the dribbler, the accept
+            # and timer threads. Bounded by the pool, however many hostile
+            # sockets.
             assert peak_threads - threads_before <= POOL + 11
         finally:
             stop.set()
