@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
@@ -265,3 +266,25 @@ def test_the_page_reconnects_by_itself_and_misses_nothing(tmp_path: Path, redis_
             browser.stop()
         page_server.stop()
         other.stop()
+
+
+def test_a_room_name_is_logged_escaped(tmp_path: Path, redis_server: Redis) -> None:
+    """The gap of a room a peer named with U+2028 or a bidi override is logged on one line, in order."""
+    chat = ChatServer(tmp_path, redis_server.url, "chat", extra=["--redis-ping", "0.5"])
+    try:
+        chat.wait_serving()
+        room = "a\u2028FORGED\u202e"
+        with syncws.connect(f"ws://{HOST}:{chat.port}/chat/{urllib.parse.quote(room)}", timeout=TIMEOUT) as websocket:
+            websocket.send("hello")
+            assert websocket.recv(TIMEOUT) == "hello"  # subscribed
+            redis_server.kill()
+            redis_server.start()
+            deadline = time.monotonic() + TIMEOUT
+            while "may have missed messages" not in chat.log():
+                assert time.monotonic() < deadline, chat.log()
+                time.sleep(0.1)
+    finally:
+        chat.stop()
+    gap_lines = [line for line in chat.log().splitlines() if "chat:" in line]
+    assert gap_lines and not any(c in chat.log() for c in "\u2028\u202e"), chat.log()
+

@@ -221,7 +221,7 @@ class ChatServer:
 
 def report_gap(gap: Gap) -> None:
     """Log what the fan-out reports lost (the fan-out logs it as well)."""
-    rooms = ", ".join(gap.channels)
+    rooms = ", ".join(map(repr, gap.channels))  # peers name rooms: repr keeps a line one line
     if gap.duration is not None:
         logger.warning("chat: %.2f s without Redis; rooms %s may have missed messages", gap.duration, rooms)
     elif gap.lost is not None:
