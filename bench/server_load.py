@@ -40,7 +40,7 @@ Reported per server and connection count:
 ``sys.setswitchinterval(0.05)`` instead of Python's 5 ms: with 2000 threads,
 most of them ready at once, the default makes the interpreter hand its lock
 from thread to thread so often that the servers spend milliseconds of CPU
-per message (see ``docs/performance.rst``).
+per message (see ``bench/NOTES.rst``).
 
 Rounds alternate between the servers; with ``--rounds`` > 1 the medians
 are printed. Both the load generator and the server share the machine's
