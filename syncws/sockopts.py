@@ -68,6 +68,14 @@ _TCP_CLOSE = 7
 # TCP_USER_TIMEOUT; with it, the timeout decides.
 _KEEPALIVE_PROBES = 3
 
+# The largest values Linux takes (include/net/tcp.h: MAX_TCP_KEEPIDLE and
+# MAX_TCP_KEEPINTVL, in seconds; TCP_USER_TIMEOUT is an int of ms): beyond
+# them setsockopt() fails with EINVAL, so a longer ping_interval (over
+# 9 hours) or ping_timeout gets the largest. Probing sooner than asked
+# costs a few bytes; failing every connection cost them all.
+_MAX_KEEPALIVE_SECONDS = 32_767
+_MAX_USER_TIMEOUT_MS = 2**31 - 1
+
 
 def default_backlog() -> int:
     """The listen backlog syncws asks for when none is given.
@@ -120,12 +128,12 @@ def _options(ping_interval: Optional[float], ping_timeout: Optional[float]) -> T
     connection it opens.
     """
     options = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
-    if ping_interval is None or ping_timeout is None:
+    if ping_interval is None or ping_timeout is None or math.isinf(ping_interval) or math.isinf(ping_timeout):
         return tuple(options)  # no deadline to derive: keep the system's defaults
     options.append((socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1))
     # The kernel counts keepalive times in whole seconds, at least 1.
-    idle = max(1, math.ceil(ping_interval))
-    interval = max(1, math.ceil(ping_timeout / _KEEPALIVE_PROBES))
+    idle = min(max(1, math.ceil(ping_interval)), _MAX_KEEPALIVE_SECONDS)
+    interval = min(max(1, math.ceil(ping_timeout / _KEEPALIVE_PROBES)), _MAX_KEEPALIVE_SECONDS)
     idle_option = getattr(socket, "TCP_KEEPIDLE", None) or getattr(socket, "TCP_KEEPALIVE", None)
     if idle_option is not None:
         options.append((socket.IPPROTO_TCP, idle_option, idle))
@@ -135,7 +143,8 @@ def _options(ping_interval: Optional[float], ping_timeout: Optional[float]) -> T
         options.append((socket.IPPROTO_TCP, socket.TCP_KEEPCNT, _KEEPALIVE_PROBES))
     if hasattr(socket, "TCP_USER_TIMEOUT"):
         # Milliseconds; 0 would mean the system default, so at least 1.
-        options.append((socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, int(ping_timeout * 1000))))
+        user_timeout = min(max(1, int(ping_timeout * 1000)), _MAX_USER_TIMEOUT_MS)
+        options.append((socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, user_timeout))
     return tuple(options)
 
 

@@ -115,6 +115,32 @@ def test_both_sides_of_a_syncws_connection_are_tuned() -> None:
 
 
 @linux_only
+def test_long_and_infinite_settings_connect_both_ways() -> None:
+    """Settings past what the kernel takes are capped at its maxima; inf is no limit, as None."""
+    seen = {}
+
+    def handler(ws: Any) -> None:
+        seen["server"] = options(ws.transport.sock)
+        ws.send(ws.recv(timeout=5))
+
+    for settings, tuned in [
+        # 11 h and 116 days: SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT, TCP_USER_TIMEOUT.
+        (dict(ping_interval=40_000, ping_timeout=1e7), (1, 32_767, 32_767, 3, 2**31 - 1)),
+        # No keepalive to derive: SO_KEEPALIVE and TCP_USER_TIMEOUT off, the rest the system's.
+        (dict(ping_interval=float("inf"), ping_timeout=20), (0, None, None, None, 0)),
+    ]:
+        with syncws.serve(handler, "127.0.0.1", 0, **settings) as server:
+            with syncws.connect(f"ws://127.0.0.1:{server.port}", open_timeout=5, **settings) as ws:
+                client = options(ws.transport.sock)  # before the server's handler ends and closes
+                ws.send("echo")
+                assert ws.recv(timeout=5) == "echo"
+        for side in (client, seen["server"]):
+            assert [value for value, want in zip(side[1:], tuned) if want is not None] == [
+                want for want in tuned if want is not None
+            ]
+
+
+@linux_only
 def test_send_progress_counts_what_is_queued_and_not_acknowledged(tcp_pair: Tuple[socket.socket, socket.socket]) -> None:
     client, server = tcp_pair
     acknowledged, written = sockopts.send_progress(client)  # type: ignore[misc]
