@@ -338,7 +338,7 @@ def _backlog_probe(listener: socket.socket) -> Callable[[], bool]:
 
     One ``poll()`` of the listener: a non-blocking ``accept()`` that finds
     the backlog empty raises BlockingIOError, and when clients come one at
-    a time that was one exception per connection (about 5k instructions).
+    a time that was one exception per connection, raised and caught.
     Where ``poll()`` doesn't exist, accept() finds out.
     """
     if not hasattr(select, "poll"):

@@ -483,9 +483,9 @@ def _open_tcp(
     """Open a TCP connection, as :func:`socket.create_connection` does.
 
     An IP address is connected to directly, as :mod:`asyncio` does:
-    ``getaddrinfo()`` would only hand it back, at a cost of about 25k
-    instructions per connection (the socket module turns each result's
-    family and type into enums), about 5% of a whole connect + close.
+    ``getaddrinfo()`` would only hand it back, at a cost paid per
+    connection (the socket module turns each result's family and type into
+    enums). Hot path: see docs/performance.rst#connections-per-second.
 
     With ``check_space`` (a redirect hop, see
     :meth:`~syncws.redirects.RedirectChain.check_space`), the name is

@@ -82,7 +82,7 @@ class Headers:
     def __init__(self, headers: Optional[HeadersLike] = None) -> None:
         # Names and values in turn, [name, value, name, value, ...]: a
         # server keeps the handshake's headers for every connection, and a
-        # (name, value) tuple per header would cost 56 bytes more each.
+        # (name, value) tuple per header would cost a tuple object more each.
         self._items: List[str] = []
         # The values of each lowercase name, in order: lookups are a dict
         # access rather than a scan that lowercases every name. Kept in step

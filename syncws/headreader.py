@@ -28,17 +28,15 @@ __all__ = ["SMALL_READ", "HeadReader"]
 #: size, header included, is one block of CPython's small-object allocator
 #: (512 bytes at most). Why not ``read_limit`` every time: ``recv(n)``
 #: allocates its ``n`` bytes before it blocks, and what it returns is that
-#: buffer shrunk in place. At 64 KiB the buffer comes from glibc's malloc,
+#: buffer shrunk in place. At ``read_limit`` the buffer comes from glibc's malloc,
 #: so every short read leaves a small glibc block behind; once freed, that
 #: block sits in the freeing thread's cache (tcache), which glibc never
 #: coalesces, and with a thousand reader threads the pinned blocks break up
-#: the free space that the next 64 KiB buffers would reuse: they land on
+#: the free space that the next such buffers would reuse: they land on
 #: fresh pages, each one touched. A read that returns this many bytes or
 #: more says more is coming: the next one asks for ``read_limit``. The
-#: reader thread (:mod:`syncws.reader`) reads by the same rule. Measured with
-#: bench/server_load.py, 1000 connections doing 16-byte round trips: the
-#: reader thread's 64 KiB reads cost 26 MiB of peak RSS, the opening
-#: handshake's 1 MiB.
+#: reader thread (:mod:`syncws.reader`) reads by the same rule. What it
+#: saves: see docs/performance.rst#memory-per-connection.
 SMALL_READ = 512 - sys.getsizeof(b"")
 
 

@@ -30,7 +30,7 @@ Both come in two implementations with identical behaviour:
 explains ``SYNCWS_NO_SPEEDUPS``, which forces the pure-Python path).
 
 The pure-Python path uses two strategies, picked by payload size (the
-crossover was measured with ``bench/mask.py``-style timings on CPython 3.11):
+crossover was measured with ``python bench/mask.py``):
 
 * below :data:`_LANES_MIN_SIZE` bytes, the *big-integer* trick: turn the
   payload and the repeated key into two integers, XOR them, and turn the
@@ -40,8 +40,8 @@ crossover was measured with ``bench/mask.py``-style timings on CPython 3.11):
   ``j + 4``, ``j + 8``... all meet the same key byte, so each of the four
   lanes is gathered with an extended slice, XORed by :meth:`bytes.translate`
   with a precomputed 256-byte table, and scattered back.  All three steps run
-  as tight C loops inside CPython, about three times faster than the
-  big-integer conversions, which walk the payload byte by byte twice more.
+  as tight C loops inside CPython, faster than the big-integer
+  conversions, which walk the payload byte by byte twice more.
 
 Argument rules, shared by both implementations:
 
@@ -81,8 +81,8 @@ BytesLike = Union[bytes, bytearray, memoryview]
 HAS_SPEEDUPS: bool = SPEEDUPS is not None
 
 #: Payload size from which the pure-Python path switches from the big-integer
-#: trick to the four-lane :meth:`bytes.translate` strategy.  Measured: the two
-#: cross between 384 and 512 bytes; below, the lanes' twelve slicing
+#: trick to the four-lane :meth:`bytes.translate` strategy, where the two
+#: cross (``python bench/mask.py``); below, the lanes' twelve slicing
 #: operations cost more than the big-integer conversions they replace.
 _LANES_MIN_SIZE = 512
 
@@ -97,9 +97,9 @@ def _xor_tables() -> tuple[bytes, ...]:
     """The 256 translation tables, ``table[k][b] == b ^ k``, built on first use.
 
     Built when the pure-Python path first masks a large payload, not at
-    import: they hold 74 KB, which a process using the C accelerator never
-    needs. Built with big-integer XORs, about 80 µs, instead of 2 ms for a
-    per-byte generator.
+    import: 256 tables of 256 bytes, which a process using the C
+    accelerator never needs. Built with big-integer XORs, much faster than
+    a per-byte generator.
 
     Returns:
         A tuple indexed by key byte, each item a 256-byte table for

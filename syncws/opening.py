@@ -67,8 +67,8 @@ __all__ = [
     "ClientOpening",
 ]
 
-# Read once: on CPython 3.11, every http.HTTPStatus.SWITCHING_PROTOCOLS is a
-# lookup through the enum's metaclass, and every handshake reads it.
+# Read once: every http.HTTPStatus.SWITCHING_PROTOCOLS is a lookup through
+# the enum's metaclass, and every handshake reads it.
 _SWITCHING_PROTOCOLS = http.HTTPStatus.SWITCHING_PROTOCOLS
 
 _INTERNAL_ERROR_BODY = b"Failed to open a WebSocket connection: internal server error.\n"

@@ -73,7 +73,7 @@ def proxy_for(wsuri: WebSocketURI, proxy: Union[str, bool, None]) -> Optional[st
         return _looked_up(wsuri.host, wsuri.secure)
     names = [name for name in os.environ if name[-6:].lower() == "_proxy"]
     if not names:
-        return None  # no proxy, and nothing to bypass: the usual environment, 15 µs
+        return None  # no proxy, and nothing to bypass: the usual environment, looked up fast
     variables = tuple((name, os.environ[name]) for name in names)
     return _looked_up_in_environment(variables, os.environ.get("REQUEST_METHOD"), wsuri.host, wsuri.secure)
 
@@ -89,9 +89,9 @@ def _looked_up_in_environment(
     case (``no_proxy`` among them), and ``REQUEST_METHOD`` (in a CGI
     script it ignores ``HTTP_PROXY``, which a request can set). Given all
     of them as the key, a result can be remembered: urllib's lookup scans
-    the environment twice and costs about 200 µs, a fifth of a local
-    connection's CPU, for every connection a client opens with a proxy
-    variable set (one for other hosts, say, with this one in ``no_proxy``).
+    the environment twice, a large share of a local connection's CPU, for
+    every connection a client opens with a proxy variable set (one for
+    other hosts, say, with this one in ``no_proxy``).
     A change to any of them is a new key, seen at once.
     """
     return _looked_up(host, secure)

@@ -66,10 +66,10 @@ _SENDMSG_MAX_PARTS = 16
 
 # Where discard_input() reads what it discards: one buffer for every connection, so
 # that a connection waiting for the end of its peer's stream holds none. With
-# recv(read_limit) instead, 1000 connections closing at once made a server's
-# resident memory peak 3-4 MiB higher: each allocation of 64 KiB touched a
-# fresh page of the heap. The threads that write into it at once never read
-# it.
+# recv(read_limit) instead, connections closing at once raised a server's
+# resident memory peak: each allocation of read_limit bytes touched a fresh
+# page of the heap (bench/NOTES.rst, "Connections that end together"). The
+# threads that write into it at once never read it.
 _DISCARDED = bytearray(2**14)
 
 
@@ -79,8 +79,9 @@ def py_send_nowait(sock: socket.socket, data: BytesLike) -> Optional[memoryview]
     Pure-Python implementation; :func:`send_nowait` is this function or its
     C version, which makes the same ``send(2)`` call on the socket's
     descriptor without ``socket.send()``'s argument parsing, nor an
-    exception when the buffer is full (about 7% of a small message's
-    ``send()``). POSIX only (``MSG_DONTWAIT``), and not for TLS.
+    exception when the buffer is full (hot path: see
+    docs/performance.rst#how-fast-against-what). POSIX only
+    (``MSG_DONTWAIT``), and not for TLS.
 
     Returns:
         ``None`` when all of it went out, else a view of the rest.

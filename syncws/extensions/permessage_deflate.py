@@ -45,37 +45,20 @@ What the protocol layer does with the codec (RFC 7692 §6):
 Memory
 ------
 
-zlib's state is the cost of compression. CPython allocates it through
-``PyMem_RawMalloc``, so :mod:`tracemalloc` sees it; measured with zlib 1.2.13,
-per direction and per connection:
-
-==============  =========  ==============  ==============
-window bits     memLevel   compressor      decompressor
-==============  =========  ==============  ==============
-9 (and 8)       1          9 KiB           8 KiB
-11              4          22 KiB          9 KiB
-12              5          38 KiB          11 KiB
-15              5          150 KiB         39 KiB
-15              8          262 KiB         39 KiB
-==============  =========  ==============  ==============
-
-(zlib documents the compressor as ``(1 << (windowBits+2)) + (1 <<
-(memLevel+9))`` plus about 6 KiB, the decompressor as ``1 << windowBits``
-plus about 7 KiB.) The server defaults, 12 bits both ways and memLevel 5
-(the values websockets settled on), cost about 49 KiB per connection: some
-480 MiB for 10,000 connections. A client with the defaults uses the
-window the server allows it, and inflates with the server's: 49 KiB against a
-syncws server, up to 189 KiB (150 + 39) against a server that sets no limits.
-A client whose offer is a bare ``permessage-deflate`` (no
-``client_max_window_bits``, so it can't be limited: OkHttp, Java and Go
-clients) compresses with 15 bits; the server then inflates with 39 KiB
-instead of 11 KiB, about 77 KiB per connection for those clients.
-Zlib objects are created on the first
-compressed message in each direction, so a connection that never compresses
-costs nothing. With "no context takeover" a direction keeps no state between
-messages - its zlib object is dropped at the end of each message - at the
-price of compressing small messages much worse (a 64-byte JSON message
-shrinks to ~22% of its size with context takeover and to ~87% without).
+zlib's state is the cost of compression: per direction and per
+connection, a compressor grows with its window and memLevel, a decompressor
+with its window (docs/performance.rst#memory-per-connection has the table,
+measured with :mod:`tracemalloc`, which sees it: CPython allocates it through
+``PyMem_RawMalloc``). The server defaults, 12 bits both ways and memLevel 5,
+are the values websockets settled on. A client with the defaults uses the
+window the server allows it, and inflates with the server's. A client whose
+offer is a bare ``permessage-deflate`` (no ``client_max_window_bits``, so it
+can't be limited: OkHttp, Java and Go clients) compresses with 15 bits, and
+the server then inflates with a 15-bit window too. Zlib objects are created
+on the first compressed message in each direction, so a connection that
+never compresses costs nothing. With "no context takeover" a direction
+keeps no state between messages - its zlib object is dropped at the end of
+each message - at the price of compressing small messages much worse.
 
 Threads
 -------
@@ -133,20 +116,22 @@ ExtensionParameters = List[ExtensionParameter]
 
 EXTENSION_NAME = "permessage-deflate"
 
-#: zlib's own default level. On a stream of 2,000 JSON messages (50-600
-#: bytes, flushed one by one, 12-bit window) level 9 compressed no better
-#: (46.7%) and level 1 only a little worse (49.0%).
+#: zlib's own default level: on a stream of JSON messages (flushed one by
+#: one, 12-bit window) level 9 compressed no better and level 1 only a
+#: little worse (``python bench/compression.py`` compares settings).
 DEFAULT_COMPRESS_LEVEL = 6
 
-#: memLevel 5 instead of zlib's 8 saves 112 KiB per compressor (see the
-#: memory table above); on the same JSON stream the ratio didn't change.
+#: memLevel 5 instead of zlib's 8 makes a compressor much smaller (see
+#: docs/performance.rst#memory-per-connection); on the same JSON stream the
+#: ratio didn't change.
 DEFAULT_MEM_LEVEL = 5
 
 #: Messages shorter than this many bytes are sent uncompressed. Measured on
-#: JSON messages with zlib level 6, memLevel 5, 12-bit window: compression
-#: costs 2-6 µs per message below 128 bytes; with context takeover it shrinks
-#: them to about 25%, but without it a 64-byte message only shrinks to 87%
-#: and a 16- or 32-byte one grows. Below 128 bytes the most there is to gain
+#: JSON messages with zlib level 6, memLevel 5, 12-bit window (``python
+#: bench/compression.py``): below 128 bytes, compression costs CPU on every
+#: message; with context takeover it shrinks them well, but without it a
+#: 64-byte message barely shrinks and a 16- or 32-byte one grows. Below 128
+#: bytes the most there is to gain
 #: is a few dozen bytes a message - less than the TCP/IP headers carrying it
 #: - so 128 keeps the CPU for messages where compression pays either way.
 #: (Node's ws uses 1024; websockets compresses everything.)
@@ -317,12 +302,12 @@ class DeflateSettings(_DeflateFields):
 #: so that any server can accept the offer and limit the client's window.
 CLIENT_DEFAULTS = DeflateSettings()
 
-#: What ``compression="deflate"`` means on the server: 4 KiB windows both
-#: ways, memLevel 5 - about 49 KiB per connection (see the module's memory
-#: table). Clients that can't be limited (a bare ``permessage-deflate``
-#: offer, no ``client_max_window_bits``: OkHttp, many Java and Go clients)
-#: compress with a 32 KiB window, so the server inflates with 15 bits: about
-#: 77 KiB per connection for those.
+#: What ``compression="deflate"`` means on the server: 12-bit windows both
+#: ways, memLevel 5 (its memory per connection:
+#: docs/performance.rst#memory-per-connection). Clients that can't be
+#: limited (a bare ``permessage-deflate`` offer, no
+#: ``client_max_window_bits``: OkHttp, many Java and Go clients) compress
+#: with a 15-bit window, so the server inflates with 15 bits for those.
 SERVER_DEFAULTS = DeflateSettings(server_max_window_bits=12, client_max_window_bits=12)
 
 #: What ``connect()`` and ``serve()`` accept as ``compression``.
@@ -869,9 +854,9 @@ class ServerDeflateFactory(_DeflateFactory):
         else:
             # A bare offer, as OkHttp and Java and Go clients send: the
             # response may not carry client_max_window_bits (§7.1.2.2), so
-            # the client compresses with a 32 KiB window (15 bits, implied)
-            # and this server inflates with one: 39 KiB instead of 11 KiB
-            # for a 12-bit window (module docstring, "Memory"). Declining
+            # the client compresses with a 15-bit window (implied) and this
+            # server inflates with one, larger than a 12-bit one
+            # (docs/performance.rst#memory-per-connection). Declining
             # would cost more: those clients would run uncompressed.
             client_max_window_bits = None
         return PerMessageDeflate(
