@@ -140,8 +140,9 @@ from . import metrics, threadpool
 from .exceptions import ConnectionClosed, PublishError
 from .logs import format_address
 from .protocol import Data, WebSocketCommonProtocol
-from .redislink import Backoff, client_options, import_redis
+from .redislink import Backoff, check_durations, client_options, import_redis
 from .safetext import redact_uri
+from .settings import check_seconds
 
 __all__ = ["Fanout", "FanoutStats", "Gap", "LocalFanout", "PublishError", "RedisFanout"]
 
@@ -345,7 +346,8 @@ class Fanout:
             dropped, from the thread that dropped it (keep it short).
 
     Raises:
-        ValueError: a limit below 1.
+        ValueError: a limit below 1, or a ``timeout`` that is NaN or
+            negative (infinity is no limit, as ``None``).
     """
 
     def __init__(
@@ -360,7 +362,7 @@ class Fanout:
             raise ValueError(f"max_pending must be at least 1, got {max_pending}")
         if max_pending_bytes < 1:
             raise ValueError(f"max_pending_bytes must be at least 1, got {max_pending_bytes}")
-        self.timeout = timeout
+        self.timeout = check_seconds("timeout", timeout)
         self.max_pending = max_pending
         self.max_pending_bytes = max_pending_bytes
         self.on_failure = on_failure
@@ -978,7 +980,8 @@ class RedisFanout(Fanout):
 
     Raises:
         ImportError: redis-py isn't installed (``syncws[redis]``).
-        ValueError: ``url`` isn't a Redis URL, or a limit is below 1.
+        ValueError: ``url`` isn't a Redis URL, a limit is below 1, or a
+            duration isn't a finite number of seconds >= 0.
     """
 
     def __init__(
@@ -1001,6 +1004,11 @@ class RedisFanout(Fanout):
         redis = import_redis("syncws.fanout.RedisFanout")
         if max_sequences < 1:
             raise ValueError(f"max_sequences must be at least 1, got {max_sequences}")
+        check_durations(
+            ping_interval=ping_interval, ping_timeout=ping_timeout, reconnect_delay=reconnect_delay,
+            max_reconnect_delay=max_reconnect_delay, publish_timeout=publish_timeout,
+        )
+        timeout = check_seconds("timeout", timeout)
         self.url = url
         self.prefix = prefix
         self.ping_interval = ping_interval

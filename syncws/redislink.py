@@ -11,6 +11,8 @@ from __future__ import annotations
 import random
 from typing import Any, Dict, Optional
 
+from .settings import check_seconds
+
 __all__ = ["Backoff", "client_options", "import_redis"]
 
 
@@ -30,6 +32,22 @@ def import_redis(user: str) -> Any:
     except ImportError as exc:
         raise ImportError(f"{user} needs redis-py: pip install 'syncws[redis]'") from exc
     return redis
+
+
+def check_durations(**durations: float) -> None:
+    """Refuse a Redis fan-out's durations that aren't finite numbers of seconds >= 0.
+
+    A NaN would pass every comparison meant to bound it (a thread that waits
+    ``nan`` seconds spins), an infinity would wait forever for Redis.
+
+    Raises:
+        TypeError: a duration isn't a number.
+        ValueError: a duration is NaN, negative or infinite (the message
+            names it).
+    """
+    for name, value in durations.items():
+        if check_seconds(name, value) is None:
+            raise ValueError(f"{name} must be a finite number of seconds, got {value!r}")
 
 
 def client_options(redis: Any, timeout: Optional[float]) -> Dict[str, Any]:

@@ -61,7 +61,7 @@ from typing import Any, Dict, Iterator, NamedTuple, Optional, Tuple, Union
 
 from .extensions.permessage_deflate import ClientDeflateFactory, Compression
 
-__all__ = ["ConnectionSettings", "check_settings", "SizeLimits", "SizeSetting"]
+__all__ = ["ConnectionSettings", "check_seconds", "check_settings", "SizeLimits", "SizeSetting"]
 
 #: The pair forms of ``max_size`` and ``max_queue``, normalized.
 SizeLimits = Tuple[Optional[int], Optional[int]]
@@ -140,8 +140,21 @@ def _positive_int(name: str, value: Any, *, nullable: bool) -> Optional[int]:
     return int(value)
 
 
-def _seconds(name: str, value: Any, *, allow_zero: bool = True) -> Optional[float]:
-    """Check a duration: a finite number >= 0 (> 0 unless ``allow_zero``), or None."""
+def check_seconds(name: str, value: Any, *, allow_zero: bool = True) -> Optional[float]:
+    """Check a duration: a number >= 0 (> 0 unless ``allow_zero``), or ``None``.
+
+    Args:
+        name: the setting, named in the error.
+        value: its value.
+        allow_zero: whether 0 is allowed.
+
+    Returns:
+        The duration as a float; ``None`` for ``None`` or infinity (no limit).
+
+    Raises:
+        TypeError: ``value`` isn't a number or ``None``.
+        ValueError: ``value`` is NaN, negative, or 0 when not allowed.
+    """
     if value is None:
         return None
     if not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -277,9 +290,9 @@ def _check_settings(
     read_limit: Any, write_limit: Any, ping_interval: Any, ping_timeout: Any, compression: Any,
 ) -> ConnectionSettings:
     """check_settings() without the cache."""
-    timeout_ = _seconds("timeout", timeout)
-    open_ = _seconds("open_timeout", open_timeout)
-    close_ = _seconds("close_timeout", close_timeout)
+    timeout_ = check_seconds("timeout", timeout)
+    open_ = check_seconds("open_timeout", open_timeout)
+    close_ = check_seconds("close_timeout", close_timeout)
     read_limit_ = _positive_int("read_limit", read_limit, nullable=False)
     write_limit_ = _positive_int("write_limit", write_limit, nullable=False)
     assert read_limit_ is not None and write_limit_ is not None
@@ -290,10 +303,10 @@ def _check_settings(
         max_queue=_max_queue(max_queue),
         open_timeout=open_ if open_timeout is not None else timeout_,
         close_timeout=close_ if close_timeout is not None else timeout_,
-        write_timeout=_seconds("write_timeout", write_timeout),
+        write_timeout=check_seconds("write_timeout", write_timeout),
         read_limit=read_limit_,
         write_limit=write_limit_,
-        ping_interval=_seconds("ping_interval", ping_interval, allow_zero=False),
-        ping_timeout=_seconds("ping_timeout", ping_timeout, allow_zero=False),
+        ping_interval=check_seconds("ping_interval", ping_interval, allow_zero=False),
+        ping_timeout=check_seconds("ping_timeout", ping_timeout, allow_zero=False),
         compression=compression,
     )

@@ -115,7 +115,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, NoReturn, Optional, Se
 from .exceptions import PublishError
 from .fanout import FailureCallback, Fanout, FanoutStats, Gap, GapCallback, _Member
 from .protocol import Data, WebSocketCommonProtocol
-from .redislink import Backoff, client_options, import_redis
+from .redislink import Backoff, check_durations, client_options, import_redis
 from .safetext import redact_uri
 
 __all__ = ["Event", "Message", "PresenceEvent", "RedisStreamFanout", "StreamFanoutStats", "plain"]
@@ -432,6 +432,11 @@ class RedisStreamFanout(Fanout):
         redis = import_redis("syncws.streams.RedisStreamFanout")
         if history < 1:
             raise ValueError(f"history must be at least 1, got {history}")
+        check_durations(
+            ping_interval=ping_interval, ping_timeout=ping_timeout, reconnect_delay=reconnect_delay,
+            max_reconnect_delay=max_reconnect_delay, publish_timeout=publish_timeout, presence_ttl=presence_ttl,
+            **({} if max_age is None else {"max_age": max_age}),
+        )
         if max_age is not None and max_age < 0.001:
             raise ValueError(f"max_age must be at least 0.001 seconds, got {max_age}")
         if presence_ttl < 0.003:

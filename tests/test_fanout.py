@@ -197,6 +197,12 @@ def test_local_bad_arguments() -> None:
         LocalFanout(max_pending=0)
     with pytest.raises(ValueError, match="max_pending_bytes must be at least 1, got 0"):
         LocalFanout(max_pending_bytes=0)
+    # NaN made every send to a member that stopped reading wait forever; a
+    # negative timeout aborted each connection at its first blocked send.
+    for timeout in (float("nan"), -1):
+        with pytest.raises(ValueError, match=r"timeout must be >= 0 seconds or None, got"):
+            LocalFanout(timeout=timeout)
+    assert LocalFanout(timeout=float("inf")).timeout is None  # no limit, as for serve()
     fanout.close()
     fanout.close()
     with pytest.raises(RuntimeError, match="closed"):

@@ -581,6 +581,16 @@ def test_bad_arguments(redis_server: Redis, monkeypatch: pytest.MonkeyPatch) -> 
         RedisStreamFanout(redis_server.url, history=0)
     with pytest.raises(ValueError, match="max_connections"):
         RedisStreamFanout(redis_server.url, max_connections=0)
+    # NaN passed every "at least" check: presence_ttl=nan spun the presence
+    # thread at full CPU, max_age=nan failed each publish with a ValueError.
+    for name in ("max_age", "presence_ttl", "ping_interval", "ping_timeout", "reconnect_delay",
+                 "max_reconnect_delay", "publish_timeout", "timeout"):
+        for value in (float("nan"), -1.0):
+            with pytest.raises(ValueError, match=rf"{name} must be"):
+                RedisStreamFanout(redis_server.url, **{name: value})
+        if name != "timeout":  # None or inf: no limit
+            with pytest.raises(ValueError, match=rf"{name} must be a finite number of seconds, got inf"):
+                RedisStreamFanout(redis_server.url, **{name: float("inf")})
     fanout = RedisStreamFanout(redis_server.url)
     try:
         with pytest.raises(TypeError, match="since must be a str, got int"):
