@@ -623,3 +623,23 @@ def test_a_fanout_made_before_a_fork_works_in_the_child(nodes: List[Node]) -> No
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert texts(member, 1)[0]["text"] == "from the child"
+
+
+# -- the benchmark docs/performance.rst shows -------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_the_streams_benchmark_runs() -> None:
+    """``python bench/streams.py``, small: every delivery is checked there."""
+    pytest.importorskip("redis")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "streams.py"), "--messages", "200", "--members", "3", "--threads", "2",
+         "--channels", "2", "--history", "100"],
+        capture_output=True, text=True, timeout=100, env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    assert result.returncode == 0, result.stderr
+    for backend in ("RedisFanout", "RedisStreamFanout"):
+        for threads in ("1 publishing thread ", "2 publishing threads"):
+            assert f"{backend:18} {threads}: " in result.stdout, result.stdout
+    assert result.stdout.count("(200 messages of 100 bytes, every one checked)") == 4, result.stdout
+    assert "KiB per channel in Redis" in result.stdout and "to a client back with an old id" in result.stdout
