@@ -273,6 +273,21 @@ def _stream_id(text: str) -> Tuple[int, int]:
     return int(ms), int(seq)
 
 
+def _streams_read(reply: Any) -> List[Tuple[bytes, List[Any]]]:
+    """XREAD's reply as ``(key, entries)`` pairs, in whichever shape redis-py gave it.
+
+    The URL picks the shape (``protocol=3``, ``legacy_responses=false``): a
+    list of ``[key, entries]`` (RESP2), a dict of key to entries (the
+    unified shape), or of key to ``[entries]`` (RESP3, legacy).
+    """
+    if not isinstance(reply, dict):
+        return [(key, entries) for key, entries in reply or ()]
+    return [
+        (key, entries[0] if entries and isinstance(entries[0], list) else entries)
+        for key, entries in reply.items()
+    ]
+
+
 class _Position:
     """Where the reader stands in one stream; changed under the fan-out's lock.
 
@@ -966,7 +981,7 @@ class RedisStreamFanout(Fanout):
         streams[self._wake_key] = self._wake_id
         reply = self._reader_client.xread(streams, count=_READ_COUNT, block=max(1, round(self.ping_interval * 1000)))
         prefix = len(self.prefix) + 2  # "s:"
-        for raw_key, entries in reply or ():
+        for raw_key, entries in _streams_read(reply):
             key = raw_key.decode()
             if key == self._wake_key:
                 self._wake_id = entries[-1][0].decode()

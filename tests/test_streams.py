@@ -608,6 +608,22 @@ def test_bad_arguments(redis_server: Redis, monkeypatch: pytest.MonkeyPatch) -> 
         RedisStreamFanout(redis_server.url)
 
 
+@pytest.mark.parametrize("query", ["protocol=3", "legacy_responses=false", "protocol=3&legacy_responses=false"])
+def test_every_reply_shape_redis_py_gives(redis_server: Redis, query: str) -> None:
+    """A URL may ask redis-py for RESP3 or its newer reply shapes: XREAD's differ."""
+    node = Node(f"{redis_server.url}?{query}", presence=True)
+    try:
+        first = joined(node, "a", "first")
+        ids = [node.fanout.publish("a", f"m{n}") for n in range(3)]
+        assert [e["id"] for e in texts(first, 3)] == ids
+        back = node.connect("a", since=ids[0], name="back")
+        assert texts(back, 2) == [{"id": ids[n], "text": f"m{n}"} for n in (1, 2)]
+        assert sorted(node.fanout.presence("a").values()) == ["", "back"]
+        assert node.gaps == [] and outcomes(node, 2) == [True, True]
+    finally:
+        node.close()
+
+
 @pytest.mark.timeout(30)
 def test_a_fanout_made_before_a_fork_works_in_the_child(nodes: List[Node]) -> None:
     one, _ = nodes
