@@ -51,7 +51,7 @@ import socket
 import struct
 import sys
 import threading
-from typing import Any, Callable, Iterator, List, Optional, Set, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Union
 
 __all__ = ["TEXT", "BINARY", "CLOSE", "ConnectionClosed", "Connection", "Server", "connect", "serve"]
 
@@ -299,8 +299,12 @@ class Server:
         self._kwargs = kwargs
         self._listener = socket.create_server((host, port), backlog=128)
         self.port: int = self._listener.getsockname()[1]
+        # Guards _connections, _handlers and _closing.
         self._lock = threading.Lock()
         self._connections: Set[Connection] = set()
+        # Every handler thread alive, with its socket: close() ends them,
+        # the ones still in the opening round trip included.
+        self._handlers: Dict[threading.Thread, socket.socket] = {}
         self._closing = False
         self._acceptor = threading.Thread(target=self._accept_loop, name="ceiling-accept", daemon=True)
         self._acceptor.start()
@@ -313,9 +317,22 @@ class Server:
                 if self._closing:
                     return
                 continue
-            threading.Thread(target=self._serve, args=(sock,), name="ceiling-handler", daemon=True).start()
+            thread = threading.Thread(target=self._serve, args=(sock,), name="ceiling-handler", daemon=True)
+            with self._lock:
+                if self._closing:
+                    sock.close()
+                    return
+                self._handlers[thread] = sock
+            thread.start()
 
     def _serve(self, sock: socket.socket) -> None:
+        try:
+            self._serve_connection(sock)
+        finally:
+            with self._lock:
+                self._handlers.pop(threading.current_thread(), None)
+
+    def _serve_connection(self, sock: socket.socket) -> None:
         if self._opening:
             try:
                 _receive_exactly(sock, OPENING_REQUEST)
@@ -335,14 +352,33 @@ class Server:
             with self._lock:
                 self._connections.discard(connection)
 
-    def close(self) -> None:
-        """Stop accepting and close every connection."""
-        self._closing = True
-        self._listener.close()
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop accepting, close every connection, and wait for every thread the server started.
+
+        Args:
+            timeout: seconds each thread is waited for.
+        """
         with self._lock:
+            self._closing = True
             connections: List[Connection] = list(self._connections)
+        # close() alone doesn't wake a thread blocked in accept() on Linux;
+        # shutdown() does.
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._listener.close()
+        self._acceptor.join(timeout)
         for connection in connections:
-            connection.close()
+            connection.close(timeout)
+        with self._lock:
+            handlers = dict(self._handlers)
+        for thread, sock in handlers.items():
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # one still in its opening round trip
+            except OSError:
+                pass  # closed with its connection
+            thread.join(timeout)
 
 
 def serve(handler: Callable[[Connection], None], host: str, port: int, **kwargs: Any) -> Server:

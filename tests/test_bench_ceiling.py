@@ -22,6 +22,16 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import ceiling  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def no_thread_outlives_its_test() -> Iterator[None]:
+    # Server.close() and Connection.close() end the threads they started:
+    # a benchmark that starts a server per case mustn't pile them up.
+    before = set(threading.enumerate())
+    yield
+    left = [thread.name for thread in threading.enumerate() if thread not in before and thread.is_alive()]
+    assert left == []
+
+
 @pytest.fixture
 def server() -> Iterator[ceiling.Server]:
     server = ceiling.serve(ceiling.echo, "127.0.0.1", 0, max_size=32 * 2**20)
