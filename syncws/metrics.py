@@ -271,7 +271,9 @@ def track(counters: ConnectionCounters) -> ConnectionCounters:
 
 
 #: The counters of the connections :func:`syncws.wsgi.accept` opens in this
-#: process (they belong to no :class:`~syncws.WebSocketServer`).
+#: process (they belong to no :class:`~syncws.WebSocketServer`), and of the
+#: upgrades refused under WSGI: by :func:`~syncws.wsgi.accept`, or by the
+#: application (a 401, a 404) behind :func:`~syncws.wsgi.close_refused_upgrades`.
 wsgi_counters = track(ConnectionCounters())
 
 

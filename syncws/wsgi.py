@@ -63,7 +63,7 @@ from typing import (
     Any, Callable, Dict, Iterable, Iterator, List, Mapping, MutableMapping, Optional, Sequence, Tuple, Type, Union,
 )
 
-from . import opening, sockopts
+from . import metrics, opening, sockopts
 from .exceptions import AbortHandshake, InvalidHandshake, InvalidMessage
 from .framing import CloseCode
 from .hooks import ServerResponse
@@ -290,6 +290,8 @@ SOCKET = "syncws.socket"
 RFILE = "syncws.rfile"
 # Set in the environ once syncws answered a refusal on the socket itself.
 _REFUSED = "syncws.refused"
+# Set in the environ once a refusal is counted in the metrics.
+_COUNTED = "syncws.refusal_counted"
 
 # Where each server gives its socket: (socket key, key of the stream that may
 # hold bytes read past the head, how to take them).
@@ -613,20 +615,22 @@ class _Endpoint:
                 str(environ.get("REQUEST_METHOD", "GET")), _request_target(environ), _request_headers(environ)
             )
             response = opening.accept(request, self.policy, hooks, path=_request_path(environ, path))
+            if _shutting_down:
+                raise AbortHandshake(
+                    http.HTTPStatus.SERVICE_UNAVAILABLE, [("Retry-After", "1")],
+                    b"Failed to open a WebSocket connection: the server is shutting down.\n",
+                )
         except InvalidHandshake as exc:
             if isinstance(exc, AbortHandshake):
                 bug = hook_bug(exc)
                 if bug is not None:  # answered 500, logged here as serve() logs it
                     self.logger.error("the opening handshake raised", exc_info=bug)
+                _count_refusal(environ, exc.status)
                 raise
             answer = http_answer(exc)
             assert answer is not None  # every InvalidHandshake has an answer
+            _count_refusal(environ, answer[0])
             raise AbortHandshake(*answer) from exc
-        if _shutting_down:
-            raise AbortHandshake(
-                http.HTTPStatus.SERVICE_UNAVAILABLE, [("Retry-After", "1")],
-                b"Failed to open a WebSocket connection: the server is shutting down.\n",
-            )
         if protocol is None:
             assert isinstance(hooks, RequestHooks)
             protocol = self._connection(environ)
@@ -705,6 +709,20 @@ def _detach(server_sock: socket.socket) -> None:
         dead.close()
 
 
+def _count_refusal(environ: Mapping[str, Any], status: int) -> None:
+    """Count a refused upgrade in :data:`syncws.metrics.wsgi_counters`, once per request.
+
+    :func:`accept` counts its refusals as it raises them, whoever answers
+    them; :func:`_answer_refusal` those of the application (a login's 401,
+    a router's 404), and skips a request counted already.
+    """
+    if status < 400 or environ.get(_COUNTED):
+        return
+    if isinstance(environ, MutableMapping):
+        environ[_COUNTED] = True
+    metrics.wsgi_counters.refused(status)
+
+
 def _answer_refusal(
     environ: Mapping[str, Any], status: int, headers: Iterable[Tuple[str, str]], body: bytes,
     server_header: Optional[str],
@@ -714,11 +732,13 @@ def _answer_refusal(
     As :func:`~syncws.serve` answers: ``Connection: close``, then our FIN.
     The server's own write then fails, and it closes the connection instead
     of reading another request (or the client's first frames) from it.
+    A status of 400 or more is counted in the metrics.
 
     Returns:
         The WSGI response to return, for the server's log; ``None`` when the
         server doesn't give its socket (the caller answers through it).
     """
+    _count_refusal(environ, status)
     try:
         sock, _ = _server_socket(environ)  # takes what the server read ahead: no next request
     except ServerNotSupported:

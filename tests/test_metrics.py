@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import http
+import http.client
 import json
 import re
 import socket
@@ -381,3 +382,49 @@ def test_a_wsgi_application_exposes_its_connections(tmp_path: Any) -> None:
     finally:
         gunicorn.stop()
     assert "Traceback" not in gunicorn.log()
+
+
+def upgrade_request(port: int, path: str, headers: Dict[str, str]) -> int:
+    """The status answering an upgrade request (or a plain GET without ``Upgrade``)."""
+    connection = http.client.HTTPConnection(HOST, port, timeout=TIMEOUT)
+    try:
+        connection.request("GET", path, headers=headers)
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+@pytest.mark.timeout(60)
+def test_wsgi_refusals_count_by_status() -> None:
+    # serve() counts every refused handshake; WSGI counted none of them.
+    werkzeug_serving = pytest.importorskip("werkzeug.serving")
+    from syncws.wsgi import WebSocketMiddleware
+
+    def page(environ: Dict[str, Any], start_response: Any) -> List[bytes]:
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"no such page\n"]
+
+    app = WebSocketMiddleware(page, {"/ws": echo}, origins=["https://good.example"])
+    server = werkzeug_serving.make_server(HOST, 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    key = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+           "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    before = metrics.wsgi_counters.snapshot()
+    try:
+        statuses = [
+            upgrade_request(server.port, "/ws", {**key, "Origin": "https://evil.example"}),  # accept(): 403
+            upgrade_request(server.port, "/ws", {**key, "Origin": "https://good.example",
+                                                 "Sec-WebSocket-Key": "short"}),  # 400
+            upgrade_request(server.port, "/ws", {}),  # a plain GET: 426
+            upgrade_request(server.port, "/elsewhere", {**key, "Origin": "https://good.example"}),  # the app's 404
+            upgrade_request(server.port, "/elsewhere", {}),  # no upgrade: no handshake refused
+        ]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(TIMEOUT)
+    assert statuses == [403, 400, 426, 404, 404]
+    after = metrics.wsgi_counters.snapshot()
+    counted = {status: count - before.handshakes_refused.get(status, 0) for status, count in after.handshakes_refused.items()}
+    assert {status: count for status, count in counted.items() if count} == {403: 1, 400: 1, 426: 1, 404: 1}
