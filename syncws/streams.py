@@ -35,7 +35,8 @@ the moment a message goes by.
 **Keys.** For a channel ``C`` and the default prefix: the stream
 ``syncws:s:C`` holds the channel's last ``history`` messages (and none older
 than ``max_age``); the hash ``syncws:m:C`` holds the stream's *epoch* (a
-random token) and its *offset* counter; with presence on, the sorted set
+random token), its *offset* counter and the size of its largest message;
+with presence on, the sorted set
 ``syncws:p:C`` holds who is there. Each process also has a small stream
 ``syncws:w:<token>`` that wakes its reader.
 
@@ -69,8 +70,10 @@ sent to the channel's members, in order, as ``encode(gap)``.
 **Recovery.** ``subscribe(channel, member, since=ID)``, in the caller's
 thread: the member joins the channel *held* (its live messages wait in its
 mailbox, after the reader's position ``P`` at that moment); the caller reads
-``(ID, P]`` from the stream with ``XRANGE``, a page at a time, and sends it
-to the connection itself; then the member is released and its mailbox
+``(ID, P]`` from the stream with ``XRANGE``, a page at a time (as many
+entries as 1 MiB holds of the stream's largest message, so that members
+that don't read hold little memory each), and sends it to the connection
+itself; then the member is released and its mailbox
 follows. History up to ``P`` and live messages after it: no gap, no
 duplicate. When ``ID`` is of another epoch, or no longer in the stream
 (trimmed), or not an id at all, the member is sent ``encode(Gap)`` first,
@@ -220,11 +223,15 @@ if not epoch or redis.call('EXISTS', KEYS[1]) == 0 then
   -- A new stream, or one whose history or epoch was lost: a new epoch.
   epoch = ARGV[1]
   redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[2], 'epoch', epoch, 'offset', 0)
+  redis.call('HSET', KEYS[2], 'epoch', epoch, 'offset', 0, 'largest', 0)
 end
 local offset = redis.call('HINCRBY', KEYS[2], 'offset', 1)
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*',
   'e', epoch, 'o', offset, 't', ARGV[4], 'd', ARGV[5], 'p', ARGV[6])
+-- The largest message of this epoch: how many fit in a page of recovery.
+if #ARGV[5] > tonumber(redis.call('HGET', KEYS[2], 'largest') or 0) then
+  redis.call('HSET', KEYS[2], 'largest', #ARGV[5])
+end
 if ARGV[3] ~= '' then
   local ms = tonumber(string.match(id, '^(%d+)'))
   redis.call('XTRIM', KEYS[1], 'MINID', string.format('%.0f', ms - tonumber(ARGV[3])))
@@ -263,6 +270,12 @@ _MAX_ID_PART = 2**64 - 1
 # Entries read per stream by one XREAD, and per page of a recovery.
 _READ_COUNT = 500
 _PAGE = 200
+# And the most bytes of messages in a page, going by the largest message of
+# the stream: a recovering member that doesn't read holds its page for as
+# long as each send may wait (timeout), and peers choose how many recover at
+# once and how large the history's messages are (200 of 512 KiB: 190 MiB
+# of memory per member, measured).
+_PAGE_BYTES = 2**20
 
 # How long the reader's wake-up stream lives after its last use.
 _WAKE_TTL_MS = 60_000
@@ -826,8 +839,9 @@ class RedisStreamFanout(Fanout):
             return False
         if end is None or epoch is None or after == end:
             return recovered
+        count = self._page_size(channel)
         while True:
-            page = self._read(stream, f"({after}" if after else "-", end, _PAGE)
+            page = self._read(stream, f"({after}" if after else "-", end, count)
             if page is None:  # Redis went away: the member misses the rest, and is told
                 self._send(member, Gap((channel,), since=f"{epoch}:{after}" if after else since or None))
                 return False
@@ -840,8 +854,22 @@ class RedisStreamFanout(Fanout):
                     return recovered  # the stream was made again: the reader reports it
                 if not self._send(member, entry.event, recovered=True):
                     return False
-            if len(page) < _PAGE:
+            if len(page) < count:
                 return recovered
+
+    def _page_size(self, channel: str) -> int:
+        """Entries per page of a recovery: what :data:`_PAGE_BYTES` holds of the stream's largest message.
+
+        1 to :data:`_PAGE`; 1 when the largest is unknown (Redis away, or
+        a stream that an older syncws wrote, until its next message).
+        """
+        try:
+            largest = self._client.hget(self._key("m", channel), "largest")
+        except self._redis.RedisError:
+            return 1
+        if largest is None:
+            return 1
+        return max(1, min(_PAGE, _PAGE_BYTES // max(1, int(largest))))
 
     def _read(self, stream: str, first: str, last: str, count: int) -> Optional[List[Any]]:
         """``XRANGE stream first last COUNT count``, retried within ``timeout``; ``None`` if Redis stays away."""

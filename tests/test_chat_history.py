@@ -9,7 +9,10 @@ which order, and that nothing came twice.
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+import socket
 import subprocess
 import sys
 import threading
@@ -287,4 +290,49 @@ def test_a_room_name_is_logged_escaped(tmp_path: Path, redis_server: Redis) -> N
         chat.stop()
     gap_lines = [line for line in chat.log().splitlines() if "chat:" in line]
     assert gap_lines and not any(c in chat.log() for c in "\u2028\u202e"), chat.log()
+
+
+def peak_rss_mib(pid: int) -> int:
+    """The process's peak resident memory (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) // 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak memory from /proc")
+@pytest.mark.timeout(120)
+def test_members_recovering_a_history_that_dont_read_hold_a_bounded_page_each(
+    tmp_path: Path, redis_server: Redis
+) -> None:
+    """Eight clients that ask for a history of 100 messages of 256 KiB, and never read it."""
+    chat = start_chat(tmp_path, redis_server, "chat", history=100)
+    clients = []
+    try:
+        with syncws.connect(f"ws://{HOST}:{chat.port}/chat/big", compression=None) as websocket:
+            for _ in range(100):
+                websocket.send("x" * 2**18)
+                while '"text"' not in websocket.recv(TIMEOUT):
+                    pass
+        before = peak_rss_mib(chat.process.pid)
+        for _ in range(8):
+            sock = socket.create_connection((HOST, chat.port), timeout=TIMEOUT)
+            clients.append(sock)
+            key = base64.b64encode(os.urandom(16)).decode()
+            sock.sendall(
+                f"GET /chat/big?since= HTTP/1.1\r\nHost: chat\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+            )
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += sock.recv(1)
+            assert head.startswith(b"HTTP/1.1 101"), head
+            assert sock.recv(1)  # the history is coming: its first page was read; nothing more is
+        # Each page of history was all of it (25 MiB, twice: bytes and str) for every client.
+        grown = peak_rss_mib(chat.process.pid) - before
+        assert grown < 64, f"the server grew by {grown} MiB"
+    finally:
+        for sock in clients:
+            sock.close()
+        chat.stop()
 

@@ -286,6 +286,24 @@ def test_ids_that_are_not_this_streams(redis_server: Redis, since: str) -> None:
         node.close()
 
 
+def test_a_history_of_large_messages_is_recovered_in_small_pages(redis_server: Redis) -> None:
+    """Pages hold what 1 MiB holds of the largest message (3 of 300 KiB; 1 while it is unknown): all comes, in order."""
+    node = Node(redis_server.url)
+    client = redis_client(redis_server)
+    try:
+        ids = [node.fanout.publish("a", f"{n}" + "x" * 300_000) for n in range(10)]
+        assert int(client.hget("syncws:m:a", "largest")) == 300_001
+        for round in range(2):
+            member = node.connect("a", since=ids[0])
+            assert [(e["id"], e["text"][0]) for e in events(member, 9)] == [(ids[n], str(n)) for n in range(1, 10)]
+            assert outcomes(node, round + 1)[round] is True
+            member.close()
+            client.hdel("syncws:m:a", "largest")  # as a stream an older syncws wrote
+    finally:
+        client.close()
+        node.close()
+
+
 def test_a_room_name_is_logged_escaped(redis_server: Redis, caplog: pytest.LogCaptureFixture) -> None:
     """A room a peer named (a line separator, a bidi override) can't forge or reorder a log line."""
     room = "a\u2028FORGED\u202e"
