@@ -301,3 +301,18 @@ def test_no_measured_figure_in_comments() -> None:
 def test_no_measured_figure_in_house2s_files() -> None:
     found = figures(HOUSE2_FILES & package_files())
     assert found == {}
+
+
+# -- the module map -----------------------------------------------------------
+
+
+def test_the_design_page_maps_every_module() -> None:
+    """docs/design.rst's module map names every module of the package."""
+    design = (PACKAGE.parent / "docs" / "design.rst").read_text(encoding="utf-8")
+    house = design[design.index("The house\n"):design.index("The opening handshake\n")]
+    mapped = set(re.findall(r"``(syncws(?:\.\w+)*)``", house))
+    # A package is mapped by its modules (syncws.extensions by permessage_deflate).
+    missing = sorted(
+        name for name in modules() if name not in mapped and not any(m.startswith(name + ".") for m in mapped)
+    )
+    assert missing == [], "add these modules to docs/design.rst's module map"
