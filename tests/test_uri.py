@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from syncws.exceptions import InvalidURI
@@ -207,6 +207,10 @@ def test_invalid_uri_texts_hold_no_part_of_a_password(uri: str) -> None:
     after=st.sampled_from(["h", "h/", "h:x", "h:99999/p", "h/p?q=1", "[::1]/", "h st/"]),
 )
 def test_no_invalid_uri_text_holds_part_of_a_password(prefix: str, password: str, after: str) -> None:
+    # Without a prefix, a password starting with "//" turns "u:" into a
+    # scheme: "u://J:@h" is scheme u, user J, an empty password (RFC 3986
+    # §3.2.1), and the user is shown as in any URI. Not a password then.
+    assume(not (prefix == "" and password.startswith("//")))
     try:
         parse_uri(f"{prefix}u:{password}@{after}")
     except InvalidURI as exc:
