@@ -185,12 +185,12 @@ class Gap:
 GapCallback = Callable[[Gap], None]
 
 
-def _counter(default: Any = 0) -> Any:
-    return dataclasses.field(default=default, metadata={"kind": "counter"})
+def _counter(default: Any = 0, unit: Optional[str] = None) -> Any:
+    return dataclasses.field(default=default, metadata={"kind": "counter", "unit": unit})
 
 
-def _gauge(default: Any = 0) -> Any:
-    return dataclasses.field(default=default, metadata={"kind": "gauge"})
+def _gauge(default: Any = 0, unit: Optional[str] = None) -> Any:
+    return dataclasses.field(default=default, metadata={"kind": "gauge", "unit": unit})
 
 
 @dataclasses.dataclass
@@ -198,11 +198,14 @@ class FanoutStats:
     """What a fan-out did and what it holds: :attr:`Fanout.stats` is a snapshot.
 
     Counters count from the fan-out's creation (in a forked child, from
-    the fork) and only grow; gauges are
-    values at the time of the snapshot. Each field's ``metadata["kind"]``
-    says which (``"counter"`` or ``"gauge"``), for exporters such as
-    Prometheus'. Counting costs an integer addition under a lock the
-    fan-out takes anyway; a snapshot walks the members once.
+    the fork) and only grow; gauges are values at the time of the
+    snapshot. Each field's ``metadata["kind"]`` says which (``"counter"``
+    or ``"gauge"``), and its ``metadata["unit"]`` its unit (``"seconds"``,
+    ``"bytes"``, or ``None`` for a count), for exporters such as
+    Prometheus' (:mod:`syncws.metrics` names ``oldest_pending``
+    ``syncws_fanout_oldest_pending_seconds``). Counting costs an integer
+    addition under a lock the fan-out takes anyway; a snapshot walks the
+    members once.
 
     Attributes:
         published: messages this process published.
@@ -214,7 +217,8 @@ class FanoutStats:
             by delivered, the mean delivery lag.
         failures: members dropped: a send that failed or timed out, or a
             full mailbox.
-        too_slow: of those, members dropped for a full mailbox.
+        too_slow: members dropped for a full mailbox (counted in failures
+            too).
         discarded: messages never sent because the member they waited
             for was dropped or closed first.
         gaps: gaps reported, outages and sequence gaps (each a Gap).
@@ -237,7 +241,7 @@ class FanoutStats:
     publish_errors: int = _counter()
     received: int = _counter()
     delivered: int = _counter()
-    delivery_seconds: float = _counter(0.0)
+    delivery_seconds: float = _counter(0.0, "seconds")
     failures: int = _counter()
     too_slow: int = _counter()
     discarded: int = _counter()
@@ -247,8 +251,8 @@ class FanoutStats:
     members: int = _gauge()
     channels: int = _gauge()
     pending: int = _gauge()
-    pending_bytes: int = _gauge()
-    oldest_pending: float = _gauge(0.0)
+    pending_bytes: int = _gauge(unit="bytes")
+    oldest_pending: float = _gauge(0.0, "seconds")
     slow_members: int = _gauge()
     connected: int = _gauge(1)
 

@@ -51,6 +51,8 @@ name, ``_total`` on counters, and labels for what a count is broken down by
     syncws_sent_bytes_total 9437184
     syncws_fanout_published_total 5120
     syncws_fanout_delivered_total 60110
+    syncws_fanout_pending_bytes 0
+    syncws_fanout_oldest_pending_seconds 0
     ...
 """
 
@@ -349,14 +351,27 @@ def _server_families(metrics: ServerMetrics, labels: Tuple[Tuple[str, str], ...]
 
 
 def _fanout_families(stats: Any, labels: Tuple[Tuple[str, str], ...]) -> List[Family]:
-    """Families from a fan-out's stats dataclass: a field is a counter unless
-    its ``metadata["kind"]`` says ``"gauge"``."""
+    """Families from a fan-out's stats dataclass.
+
+    A field is a counter unless its ``metadata["kind"]`` says ``"gauge"``.
+    Its metric is named as Prometheus names them: the field's name, then
+    its ``metadata["unit"]`` (a base unit, plural: ``seconds``,
+    ``bytes``) unless the name ends with it already, then ``_total`` for a
+    counter (``oldest_pending`` is ``syncws_fanout_oldest_pending_seconds``).
+    """
     described = _attribute_docs(type(stats))
     families = []
     for field in dataclasses.fields(stats):
         kind = field.metadata.get("kind", "counter")
-        name = f"syncws_fanout_{field.name}" + ("_total" if kind == "counter" else "")
+        unit = field.metadata.get("unit")
+        name = f"syncws_fanout_{field.name}"
+        if unit is not None and not name.endswith(f"_{unit}"):
+            name += f"_{unit}"
+        if kind == "counter":
+            name += "_total"
         text = described.get(field.name, field.name.replace("_", " "))
+        # "(gauge)" tells a Python reader what TYPE tells Prometheus.
+        text = re.sub(r" \(gauge\)|(?<=\()gauge; ", "", text)
         families.append(Family(name, kind, f"Fan-out: {text}", [(labels, float(getattr(stats, field.name)))]))
     return families
 

@@ -428,3 +428,25 @@ def test_wsgi_refusals_count_by_status() -> None:
     after = metrics.wsgi_counters.snapshot()
     counted = {status: count - before.handshakes_refused.get(status, 0) for status, count in after.handshakes_refused.items()}
     assert {status: count for status, count in counted.items() if count} == {403: 1, 400: 1, 426: 1, 404: 1}
+
+
+def test_every_name_follows_prometheus_naming() -> None:
+    # https://prometheus.io/docs/practices/naming/: an application prefix;
+    # a unit suffix in base units, plural (seconds, bytes); "_total" on
+    # counters and only on them. syncws_fanout_oldest_pending had no unit.
+    from syncws.streams import StreamFanoutStats
+
+    text = metrics.render(ServerMetrics(1, 1, {1000: 1}, {403: 1}, 1, 1, 1, 1), fanouts=[StreamFanoutStats()])
+    types, _ = parse(text)
+    helps = dict(line[len("# HELP "):].split(" ", 1) for line in text.splitlines() if line.startswith("# HELP "))
+    assert "syncws_fanout_oldest_pending_seconds" in types
+    for name, kind in types.items():
+        assert re.fullmatch(r"syncws_[a-z]+(_[a-z]+)*", name), name
+        assert name.endswith("_total") == (kind == "counter"), name
+        stem = name[: -len("_total")] if kind == "counter" else name
+        described = helps[name].lower()
+        for unit, words in (("seconds", ("second",)), ("bytes", ("byte",))):
+            if any(word in described for word in words):
+                assert stem.endswith("_" + unit), f"{name}: {helps[name]}"
+        assert not re.search(r"_(milli|micro|kilo|mega)?(second|byte|ms|kb|mb)(_|$)", stem), name
+        assert helps[name] and "\n" not in helps[name] and "(gauge" not in helps[name], helps[name]
