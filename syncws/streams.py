@@ -273,8 +273,8 @@ _PAGE = 200
 # And the most bytes of messages in a page, going by the largest message of
 # the stream: a recovering member that doesn't read holds its page for as
 # long as each send may wait (timeout), and peers choose how many recover at
-# once and how large the history's messages are (200 of 512 KiB: 190 MiB
-# of memory per member, measured).
+# once and how large the history's messages are, so a count alone would let
+# them choose the memory each member holds.
 _PAGE_BYTES = 2**20
 
 # How long the reader's wake-up stream lives after its last use.
