@@ -394,3 +394,12 @@ def test_history_outlives_a_redis_restart(tmp_path: Path, background: "Backgroun
     # An id of no stream here: the client is told, then gets the history.
     with syncws.connect(uri + "?since=000000000000:1-0", timeout=TIMEOUT) as carol:
         assert texts(carol, 5)[:4] == [{"recovered": False}] + said
+    # Whoever connects names a room: its keys expire a day after its last
+    # message, or rooms made up by the thousand would fill Redis.
+    redis_py = pytest.importorskip("redis")
+    client = redis_py.Redis(host=HOST, port=ports["6379"])
+    try:
+        for key in ("syncws:s:kept", "syncws:m:kept"):
+            assert 0 < client.ttl(key) <= 86_400, key
+    finally:
+        client.close()

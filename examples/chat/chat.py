@@ -17,7 +17,8 @@ imported, in each process: on the Redis that ``CHAT_REDIS`` names, so that
 rooms span every process and machine using it, or within the process
 without it (one process only: with ``--processes``, each worker would have
 rooms of its own). ``CHAT_HISTORY=N`` keeps each room's last ``N``
-messages, as ``server.py --history N`` does (and its JSON protocol).
+messages, for a day at most, as ``server.py --history N`` does (and its
+JSON protocol).
 """
 
 from __future__ import annotations
@@ -33,7 +34,11 @@ _redis = os.environ.get("CHAT_REDIS")
 _history = os.environ.get("CHAT_HISTORY")
 fanout: Fanout
 if _redis and _history:
-    fanout = RedisStreamFanout(_redis, history=int(_history), encode=as_json, presence=True, on_gap=report_gap)
+    # Clients name the rooms: without max_age, each room made up would keep
+    # its history in Redis for ever.
+    fanout = RedisStreamFanout(
+        _redis, history=int(_history), max_age=86400.0, encode=as_json, presence=True, on_gap=report_gap
+    )
 elif _redis:
     fanout = RedisFanout(_redis, on_gap=report_gap)
 else:
