@@ -14,7 +14,7 @@ live in this process (:class:`syncws.fanout.LocalFanout`); with it, every
 process started with the same Redis URL shares them
 (:class:`syncws.fanout.RedisFanout`), so a load balancer may send the members
 of one room to different processes or machines. A Redis restart shorter than
-5 s (``publish_timeout``) costs no client its connection nor, as a rule, a
+``--publish-timeout`` (5 s) costs no client its connection nor, as a rule, a
 message; a message that can't be handed to Redis in that time is answered
 with a notice to its sender (``NOT_SENT``).
 
@@ -199,8 +199,8 @@ class ChatServer:
                 try:
                     self.fanout.publish(room, message)
                 except PublishError as exc:
-                    # Redis was unreachable for longer than publish_timeout
-                    # (5 s): the message didn't go. Say so, and stay.
+                    # Redis was unreachable for longer than
+                    # --publish-timeout: the message didn't go. Say so, and stay.
                     logger.warning("a message from %s was not sent: %s", websocket.remote_address, exc)
                     websocket.send(not_sent)
         finally:
@@ -241,6 +241,10 @@ def main(argv: Optional[list] = None) -> int:
         help="ping Redis this often, and give up on a connection silent this long (default: 5)",
     )
     parser.add_argument(
+        "--publish-timeout", type=float, default=5.0, metavar="SECONDS",
+        help="with --redis: how long a message waits for an unreachable Redis before its sender is told (default: 5)",
+    )
+    parser.add_argument(
         "--history", type=int, metavar="N",
         help="with --redis: keep each room's last N messages, and let clients recover what they missed",
     )
@@ -258,9 +262,13 @@ def main(argv: Optional[list] = None) -> int:
         fanout = RedisStreamFanout(
             args.redis, history=args.history, max_age=args.history_age, encode=as_json, presence=True,
             on_gap=report_gap, ping_interval=args.redis_ping, ping_timeout=args.redis_ping,
+            publish_timeout=args.publish_timeout,
         )
     elif args.redis:
-        fanout = RedisFanout(args.redis, on_gap=report_gap, ping_interval=args.redis_ping, ping_timeout=args.redis_ping)
+        fanout = RedisFanout(
+            args.redis, on_gap=report_gap, ping_interval=args.redis_ping, ping_timeout=args.redis_ping,
+            publish_timeout=args.publish_timeout,
+        )
     else:
         fanout = LocalFanout()
     chat = ChatServer(fanout)
