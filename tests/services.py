@@ -169,12 +169,17 @@ class Redis:
 
     Started again after :meth:`kill` or :meth:`stop`, it keeps its port and,
     persisting, what it had written to its append-only file in ``directory``.
+    ``appendfsync="always"`` for a test that kills it and counts on every
+    write it acknowledged: with ``everysec`` (Redis's default), a write made
+    while a background fsync runs is acknowledged before it is written, and
+    a SIGKILL then loses it.
     """
 
-    def __init__(self, directory: Path, persist: bool = False) -> None:
+    def __init__(self, directory: Path, persist: bool = False, appendfsync: str = "everysec") -> None:
         self.binary = find_program("redis-server")
         self.directory = directory
         self.persist = persist
+        self.appendfsync = appendfsync
         self.port = free_port()
         self.process: Optional[subprocess.Popen] = None
 
@@ -187,7 +192,8 @@ class Redis:
         self.process = subprocess.Popen(
             [
                 self.binary, "--port", str(self.port), "--bind", HOST, "--save", "",
-                "--appendonly", "yes" if self.persist else "no", "--dir", str(self.directory), "--protected-mode", "no",
+                "--appendonly", "yes" if self.persist else "no", "--appendfsync", self.appendfsync,
+                "--dir", str(self.directory), "--protected-mode", "no",
             ],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
