@@ -389,7 +389,8 @@ class RedisStreamFanout(Fanout):
 
     Every process that shares ``url`` (and ``prefix``) shares the channels.
     Needs Redis 6.2 or later; use one with ``appendonly yes`` for messages
-    to outlive a Redis restart. See the module docstring for how it works,
+    to outlive a Redis restart, and ``appendfsync always`` for them to
+    outlive its crash. See the module docstring for how it works,
     and docs/deployment.rst for what can still be lost.
 
     Args:

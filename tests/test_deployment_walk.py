@@ -383,7 +383,7 @@ def test_history_outlives_a_redis_restart(tmp_path: Path, background: "Backgroun
             ann.send(line)
         said = texts(ann, 3)
     assert [event["text"] for event in said] == ["one", "two", "three"]
-    redis.stop(signal.SIGKILL)  # what it acknowledged is in its append-only file
+    redis.stop(signal.SIGKILL)  # appendfsync always: its file has all it acknowledged
     redis = background(HISTORY_REDIS, ports, cwd=tmp_path)  # type: ignore[operator]
     wait_port(ports["6379"], process=redis.process)
     # Back with the first id: the two that followed, from the Redis restarted.
