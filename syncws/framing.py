@@ -241,7 +241,9 @@ def check_header(first: int, second: int, length: int, *, mask: bool, allow_rsv1
         # RSV1 has no meaning under permessage-deflate (RFC 7692 §6.1).
         if not first & 0x80:
             raise WebSocketProtocolError(f"fragmented control frame ({opcode.name})")
-        if length > MAX_CONTROL_PAYLOAD:
+        if second & 0x7F > MAX_CONTROL_PAYLOAD:
+            # The 7-bit length, not the decoded one: a control frame's
+            # length is never extended, even to say it is short.
             raise WebSocketProtocolError(
                 f"control frame too long: {opcode.name} with a 7-bit length of {second & 0x7F}"
             )

@@ -40,6 +40,7 @@ from syncws.core import (
 )
 from syncws.exceptions import ConnectionClosedError, ConnectionClosedOK, InvalidState
 from syncws.framing import Frame, Opcode, serialize_close
+from syncws.masking import apply_mask
 
 SIDES = ["client", "server"]
 
@@ -715,6 +716,19 @@ def test_too_long_control_frame_refused_from_its_header(side: str) -> None:
     core = make(side)
     events = core.receive_data(raw_frame(core, 0x80 | PONG, b"x" * 200)[:8])
     assert_failed(core, events, 1002, "control frame too long")
+
+
+@pytest.mark.parametrize("extended", [126, 127])
+def test_control_frame_with_an_extended_length_is_refused(side: str, extended: int) -> None:
+    # Its payload is short, but a control frame's length is never extended
+    # (RFC 6455 §5.5), as framing.read_frame refuses too.
+    core = make(side)
+    mask_bit = 0x80 if not core.is_client else 0
+    length = (5).to_bytes(2 if extended == 126 else 8, "big")
+    frame = bytes([0x80 | PING, mask_bit | extended]) + length
+    frame += MASK + apply_mask(b"hello", MASK) if mask_bit else b"hello"
+    events = core.receive_data(frame)
+    assert_failed(core, events, 1002, f"control frame too long: PING with a 7-bit length of {extended}")
 
 
 def test_ping_of_125_bytes_is_answered(side: str) -> None:
