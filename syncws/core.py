@@ -74,6 +74,7 @@ from .framing import (
     RSV1,
     Opcode,
     check_header,
+    decode_header,
     encode_frame,
     encode_frame_bytes,
     pack_frame,
@@ -174,8 +175,6 @@ class Failed(NamedTuple):
 
 
 Event = Union[str, bytes, Fragment, PongReceived, CloseReceived, Failed]
-
-_UNPACK_U64 = __import__("struct").Struct("!Q").unpack_from
 
 # Enum members as plain names, which the code below reads: on CPython 3.11,
 # reading State.OPEN costs a lookup through the enum's metaclass (about
@@ -534,31 +533,12 @@ class ConnectionCore:
                 count = len(events)
                 position = parse_simple_frames(buffer, position, end, masked, self._fast_limit, events)
                 self.messages_received += len(events) - count
-            if end - position < 2:
+            header = decode_header(buffer, position, end)
+            if header is None:
                 break
-            first = buffer[position]
-            second = buffer[position + 1]
-            length = second & 0x7F
-            header_size = 2
-            if length == 126:
-                header_size = 4
-            elif length == 127:
-                header_size = 10
-            if second & 0x80:
-                header_size += 4
-            if end - position < header_size:
-                break
-            if length == 126:
-                length = (buffer[position + 2] << 8) | buffer[position + 3]
-            elif length == 127:
-                (length,) = _UNPACK_U64(buffer, position + 2)
-            mask_key = (
-                bytes(buffer[position + header_size - 4 : position + header_size])
-                if second & 0x80
-                else None
-            )
+            first, second, length, start, mask_key = header
             opcode = self._check_header(first, second, length)
-            position += header_size
+            header_start, position = position, start
             if end - position >= length:
                 payload = buffer[position : position + length]
                 position += length
@@ -567,9 +547,9 @@ class ConnectionCore:
                 self._receive_frame(bool(first & 0x80), opcode, bool(first & 0x40), payload, events)
             else:
                 # A data frame longer than what arrived (a control frame is
-                # at most 127 bytes, so always whole here or still pending).
+                # short: always whole here, or still pending).
                 if opcode >= _CLOSE:
-                    position -= header_size
+                    position = header_start
                     break
                 self._start_partial(bool(first & 0x80), opcode, bool(first & 0x40), length, mask_key)
                 # A view: the payload's first bytes are copied once, into

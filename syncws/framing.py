@@ -15,8 +15,8 @@ This module is pure and never touches a socket. It holds:
   from a ``read_exact(n)`` callable and checks every rule of §5: test peers,
   tools and the benchmarks' raw clients use it. A live connection doesn't:
   :mod:`syncws.core` parses incrementally, from bytes split anywhere, with
-  :func:`parse_simple_frames` below for the common case and
-  :func:`check_header` for the rules.
+  :func:`parse_simple_frames` below for the common case, and
+  :func:`decode_header` then :func:`check_header` for every other frame.
 
 A frame holds only what matters after parsing: ``fin``, ``opcode``, the
 unmasked payload and the three reserved bits. The mask exists only while a
@@ -66,6 +66,7 @@ __all__ = [
     "RSV1",
     "read_frame",
     "check_header",
+    "decode_header",
     "encode_frame",
     "encode_frame_bytes",
     "pack_frame",
@@ -198,6 +199,50 @@ def read_frame(
         data = read_exact(length)
 
     return Frame(bool(first & 0x80), opcode, data, bool(first & 0x40), bool(first & 0x20), bool(first & 0x10))
+
+
+def decode_header(
+    buffer: BytesLike, position: int, end: int
+) -> Optional[Tuple[int, int, int, int, Optional[bytes]]]:
+    """Decode the frame header at ``position`` in ``buffer``, if it has all arrived.
+
+    The run-time twin of :func:`read_frame`'s header reading, for a parser
+    that gets bytes split anywhere (:mod:`syncws.core`'s). It checks no
+    rule: :func:`check_header` does, with what this returns.
+    ``tests/test_framing_speedups.py`` holds it, :func:`read_frame` and both
+    :func:`parse_simple_frames` to each other on random frames.
+
+    Args:
+        buffer: the received bytes.
+        position: where the header starts.
+        end: where the received bytes end.
+
+    Returns:
+        ``(first, second, length, start, mask_key)``: the header's two
+        bytes, the payload length (extended lengths decoded), where the
+        payload starts, and the masking key (``None`` for an unmasked
+        frame); ``None`` when the header isn't whole before ``end``.
+    """
+    if end - position < 2:
+        return None
+    first = buffer[position]
+    second = buffer[position + 1]
+    length = second & 0x7F
+    start = position + 2
+    if length == 126:
+        start += 2
+    elif length == 127:
+        start += 8
+    if second & 0x80:
+        start += 4
+    if start > end:
+        return None
+    if length == 126:
+        length = (buffer[position + 2] << 8) | buffer[position + 3]
+    elif length == 127:
+        (length,) = _UNPACK_U64_FROM(buffer, position + 2)
+    mask_key = bytes(buffer[start - 4 : start]) if second & 0x80 else None
+    return first, second, length, start, mask_key
 
 
 def check_header(first: int, second: int, length: int, *, mask: bool, allow_rsv1: bool) -> Opcode:

@@ -1,4 +1,4 @@
-"""Tests for the hot paths of syncws.framing: parse_simple_frames and pack_frame.
+"""Tests for the hot paths of syncws.framing: parse_simple_frames, decode_header, pack_frame.
 
 Every test runs on the pure-Python implementation and, whenever
 ``syncws._speedups`` imports, on the C one too (as in test_masking.py, CI
@@ -353,6 +353,68 @@ def test_parse_matches_read_frame(case: Tuple[bytes, int, int, bool, int]) -> No
         result = impl.parse_simple_frames(buffer, position, end, masked, limit, out)
         assert (result, out) == expected, impl.name
         assert [type(message) for message in out] == [type(message) for message in expected[1]], impl.name
+
+
+# -- decode_header, the connection's header decoder, against read_frame --------------
+
+
+def read_one(data: bytes, masked: bool) -> Any:
+    """read_frame on ``data``: the frame, or the exception it raised."""
+    stream = io.BytesIO(data)
+
+    def read_exact(size: int) -> bytes:
+        chunk = stream.read(size)
+        if len(chunk) < size:
+            raise EOFError
+        return chunk
+
+    try:
+        return read_frame(read_exact, mask=masked, allow_rsv1=True)
+    except (EOFError, WebSocketProtocolError) as exc:
+        return exc
+
+
+@st.composite
+def header_case(draw: st.DrawFn) -> Tuple[bytes, int, int]:
+    """A frame (of any first byte, either mask bit) with junk before it, and where the bytes end."""
+    data, _ = draw(frame_bytes(draw(st.booleans())))
+    before = draw(st.binary(max_size=3))
+    buffer = before + data + draw(st.binary(max_size=5))
+    end = draw(st.sampled_from([len(buffer), len(before) + len(data), draw(st.integers(len(before), len(buffer)))]))
+    return buffer, len(before), end
+
+
+@PROPERTY
+@given(case=header_case())
+def test_decode_header_matches_read_frame(case: Tuple[bytes, int, int]) -> None:
+    buffer, position, end = case
+    masked = bool(len(buffer) > position + 1 and buffer[position + 1] & 0x80)
+    header = framing.decode_header(buffer, position, end)
+    expected = read_one(buffer[position:end], masked)
+    if header is None:
+        # Not whole: read_frame runs out of bytes (or refuses the first two
+        # bytes, which it checks first).
+        assert isinstance(expected, (EOFError, WebSocketProtocolError))
+        if isinstance(expected, WebSocketProtocolError):
+            first, second = buffer[position : position + 2]
+            with pytest.raises(WebSocketProtocolError, match=str(expected)):
+                framing.check_header(first, second, second & 0x7F, mask=masked, allow_rsv1=True)
+        return
+    first, second, length, start, mask_key = header
+    assert (mask_key is not None) == masked
+    try:
+        opcode = framing.check_header(first, second, length, mask=masked, allow_rsv1=True)
+    except WebSocketProtocolError as exc:
+        assert isinstance(expected, WebSocketProtocolError) and str(expected) == str(exc)
+        return
+    if start + length > end:
+        assert isinstance(expected, EOFError)
+        return
+    payload = buffer[start : start + length]
+    if mask_key is not None:
+        payload = framing.apply_mask(payload, mask_key)
+    fin, rsv1, rsv2, rsv3 = (bool(first & bit) for bit in (0x80, 0x40, 0x20, 0x10))
+    assert expected == framing.Frame(fin, opcode, payload, rsv1, rsv2, rsv3)
 
 
 # -- the connection: batch parser against its general path alone ------------------
