@@ -25,15 +25,20 @@ and why) is passed in. So each rule is tested with bytes alone
 
 The rules it keeps, each in one place:
 
-1. **States** change only in :meth:`~ConnectionCore._set_state`, along
-   :data:`TRANSITIONS`: ``CONNECTING → OPEN → CLOSING → CLOSED``.
-   ``CLOSING`` starts when a close frame is sent or received; ``CLOSED`` when
-   the transport is gone.
-2. **Nothing follows our close frame** (§5.5.1): every send checks that none
-   was sent, and every frame goes through the one output buffer.
+1. **Phases** change only in :meth:`~ConnectionCore._set_phase`, along
+   :data:`PHASE_TRANSITIONS`. A :class:`Phase` says what the public
+   :class:`State` (``CONNECTING → OPEN → CLOSING → CLOSED``) can't: who
+   closed first, whether the connection failed or was abandoned; and
+   :data:`PHASES` says, for each, what it allows: whether messages may be
+   sent (:attr:`~ConnectionCore.can_send`) and whether input is parsed or
+   discarded (:attr:`~ConnectionCore.input_closed`). ``CLOSING`` starts when
+   a close frame is sent or received; ``CLOSED`` when the transport is gone.
+2. **Nothing follows our close frame** (§5.5.1): only ``OPEN`` can send, and
+   every frame goes through the one output buffer.
 3. **A failure stops the input** (§7.1.7): after :meth:`fail` (or a protocol
    error found here), further bytes are discarded, the peer's close frame
-   included.
+   included. Failing, abandoning and the end of TCP share one teardown
+   (:meth:`~ConnectionCore._end_input`).
 4. **Data after our close frame is dropped** (§1.4 allows it): a peer that
    keeps streaming while we close can't grow our memory.
 5. **Sizes** are checked before a payload is buffered: a frame's announced
@@ -57,7 +62,7 @@ from __future__ import annotations
 import codecs
 import enum
 import os
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, FrozenSet, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from .close_codes import OK_CLOSE_CODES, CloseCode, describe_close
 from .exceptions import (
@@ -87,6 +92,10 @@ from .payload import PayloadBuffer
 
 __all__ = [
     "State",
+    "Phase",
+    "PhaseRules",
+    "PHASES",
+    "PHASE_TRANSITIONS",
     "TRANSITIONS",
     "ConnectionCore",
     "Fragment",
@@ -110,12 +119,78 @@ class State(enum.IntEnum):
     CLOSED = 3
 
 
-#: The transitions a connection may make; every other one is a bug.
-TRANSITIONS: Dict[State, frozenset] = {  # type: ignore[type-arg]
-    State.CONNECTING: frozenset({State.OPEN, State.CLOSED}),
-    State.OPEN: frozenset({State.CLOSING, State.CLOSED}),
-    State.CLOSING: frozenset({State.CLOSED}),
-    State.CLOSED: frozenset(),
+class Phase(enum.Enum):
+    """Where a connection is in its life, as precisely as its rules need.
+
+    Each phase's :class:`PhaseRules` are in :data:`PHASES`; the moves
+    between phases in :data:`PHASE_TRANSITIONS`.
+    """
+
+    CONNECTING = "the opening handshake is under way"
+    OPEN = "messages go both ways"
+    CLOSE_SENT = "we closed first; the peer's close frame may come"
+    CLOSE_RECEIVED = "the peer closed first, and we answered"
+    CLOSE_EXCHANGED = "we closed first, and the peer answered"
+    FAILED = "we failed the connection (RFC 6455 §7.1.7)"
+    ABANDONED = "given up without a closing handshake"
+    CLOSED = "the transport is gone"
+
+
+class PhaseRules(NamedTuple):
+    """What a :class:`Phase` allows.
+
+    Attributes:
+        state: the public :class:`State` it belongs to.
+        can_send: whether messages (and pings, pongs, a close frame) may be
+            sent: only while open, since nothing may follow our close frame.
+        parses_input: whether received bytes are parsed; otherwise they are
+            counted and discarded (after the peer's close frame, a failure,
+            or when the connection was given up).
+    """
+
+    state: State
+    can_send: bool
+    parses_input: bool
+
+
+#: What each phase allows.
+PHASES: Dict[Phase, PhaseRules] = {
+    # Nothing is received before the handshake is done.
+    Phase.CONNECTING: PhaseRules(State.CONNECTING, can_send=False, parses_input=False),
+    Phase.OPEN: PhaseRules(State.OPEN, can_send=True, parses_input=True),
+    # Until the peer's close frame comes, its control frames are handled
+    # and its data dropped (rule 4).
+    Phase.CLOSE_SENT: PhaseRules(State.CLOSING, can_send=False, parses_input=True),
+    # Nothing may follow the peer's close frame.
+    Phase.CLOSE_RECEIVED: PhaseRules(State.CLOSING, can_send=False, parses_input=False),
+    Phase.CLOSE_EXCHANGED: PhaseRules(State.CLOSING, can_send=False, parses_input=False),
+    Phase.FAILED: PhaseRules(State.CLOSING, can_send=False, parses_input=False),
+    Phase.ABANDONED: PhaseRules(State.CLOSING, can_send=False, parses_input=False),
+    Phase.CLOSED: PhaseRules(State.CLOSED, can_send=False, parses_input=False),
+}
+
+_ENDING = frozenset({Phase.FAILED, Phase.ABANDONED, Phase.CLOSED})
+
+#: The moves a connection may make between phases; every other one is a bug.
+PHASE_TRANSITIONS: Dict[Phase, FrozenSet[Phase]] = {
+    Phase.CONNECTING: frozenset({Phase.OPEN, Phase.CLOSED}),
+    Phase.OPEN: frozenset({Phase.CLOSE_SENT, Phase.CLOSE_RECEIVED}) | _ENDING,
+    Phase.CLOSE_SENT: frozenset({Phase.CLOSE_EXCHANGED}) | _ENDING,
+    Phase.CLOSE_RECEIVED: _ENDING,
+    Phase.CLOSE_EXCHANGED: _ENDING,
+    Phase.FAILED: frozenset({Phase.ABANDONED, Phase.CLOSED}),
+    Phase.ABANDONED: frozenset({Phase.CLOSED}),
+    Phase.CLOSED: frozenset(),
+}
+
+#: The transitions of the public :class:`State`, as the phases' make them.
+TRANSITIONS: Dict[State, FrozenSet[State]] = {
+    state: frozenset(
+        PHASES[target].state
+        for phase, targets in PHASE_TRANSITIONS.items() if PHASES[phase].state is state
+        for target in targets if PHASES[target].state is not state
+    )
+    for state in State
 }
 
 
@@ -176,10 +251,11 @@ class Failed(NamedTuple):
 
 Event = Union[str, bytes, Fragment, PongReceived, CloseReceived, Failed]
 
+
 # Enum members as plain names, which the code below reads: on CPython 3.11,
 # reading State.OPEN costs a lookup through the enum's metaclass (about
 # 100 ns), and every connection reads a few dozen of them.
-_CONNECTING, _OPEN, _CLOSING, _CLOSED = State.CONNECTING, State.OPEN, State.CLOSING, State.CLOSED
+_CONNECTING, _OPEN, _CLOSED = State.CONNECTING, State.OPEN, State.CLOSED
 _CONT, _TEXT, _BINARY = Opcode.CONT, Opcode.TEXT, Opcode.BINARY
 _CLOSE, _PING, _PONG = Opcode.CLOSE, Opcode.PING, Opcode.PONG
 _NO_STATUS_RCVD = CloseCode.NO_STATUS_RCVD
@@ -326,7 +402,7 @@ class ConnectionCore:
 
     __slots__ = (
         "is_client", "max_message_size", "max_fragment_size", "join_limit", "_fast_limit", "deflate",
-        "state", "close_rcvd", "close_sent", "bytes_received", "bytes_sent", "messages_received",
+        "phase", "state", "can_send", "close_rcvd", "close_sent", "bytes_received", "bytes_sent", "messages_received",
         "messages_sent", "_cause", "_pending", "_partial", "_message", "_held", "input_closed", "simple_input",
         "sending_fragmented", "_sending_compressed", "_pings", "outgoing", "_mask_pool", "_mask_position",
     )
@@ -351,7 +427,16 @@ class ConnectionCore:
             _NO_LIMIT if limit is None else limit for limit in (max_message_size, max_fragment_size)
         )
         self.deflate = deflate
+        #: The :class:`Phase`; only :meth:`_set_phase` changes it, and with
+        #: it the three attributes that follow, its :data:`PHASES` rules,
+        #: kept as plain attributes for the paths that read them for every
+        #: message.
+        self.phase = Phase.CONNECTING
+        #: The public :class:`State`.
         self.state = _CONNECTING
+        #: Whether messages (and pings, pongs, a close frame) may be sent:
+        #: only while ``OPEN``, since nothing may follow our close frame.
+        self.can_send = False
         #: ``(code, reason)`` of the close frame received, or ``None``.
         self.close_rcvd: Optional[Tuple[int, str]] = None
         #: ``(code, reason)`` of the close frame sent (or that we tried to
@@ -372,12 +457,11 @@ class ConnectionCore:
         # Frames of the current message received in this batch of input,
         # not emitted yet (see _deliver).
         self._held: List[Data] = []
-        #: ``True`` once no more input is processed: the peer's close frame
-        #: arrived (nothing may follow it), or the connection failed or was
-        #: abandoned. Only the end of TCP matters then. Read it; the core
-        #: sets it. (A plain attribute: the reader thread reads it after
-        #: every read.)
-        self.input_closed = False
+        #: ``True`` while input is discarded unparsed: before the opening
+        #: handshake is done, and once the peer's close frame arrived
+        #: (nothing may follow it) or the connection failed or was
+        #: abandoned. Only the end of TCP matters then.
+        self.input_closed = True
         #: ``True`` when the events the last :meth:`receive_data` (or
         #: :meth:`buffer_updated`) returned are all whole messages (``str``
         #: or ``bytes``: no fragment, no control event) and its input ended
@@ -405,10 +489,21 @@ class ConnectionCore:
 
     # -- state -----------------------------------------------------------------
 
-    def _set_state(self, state: State) -> None:
-        """Move to ``state``: the one place where the state changes."""
-        assert state in TRANSITIONS[self.state], f"{self.state.name} -> {state.name}"
-        self.state = state
+    def _set_phase(self, phase: Phase) -> None:
+        """Move to ``phase``: the one place where the phase, and the state, change.
+
+        Input that the new phase discards leaves nothing of itself behind:
+        the partial frame and the pending bytes are dropped.
+        """
+        assert phase in PHASE_TRANSITIONS[self.phase], f"{self.phase.name} -> {phase.name}"
+        rules = PHASES[phase]
+        self.phase = phase
+        self.state = rules.state
+        self.can_send = rules.can_send
+        self.input_closed = not rules.parses_input
+        if self.input_closed:
+            self._partial = None
+            self._pending = b""
 
     def open(self, deflate: Any = None) -> None:
         """Start the connection once the opening handshake succeeded.
@@ -418,7 +513,7 @@ class ConnectionCore:
         """
         if deflate is not None:
             self.deflate = deflate
-        self._set_state(_OPEN)
+        self._set_phase(Phase.OPEN)
 
     @property
     def close_code(self) -> Optional[int]:
@@ -825,7 +920,7 @@ class ConnectionCore:
         data = bytes(payload)
         if opcode is _PING:
             # Answered unless we closed: nothing may follow our close frame.
-            if self.close_sent is None and self.state is _OPEN:
+            if self.can_send:
                 outgoing = self.outgoing
                 if len(outgoing) >= _MAX_UNSENT_PONGS:
                     # Frames stay in the buffer only while a send, blocked on
@@ -842,15 +937,15 @@ class ConnectionCore:
         else:
             code, reason = parse_close(data)
             self.close_rcvd = (code, reason)
-            self.input_closed = True
-            if self.close_sent is None and self.state is _OPEN:
+            if self.can_send:
                 # Echo the code (RFC 6455 §5.5.1); a close frame without one
                 # is answered with an empty one.
                 echo = b"" if code == _NO_STATUS_RCVD else serialize_close(code, reason)
                 self.close_sent = (code, reason)
                 self._write_frame(_CLOSE, echo)
-            if self.state is _OPEN:
-                self._set_state(_CLOSING)
+                self._set_phase(Phase.CLOSE_RECEIVED)
+            else:  # the one other phase that parses input
+                self._set_phase(Phase.CLOSE_EXCHANGED)
             events.append(CloseReceived(code, reason))
 
     def _acknowledge_pings(self, data: bytes) -> List[Any]:
@@ -878,18 +973,26 @@ class ConnectionCore:
             cause: why, for :attr:`close_reason` when no close frame
                 arrived (a close frame's reason or an earlier cause wins).
         """
-        if not self._cause:
-            if cause:
-                self._cause = cause
-            elif self.close_sent is not None and self.close_rcvd is None:
-                self._cause = f"no close frame received after sending {describe_close(*self.close_sent)}"
+        if not cause:
+            if self.close_sent is not None and self.close_rcvd is None:
+                cause = f"no close frame received after sending {describe_close(*self.close_sent)}"
             else:
-                self._cause = "TCP closed without a close frame"
-        self.input_closed = True
-        self._partial = None
-        self._pending = b""
-        if self.state is not _CLOSED:
-            self._set_state(_CLOSED)
+                cause = "TCP closed without a close frame"
+        self._end_input(cause, Phase.CLOSED)
+
+    def _end_input(self, cause: str, phase: Phase) -> None:
+        """The one teardown: remember ``cause`` (the first one wins) and move to ``phase``.
+
+        :meth:`fail`, :meth:`abandon` and :meth:`receive_eof` end here; the
+        phase they move to discards the input (see :meth:`_set_phase`).
+        A move that :data:`PHASE_TRANSITIONS` doesn't allow is no move: the
+        teardown may come twice, and a connection given up isn't failed
+        after all, nor does a closed one reopen.
+        """
+        if not self._cause:
+            self._cause = cause
+        if phase in PHASE_TRANSITIONS[self.phase]:
+            self._set_phase(phase)
 
     # -- output ------------------------------------------------------------------
 
@@ -904,12 +1007,11 @@ class ConnectionCore:
             self.outgoing = []
         return outgoing
 
-    def _check_open(self) -> None:
-        """Refuse to send once a close frame was sent (or before the handshake)."""
-        if self.state is not _OPEN or self.close_sent is not None:
-            if self.state is _CONNECTING:
-                raise InvalidState("the opening handshake isn't done yet")
-            raise InvalidState(f"the connection is {self.state.name.lower()}")
+    def _cannot_send(self) -> InvalidState:
+        """Why nothing may be sent now (:attr:`can_send` is ``False``)."""
+        if self.state is _CONNECTING:
+            return InvalidState("the opening handshake isn't done yet")
+        return InvalidState(f"the connection is {self.state.name.lower()}")
 
     def send_data(
         self,
@@ -939,8 +1041,8 @@ class ConnectionCore:
             UnicodeEncodeError: a ``str`` payload has a lone surrogate
                 (nothing is sent).
         """
-        if self.state is not _OPEN or self.close_sent is not None:
-            self._check_open()
+        if not self.can_send:
+            raise self._cannot_send()
         data = payload.encode() if isinstance(payload, str) else payload
         deflate = self.deflate
         if self.sending_fragmented:
@@ -984,8 +1086,8 @@ class ConnectionCore:
         if self.sending_fragmented:
             return None
         if self.deflate is None and (self.is_client or len(payload) <= self.join_limit):
-            if self.state is not _OPEN or self.close_sent is not None:
-                self._check_open()
+            if not self.can_send:
+                raise self._cannot_send()
             # _write_frame()'s data frame in one bytes object, inline (a
             # deliberate copy of its few lines): one call less for every
             # message sent, about 10% of a small send()'s instructions. A
@@ -1027,7 +1129,8 @@ class ConnectionCore:
                 payload is too long.
             InvalidState: the connection isn't open.
         """
-        self._check_open()
+        if not self.can_send:
+            raise self._cannot_send()
         if data is None:
             data = os.urandom(4)
             while data in self._pings:
@@ -1048,7 +1151,8 @@ class ConnectionCore:
             ValueError: the payload is over 125 bytes.
             InvalidState: the connection isn't open.
         """
-        self._check_open()
+        if not self.can_send:
+            raise self._cannot_send()
         self._write_frame(_PONG, data)
 
     def send_close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
@@ -1064,10 +1168,11 @@ class ConnectionCore:
                 isn't open.
         """
         payload = serialize_close(code, reason)
-        self._check_open()
+        if not self.can_send:
+            raise self._cannot_send()
         self.close_sent = (code, reason)
         self._write_frame(_CLOSE, payload)
-        self._set_state(_CLOSING)
+        self._set_phase(Phase.CLOSE_SENT)
 
     def fail(self, code: int, reason: str) -> None:
         """Fail the connection (RFC 6455 §7.1.7): close with ``code``, stop reading.
@@ -1085,16 +1190,10 @@ class ConnectionCore:
         """
         reason = _truncate_reason(reason)
         payload = serialize_close(code, reason)  # validates before any effect
-        if not self._cause:
-            self._cause = reason
-        self.input_closed = True
-        self._partial = None
-        self._pending = b""
-        if self.state is _OPEN and self.close_sent is None:
+        if self.can_send:
             self.close_sent = (code, reason)
             self._write_frame(_CLOSE, payload)
-        if self.state is _OPEN:
-            self._set_state(_CLOSING)
+        self._end_input(reason, Phase.CLOSED if self.state is _CONNECTING else Phase.FAILED)
 
     def abandon(self, cause: str) -> None:
         """Give up on the connection without a closing handshake.
@@ -1108,13 +1207,7 @@ class ConnectionCore:
         Args:
             cause: why, for :attr:`close_reason`.
         """
-        if not self._cause:
-            self._cause = cause
-        self.input_closed = True
-        if self.state is _CONNECTING:
-            self._set_state(_CLOSED)
-        elif self.state is _OPEN:
-            self._set_state(_CLOSING)
+        self._end_input(cause, Phase.CLOSED if self.state is _CONNECTING else Phase.ABANDONED)
 
     def _new_mask_pool(self) -> int:
         """Draw a new pool of random bytes for masking keys; return the first key's offset.

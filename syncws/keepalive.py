@@ -31,7 +31,6 @@ import time
 from typing import Callable, Optional
 
 from . import timers
-from .core import State
 from .messages import MessageQueue
 from .writer import Writer
 
@@ -101,7 +100,7 @@ class Keepalive:
     def _ping(self) -> None:
         """Timer callback: send a ping and schedule the next one."""
         core = self.writer.core
-        if core.state is not State.OPEN:
+        if not core.can_send:
             return
         self._timer = timers.call_later(self.interval, self._ping)
         # Read without the core's lock: a count that lags by a message only
@@ -129,7 +128,7 @@ class Keepalive:
             ping_end: where the ping ended in the TCP stream; ``None`` where
                 the system can't tell.
         """
-        if event.is_set() or self.writer.core.state is not State.OPEN:
+        if event.is_set() or not self.writer.core.can_send:
             return
         if self.messages.put_waiting and self._acknowledged(ping_end):
             return  # alive: its pong waits behind data we don't read yet

@@ -304,7 +304,7 @@ class WebSocketCommonProtocol:
     @property
     def open(self) -> bool:
         """``True`` while messages can be sent (the state is ``OPEN``)."""
-        return self._core.state is State.OPEN
+        return self._core.can_send
 
     @property
     def closed(self) -> bool:
@@ -761,7 +761,7 @@ class WebSocketCommonProtocol:
             give_up_at: when to stop retrying (a ``time.monotonic()``
                 value); ``close_timeout`` from now by default.
         """
-        if self._core.state is not State.OPEN:
+        if not self._core.can_send:
             return
         if give_up_at is None:
             give_up_at = time.monotonic() + (self.close_timeout or 0)

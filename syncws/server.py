@@ -34,7 +34,6 @@ from .handlers import takes_path
 from .metrics import ServerMetrics
 from .logs import format_address, set_connection
 from .opening import ServerPolicy
-from .protocol import State
 from .serverprotocol import ProcessRequest, SelectSubprotocol, send_http_answer
 from .settings import SizeSetting, check_settings
 from .transport import Transport
@@ -152,7 +151,7 @@ class WebSocketServer:
     def connections(self) -> Set[WebSocketServerProtocol]:
         """The connections that are open, as a new set."""
         with self._lock:
-            return {c for c in self._connections if c.state is State.OPEN}
+            return {c for c in self._connections if c.open}
 
     def _accept_loop(self, listener: socket.socket, selector: selectors.BaseSelector, wakeup: socket.socket) -> None:
         """An accept thread: admit new connections to their opening handshake."""

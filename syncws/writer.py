@@ -306,7 +306,7 @@ class Writer:
             return None
         try:
             with self.core_lock:
-                closing = self.core.state is State.OPEN and self.core.close_sent is None
+                closing = self.core.can_send
                 if closing:
                     self.core.send_close(code, reason)
                 data = self.core.data_to_send()

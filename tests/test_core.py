@@ -13,6 +13,7 @@ import random
 import socket
 import tracemalloc
 import zlib
+from typing import Any, List
 
 import pytest
 
@@ -30,7 +31,10 @@ from core_helpers import (  # noqa: F401  (no_sockets is an autouse fixture)
     sent,
 )
 from syncws.core import (
+    PHASE_TRANSITIONS,
+    PHASES,
     TRANSITIONS,
+    Phase,
     CloseReceived,
     ConnectionCore,
     Failed,
@@ -122,15 +126,76 @@ def test_open_twice_asserts() -> None:
 def test_illegal_transition_asserts() -> None:
     core = make()
     with pytest.raises(AssertionError, match="OPEN -> CONNECTING"):
-        core._set_state(State.CONNECTING)
+        core._set_phase(Phase.CONNECTING)
 
 
 def test_closed_is_terminal() -> None:
     core = make()
     core.receive_eof()
-    for state in State:
+    for phase in Phase:
         with pytest.raises(AssertionError):
-            core._set_state(state)
+            core._set_phase(phase)
+
+
+def test_phases_never_go_back() -> None:
+    order = list(Phase)
+    for phase, targets in PHASE_TRANSITIONS.items():
+        assert all(order.index(target) > order.index(phase) for target in targets), phase
+        assert all(PHASES[target].state >= PHASES[phase].state for target in targets), phase
+
+
+def test_only_open_can_send_and_closing_says_who_closed() -> None:
+    assert [phase for phase, rules in PHASES.items() if rules.can_send] == [Phase.OPEN]
+    assert [phase for phase, rules in PHASES.items() if rules.parses_input] == [Phase.OPEN, Phase.CLOSE_SENT]
+    assert set(PHASES) == set(Phase) == set(PHASE_TRANSITIONS)
+
+
+def _phases(core: ConnectionCore, *steps: Any) -> List[Phase]:
+    """The phase after each step."""
+    phases = [core.phase]
+    for step in steps:
+        step()
+        phases.append(core.phase)
+    return phases
+
+
+def test_phases_of_each_way_to_close(side: str) -> None:
+    ours = make(side)
+    assert _phases(
+        ours, ours.send_close, lambda: ours.receive_data(peer_frame(ours, CLOSE, serialize_close(1000))),
+        ours.receive_eof,
+    ) == [Phase.OPEN, Phase.CLOSE_SENT, Phase.CLOSE_EXCHANGED, Phase.CLOSED]
+    theirs = make(side)
+    assert _phases(
+        theirs, lambda: theirs.receive_data(peer_frame(theirs, CLOSE, b"")), theirs.receive_eof,
+    ) == [Phase.OPEN, Phase.CLOSE_RECEIVED, Phase.CLOSED]
+    failed = make(side)
+    assert _phases(
+        failed, lambda: failed.fail(1011, "bug"), lambda: failed.abandon("gone"), failed.receive_eof,
+    ) == [Phase.OPEN, Phase.FAILED, Phase.ABANDONED, Phase.CLOSED]
+    abandoned = make(side)
+    assert _phases(abandoned, lambda: abandoned.abandon("gone"), lambda: abandoned.fail(1011, "bug")) == [
+        Phase.OPEN, Phase.ABANDONED, Phase.ABANDONED,
+    ]
+    assert output(abandoned) == b""  # nothing follows a connection given up
+
+
+def test_can_send_and_input_closed_follow_the_phase(side: str) -> None:
+    core = make(side, opened=False)
+    assert (core.can_send, core.input_closed) == (False, True)
+    core.open()
+    assert (core.can_send, core.input_closed) == (True, False)
+    core.send_close()
+    assert (core.can_send, core.input_closed) == (False, False)
+    core.receive_data(peer_frame(core, CLOSE, b""))
+    assert (core.can_send, core.input_closed) == (False, True)
+
+
+def test_fail_while_connecting_closes() -> None:
+    core = make(opened=False)
+    core.fail(1002, "bad")
+    assert core.state is State.CLOSED and output(core) == b""
+    assert (core.close_code, core.close_reason) == (1006, "bad")
 
 
 def test_send_before_open_is_invalid_state(side: str) -> None:
