@@ -271,8 +271,8 @@ _NO_LIMIT = 2**63
 _FIN_TEXT, _FIN_BINARY = FIN | _TEXT, FIN | _BINARY
 # Random bytes drawn at a time for masking keys: one system call per 256 frames.
 _MASK_POOL_SIZE = 1024
-# The most pongs that wait to be written; past it, the newest ping's pong
-# replaces the last one (see _receive_control). 64 pongs are 8 KiB at most.
+# The most frames that wait to be written before a ping's pong replaces
+# the newest pong waiting, rather than joining it (see _receive_control).
 _MAX_UNSENT_PONGS = 64
 
 
@@ -405,6 +405,7 @@ class ConnectionCore:
         "phase", "state", "can_send", "close_rcvd", "close_sent", "bytes_received", "bytes_sent", "messages_received",
         "messages_sent", "_cause", "_pending", "_partial", "_message", "_held", "input_closed", "simple_input",
         "sending_fragmented", "_sending_compressed", "_pings", "outgoing", "_mask_pool", "_mask_position",
+        "_last_pong",
     )
 
     def __init__(
@@ -481,6 +482,8 @@ class ConnectionCore:
         #: Serialized frames waiting to be written, in order (headers and
         #: payloads); :meth:`data_to_send` takes them.
         self.outgoing: List[BytesLike] = []
+        # The last pong put there, replaced when too many frames wait.
+        self._last_pong: Optional[BytesLike] = None
         # Random bytes for masking keys (RFC 6455 §5.3), drawn 1 KiB at a
         # time: one system call per 256 frames instead of one per frame. The
         # next key's offset; at the end, the first frame draws the pool.
@@ -922,16 +925,16 @@ class ConnectionCore:
             # Answered unless we closed: nothing may follow our close frame.
             if self.can_send:
                 outgoing = self.outgoing
-                if len(outgoing) >= _MAX_UNSENT_PONGS:
-                    # Frames stay in the buffer only while a send, blocked on
-                    # a peer that doesn't read, holds the writer, and they
-                    # are all our pongs (other threads take their frames at
-                    # once; after a close frame no pong is made). A peer
-                    # that pings meanwhile would grow them without bound:
-                    # past the limit, only the newest ping is answered, as
-                    # RFC 6455 §5.5.3 allows.
+                if len(outgoing) >= _MAX_UNSENT_PONGS and outgoing[-1] is self._last_pong:
+                    # Nobody takes the output (a send blocked on a peer that
+                    # doesn't read holds the writer), and a peer that pings
+                    # meanwhile would grow our pongs without bound: past the
+                    # limit, the newest pong waiting answers only the newest
+                    # ping, as RFC 6455 §5.5.3 allows. Only a pong is
+                    # replaced: whatever else waits is someone's to send.
                     outgoing.pop()
                 self._write_frame(_PONG, data)
+                self._last_pong = self.outgoing[-1]
         elif opcode is _PONG:
             events.append(PongReceived(data, self._acknowledge_pings(data)))
         else:

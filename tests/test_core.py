@@ -833,6 +833,19 @@ def test_unsent_pongs_are_bounded_the_newest_ping_answered(side: str) -> None:
     assert sent(core) == [Frame(True, PONG, b"next")]
 
 
+def test_unsent_pongs_bound_replaces_only_a_pong(side: str) -> None:
+    """Past the bound, a pong replaces the newest pong waiting, never another frame."""
+    core = make(side)
+    core.receive_data(b"".join(peer_frame(core, PING, b"%d" % number) for number in range(63)))
+    core.send_data(b"data", text=False)  # left in the buffer, as a writer never does today
+    core.receive_data(peer_frame(core, PING, b"63") + peer_frame(core, PING, b"64"))
+    assert sent(core) == [
+        *(Frame(True, PONG, b"%d" % number) for number in range(63)),
+        Frame(True, Opcode.BINARY, b"data"),
+        Frame(True, PONG, b"64"),
+    ]
+
+
 def test_control_frame_split_across_receives(side: str) -> None:
     core = make(side)
     data = peer_frame(core, PING, b"hello")
