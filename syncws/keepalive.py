@@ -44,8 +44,16 @@ def _nothing() -> None:
 class Keepalive:
     """The keepalive pings of one connection.
 
+    It uses the connection's writer (:class:`~syncws.writer.Writer`) only
+    through :meth:`~syncws.writer.Writer.write` with ``now`` (a ping must
+    never block the timer thread), :attr:`~syncws.writer.Writer.can_send`
+    and :meth:`~syncws.writer.Writer.send_progress`.
+
     Args:
         writer: the connection's write side.
+        received: the count of messages received from the peer (read
+            without a lock: a count that lags by a message only moves a
+            ping by one interval).
         interval: seconds between pings.
         timeout: seconds to wait for a pong; ``None`` never gives up.
         messages: the connection's message queue: while the reader thread
@@ -56,13 +64,14 @@ class Keepalive:
     """
 
     __slots__ = (
-        "writer", "interval", "timeout", "messages", "on_timeout", "pings_sent", "pings_missed", "_timer",
-        "_received",
+        "writer", "received", "interval", "timeout", "messages", "on_timeout", "pings_sent", "pings_missed",
+        "_timer", "_received",
     )
 
     def __init__(
         self,
         writer: Writer,
+        received: Callable[[], int],
         *,
         interval: float,
         timeout: Optional[float],
@@ -70,6 +79,7 @@ class Keepalive:
         on_timeout: Callable[[], None],
     ) -> None:
         self.writer = writer
+        self.received = received
         self.interval = interval
         self.timeout = timeout
         self.messages = messages
@@ -83,7 +93,7 @@ class Keepalive:
 
     def start(self) -> None:
         """Schedule the first ping."""
-        self._received = self.writer.core.messages_received
+        self._received = self.received()
         self._timer = timers.call_later(self.interval, self._ping)
 
     def stop(self) -> None:
@@ -99,24 +109,21 @@ class Keepalive:
 
     def _ping(self) -> None:
         """Timer callback: send a ping and schedule the next one."""
-        core = self.writer.core
-        if not core.can_send:
+        if not self.writer.can_send:
             return
         self._timer = timers.call_later(self.interval, self._ping)
-        # Read without the core's lock: a count that lags by a message only
-        # moves a ping by one interval.
-        received = core.messages_received
+        received = self.received()
         if received != self._received:
             self._received = received
             return  # a message came since the last look: the peer is alive
         event = threading.Event()
-        if not self.writer.try_now(lambda core: core.send_ping(None, (event, time.monotonic()))):
+        if not self.writer.write(lambda core: core.send_ping(None, (event, time.monotonic())), now=True):
             return  # a send is under way: its own deadline watches the peer
         self.pings_sent += 1
         if self.timeout is not None:
             # Where the ping ends in the stream (or a little further, should
             # another thread have written since): for _check.
-            progress = self.writer.transport.send_progress()
+            progress = self.writer.send_progress()
             ping_end = None if progress is None else progress[1]
             timers.call_later(self.timeout, lambda: self._check(event, ping_end))
 
@@ -128,7 +135,7 @@ class Keepalive:
             ping_end: where the ping ended in the TCP stream; ``None`` where
                 the system can't tell.
         """
-        if event.is_set() or not self.writer.core.can_send:
+        if event.is_set() or not self.writer.can_send:
             return
         if self.messages.put_waiting and self._acknowledged(ping_end):
             return  # alive: its pong waits behind data we don't read yet
@@ -137,5 +144,5 @@ class Keepalive:
 
     def _acknowledged(self, ping_end: Optional[int]) -> bool:
         """Whether the peer's TCP acknowledged the stream up to ``ping_end``; ``True`` when unknown."""
-        progress = self.writer.transport.send_progress()
+        progress = self.writer.send_progress()
         return ping_end is None or progress is None or progress[0] >= ping_end

@@ -403,8 +403,9 @@ class WebSocketCommonProtocol:
         # Keepalive first: the reader may end the connection (and stop
         # keepalive) before threadpool.start() even returns.
         if self.ping_interval is not None:
+            core = self._core  # the count's closure holds the core, not the connection
             self._keepalive = Keepalive(
-                self._writer, interval=self.ping_interval, timeout=self.ping_timeout,
+                self._writer, lambda: core.messages_received, interval=self.ping_interval, timeout=self.ping_timeout,
                 messages=self._messages, on_timeout=self._keepalive_timed_out,
             )
             self._keepalive.start()
@@ -589,7 +590,10 @@ class WebSocketCommonProtocol:
             outgoing = prepare_message(message, text)
             if outgoing.fragments is not None:
                 try:
-                    self._send(Writer.send_fragments, outgoing.fragments, outgoing.text, compress, timeout)
+                    try:
+                        self._open_writer().send_fragments(outgoing.fragments, outgoing.text, compress, timeout)
+                    except (InvalidState, OSError) as exc:
+                        self._raise_refused(exc)
                 except (OSError, InvalidState, ConcurrencyError):
                     raise  # nothing was sent, or the connection is already gone
                 except Exception:
@@ -609,13 +613,20 @@ class WebSocketCommonProtocol:
         except (InvalidState, OSError) as exc:
             self._raise_refused(exc)
 
-    def _send(self, method: Callable[..., Any], *args: Any) -> Any:
-        """Call ``method(writer, *args)``; report a refused send as the closed connection."""
-        writer = self._writer
-        if writer is None:
+    def _open_writer(self) -> Writer:
+        """The writer, once the opening handshake gave the connection one."""
+        if self._writer is None:
             raise InvalidState("the opening handshake isn't done yet")
+        return self._writer
+
+    def _write(self, produce: Callable[[ConnectionCore], Any]) -> None:
+        """Have the core make frames with ``produce(core)`` and write them (ping, pong).
+
+        A refused send is reported as the closed connection (see :meth:`_raise_refused`).
+        """
+        writer = self._open_writer()
         try:
-            return method(writer, *args)
+            writer.write(produce, deadline=writer.deadline())
         except (InvalidState, OSError) as exc:
             self._raise_refused(exc)
 
@@ -658,8 +669,11 @@ class WebSocketCommonProtocol:
             raise TypeError(f"broadcast() sends str or bytes-like messages, not {type(message).__name__}")
         if not self.open:
             return False  # a worker thread will report why
-        payload, is_text = outgoing.payload, outgoing.text
-        return bool(self._send(lambda writer: writer.send_message(payload, is_text, None, timeout, nowait=True)))
+        writer = self._open_writer()
+        try:
+            return writer.send_message(outgoing.payload, outgoing.text, None, timeout, nowait=True)
+        except (InvalidState, OSError) as exc:
+            self._raise_refused(exc)
 
     def ping(self, data: Union[str, bytes, None] = None) -> threading.Event:
         """Send a ping.
@@ -687,7 +701,7 @@ class WebSocketCommonProtocol:
             # Counted under the core's lock: pings may come from several threads.
             self._pings_sent += 1
 
-        self._send(Writer.send, produce, None)
+        self._write(produce)
         return event
 
     def pong(self, data: Union[str, bytes] = b"") -> None:
@@ -703,7 +717,7 @@ class WebSocketCommonProtocol:
                 ``write_timeout``; the connection is aborted.
         """
         payload = data.encode() if isinstance(data, str) else bytes(data)
-        self._send(Writer.send, lambda core: core.send_pong(payload), None)
+        self._write(lambda core: core.send_pong(payload))
 
     # -- closing -------------------------------------------------------------
 
@@ -735,10 +749,19 @@ class WebSocketCommonProtocol:
             # nothing to send, and the reader thread is ending.
             self._wait_reader()
             return
+
+        def produce(core: ConnectionCore) -> None:
+            if core.can_send:  # else a close frame was sent (or the connection failed)
+                core.send_close(code, reason)
+                self._arm_close_timer()  # before the write, which may block
+
         # A send stuck on a peer that stopped reading holds the write lock:
         # wait for it no longer than the closing handshake may take.
-        sent = writer.send_close(code, reason, self.close_timeout, on_sent=self._start_close_timer)
-        if sent is None:
+        try:
+            had_lock = writer.write(produce, deadline=writer.deadline(self.close_timeout), lock_wait=self.close_timeout)
+        except OSError:
+            had_lock = True  # the transport is aborted: the reader ends
+        if not had_lock:
             self.abort(f"close({code}) gave up waiting for a send blocked on the peer")
         # The reader must keep reading to see the peer's close frame, even if
         # nobody consumes messages any more.
@@ -766,7 +789,7 @@ class WebSocketCommonProtocol:
         if give_up_at is None:
             give_up_at = time.monotonic() + (self.close_timeout or 0)
         assert self._writer is not None
-        if self._writer.try_now(lambda core: core.send_close(code, reason)):
+        if self._writer.write(lambda core: core.send_close(code, reason), now=True):
             self._start_close_timer()
             self._messages.unbound()
         elif time.monotonic() < give_up_at:
@@ -823,13 +846,15 @@ class WebSocketCommonProtocol:
         at once: the core's lock makes the look and the arming one step, so
         only one timer is armed, and none once :meth:`_finish` has cancelled it.
         """
-        if self.close_timeout is None:
-            return
         with self._core_lock:
-            if self._close_timer is None and self._core.state is not State.CLOSED:
-                self._close_timer = timers.call_later(
-                    self.close_timeout, lambda: self.abort("the closing handshake timed out")
-                )
+            self._arm_close_timer()
+
+    def _arm_close_timer(self) -> None:
+        """:meth:`_start_close_timer` for a caller that holds the core's lock."""
+        if self.close_timeout is not None and self._close_timer is None and self._core.state is not State.CLOSED:
+            self._close_timer = timers.call_later(
+                self.close_timeout, lambda: self.abort("the closing handshake timed out")
+            )
 
     def _keepalive_timed_out(self) -> None:
         """Keepalive callback (timer thread): the peer stopped answering pings."""
@@ -838,7 +863,7 @@ class WebSocketCommonProtocol:
         # The peer doesn't answer: send the close frame only if that can be
         # done at once, and don't wait for the peer's.
         assert self._writer is not None
-        self._writer.try_now(lambda core: core.fail(CloseCode.INTERNAL_ERROR, reason))
+        self._writer.write(lambda core: core.fail(CloseCode.INTERNAL_ERROR, reason), now=True)
         self.abort(reason)
 
     # -- the reader thread -------------------------------------------------------

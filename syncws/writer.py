@@ -23,6 +23,17 @@ deadline; the thread that holds it can't wait for itself, and gets
 
 After a failed write, half a frame may be on the wire and nothing may follow
 it: the core abandons the connection and the transport is aborted.
+
+Every frame goes in through :meth:`Writer.write`: a ``produce(core)``
+callable makes the frames under the core's lock, and they are written at
+once, blocking within a deadline or, for the threads that must not block,
+only if that can be done now. One exception, kept for speed:
+:meth:`Writer.send_message`, the path of every whole message ``send()``
+sends, calls the core and the transport directly (hot path: see
+docs/performance.rst#hot-paths); ``tests/test_writer.py`` holds it to
+:meth:`Writer.write`. :meth:`Writer.send_fragments` sends a fragmented
+message frame by frame through :meth:`Writer.write`, and :meth:`Writer.flush`
+writes the frames that non-blocking producers left in the core's buffer.
 """
 
 from __future__ import annotations
@@ -39,16 +50,12 @@ from .transport import Transport
 
 __all__ = ["Writer"]
 
-# The most bytes of waiting frames that Writer.try_now() writes along with
-# its own (at most 131 more): a socket reported writable takes a write this
+# The most bytes of waiting frames that Writer.write(now=True) writes along
+# with its own (a control frame): a socket reported writable takes a write this
 # small at once, whole, so the timer thread doesn't block on it (Linux takes
 # a write that fits one segment whenever it reports room; the BSDs report
 # room from 2 KiB free, their default low-water mark).
 _TRY_NOW_WAITING_MAX = 512
-
-
-def _no_frame(core: ConnectionCore) -> None:
-    """What :meth:`Writer.try_now` makes when it only writes the frames that wait."""
 
 
 class Writer:
@@ -100,24 +107,56 @@ class Writer:
         wait = timeout if timeout is not None else self.write_timeout
         return None if wait is None else time.monotonic() + wait
 
-    def send_data(
-        self, payload: Union[BytesLike, str], text: bool, fin: bool, compress: Optional[bool],
-        deadline: Optional[float],
-    ) -> None:
-        """Have the core make one data frame and write it by ``deadline``.
+    def write(
+        self,
+        produce: Optional[Callable[[ConnectionCore], Any]] = None,
+        *,
+        deadline: Optional[float] = None,
+        lock_wait: Optional[float] = None,
+        now: bool = False,
+    ) -> bool:
+        """Have the core make frames with ``produce(core)``, then write them: the way in.
+
+        ``produce`` runs under the core's lock, after any frames other
+        threads left waiting, which go out first; ``None`` makes none.
+
+        Args:
+            produce: makes the frames, e.g. ``lambda core: core.send_ping(...)``.
+            deadline: when the write must end (a ``time.monotonic()``
+                value, see :meth:`deadline`); ``None`` for no limit.
+            lock_wait: seconds to wait for :attr:`lock` (a send blocked on
+                a peer that stopped reading holds it); ``None`` waits as
+                long as it takes.
+            now: for a thread that must never block (the timer thread):
+                only if the lock is free, the socket writable and the
+                frames waiting few enough to go with the new ones at once.
+                Nothing raises then: a frame that can't be made
+                (``produce`` raised :exc:`~syncws.InvalidState`) or written
+                returns ``False``.
+
+        Returns:
+            ``False`` when nothing was made: the lock wasn't had within
+            ``lock_wait``, or, with ``now``, it couldn't be done now.
 
         Raises:
-            InvalidState: the connection isn't open (nothing is written).
+            whatever ``produce`` raises (nothing is written then), unless ``now``;
             TimeoutError: past ``deadline``; the transport was aborted.
             OSError: the connection is lost.
         """
-        core = self.core
-        with self.lock:
+        if now:
+            return self._write_now(produce)
+        if not self.lock.acquire(timeout=-1 if lock_wait is None else lock_wait):
+            return False
+        try:
             with self.core_lock:
-                core.send_data(payload, text=text, fin=fin, compress=compress)
-                data = core.data_to_send()
+                if produce is not None:
+                    produce(self.core)
+                data = self.core.data_to_send()
             self.write_locked(data, deadline)
+        finally:
+            self.lock.release()
         self._flush_left()
+        return True
 
     def send_message(
         self, payload: Union[BytesLike, str], text: bool, compress: Optional[bool], timeout: Optional[float],
@@ -178,7 +217,7 @@ class Writer:
             deadline = self.deadline(timeout)
             self._take_turn(deadline)
             try:
-                self.send_data(payload, text, True, compress, deadline)
+                self.write(lambda core: core.send_data(payload, text=text, compress=compress), deadline=deadline)
             finally:
                 self._end_turn()
             return True
@@ -212,7 +251,11 @@ class Writer:
         try:
             for payload, fin in fragments:
                 writing = True
-                self.send_data(payload, text, fin, compress, deadline)
+                # Called before write() returns: the loop's variables are this frame's.
+                self.write(
+                    lambda core: core.send_data(payload, text=text, fin=fin, compress=compress),  # noqa: B023
+                    deadline=deadline,
+                )
                 writing = False
         except Exception as exc:
             # A write that failed means the connection is lost or closing
@@ -222,7 +265,7 @@ class Writer:
             if not (writing and isinstance(exc, (OSError, InvalidState))):
                 reason = "error while sending a fragmented message"
                 try:
-                    self.send(lambda core: core.fail(CloseCode.INTERNAL_ERROR, reason), None)
+                    self.write(lambda core: core.fail(CloseCode.INTERNAL_ERROR, reason), deadline=self.deadline())
                 except OSError:
                     pass  # the transport is aborted: the reader ends
             raise
@@ -283,57 +326,6 @@ class Writer:
         with self._turn_lock:
             if self._turn is not None:
                 self._turn.notify_all()
-
-    def send_close(
-        self, code: int, reason: str, timeout: Optional[float], on_sent: Callable[[], None]
-    ) -> Optional[bool]:
-        """Send a close frame unless one was sent, waiting at most ``timeout`` for the lock.
-
-        Args:
-            code: the close code.
-            reason: the close reason.
-            timeout: seconds to wait for the lock (a send blocked on a peer
-                that stopped reading holds it) and for the write; ``None``
-                waits forever.
-            on_sent: called once the core made the frame, before it is
-                written (to arm the closing deadline).
-
-        Returns:
-            ``None`` when the lock couldn't be had in time, else whether a
-            close frame was made (a failed write aborts the transport).
-        """
-        if not self.lock.acquire(timeout=-1 if timeout is None else timeout):
-            return None
-        try:
-            with self.core_lock:
-                closing = self.core.can_send
-                if closing:
-                    self.core.send_close(code, reason)
-                data = self.core.data_to_send()
-            if closing:
-                on_sent()
-            self.write_locked(data, None if timeout is None else time.monotonic() + timeout)
-        except OSError:
-            pass  # the transport is aborted: the reader ends
-        finally:
-            self.lock.release()
-        return closing
-
-    def send(self, produce: Callable[[ConnectionCore], Any], timeout: Optional[float]) -> None:
-        """Have the core make frames with ``produce(core)``, then write them within ``timeout``.
-
-        Raises:
-            whatever ``produce`` raises (nothing is written then);
-            TimeoutError: past ``deadline``; the transport was aborted.
-            OSError: the connection is lost.
-        """
-        deadline = self.deadline(timeout)
-        with self.lock:
-            with self.core_lock:
-                produce(self.core)
-                data = self.core.data_to_send()
-            self.write_locked(data, deadline)
-        self._flush_left()
 
     def write_locked(
         self, data: Sequence[BytesLike], deadline: Optional[float], timeout: Optional[float] = None
@@ -407,21 +399,15 @@ class Writer:
             finally:
                 self.lock.release()
 
-    def try_now(self, produce: Callable[[ConnectionCore], Any]) -> bool:
-        """Make a small control frame and write it, only if that can't block.
+    def _write_now(self, produce: Optional[Callable[[ConnectionCore], Any]]) -> bool:
+        """:meth:`write` with ``now``: make and write frames only if that can't block.
 
-        For the timer thread, which must never block: the lock must be free,
-        the socket writable, and the frames that wait in the core's buffer
-        (the reader's pongs, left there while a send held the lock) few
-        enough to go with it at once. ``produce`` may raise
-        :exc:`~syncws.InvalidState` to give up.
-
-        Frames the reader thread makes while this holds the lock would be
-        left behind (the reader's flush only tries the lock): another try,
-        from the timer thread right after, writes them.
-
-        Returns:
-            Whether the frame was made and written.
+        The frames that wait in the core's buffer (the reader's pongs, left
+        there while a send held the lock) must be few enough to go with
+        the new ones at once. Frames the reader thread makes while this
+        holds the lock would be left behind (the reader's flush only tries
+        the lock): another try, from the timer thread right after, writes
+        them.
         """
         if not self.lock.acquire(blocking=False):
             return False
@@ -432,10 +418,11 @@ class Writer:
             with self.core_lock:
                 if sum(len(frame) for frame in self.core.outgoing) > _TRY_NOW_WAITING_MAX:
                     return False
-                try:
-                    produce(self.core)
-                except InvalidState:
-                    return False
+                if produce is not None:
+                    try:
+                        produce(self.core)
+                    except InvalidState:
+                        return False
                 data = self.core.data_to_send()
             self.write_locked(data, None)
             written = True
@@ -448,5 +435,16 @@ class Writer:
                 timers.call_later(0, self._write_waiting)
 
     def _write_waiting(self) -> None:
-        """Timer callback: write the frames the reader made while :meth:`try_now` held the lock."""
-        self.try_now(_no_frame)
+        """Timer callback: write the frames the reader made while :meth:`_write_now` held the lock."""
+        self._write_now(None)
+
+    # -- what keepalive needs --------------------------------------------------
+
+    @property
+    def can_send(self) -> bool:
+        """Whether frames may be sent (the core's :attr:`~syncws.core.ConnectionCore.can_send`)."""
+        return self.core.can_send
+
+    def send_progress(self) -> Optional[Tuple[int, int]]:
+        """How far the peer acknowledged our stream (:meth:`~syncws.transport.Transport.send_progress`)."""
+        return self.transport.send_progress()

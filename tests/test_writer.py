@@ -9,7 +9,7 @@ from typing import Any, Iterator, Tuple
 import pytest
 
 from core_helpers import make, peer_frame
-from syncws.core import ConnectionCore
+from syncws.core import ConnectionCore, Phase
 from syncws.framing import Opcode
 from syncws.transport import Transport
 from syncws.writer import Writer
@@ -29,27 +29,27 @@ def keepalive_ping(core: ConnectionCore) -> None:
     core.send_ping(b"keepalive", None)
 
 
-def test_try_now_writes_a_waiting_pong_with_its_frame(writer: Any) -> None:
+def test_write_now_writes_a_waiting_pong_with_its_frame(writer: Any) -> None:
     writer, core, theirs = writer
     core.receive_data(peer_frame(core, Opcode.PING, b"p"))  # the pong waits, as behind a send
-    assert writer.try_now(keepalive_ping)
+    assert writer.write(keepalive_ping, now=True)
     assert theirs.recv(100) == b"\x8a\x01p" + b"\x89\x09keepalive"
 
 
-def test_try_now_leaves_more_waiting_pongs_to_a_flush_and_writes_nothing(writer: Any) -> None:
+def test_write_now_leaves_more_waiting_pongs_to_a_flush_and_writes_nothing(writer: Any) -> None:
     """With them, the timer thread's write could be more than the socket takes at once, and block."""
     writer, core, theirs = writer
     payloads = [bytes([number]) * 100 for number in range(10)]  # 1 KiB of pongs
     core.receive_data(b"".join(peer_frame(core, Opcode.PING, payload) for payload in payloads))
-    assert not writer.try_now(keepalive_ping)
+    assert not writer.write(keepalive_ping, now=True)
     with pytest.raises(socket.timeout):
         theirs.recv(100)
     writer.flush(blocking=True)
     assert theirs.recv(2000) == b"".join(b"\x8a\x64" + payload for payload in payloads)
 
 
-def test_a_pong_made_while_try_now_holds_the_lock_is_written_right_after(writer: Any, monkeypatch: Any) -> None:
-    """The reader's flush, which only tries the lock, can't write it: try_now sees to it."""
+def test_a_pong_made_while_write_now_holds_the_lock_is_written_right_after(writer: Any, monkeypatch: Any) -> None:
+    """The reader's flush, which only tries the lock, can't write it: write(now=True) sees to it."""
     writer, core, theirs = writer
     write_locked = Writer.write_locked
 
@@ -60,8 +60,72 @@ def test_a_pong_made_while_try_now_holds_the_lock_is_written_right_after(writer:
         assert not writer.lock.acquire(blocking=False)  # so its flush gives up
 
     monkeypatch.setattr(Writer, "write_locked", write_then_receive_a_ping)
-    assert writer.try_now(keepalive_ping)
+    assert writer.write(keepalive_ping, now=True)
     received = b""
     while len(received) < 14:
         received += theirs.recv(100)
     assert received == b"\x89\x09keepalive" + b"\x8a\x01p"
+
+
+# -- send_message, the fast path, against write(), the way in ------------------------
+
+
+def read_exactly(sock: socket.socket, size: int) -> bytes:
+    received = b""
+    while len(received) < size:
+        chunk = sock.recv(size - len(received))
+        assert chunk, "the writer's side closed"
+        received += chunk
+    return received
+
+
+@pytest.fixture
+def writers() -> Iterator[Tuple[Tuple[Writer, ConnectionCore, socket.socket], ...]]:
+    """Two server-side writers, each with its core and its peer's socket."""
+    pairs = [socket.socketpair() for _ in range(2)]
+    try:
+        made = []
+        for ours, theirs in pairs:
+            theirs.settimeout(5)
+            core = make("server")
+            made.append((Writer(core, threading.Lock(), Transport(ours), write_timeout=5), core, theirs))
+        yield tuple(made)
+    finally:
+        for ours, theirs in pairs:
+            ours.close()
+            theirs.close()
+
+
+@pytest.mark.parametrize("pong_waiting", [False, True])
+@pytest.mark.parametrize("payload", ["text", "\u00e9" * 40000, b"", b"\x00" * 125, b"\x01" * 70000])
+def test_send_message_writes_what_write_writes(writers: Any, payload: Any, pong_waiting: bool) -> None:
+    """send_message() inlines the core's and write_locked()'s work: the same bytes reach the peer."""
+    (fast, fast_core, fast_peer), (general, general_core, general_peer) = writers
+    text = isinstance(payload, str)
+    if pong_waiting:  # left by the reader, as while a send held the lock
+        for core in (fast_core, general_core):
+            core.receive_data(peer_frame(core, Opcode.PING, b"p"))
+    # Each fits in the socket buffer: written whole, read after.
+    assert fast.send_message(payload, text, None, None)
+    assert general.write(lambda core: core.send_data(payload, text=text), deadline=general.deadline())
+    assert read_exactly(fast_peer, fast_core.bytes_sent) == read_exactly(general_peer, general_core.bytes_sent)
+    assert (fast_core.messages_sent, fast_core.bytes_sent) == (general_core.messages_sent, general_core.bytes_sent)
+
+
+@pytest.mark.parametrize("size", [60000, 300000])  # one bytes object, or header and payload
+def test_send_message_fails_as_write_fails(writers: Any, size: int) -> None:
+    """On a lost connection both abandon the core, and raise the same error."""
+    errors = []
+    for writer, core, theirs in writers:
+        theirs.close()
+    (fast, fast_core, _), (general, general_core, _) = writers
+    for send in (
+        lambda: fast.send_message(b"x" * size, False, None, None),
+        lambda: general.write(lambda core: core.send_data(b"x" * size, text=False), deadline=general.deadline()),
+    ):
+        with pytest.raises(OSError) as info:
+            send()
+        errors.append(type(info.value))
+    assert errors[0] is errors[1]
+    assert fast_core.phase is general_core.phase is Phase.ABANDONED
+    assert fast_core.close_reason is None and general_core.state is fast_core.state
