@@ -571,24 +571,40 @@ class ConnectionCore:
             The events they complete, in order. Protocol errors don't raise:
             they fail the connection and come out as a :class:`Failed` event.
         """
-        self.bytes_received += len(data)
-        events: List[Event] = []
-        if self.input_closed:
-            self.simple_input = False
-            return events
-        position = 0
-        if self._partial is None and not self._pending and self._message is None and self.close_sent is None:
-            # _parse()'s first step, inline (a deliberate copy of its call):
-            # input that is whole messages in simple frames, as it mostly
-            # is, is parsed here, a Python call fewer per read, and
-            # simple_input tells the reader that it needn't sort the events.
+        if (
+            self._partial is None and not self._pending and self._message is None and self.close_sent is None
+            and not self.input_closed
+        ):
+            # _parse()'s first step, inline (a deliberate copy of its call,
+            # which _receive() takes alone; tests/test_framing_speedups.py
+            # holds the two to each other): input that is whole messages
+            # in simple frames, as it mostly is, is parsed here, a Python
+            # call fewer per read (hot path: see
+            # docs/performance.rst#how-fast-against-what), and simple_input
+            # tells the reader that it needn't sort the events.
             end = len(data)
+            events: List[Event] = []
             position = parse_simple_frames(data, 0, end, not self.is_client, self._fast_limit, events)
             self.messages_received += len(events)
             if position == end:
+                self.bytes_received += end
                 self.simple_input = True
                 return events
+            return self._receive(data, events, position)
+        return self._receive(data, [], 0)
+
+    def _receive(self, data: BytesLike, events: List[Event], position: int) -> List[Event]:
+        """:meth:`receive_data` without its inline first step: the general path.
+
+        Args:
+            data: the bytes received.
+            events: the events of ``data[:position]``, parsed already.
+            position: where parsing resumes in ``data``.
+        """
+        self.bytes_received += len(data)
         self.simple_input = False
+        if self.input_closed:
+            return events
         try:
             self._parse(data, events, position)
         except WebSocketProtocolError as exc:
@@ -785,7 +801,7 @@ class ConnectionCore:
         assert partial.buffer is not None and 0 < size <= partial.length - partial.received
         partial.received += size
         # The frame's bytes are in its buffer already; none follow them.
-        return self.receive_data(b"")
+        return self._receive(b"", [], 0)
 
     def _process_partial(self, partial: _PartialFrame, events: List[Event]) -> None:
         """Unmask and decode the newly arrived bytes of a partial frame.
@@ -1092,9 +1108,10 @@ class ConnectionCore:
             if not self.can_send:
                 raise self._cannot_send()
             # _write_frame()'s data frame in one bytes object, inline (a
-            # deliberate copy of its few lines): one call less for every
-            # message sent, about 10% of a small send()'s instructions. A
-            # str goes into the frame unencoded (pack_frame() encodes it).
+            # deliberate copy of its few lines, held to it by
+            # tests/test_core.py): one call less for every message sent
+            # (hot path: see docs/performance.rst#how-fast-against-what).
+            # A str goes into the frame unencoded (pack_frame() encodes it).
             if self.is_client:
                 position = self._mask_position
                 if position >= _MASK_POOL_SIZE:

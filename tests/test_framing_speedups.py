@@ -425,11 +425,19 @@ def general_path_only(buffer: Any, position: int, end: int, masked: bool, limit:
     return position
 
 
-def run_core(side: str, limit: Optional[int], chunks: List[bytes], parser: Callable[..., int]) -> Tuple[Any, ...]:
-    """Feed ``chunks`` to a fresh core that parses with ``parser``; return all it did."""
+def run_core(
+    side: str, limit: Optional[int], chunks: List[bytes], parser: Callable[..., int], inline: bool = True
+) -> Tuple[Any, ...]:
+    """Feed ``chunks`` to a fresh core that parses with ``parser``; return all it did.
+
+    Without ``inline``, through receive_data()'s general path alone, _receive().
+    """
     with mock.patch.object(core_module, "parse_simple_frames", parser):
         core = make(side, max_message_size=limit)
-        events = [core.receive_data(chunk) for chunk in chunks]
+        if inline:
+            events = [core.receive_data(chunk) for chunk in chunks]
+        else:
+            events = [core._receive(chunk, [], 0) for chunk in chunks]
     sent = parse_frames(b"".join(bytes(part) for part in core.data_to_send()), masked=core.is_client)
     return (
         events,
@@ -462,6 +470,16 @@ def test_core_batch_parser_changes_nothing(case: Tuple[str, Optional[int], List[
     side, limit, chunks = case
     expected = run_core(side, limit, chunks, general_path_only)
     for impl in IMPLS:
+        assert run_core(side, limit, chunks, impl.parse_simple_frames) == expected, impl.name
+
+
+@PROPERTY
+@given(case=core_case())
+def test_core_receive_data_inline_step_changes_nothing(case: Tuple[str, Optional[int], List[bytes]]) -> None:
+    """receive_data() inlines _parse()'s first step; _receive() leaves it to _parse(): same results."""
+    side, limit, chunks = case
+    for impl in IMPLS:
+        expected = run_core(side, limit, chunks, impl.parse_simple_frames, inline=False)
         assert run_core(side, limit, chunks, impl.parse_simple_frames) == expected, impl.name
 
 
