@@ -9,6 +9,7 @@ unmasked, with the masking checked. Sockets are unusable here (see the
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import tracemalloc
@@ -494,6 +495,28 @@ def test_send_message_is_send_data_then_data_to_send(side: str, deflate: bool) -
         assert parse_frames(b"".join(two_data), masked=side == "client") == sent(one)
     assert two.messages_sent == one.messages_sent == 3
     assert two.bytes_sent == one.bytes_sent
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 65537, 70000])
+def test_send_message_inline_frame_is_write_frames(side: str, size: int) -> None:
+    """send_message() builds its frame inline, a copy of _write_frame()'s: the same bytes, masks included."""
+    one, two = make(side), make(side)
+    pool = bytes(range(256)) * 4
+    for core in (one, two):
+        core._mask_pool, core._mask_position = pool, 0
+    for payload, text in [(os.urandom(size), False), ("\u00e9" * (size // 2), True)]:
+        one.send_data(payload, text=text)
+        assert b"".join(bytes(part) for part in two.send_message(payload, text)) == output(one)
+    assert (two.messages_sent, two.bytes_sent, two._mask_position) == (
+        one.messages_sent, one.bytes_sent, one._mask_position,
+    )
+    for core in (one, two):
+        core.send_close()
+    with pytest.raises(InvalidState) as by_data:
+        one.send_data(b"late", text=False)
+    with pytest.raises(InvalidState) as by_message:
+        two.send_message(b"late", False)
+    assert str(by_message.value) == str(by_data.value)
 
 
 @pytest.mark.parametrize("deflate", [False, True])
