@@ -275,7 +275,8 @@ class Assembler:
                 items = self.items
                 if timeout is None:
                     # items.get(), inline (a deliberate copy of its common
-                    # case): a Python call fewer for every message.
+                    # case, held to it by tests/test_messages.py): a Python
+                    # call fewer for every message.
                     item = items._items.get()
                     if item is _CLOSED or items.put_waiting:
                         items._taken(item)

@@ -322,6 +322,27 @@ def test_assembler_get_wakes_a_reader_waiting_for_room(timeout: Any) -> None:
     assert [assembler.get(timeout), assembler.get(timeout)] == [2, 3]
 
 
+def test_assembler_get_inline_path_matches_message_queue_get() -> None:
+    """get(None) copies MessageQueue.get()'s common case; get(timeout) calls it: same results."""
+    items = ["a", b"b", Fragment("c", False), Fragment("d", True), "é", Fragment(b"e", True)]
+    results = []
+    for timeout in (None, WAIT):
+        queue = MessageQueue(16)
+        assembler = Assembler(queue)
+        queue.put_all(items)
+        queue.close()
+        taken: List[Any] = []
+        while True:
+            try:
+                taken.append(assembler.get(timeout, decode=None if len(taken) != 3 else False))
+            except QueueClosed:
+                taken.append("QueueClosed")
+                break
+        results.append((taken, len(queue), queue.put_waiting))
+    assert results[0] == results[1]
+    assert results[0][0] == ["a", b"b", "cd", b"\xc3\xa9", b"e", "QueueClosed"]
+
+
 def test_assembler_get_without_timeout_waits_for_a_message() -> None:
     queue = MessageQueue(2)
     assembler = Assembler(queue)
