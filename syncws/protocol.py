@@ -522,7 +522,9 @@ class WebSocketCommonProtocol:
         without a code) and raises :exc:`~syncws.ConnectionClosedError`
         otherwise.
         """
-        get = self._assembler.get  # recv(), one call shorter: this runs for every message
+        # recv(), one call shorter, as this runs for every message
+        # (tests/test_protocol.py holds the two to each other).
+        get = self._assembler.get
         while True:
             try:
                 message = get()

@@ -1262,3 +1262,48 @@ def test_stats_count_frames_only_both_ways(ws_serve):
         # Our frame: 2 + 4 (mask) + 100 bytes; the echo: 2 + 100 bytes.
         assert (stats.bytes_out, stats.bytes_in) == (106, 102)
         assert (stats.messages_out, stats.messages_in) == (1, 1)
+
+
+# -- __iter__ against recv(), which it inlines -------------------------------------
+
+
+@pytest.mark.parametrize("code", [1000, 1001, 1011, 4000])
+def test_iteration_matches_recv(ws_serve, code):
+    """__iter__ calls the assembler itself, one call shorter than recv(): same messages, same end."""
+
+    def handler(ws):
+        ws.send("text")
+        ws.send(b"binary")
+        ws.send(["frag", "mented"])
+        ws.close(code, "the end")
+
+    def by_recv(ws):
+        received = []
+        while True:
+            try:
+                received.append(ws.recv(timeout=5))
+            except ConnectionClosed as exc:
+                return received, exc
+
+    def by_iteration(ws):
+        received = []
+        try:
+            for message in ws:
+                received.append(message)
+        except ConnectionClosed as exc:
+            return received, exc
+        return received, None
+
+    uri = ws_serve(handler)
+    with syncws.connect(uri) as ws:
+        expected, closed = by_recv(ws)
+    with syncws.connect(uri) as ws:
+        received, raised = by_iteration(ws)
+    assert received == expected == ["text", b"binary", "fragmented"]
+    # Iteration ends quietly where recv() raises ConnectionClosedOK, and
+    # raises what recv() raises otherwise.
+    if isinstance(closed, ConnectionClosedOK):
+        assert raised is None
+    else:
+        assert (type(raised), raised.code, raised.reason) == (type(closed), closed.code, closed.reason)
+    assert (closed.code, closed.reason) == (code, "the end")
