@@ -252,9 +252,10 @@ class Failed(NamedTuple):
 Event = Union[str, bytes, Fragment, PongReceived, CloseReceived, Failed]
 
 
-# Enum members as plain names, which the code below reads: on CPython 3.11,
-# reading State.OPEN costs a lookup through the enum's metaclass (about
-# 100 ns), and every connection reads a few dozen of them.
+# Enum members as plain names, which the code below reads: reading
+# State.OPEN is a lookup through the enum's metaclass, and every connection
+# reads a few dozen of them (hot path: see
+# docs/performance.rst#how-fast-against-what).
 _CONNECTING, _OPEN, _CLOSED = State.CONNECTING, State.OPEN, State.CLOSED
 _CONT, _TEXT, _BINARY = Opcode.CONT, Opcode.TEXT, Opcode.BINARY
 _CLOSE, _PING, _PONG = Opcode.CLOSE, Opcode.PING, Opcode.PONG
@@ -484,8 +485,9 @@ class ConnectionCore:
         self.outgoing: List[BytesLike] = []
         # The last pong put there, replaced when too many frames wait.
         self._last_pong: Optional[BytesLike] = None
-        # Random bytes for masking keys (RFC 6455 §5.3), drawn 1 KiB at a
-        # time: one system call per 256 frames instead of one per frame. The
+        # Random bytes for masking keys (RFC 6455 §5.3), drawn
+        # _MASK_POOL_SIZE bytes at a time: one system call per 256 frames
+        # instead of one per frame. The
         # next key's offset; at the end, the first frame draws the pool.
         self._mask_pool = b""
         self._mask_position = _MASK_POOL_SIZE
@@ -1234,10 +1236,10 @@ class ConnectionCore:
 
         A client's masking key is the next 4 bytes of the pool (one
         ``os.urandom`` call per 256 frames), handed to ``pack_frame`` with
-        their offset: slicing it out first cost about 6% of a small
-        message's ``send()``. The senders take a key inline (the offset,
-        then ``_mask_position`` 4 bytes on) and call this only when the pool
-        is used up: a call per frame would cost about 3.5% of a ``send()``.
+        their offset rather than sliced out. The senders take a key inline
+        (the offset, then ``_mask_position`` 4 bytes on) and call this only
+        when the pool is used up, not once per frame (hot path: see
+        docs/performance.rst#how-fast-against-what).
         """
         self._mask_pool = os.urandom(_MASK_POOL_SIZE)
         return 0

@@ -89,7 +89,8 @@ class MessageQueue:
         # room. The reader clears it before it checks the size again, so a
         # wake-up can't be lost between the check and the wait. Made by the
         # reader the first time it waits: most queues never fill, and an
-        # Event costs a server 1.2 KB per connection. unbound() and close()
+        # Event (a Condition, a lock and a deque) would weigh on every
+        # connection (see docs/performance.rst#memory-per-connection). unbound() and close()
         # change _bounded before they look for it, both under _room_lock,
         # so a reader that makes it after they looked sees _bounded False
         # and doesn't wait.

@@ -71,9 +71,10 @@ class _Latch:
 
     A lock held from the start and released by the first :meth:`set`, as
     :meth:`threading.Thread.join` waits on a thread's end: no Condition to
-    build or notify (an Event is a Condition, a lock and a deque: 1.2 KB,
-    and a server has two signals per connection). For signals that are set
-    once and never cleared.
+    build or notify (an Event is a Condition, a lock and a deque, and a
+    server has two signals per connection: see
+    docs/performance.rst#memory-per-connection). For signals that are set once and
+    never cleared.
     """
 
     __slots__ = ("_lock", "_set")
@@ -166,10 +167,10 @@ class WebSocketCommonProtocol:
     side: str = "server"
 
     # Every attribute the class sets, in slots: a server keeps a connection
-    # per client, and its attributes in a __dict__ cost 1.6 KB (CPython
-    # shares the keys of instance dicts only up to 30 attributes, and the
-    # server's connections have more), in slots 8 bytes each. "__dict__"
-    # still takes the attributes of subclasses and applications.
+    # per client, and CPython shares the keys of instance dicts only up to
+    # 30 attributes (the server's connections have more), while a slot is
+    # one pointer (see docs/performance.rst#memory-per-connection).
+    # "__dict__" still takes the attributes of subclasses and applications.
     __slots__ = (
         "settings", "host", "port", "secure", "close_timeout", "max_size", "max_queue", "read_limit",
         "write_limit", "ping_interval", "ping_timeout", "write_timeout", "logger", "_id", "subprotocol",
@@ -275,8 +276,9 @@ class WebSocketCommonProtocol:
         for the random bytes.
         """
         if self._id is None:
-            # Imported here: uuid (and the platform module it imports) costs
-            # a server 0.3 MB, and most never log a connection's id.
+            # Imported here: uuid (and the platform module it imports) adds
+            # to every server process's memory, and most never log a
+            # connection's id.
             import uuid
 
             self._id = uuid.uuid4()
@@ -416,7 +418,7 @@ class WebSocketCommonProtocol:
         try:
             # Not the address tuple's repr: repr() of a container gives the
             # calling thread a dict of its own (CPython's recursion guard),
-            # about 300 bytes for as long as a server's handler thread lives.
+            # kept for as long as a server's handler thread lives.
             threadpool.start(self._run_reader, f"syncws-reader-{format_address(self.remote_address)}")
         except BaseException:
             self._reader_started = False

@@ -101,15 +101,15 @@ class Reader:
         small_read = min(SMALL_READ, read_limit)
         read_size = small_read  # see SMALL_READ
         # Bound once for every small read; recv_into() and recv_ready() are
-        # looked up when used: rarer, and each bound method would cost the
-        # connection 64 bytes for as long as it is open.
+        # looked up when used: rarer, and each bound method would be an
+        # object the connection keeps for as long as it is open.
         recv = transport.recv
         put_all = self.messages.put_all
         debug = self.debug
         cause = ""
-        # The core's lock is taken with acquire() and try/finally: on
-        # CPython 3.11-3.13 a with statement on a lock costs three times as
-        # much, and this runs for every read.
+        # The core's lock is taken with acquire() and try/finally, cheaper
+        # than a with statement, as this runs for every read (hot path: see
+        # docs/performance.rst#how-fast-against-what).
         try:
             events: List[Event] = []
             if buffered:  # usually nothing came after the HTTP head
@@ -168,7 +168,7 @@ class Reader:
                         # A small read came back full: the rest of the frame
                         # is likely there already. Taken at once, it reaches
                         # the core with the frame's start: a frame cut in two
-                        # costs the core about 15 µs more than a whole one.
+                        # takes the core's general path, a whole one doesn't.
                         data += transport.recv_ready(read_limit)
                         read_size = read_limit
                     lock.acquire()

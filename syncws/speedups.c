@@ -57,7 +57,7 @@
  * thread has seen yet, plus a local copy of the key.  pack_frame masks the
  * same way.  parse_simple_frames keeps the GIL throughout: it appends to a
  * Python list as it goes, and payloads up to the connection's size limit
- * (1 MiB by default) take well under a millisecond to unmask.  send_nowait
+ * (max_size) are short work to unmask.  send_nowait
  * keeps the GIL around send(2) up to GIL_RELEASE_THRESHOLD bytes: a send
  * that can't block takes microseconds, less than handing the GIL to
  * another thread and waiting to get it back among thousands (the gate
@@ -109,8 +109,9 @@ xor_mask(const unsigned char *src, unsigned char *dst, Py_ssize_t len,
 #ifdef __SSE2__
     {
         /* Four independent 16-byte blocks per iteration keep several loads
-         * in flight: measured about 5% faster than one block per iteration
-         * on 1 to 4 KiB payloads, the same beyond. */
+         * in flight, faster than one block per iteration on payloads of a
+         * few kilobytes (bench/NOTES.rst, "Figures that were in code
+         * comments"), the same beyond. */
         const __m128i key128 = _mm_set1_epi64x((long long)key64);
 
         for (; len - i >= 64; i += 64) {
@@ -461,8 +462,9 @@ get_contiguous_buffer(PyObject *obj, Py_buffer *view)
 /* Room for unmasking a small text payload before decoding it, without a
  * heap allocation; a longer one gets a heap buffer, kept for the rest of the
  * call.  Small on purpose: every reader thread of a server runs this, and
- * stack memory once touched stays resident.  At 4 KiB it cost each thread
- * one more resident page (4 MiB for 1000 connections, measured). */
+ * stack memory once touched stays resident: a page-sized one cost each
+ * thread a resident page more (bench/NOTES.rst, "Figures that were in
+ * code comments"). */
 #define SCRATCH_SIZE 256
 
 PyDoc_STRVAR(parse_simple_frames_doc,

@@ -177,8 +177,8 @@ class Writer:
             socket buffer at once.
         """
         # The locks are taken with acquire() and try/finally rather than
-        # with statements: on CPython 3.11-3.13 a with statement on a lock
-        # costs three times as much, and this runs for every message.
+        # with statements, cheaper, as this runs for every message (hot
+        # path: see docs/performance.rst#how-fast-against-what).
         core, lock, core_lock = self.core, self.lock, self.core_lock
         if not nowait:
             lock.acquire()

@@ -23,8 +23,6 @@ import re
 import tokenize
 from typing import Dict, Iterator, List, Optional, Set, Tuple
 
-import pytest
-
 import syncws
 
 PACKAGE = pathlib.Path(syncws.__file__).parent
@@ -234,11 +232,7 @@ ALLOWED_FIGURES: Set[Tuple[str, str]] = {
     ("exceptions.py", "64 KiB"),  # a limit: the response body kept for an error
     ("extensions/permessage_deflate.py", "32 KiB"),  # RFC 7692: 15-bit windows
     ("streams.py", "1 MiB"),  # a limit: the bytes of one page of a recovery
-}
-
-#: house2's files, whose figures its change takes out (issue 25).
-HOUSE2_FILES = {
-    "core.py", "framing.py", "writer.py", "keepalive.py", "protocol.py", "reader.py", "messages.py", "speedups.c",
+    ("writer.py", "2 KiB"),  # the BSDs' default send low-water mark (SO_SNDLOWAT)
 }
 
 
@@ -287,21 +281,11 @@ def test_figures_are_recognized() -> None:
 
 
 def test_no_measured_figure_in_comments() -> None:
-    found = figures(package_files() - HOUSE2_FILES)
+    found = figures(package_files())
     unexpected = {key: lines for key, lines in found.items() if key not in ALLOWED_FIGURES}
     assert unexpected == {}, "measured figures in code: move them to docs/performance.rst or bench/NOTES.rst"
     # Each allowed figure is still there: the list only shrinks.
     assert sorted(ALLOWED_FIGURES - set(found)) == []
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="house2 (issue 25) takes the figures out of core.py, framing.py, writer.py, keepalive.py, "
-    "protocol.py, reader.py, messages.py and speedups.c; drop this mark when it lands",
-)
-def test_no_measured_figure_in_house2s_files() -> None:
-    found = figures(HOUSE2_FILES & package_files())
-    assert found == {}
 
 
 # -- the module map -----------------------------------------------------------
