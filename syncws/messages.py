@@ -267,7 +267,9 @@ class Assembler:
             UnicodeDecodeError: ``decode=True`` and a binary message isn't UTF-8.
         """
         receiving = self._receiving
-        try:  # _enter(), inline: this runs for every message
+        # _enter() and _leave(), inline, as this runs for every message
+        # (tests/test_messages.py holds them to the methods stream() calls).
+        try:
             receiving.pop()
         except IndexError:
             raise _concurrent_receive() from None

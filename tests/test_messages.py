@@ -14,6 +14,7 @@ from typing import Any, Callable, List
 import pytest
 
 from syncws.core import Fragment
+from syncws.exceptions import ConcurrencyError
 from syncws.messages import Assembler, MessageQueue, QueueClosed
 
 pytestmark = pytest.mark.timeout(10)
@@ -341,6 +342,32 @@ def test_assembler_get_inline_path_matches_message_queue_get() -> None:
         results.append((taken, len(queue), queue.put_waiting))
     assert results[0] == results[1]
     assert results[0][0] == ["a", b"b", "cd", b"\xc3\xa9", b"e", "QueueClosed"]
+
+
+@pytest.mark.parametrize("first", ["get", "get with a timeout", "stream"])
+def test_get_inlines_enter_and_leave_as_stream_calls_them(first: str) -> None:
+    """get() inlines _enter() and _leave(), which stream() calls: a second receiver is refused alike, and let in after."""
+    queue = MessageQueue(4)
+    assembler = Assembler(queue)
+    receive: Callable[[], Any] = {
+        "get": lambda: assembler.get(),
+        "get with a timeout": lambda: assembler.get(WAIT),
+        "stream": lambda: list(assembler.stream()),
+    }[first]
+    receiver = Runner(receive).start_and_wait_started()
+    assert wait_until(lambda: not assembler._receiving)  # the receiver is in
+    refusals = []
+    for second in (lambda: assembler.get(), lambda: assembler.get(0), lambda: list(assembler.stream(0))):
+        with pytest.raises(ConcurrencyError) as refused:
+            second()
+        refusals.append(str(refused.value))
+    assert len(set(refusals)) == 1 and "one thread at a time" in refusals[0]
+    queue.put_all(["first"])
+    assert receiver.done.wait(WAIT) and receiver.exception is None
+    assert receiver.result == (["first"] if first == "stream" else "first")
+    # The receiver left: each way in works again.
+    queue.put_all(["a", "b", "c"])
+    assert [assembler.get(), assembler.get(0), list(assembler.stream(0))] == ["a", "b", ["c"]]
 
 
 def test_assembler_get_without_timeout_waits_for_a_message() -> None:
