@@ -113,13 +113,17 @@ def format_message(message: Union[str, bytes]) -> str:
 
 def websocket_uri(address: Sequence[object], secure: bool = False) -> str:
     """The ``ws://`` (``wss://`` when ``secure``) URI of a listening socket's address."""
+    return _url("wss" if secure else "ws", address)
+
+
+def _url(scheme: str, address: Sequence[object]) -> str:
     host, port = str(address[0]), address[1]
     try:
         if ipaddress.ip_address(host).version == 6:
             host = f"[{host}]"
     except ValueError:
         pass  # a name
-    return f"{'wss' if secure else 'ws'}://{host}:{port}/"
+    return f"{scheme}://{host}:{port}/"
 
 
 def _error(message: str) -> None:
@@ -364,11 +368,20 @@ def run_server(args: argparse.Namespace) -> int:
         _error(f"could not listen on {where}: {exc.strerror or exc}")
         return EXIT_ERROR
     try:
+        admin = serveconfig.admin_server(args)
+    except OSError as exc:
+        server.close()
+        server.wait_closed()
+        _error(f"could not listen on {args.admin_host or args.host}:{args.admin_port}: {exc.strerror or exc}")
+        return EXIT_ERROR
+    try:
         try:
             if args.unix:
                 print(f"serving on unix socket {args.unix}", flush=True)
             for sock in server.sockets if not args.unix else ():
                 print(f"serving on {websocket_uri(sock.getsockname(), secure='ssl' in options)}", flush=True)
+            for sock in admin.sockets if admin is not None else ():
+                _announce_admin(args, sock.getsockname())
             # On Ctrl-C, closes the server, waits for its connections and
             # returns; a second Ctrl-C meanwhile escapes it.
             server.serve_forever()
@@ -381,8 +394,17 @@ def run_server(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         _status("server stopped without waiting for every connection to close")
         return EXIT_INTERRUPTED
+    finally:
+        if admin is not None:
+            admin.close()
     _status("server closed")
     return EXIT_OK
+
+
+def _announce_admin(args: argparse.Namespace, address: Sequence[object]) -> None:
+    """Print where ``--admin-port`` answers, after the ``serving on`` lines."""
+    paths = " and ".join(path for path in (args.health, args.metrics) if path is not None)
+    print(f"answering {paths} on {_url('http', address)}", flush=True)
 
 
 def _server_options(args: argparse.Namespace, hook: Any = None) -> Union[Dict[str, Any], int]:
@@ -415,14 +437,17 @@ def _run_processes(args: argparse.Namespace) -> int:
             f"{len(supervisor.slots)} worker processes (supervisor pid {os.getpid()})",
             flush=True,
         )
+        if supervisor.admin is not None:
+            _announce_admin(args, supervisor.admin)
 
+    admin = None if args.admin_port is None else (args.admin_host or args.host, args.admin_port)
     try:
         return workers.run_supervisor(
             args.handler or workers.DEFAULT_HANDLER, args.host, args.port, args.processes or None, ready=ready,
-            options=serveconfig.worker_arguments(args),
+            options=serveconfig.worker_arguments(args), admin=admin,
         )
     except OSError as exc:
-        _error(f"could not listen on {args.host}:{args.port}: {exc.strerror or exc}")
+        _error(f"could not listen on {exc.filename or f'{args.host}:{args.port}'}: {exc.strerror or exc}")
         return EXIT_ERROR
 
 

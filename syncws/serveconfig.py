@@ -29,7 +29,10 @@ Plain HTTP: ``--health PATH`` answers ``GET PATH`` with ``200 OK`` and
 upgrade, in every worker. Under ``--processes``, each worker writes its
 metrics to a file every second and the worker that takes the scrape
 answers for all of them, each sample labelled ``worker="<n>"``
-(:class:`syncws.metrics.GroupMetrics`).
+(:class:`syncws.metrics.GroupMetrics`). With ``--admin-port``, they are
+answered on a listener of their own instead (:mod:`syncws.admin`,
+:func:`admin_server`), which a server at ``--max-connections`` still
+serves; every worker of a group listens there too.
 """
 
 from __future__ import annotations
@@ -38,15 +41,16 @@ import argparse
 import re
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from . import logconfig, metrics
+from . import logconfig
+from .admin import ProcessRequest, routes, serve_admin
 from .hooks import check_origins
-from .datastructures import Headers
+from .server import WebSocketServer
 from .settings import check_settings
 
-__all__ = ["SETTINGS", "ProcessRequest", "Setting", "add_arguments", "routes", "server_options", "worker_arguments"]
-
-#: ``process_request(path, request_headers)``, as :func:`~syncws.serve` takes it.
-ProcessRequest = Callable[[str, Headers], Any]
+__all__ = [
+    "SETTINGS", "ProcessRequest", "Setting", "add_arguments", "admin_server", "routes", "server_options",
+    "worker_arguments",
+]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -85,6 +89,16 @@ def _regex(text: str) -> "re.Pattern[str]":
         return re.compile(text)
     except re.error as exc:
         raise argparse.ArgumentTypeError(f"not a regular expression: {exc}") from None
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {value}")
+    return value
 
 
 def _path(text: str) -> str:
@@ -163,6 +177,8 @@ _OTHERS: Sequence[Tuple[str, str, bool]] = (
     ("--keyfile", "keyfile", True),
     ("--health", "health", True),
     ("--metrics", "metrics", True),
+    ("--admin-port", "admin_port", True),
+    ("--admin-host", "admin_host", True),
     ("--process-request", "process_request", True),
     ("--log-level", "log_level", True),
     ("--log-format", "log_format", True),
@@ -206,6 +222,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     http.add_argument(
         "--metrics", type=_path, metavar="PATH", help="answer GET PATH with Prometheus metrics, e.g. /metrics"
     )
+    http.add_argument(
+        "--admin-port", type=_port, metavar="PORT",
+        help="answer --health and --metrics on this port instead, on a listener of their own that "
+        "--max-connections doesn't count (0 picks a free one, printed at start)",
+    )
+    http.add_argument("--admin-host", metavar="HOST", help="the interface of --admin-port (default: --host)")
     http.add_argument(
         "--process-request", metavar="module:name",
         help="serve()'s process_request hook, (path, headers) -> None or (status, headers, body): "
@@ -301,7 +323,12 @@ def server_options(
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(args.certfile, args.keyfile)
         options["ssl"] = context
-    hook = routes(args.health, args.metrics, render, process_request)
+    if args.admin_port is None:
+        hook = routes(args.health, args.metrics, render, process_request)
+    elif args.health is None and args.metrics is None:
+        raise ValueError("--admin-port serves --health and --metrics: give one of them, or both")
+    else:  # they are the admin listener's (admin_server())
+        hook = process_request
     if hook is not None:
         options["process_request"] = hook
     return options
@@ -341,35 +368,25 @@ _SHARED_SETTINGS = frozenset({
 })
 
 
-def routes(
-    health: Optional[str],
-    metrics_path: Optional[str],
-    render: Optional[Callable[[], str]] = None,
-    then: Optional[ProcessRequest] = None,
-) -> Optional[ProcessRequest]:
-    """A ``process_request`` hook answering the health check and the metrics.
+def admin_server(args: argparse.Namespace, render: Optional[Callable[[], str]] = None,
+                 reuse_port: bool = False) -> Optional[WebSocketServer]:
+    """Start the listener ``--admin-port`` asks for (:func:`syncws.admin.serve_admin`).
 
     Args:
-        health: the health check's path, or ``None``.
-        metrics_path: the metrics' path, or ``None``.
-        render: writes the metrics; :func:`syncws.metrics.render` by
-            default (this process).
-        then: the application's hook, asked about every other request.
+        args: the parsed ``serve`` command line, checked by
+            :func:`server_options`.
+        render: writes the metrics (see :func:`routes`).
+        reuse_port: share the port with the other workers of a group.
 
     Returns:
-        The hook (``then`` itself without either path; ``None`` without
-        anything to answer).
+        The running server; ``None`` without ``--admin-port``.
+
+    Raises:
+        OSError: the address can't be bound.
     """
-    if health is None and metrics_path is None:
-        return then
-    write = render or metrics.render
-
-    def answer(path: str, request_headers: Headers) -> Any:
-        bare = path.partition("?")[0]
-        if bare == health:
-            return 200, [("Content-Type", "text/plain; charset=utf-8"), ("Cache-Control", "no-store")], b"OK\n"
-        if bare == metrics_path:
-            return 200, [("Content-Type", metrics.CONTENT_TYPE), ("Cache-Control", "no-store")], write().encode()
-        return None if then is None else then(path, request_headers)
-
-    return answer
+    if args.admin_port is None:
+        return None
+    return serve_admin(
+        args.admin_host or args.host, args.admin_port, health=args.health, metrics_path=args.metrics,
+        render=render, reuse_port=reuse_port,
+    )

@@ -71,6 +71,7 @@ class WebSocketServer:
         first_byte_timeout: Optional[float] = None,
         ping_interval: Optional[float] = None,
         ping_timeout: Optional[float] = None,
+        counters: Optional[metrics.ConnectionCounters] = None,
     ) -> None:
         #: The listening sockets.
         self.sockets = sockets
@@ -99,7 +100,7 @@ class WebSocketServer:
         self._server_header = server_header
         self.logger = logger
         #: The server's :class:`~syncws.metrics.ConnectionCounters`; see :meth:`metrics`.
-        self.counters = metrics.track(metrics.ConnectionCounters())
+        self.counters = metrics.track(metrics.ConnectionCounters()) if counters is None else counters
         # Guards _serving, _connections and _closing; taken briefly, never
         # while blocking on a socket.
         self._lock = threading.Lock()
@@ -422,6 +423,7 @@ def serve(
     process_response: Optional[ProcessResponse] = None,
     max_pending_handshakes: Optional[int] = 128,
     first_byte_timeout: Optional[float] = 5,
+    counters: Optional[metrics.ConnectionCounters] = None,
     **kwds: Any,
 ) -> WebSocketServer:
     """Start a WebSocket server; it is listening and accepting on return.
@@ -501,6 +503,10 @@ def serve(
             before it is dropped (``open_timeout`` if shorter); it holds no
             thread meanwhile, and ``open_timeout`` starts again with its
             first byte. ``None`` for no limit but ``open_timeout``.
+        counters: the :class:`~syncws.metrics.ConnectionCounters` to count
+            the server's connections in; by default its own, which
+            :func:`syncws.metrics.collect` adds up; counters you make are
+            added up there once given to :func:`syncws.metrics.track`.
         **kwds: ``additional_headers`` (modern name of ``extra_headers``),
             and ``reuse_port=True`` to share the port between processes:
             with any process of this user that listens there with
@@ -584,6 +590,7 @@ def serve(
         first_byte_timeout=first_byte_timeout,
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
+        counters=counters,
     )
 
 

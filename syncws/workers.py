@@ -23,6 +23,8 @@ The **supervisor** (:func:`run_supervisor`, the parent) does no serving:
   that port for the workers while one restarts. Once the workers listen,
   it checks that no other process does (:func:`syncws.ports.strangers`:
   two supervisors started at once both get a reservation);
+* with ``--admin-port``, it reserves the admin listener's address the same
+  way (:mod:`syncws.admin`: every worker listens there too);
 * it starts every worker with the options of ``serve`` it was given (the
   same parser reads them back: :mod:`syncws.serveconfig`), its index, and,
   with ``--metrics``, a private directory the workers share for their
@@ -75,7 +77,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import logconfig, metrics, ports, serveconfig
 from .server import serve
@@ -254,6 +256,10 @@ class Supervisor:
         python: the interpreter for the workers (default: this one).
         options: options of ``python -m syncws serve`` for every worker
             (``["--max-size", "65536"]``: see :mod:`syncws.serveconfig`).
+        admin: ``(host, port)`` of the workers' admin listener
+            (``--admin-port``: :mod:`syncws.admin`), reserved as the
+            port is; port 0 picks one (:attr:`admin` has it after
+            :meth:`bind`).
     """
 
     def __init__(
@@ -266,6 +272,7 @@ class Supervisor:
         shutdown_timeout: float = SHUTDOWN_TIMEOUT,
         python: Optional[str] = None,
         options: Sequence[str] = (),
+        admin: Optional[Tuple[str, int]] = None,
     ) -> None:
         if processes < 1:
             raise ValueError(f"processes must be at least 1, got {processes}")
@@ -275,9 +282,12 @@ class Supervisor:
         self.shutdown_timeout = shutdown_timeout
         self.python = python or sys.executable
         self.options = list(options)
+        self.admin = admin
         self.slots = [_Slot(i) for i in range(processes)]
-        # Bound, never listening: reserves the port (see the module docstring).
+        # Bound, never listening: reserve the port, and the admin port
+        # (see the module docstring).
         self._reserved: Optional[List[socket.socket]] = None
+        self._admin_reserved: List[socket.socket] = []
         self._failed: Optional[str] = None  # why the supervisor gave up
         # Another process listens on the port too (see _check_alone).
         self._conflict: Optional[OSError] = None
@@ -296,12 +306,28 @@ class Supervisor:
         """
         self._reserved = ports.reserve(self.host, self.port)
         self.port = self._reserved[0].getsockname()[1]
+        if self.admin is not None:
+            host, port = self.admin
+            try:
+                self._admin_reserved = ports.reserve(host, port)
+            except OSError as exc:  # which address of the two, in the file name's place
+                self._release()
+                raise OSError(exc.errno, exc.strerror, f"{host}:{port}") from None
+            self.admin = (host, self._admin_reserved[0].getsockname()[1])
+
+    def _release(self) -> None:
+        """Close the reservations."""
+        for sock in [*(self._reserved or ()), *self._admin_reserved]:
+            sock.close()
+        self._reserved = None
+        self._admin_reserved = []
 
     def _start(self, slot: _Slot) -> None:
         ready_read, ready_write = os.pipe()
         command = [
             self.python, "-m", "syncws.workers", *self.options, "--host", self.host, "--port", str(self.port),
             "--ready-fd", str(ready_write), "--worker-index", str(slot.index),
+            *(["--admin-port", str(self.admin[1])] if self.admin is not None else []),
             *(["--group-dir", self._directory] if self._directory is not None else []), self.spec,
         ]
         # stdin: the pipe whose end of file tells the worker we are gone;
@@ -427,8 +453,7 @@ class Supervisor:
                 signal.signal(number, handler)
             os.close(read_fd)
             os.close(write_fd)
-            for sock in self._reserved or ():
-                sock.close()
+            self._release()
             if self._directory is not None:
                 shutil.rmtree(self._directory, ignore_errors=True)
                 self._directory = None
@@ -448,9 +473,14 @@ class Supervisor:
         """
         assert self._reserved is not None
         pids = [slot.process.pid for slot in self.slots if slot.process is not None]
-        others = ports.strangers(self._reserved, pids)
-        if others:
-            self._conflict = ports.address_in_use(self.port, others)
+        reservations = [(self._reserved, self.port)]
+        if self.admin is not None:
+            reservations.append((self._admin_reserved, self.admin[1]))
+        for reserved, port in reservations:
+            others = ports.strangers(reserved, pids)
+            if others:
+                self._conflict = ports.address_in_use(port, others)
+                return
 
     def _stop_all(self) -> None:
         """SIGTERM every worker, wait for them, SIGKILL the late ones."""
@@ -496,6 +526,7 @@ def run_supervisor(
     *,
     ready: Optional[Callable[[Supervisor], None]] = None,
     options: Sequence[str] = (),
+    admin: Optional[Tuple[str, int]] = None,
 ) -> int:
     """Serve ``spec`` from ``processes`` workers sharing ``host:port``.
 
@@ -510,6 +541,8 @@ def run_supervisor(
         ready: called with the :class:`Supervisor` once every worker
             listens (its ``port`` is the bound port).
         options: options of ``python -m syncws serve`` for every worker.
+        admin: ``(host, port)`` of the workers' admin listener, if any
+            (see :class:`Supervisor`).
 
     Returns:
         The exit status: 0 after a signal, 1 when a worker couldn't start.
@@ -519,7 +552,7 @@ def run_supervisor(
             on it (``EADDRINUSE``, saying which).
         ValueError: ``processes`` is below 1.
     """
-    supervisor = Supervisor(spec, host, port, processes or os.cpu_count() or 1, options=options)
+    supervisor = Supervisor(spec, host, port, processes or os.cpu_count() or 1, options=options, admin=admin)
     return supervisor.run(ready)
 
 
@@ -548,9 +581,18 @@ def _worker_main(argv: Optional[Sequence[str]] = None) -> int:
     except (OSError, ValueError) as exc:  # checked by the supervisor first: a file that changed meanwhile
         logger.error("worker %d: %s", os.getpid(), exc)
         return EXIT_CONFIG
+    try:
+        admin = serveconfig.admin_server(args, None if group is None else group.render, reuse_port=True)
+    except OSError as exc:
+        logger.error("worker %d: cannot listen on --admin-port %d: %s", os.getpid(), args.admin_port, exc.strerror or exc)
+        return EXIT_CONFIG
     if group is not None:
         group.start()
-    return run_worker(handler, args.host, args.port, watch_fd=sys.stdin.fileno(), ready_fd=args.ready_fd, **options)
+    try:
+        return run_worker(handler, args.host, args.port, watch_fd=sys.stdin.fileno(), ready_fd=args.ready_fd, **options)
+    finally:
+        if admin is not None:
+            admin.close()
 
 
 if __name__ == "__main__":

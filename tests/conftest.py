@@ -14,6 +14,7 @@ handler fails the test at teardown.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import tracemalloc
 import asyncio
 import base64
@@ -70,6 +71,17 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, interval: floa
         if time.monotonic() >= deadline:
             return bool(predicate())
         time.sleep(interval)
+
+
+def http_get(port: int, path: str, timeout: float = 10.0, host: str = "127.0.0.1") -> Tuple[int, str]:
+    """``GET path`` of a server on ``host:port``: the status and the body, as text."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
 
 
 def fd_count() -> int:

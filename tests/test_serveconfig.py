@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import pytest
 
 import syncws
-from conftest import CERT_FILE, KEY_FILE, wait_for
+from conftest import CERT_FILE, KEY_FILE, http_get, wait_for
 from syncws import serveconfig
 from syncws.http import Headers
 
@@ -89,7 +89,10 @@ def test_options_not_given_keep_serves_defaults() -> None:
 
 
 def test_workers_read_back_the_same_options() -> None:
-    given = parse(*EVERY_OPTION, "--host", "0.0.0.0", "--port", "9000", "--processes", "4", "app:handler")
+    given = parse(
+        *EVERY_OPTION, "--host", "0.0.0.0", "--port", "9000", "--processes", "4", "--admin-port", "9100",
+        "--admin-host", "127.0.0.1", "app:handler",
+    )
     again = parse(*serveconfig.worker_arguments(given))
     for name, value in vars(given).items():
         if name in ("host", "port", "processes", "handler"):
@@ -104,6 +107,7 @@ def test_workers_read_back_the_same_options() -> None:
     (["--ping-interval", "0"], "--ping-interval must be > 0 seconds or None, got 0.0"),
     (["--keyfile", KEY_FILE], "--keyfile needs --certfile"),
     (["--allow-no-origin"], "--allow-no-origin goes with --origin or --origin-regex"),
+    (["--admin-port", "9100"], "--admin-port serves --health and --metrics: give one of them, or both"),
 ])
 def test_options_that_dont_go_together(argv: List[str], message: str) -> None:
     with pytest.raises(ValueError) as raised:
@@ -371,6 +375,99 @@ def test_a_handler_modules_logging_is_kept(serve_cli: Any, tmp_path: Path) -> No
     log = server.stderr()
     assert "APP WARNING app: hello /x" in log.splitlines()
     assert "{" not in log and "INFO" not in log  # neither JSON nor the CLI's level
+
+
+def test_with_an_admin_port_health_and_metrics_leave_the_websocket_port() -> None:
+    def page(path: str, headers: Any) -> Any:
+        return None
+
+    options = serveconfig.server_options(parse("--health", "/healthz", "--metrics", "/metrics", "--admin-port", "0"),
+                                         process_request=page)
+    assert options == {"process_request": page}
+    assert "process_request" not in serveconfig.server_options(parse("--health", "/healthz", "--admin-port", "0"))
+
+
+def admin_port(server: Served, paths: str = "/healthz and /metrics") -> int:
+    """The port of the admin listener, from the line after ``serving on``."""
+    assert server.process.stdout is not None
+    line = server.process.stdout.readline()
+    match = re.fullmatch(rf"answering {paths} on http://127\.0\.0\.1:(\d+)/\n", line)
+    assert match, (line, server.stderr())
+    return int(match.group(1))
+
+
+@pytest.mark.timeout(60)
+def test_an_admin_port_answers_while_the_server_is_full(serve_cli: Any) -> None:
+    server = serve_cli(
+        "--host", HOST, "--port", "0", "--max-connections", "1", "--health", "/healthz", "--metrics", "/metrics",
+        "--admin-port", "0",
+    )
+    admin = admin_port(server)
+    uri = f"ws://{HOST}:{server.port}/"
+    with syncws.connect(uri, open_timeout=TIMEOUT):
+        # Full: the WebSocket port answers 503 before reading a request.
+        assert wait_for(lambda: server.get("/healthz").status == 503, TIMEOUT)
+        with pytest.raises(syncws.InvalidStatusCode) as busy:
+            syncws.connect(uri, open_timeout=TIMEOUT)
+        assert busy.value.status_code == 503
+        for _ in range(3):
+            assert http_get(admin, "/healthz") == (200, "OK\n")
+        status, text = http_get(admin, "/metrics")
+        assert status == 200
+        assert metric(text, "syncws_connections_open") == 1
+        assert metric(text, 'syncws_handshakes_refused_total{status="503"}') >= 2
+        assert http_get(admin, "/") == (404, "Not Found: this port serves the health check and the metrics only.\n")
+    # Not full: the health check is the admin port's only.
+    assert wait_for(lambda: metric(http_get(admin, "/metrics")[1], "syncws_connections_open") == 0, TIMEOUT)
+    assert server.get("/healthz").status == 426
+    assert server.stop() == 0
+
+
+@pytest.mark.timeout(90)
+def test_processes_answer_on_the_admin_port_while_every_worker_is_full(serve_cli: Any, tmp_path: Path) -> None:
+    (tmp_path / "pidapp.py").write_text(PID_HANDLER)
+    server = serve_cli(
+        "--processes", "2", "--host", HOST, "--port", "0", "--max-connections", "1", "--health", "/healthz",
+        "--metrics", "/metrics", "--admin-port", "0", "pidapp:handler",
+    )
+    admin = admin_port(server)
+    uri = f"ws://{HOST}:{server.port}/"
+    clients: Dict[int, syncws.WebSocketClientProtocol] = {}
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while len(clients) < 2:  # one connection on each worker: both full
+            assert time.monotonic() < deadline, f"only workers {list(clients)} answered"
+            try:
+                websocket = syncws.connect(uri, open_timeout=TIMEOUT)
+            except syncws.InvalidStatusCode as exc:  # a full worker
+                assert exc.status_code == 503
+                continue
+            clients[int(websocket.recv(TIMEOUT))] = websocket
+        for _ in range(10):  # whichever worker the kernel picks
+            assert http_get(admin, "/healthz") == (200, "OK\n")
+
+        def open_per_worker() -> List[float]:
+            text = http_get(admin, "/metrics")[1]
+            return [metric(text, f'syncws_connections_open{{worker="{w}"}}') for w in ("0", "1")]
+
+        assert wait_for(lambda: open_per_worker() == [1, 1], TIMEOUT), open_per_worker()
+    finally:
+        for websocket in clients.values():
+            websocket.close()
+    assert server.stop() == 0
+
+
+def test_processes_refuse_an_admin_port_already_taken(tmp_path: Path) -> None:
+    with socket.create_server((HOST, 0)) as taken:
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "syncws", "serve", "--processes", "2", "--port", "0", "--health", "/healthz",
+             "--admin-port", str(port)],
+            capture_output=True, text=True, env=cli_env(), cwd=tmp_path, timeout=TIMEOUT,
+        )
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"python -m syncws: could not listen on 127.0.0.1:{port}: Address already in use")
+    assert result.stdout == ""
 
 
 def test_the_applications_hook_comes_after_health_and_metrics() -> None:
