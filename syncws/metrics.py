@@ -72,6 +72,7 @@ __all__ = [
     "CONTENT_TYPE",
     "ConnectionCounters",
     "Family",
+    "GroupDirectory",
     "GroupMetrics",
     "ServerMetrics",
     "collect",
@@ -509,7 +510,7 @@ class GroupMetrics:
         Safe from any thread: one write at a time.
         """
         import json  # only in the workers of a group: not every server's memory
-        path = os.path.join(self.directory, f"{self.index}.json")
+        path = _published(self.directory, self.index)
         temporary = f"{path}.{os.getpid()}.tmp"
         with self._publishing:
             labelled = families(collect(), fanout_stats(), {"worker": str(self.index)})
@@ -546,6 +547,108 @@ class GroupMetrics:
             for name_, kind, text, samples in data["families"]:
                 found.append(Family(name_, kind, text, [(tuple(map(tuple, labels)), value) for labels, value in samples]))
         return exposition(found)
+
+
+def _published(directory: str, index: int) -> str:
+    """The file where the worker ``index`` of a group publishes its families."""
+    return os.path.join(directory, f"{index}.json")
+
+
+class GroupDirectory:
+    """Where a group's workers write their metrics (:class:`GroupMetrics`): made, held and removed by their supervisor.
+
+    Made in the system's temporary directory (``TMPDIR``), named
+    ``syncws-metrics-*``. Its owner holds a lock on it (``flock``) as long
+    as the owner lives, and the kernel drops the lock when the owner ends,
+    however it ends. :meth:`remove` deletes it when the group stops; a
+    supervisor killed with ``SIGKILL`` can't, so a new one removes first
+    every such directory that no process holds (:meth:`sweep`). A worker
+    killed while writing its file leaves a temporary file there:
+    :meth:`forget` removes a dead worker's files before it is restarted.
+    POSIX only, as groups are.
+
+    Raises:
+        OSError: the directory can't be made.
+    """
+
+    PREFIX = "syncws-metrics-"
+
+    def __init__(self) -> None:
+        import fcntl  # POSIX
+        import tempfile
+
+        while True:
+            path = tempfile.mkdtemp(prefix=self.PREFIX)
+            lock = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+            fcntl.flock(lock, fcntl.LOCK_EX)  # waits only while another's sweep() looks at it
+            try:
+                kept = os.path.samestat(os.fstat(lock), os.stat(path))
+            except FileNotFoundError:
+                kept = False
+            if kept:
+                break
+            os.close(lock)  # swept between its making and its lock: make another
+        #: The directory's path.
+        self.path = path
+        # The descriptor whose lock says the directory is in use; not
+        # inherited by the workers (descriptors aren't, by default).
+        self._lock: Optional[int] = lock
+
+    @classmethod
+    def sweep(cls) -> None:
+        """Remove the directories of this user's groups whose supervisor is gone."""
+        import fcntl
+        import shutil
+        import tempfile
+
+        parent = tempfile.gettempdir()
+        try:
+            entries = list(os.scandir(parent))
+        except OSError as exc:
+            logger.debug("stale metrics directories not looked for in %s: %s", parent, exc)
+            return
+        for entry in entries:
+            if not entry.name.startswith(cls.PREFIX):
+                continue
+            try:
+                if not entry.is_dir(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                    continue
+                lock = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError:  # gone meanwhile
+                continue
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # its supervisor runs
+                os.close(lock)
+                continue
+            logger.info("removing %s, left by a supervisor that was killed", entry.path)
+            shutil.rmtree(entry.path, ignore_errors=True)
+            os.close(lock)
+
+    def forget(self, index: int) -> None:
+        """Remove the files of the worker ``index``, which ended.
+
+        Args:
+            index: the worker's place in the group.
+        """
+        import glob
+
+        published = _published(self.path, index)
+        for path in [published, *glob.glob(f"{glob.escape(published)}.*.tmp")]:
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+
+    def remove(self) -> None:
+        """Delete the directory and everything in it; idempotent."""
+        import shutil
+
+        if self._lock is None:
+            return
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.close(self._lock)  # after the removal: no sweep() takes it half removed
+        self._lock = None
 
 
 def _alive(pid: int) -> bool:

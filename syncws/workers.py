@@ -29,7 +29,9 @@ The **supervisor** (:func:`run_supervisor`, the parent) does no serving:
   same parser reads them back: :mod:`syncws.serveconfig`), its index, and,
   with ``--metrics``, a private directory the workers share for their
   metrics (:class:`syncws.metrics.GroupMetrics`), removed when the
-  supervisor ends (left behind, empty or nearly, if it is killed);
+  supervisor ends, or by the next supervisor to start if it was killed
+  (:class:`syncws.metrics.GroupDirectory`); a dead worker's files there
+  are removed before it is restarted;
 * it starts N workers as fresh interpreters (:mod:`subprocess`, running
   ``python -m syncws.workers``), not with :func:`os.fork`: a forked child
   would inherit the parent's threads' locks in whatever state they were, and
@@ -69,12 +71,10 @@ import importlib
 import logging
 import os
 import select
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -292,7 +292,7 @@ class Supervisor:
         # Another process listens on the port too (see _check_alone).
         self._conflict: Optional[OSError] = None
         # A directory the workers share for --metrics, while running.
-        self._directory: Optional[str] = None
+        self._directory: Optional[metrics.GroupDirectory] = None
 
     def bind(self) -> None:
         """Reserve the address (and pick the port for port 0).
@@ -328,7 +328,7 @@ class Supervisor:
             self.python, "-m", "syncws.workers", *self.options, "--host", self.host, "--port", str(self.port),
             "--ready-fd", str(ready_write), "--worker-index", str(slot.index),
             *(["--admin-port", str(self.admin[1])] if self.admin is not None else []),
-            *(["--group-dir", self._directory] if self._directory is not None else []), self.spec,
+            *(["--group-dir", self._directory.path] if self._directory is not None else []), self.spec,
         ]
         # stdin: the pipe whose end of file tells the worker we are gone;
         # stdout and stderr are ours.
@@ -373,6 +373,8 @@ class Supervisor:
                 process.stdin.close()
             self._close_ready(slot)
             slot.process = None
+            if self._directory is not None:
+                self._directory.forget(slot.index)
             if status == EXIT_CONFIG:
                 self._failed = f"worker {slot.index} (pid {process.pid}) could not start; see its error above"
                 return
@@ -400,8 +402,9 @@ class Supervisor:
         """
         if self._reserved is None:
             self.bind()
+        metrics.GroupDirectory.sweep()
         if "--metrics" in self.options:
-            self._directory = tempfile.mkdtemp(prefix="syncws-workers-")
+            self._directory = metrics.GroupDirectory()
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, False)
         os.set_blocking(write_fd, False)
@@ -455,7 +458,7 @@ class Supervisor:
             os.close(write_fd)
             self._release()
             if self._directory is not None:
-                shutil.rmtree(self._directory, ignore_errors=True)
+                self._directory.remove()
                 self._directory = None
         if self._conflict is not None:
             raise self._conflict

@@ -10,6 +10,7 @@ if it is still there.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import socket
@@ -18,7 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, List, Set
+from typing import Iterator, List, Mapping, Optional, Sequence, Set
 
 import pytest
 
@@ -62,12 +63,16 @@ def wait_until(predicate, timeout: float = TIMEOUT) -> bool:  # type: ignore[no-
 class Supervised:
     """``python -m syncws serve --processes N`` with the PID handler."""
 
-    def __init__(self, tmp_path: Path, processes: int = 2, handler: str = "pidapp:handler", port: int = 0) -> None:
+    def __init__(
+        self, tmp_path: Path, processes: int = 2, handler: str = "pidapp:handler", port: int = 0,
+        options: Sequence[str] = (), env: Mapping[str, str] = {},
+    ) -> None:
         (tmp_path / "pidapp.py").write_text(PID_HANDLER)
-        env = dict(os.environ)
+        env = dict(os.environ, **env)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(tmp_path)])
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "syncws", "serve", "--processes", str(processes), "--host", HOST, "--port", str(port), handler],
+            [sys.executable, "-m", "syncws", "serve", "--processes", str(processes), "--host", HOST, "--port", str(port),
+             *options, handler],
             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         self.stderr: List[str] = []
@@ -229,6 +234,70 @@ def test_workers_exit_when_the_supervisor_is_killed(supervised: Supervised) -> N
     supervised.process.wait(TIMEOUT)
     # Orphans notice the closed pipe, close their server and exit.
     assert wait_until(lambda: not any(alive(pid) for pid in workers))
+
+
+def metrics_supervisor(tmp_path: Path, temp: Path, processes: int = 2) -> Supervised:
+    """A supervisor with ``--metrics``, its group's directory made in ``temp`` (``TMPDIR``)."""
+    server = Supervised(tmp_path, processes, options=["--metrics", "/metrics"], env={"TMPDIR": str(temp)})
+    server.wait_serving()
+    return server
+
+
+def published_pid(path: Path) -> Optional[int]:
+    """The pid of the worker whose metrics are in ``path``, if there."""
+    try:
+        return int(json.loads(path.read_text())["pid"])
+    except (OSError, ValueError):
+        return None
+
+
+@pytest.mark.timeout(60)
+def test_a_killed_workers_metrics_files_are_removed(tmp_path: Path) -> None:
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    server = metrics_supervisor(tmp_path, temp)
+    try:
+        [group] = list(temp.iterdir())
+        assert wait_until(lambda: published_pid(group / "0.json") is not None)
+        victim = published_pid(group / "0.json")
+        # What a worker killed while writing its metrics leaves behind.
+        unfinished = group / f"0.json.{victim}.tmp"
+        unfinished.write_text('{"pid": ')
+        os.kill(victim, signal.SIGKILL)  # type: ignore[arg-type]
+        # Its successor, under the same index, publishes its own.
+        assert wait_until(lambda: published_pid(group / "0.json") not in (None, victim))
+        assert not unfinished.exists()
+    finally:
+        server.process.terminate()
+        assert server.process.wait(TIMEOUT) == 0
+    assert list(temp.iterdir()) == []  # the supervisor removed its directory
+
+
+@pytest.mark.timeout(90)
+def test_a_killed_supervisors_metrics_directory_is_removed_by_the_next(tmp_path: Path) -> None:
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    killed = metrics_supervisor(tmp_path, temp, processes=1)
+    [stale] = list(temp.iterdir())
+    live = metrics_supervisor(tmp_path, temp, processes=1)
+    [kept] = set(temp.iterdir()) - {stale}
+    try:
+        workers = killed.pids_seen(1)
+        killed.kill()  # SIGKILL: no chance to remove anything
+        assert wait_until(lambda: not any(alive(pid) for pid in workers))
+        assert stale.exists()
+        following = metrics_supervisor(tmp_path, temp, processes=1)
+        try:
+            # The killed supervisor's directory is gone; the live one's stays.
+            assert not stale.exists()
+            assert kept.exists() and len(list(temp.iterdir())) == 2
+        finally:
+            following.process.terminate()
+            assert following.process.wait(TIMEOUT) == 0
+    finally:
+        live.process.terminate()
+        assert live.process.wait(TIMEOUT) == 0
+    assert list(temp.iterdir()) == []
 
 
 @pytest.mark.timeout(60)
