@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, NamedTuple, NoReturn, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, NoReturn, Optional, Tuple, Union
 
 from . import threadpool, timers
 from .close_codes import OK_CLOSE_CODES, CloseCode, describe_close
@@ -48,6 +48,7 @@ from .exceptions import ConcurrencyError, ConnectionClosed, InvalidState
 from .framing import serialize_close
 from .messages import Assembler, MessageQueue, QueueClosed, prepare_message
 from .settings import ConnectionSettings, check_settings
+from .stats import Stats, snapshot
 from .transport import Transport
 from .keepalive import Keepalive
 from .logs import LazyLabel, closed_line, connection_label, format_address, set_connection
@@ -111,29 +112,6 @@ class _Latch:
             return False
         self._lock.release()  # let the next waiter through
         return True
-
-
-class Stats(NamedTuple):
-    """A snapshot of a connection's counters (see :attr:`~WebSocketCommonProtocol.stats`).
-
-    Attributes:
-        messages_in: messages received.
-        messages_out: messages sent.
-        bytes_in: WebSocket bytes received, frame headers included (the
-            opening handshake isn't counted, either way).
-        bytes_out: WebSocket bytes sent, frame headers included.
-        queued: messages and fragments received and not yet taken by ``recv()``.
-        pings_sent: pings sent, by ``ping()`` and by keepalive.
-        pings_missed: keepalive pings whose pong didn't come in time.
-    """
-
-    messages_in: int
-    messages_out: int
-    bytes_in: int
-    bytes_out: int
-    queued: int
-    pings_sent: int
-    pings_missed: int
 
 
 class WebSocketCommonProtocol:
@@ -350,17 +328,7 @@ class WebSocketCommonProtocol:
     @property
     def stats(self) -> Stats:
         """A :class:`Stats` snapshot of the connection's counters."""
-        core = self._core
-        keepalive = self._keepalive
-        return Stats(
-            messages_in=core.messages_received,
-            messages_out=core.messages_sent,
-            bytes_in=core.bytes_received,
-            bytes_out=core.bytes_sent,
-            queued=len(self._messages),
-            pings_sent=self._pings_sent + (keepalive.pings_sent if keepalive else 0),
-            pings_missed=keepalive.pings_missed if keepalive else 0,
-        )
+        return snapshot(self._core, len(self._messages), self._pings_sent, self._keepalive)
 
     def __str__(self) -> str:
         return f"{connection_label(self)} ({self.side}, peer {format_address(self.remote_address)})"
