@@ -31,13 +31,30 @@ and what the peer sent (close reasons, header values, subprotocols) through
 from __future__ import annotations
 
 import http
+import logging
 import threading
-from typing import Any, Dict, Iterable, Optional, Tuple
+from typing import Any, Dict, Iterable, Optional, Tuple, Union
 
 from .framing import describe_close
 from .safetext import REDACTED, escape, is_secret_header, redact_uri
 
-__all__ = ["connection_label", "current_connection", "set_connection", "LazyLabel", "format_address", "format_head", "format_status", "opened_line", "closed_line"]
+__all__ = ["side_logger", "connection_label", "current_connection", "set_connection", "LazyLabel", "format_address", "format_head", "format_status", "opened_line", "closed_line"]
+
+
+# The default loggers, looked up once (getLogger takes a lock).
+_DEFAULT_LOGGERS = {side: logging.getLogger(f"syncws.{side}") for side in ("client", "server")}
+
+
+def side_logger(logger: Union[logging.Logger, str, None], side: str) -> logging.Logger:
+    """The logger a connection writes to.
+
+    Args:
+        logger: a logger, a logger's name, or ``None`` for ``syncws.<side>``.
+        side: ``"client"`` or ``"server"``.
+    """
+    if logger is None:
+        return _DEFAULT_LOGGERS.get(side) or logging.getLogger(f"syncws.{side}")
+    return logging.getLogger(logger) if isinstance(logger, str) else logger
 
 
 def connection_label(connection: Any) -> str:

@@ -51,7 +51,7 @@ from .settings import ConnectionSettings, check_settings
 from .stats import Stats, snapshot
 from .transport import Transport
 from .keepalive import Keepalive
-from .logs import LazyLabel, closed_line, connection_label, format_address, set_connection
+from .logs import LazyLabel, closed_line, connection_label, format_address, set_connection, side_logger
 from .reader import Reader
 from .writer import Writer
 
@@ -61,10 +61,6 @@ if TYPE_CHECKING:
     from .metrics import ConnectionCounters
 
 __all__ = ["State", "Stats", "WebSocketCommonProtocol", "Data"]
-
-
-# The default loggers, looked up once (getLogger takes a lock).
-_DEFAULT_LOGGERS = {side: logging.getLogger(f"syncws.{side}") for side in ("client", "server")}
 
 
 class _Latch:
@@ -186,11 +182,7 @@ class WebSocketCommonProtocol:
         self.ping_interval = settings.ping_interval
         self.ping_timeout = settings.ping_timeout
         self.write_timeout = settings.write_timeout
-        if logger is None:
-            logger = _DEFAULT_LOGGERS.get(self.side) or f"syncws.{self.side}"
-        if isinstance(logger, str):
-            logger = logging.getLogger(logger)
-        self.logger: logging.Logger = logger
+        self.logger: logging.Logger = side_logger(logger, self.side)
 
         # The connection's id, drawn on first use (see the id property).
         self._id: Optional[uuid.UUID] = None

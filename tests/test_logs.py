@@ -14,7 +14,7 @@ import pytest
 import websockets.sync.client
 
 import syncws
-from syncws.logs import closed_line, format_address, format_head, format_status
+from syncws.logs import closed_line, format_address, format_head, format_status, side_logger
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -220,3 +220,12 @@ def test_a_malformed_requests_token_stays_out_of_the_refused_line(caplog: pytest
     assert len(refused) == 1
     assert "Authorization: [redacted]" in refused[0], refused[0]
     assert "tok123" not in caplog.text and "tok456" not in caplog.text
+
+
+def test_side_logger_defaults_to_the_side_and_takes_a_name_or_a_logger() -> None:
+    assert side_logger(None, "client") is logging.getLogger("syncws.client")
+    assert side_logger(None, "server") is logging.getLogger("syncws.server")
+    assert side_logger(None, "relay") is logging.getLogger("syncws.relay")
+    assert side_logger("app.ws", "server") is logging.getLogger("app.ws")
+    mine = logging.getLogger("mine")
+    assert side_logger(mine, "client") is mine
