@@ -22,6 +22,9 @@ I/O. This module runs it over a :class:`~syncws.transport.Transport`:
 * **Timers** (keepalive, the closing deadline, a write's deadline) run on the
   one shared thread of :mod:`syncws.timers`. They never block: when time is
   up they abort the transport, which wakes every thread blocked on it.
+* **The end** (the closing handshake, its deadline, ``abort()``, the teardown
+  once the reader is done, and the wait for it) is a
+  :class:`~syncws.closing.Closing`'s job.
 
 Lock order: the writer's ``lock``, then ``_core_lock``; never the other way
 round. A thread holding neither may wait for the writer's turn (a
@@ -34,17 +37,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, NoReturn, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Optional, Tuple, Union
 
-from . import threadpool, timers
-from .close_codes import OK_CLOSE_CODES, CloseCode, describe_close
-from .core import (
-    BytesLike,
-    ConnectionCore,
-    Data,
-    State,
-)
-from .exceptions import ConcurrencyError, ConnectionClosed, InvalidState
+from . import threadpool
+from .close_codes import OK_CLOSE_CODES, CloseCode
+from .closing import Closing
+from .core import BytesLike, ConnectionCore, Data, State
+from .exceptions import ConcurrencyError, InvalidState
 from .framing import serialize_close
 from .messages import Assembler, MessageQueue, QueueClosed, prepare_message
 from .settings import ConnectionSettings, check_settings
@@ -61,53 +60,6 @@ if TYPE_CHECKING:
     from .metrics import ConnectionCounters
 
 __all__ = ["State", "Stats", "WebSocketCommonProtocol", "Data"]
-
-
-class _Latch:
-    """Set once, waited on by any number of threads: a lighter threading.Event.
-
-    A lock held from the start and released by the first :meth:`set`, as
-    :meth:`threading.Thread.join` waits on a thread's end: no Condition to
-    build or notify (an Event is a Condition, a lock and a deque, and a
-    server has two signals per connection: see
-    docs/performance.rst#memory-per-connection). For signals that are set once and
-    never cleared.
-    """
-
-    __slots__ = ("_lock", "_set")
-
-    # Makes a set() atomic: two threads may set a latch at once (abort() from
-    # anywhere), and its lock must be released only once. Shared by every
-    # latch, as each is set about once in its life.
-    _setting = threading.Lock()
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()
-        self._set = False
-
-    def set(self) -> None:
-        """Wake every waiter, now and later. Idempotent; from any thread."""
-        with _Latch._setting:
-            if self._set:
-                return
-            self._set = True
-        self._lock.release()
-
-    def is_set(self) -> bool:
-        """Whether :meth:`set` was called."""
-        return self._set
-
-    def wait(self, timeout: Optional[float] = None) -> bool:
-        """Wait until :meth:`set` was called, at most ``timeout`` seconds.
-
-        Returns:
-            Whether it was.
-        """
-        if not self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0)):
-            return False
-        self._lock.release()  # let the next waiter through
-        return True
 
 
 class WebSocketCommonProtocol:
@@ -146,11 +98,11 @@ class WebSocketCommonProtocol:
     # one pointer (see docs/performance.rst#memory-per-connection).
     # "__dict__" still takes the attributes of subclasses and applications.
     __slots__ = (
-        "settings", "host", "port", "secure", "close_timeout", "max_size", "max_queue", "read_limit",
+        "settings", "host", "port", "secure", "max_size", "max_queue", "read_limit",
         "write_limit", "ping_interval", "ping_timeout", "write_timeout", "logger", "_id", "subprotocol",
         "extensions", "path", "request_headers", "response_headers", "latency", "transport", "_core",
-        "_core_lock", "_writer", "_messages", "_assembler", "_reader", "_reader_started", "_reader_ident",
-        "_closed", "_close_timer", "_keepalive", "_pings_sent", "_opened_at", "_debug", "counters",
+        "_core_lock", "_writer", "_messages", "_assembler", "_reader", "_closing", "_keepalive", "_pings_sent",
+        "_opened_at", "_debug", "counters",
         "__dict__", "__weakref__",
     )
 
@@ -173,8 +125,7 @@ class WebSocketCommonProtocol:
         self.host = host
         self.port = port
         self.secure = secure
-        # The settings the seed exposes as attributes.
-        self.close_timeout = settings.close_timeout
+        # The settings the seed exposes as attributes (close_timeout: a property).
         self.max_size = settings.max_message_size
         self.max_queue = settings.max_queue_high
         self.read_limit = settings.read_limit
@@ -216,17 +167,10 @@ class WebSocketCommonProtocol:
         self._messages = MessageQueue(settings.max_queue_high, settings.max_queue_low)
         self._assembler = Assembler(self._messages)
         # The reader loop connection_open() made, until its thread ends
-        # (dropped then: it refers back to the connection); whether
-        # connection_open() gave the connection its reader thread (from
-        # syncws.threadpool); the thread's ident once it runs.
+        # (dropped then: it refers back to the connection).
         self._reader: Optional[Reader] = None
-        self._reader_started = False
-        self._reader_ident: Optional[int] = None
-        # Set by the reader thread as it ends, everything closed (by abort()
-        # when there is no reader thread): what close() and wait_closed()
-        # wait for.
-        self._closed = _Latch()
-        self._close_timer: Optional[timers.Timer] = None
+        # The closing handshake, its deadline, and the wait for the end.
+        self._closing = Closing(self._core, self._core_lock, self._messages, settings.close_timeout)
         self._keepalive: Optional[Keepalive] = None
         # Pings sent by ping(); keepalive counts its own.
         self._pings_sent = 0
@@ -257,6 +201,15 @@ class WebSocketCommonProtocol:
     @id.setter
     def id(self, value: uuid.UUID) -> None:
         self._id = value
+
+    @property
+    def close_timeout(self) -> Optional[float]:
+        """Seconds the closing handshake may take before TCP is dropped; ``None`` for no limit."""
+        return self._closing.close_timeout
+
+    @close_timeout.setter
+    def close_timeout(self, value: Optional[float]) -> None:
+        self._closing.close_timeout = value
 
     @property
     def local_address(self) -> Any:
@@ -337,10 +290,8 @@ class WebSocketCommonProtocol:
             transport: the connected socket.
         """
         self.transport = transport
-        self._writer = Writer(
-            self._core, self._core_lock, transport,
-            write_timeout=self.write_timeout,
-        )
+        self._writer = Writer(self._core, self._core_lock, transport, write_timeout=self.write_timeout)
+        self._closing.attach(transport, self._writer)
 
     def connection_open(self) -> None:
         """Start the connection once the opening handshake succeeded.
@@ -360,7 +311,7 @@ class WebSocketCommonProtocol:
         self._reader = Reader(
             self._core, self._core_lock, transport, self._writer, self._messages, transport.take_buffered(),
             is_client=self.is_client, logger=self.logger, label=LazyLabel(self),
-            on_pong=self._pong_received, on_closing=self._start_close_timer, on_end=self._finish,
+            on_pong=self._pong_received, on_closing=self._closing.start_timer, on_end=self._finish,
         )
         # Keepalive first: the reader may end the connection (and stop
         # keepalive) before threadpool.start() even returns.
@@ -371,7 +322,7 @@ class WebSocketCommonProtocol:
                 messages=self._messages, on_timeout=self._keepalive_timed_out,
             )
             self._keepalive.start()
-        self._reader_started = True
+        self._closing.reader_started = True
         # Before the reader starts: it may end the connection at once.
         if self.counters is not None:
             self.counters.opened(self)
@@ -381,7 +332,7 @@ class WebSocketCommonProtocol:
             # kept for as long as a server's handler thread lives.
             threadpool.start(self._run_reader, f"syncws-reader-{format_address(self.remote_address)}")
         except BaseException:
-            self._reader_started = False
+            self._closing.reader_started = False
             self._reader = None
             if self._keepalive is not None:
                 self._keepalive.stop()
@@ -391,7 +342,7 @@ class WebSocketCommonProtocol:
 
     def _run_reader(self) -> None:
         """The connection's reader thread (a thread of :mod:`syncws.threadpool`)."""
-        self._reader_ident = threading.get_ident()
+        self._closing.reader_ident = threading.get_ident()
         assert self._reader is not None
         set_connection(self)
         try:
@@ -399,7 +350,7 @@ class WebSocketCommonProtocol:
         finally:
             set_connection(None)  # the thread may serve another connection next
             self._reader = None
-            self._closed.set()
+            self._closing.closed.set()
 
     def abort(self, cause: str = "aborted") -> None:
         """Drop the connection at once, without a closing handshake.
@@ -411,19 +362,7 @@ class WebSocketCommonProtocol:
         Args:
             cause: why, for :attr:`close_reason`.
         """
-        with self._core_lock:
-            self._core.abandon(cause)
-            unopened = not self._reader_started and self._core.state is State.CLOSED
-        if self.transport is not None:
-            self.transport.abort()
-            if unopened:
-                self.transport.close()
-        # A reader thread waiting for room in the queue must get to see the
-        # end of the stream.
-        self._messages.unbound()
-        if unopened:
-            self._messages.close()
-            self._closed.set()
+        self._closing.abort(cause)
 
     # -- receiving -----------------------------------------------------------
 
@@ -557,11 +496,11 @@ class WebSocketCommonProtocol:
                     try:
                         self._open_writer().send_fragments(outgoing.fragments, outgoing.text, compress, timeout)
                     except (InvalidState, OSError) as exc:
-                        self._raise_refused(exc)
+                        self._closing.refuse(exc)
                 except (OSError, InvalidState, ConcurrencyError):
                     raise  # nothing was sent, or the connection is already gone
                 except Exception:
-                    self._start_close_timer()  # the writer failed the connection with 1011
+                    self._closing.start_timer()  # the writer failed the connection with 1011
                     raise
                 return
             payload, is_text = outgoing.payload, outgoing.text
@@ -575,7 +514,7 @@ class WebSocketCommonProtocol:
         try:
             writer.send_message(payload, is_text, compress, timeout)  # type: ignore[arg-type]
         except (InvalidState, OSError) as exc:
-            self._raise_refused(exc)
+            self._closing.refuse(exc)
 
     def _open_writer(self) -> Writer:
         """The writer, once the opening handshake gave the connection one."""
@@ -586,29 +525,14 @@ class WebSocketCommonProtocol:
     def _write(self, produce: Callable[[ConnectionCore], Any]) -> None:
         """Have the core make frames with ``produce(core)`` and write them (ping, pong).
 
-        A refused send is reported as the closed connection (see :meth:`_raise_refused`).
+        A refused send is reported as the closed connection (see
+        :meth:`~syncws.closing.Closing.refuse`).
         """
         writer = self._open_writer()
         try:
             writer.write(produce, deadline=writer.deadline())
         except (InvalidState, OSError) as exc:
-            self._raise_refused(exc)
-
-    def _raise_refused(self, exc: Exception) -> NoReturn:
-        """Report a send that raised ``exc``: as the closed connection, mostly.
-
-        Before the opening handshake, and for a timeout or a connection
-        already reported closed, ``exc`` itself; otherwise the connection's
-        :exc:`~syncws.ConnectionClosed`, once it is closed (caused by ``exc``
-        when the transport failed).
-        """
-        if isinstance(exc, (ConnectionClosed, TimeoutError)):
-            raise exc
-        if isinstance(exc, InvalidState):
-            if self._core.state is State.CONNECTING:
-                raise exc
-            raise self._closed_exception() from None
-        raise self._closed_exception() from exc
+            self._closing.refuse(exc)
 
     def send_nowait(self, message: Data, timeout: Optional[float] = None, *, text: Optional[bool] = None) -> bool:
         """Send ``message`` only if that can't block; for :func:`~syncws.broadcast`.
@@ -637,7 +561,7 @@ class WebSocketCommonProtocol:
         try:
             return writer.send_message(outgoing.payload, outgoing.text, None, timeout, nowait=True)
         except (InvalidState, OSError) as exc:
-            self._raise_refused(exc)
+            self._closing.refuse(exc)
 
     def ping(self, data: Union[str, bytes, None] = None) -> threading.Event:
         """Send a ping.
@@ -704,33 +628,7 @@ class WebSocketCommonProtocol:
                 long.
         """
         serialize_close(code, reason)  # validates before any effect
-        writer = self._writer
-        if not self._reader_started or writer is None:
-            self.abort("closed before the opening handshake finished")
-            return
-        if self._closed.is_set():
-            # Closed already (a handler returning after the peer closed):
-            # nothing to send, and the reader thread is ending.
-            self._wait_reader()
-            return
-
-        def produce(core: ConnectionCore) -> None:
-            if core.can_send:  # else a close frame was sent (or the connection failed)
-                core.send_close(code, reason)
-                self._arm_close_timer()  # before the write, which may block
-
-        # A send stuck on a peer that stopped reading holds the write lock:
-        # wait for it no longer than the closing handshake may take.
-        try:
-            had_lock = writer.write(produce, deadline=writer.deadline(self.close_timeout), lock_wait=self.close_timeout)
-        except OSError:
-            had_lock = True  # the transport is aborted: the reader ends
-        if not had_lock:
-            self.abort(f"close({code}) gave up waiting for a send blocked on the peer")
-        # The reader must keep reading to see the peer's close frame, even if
-        # nobody consumes messages any more.
-        self._messages.unbound()
-        self._wait_reader()
+        self._closing.close(code, reason)
 
     def start_closing(self, code: int = CloseCode.GOING_AWAY, reason: str = "",
                       give_up_at: Optional[float] = None) -> None:
@@ -748,18 +646,7 @@ class WebSocketCommonProtocol:
             give_up_at: when to stop retrying (a ``time.monotonic()``
                 value); ``close_timeout`` from now by default.
         """
-        if not self._core.can_send:
-            return
-        if give_up_at is None:
-            give_up_at = time.monotonic() + (self.close_timeout or 0)
-        assert self._writer is not None
-        if self._writer.write(lambda core: core.send_close(code, reason), now=True):
-            self._start_close_timer()
-            self._messages.unbound()
-        elif time.monotonic() < give_up_at:
-            timers.call_later(0.01, lambda: self.start_closing(code, reason, give_up_at))
-        else:
-            self.abort(f"the close frame ({describe_close(code, reason)}) couldn't be sent in time")
+        self._closing.start_closing(code, reason, give_up_at)
 
     def wait_closed(self, timeout: Optional[float] = None) -> None:
         """Wait until the connection is closed, by either side.
@@ -770,7 +657,7 @@ class WebSocketCommonProtocol:
         Raises:
             TimeoutError: the connection is still open after ``timeout``.
         """
-        if not self._closed.wait(timeout):
+        if not self._closing.closed.wait(timeout):
             raise TimeoutError(f"connection still open after {timeout} seconds")
 
     def __enter__(self) -> "WebSocketCommonProtocol":
@@ -779,56 +666,10 @@ class WebSocketCommonProtocol:
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
 
-    def _closed_exception(self) -> ConnectionClosed:
-        """Wait for the connection to be closed, then build its exception.
-
-        For operations refused while the connection closes: the exception
-        carries the final close code, which the closing handshake decides.
-        """
-        self._messages.unbound()
-        self._await_closed()
-        return self._core.closed_exception()
-
-    def _wait_reader(self) -> None:
-        """Wait for the reader to be done, dropping TCP if the peer holds it open."""
-        if not self._reader_started or self._reader_ident == threading.get_ident():
-            return
-        self._await_closed()
-
-    def _await_closed(self) -> None:
-        """Wait until everything is closed, dropping TCP if the peer holds it open."""
-        if not self._closed.wait(None if self.close_timeout is None else self.close_timeout + 1):
-            self.abort("the closing handshake didn't end")
-            self._closed.wait()
-
-    # -- deadlines -------------------------------------------------------------
-
-    def _start_close_timer(self) -> None:
-        """Drop TCP if the closing handshake isn't over within the timeout.
-
-        From the reader thread, the closing thread or the timer thread, maybe
-        at once: the core's lock makes the look and the arming one step, so
-        only one timer is armed, and none once :meth:`_finish` has cancelled it.
-        """
-        with self._core_lock:
-            self._arm_close_timer()
-
-    def _arm_close_timer(self) -> None:
-        """:meth:`_start_close_timer` for a caller that holds the core's lock."""
-        if self.close_timeout is not None and self._close_timer is None and self._core.state is not State.CLOSED:
-            self._close_timer = timers.call_later(
-                self.close_timeout, lambda: self.abort("the closing handshake timed out")
-            )
-
     def _keepalive_timed_out(self) -> None:
         """Keepalive callback (timer thread): the peer stopped answering pings."""
-        reason = "keepalive ping timeout"
         self.logger.info("%s: no pong within %s seconds; closing", self, self.ping_timeout)
-        # The peer doesn't answer: send the close frame only if that can be
-        # done at once, and don't wait for the peer's.
-        assert self._writer is not None
-        self._writer.write(lambda core: core.fail(CloseCode.INTERNAL_ERROR, reason), now=True)
-        self.abort(reason)
+        self._closing.give_up(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
 
     # -- the reader thread -------------------------------------------------------
 
@@ -839,28 +680,9 @@ class WebSocketCommonProtocol:
     def _finish(self, cause: str) -> None:
         """Close the socket and the queue, stop the timers: the reader loop's last act.
 
-        Its thread then sets ``_closed`` (in :meth:`_run_reader`).
+        Its thread then sets the closing's ``closed`` latch (in :meth:`_run_reader`).
         """
-        transport = self.transport
-        assert transport is not None and self._writer is not None
-        write_lock = self._writer.lock
-        if not write_lock.acquire(blocking=False):
-            # A writer holds the lock, maybe blocked on the socket: shutting
-            # the socket down makes it let go. Uncontended (the usual end),
-            # there is nobody to wake and the socket is closed directly.
-            transport.abort()
-            write_lock.acquire()
-        try:
-            with self._core_lock:
-                self._core.receive_eof(cause)
-                # Read with the state's change: no timer is armed once CLOSED.
-                close_timer = self._close_timer
-            transport.close()
-        finally:
-            write_lock.release()
-        self._writer.connection_closed()
-        if close_timer is not None:
-            close_timer.cancel()
+        self._closing.finish(cause)
         if self._keepalive is not None:
             self._keepalive.stop()
         self._messages.close()
