@@ -2,7 +2,8 @@
 
 Run it from the repository root as ``python bench/streams.py`` (about a
 minute). It needs ``redis-server`` on the PATH (started here on a free port
-of 127.0.0.1, with ``appendonly yes``, stopped by its PID) and redis-py.
+of 127.0.0.1, with ``appendonly yes`` and ``--appendfsync``, ``everysec``
+unless told, stopped by its PID) and redis-py.
 This is a benchmark, not a test: it prints numbers and never fails on them.
 
 What it measures, for :class:`~syncws.fanout.RedisFanout` (pub/sub) and
@@ -15,7 +16,13 @@ What it measures, for :class:`~syncws.fanout.RedisFanout` (pub/sub) and
   as fast as it can, from one thread, then from ``--threads`` threads.
   Reported: publishes per second (the publishing alone), and deliveries
   per second (from the first publish to the last message reaching the last
-  member, times the members), with every delivery checked.
+  member, times the members), with every delivery checked. The streams
+  keep every message of a run here (a history of ``--messages`` if that is
+  more than ``--history``), as pub/sub's output buffer in Redis holds a
+  run's backlog: publishing as fast as it can, a publisher gets ahead of
+  the server's reader, and a reader behind by more than the history skips
+  what was trimmed (reported as a gap), which would end the run, not
+  measure it (docs/performance.rst says when that happens).
 * **memory per channel** (streams only): Redis's ``used_memory`` after
   ``--channels`` channels each got ``history`` messages of ``--size``
   bytes, per channel, and ``MEMORY USAGE`` of one channel's keys.
@@ -111,9 +118,10 @@ def clients_process(port: int, members: int, pipe: Any) -> None:
 
 
 def rates(backend: str, url: str, args: argparse.Namespace) -> None:
+    history = max(args.history, args.messages)  # the whole run: see the module's docstring
     context = multiprocessing.get_context("spawn")
     server_pipe, server_end = context.Pipe()
-    server = context.Process(target=server_process, args=(backend, url, args.history, args.members, server_end))
+    server = context.Process(target=server_process, args=(backend, url, history, args.members, server_end))
     server.start()
     server_end.close()  # the child's: a child that dies is then an EOFError here
     port = server_pipe.recv()
@@ -121,7 +129,7 @@ def rates(backend: str, url: str, args: argparse.Namespace) -> None:
     clients = context.Process(target=clients_process, args=(port, args.members, clients_end))
     clients.start()
     clients_end.close()
-    publisher = make(backend, url, args.history)
+    publisher = make(backend, url, history)
     try:
         assert clients_pipe.recv() == "connected"
         assert server_pipe.recv() == "ready"
@@ -225,13 +233,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8, help="publishing threads, the second time")
     parser.add_argument("--channels", type=int, default=20, help="channels, for the memory")
     parser.add_argument("--history", type=int, default=1000, help="the stream fan-out's history")
+    parser.add_argument(
+        "--appendfsync", choices=("everysec", "always"), default="everysec",
+        help="Redis's: 'always' is what a history that outlives a crash needs (docs/deployment.rst)",
+    )
     args = parser.parse_args()
     if shutil.which("redis-server") is None:
         print("skipped: redis-server is not installed")
         return
     from services import Redis
 
-    redis_server = Redis(Path(tempfile.mkdtemp(prefix="syncws-bench-")), persist=True)
+    redis_server = Redis(Path(tempfile.mkdtemp(prefix="syncws-bench-")), persist=True, appendfsync=args.appendfsync)
     redis_server.start()
     try:
         for backend in ("pubsub", "streams"):

@@ -690,7 +690,7 @@ def test_the_streams_benchmark_runs() -> None:
     pytest.importorskip("redis")
     result = subprocess.run(
         [sys.executable, str(REPO / "bench" / "streams.py"), "--messages", "200", "--members", "3", "--threads", "2",
-         "--channels", "2", "--history", "100"],
+         "--channels", "2", "--history", "100", "--appendfsync", "always"],
         capture_output=True, text=True, timeout=100, env=dict(os.environ, PYTHONPATH=str(REPO)),
     )
     assert result.returncode == 0, result.stderr
