@@ -486,6 +486,142 @@ PyDoc_STRVAR(parse_simple_frames_doc,
  * and any other exporter is pinned by the Py_buffer export (a bytearray
  * can't be resized meanwhile).  Nothing in the loop runs Python code.
  */
+/*
+ * parse_simple_frames()'s scalar arguments (position, end, masked, limit)
+ * as C values.  Converting them may run Python code (__index__, __bool__),
+ * which must not happen while a view is held: they come first.  Returns 0,
+ * or -1 with an exception set.
+ */
+static int
+simple_frames_args(PyObject *const *args, Py_ssize_t *position,
+                   Py_ssize_t *end, unsigned char *mask_bit,
+                   long long *limit)
+{
+    int overflow, masked;
+
+    /* Clipped rather than OverflowError: any out-of-range value then fails
+     * the caller's range check with the ValueError Python raises. */
+    *position = PyNumber_AsSsize_t(args[1], NULL);
+    if (*position == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    *end = PyNumber_AsSsize_t(args[2], NULL);
+    if (*end == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    masked = PyObject_IsTrue(args[3]);
+    if (masked < 0) {
+        return -1;
+    }
+    *mask_bit = masked ? 0x80 : 0;
+    /* A limit beyond LLONG_MAX is no limit: no buffer holds a frame that
+     * large.  A negative one accepts nothing. */
+    *limit = PyLong_AsLongLongAndOverflow(args[4], &overflow);
+    if (*limit == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (overflow > 0) {
+        *limit = LLONG_MAX;
+    }
+    else if (overflow < 0) {
+        *limit = -1;
+    }
+    return 0;
+}
+
+/*
+ * The header of the frame at buf[position:end] when the frame is simple
+ * (first byte 0x81 or 0x82, the expected mask bit) and whole, its payload
+ * within limit: sets *start to where its payload (after the mask key)
+ * starts and *length to the payload's length, and returns 1; else 0.
+ */
+static inline int
+simple_frame_at(const unsigned char *buf, Py_ssize_t position,
+                Py_ssize_t end, unsigned char mask_bit, long long limit,
+                Py_ssize_t *start, uint64_t *length)
+{
+    unsigned char first = buf[position];
+    unsigned char second = buf[position + 1];
+
+    if ((first != 0x81 && first != 0x82) || (second & 0x80) != mask_bit) {
+        return 0;
+    }
+    *length = second & 0x7F;
+    *start = position + 2;
+    if (*length == 126) {
+        *start = position + 4;
+        if (*start > end) {
+            return 0;
+        }
+        *length = ((uint64_t)buf[position + 2] << 8) | buf[position + 3];
+    }
+    else if (*length == 127) {
+        int i;
+
+        *start = position + 10;
+        if (*start > end) {
+            return 0;
+        }
+        *length = 0;
+        for (i = 2; i < 10; i++) {
+            *length = (*length << 8) | buf[position + i];
+        }
+    }
+    if (mask_bit) {
+        *start += 4;
+    }
+    /* Compared as unsigned: a 64-bit length may exceed any Py_ssize_t. */
+    return !(*start > end || *length > (uint64_t)(end - *start)
+             || limit < 0 || *length > (uint64_t)limit);
+}
+
+/*
+ * The message a simple frame carries: str for text (first byte 0x81),
+ * bytes for binary, its payload unmasked with the 4-byte key before it
+ * when mask_bit is set.  Masked text is unmasked into *scratch, then
+ * decoded from it: *scratch is stack_scratch (SCRATCH_SIZE bytes) until a
+ * longer payload needs a heap buffer, which replaces it (*scratch_size
+ * says how large; the caller frees it).  Returns a new reference, or NULL
+ * with an exception set (UnicodeDecodeError for invalid UTF-8).
+ */
+static inline PyObject *
+simple_message(unsigned char first, const unsigned char *payload,
+               Py_ssize_t length, unsigned char mask_bit,
+               unsigned char *stack_scratch, unsigned char **scratch,
+               Py_ssize_t *scratch_size)
+{
+    PyObject *message;
+
+    if (!mask_bit) {
+        return first == 0x81
+            ? PyUnicode_DecodeUTF8((const char *)payload, length, "strict")
+            : PyBytes_FromStringAndSize((const char *)payload, length);
+    }
+    if (first == 0x82) {
+        /* Unmasked straight into the new bytes object: one copy. */
+        message = PyBytes_FromStringAndSize(NULL, length);
+        if (message != NULL) {
+            xor_mask(payload, (unsigned char *)PyBytes_AS_STRING(message),
+                     length, payload - 4);
+        }
+        return message;
+    }
+    if (length > *scratch_size) {
+        unsigned char *bigger = PyMem_Malloc((size_t)length);
+
+        if (bigger == NULL) {
+            return PyErr_NoMemory();
+        }
+        if (*scratch != stack_scratch) {
+            PyMem_Free(*scratch);
+        }
+        *scratch = bigger;
+        *scratch_size = length;
+    }
+    xor_mask(payload, *scratch, length, payload - 4);
+    return PyUnicode_DecodeUTF8((const char *)*scratch, length, "strict");
+}
+
 static PyObject *
 parse_simple_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -494,7 +630,6 @@ parse_simple_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     const unsigned char *buf;
     Py_ssize_t size, position, end;
     long long limit;
-    int overflow, masked;
     unsigned char mask_bit;
     PyObject *out;
     unsigned char stack_scratch[SCRATCH_SIZE];
@@ -510,40 +645,14 @@ parse_simple_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                      nargs);
         return NULL;
     }
-    /* The scalar arguments first: converting them may run Python code
-     * (__index__, __bool__), which must not happen while a view is held. */
     out = args[5];
     if (!PyList_CheckExact(out)) {
         PyErr_Format(PyExc_TypeError, "out must be a list, got %.200s",
                      Py_TYPE(out)->tp_name);
         return NULL;
     }
-    /* Clipped rather than OverflowError: any out-of-range value then fails
-     * the range check below with the ValueError Python raises. */
-    position = PyNumber_AsSsize_t(args[1], NULL);
-    if (position == -1 && PyErr_Occurred()) {
+    if (simple_frames_args(args, &position, &end, &mask_bit, &limit) < 0) {
         return NULL;
-    }
-    end = PyNumber_AsSsize_t(args[2], NULL);
-    if (end == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    masked = PyObject_IsTrue(args[3]);
-    if (masked < 0) {
-        return NULL;
-    }
-    mask_bit = masked ? 0x80 : 0;
-    /* A limit beyond LLONG_MAX is no limit: no buffer holds a frame that
-     * large.  A negative one accepts nothing. */
-    limit = PyLong_AsLongLongAndOverflow(args[4], &overflow);
-    if (limit == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    if (overflow > 0) {
-        limit = LLONG_MAX;
-    }
-    else if (overflow < 0) {
-        limit = -1;
     }
 
     if (PyBytes_CheckExact(args[0])) {
@@ -568,80 +677,19 @@ parse_simple_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
     while (end - position >= 2) {
         unsigned char first = buf[position];
-        unsigned char second = buf[position + 1];
         uint64_t length;
         Py_ssize_t start;
         const unsigned char *payload;
         PyObject *message;
 
-        if ((first != 0x81 && first != 0x82) || (second & 0x80) != mask_bit) {
-            break;
-        }
-        length = second & 0x7F;
-        start = position + 2;
-        if (length == 126) {
-            start = position + 4;
-            if (start > end) {
-                break;
-            }
-            length = ((uint64_t)buf[position + 2] << 8) | buf[position + 3];
-        }
-        else if (length == 127) {
-            int i;
-
-            start = position + 10;
-            if (start > end) {
-                break;
-            }
-            length = 0;
-            for (i = 2; i < 10; i++) {
-                length = (length << 8) | buf[position + i];
-            }
-        }
-        if (mask_bit) {
-            start += 4;
-        }
-        /* Compared as unsigned: a 64-bit length may exceed any Py_ssize_t. */
-        if (start > end || length > (uint64_t)(end - start)
-            || limit < 0 || length > (uint64_t)limit) {
+        if (!simple_frame_at(buf, position, end, mask_bit, limit, &start,
+                             &length)) {
             break;
         }
         payload = buf + start;
-
-        if (!mask_bit) {
-            message = first == 0x81
-                ? PyUnicode_DecodeUTF8((const char *)payload,
-                                       (Py_ssize_t)length, "strict")
-                : PyBytes_FromStringAndSize((const char *)payload,
-                                            (Py_ssize_t)length);
-        }
-        else if (first == 0x82) {
-            /* Unmasked straight into the new bytes object: one copy. */
-            message = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
-            if (message != NULL) {
-                xor_mask(payload, (unsigned char *)PyBytes_AS_STRING(message),
-                         (Py_ssize_t)length, payload - 4);
-            }
-        }
-        else {
-            /* Text is unmasked into scratch memory, then decoded from it. */
-            if ((Py_ssize_t)length > scratch_size) {
-                unsigned char *bigger = PyMem_Malloc((size_t)length);
-
-                if (bigger == NULL) {
-                    PyErr_NoMemory();
-                    goto done;
-                }
-                if (scratch != stack_scratch) {
-                    PyMem_Free(scratch);
-                }
-                scratch = bigger;
-                scratch_size = (Py_ssize_t)length;
-            }
-            xor_mask(payload, scratch, (Py_ssize_t)length, payload - 4);
-            message = PyUnicode_DecodeUTF8((const char *)scratch,
-                                           (Py_ssize_t)length, "strict");
-        }
+        message = simple_message(first, payload, (Py_ssize_t)length,
+                                 mask_bit, stack_scratch, &scratch,
+                                 &scratch_size);
         if (message == NULL) {
             if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
                 goto done;
@@ -710,12 +758,71 @@ PyDoc_STRVAR(pack_frame_doc,
 "while masking payloads larger than 64 KiB: a mutable payload buffer must\n"
 "not be modified by another thread meanwhile.\n");
 
+/*
+ * pack_frame()'s first header byte, as operator.index(obj) in Python;
+ * clipped rather than OverflowError, so that any out-of-range value is a
+ * ValueError.  Returns 0, or -1 with an exception set.
+ */
+static int
+first_header_byte(PyObject *obj, Py_ssize_t *first)
+{
+    PyObject *index = PyNumber_Index(obj);
+
+    if (index == NULL) {
+        return -1;
+    }
+    *first = PyNumber_AsSsize_t(index, NULL);
+    if (*first < 0 || *first > 0xFF) {
+        PyErr_Format(PyExc_ValueError,
+                     "the first header byte must be in 0..255, got %S",
+                     index);
+        Py_DECREF(index);
+        return -1;
+    }
+    Py_DECREF(index);
+    return 0;
+}
+
+/*
+ * Write a frame's header at out: the first byte, the payload length in its
+ * shortest encoding, and the mask key unless key is NULL.  out has room
+ * for header_size bytes, as pack_frame() computes it.
+ */
+static void
+write_frame_header(unsigned char *out, Py_ssize_t header_size,
+                   unsigned char first, Py_ssize_t length,
+                   const unsigned char *key)
+{
+    out[0] = first;
+    if (length < 126) {
+        out[1] = (unsigned char)length;
+    }
+    else if (length < 0x10000) {
+        out[1] = 126;
+        out[2] = (unsigned char)(length >> 8);
+        out[3] = (unsigned char)length;
+    }
+    else {
+        uint64_t value = (uint64_t)length;
+        int i;
+
+        out[1] = 127;
+        for (i = 9; i >= 2; i--) {
+            out[i] = (unsigned char)value;
+            value >>= 8;
+        }
+    }
+    if (key != NULL) {
+        out[1] |= 0x80;
+        memcpy(out + header_size - 4, key, 4);
+    }
+}
+
 static PyObject *
 pack_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     unsigned char key[4];
     int masked;
-    PyObject *index;
     Py_ssize_t first;
     Py_buffer view;
     int have_view = 0;
@@ -733,21 +840,9 @@ pack_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                      nargs);
         return NULL;
     }
-    /* As operator.index(first) in Python; clipped rather than
-     * OverflowError, so that any out-of-range value is a ValueError. */
-    index = PyNumber_Index(args[0]);
-    if (index == NULL) {
+    if (first_header_byte(args[0], &first) < 0) {
         return NULL;
     }
-    first = PyNumber_AsSsize_t(index, NULL);
-    if (first < 0 || first > 0xFF) {
-        PyErr_Format(PyExc_ValueError,
-                     "the first header byte must be in 0..255, got %S",
-                     index);
-        Py_DECREF(index);
-        return NULL;
-    }
-    Py_DECREF(index);
     /* A str is encoded first, as the Python version does; then the key
      * before any other payload, as apply_mask() checks them. */
     text_payload = PyUnicode_Check(args[1]);
@@ -793,29 +888,8 @@ pack_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         goto done;
     }
     out = (unsigned char *)PyBytes_AS_STRING(result);
-    out[0] = (unsigned char)first;
-    if (length < 126) {
-        out[1] = (unsigned char)length;
-    }
-    else if (length < 0x10000) {
-        out[1] = 126;
-        out[2] = (unsigned char)(length >> 8);
-        out[3] = (unsigned char)length;
-    }
-    else {
-        uint64_t value = (uint64_t)length;
-        int i;
-
-        out[1] = 127;
-        for (i = 9; i >= 2; i--) {
-            out[i] = (unsigned char)value;
-            value >>= 8;
-        }
-    }
-    if (masked) {
-        out[1] |= 0x80;
-        memcpy(out + header_size - 4, key, 4);
-    }
+    write_frame_header(out, header_size, (unsigned char)first, length,
+                       masked ? key : NULL);
     out += header_size;
     if (have_view && !PyBuffer_IsContiguous(&view, 'C')) {
         /* A strided memoryview: gather it, then mask in place.  Rare. */

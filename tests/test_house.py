@@ -5,7 +5,8 @@
   cycle, only hidden); those under ``if TYPE_CHECKING:`` are left out, since
   they never run.
 * No function longer than :data:`MAX_FUNCTION_LINES` lines of code: lines
-  that aren't blank, a comment or the function's docstring.
+  that aren't blank, a comment or the function's docstring; in Python and
+  in the C speedups alike.
 * No measured figure (a time, a size, a rate, an instruction count, a
   speed-up, "on CPython 3.11") in a comment or a docstring of the package's
   source, but the few of :data:`ALLOWED_FIGURES`: figures drift from the
@@ -204,12 +205,47 @@ def test_code_lines_leave_out_docstrings_comments_and_blanks() -> None:
     assert code_lines(function, source.splitlines()) == 2
 
 
+def c_function_lines(source: str) -> Dict[str, int]:
+    """``{function: lines of code}`` of a C file in the speedups' style.
+
+    A function's name starts its line, its body's braces stand alone on
+    theirs; its lines of code run from the name to the closing brace,
+    neither blank nor comment.
+    """
+    blanked = re.sub(r"/\*.*?\*/|//[^\n]*", lambda match: re.sub(r"[^\n]", " ", match.group()), source, flags=re.S)
+    lines = blanked.splitlines()
+    found = {}
+    for number, line in enumerate(lines):
+        if line != "{":
+            continue
+        start = number - 1
+        while not re.match(r"\w+\(", lines[start]):
+            start -= 1
+        name = re.match(r"\w+", lines[start])
+        assert name is not None
+        end = lines.index("}", number)
+        found[name.group()] = sum(1 for text in lines[start:end + 1] if text.strip())
+    return found
+
+
+def test_c_function_lines_leave_out_comments_and_blanks() -> None:
+    source = "/* A\n * doc. */\nstatic int\nf(int a,\n  int b)\n{\n    /* why */\n\n    return a; // and\n}\n"
+    assert c_function_lines(source) == {"f": 5}
+
+
 def test_no_long_function() -> None:
     found = long_functions()
     new = {name: count for name, count in found.items() if name not in KNOWN_LONG_FUNCTIONS}
     assert new == {}, f"functions over {MAX_FUNCTION_LINES} lines of code: split them"
     # A known one that got short leaves the list.
     assert sorted(KNOWN_LONG_FUNCTIONS - set(found)) == []
+
+
+def test_no_long_c_function() -> None:
+    functions = c_function_lines((PACKAGE / "speedups.c").read_text(encoding="utf-8"))
+    assert "parse_simple_frames" in functions and "pack_frame" in functions  # the file is read whole
+    long = {name: count for name, count in functions.items() if count > MAX_FUNCTION_LINES}
+    assert long == {}, f"C functions over {MAX_FUNCTION_LINES} lines of code: split them"
 
 
 # -- measured figures ---------------------------------------------------------
