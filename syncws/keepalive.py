@@ -5,8 +5,9 @@ Theory of operation: every ``interval`` seconds the shared timer thread
 lock free, the socket writable: a send in progress has its own deadline
 watching the peer), and only if no message came from the peer since it
 last looked: a peer that sends is alive, and a server with thousands of
-busy connections would otherwise spend a quarter of a core on pings and
-pongs it needs no answer from (docs/performance.rst). ``timeout`` seconds
+busy connections would otherwise spend a good part of a core on pings and
+pongs it needs no answer from (docs/performance.rst#idle-connections-per-process
+measures what pings cost). ``timeout`` seconds
 after a ping it checks that the pong came; if not, the peer is dead and
 ``on_timeout()`` drops the connection.
 
