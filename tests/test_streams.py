@@ -209,6 +209,25 @@ def test_a_first_member_of_a_channel_gets_messages_at_once(redis_server: Redis) 
         publisher.close()
 
 
+def test_one_connection_per_process_reads_every_stream(redis_server: Redis) -> None:
+    """Two processes, 60 members in 20 channels: Redis sees one XREAD connection a process, few in all."""
+    one, two = [Node(redis_server.url, max_connections=2) for _ in range(2)]
+    client = redis_client(redis_server)
+    try:
+        # Each member got its own message through its process's reader:
+        # every channel is read, in both processes.
+        members = [joined(node, f"c{n}", f"m{n}-{k}") for n in range(20) for k, node in enumerate((one, two, one))]
+        others = [c for c in client.client_list() if int(c["id"]) != client.client_id()]
+        assert len([c for c in others if c["cmd"] == "xread"]) == 2, others
+        assert len(others) <= 2 * (1 + 2), others  # a reader and its pool of 2, each
+        for member in members:
+            member.close()
+    finally:
+        client.close()
+        one.close()
+        two.close()
+
+
 # -- recovery -------------------------------------------------------------------------
 
 
