@@ -961,16 +961,20 @@ def test_gunicorn_preload_workers_share_a_fanout_made_before_the_fork(redis_serv
     )
     clients = {}  # worker pid -> a client it serves
     try:
-        for _ in range(40):
+        # The arbiter forks one worker after the other, and the port is open
+        # before the second is: until it is, the first gets every connection.
+        deadline = time.monotonic() + TIMEOUT
+        while server.log().count("Booting worker with pid") < 2:
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.02)
+        while len(clients) < 2:
+            assert time.monotonic() < deadline, f"every connection went to the same worker: {server.log()}"
             websocket = syncws.connect(f"ws://{HOST}:{server.port}/ws", compression=None, max_queue=None)
             pid = int(websocket.recv(TIMEOUT).split()[1])
             if pid in clients:
                 websocket.close()  # served by a worker we have: its thread is free again
             else:
                 clients[pid] = websocket
-            if len(clients) == 2:
-                break
-        assert len(clients) == 2, "every connection went to the same worker"
         first, second = clients.values()
         for number in range(20):  # both workers publish, interleaved
             first.send(f"first {number}")
