@@ -92,15 +92,17 @@ class HandshakePool:
 
     Args:
         size: the most handshakes at once; ``None`` for no limit.
+        clock: seconds, monotonic: how old a handshake is.
 
     Raises:
         ValueError: ``size`` is less than 1.
     """
 
-    def __init__(self, size: Optional[int]) -> None:
+    def __init__(self, size: Optional[int], clock: Callable[[], float] = time.monotonic) -> None:
         if size is not None and size < 1:
             raise ValueError(f"max_pending_handshakes must be >= 1 or None, got {size}")
         self.size = size
+        self._clock = clock
         # Protects _entries; never held while blocking.
         self._lock = threading.Lock()
         # Insertion-ordered: the first entry is the oldest handshake.
@@ -120,7 +122,7 @@ class HandshakePool:
             key: identifies the connection (its socket) in later calls.
         """
         with self._lock:
-            self._entries[key] = _Entry(time.monotonic())
+            self._entries[key] = _Entry(self._clock())
 
     def cancellable(self, key: Any, cancel: Callable[[], None]) -> None:
         """Tell how to drop the handshake: ``cancel()`` must not block.
@@ -158,7 +160,7 @@ class HandshakePool:
             if self.size is None or len(self._entries) < self.size:
                 return True
             key, oldest = next(iter(self._entries.items()))
-            age = time.monotonic() - oldest.started
+            age = self._clock() - oldest.started
             if oldest.cancel is None or age < EVICTABLE_AFTER:
                 return False
             del self._entries[key]
@@ -205,6 +207,7 @@ def accept_loop(
     refuse_busy: Callable[[socket.socket], None],
     start_handshake: Callable[[socket.socket, Any], None],
     logger: logging.Logger,
+    clock: Callable[[], float] = time.monotonic,
 ) -> None:
     """Accept connections on ``listener`` until the server closes.
 
@@ -232,6 +235,8 @@ def accept_loop(
         refuse_busy: answers 503 and lets the socket go.
         start_handshake: starts the connection's thread.
         logger: the server's logger.
+        clock: seconds, monotonic: when a connection was accepted, and
+            how long ago.
     """
     try:
         backlog_holds_more = _backlog_probe(listener)
@@ -255,7 +260,7 @@ def accept_loop(
 
     try:
         while True:
-            now = time.monotonic()
+            now = clock()
             timeout: Optional[float] = None
             if silent and first_byte_timeout is not None:
                 oldest = next(iter(silent.values()))[0]
@@ -274,7 +279,7 @@ def accept_loop(
                 if key.fileobj is listener:
                     _accept_batch(
                         listener, selector, silent, waiting, max_silent, at_capacity, refuse_busy, logger, drop,
-                        backlog_holds_more,
+                        backlog_holds_more, clock,
                     )
                 else:
                     sock = key.fileobj
@@ -283,7 +288,7 @@ def accept_loop(
                     accepted, address = silent.pop(sock)
                     _queue(waiting, (sock, address, accepted))
 
-            now = time.monotonic()
+            now = clock()
             if first_byte_timeout is not None:
                 for sock, (accepted, address) in list(silent.items()):
                     if now - accepted < first_byte_timeout:
@@ -373,6 +378,7 @@ def _accept_batch(
     logger: logging.Logger,
     drop: Callable[[socket.socket], None],
     backlog_holds_more: Callable[[], bool],
+    clock: Callable[[], float] = time.monotonic,
 ) -> None:
     """Accept what the backlog holds (up to a batch).
 
@@ -399,7 +405,7 @@ def _accept_batch(
         if at_capacity():
             refuse_busy(sock)
             continue
-        now = time.monotonic()
+        now = clock()
         if not _MSG_DONTWAIT:
             sock.setblocking(False)
         ready = _has_data(sock)
