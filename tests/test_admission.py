@@ -22,6 +22,7 @@ import select
 import selectors
 import socket
 import ssl
+import struct
 import threading
 from typing import Any, Deque, Iterator, List
 
@@ -387,6 +388,13 @@ def test_serve_holds_its_accept_selector_once_it_returns() -> None:
     assert wait_for(lambda: _epoll_descriptors() == before, timeout=5)
 
 
+def accept_queue(listener: socket.socket) -> int:
+    """How many connections wait in ``listener``'s queue (Linux: tcpi_unacked of a listener)."""
+    info = listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
+    return int(struct.unpack_from("I", info, 24)[0])
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_INFO"), reason="Linux: reads the length of a listener's queue")
 def test_an_accept_batch_takes_the_whole_backlog_without_an_empty_accept() -> None:
     """After the first accept(), poll() says whether another is waiting:
     accept() is never called on an empty backlog (its BlockingIOError was an
@@ -399,7 +407,9 @@ def test_an_accept_batch_takes_the_whole_backlog_without_an_empty_accept() -> No
         for client in clients:
             client.sendall(b"G")
         probe = syncws.admission._backlog_probe(listener)
-        assert wait_for(probe, timeout=5)
+        # The kernel may queue a connection after connect() returned (when
+        # softirqs run late, under load): the batch sees those that are there.
+        assert wait_for(lambda: accept_queue(listener) == 3, timeout=WAIT)
         accepts = 0
         real_accept = listener.accept
 
