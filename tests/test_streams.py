@@ -145,14 +145,19 @@ def redis_server(tmp_path: Path) -> Iterator[Redis]:
         server.stop()
 
 
-@pytest.fixture
-def nodes(redis_server: Redis) -> Iterator[List[Node]]:
-    running = [Node(redis_server.url, history=1000) for _ in range(2)]
+def two_nodes(url: str, **options: Any) -> Iterator[List[Node]]:
+    """Two nodes ("processes") on one Redis, closed after the test."""
+    running = [Node(url, **options) for _ in range(2)]
     try:
         yield running
     finally:
         for node in running:
             node.close()
+
+
+@pytest.fixture
+def nodes(redis_server: Redis) -> Iterator[List[Node]]:
+    yield from two_nodes(redis_server.url, history=1000)
 
 
 def redis_client(server: Redis) -> Any:
@@ -401,12 +406,7 @@ def patient_nodes(redis_server: Redis) -> Iterator[List[Node]]:
     pings are the default ones: a slow answer under load (0.5 s pings gave
     the reader 1.5 s) isn't a second outage.
     """
-    running = [Node(redis_server.url, publish_timeout=60, ping_interval=5, ping_timeout=5) for _ in range(2)]
-    try:
-        yield running
-    finally:
-        for node in running:
-            node.close()
+    yield from two_nodes(redis_server.url, publish_timeout=60, ping_interval=5, ping_timeout=5)
 
 
 @pytest.mark.timeout(150)
