@@ -177,10 +177,13 @@ class Reader:
                     finally:
                         lock.release()
                     del data  # (the core keeps what it still needs)
+            # The closing deadline first: the close frame may wait behind a
+            # send blocked on the peer, for as long as that send's deadline
+            # (forever without write_timeout), and the handshake may not.
+            self.on_closing()
             # The close frame goes out before our FIN.
             self.writer.flush(blocking=True)
             self.messages.unbound()
-            self.on_closing()
             if not self.is_client:
                 transport.shutdown_write()
             transport.discard_input()

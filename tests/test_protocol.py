@@ -347,6 +347,44 @@ def test_close_while_send_blocked_on_stalled_peer(raw_serve):
     assert ws.state_name == "CLOSED"
 
 
+@pytest.mark.parametrize("bad", [False, True], ids=["peer-closes", "peer-breaks-protocol"])
+def test_closing_handshake_with_a_send_blocked_on_the_peer_ends_within_close_timeout(raw_serve, bad):
+    """The peer's close frame (or a protocol error) while a send waits on it arms the closing deadline.
+
+    The close reply waits behind the blocked send; without a deadline the
+    connection lasted as long as that send (forever, with no write_timeout).
+    """
+    stop = threading.Event()
+
+    def handler(conn):
+        # The message's first bytes: its send() holds the writer, and the
+        # socket buffers fill up, as this peer never reads.
+        select.select([conn.sock], [], [], 10)
+        conn.send(frame(0x1, b"\xff") if bad else frame(0x8, close_payload(1001, "bye")))
+        stop.wait(15)
+
+    ws = syncws.connect(raw_serve(handler), ping_interval=None, close_timeout=0.5, write_timeout=None)
+    outcome = []
+
+    def sender():
+        try:
+            ws.send(b"\x00" * 64 * MIB)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=sender)
+    thread.start()
+    try:
+        thread.join(10)
+        assert not thread.is_alive(), "the send outlived the closing handshake's deadline"
+        assert outcome and isinstance(outcome[0], ConnectionClosed), outcome
+        ws.wait_closed(5)
+        assert ws.close_rcvd == (None if bad else (1001, "bye"))
+    finally:
+        stop.set()
+        thread.join(10)
+
+
 # -- protocol errors from the peer ----------------------------------------------
 
 MIB = 2**20
