@@ -214,6 +214,12 @@ class MessageQueue:
             room.set()
 
 
+# Fragments shorter than this are joined while a message is assembled (see
+# Assembler._add_partial): large beside what a piece costs of its own (its
+# object's header and its slot in the list), small enough to copy at once.
+_JOIN_BELOW = 4096
+
+
 class Assembler:
     """What ``recv()`` and ``recv_streaming()`` do with the queue's items.
 
@@ -287,18 +293,35 @@ class Assembler:
                     item = items.get(timeout)
                 if type(item) is not Fragment:
                     return item if decode is None else _convert(item, decode)
-                self._partial.append(item.data)
+                self._add_partial(item.data)
                 if item.fin:
                     return _convert(self._take_partial(), decode)
             deadline = None if timeout is None else time.monotonic() + timeout
             while True:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 item = self.items.get(remaining)
-                self._partial.append(item.data)
+                self._add_partial(item.data)
                 if item.fin:
                     return _convert(self._take_partial(), decode)
         finally:
             receiving.append(True)  # _leave(), inline
+
+    def _add_partial(self, data: Data) -> None:
+        """Keep a fragment of the message being assembled, joined to the one before if both are short.
+
+        A peer may send a message in tiny fragments, one per read, or in
+        empty ones, which ``max_size`` doesn't count: an object kept per
+        fragment would hold many times ``max_size``, or memory without
+        bound. Joined while short, no two pieces in a row are shorter than
+        :data:`_JOIN_BELOW`, and a join copies less than twice that.
+        """
+        pieces = self._partial
+        if pieces and len(data) < _JOIN_BELOW:
+            last = pieces[-1]
+            if len(last) < _JOIN_BELOW:
+                pieces[-1] = last + data  # type: ignore[operator]
+                return
+        pieces.append(data)
 
     def _take_partial(self) -> Data:
         pieces = self._partial

@@ -378,3 +378,22 @@ def test_assembler_get_without_timeout_waits_for_a_message() -> None:
     queue.put("late")
     assert consumer.done.wait(WAIT)
     assert consumer.result == "late"
+
+
+@pytest.mark.parametrize("data", [b"", b"ab", "", "é"])
+def test_assembler_holds_a_message_of_tiny_fragments_in_few_pieces(data: Any) -> None:
+    """A peer's tiny (or empty) fragments, one per read, cost no object each while recv() assembles them.
+
+    Each fragment was kept as a piece until the message's end: 2-byte
+    fragments held about 20 times max_size, and empty ones, which max_size
+    doesn't count, held memory without bound.
+    """
+    queue = MessageQueue(None)
+    assembler = Assembler(queue)
+    count = 20_000
+    queue.put_all([Fragment(data, False)] * count)
+    with pytest.raises(TimeoutError):
+        assembler.get(0)  # the message isn't over: its fragments wait for the next call
+    assert len(assembler._partial) <= 2 + 2 * len(data) * count // 4096
+    queue.put_all([Fragment(data[:0] + ("z" if isinstance(data, str) else b"z"), True)])
+    assert assembler.get(0) == data * count + data[:0] + ("z" if isinstance(data, str) else b"z")
