@@ -38,6 +38,7 @@ serves; every worker of a group listens there too.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import re
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -327,11 +328,34 @@ def server_options(
         hook = routes(args.health, args.metrics, render, process_request)
     elif args.health is None and args.metrics is None:
         raise ValueError("--admin-port serves --health and --metrics: give one of them, or both")
+    elif _same_listener(args):
+        raise ValueError(
+            f"--admin-port {args.admin_port} is --port's: give the admin listener a port of its own "
+            f"(workers would share the port between the two, and WebSocket clients would get 404)"
+        )
     else:  # they are the admin listener's (admin_server())
         hook = process_request
     if hook is not None:
         options["process_request"] = hook
     return options
+
+
+def _same_listener(args: argparse.Namespace) -> bool:
+    """Whether ``--admin-port`` may be the WebSocket listener's address.
+
+    Workers bind both with ``SO_REUSEPORT``, which lets them share an
+    address: the kernel would then hand WebSocket clients to the admin
+    listener. The same port on two distinct specific IP addresses is two
+    listeners; anything else with the same port (a name, a wildcard, the
+    same host) may be one.
+    """
+    if getattr(args, "unix", None) or args.admin_port == 0 or args.admin_port != args.port:
+        return False
+    try:
+        hosts = {ipaddress.ip_address(args.host), ipaddress.ip_address(args.admin_host or args.host)}
+    except ValueError:  # a name: it may be the other's address
+        return True
+    return len(hosts) == 1 or any(host.is_unspecified for host in hosts)
 
 
 # Options read together into one argument of serve().

@@ -108,6 +108,11 @@ def test_workers_read_back_the_same_options() -> None:
     (["--keyfile", KEY_FILE], "--keyfile needs --certfile"),
     (["--allow-no-origin"], "--allow-no-origin goes with --origin or --origin-regex"),
     (["--admin-port", "9100"], "--admin-port serves --health and --metrics: give one of them, or both"),
+    (["--health", "/h", "--port", "9100", "--admin-port", "9100"], "--admin-port 9100 is --port's"),
+    (["--health", "/h", "--admin-port", str(serveconfig.DEFAULT_PORT)], f"--admin-port {serveconfig.DEFAULT_PORT} is --port's"),
+    (["--health", "/h", "--host", "0.0.0.0", "--port", "9100", "--admin-host", "127.0.0.1", "--admin-port", "9100"],
+     "--admin-port 9100 is --port's"),
+    (["--health", "/h", "--port", "9100", "--admin-host", "localhost", "--admin-port", "9100"], "--admin-port 9100 is --port's"),
 ])
 def test_options_that_dont_go_together(argv: List[str], message: str) -> None:
     with pytest.raises(ValueError) as raised:
@@ -467,6 +472,27 @@ def test_processes_refuse_an_admin_port_already_taken(tmp_path: Path) -> None:
         )
     assert result.returncode == 1
     assert result.stderr.startswith(f"python -m syncws: could not listen on 127.0.0.1:{port}: Address already in use")
+    assert result.stdout == ""
+
+
+def test_the_admin_port_may_share_a_number_with_the_port_on_another_address() -> None:
+    args = parse("--health", "/h", "--host", "127.0.0.1", "--port", "9100", "--admin-host", "10.1.2.3",
+                 "--admin-port", "9100")
+    assert "process_request" not in serveconfig.server_options(args)
+    assert "process_request" not in serveconfig.server_options(parse("--health", "/h", "--port", "0", "--admin-port", "0"))
+
+
+def test_processes_refuse_the_websocket_port_as_the_admin_port(tmp_path: Path) -> None:
+    """Workers listen on both with SO_REUSEPORT: one port, and the kernel gave the admin listener WebSocket clients."""
+    with socket.create_server((HOST, 0)) as free:
+        port = free.getsockname()[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "syncws", "serve", "--processes", "2", "--port", str(port), "--health", "/healthz",
+         "--admin-port", str(port)],
+        capture_output=True, text=True, env=cli_env(), cwd=tmp_path, timeout=TIMEOUT,
+    )
+    assert result.returncode == 2
+    assert f"--admin-port {port} is --port's" in result.stderr
     assert result.stdout == ""
 
 
