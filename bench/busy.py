@@ -52,6 +52,11 @@ also counts each thread against ``/proc/sys/kernel/threads-max`` and
 ``--before DIR`` adds the servers ``before`` and ``before×2``, the same
 command run with ``PYTHONPATH=DIR`` (another checkout, e.g. a ``git
 worktree`` of an earlier commit): before and after in one run, alternating.
+
+``--python`` names the interpreter of the syncws servers (this one by
+default); given several (``--python python3.11 python3.13t``), each syncws
+server runs on each, named after it (``syncws 3.13t``): a free-threaded
+CPython against one with the GIL, in one run.
 """
 
 from __future__ import annotations
@@ -86,6 +91,16 @@ class ServerSpec(NamedTuple):
     name: str
     processes: int  # 0: Node's ws
     repo: Optional[Path]  # the syncws checkout; None for Node
+    python: str = sys.executable  # the syncws servers' interpreter
+
+
+def python_tag(python: str) -> str:
+    """``3.11``, or ``3.13t`` for a free-threaded build: what a server's name says of its interpreter."""
+    return subprocess.run(
+        [python, "-c", "import sys, sysconfig; print('%d.%d%s' % (*sys.version_info[:2], "
+         "'t' if sysconfig.get_config_var('Py_GIL_DISABLED') else ''))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
 
 
 class Running(NamedTuple):
@@ -108,7 +123,7 @@ def children(pid: int) -> List[int]:
     return found
 
 
-def start(spec: ServerSpec, python: str) -> Running:
+def start(spec: ServerSpec) -> Running:
     """Start a server and wait until it listens."""
     if spec.repo is None:
         process = subprocess.Popen(
@@ -118,7 +133,7 @@ def start(spec: ServerSpec, python: str) -> Running:
         assert process.stdout is not None
         port = int(process.stdout.readline())
         return Running(process, port, [process.pid])
-    command = [python, "-m", "syncws", "serve", "--host", "127.0.0.1", "--port", "0"]
+    command = [spec.python, "-m", "syncws", "serve", "--host", "127.0.0.1", "--port", "0"]
     if spec.processes > 1:
         command += ["--processes", str(spec.processes)]
     env = {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
@@ -207,9 +222,9 @@ class Result(NamedTuple):
     open_seconds: float
 
 
-def run(spec: ServerSpec, python: str, connections: int, seconds: float, idle: bool) -> Result:
+def run(spec: ServerSpec, connections: int, seconds: float, idle: bool) -> Result:
     """One server, one load: start, measure, stop."""
-    running = start(spec, python)
+    running = start(spec)
     try:
         time.sleep(0.5)
         before = sample(running.pids, switches=False)
@@ -278,7 +293,10 @@ def main() -> None:
         help="among node, syncws, syncws×2 (default: all three)",
     )
     parser.add_argument("--before", type=Path, metavar="DIR", help="also run DIR's syncws: before and before×2")
-    parser.add_argument("--python", default=sys.executable, help="the interpreter of the syncws servers")
+    parser.add_argument(
+        "--python", nargs="+", default=[sys.executable],
+        help="the interpreter of the syncws servers (default: this one); several: each server on each",
+    )
     parser.add_argument("--idle", action="store_true", help="idle connections: memory per connection")
     args = parser.parse_args()
     if args.quick and parser.get_default("connections") == args.connections:
@@ -298,8 +316,15 @@ def main() -> None:
     if args.before is not None:
         specs += [ServerSpec("before", 1, args.before.resolve()), ServerSpec("before×2", 2, args.before.resolve())]
         specs = [spec for spec in specs if spec.processes != 2 or "syncws×2" in args.servers]
+    if len(args.python) > 1:
+        tags = [python_tag(python) for python in args.python]
+        specs = [spec for spec in specs if spec.repo is None] + [
+            spec._replace(name=f"{spec.name} {tag}", python=python)
+            for python, tag in zip(args.python, tags) for spec in specs if spec.repo is not None
+        ]
+    width = max(9, *(len(spec.name) for spec in specs))
     node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
-    print(f"{describe_machine()}; Node {node}; servers' Python: {args.python}")
+    print(f"{describe_machine()}; Node {node}; servers' Python: {', '.join(args.python)}")
     print(
         f"load: bench/node/load.js, one process, {'idle connections' if args.idle else '16 B round trips'}, "
         f"{seconds:g} s windows; file descriptors: {hard}; threads-max: "
@@ -309,7 +334,7 @@ def main() -> None:
     print()
     started = time.perf_counter()
     header = (
-        f"{'server':<9} {'conns':>6} {'msg/s':>8} {'min/median':>11} {'stalled':>7} {'CPU':>5} {'µs/msg':>7}"
+        f"{'server':<{width}} {'conns':>6} {'msg/s':>8} {'min/median':>11} {'stalled':>7} {'CPU':>5} {'µs/msg':>7}"
         f" {'cs/msg':>6} {'gen CPU':>7} {'KiB/conn':>8} {'threads':>7} {'open s':>6} {'load':>5}"
     )
     for connections in args.connections:
@@ -317,7 +342,7 @@ def main() -> None:
         for r in range(args.rounds):
             for i in range(len(specs)):
                 spec = specs[(r + i) % len(specs)]
-                results[spec.name].append(run(spec, args.python, connections, seconds, args.idle))
+                results[spec.name].append(run(spec, connections, seconds, args.idle))
         print(header)
         print("-" * len(header))
         for spec in specs:
@@ -328,7 +353,7 @@ def main() -> None:
                 return statistics.median(getattr(run, field) for run in runs)
 
             print(
-                f"{spec.name:<9} {connections:>6} {median('per_second'):>8,.0f}"
+                f"{spec.name:<{width}} {connections:>6} {median('per_second'):>8,.0f}"
                 f" {f'{worst.min}/{worst.median}':>11} {worst.stalled:>7} {median('cpu_share'):>5.0%}"
                 f" {median('cpu_per_message') * 1e6:>7.1f} {median('switches_per_message'):>6.2f}"
                 f" {median('generator_share'):>7.0%} {median('rss_per_connection'):>8.1f}"
