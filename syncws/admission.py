@@ -143,7 +143,12 @@ class HandshakePool:
             key: as given to :meth:`add`; unknown keys are ignored.
         """
         with self._lock:
-            self._entries.pop(key, None)
+            entry = self._entries.pop(key, None)
+        if entry is not None:
+            # The accept thread made the entry: on a free-threaded build it
+            # is freed only when that thread next runs, and an idle server's
+            # accept thread waits; the connection it refers to needn't.
+            entry.cancel = None
 
     def make_room(self, logger: logging.Logger) -> bool:
         """Return whether a new handshake may start, dropping the oldest

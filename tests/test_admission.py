@@ -24,6 +24,7 @@ import socket
 import ssl
 import struct
 import threading
+import weakref
 from typing import Any, Deque, Iterator, List
 
 import pytest
@@ -316,6 +317,43 @@ def test_silent_connections_beyond_their_limit_drop_the_oldest() -> None:
 def test_max_pending_handshakes_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_pending_handshakes"):
         syncws.serve(echo, HOST, 0, max_pending_handshakes=0)
+
+
+def test_a_removed_handshake_lets_go_of_its_connection_at_once() -> None:
+    """The accept thread adds a handshake, its connection thread removes it.
+
+    On a free-threaded CPython, an object that one thread made and another
+    lets go of is freed only when its maker next runs Python; an accept
+    thread waiting for the next client doesn't. The entry may wait for it,
+    but not the connection its cancel callback refers to.
+    """
+
+    class Connection:
+        def cancel(self) -> None:
+            pass
+
+    pool = syncws.admission.HandshakePool(10)
+    added = threading.Event()
+    release = threading.Event()
+
+    def accept_thread() -> None:  # adds, then waits as an idle accept thread does
+        pool.add("sock")
+        added.set()
+        release.wait(10)
+
+    adder = threading.Thread(target=accept_thread)
+    adder.start()
+    try:
+        assert added.wait(10)
+        connection = Connection()
+        pool.cancellable("sock", connection.cancel)
+        gone = weakref.ref(connection)
+        pool.remove("sock")
+        del connection
+        assert gone() is None and len(pool) == 0
+    finally:
+        release.set()
+        adder.join(10)
 
 
 @pytest.mark.timeout(15)
