@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 import urllib.parse
@@ -355,9 +356,12 @@ def test_members_recovering_a_history_that_dont_read_hold_a_bounded_page_each(
                 head += sock.recv(1)
             assert head.startswith(b"HTTP/1.1 101"), head
             assert sock.recv(1)  # the history is coming: its first page was read; nothing more is
-        # Each page of history was all of it (25 MiB, twice: bytes and str) for every client.
+        # Each page of history was all of it (25 MiB, twice: bytes and str) for
+        # every client: 400 MiB. A free-threaded CPython's allocator (mimalloc)
+        # keeps what each thread freed for a while, so the bound is wider there.
         grown = peak_rss_mib(chat.process.pid) - before
-        assert grown < 64, f"the server grew by {grown} MiB"
+        limit = 200 if sysconfig.get_config_var("Py_GIL_DISABLED") else 64
+        assert grown < limit, f"the server grew by {grown} MiB"
     finally:
         for sock in clients:
             sock.close()
