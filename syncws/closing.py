@@ -149,10 +149,15 @@ class Closing:
             self.wait_reader()
             return
 
+        # The handshake's time counts from this call: waiting for the write
+        # lock below spends it too.
+        give_up_at = None if self.close_timeout is None else time.monotonic() + self.close_timeout
+
         def produce(core: ConnectionCore) -> None:
             if core.can_send:  # else a close frame was sent (or the connection failed)
                 core.send_close(code, reason)
-                self.arm_timer()  # before the write, which may block
+                # Before the write, which may block.
+                self.arm_timer(None if give_up_at is None else give_up_at - time.monotonic())
 
         # A send stuck on a peer that stopped reading holds the write lock:
         # wait for it no longer than the closing handshake may take.
@@ -228,10 +233,16 @@ class Closing:
         with self.core_lock:
             self.arm_timer()
 
-    def arm_timer(self) -> None:
-        """:meth:`start_timer` for a caller that holds the core's lock."""
+    def arm_timer(self, delay: Optional[float] = None) -> None:
+        """:meth:`start_timer` for a caller that holds the core's lock.
+
+        ``delay`` is what is left of ``close_timeout`` (all of it by default).
+        """
         if self.close_timeout is not None and self.timer is None and self.core.state is not State.CLOSED:
-            self.timer = timers.call_later(self.close_timeout, lambda: self.abort("the closing handshake timed out"))
+            self.timer = timers.call_later(
+                self.close_timeout if delay is None else max(delay, 0),
+                lambda: self.abort("the closing handshake timed out"),
+            )
 
     def finish(self, cause: str) -> None:
         """Close the socket and cancel the deadline: the reader thread's last steps.

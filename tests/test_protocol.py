@@ -347,6 +347,42 @@ def test_close_while_send_blocked_on_stalled_peer(raw_serve):
     assert ws.state_name == "CLOSED"
 
 
+def test_close_that_waits_for_a_send_keeps_to_close_timeout(raw_serve):
+    """close() waiting for a send to let go of the writer: the closing deadline counts from the call.
+
+    It counted from when the close frame went out: close() could take the
+    wait for the send plus close_timeout, about twice close_timeout.
+    """
+    may_read = threading.Event()
+
+    def handler(conn):
+        assert may_read.wait(10)
+        try:
+            while conn.sock.recv(MIB):  # reads everything, never answers the close frame
+                pass
+        except OSError:
+            pass
+
+    ws = syncws.connect(raw_serve(handler), ping_interval=None, close_timeout=3, write_timeout=30, compression=None)
+    sender = threading.Thread(target=ws.send, args=(b"\x00" * 64 * MIB,))  # the peer reads it all, later
+    sender.start()
+    sizes = []  # the send is stuck once the socket buffers are full: bytes_out stops growing
+    assert wait_for(lambda: sizes.append(ws.stats.bytes_out) or (len(sizes) > 20 and sizes[-1] == sizes[-20]), timeout=5)
+    entered = threading.Event()
+    closer = threading.Thread(target=lambda: (entered.set(), ws.close()))
+    closer.start()
+    assert entered.wait(5)
+    threading.Event().wait(1)  # close() waits for the writer meanwhile
+    released = time.monotonic()
+    may_read.set()
+    assert wait_for(lambda: ws._closing.timer is not None, timeout=10)
+    assert ws._closing.timer.when <= released + 3
+    closer.join(10)
+    sender.join(10)
+    assert not closer.is_alive() and not sender.is_alive()
+    assert ws.close_code == 1006
+
+
 @pytest.mark.parametrize("bad", [False, True], ids=["peer-closes", "peer-breaks-protocol"])
 def test_closing_handshake_with_a_send_blocked_on_the_peer_ends_within_close_timeout(raw_serve, bad):
     """The peer's close frame (or a protocol error) while a send waits on it arms the closing deadline.
