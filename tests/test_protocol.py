@@ -839,13 +839,16 @@ def test_keepalive_pings_only_a_silent_peer(ws_serve):
             ws.send("tick")
         ws.recv()  # until the client closes
 
-    with syncws.connect(ws_serve(stream, ping_interval=None), ping_interval=0.1, ping_timeout=1) as ws:
-        deadline = time.monotonic() + 1.0  # ten intervals of messages
+    # A message every 10 ms against a ping interval of 0.5 s: only a thread
+    # held off the CPU for fifty of the peer's messages looks like silence
+    # (0.1 s did, once, on a loaded CI machine).
+    with syncws.connect(ws_serve(stream, ping_interval=None), ping_interval=0.5, ping_timeout=2) as ws:
+        deadline = time.monotonic() + 2.0  # four intervals of messages
         while time.monotonic() < deadline:
             ws.recv(timeout=5)
         assert ws.stats.pings_sent == 0
         stop.set()
-        assert wait_for(lambda: ws.stats.pings_sent >= 2, timeout=5)
+        assert wait_for(lambda: ws.stats.pings_sent >= 2, timeout=10)
         assert ws.open and ws.stats.pings_missed == 0
 
 
