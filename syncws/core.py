@@ -6,7 +6,9 @@ Theory of operation
 connection once its opening handshake is done, and does no I/O:
 
 * **bytes in, events out.** :meth:`~ConnectionCore.receive_data` parses
-  whatever bytes the socket gave, however they are split, and returns events:
+  whatever bytes the socket gave, however they are split, and returns events
+  (its frame parser is :class:`~syncws.framedecoder.FrameDecoder`, which
+  hands each frame to the core's rules, :class:`~syncws.framedecoder.FrameSink`):
   a whole message received in one frame comes out as itself (``str`` or
   ``bytes``, so the common case costs no event object), the frames of a
   fragmented message as :class:`Fragment` events, and then :class:`PongReceived`,
@@ -79,16 +81,14 @@ from .framing import (
     RSV1,
     Opcode,
     check_header,
-    decode_header,
     encode_frame,
     encode_frame_bytes,
     pack_frame,
     parse_close,
-    parse_simple_frames,
     serialize_close,
 )
-from .masking import apply_mask, apply_mask_inplace
-from .payload import PayloadBuffer
+from .framedecoder import FrameDecoder, PartialFrame
+from .masking import apply_mask_inplace
 
 __all__ = [
     "State",
@@ -329,57 +329,6 @@ class _Message:
         self.frame_size = 0
 
 
-class _PartialFrame:
-    """A data frame whose payload is still arriving.
-
-    Its payload goes into ``buffer``, unmasked and decoded piece by piece as
-    it arrives. The buffer is allocated at the announced length when a size
-    limit bounds it: a :class:`~syncws.payload.PayloadBuffer`, whose bytes
-    become the message without a copy. Without a limit it is a
-    :class:`bytearray` that starts small and doubles as bytes arrive, so
-    announcing a huge frame costs nothing until its bytes come. A frame
-    received after our close frame has no buffer: its bytes are only
-    counted, then dropped.
-    """
-
-    __slots__ = ("fin", "length", "mask_key", "received", "processed", "buffer", "pieces")
-
-    def __init__(self, fin: bool, length: int, mask_key: Optional[bytes], keep: bool, first_size: int) -> None:
-        self.fin = fin
-        self.length = length
-        self.mask_key = mask_key
-        self.received = 0
-        # Bytes of buffer unmasked and decoded so far.
-        self.processed = 0
-        self.buffer: Optional[bytearray] = None
-        if keep:
-            self.buffer = PayloadBuffer(length) if first_size >= length else bytearray(first_size)
-        self.pieces: List[Data] = []
-
-    def reserve(self, size: int) -> bytearray:
-        """Make room in the buffer for ``size`` more bytes (at most the frame's rest)."""
-        buffer = self.buffer
-        assert buffer is not None
-        needed = min(self.length, self.received + size)
-        if needed > len(buffer):  # never for a PayloadBuffer: it is full-sized
-            buffer.extend(bytes(min(max(needed, 2 * len(buffer)), self.length) - len(buffer)))
-        return buffer
-
-    def take_payload(self) -> bytes:
-        """The whole payload as ``bytes``, once it has all arrived; the buffer is then spent."""
-        buffer = self.buffer
-        assert buffer is not None and self.received == self.length == len(buffer)
-        if type(buffer) is not bytearray:
-            try:
-                return buffer.take()  # type: ignore[attr-defined, no-any-return]
-            except BufferError:
-                # A view of it is still alive (get_buffer()'s, not released
-                # as it should be): what it could write must not reach the
-                # message, so the payload is copied.
-                pass
-        return bytes(buffer)
-
-
 class ConnectionCore:
     """One WebSocket connection's protocol, without I/O.
 
@@ -402,9 +351,9 @@ class ConnectionCore:
     """
 
     __slots__ = (
-        "is_client", "max_message_size", "max_fragment_size", "join_limit", "_fast_limit", "deflate",
-        "phase", "state", "can_send", "close_rcvd", "close_sent", "bytes_received", "bytes_sent", "messages_received",
-        "messages_sent", "_cause", "_pending", "_partial", "_message", "_held", "input_closed", "simple_input",
+        "is_client", "max_message_size", "max_fragment_size", "join_limit", "decoder", "deflate",
+        "phase", "state", "can_send", "close_rcvd", "close_sent", "bytes_sent", "_messages_delivered",
+        "messages_sent", "_cause", "_message", "_held", "input_closed",
         "sending_fragmented", "_sending_compressed", "_pings", "outgoing", "_mask_pool", "_mask_position",
         "_last_pong",
     )
@@ -424,9 +373,11 @@ class ConnectionCore:
         #: Unmasked data frames with a larger payload are output as header
         #: and payload apart, to be written without copying the payload.
         self.join_limit = join_limit
-        # The largest frame within both limits, for the parser's fast path.
-        self._fast_limit = min(
-            _NO_LIMIT if limit is None else limit for limit in (max_message_size, max_fragment_size)
+        #: The frame parser: bytes in, frames out (to this core's rules).
+        #: Its fast path takes frames within both limits.
+        self.decoder = FrameDecoder(
+            masked=not is_client,
+            simple_limit=min(_NO_LIMIT if limit is None else limit for limit in (max_message_size, max_fragment_size)),
         )
         self.deflate = deflate
         #: The :class:`Phase`; only :meth:`_set_phase` changes it, and with
@@ -444,17 +395,15 @@ class ConnectionCore:
         #: ``(code, reason)`` of the close frame sent (or that we tried to
         #: send), or ``None``.
         self.close_sent: Optional[Tuple[int, str]] = None
-        #: Frames and bytes, in and out (frame headers included).
-        self.bytes_received = 0
+        #: Bytes sent (frame headers included), messages sent; the input's
+        #: are :attr:`bytes_received` and :attr:`messages_received`.
         self.bytes_sent = 0
-        self.messages_received = 0
         self.messages_sent = 0
+        # Messages received but those the decoder's fast path delivered.
+        self._messages_delivered = 0
         # What ended the connection, when no close frame says it.
         self._cause = ""
-        # Input not parsed yet: the start of a frame header.
-        self._pending = b""
-        # The data frame whose payload is arriving, and the message it is in.
-        self._partial: Optional[_PartialFrame] = None
+        # The message being received (its first frame came).
         self._message: Optional[_Message] = None
         # Frames of the current message received in this batch of input,
         # not emitted yet (see _deliver).
@@ -464,14 +413,6 @@ class ConnectionCore:
         #: (nothing may follow it) or the connection failed or was
         #: abandoned. Only the end of TCP matters then.
         self.input_closed = True
-        #: ``True`` when the events the last :meth:`receive_data` (or
-        #: :meth:`buffer_updated`) returned are all whole messages (``str``
-        #: or ``bytes``: no fragment, no control event) and its input ended
-        #: between frames, with no partial frame left: the common case,
-        #: which a reader may handle without looking at each event, nor
-        #: for :meth:`get_buffer`. ``False`` says nothing (other input may
-        #: be simple too). Only the thread that feeds the core reads it.
-        self.simple_input = False
         #: Whether a fragmented message was started and not finished (read
         #: it; send_data() changes it). A plain attribute: send_message()
         #: reads it for every message.
@@ -498,7 +439,7 @@ class ConnectionCore:
         """Move to ``phase``: the one place where the phase, and the state, change.
 
         Input that the new phase discards leaves nothing of itself behind:
-        the partial frame and the pending bytes are dropped.
+        the decoder drops its partial frame and pending bytes.
         """
         assert phase in PHASE_TRANSITIONS[self.phase], f"{self.phase.name} -> {phase.name}"
         rules = PHASES[phase]
@@ -507,8 +448,7 @@ class ConnectionCore:
         self.can_send = rules.can_send
         self.input_closed = not rules.parses_input
         if self.input_closed:
-            self._partial = None
-            self._pending = b""
+            self.decoder.discard()
 
     def open(self, deflate: Any = None) -> None:
         """Start the connection once the opening handshake succeeded.
@@ -563,8 +503,22 @@ class ConnectionCore:
 
     # -- input -------------------------------------------------------------------
 
+    @property
+    def bytes_received(self) -> int:
+        """Bytes received, frame headers included."""
+        return self.decoder.bytes_received
+
+    @property
+    def messages_received(self) -> int:
+        """Messages received whole (the last frame of a fragmented one included)."""
+        return self._messages_delivered + self.decoder.simple_messages
+
     def receive_data(self, data: BytesLike) -> List[Event]:
         """Parse bytes received from the peer.
+
+        The frames are parsed by :attr:`decoder`, which hands each to this
+        core's rules (the reader thread calls the decoder itself, with this
+        core: a call fewer per read).
 
         Args:
             data: the next bytes of the stream, split anywhere.
@@ -573,110 +527,38 @@ class ConnectionCore:
             The events they complete, in order. Protocol errors don't raise:
             they fail the connection and come out as a :class:`Failed` event.
         """
-        if (
-            self._partial is None and not self._pending and self._message is None and self.close_sent is None
-            and not self.input_closed
-        ):
-            # _parse()'s first step, inline (a deliberate copy of its call,
-            # which _receive() takes alone; tests/test_framing_speedups.py
-            # holds the two to each other): input that is whole messages
-            # in simple frames, as it mostly is, is parsed here, a Python
-            # call fewer per read (hot path: see
-            # docs/performance.rst#how-fast-against-what), and simple_input
-            # tells the reader that it needn't sort the events.
-            end = len(data)
-            events: List[Event] = []
-            position = parse_simple_frames(data, 0, end, not self.is_client, self._fast_limit, events)
-            self.messages_received += len(events)
-            if position == end:
-                self.bytes_received += end
-                self.simple_input = True
-                return events
-            return self._receive(data, events, position)
-        return self._receive(data, [], 0)
+        return self.decoder.receive_data(data, self)
 
-    def _receive(self, data: BytesLike, events: List[Event], position: int) -> List[Event]:
-        """:meth:`receive_data` without its inline first step: the general path.
+    def get_buffer(self) -> Optional[memoryview]:
+        """Where the next bytes of a large frame's payload may be received directly.
 
-        Args:
-            data: the bytes received.
-            events: the events of ``data[:position]``, parsed already.
-            position: where parsing resumes in ``data``.
+        See :meth:`FrameDecoder.get_buffer <syncws.framedecoder.FrameDecoder.get_buffer>`.
+
+        Returns:
+            A view of the missing part of the partial frame's payload, or ``None``.
         """
-        self.bytes_received += len(data)
-        self.simple_input = False
-        if self.input_closed:
-            return events
-        try:
-            self._parse(data, events, position)
-        except WebSocketProtocolError as exc:
-            self._fail_on_input(exc.code, str(exc), events)
-        except PayloadTooBig as exc:
-            self._fail_on_input(CloseCode.MESSAGE_TOO_BIG, str(exc), events)
+        return self.decoder.get_buffer()
+
+    def buffer_updated(self, size: int) -> List[Event]:
+        """Account for ``size`` bytes received into :meth:`get_buffer`'s view.
+
+        Returns:
+            The events they complete, as for :meth:`receive_data`.
+        """
+        return self.decoder.buffer_updated(size, self)
+
+    # -- the decoder's frames (FrameSink) ------------------------------------------
+
+    def end_input(self, events: List[Event], error: Optional[Exception]) -> None:
+        """The decoder parsed its input (up to ``error``, a protocol error, if any)."""
+        if isinstance(error, WebSocketProtocolError):
+            self._fail_on_input(error.code, str(error), events)
+        elif error is not None:
+            self._fail_on_input(CloseCode.MESSAGE_TOO_BIG, str(error), events)
         if self._held:
             self._release_held(events)
-        return events
 
-    def _parse(self, data: BytesLike, events: List[Event], position: int = 0) -> None:
-        """Parse ``data``: the rest of the partial frame, then whole frames from the
-        start of the pending bytes and what follows.
-
-        Args:
-            data: the bytes received.
-            events: where events are appended.
-            position: where parsing starts in ``data``; only past 0 between
-                frames, with nothing pending (the frames before it parsed).
-        """
-        if self._partial is not None:
-            data = self._continue_frame(data, events)
-            if not data:
-                # All of it was the frame's (always, after buffer_updated()):
-                # nothing to parse, and nothing pending either (bytes wait
-                # there only between frames).
-                return
-        buffer = self._pending + data if self._pending else data
-        self._pending = b""
-        end = len(buffer)
-        masked = not self.is_client
-        while not self.input_closed:
-            if self._message is None and self.close_sent is None:
-                # The common case, in one call: whole text and binary
-                # messages in one uncompressed frame each, within limits
-                # (see parse_simple_frames). It needs no state but what this
-                # condition checks: outside a fragmented message, before our
-                # close frame. It stops at the first other frame, for the
-                # general path below.
-                count = len(events)
-                position = parse_simple_frames(buffer, position, end, masked, self._fast_limit, events)
-                self.messages_received += len(events) - count
-            header = decode_header(buffer, position, end)
-            if header is None:
-                break
-            first, second, length, start, mask_key = header
-            opcode = self._check_header(first, second, length)
-            header_start, position = position, start
-            if end - position >= length:
-                payload = buffer[position : position + length]
-                position += length
-                if mask_key is not None:
-                    payload = apply_mask(payload, mask_key)
-                self._receive_frame(bool(first & 0x80), opcode, bool(first & 0x40), payload, events)
-            else:
-                # A data frame longer than what arrived (a control frame is
-                # short: always whole here, or still pending).
-                if opcode >= _CLOSE:
-                    position = header_start
-                    break
-                self._start_partial(bool(first & 0x80), opcode, bool(first & 0x40), length, mask_key)
-                # A view: the payload's first bytes are copied once, into
-                # the frame's buffer.
-                rest = self._continue_frame(memoryview(buffer)[position:end], events)
-                assert not rest
-                return
-        if position < end and not self.input_closed:
-            self._pending = bytes(buffer[position:end])
-
-    def _check_header(self, first: int, second: int, length: int) -> Opcode:
+    def check_header(self, first: int, second: int, length: int) -> Opcode:
         """Apply RFC 6455 §5.2 and the size limits to a frame header.
 
         Returns:
@@ -726,86 +608,18 @@ class ConnectionCore:
                 f"({received + length} bytes so far)"
             )
 
-    def _start_partial(
+    def start_partial(
         self, fin: bool, opcode: Opcode, rsv1: bool, length: int, mask_key: Optional[bytes]
-    ) -> None:
+    ) -> PartialFrame:
         """Begin a data frame whose payload spans several receives."""
         if opcode is not _CONT:
             self._message = _Message(opcode is _TEXT, rsv1)
         elif self._message is not None:
             self._message.frame_size = 0
-        first_size = length if self._fast_limit < _NO_LIMIT else _FIRST_BUFFER
-        self._partial = _PartialFrame(fin, length, mask_key, self.close_sent is None, first_size)
+        first_size = length if self.decoder.simple_limit < _NO_LIMIT else _FIRST_BUFFER
+        return PartialFrame(fin, length, mask_key, self.close_sent is None, first_size)
 
-    def _continue_frame(self, data: BytesLike, events: List[Event]) -> BytesLike:
-        """Take the payload bytes of the partial frame, if any, from ``data``.
-
-        Bytes already in the frame's buffer past what was processed (put
-        there by :meth:`buffer_updated`) are handled too.
-
-        Returns:
-            What follows the frame in ``data`` (all of it between frames).
-        """
-        partial = self._partial
-        if partial is None:
-            return data
-        take = min(len(data), partial.length - partial.received)
-        start = partial.received
-        partial.received += take
-        if partial.buffer is not None:
-            if take:  # none after buffer_updated(): the bytes are in place
-                with memoryview(partial.reserve(take)) as view:
-                    view[start : start + take] = data[:take]
-            self._process_partial(partial, events)
-        if partial.received == partial.length:
-            self._partial = None
-            if partial.buffer is None:  # dropped: received after our close
-                if partial.fin:
-                    self._message = None
-            else:
-                self._end_frame(partial, events)
-        return data[take:]
-
-    def get_buffer(self) -> Optional[memoryview]:
-        """Where the next bytes of a large frame's payload may be received directly.
-
-        A reader may ``recv_into`` this view, release it, and then call
-        :meth:`buffer_updated`, saving a copy of every byte of large frames;
-        or it may call :meth:`receive_data` as usual. (The view must be
-        released before the next call: the core may grow the buffer.)
-
-        Returns:
-            The part of the partial frame's payload still missing, or
-            ``None`` between frames.
-        """
-        partial = self._partial
-        if partial is None or partial.buffer is None or self.input_closed:
-            return None
-        buffer = partial.buffer
-        if len(buffer) == partial.received:
-            buffer = partial.reserve(len(buffer))  # full: double it
-        return memoryview(buffer)[partial.received :]
-
-    def buffer_updated(self, size: int) -> List[Event]:
-        """Account for ``size`` bytes received into :meth:`get_buffer`'s view.
-
-        Args:
-            size: how many bytes were written at the start of that view.
-
-        Returns:
-            The events they complete, as for :meth:`receive_data`.
-        """
-        self.bytes_received += size
-        partial = self._partial
-        if partial is None or self.input_closed:
-            self.simple_input = False
-            return []  # failed meanwhile: the bytes are discarded
-        assert partial.buffer is not None and 0 < size <= partial.length - partial.received
-        partial.received += size
-        # The frame's bytes are in its buffer already; none follow them.
-        return self._receive(b"", [], 0)
-
-    def _process_partial(self, partial: _PartialFrame, events: List[Event]) -> None:
+    def process_partial(self, partial: PartialFrame, events: List[Event]) -> None:
         """Unmask and decode the newly arrived bytes of a partial frame.
 
         Text and compressed payloads are handled as they arrive, so invalid
@@ -828,10 +642,14 @@ class ConnectionCore:
                 partial.pieces.append(self._decode(message, view, last))
         partial.processed = end
 
-    def _end_frame(self, partial: _PartialFrame, events: List[Event]) -> None:
+    def end_partial(self, partial: PartialFrame, events: List[Event]) -> None:
         """Deliver a partial frame once its payload is complete."""
+        if partial.buffer is None:  # dropped: received after our close
+            if partial.fin:
+                self._message = None
+            return
         message = self._message
-        assert message is not None and partial.buffer is not None
+        assert message is not None
         if not message.text and not message.compressed:
             message.size += partial.length
             self._deliver(message, partial.take_payload(), partial.fin, events)
@@ -883,7 +701,7 @@ class ConnectionCore:
         message.carry = carry
         return text
 
-    def _receive_frame(
+    def receive_frame(
         self, fin: bool, opcode: Opcode, rsv1: bool, payload: BytesLike, events: List[Event]
     ) -> None:
         """Handle a whole frame (its payload unmasked)."""
@@ -900,7 +718,7 @@ class ConnectionCore:
             if fin and not rsv1:
                 # The common case: a whole uncompressed message in one frame.
                 events.append(_whole_message(opcode is _TEXT, payload))
-                self.messages_received += 1
+                self._messages_delivered += 1
                 return
             message = self._message = _Message(opcode is _TEXT, rsv1)
         assert message is not None
@@ -917,14 +735,14 @@ class ConnectionCore:
         """
         if fin and not message.fragmented:
             self._message = None
-            self.messages_received += 1
+            self._messages_delivered += 1
             events.append(data)
             return
         message.fragmented = True
         self._held.append(data)
         if fin:
             self._message = None
-            self.messages_received += 1
+            self._messages_delivered += 1
             self._release_held(events, fin=True)
 
     def _release_held(self, events: List[Event], fin: bool = False) -> None:

@@ -14,7 +14,7 @@ This module is pure and never touches a socket. It holds:
 * a reference parser, :func:`read_frame`, which reads one frame at a time
   from a ``read_exact(n)`` callable and checks every rule of §5: test peers,
   tools and the benchmarks' raw clients use it. A live connection doesn't:
-  :mod:`syncws.core` parses incrementally, from bytes split anywhere, with
+  its :mod:`syncws.framedecoder` parses incrementally, from bytes split anywhere, with
   :func:`parse_simple_frames` below for the common case, and
   :func:`decode_header` then :func:`check_header` for every other frame.
 
@@ -28,8 +28,8 @@ a pure-Python one of the same behaviour, errors included (``py_`` prefix):
 
 * :func:`parse_simple_frames` parses, from a buffer, the run of frames that
   need none of the connection's state: whole, uncompressed text and binary
-  messages in one frame each. The connection (:mod:`syncws.core`) hands
-  every other frame to its general path; most traffic never reaches it.
+  messages in one frame each. The frame decoder (:mod:`syncws.framedecoder`)
+  takes every other frame on its general path; most traffic never reaches it.
 * :func:`pack_frame` serializes a frame into one ``bytes`` object, header
   and masked payload, for small frames, where one object costs less to
   build and write than two; a text payload may be a ``str``, encoded
@@ -207,10 +207,11 @@ def decode_header(
     """Decode the frame header at ``position`` in ``buffer``, if it has all arrived.
 
     The run-time twin of :func:`read_frame`'s header reading, for a parser
-    that gets bytes split anywhere (:mod:`syncws.core`'s). It checks no
+    that gets bytes split anywhere (:mod:`syncws.framedecoder`). It checks no
     rule: :func:`check_header` does, with what this returns.
-    ``tests/test_framing_speedups.py`` holds it, :func:`read_frame` and both
-    :func:`parse_simple_frames` to each other on random frames.
+    ``tests/test_framing_speedups.py`` and ``tests/test_framedecoder.py``
+    hold it, :func:`read_frame` and both :func:`parse_simple_frames` to each
+    other on random frames.
 
     Args:
         buffer: the received bytes.

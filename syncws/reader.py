@@ -97,6 +97,9 @@ class Reader:
         """The thread's body: feed the core until the connection ends."""
         buffered, self.buffered = self.buffered, b""
         core, lock, transport = self.core, self.core_lock, self.transport
+        # The core's frame parser, called with the core (what
+        # core.receive_data() does, a call fewer per read).
+        decoder = core.decoder
         read_limit = transport.read_limit
         small_read = min(SMALL_READ, read_limit)
         read_size = small_read  # see SMALL_READ
@@ -119,10 +122,10 @@ class Reader:
                 finally:
                     lock.release()
             while True:
-                # Input of whole messages only (the core says so) goes to
-                # the queue as it came, and has no partial frame to read
+                # Input of whole messages only (the decoder says so) goes
+                # to the queue as it came, and has no partial frame to read
                 # into: two Python calls fewer for most reads.
-                simple = core.simple_input and not debug
+                simple = decoder.simple_input and not debug
                 received = events if simple else self.handle(events) if events else ()
                 if core.outgoing:
                     self.writer.flush(blocking=False)
@@ -131,7 +134,7 @@ class Reader:
                     break
                 # Only this thread changes the partial frame get_buffer()
                 # looks at; a concurrent fail() only makes it moot.
-                buffer = None if simple else core.get_buffer()
+                buffer = None if simple else decoder.get_buffer()
                 if buffer is not None and len(buffer) < read_limit:
                     buffer.release()  # the core may grow the buffer
                     buffer = None
@@ -155,7 +158,7 @@ class Reader:
                         return
                     lock.acquire()
                     try:
-                        events = core.buffer_updated(size)
+                        events = decoder.buffer_updated(size, core)
                     finally:
                         lock.release()
                 else:
@@ -173,7 +176,7 @@ class Reader:
                         read_size = read_limit
                     lock.acquire()
                     try:
-                        events = core.receive_data(data)
+                        events = decoder.receive_data(data, core)
                     finally:
                         lock.release()
                     del data  # (the core keeps what it still needs)

@@ -8,9 +8,10 @@ every frame and a server none).
 
 from __future__ import annotations
 
+import io
 import socket
 import struct
-from typing import Any, Iterator, List, Optional, Union
+from typing import Any, Callable, Iterator, List, Optional, Union
 
 import pytest
 
@@ -95,6 +96,19 @@ def raw_frame(
     if masked:
         return header + MASK + apply_mask(payload, MASK)
     return header + payload
+
+
+def reader(data: bytes) -> Callable[[int], bytes]:
+    """A ``read_exact(n)`` over ``data``, for :func:`~syncws.framing.read_frame`: EOFError at the end."""
+    stream = io.BytesIO(data)
+
+    def read_exact(size: int) -> bytes:
+        chunk = stream.read(size)
+        if len(chunk) < size:
+            raise EOFError
+        return chunk
+
+    return read_exact
 
 
 def parse_frames(data: bytes, *, masked: bool) -> List[Frame]:

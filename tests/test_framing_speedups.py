@@ -22,9 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core_helpers import make, parse_frames
-from syncws import core as core_module
-from syncws import framing
+from core_helpers import make, parse_frames, reader
+from syncws import framedecoder, framing
 from syncws.exceptions import WebSocketProtocolError
 from syncws.framing import Opcode, encode_frame, encode_frame_bytes, read_frame
 
@@ -360,16 +359,8 @@ def test_parse_matches_read_frame(case: Tuple[bytes, int, int, bool, int]) -> No
 
 def read_one(data: bytes, masked: bool) -> Any:
     """read_frame on ``data``: the frame, or the exception it raised."""
-    stream = io.BytesIO(data)
-
-    def read_exact(size: int) -> bytes:
-        chunk = stream.read(size)
-        if len(chunk) < size:
-            raise EOFError
-        return chunk
-
     try:
-        return read_frame(read_exact, mask=masked, allow_rsv1=True)
+        return read_frame(reader(data), mask=masked, allow_rsv1=True)
     except (EOFError, WebSocketProtocolError) as exc:
         return exc
 
@@ -417,7 +408,7 @@ def test_decode_header_matches_read_frame(case: Tuple[bytes, int, int]) -> None:
     assert expected == framing.Frame(fin, opcode, payload, rsv1, rsv2, rsv3)
 
 
-# -- the connection: batch parser against its general path alone ------------------
+# -- the decoder: batch parser against its general path alone ---------------------
 
 
 def general_path_only(buffer: Any, position: int, end: int, masked: bool, limit: int, out: List[Any]) -> int:
@@ -425,19 +416,11 @@ def general_path_only(buffer: Any, position: int, end: int, masked: bool, limit:
     return position
 
 
-def run_core(
-    side: str, limit: Optional[int], chunks: List[bytes], parser: Callable[..., int], inline: bool = True
-) -> Tuple[Any, ...]:
-    """Feed ``chunks`` to a fresh core that parses with ``parser``; return all it did.
-
-    Without ``inline``, through receive_data()'s general path alone, _receive().
-    """
-    with mock.patch.object(core_module, "parse_simple_frames", parser):
+def run_core(side: str, limit: Optional[int], chunks: List[bytes], parser: Callable[..., int]) -> Tuple[Any, ...]:
+    """Feed ``chunks`` to a fresh core whose decoder parses with ``parser``; return all it did."""
+    with mock.patch.object(framedecoder, "parse_simple_frames", parser):
         core = make(side, max_message_size=limit)
-        if inline:
-            events = [core.receive_data(chunk) for chunk in chunks]
-        else:
-            events = [core._receive(chunk, [], 0) for chunk in chunks]
+        events = [core.receive_data(chunk) for chunk in chunks]
     sent = parse_frames(b"".join(bytes(part) for part in core.data_to_send()), masked=core.is_client)
     return (
         events,
@@ -467,19 +450,10 @@ def core_case(draw: st.DrawFn) -> Tuple[str, Optional[int], List[bytes]]:
 @PROPERTY
 @given(case=core_case())
 def test_core_batch_parser_changes_nothing(case: Tuple[str, Optional[int], List[bytes]]) -> None:
+    """The decoder's fast path (its first step and its loop's) against its general path alone."""
     side, limit, chunks = case
     expected = run_core(side, limit, chunks, general_path_only)
     for impl in IMPLS:
-        assert run_core(side, limit, chunks, impl.parse_simple_frames) == expected, impl.name
-
-
-@PROPERTY
-@given(case=core_case())
-def test_core_receive_data_inline_step_changes_nothing(case: Tuple[str, Optional[int], List[bytes]]) -> None:
-    """receive_data() inlines _parse()'s first step; _receive() leaves it to _parse(): same results."""
-    side, limit, chunks = case
-    for impl in IMPLS:
-        expected = run_core(side, limit, chunks, impl.parse_simple_frames, inline=False)
         assert run_core(side, limit, chunks, impl.parse_simple_frames) == expected, impl.name
 
 
