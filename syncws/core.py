@@ -98,6 +98,7 @@ __all__ = [
     "PHASE_TRANSITIONS",
     "TRANSITIONS",
     "ConnectionCore",
+    "MAX_PINGS_WAITING",
     "Fragment",
     "PongReceived",
     "CloseReceived",
@@ -272,6 +273,12 @@ _NO_LIMIT = 2**63
 _FIN_TEXT, _FIN_BINARY = FIN | _TEXT, FIN | _BINARY
 # Random bytes drawn at a time for masking keys: one system call per 256 frames.
 _MASK_POOL_SIZE = 1024
+#: The most pings that wait for their pong. Keepalive with
+#: ``ping_timeout=None`` pings a peer that never answers for as long as the
+#: connection lasts: past this many, sending a ping forgets the oldest, whose
+#: waiter is then never returned (a pong acknowledges every earlier ping, so
+#: a peer that answers at all keeps far fewer waiting).
+MAX_PINGS_WAITING = 64
 # The most frames that wait to be written before a ping's pong replaces
 # the newest pong waiting, rather than joining it (see _receive_control).
 _MAX_UNSENT_PONGS = 64
@@ -959,7 +966,8 @@ class ConnectionCore:
             data: the payload (at most 125 bytes), or ``None`` for 4 random
                 bytes.
             waiter: anything; a :class:`PongReceived` event returns it when
-                the matching pong (or a later one) arrives.
+                the matching pong (or a later one) arrives, unless
+                :data:`MAX_PINGS_WAITING` later pings are sent before it.
 
         Returns:
             The payload sent.
@@ -981,7 +989,10 @@ class ConnectionCore:
                 f"wait for it or use another payload"
             )
         self._write_frame(_PING, data)
-        self._pings[data] = waiter
+        pings = self._pings
+        if len(pings) >= MAX_PINGS_WAITING:
+            del pings[next(iter(pings))]
+        pings[data] = waiter
         return data
 
     def send_pong(self, data: bytes) -> None:

@@ -572,7 +572,9 @@ class WebSocketCommonProtocol:
 
         Returns:
             An event that is set when the matching pong arrives (a pong also
-            acknowledges every earlier ping).
+            acknowledges every earlier ping). A ping followed by
+            :data:`~syncws.core.MAX_PINGS_WAITING` others before any pong is
+            forgotten: its event is never set.
 
         Raises:
             ValueError: a ping with the same payload is still waiting for

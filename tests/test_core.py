@@ -38,6 +38,7 @@ from syncws.core import (
     Phase,
     CloseReceived,
     ConnectionCore,
+    MAX_PINGS_WAITING,
     Failed,
     Fragment,
     PongReceived,
@@ -1757,6 +1758,23 @@ def test_unsolicited_pong(side: str) -> None:
     core.send_ping(b"a", "a")
     assert core.receive_data(peer_frame(core, PONG, b"zzz")) == [PongReceived(b"zzz", [])]
     assert core.receive_data(peer_frame(core, PONG, b"a")) == [PongReceived(b"a", ["a"])]
+
+
+def test_pings_a_peer_never_answers_are_bounded(side: str) -> None:
+    """A peer that answers no ping (keepalive with ping_timeout=None pings it
+    for ever) can't grow the pings waiting for a pong without bound: past
+    MAX_PINGS_WAITING, the oldest is forgotten."""
+    core = make(side)
+    total = MAX_PINGS_WAITING + 10
+    payloads = [core.send_ping(None, n) for n in range(total)]
+    # The oldest ten are forgotten: their pongs are unsolicited now.
+    assert core.receive_data(peer_frame(core, PONG, payloads[9])) == [PongReceived(payloads[9], [])]
+    # The newest acknowledges every ping still remembered, oldest first.
+    acknowledged = core.receive_data(peer_frame(core, PONG, payloads[-1]))
+    assert acknowledged == [PongReceived(payloads[-1], list(range(10, total)))]
+    # The payload of a forgotten ping may be sent again.
+    core.send_ping(payloads[0], "again")
+    assert core.receive_data(peer_frame(core, PONG, payloads[0])) == [PongReceived(payloads[0], ["again"])]
 
 
 def test_duplicate_ping_payload(side: str) -> None:
