@@ -53,6 +53,9 @@ def routes(
 ) -> Optional[ProcessRequest]:
     """A ``process_request`` hook answering the health check and the metrics.
 
+    Only plain ``GET`` requests are answered there: a WebSocket upgrade goes
+    on to ``then`` and the handler, whatever its path.
+
     Args:
         health: the health check's path, or ``None``.
         metrics_path: the metrics' path, or ``None``.
@@ -69,7 +72,9 @@ def routes(
     write = render or metrics.render
 
     def answer(path: str, request_headers: Headers) -> Any:
-        bare = path.partition("?")[0]
+        # A WebSocket client's upgrade goes on, even on one of these paths
+        # (--health /): health checks and scrapes are plain GETs.
+        bare = "" if "Upgrade" in request_headers else path.partition("?")[0]
         if bare == health:
             return 200, [("Content-Type", "text/plain; charset=utf-8"), ("Cache-Control", "no-store")], b"OK\n"
         if bare == metrics_path:

@@ -55,13 +55,13 @@ def test_the_admin_listener_answers_its_paths_only_and_never_upgrades() -> None:
         assert http_get(admin.port, "/metrics") == (404, "Not Found: this port serves the health check and the metrics only.\n")
         with pytest.raises(syncws.InvalidStatusCode) as refused:
             syncws.connect(f"ws://{HOST}:{admin.port}/healthz", open_timeout=TIMEOUT)
-        assert refused.value.status_code == 200  # the health check's answer, not a 101
+        assert refused.value.status_code == 404  # health checks are plain GETs; never a 101
         with pytest.raises(syncws.InvalidStatusCode) as refused:
             syncws.connect(f"ws://{HOST}:{admin.port}/", open_timeout=TIMEOUT)
         assert refused.value.status_code == 404
         # Its 404s aren't refused WebSocket handshakes of the process.
         assert metrics.collect().handshakes_refused.get(404, 0) == refused_before.get(404, 0)
-        assert admin.metrics().handshakes_refused == {404: 2}
+        assert admin.metrics().handshakes_refused == {404: 3}
 
 
 def test_serve_admin_needs_something_to_answer() -> None:

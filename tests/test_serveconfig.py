@@ -496,6 +496,17 @@ def test_processes_refuse_the_websocket_port_as_the_admin_port(tmp_path: Path) -
     assert result.stdout == ""
 
 
+@pytest.mark.timeout(60)
+def test_a_websocket_upgrade_on_the_health_path_reaches_the_handler(serve_cli: Any) -> None:
+    """``--health /`` mustn't take ``/`` away from the WebSocket clients."""
+    server = serve_cli("--host", HOST, "--port", "0", "--health", "/", "--metrics", "/metrics")
+    assert server.get("/").status == 200
+    for path in ("/", "/metrics"):
+        with syncws.connect(f"ws://{HOST}:{server.port}{path}", open_timeout=TIMEOUT) as websocket:
+            websocket.send("still echoed")
+            assert websocket.recv(timeout=TIMEOUT) == "still echoed"
+
+
 def test_the_applications_hook_comes_after_health_and_metrics() -> None:
     asked: List[str] = []
 
