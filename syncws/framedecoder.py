@@ -202,13 +202,10 @@ class FrameDecoder:
             events: List[Any] = []
             position = parse_simple_frames(data, 0, end, self.masked, self.simple_limit, events)
             self.simple_messages += len(events)
-            if position == end:
-                self.bytes_received += end
-                self.simple_input = True
-                return events
             self.bytes_received += end
-            self.simple_input = False
-            self._general(data, position, events, sink)
+            self.simple_input = position == end
+            if position < end:
+                self._general(data, position, events, sink)
             return events
         self.bytes_received += len(data)
         self.simple_input = False
