@@ -14,6 +14,7 @@ import struct
 from typing import Any, Callable, Iterator, List, Optional, Union
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from syncws.core import ConnectionCore, Fragment
 from syncws.extensions.permessage_deflate import PerMessageDeflate
@@ -96,6 +97,18 @@ def raw_frame(
     if masked:
         return header + MASK + apply_mask(payload, MASK)
     return header + payload
+
+
+def property_settings(max_examples: int, derandomize: bool = True) -> settings:
+    """Hypothesis settings for the parsers' property tests: no deadline and no
+    example database, and (by default) the same examples on every run."""
+    return settings(
+        max_examples=max_examples,
+        deadline=None,
+        derandomize=derandomize,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
 
 
 def reader(data: bytes) -> Callable[[int], bytes]:

@@ -27,7 +27,7 @@ import random
 from typing import Any, List, NamedTuple, Optional, Tuple, Union
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from core_helpers import (  # noqa: F401  (no_sockets is an autouse fixture)
@@ -38,6 +38,7 @@ from core_helpers import (  # noqa: F401  (no_sockets is an autouse fixture)
     parse_frames,
     peer_deflate,
     peer_frame,
+    property_settings,
     raw_frame,
 )
 from syncws.core import CloseReceived, ConnectionCore, Failed, Fragment, PongReceived, State
@@ -47,20 +48,8 @@ from syncws.framing import Frame, Opcode, serialize_close
 FUZZ_EXAMPLES = int(os.environ.get("SYNCWS_FUZZ_EXAMPLES", "0"))
 
 # Small and reproducible by default; random and long when fuzzing.
-PROPERTY = settings(
-    max_examples=40,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-FUZZ = settings(
-    max_examples=FUZZ_EXAMPLES or 100,
-    deadline=None,
-    derandomize=not FUZZ_EXAMPLES,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+PROPERTY = property_settings(40)
+FUZZ = property_settings(FUZZ_EXAMPLES or 100, derandomize=not FUZZ_EXAMPLES)
 # pytest-timeout's 60 s per test would stop a long fuzz run: allow 100 ms an example
 # (about 6 ms each on an idle core), for a loaded CI machine.
 FUZZ_TIMEOUT = pytest.mark.timeout(max(60, FUZZ_EXAMPLES // 10))

@@ -13,10 +13,10 @@ from typing import Any, Callable, List, Optional, Tuple
 from unittest import mock
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from core_helpers import make, no_sockets, peer_frame, raw_frame, reader  # noqa: F401  (an autouse fixture)
+from core_helpers import make, no_sockets, peer_frame, property_settings, raw_frame, reader  # noqa: F401  (an autouse fixture)
 from syncws import framedecoder, framing
 from syncws.exceptions import WebSocketProtocolError
 from syncws.framedecoder import FrameDecoder, PartialFrame
@@ -126,13 +126,7 @@ def reference(data: bytes, masked: bool) -> Tuple[List[Frame], List[str]]:
     return frames, []
 
 
-PROPERTY = settings(
-    max_examples=200,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+PROPERTY = property_settings(200)
 
 TEXTS = st.one_of(st.text(max_size=40).map(str.encode), st.binary(max_size=40))
 

@@ -19,10 +19,10 @@ from typing import Any, Callable, List, NamedTuple, Optional, Tuple
 from unittest import mock
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from core_helpers import make, parse_frames, reader
+from core_helpers import make, parse_frames, property_settings, reader
 from syncws import framedecoder, framing
 from syncws.exceptions import WebSocketProtocolError
 from syncws.framing import Opcode, encode_frame, encode_frame_bytes, read_frame
@@ -52,13 +52,7 @@ def impl(request: pytest.FixtureRequest) -> Impl:
     return request.param
 
 
-PROPERTY = settings(
-    max_examples=150,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+PROPERTY = property_settings(150)
 
 KEY = b"\x9a\x3c\x01\xf7"
 NO_LIMIT = 2**63

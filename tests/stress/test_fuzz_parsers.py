@@ -45,6 +45,7 @@ from syncws.extensions.permessage_deflate import (
 from syncws.framing import read_frame
 from syncws.http import read_request, read_response
 from syncws.uri import parse_uri
+from core_helpers import reader
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -252,19 +253,6 @@ def test_header_list_parsers(value: str) -> None:
 
 
 # -- frames -------------------------------------------------------------------
-
-
-def reader(data: bytes) -> Callable[[int], bytes]:
-    """read_exact over ``data``: EOFError at the end, as the convention says."""
-    stream = io.BytesIO(data)
-
-    def read_exact(n: int) -> bytes:
-        chunk = stream.read(n)
-        if len(chunk) < n:
-            raise EOFError
-        return chunk
-
-    return read_exact
 
 
 frame_bytes = st.one_of(
