@@ -52,8 +52,8 @@ isn't used here: it returns only once its slow sends are done, and a stream
 of messages can't wait for the slowest member before the next one.)
 
 **Slow members**: a mailbox holds at most ``max_pending`` messages and
-``max_pending_bytes`` bytes (payload bytes, UTF-8 for text; one message
-always fits in an empty mailbox). A member whose next message would pass
+``max_pending_bytes`` bytes (payload bytes, UTF-8 for text; the message
+being sent counts until sent; one message always fits in an empty mailbox). A member whose next message would pass
 either limit can't keep up: it is dropped from every channel, closed with
 1008 ("too slow to keep up"; aborted if the close frame can't be sent
 within the connection's ``close_timeout``), and reported (a WARNING line
@@ -266,7 +266,7 @@ class _State(enum.Enum):
                          QUEUED ---can't send now---> SLOW
                          SLOW ---mailbox empty, or held---> IDLE
         IDLE (held, mail waiting) ---released---> QUEUED
-        any ---dropped, or left every channel---> GONE
+        any ---dropped, left every channel, or fan-out closed---> GONE
 
     A *held* member (:meth:`Fanout._hold`) gets mail in its mailbox but
     nobody sends it, until it is released: meanwhile, the thread that held
@@ -277,7 +277,7 @@ class _State(enum.Enum):
     IDLE = "idle"  # nothing to send; nobody serves it
     QUEUED = "queued"  # on the dispatchers' queue, or a dispatcher sends to it
     SLOW = "slow"  # a sender thread of its own sends to it, waiting as long as it must
-    GONE = "gone"  # dropped, or no longer a member: gets nothing more
+    GONE = "gone"  # dropped, no longer a member, or the fan-out closed: gets nothing more
 
 
 # A message in mailboxes: (its payload, the payload's size in bytes,
@@ -341,8 +341,8 @@ class Fanout:
         timeout: seconds a send to one member may take; past it the
             connection is aborted (``None``: each connection's
             ``write_timeout``).
-        max_pending: the most messages waiting for one member; a member
-            with more is dropped.
+        max_pending: the most messages waiting for one member (the one
+            being sent included); a member with more is dropped.
         max_pending_bytes: the most bytes of messages waiting for one
             member (one message always fits in an empty mailbox); a member
             with more is dropped.
@@ -720,20 +720,22 @@ class Fanout:
         only its own thread, never a dispatcher.
         """
         connection = member.connection
-        lag = None  # of the message just sent, counted at the next lock acquisition
+        lag = None  # of the message just sent, counted (and taken out) at the next lock acquisition
         while True:
             with self._lock:
-                if lag is not None:
+                if lag is not None:  # the mailbox's first message was sent
                     self._counts.delivered += 1
                     self._counts.delivery_seconds += lag
+                    if not member.gone:  # else the mailbox was emptied
+                        member.mailbox_bytes -= member.mailbox.popleft()[1]
                 if member.gone:
                     return
                 if not member.mailbox or member.holds:
                     member.state = _State.IDLE
                     return
-                mail = member.mailbox.popleft()
-                member.mailbox_bytes -= mail[1]
-            payload, text = mail[0], mail[3]
+                # It stays in the mailbox until sent: a message being sent
+                # still counts against the member's limits.
+                payload, _, arrival, text = member.mailbox[0]
             try:
                 if blocking:
                     connection.send(payload, timeout=self.timeout, text=text)
@@ -741,15 +743,13 @@ class Fanout:
                     with self._lock:
                         if member.gone:
                             return
-                        member.mailbox.appendleft(mail)
-                        member.mailbox_bytes += mail[1]
                         member.state = _State.SLOW
                     self._start_sender(member)
                     return
             except Exception as exc:
                 self._send_failed(member, exc)
                 return
-            lag = time.monotonic() - mail[2]
+            lag = time.monotonic() - arrival
 
     def _send_failed(self, member: _Member, exc: Exception) -> None:
         """A send to ``member`` raised ``exc``: the message is discarded, the member dropped.
@@ -761,12 +761,11 @@ class Fanout:
         if isinstance(exc, ConnectionClosed):
             logger.debug("%s left: %s", _name(member.connection), exc)
             with self._lock:
-                self._counts.discarded += 1 + len(member.mailbox)
+                self._counts.discarded += len(member.mailbox)
                 for channel in list(member.channels):
                     self._remove(member, channel)
             return
         with self._lock:
-            self._counts.discarded += 1
             drop = None if member.gone else self._drop(member, exc)
         if drop is not None:
             self._report_drop(*drop)
@@ -817,6 +816,7 @@ class Fanout:
             self._closed = True
             dispatchers = list(self._dispatchers)
             for member in self._members.values():
+                member.state = _State.GONE
                 member.mailbox.clear()
                 member.mailbox_bytes = 0
         for _ in dispatchers:

@@ -187,6 +187,49 @@ def test_a_message_is_encoded_once_for_every_member() -> None:
         fanout.close()
 
 
+class WouldBlock(Recorder):
+    """A connection whose first send would block: meanwhile, two more messages arrive."""
+
+    def __init__(self, fanout: LocalFanout) -> None:
+        super().__init__()
+        self.fanout = fanout
+        self.closing: "queue.Queue[Tuple[int, str]]" = queue.Queue()
+
+    def send_nowait(self, message: Any, timeout: Any = None, *, text: Any = None) -> bool:
+        self.fanout.publish("c", "2")
+        self.fanout.publish("c", "3")
+        return False
+
+    def send(self, message: Any, timeout: Any = None, *, text: Any = None) -> None:
+        self.sent.put((message, text))
+
+    def start_closing(self, code: int, reason: str) -> None:
+        self.closing.put((code, reason))
+
+
+def test_local_max_pending_counts_the_message_being_sent() -> None:
+    """The message a send is under way for still waits: it counts against ``max_pending``.
+
+    It was taken out of the mailbox for the send and put back when the send
+    would block, so a member could hold ``max_pending`` + 1 messages (seen
+    as 5 MiB waiting with ``max_pending_bytes`` at 4 MiB).
+    """
+    failures: "queue.Queue[Exception]" = queue.Queue()
+    fanout = LocalFanout(max_pending=2, on_failure=lambda connection, exc: failures.put(exc))
+    member = WouldBlock(fanout)
+    try:
+        fanout.subscribe("c", member)  # type: ignore[arg-type]
+        fanout.publish("c", "1")
+        exc = failures.get(timeout=TIMEOUT)
+        assert isinstance(exc, OverflowError) and "2 messages" in str(exc) and "max_pending=2" in str(exc)
+        assert member.closing.get(timeout=TIMEOUT) == (1008, "too slow to keep up")
+        assert fanout.members("c") == set() and fanout.pending() == 0
+        stats = fanout.stats
+        assert (stats.failures, stats.too_slow, stats.discarded, stats.delivered) == (1, 1, 2, 0)
+    finally:
+        fanout.close()
+
+
 def test_local_bad_arguments() -> None:
     fanout = LocalFanout()
     with pytest.raises(TypeError, match="channel must be a str, got int"):
