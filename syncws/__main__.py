@@ -368,7 +368,7 @@ def run_server(args: argparse.Namespace) -> int:
         _error(f"could not listen on {where}: {exc.strerror or exc}")
         return EXIT_ERROR
     try:
-        admin = serveconfig.admin_server(args)
+        admin = serveconfig.admin_server(args, ready=server.is_serving)
     except OSError as exc:
         server.close()
         server.wait_closed()

@@ -25,6 +25,26 @@ and never upgrades a connection. Its own requests are counted apart from the
 process's metrics (:func:`syncws.metrics.collect` doesn't see them): a
 request to an unknown path there isn't a refused WebSocket handshake.
 
+Readiness: draining
+-------------------
+A server closing (:meth:`~syncws.WebSocketServer.close`, which the command
+line calls on ``SIGTERM``) stops accepting, sends 1001 to its clients and
+waits for their handlers, which may take a while; its admin listener is
+closed last. Meanwhile the health check answers ``503`` (``draining``), as
+Envoy's health check filter fails once Envoy is told to drain
+(``/healthcheck/fail``) and Spring Boot's readiness turns to
+``REFUSING_TRAFFIC`` when its application begins to close: a load balancer
+stops sending clients to a server that refuses them. The metrics keep
+answering. Pass the
+server's :meth:`~syncws.WebSocketServer.is_serving` as ``ready``::
+
+    admin = syncws.admin.serve_admin("127.0.0.1", 9100, health="/healthz", ready=server.is_serving)
+
+or any callable that says whether the process takes new clients (to fail
+the check before closing, during a Kubernetes ``preStop`` delay, say).
+The health check is then a readiness check: point a liveness probe, which
+restarts what fails it, elsewhere (a process that drains is alive).
+
 Keep it off the public network (``host`` a private or loopback address):
 the metrics tell how busy the server is, and the listener has no TLS.
 """
@@ -50,6 +70,7 @@ def routes(
     metrics_path: Optional[str],
     render: Optional[Callable[[], str]] = None,
     then: Optional[ProcessRequest] = None,
+    ready: Optional[Callable[[], bool]] = None,
 ) -> Optional[ProcessRequest]:
     """A ``process_request`` hook answering the health check and the metrics.
 
@@ -62,6 +83,11 @@ def routes(
         render: writes the metrics; :func:`syncws.metrics.render` by
             default (this process).
         then: the application's hook, asked about every other request.
+        ready: whether the process takes new clients, asked at every
+            health check: ``200 OK`` when it does, ``503`` (``draining``)
+            once it doesn't, e.g. a server's
+            :meth:`~syncws.WebSocketServer.is_serving`. Always ready by
+            default.
 
     Returns:
         The hook (``then`` itself without either path; ``None`` without
@@ -76,7 +102,8 @@ def routes(
         # (--health /): health checks and scrapes are plain GETs.
         bare = "" if "Upgrade" in request_headers else path.partition("?")[0]
         if bare == health:
-            return 200, [("Content-Type", "text/plain; charset=utf-8"), ("Cache-Control", "no-store")], b"OK\n"
+            status, text = (200, b"OK\n") if ready is None or ready() else (503, b"draining\n")
+            return status, [("Content-Type", "text/plain; charset=utf-8"), ("Cache-Control", "no-store")], text
         if bare == metrics_path:
             return 200, [("Content-Type", metrics.CONTENT_TYPE), ("Cache-Control", "no-store")], write().encode()
         return None if then is None else then(path, request_headers)
@@ -102,6 +129,7 @@ def serve_admin(
     render: Optional[Callable[[], str]] = None,
     reuse_port: bool = False,
     logger: Optional[logging.Logger] = None,
+    ready: Optional[Callable[[], bool]] = None,
 ) -> WebSocketServer:
     """Answer the health check and the metrics on a listener of their own.
 
@@ -112,7 +140,8 @@ def serve_admin(
     Args:
         host: the interface; ``None`` for all (keep it private).
         port: the port; 0 picks a free one (the server's ``port``).
-        health: the path answered ``200 OK``, e.g. ``/healthz``.
+        health: the path answered ``200 OK`` (``503`` once ``ready``
+            says no), e.g. ``/healthz``.
         metrics_path: the path answered with :func:`syncws.metrics.render`'s
             text, e.g. ``/metrics``.
         render: writes the metrics instead (a group's:
@@ -120,6 +149,11 @@ def serve_admin(
         reuse_port: share the port with the other processes of a group, as
             their WebSocket port (see :func:`~syncws.serve`).
         logger: the server's logger (default ``syncws.admin``).
+        ready: whether the process takes new clients (see :func:`routes`):
+            pass the WebSocket server's
+            :meth:`~syncws.WebSocketServer.is_serving`, so that the health
+            check answers ``503`` while it drains after
+            :meth:`~syncws.WebSocketServer.close`.
 
     Returns:
         The running server.
@@ -128,7 +162,7 @@ def serve_admin(
         ValueError: neither ``health`` nor ``metrics_path``.
         OSError: the address can't be bound.
     """
-    answer = routes(health, metrics_path, render, then=_not_found)
+    answer = routes(health, metrics_path, render, then=_not_found, ready=ready)
     if answer is _not_found:
         raise ValueError("serve_admin() needs a health path, a metrics path, or both")
     return serve(

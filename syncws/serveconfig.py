@@ -32,7 +32,9 @@ answers for all of them, each sample labelled ``worker="<n>"``
 (:class:`syncws.metrics.GroupMetrics`). With ``--admin-port``, they are
 answered on a listener of their own instead (:mod:`syncws.admin`,
 :func:`admin_server`), which a server at ``--max-connections`` still
-serves; every worker of a group listens there too.
+serves; every worker of a group listens there too. There the health check
+answers ``503`` once the server began to close (``SIGTERM``) until it is
+done draining; the WebSocket port stops listening at once.
 """
 
 from __future__ import annotations
@@ -393,7 +395,7 @@ _SHARED_SETTINGS = frozenset({
 
 
 def admin_server(args: argparse.Namespace, render: Optional[Callable[[], str]] = None,
-                 reuse_port: bool = False) -> Optional[WebSocketServer]:
+                 reuse_port: bool = False, ready: Optional[Callable[[], bool]] = None) -> Optional[WebSocketServer]:
     """Start the listener ``--admin-port`` asks for (:func:`syncws.admin.serve_admin`).
 
     Args:
@@ -401,6 +403,10 @@ def admin_server(args: argparse.Namespace, render: Optional[Callable[[], str]] =
             :func:`server_options`.
         render: writes the metrics (see :func:`routes`).
         reuse_port: share the port with the other workers of a group.
+        ready: whether the process takes new clients: the WebSocket
+            server's :meth:`~syncws.WebSocketServer.is_serving`, so that
+            ``--health`` answers ``503`` while it drains (see
+            :func:`syncws.admin.serve_admin`).
 
     Returns:
         The running server; ``None`` without ``--admin-port``.
@@ -412,5 +418,5 @@ def admin_server(args: argparse.Namespace, render: Optional[Callable[[], str]] =
         return None
     return serve_admin(
         args.admin_host or args.host, args.admin_port, health=args.health, metrics_path=args.metrics,
-        render=render, reuse_port=reuse_port,
+        render=render, reuse_port=reuse_port, ready=ready,
     )

@@ -288,6 +288,14 @@ class WebSocketServer:
             # with 1011 and raised again: this thread was all they could end.
             pass
 
+    def is_serving(self) -> bool:
+        """Whether the server accepts new connections: until :meth:`close`.
+
+        Its connections may still be closing after that: a readiness check
+        (``ready`` of :func:`syncws.admin.serve_admin`) fails meanwhile.
+        """
+        return not self._closing
+
     def close(self, code: int = CloseCode.GOING_AWAY, reason: str = "") -> None:
         """Stop accepting and close every connection.
 

@@ -80,7 +80,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import logconfig, metrics, ports, serveconfig
-from .server import serve
+from .server import WebSocketServer, serve
 
 __all__ = [
     "DEFAULT_HANDLER",
@@ -163,6 +163,7 @@ def run_worker(
     port: int,
     watch_fd: Optional[int] = None,
     ready_fd: Optional[int] = None,
+    admin: Optional[Callable[[WebSocketServer], Optional[WebSocketServer]]] = None,
     **serve_options: Any,
 ) -> int:
     """Serve ``spec`` on ``host:port`` with ``SO_REUSEPORT`` until told to stop.
@@ -178,11 +179,15 @@ def run_worker(
         watch_fd: a file descriptor whose end of file means "stop".
         ready_fd: a file descriptor written to, then closed, once the
             server listens.
+        admin: starts the worker's admin listener once the server listens,
+            given the server (:func:`syncws.admin.serve_admin`, ``ready``
+            its :meth:`~syncws.WebSocketServer.is_serving`: the health
+            check fails while the worker drains); closed last.
         **serve_options: more keyword arguments of :func:`~syncws.serve`.
 
     Returns:
         The exit status: 0, or :data:`EXIT_CONFIG` when the handler doesn't
-        import or the address can't be bound.
+        import or an address can't be bound.
     """
     # Set by a signal or by the watcher thread; the main thread waits on it.
     stop = threading.Event()
@@ -201,6 +206,24 @@ def run_worker(
     except OSError as exc:
         logger.error("worker %d: cannot listen on %s:%d: %s", os.getpid(), host, port, exc.strerror or exc)
         return EXIT_CONFIG
+    try:
+        admin_server = None if admin is None else admin(server)
+    except OSError as exc:
+        logger.error("worker %d: cannot start its admin listener: %s", os.getpid(), exc.strerror or exc)
+        server.close()
+        server.wait_closed()
+        return EXIT_CONFIG
+    logger.info("worker %d serving on %s:%d", os.getpid(), host, server.port)
+    try:
+        return _serve_until_stopped(server, stop, watch_fd, ready_fd)
+    finally:
+        if admin_server is not None:
+            admin_server.close()
+
+
+def _serve_until_stopped(server: WebSocketServer, stop: threading.Event, watch_fd: Optional[int],
+                         ready_fd: Optional[int]) -> int:
+    """run_worker()'s wait: until ``stop`` is set, then close ``server`` and wait for it."""
     if watch_fd is not None:
 
         def watch() -> None:
@@ -213,7 +236,6 @@ def run_worker(
             stop.set()
 
         threading.Thread(target=watch, name="syncws-worker-watch", daemon=True).start()
-    logger.info("worker %d serving on %s:%d", os.getpid(), host, server.port)
     if ready_fd is not None:
         os.write(ready_fd, b"ready")
         os.close(ready_fd)
@@ -579,23 +601,20 @@ def _worker_main(argv: Optional[Sequence[str]] = None) -> int:
     group = None
     if args.metrics is not None and args.group_dir is not None:
         group = metrics.GroupMetrics(args.group_dir, args.worker_index)
+    render = None if group is None else group.render
     try:
-        options = serveconfig.server_options(args, None if group is None else group.render, hook)
+        options = serveconfig.server_options(args, render, hook)
     except (OSError, ValueError) as exc:  # checked by the supervisor first: a file that changed meanwhile
         logger.error("worker %d: %s", os.getpid(), exc)
         return EXIT_CONFIG
-    try:
-        admin = serveconfig.admin_server(args, None if group is None else group.render, reuse_port=True)
-    except OSError as exc:
-        logger.error("worker %d: cannot listen on --admin-port %d: %s", os.getpid(), args.admin_port, exc.strerror or exc)
-        return EXIT_CONFIG
+
+    def admin(server: WebSocketServer) -> Optional[WebSocketServer]:
+        return serveconfig.admin_server(args, render, reuse_port=True, ready=server.is_serving)
+
     if group is not None:
         group.start()
-    try:
-        return run_worker(handler, args.host, args.port, watch_fd=sys.stdin.fileno(), ready_fd=args.ready_fd, **options)
-    finally:
-        if admin is not None:
-            admin.close()
+    return run_worker(handler, args.host, args.port, watch_fd=sys.stdin.fileno(), ready_fd=args.ready_fd,
+                      admin=admin, **options)
 
 
 if __name__ == "__main__":

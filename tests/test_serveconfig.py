@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 import pytest
 
@@ -460,6 +460,68 @@ def test_processes_answer_on_the_admin_port_while_every_worker_is_full(serve_cli
         for websocket in clients.values():
             websocket.close()
     assert server.stop() == 0
+
+
+# Sends its PID; once closed, stays until the file named by RELEASE exists: a drain that lasts.
+SLOW_TO_CLOSE_HANDLER = '''
+import os
+import time
+
+def handler(websocket):
+    websocket.send(str(os.getpid()))
+    for message in websocket:
+        pass
+    deadline = time.monotonic() + 60
+    while not os.path.exists(RELEASE) and time.monotonic() < deadline:
+        time.sleep(0.05)
+'''
+
+
+def one_client_per_worker(uri: str, workers: int) -> List[syncws.WebSocketClientProtocol]:
+    """Connections to ``uri`` until each of ``workers`` processes (they send their PID) holds one."""
+    clients: List[syncws.WebSocketClientProtocol] = []
+    pids: Set[int] = set()
+    deadline = time.monotonic() + TIMEOUT
+    while len(pids) < workers:
+        assert time.monotonic() < deadline, f"only workers {pids} answered"
+        clients.append(syncws.connect(uri, open_timeout=TIMEOUT))
+        pids.add(int(clients[-1].recv(TIMEOUT)))
+    return clients
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("processes", [None, 2])
+def test_the_admin_port_fails_the_health_check_while_the_server_drains(
+    serve_cli: Any, tmp_path: Path, processes: Optional[int],
+) -> None:
+    release = tmp_path / "release"
+    (tmp_path / "slowapp.py").write_text(f"RELEASE = {str(release)!r}\n" + SLOW_TO_CLOSE_HANDLER)
+    server = serve_cli(
+        *(["--processes", str(processes)] if processes else []), "--host", HOST, "--port", "0",
+        "--health", "/healthz", "--metrics", "/metrics", "--admin-port", "0", "slowapp:handler",
+    )
+    admin = admin_port(server)
+    clients = one_client_per_worker(f"ws://{HOST}:{server.port}/", processes or 1)
+    try:
+        assert http_get(admin, "/healthz") == (200, "OK\n")
+        server.process.send_signal(signal.SIGTERM)
+        for websocket in clients:  # every process began to close
+            with pytest.raises(syncws.ConnectionClosed) as closed:
+                websocket.recv(TIMEOUT)
+            assert closed.value.code == 1001
+        # Draining (the handlers wait for the release file): not ready,
+        # whichever process answers; the metrics still answer.
+        assert wait_for(lambda: http_get(admin, "/healthz") == (503, "draining\n"), TIMEOUT), http_get(admin, "/healthz")
+        for _ in range(10):
+            assert http_get(admin, "/healthz") == (503, "draining\n")
+        status, text = http_get(admin, "/metrics")
+        assert status == 200 and "syncws_connections_open" in text
+        assert server.process.poll() is None
+    finally:
+        release.touch()
+        for websocket in clients:
+            websocket.close()
+    assert server.process.wait(TIMEOUT) == 0, server.stderr()
 
 
 def test_processes_refuse_an_admin_port_already_taken(tmp_path: Path) -> None:
