@@ -2,8 +2,9 @@
 
 Every ``$`` command of the page is taken from the page itself and run as an
 operator would, from ``examples/chat``, with free ports in place of 8765
-(the server), 6379 (Redis) and 8000 (nginx), and 127.0.0.1 in place of the
-machines' addresses. nginx runs ``examples/chat/nginx.conf``. Everything is
+(the server), 9100 (its admin port), 6379 (Redis) and 8000 (nginx), and
+127.0.0.1 in place of the machines' addresses. nginx runs
+``examples/chat/nginx.conf``. Everything is
 stopped by its PID at the end. ``test_every_command_of_the_page_is_run``
 fails when the page shows a command that no test here runs.
 """
@@ -59,6 +60,9 @@ REDIS = command("redis-server --port 6379 --save")
 PROCESSES = command("--processes 4 --port 8765 --health")
 HEALTH = command("curl -fsS http://127.0.0.1:8765/healthz")
 METRICS = command("curl -fsS http://127.0.0.1:8765/metrics")
+ADMIN = command("--admin-port 9100")
+ADMIN_HEALTH = command("curl -fsS http://127.0.0.1:9100/healthz")
+ADMIN_METRICS = command("curl -fsS http://127.0.0.1:9100/metrics")
 LOGS = command("--log-format json")
 MACHINE_REDIS = command("--bind 10.0.0.5")
 MACHINE = command("--host 10.0.0.11")
@@ -307,6 +311,32 @@ def test_metrics(machine: Machine) -> None:
     for path in ("/metrics", "/metrics%3F", "/metrics%3f?x", "/metrics%23"):  # nginx matches the decoded path
         status, body = get(f"http://{HOST}:{machine.nginx.port}{path}")
         assert status in (400, 404) and b"syncws_" not in body, path
+
+
+@pytest.mark.needs("redis-server", "nginx", "curl")
+@pytest.mark.timeout(90)
+def test_admin_port(machine: Machine, background: "Background") -> None:
+    ports = dict(machine.ports, **{"8765": free_port(), "9100": free_port()})  # the same Redis, another server
+    server = background(ADMIN, ports)  # type: ignore[operator]
+    assert server.wait_serving().startswith(f"serving on ws://127.0.0.1:{ports['8765']}/ with 2 worker processes ")
+    assert server.process.stdout is not None
+    assert server.process.stdout.readline() == f"answering /healthz and /metrics on http://127.0.0.1:{ports['9100']}/\n"
+    for _ in range(4):  # whichever worker takes it
+        result = run(ADMIN_HEALTH, ports)
+        assert (result.returncode, result.stdout) == (0, "OK\n"), result.stderr
+
+    def scrape() -> str:
+        result = run(ADMIN_METRICS, ports)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def every_worker(text: str) -> bool:
+        return sorted(re.findall(r'^syncws_connections_open\{worker="(\d)"\} ', text, re.M)) == ["0", "1"]
+
+    assert wait_for_text(scrape, every_worker), scrape()
+    # No longer on the WebSocket port: the chat's own answer there.
+    assert get(f"http://{HOST}:{ports['8765']}/healthz")[0] == 404
+    assert server.stop() == 0
 
 
 def wait_for_text(scrape: Callable[[], str], ready: Callable[[str], bool]) -> bool:
