@@ -359,7 +359,7 @@ class ConnectionCore:
 
     __slots__ = (
         "is_client", "max_message_size", "max_fragment_size", "join_limit", "decoder", "deflate",
-        "phase", "state", "can_send", "close_rcvd", "close_sent", "bytes_sent", "_messages_delivered",
+        "phase", "state", "can_send", "close_rcvd", "close_sent", "close_frame", "_close_made", "bytes_sent", "_messages_delivered",
         "messages_sent", "_cause", "_message", "_held", "input_closed",
         "sending_fragmented", "_sending_compressed", "_pings", "outgoing", "_mask_pool", "_mask_position",
         "_last_pong",
@@ -399,9 +399,15 @@ class ConnectionCore:
         self.can_send = False
         #: ``(code, reason)`` of the close frame received, or ``None``.
         self.close_rcvd: Optional[Tuple[int, str]] = None
-        #: ``(code, reason)`` of the close frame sent (or that we tried to
-        #: send), or ``None``.
+        #: ``(code, reason)`` of the close frame sent: written whole to the
+        #: transport (:meth:`data_written` says so), not merely made; or ``None``.
         self.close_sent: Optional[Tuple[int, str]] = None
+        #: Our close frame (the object in :attr:`outgoing`) from when it is
+        #: made until :meth:`data_written` sees it written; ``None`` otherwise.
+        self.close_frame: Optional[BytesLike] = None
+        # (code, reason) of the close frame we made, written or not: nothing
+        # may follow it, and the peer's data is dropped after it (rule 4).
+        self._close_made: Optional[Tuple[int, str]] = None
         #: Bytes sent (frame headers included), messages sent; the input's
         #: are :attr:`bytes_received` and :attr:`messages_received`.
         self.bytes_sent = 0
@@ -472,11 +478,15 @@ class ConnectionCore:
         """The connection's close code (RFC 6455 §7.1.5); ``None`` until it is closed.
 
         The code of the close frame received (1005 if it had none), or 1006
-        when none was received.
+        when none was received, or when ours wasn't sent: the closing
+        handshake didn't happen (a close frame received is always answered,
+        or follows ours, so it is the peer that never got one).
         """
         if self.state is not _CLOSED:
             return None
-        return self.close_rcvd[0] if self.close_rcvd else CloseCode.ABNORMAL_CLOSURE
+        if self.close_rcvd is None or self.close_sent is None:
+            return CloseCode.ABNORMAL_CLOSURE
+        return self.close_rcvd[0]
 
     @property
     def close_reason(self) -> Optional[str]:
@@ -484,11 +494,16 @@ class ConnectionCore:
 
         The reason of the close frame received; without one, what ended the
         connection (a failure we detected, a keepalive timeout, a lost
-        connection...).
+        connection...); when ours wasn't sent, the code received and what
+        stopped ours.
         """
         if self.state is not _CLOSED:
             return None
-        return self.close_rcvd[1] if self.close_rcvd else self._cause
+        if self.close_rcvd is None:
+            return self._cause
+        if self.close_sent is None:
+            return f"received {describe_close(self.close_rcvd[0])}, but our close frame wasn't sent: {self._cause}"
+        return self.close_rcvd[1]
 
     def closed_exception(self) -> ConnectionClosed:
         """The exception for an operation on this closed connection.
@@ -589,7 +604,7 @@ class ConnectionCore:
             raise WebSocketProtocolError(
                 f"{opcode.name} frame inside a fragmented message: expected a continuation frame"
             )
-        if self.close_sent is None:
+        if self._close_made is None:
             compressed = bool(first & 0x40) or (self._message is not None and self._message.compressed)
             self._check_size(length, compressed)
         return opcode
@@ -624,7 +639,7 @@ class ConnectionCore:
         elif self._message is not None:
             self._message.frame_size = 0
         first_size = length if self.decoder.simple_limit < _NO_LIMIT else _FIRST_BUFFER
-        return PartialFrame(fin, length, mask_key, self.close_sent is None, first_size)
+        return PartialFrame(fin, length, mask_key, self._close_made is None, first_size)
 
     def process_partial(self, partial: PartialFrame, events: List[Event]) -> None:
         """Unmask and decode the newly arrived bytes of a partial frame.
@@ -715,7 +730,7 @@ class ConnectionCore:
         if opcode >= _CLOSE:
             self._receive_control(opcode, payload, events)
             return
-        if self.close_sent is not None:
+        if self._close_made is not None:
             # Rule 4: after our close frame, data is dropped; only the
             # message boundaries are followed, to keep parsing right.
             self._message = None if fin else (self._message or _Message(False, False))
@@ -787,8 +802,7 @@ class ConnectionCore:
                 # Echo the code (RFC 6455 §5.5.1); a close frame without one
                 # is answered with an empty one.
                 echo = b"" if code == _NO_STATUS_RCVD else serialize_close(code, reason)
-                self.close_sent = (code, reason)
-                self._write_frame(_CLOSE, echo)
+                self._write_close(code, reason, echo)
                 self._set_phase(Phase.CLOSE_RECEIVED)
             else:  # the one other phase that parses input
                 self._set_phase(Phase.CLOSE_EXCHANGED)
@@ -1021,8 +1035,7 @@ class ConnectionCore:
         payload = serialize_close(code, reason)
         if not self.can_send:
             raise self._cannot_send()
-        self.close_sent = (code, reason)
-        self._write_frame(_CLOSE, payload)
+        self._write_close(code, reason, payload)
         self._set_phase(Phase.CLOSE_SENT)
 
     def fail(self, code: int, reason: str) -> None:
@@ -1042,8 +1055,7 @@ class ConnectionCore:
         reason = _truncate_reason(reason)
         payload = serialize_close(code, reason)  # validates before any effect
         if self.can_send:
-            self.close_sent = (code, reason)
-            self._write_frame(_CLOSE, payload)
+            self._write_close(code, reason, payload)
         self._end_input(reason, Phase.CLOSED if self.state is _CONNECTING else Phase.FAILED)
 
     def abandon(self, cause: str) -> None:
@@ -1059,6 +1071,26 @@ class ConnectionCore:
             cause: why, for :attr:`close_reason`.
         """
         self._end_input(cause, Phase.CLOSED if self.state is _CONNECTING else Phase.ABANDONED)
+
+    def _write_close(self, code: int, reason: str, payload: bytes) -> None:
+        """Make our close frame, the last frame of the connection.
+
+        It becomes :attr:`close_sent` only once written (:meth:`data_written`).
+        """
+        self._close_made = (code, reason)
+        self._write_frame(_CLOSE, payload)
+        self.close_frame = self.outgoing[-1]
+
+    def data_written(self, data: Sequence[BytesLike]) -> None:
+        """The writer wrote ``data``, output that :meth:`data_to_send` gave, whole.
+
+        Records our close frame as sent if ``data`` ends with it (nothing
+        follows it, so it is always last). Written means handed to the
+        transport whole, as ``send()`` returning means for a message.
+        """
+        if data and data[-1] is self.close_frame:
+            self.close_sent = self._close_made
+            self.close_frame = None
 
     def _new_mask_pool(self) -> int:
         """Draw a new pool of random bytes for masking keys; return the first key's offset.

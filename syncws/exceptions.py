@@ -237,7 +237,8 @@ class ConnectionClosed(InvalidState):
 
     Args:
         code: the connection's close code: the code of the close frame
-            received (1005 if it had none), or 1006 when none was received.
+            received (1005 if it had none), or 1006 when none was received
+            or ours wasn't sent.
         reason: the connection's close reason: the reason of the close frame
             received, or else what ended the connection.
 

@@ -246,11 +246,14 @@ class ConnectionCounters:
 
 
 def _close_code(connection: Any) -> int:
-    """The code a connection ended with: the peer's close frame's, else ours
-    (a connection we failed, 1009, 1011...: we don't wait for the peer's),
-    else 1006."""
-    frame = connection.close_rcvd or connection.close_sent
-    return int(frame[0]) if frame else _NO_CLOSE_FRAME
+    """The code a connection ended with: its close code (the peer's close
+    frame's, or 1006 when either side's frame is missing), except that one
+    we closed or failed whose frame went out counts as its code (1009,
+    1011...: we don't wait for the peer's answer)."""
+    sent = connection.close_sent
+    if connection.close_rcvd is None and sent is not None:
+        return int(sent[0])
+    return int(connection.close_code or _NO_CLOSE_FRAME)
 
 
 # Every ConnectionCounters alive in the process (servers' and WSGI's), for

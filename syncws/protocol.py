@@ -246,8 +246,8 @@ class WebSocketCommonProtocol:
         """The connection's close code; ``None`` until it is closed.
 
         The code of the close frame received (1005 if it had none), or 1006
-        when none was received. :exc:`~syncws.ConnectionClosed` carries the
-        same code.
+        when none was received or ours wasn't sent (:attr:`close_rcvd` still
+        holds the peer's). :exc:`~syncws.ConnectionClosed` carries the same code.
         """
         return self._core.close_code
 
@@ -255,14 +255,14 @@ class WebSocketCommonProtocol:
     def close_reason(self) -> Optional[str]:
         """The connection's close reason; ``None`` until it is closed.
 
-        The reason of the close frame received; without one, what ended the
-        connection (a protocol error we found, a keepalive timeout...).
+        The reason of the close frame received; without one, or when ours
+        wasn't sent, what ended the connection (a protocol error we found...).
         """
         return self._core.close_reason
 
     @property
     def close_sent(self) -> Optional[Tuple[int, str]]:
-        """``(code, reason)`` of the close frame this side sent, or ``None``."""
+        """``(code, reason)`` of the close frame this side wrote whole to the socket, or ``None``."""
         return self._core.close_sent
 
     @property

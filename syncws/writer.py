@@ -335,6 +335,7 @@ class Writer:
         ``data`` is whole frames, or a large unmasked frame's header and
         payload (see :meth:`ConnectionCore.data_to_send`). ``deadline`` or,
         without one, ``timeout`` bound the write (see :meth:`Transport.write`).
+        Once our close frame is written, the core records it as sent.
 
         Raises:
             TimeoutError: past the deadline; the transport was aborted.
@@ -348,6 +349,9 @@ class Writer:
         except OSError as exc:
             self._write_failed(exc)
             raise
+        if self.core.close_frame is not None:  # our close frame waits: is it out now?
+            with self.core_lock:
+                self.core.data_written(data)
 
     def _write_failed(self, exc: OSError) -> None:
         """Give the connection up after a failed write: half a frame may be out."""

@@ -162,8 +162,10 @@ def parse_frames(data: bytes, *, masked: bool) -> List[Frame]:
 
 
 def output(core: ConnectionCore) -> bytes:
-    """Take the bytes ``core`` wants to send."""
-    return b"".join(bytes(chunk) for chunk in core.data_to_send())
+    """Take the bytes ``core`` wants to send, and tell it they were written, as a writer does."""
+    data = core.data_to_send()
+    core.data_written(data)
+    return b"".join(bytes(chunk) for chunk in data)
 
 
 def sent(core: ConnectionCore) -> List[Frame]:

@@ -44,6 +44,7 @@ from syncws.core import (
     PongReceived,
     State,
 )
+from syncws.close_codes import describe_close
 from syncws.exceptions import ConnectionClosedError, ConnectionClosedOK, InvalidState
 from syncws.framing import Frame, Opcode, serialize_close
 from syncws.masking import apply_mask
@@ -1276,6 +1277,7 @@ def test_empty_close_is_answered_with_an_empty_close(side: str) -> None:
 def test_peer_close_then_eof(side: str) -> None:
     core = make(side)
     core.receive_data(peer_frame(core, CLOSE, serialize_close(1000, "bye")))
+    output(core)  # our reply is written
     core.receive_eof()
     assert core.state is State.CLOSED
     assert (core.close_code, core.close_reason) == (1000, "bye")
@@ -1286,6 +1288,7 @@ def test_peer_close_then_eof(side: str) -> None:
 def test_peer_empty_close_then_eof_is_ok(side: str) -> None:
     core = make(side)
     core.receive_data(peer_frame(core, CLOSE, b""))
+    output(core)
     core.receive_eof()
     exc = core.closed_exception()
     assert type(exc) is ConnectionClosedOK and exc.code == 1005 and exc.reason == ""
@@ -1294,6 +1297,7 @@ def test_peer_empty_close_then_eof_is_ok(side: str) -> None:
 def test_peer_close_1001_is_ok() -> None:
     core = make()
     core.receive_data(peer_frame(core, CLOSE, serialize_close(1001, "going")))
+    output(core)
     core.receive_eof()
     assert type(core.closed_exception()) is ConnectionClosedOK
 
@@ -1302,6 +1306,7 @@ def test_peer_close_1001_is_ok() -> None:
 def test_peer_close_with_an_error_code(code: int) -> None:
     core = make()
     core.receive_data(peer_frame(core, CLOSE, serialize_close(code, "err")))
+    output(core)
     core.receive_eof("ignored cause")
     exc = core.closed_exception()
     assert type(exc) is ConnectionClosedError and (exc.code, exc.reason) == (code, "err")
@@ -1381,6 +1386,7 @@ def test_send_close_then_peer_answers(side: str) -> None:
 def test_close_code_is_the_peers_not_ours() -> None:
     core = make()
     core.send_close(1000)
+    output(core)
     core.receive_data(peer_frame(core, CLOSE, serialize_close(1001, "away")))
     core.receive_eof()
     assert (core.close_code, core.close_reason) == (1001, "away")
@@ -1390,9 +1396,47 @@ def test_close_code_is_the_peers_not_ours() -> None:
 def test_send_close_without_answer(side: str) -> None:
     core = make(side)
     core.send_close(1000)
+    output(core)
     core.receive_eof()
     assert core.close_code == 1006
     assert core.close_reason == "no close frame received after sending 1000 (OK)"
+    assert type(core.closed_exception()) is ConnectionClosedError
+
+
+def test_a_close_frame_is_sent_once_written_not_once_made(side: str) -> None:
+    core = make(side)
+    core.send_close(1000, "done")
+    data = core.data_to_send()
+    assert core.close_sent is None and core.close_frame is not None
+    core.data_written(data[:-1])  # what came before it: still not sent
+    assert core.close_sent is None
+    core.data_written(data)
+    assert core.close_sent == (1000, "done") and core.close_frame is None
+
+
+@pytest.mark.parametrize("code", [1000, 1001, 4000])
+def test_a_peer_close_whose_reply_wasnt_written_is_abnormal(side: str, code: int) -> None:
+    core = make(side)
+    core.receive_data(peer_frame(core, CLOSE, serialize_close(code, "bye")))
+    core.data_to_send()  # taken by a writer whose write then failed
+    core.abandon("a write timed out: the peer stopped reading")
+    core.receive_eof()
+    assert core.close_rcvd == (code, "bye") and core.close_sent is None
+    assert core.close_code == 1006
+    assert core.close_reason == (
+        f"received {describe_close(code)}, but our close frame wasn't sent: a write timed out: the peer stopped reading"
+    )
+    exc = core.closed_exception()
+    assert type(exc) is ConnectionClosedError and (exc.code, exc.reason) == (1006, core.close_reason)
+
+
+def test_our_close_not_written_before_the_peers_came_is_abnormal(side: str) -> None:
+    core = make(side)
+    core.send_close(1000)
+    core.data_to_send()  # still being written when the peer's close arrives
+    core.receive_data(peer_frame(core, CLOSE, serialize_close(1000, "")))
+    core.receive_eof("connection lost while writing: reset")
+    assert core.close_code == 1006 and core.close_sent is None
     assert type(core.closed_exception()) is ConnectionClosedError
 
 
@@ -1618,6 +1662,7 @@ def test_eof_with_a_cause(side: str) -> None:
 def test_eof_cause_doesnt_replace_the_peers_reason() -> None:
     core = make()
     core.receive_data(peer_frame(core, CLOSE, serialize_close(1000, "bye")))
+    output(core)
     core.receive_eof("connection reset")
     assert core.close_reason == "bye"
 

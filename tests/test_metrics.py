@@ -113,6 +113,41 @@ def test_a_connection_the_server_fails_counts_with_its_code() -> None:
         assert settled(server, 1).connections_closed == {1009: 1}
 
 
+def test_a_close_the_server_couldnt_answer_counts_as_1006() -> None:
+    """A client closes with 1000, then stops reading: the server's reply can't be written.
+
+    It counted as 1000, a clean close, though the client never got the reply.
+    """
+    sending = threading.Event()
+
+    def flood(websocket: syncws.WebSocketServerProtocol) -> None:
+        sending.set()
+        try:
+            websocket.send(b"\x00" * 64 * 2**20)  # more than every buffer between us holds
+        except (syncws.ConnectionClosed, TimeoutError):
+            pass
+
+    with syncws.serve(flood, HOST, 0, ping_interval=None, close_timeout=0.5, write_timeout=2) as server:
+        with socket.socket() as peer:
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            peer.settimeout(TIMEOUT)
+            peer.connect((HOST, server.port))
+            peer.sendall(
+                b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            head = b""
+            while not head.endswith(b"\r\n\r\n"):
+                head += peer.recv(1)
+            assert head.startswith(b"HTTP/1.1 101"), head
+            assert sending.wait(TIMEOUT)
+            assert peer.recv(1, socket.MSG_PEEK)  # the message is under way: its send holds the writer
+            mask = b"abcd"
+            payload = bytes(byte ^ mask[index % 4] for index, byte in enumerate(b"\x03\xe8"))
+            peer.sendall(b"\x88\x82" + mask + payload)  # close 1000, then no more reading
+            assert settled(server, 1).connections_closed == {1006: 1}
+
+
 def test_refused_handshakes_by_status(server: syncws.WebSocketServer) -> None:
     with pytest.raises(syncws.InvalidStatusCode):
         syncws.connect(uri(server), origin="https://evil.example")

@@ -421,6 +421,44 @@ def test_closing_handshake_with_a_send_blocked_on_the_peer_ends_within_close_tim
         thread.join(10)
 
 
+def test_a_close_reply_that_never_went_out_is_not_reported_as_sent_nor_clean(raw_serve, caplog):
+    """The peer closes with 1000 and stops reading, our socket buffer full: our reply can't go out.
+
+    The connection recorded the reply as sent, closed with 1000 and raised
+    ConnectionClosedOK, and logged a clean close, though the closing
+    handshake never finished: the peer never got our close frame.
+    """
+    stop = threading.Event()
+
+    def handler(conn):
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        # The message's first bytes: its send() holds the writer, and the
+        # socket buffers fill up, as this peer reads no more.
+        select.select([conn.sock], [], [], 10)
+        conn.send(frame(0x8, close_payload(1000, "done")))
+        stop.wait(15)
+
+    caplog.set_level("INFO", logger="syncws.client")
+    ws = syncws.connect(raw_serve(handler), ping_interval=None, close_timeout=0.5, write_timeout=1)
+    try:
+        with pytest.raises(ConnectionClosedError) as sending:
+            ws.send(b"\x00" * 64 * MIB)
+        ws.wait_closed(5)
+        assert ws.close_rcvd == (1000, "done")
+        assert ws.close_sent is None
+        assert ws.close_code == sending.value.code == 1006
+        assert ws.close_reason == sending.value.reason
+        assert ws.close_reason.startswith("received 1000 (OK), but our close frame wasn't sent: "), ws.close_reason
+        with pytest.raises(ConnectionClosedError):
+            ws.recv(timeout=5)
+        with pytest.raises(ConnectionClosedError):
+            next(iter(ws))
+        closed = [record.getMessage() for record in caplog.records if " closed: " in record.getMessage()]
+        assert len(closed) == 1 and " closed: 1006 (abnormal closure) received 1000 (OK), but our" in closed[0]
+    finally:
+        stop.set()
+
+
 # -- protocol errors from the peer ----------------------------------------------
 
 MIB = 2**20
