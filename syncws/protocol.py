@@ -359,6 +359,9 @@ class WebSocketCommonProtocol:
         thread then finds the end of the stream and closes everything; a
         connection still in its opening handshake is closed here.
 
+        Not a hook: the connection's own deadlines (closing, writes,
+        keepalive) drop TCP without calling it, so no override can stop them.
+
         Args:
             cause: why, for :attr:`close_reason`.
         """
