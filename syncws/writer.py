@@ -7,12 +7,22 @@ produced to the moment its last byte is in the socket, so frames go out
 whole and in the order the core made them: no frame can slip behind our
 close frame.
 
-Frames made by a thread that must not block (the reader thread's pongs and
-close replies, the timer thread's pings) stay in the buffer when the lock is
-busy: :meth:`Writer.flush` only tries the lock, and the thread that holds it
+Frames made by a thread that must not wait for the lock (the reader
+thread's pongs and close replies) stay in the buffer when the lock is busy:
+:meth:`Writer.flush` only tries the lock, and the thread that holds it
 flushes again after letting go, so nothing is left behind. (The check after
 release sees whatever was added before the other thread failed to take the
 lock, which happened while the lock was still held.)
+
+The timer thread must not block at all: its pings and close frames
+(:meth:`Writer.write` with ``now``) go out only if the lock is free and the
+frames can be written at once, which too many frames waiting forbid. Such a
+write couldn't flush after letting go, so no flush may find the lock held
+by it: it holds the lock only while it holds the core's lock, under which a
+flush tries the lock (a try never waits, so taking the two locks in the
+reverse of the usual order can't deadlock). A flush that finds the lock
+taken has found a thread that flushes after, and the frames the timer
+thread leaves waiting are a flush's that is under way.
 
 A message in several frames (a fragmented ``send()``) takes the **turn**
 from its first frame to its last: no other message may go out between them
@@ -42,7 +52,6 @@ import threading
 import time
 from typing import Any, Callable, Iterator, Optional, Sequence, Tuple, Union
 
-from . import timers
 from .close_codes import CloseCode
 from .core import BytesLike, ConnectionCore, State
 from .exceptions import ConcurrencyError, InvalidState
@@ -54,7 +63,8 @@ __all__ = ["Writer"]
 # with its own (a control frame): a socket reported writable takes a write this
 # small at once, whole, so the timer thread doesn't block on it (Linux takes
 # a write that fits one segment whenever it reports room; the BSDs report
-# room from 2 KiB free, their default low-water mark).
+# room from 2 KiB free, their default low-water mark). It writes holding the
+# core's lock, which a blocked write would keep from the reader too.
 _TRY_NOW_WAITING_MAX = 512
 
 
@@ -155,7 +165,7 @@ class Writer:
             self.write_locked(data, deadline)
         finally:
             self.lock.release()
-        self._flush_left()
+        self.flush(blocking=False)
         return True
 
     def send_message(
@@ -221,7 +231,7 @@ class Writer:
             finally:
                 self._end_turn()
             return True
-        # _flush_left(), inline: this runs for every message.
+        # flush()'s first look, inline: this runs for every message.
         core_lock.acquire()
         left = bool(core.outgoing)
         core_lock.release()
@@ -342,10 +352,7 @@ class Writer:
             OSError: the connection is lost.
         """
         try:
-            if len(data) == 1:
-                self.transport.write(data[0], deadline, timeout=timeout)
-            elif data:
-                self.transport.write_parts(data, deadline, timeout)
+            self._put(data, deadline, timeout)
         except OSError as exc:
             self._write_failed(exc)
             raise
@@ -353,36 +360,26 @@ class Writer:
             with self.core_lock:
                 self.core.data_written(data)
 
+    def _put(self, data: Sequence[BytesLike], deadline: Optional[float], timeout: Optional[float]) -> None:
+        """Hand ``data`` to the transport (see :meth:`write_locked`)."""
+        if len(data) == 1:
+            self.transport.write(data[0], deadline, timeout=timeout)
+        elif data:
+            self.transport.write_parts(data, deadline, timeout)
+
     def _write_failed(self, exc: OSError) -> None:
         """Give the connection up after a failed write: half a frame may be out."""
+        with self.core_lock:
+            self._abandon(exc)
+
+    def _abandon(self, exc: OSError) -> None:
+        """:meth:`_write_failed` for a caller that holds the core's lock."""
         if isinstance(exc, TimeoutError):
             cause = "a write timed out: the peer stopped reading"
         else:
             cause = f"connection lost while writing: {exc}"
-        with self.core_lock:
-            self.core.abandon(cause)
+        self.core.abandon(cause)
         self.transport.abort()
-
-    def _left(self) -> bool:
-        """Whether frames wait in the core's buffer, looked at under the core's lock.
-
-        For a thread that just let go of :attr:`lock`: another thread may
-        have added frames meanwhile, under the core's lock, and failed to
-        take the write lock. Taking the core's lock orders this look after
-        that addition; without a GIL (free-threaded builds) a plain read
-        might not see it yet, and the frames would wait for the next write.
-        """
-        core_lock = self.core_lock
-        core_lock.acquire()
-        try:
-            return bool(self.core.outgoing)
-        finally:
-            core_lock.release()
-
-    def _flush_left(self) -> None:
-        """After letting go of :attr:`lock`: write what other threads left meanwhile (see :meth:`_left`)."""
-        if self._left():
-            self.flush(blocking=False)
 
     def flush(self, blocking: bool) -> None:
         """Write the frames other threads left in the core's buffer.
@@ -391,56 +388,62 @@ class Writer:
         lock: that thread flushes after its own frames. Never raises: a
         failed write aborts the transport, which ends the connection.
         """
-        while self._left():
-            if not self.lock.acquire(blocking=blocking):
-                return
+        lock, core_lock = self.lock, self.core_lock
+        while True:
+            # Under the core's lock: the look is ordered after frames another
+            # thread added before it failed to take the lock (without a GIL,
+            # a plain read might not see them yet), and the try can't find
+            # the lock held by write(now=True) (see the module's docstring).
+            with core_lock:
+                if not self.core.outgoing:
+                    return
+                taken = lock.acquire(blocking=False)
+            if not taken:
+                if not blocking:
+                    return
+                lock.acquire()
             try:
-                with self.core_lock:
+                with core_lock:
                     data = self.core.data_to_send()
                 self.write_locked(data, self.deadline())
             except OSError:
                 return
             finally:
-                self.lock.release()
+                lock.release()
 
     def _write_now(self, produce: Optional[Callable[[ConnectionCore], Any]]) -> bool:
         """:meth:`write` with ``now``: make and write frames only if that can't block.
 
         The frames that wait in the core's buffer (the reader's pongs, left
         there while a send held the lock) must be few enough to go with
-        the new ones at once. Frames the reader thread makes while this
-        holds the lock would be left behind (the reader's flush only tries
-        the lock): another try, from the timer thread right after, writes
-        them.
+        the new ones at once; more wait for the flush that their thread, or
+        the sender it found holding the lock, has under way. All of it under
+        the core's lock: see the module's docstring.
         """
-        if not self.lock.acquire(blocking=False):
-            return False
-        written = False
-        try:
-            if not self.transport.writable_now():
+        lock, core = self.lock, self.core
+        with self.core_lock:
+            if not lock.acquire(blocking=False):
                 return False
-            with self.core_lock:
-                if sum(len(frame) for frame in self.core.outgoing) > _TRY_NOW_WAITING_MAX:
+            try:
+                if not self.transport.writable_now():
+                    return False
+                if sum(len(frame) for frame in core.outgoing) > _TRY_NOW_WAITING_MAX:
                     return False
                 if produce is not None:
                     try:
-                        produce(self.core)
+                        produce(core)
                     except InvalidState:
                         return False
-                data = self.core.data_to_send()
-            self.write_locked(data, None)
-            written = True
-            return True
-        except OSError:
-            return False
-        finally:
-            self.lock.release()
-            if written and self._left():
-                timers.call_later(0, self._write_waiting)
-
-    def _write_waiting(self) -> None:
-        """Timer callback: write the frames the reader made while :meth:`_write_now` held the lock."""
-        self._write_now(None)
+                data = core.data_to_send()
+                try:
+                    self._put(data, None, None)
+                except OSError as exc:
+                    self._abandon(exc)
+                    return False
+                core.data_written(data)  # (write_locked()'s record, the core's lock held)
+                return True
+            finally:
+                lock.release()
 
     # -- what keepalive needs --------------------------------------------------
 

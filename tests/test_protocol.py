@@ -21,6 +21,8 @@ from websockets.exceptions import ConnectionClosed as WSConnectionClosed
 import syncws
 from syncws import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
 from syncws import threadpool
+from syncws.transport import Transport
+from syncws.writer import Writer
 
 from conftest import close_payload, fd_count, frame, wait_for
 
@@ -907,6 +909,66 @@ def test_keepalive_keeps_a_live_peer_while_the_queue_is_full(ws_serve):
         assert wait_for(lambda: ws.stats.pings_sent >= pings + 4, timeout=10)
         assert ws._messages.put_waiting  # the pongs wait behind messages nobody read
         assert ws.open and ws.stats.pings_missed == 0
+
+
+def test_pongs_left_while_a_keepalive_ping_holds_the_writer_go_out(raw_serve, monkeypatch):
+    """Pongs the reader couldn't write while our keepalive ping held the writer go out, unprompted.
+
+    The peer sends five pings of 125 bytes, then only waits for their pongs,
+    as Node's ``ws`` or a load balancer does: their 655 bytes are more than a
+    keepalive ping may take along (it must never block the timer thread).
+    The reader's flush is held until all five pongs are made (as behind a
+    send), then let go while the keepalive's write holds the write lock. A
+    writer that left them there until some later frame failed this test.
+    """
+    payloads = [bytes([number]) * 125 for number in range(5)]
+    results = queue.Queue()
+    pongs_made = threading.Event()  # the reader made the five pongs, its flush waits
+    writer_held = threading.Event()  # the keepalive's write holds the write lock
+    flush_tried = threading.Event()  # the reader's flush returned
+    core_locks = []
+    flush, writable_now = Writer.flush, Transport.writable_now
+
+    def reader_flush(self, blocking):
+        if blocking or pongs_made.is_set():
+            return flush(self, blocking)
+        if len(self.core.outgoing) < len(payloads):
+            return None  # the pongs wait, as behind a send, until all are made
+        core_locks.append(self.core_lock)
+        pongs_made.set()
+        writer_held.wait(10)
+        flush(self, blocking)
+        flush_tried.set()
+        return None
+
+    def keepalive_writable_now(self):
+        if pongs_made.is_set() and not writer_held.is_set():
+            writer_held.set()
+            # A writer that holds the write lock without the core's lets
+            # the reader try it meanwhile: it does, and finds it taken.
+            if not core_locks[0].locked():
+                flush_tried.wait(10)
+        return writable_now(self)
+
+    def handler(conn):
+        conn.send(b"".join(frame(0x9, payload) for payload in payloads))
+        pongs = []
+        try:
+            while len(pongs) < len(payloads):
+                _, opcode, data = conn.read_frame()  # our keepalive's pings go unanswered
+                if opcode == 0xA:
+                    pongs.append(data)
+        except socket.timeout:
+            pass
+        results.put(pongs)
+        raw_close_reply(conn)
+
+    monkeypatch.setattr(Writer, "flush", reader_flush)
+    monkeypatch.setattr(Transport, "writable_now", keepalive_writable_now)
+    with syncws.connect(raw_serve(handler), ping_interval=0.05, ping_timeout=None, compression=None) as ws:
+        assert results.get(timeout=15) == payloads
+        assert writer_held.is_set()  # the race was run
+        assert ws.open
 
 
 # -- attributes --------------------------------------------------------------------
