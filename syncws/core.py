@@ -50,8 +50,10 @@ The rules it keeps, each in one place:
    text message fails with the chunk that holds its first invalid byte.
 7. **The close code** of a closed connection (:attr:`close_code`) is the one
    the peer's close frame carried (1005 if it carried none), or 1006 when no
-   close frame was received; :attr:`close_reason` is the peer's reason, or
-   else what ended the connection. The exception for a closed connection
+   close frame was received or ours wasn't written (:attr:`close_sent` is
+   set only once the writer says so, :meth:`data_written`);
+   :attr:`close_reason` is the peer's reason, or else what ended the
+   connection. The exception for a closed connection
    (:meth:`closed_exception`) carries the same two values.
 
 Threads: the core is not thread-safe. :mod:`syncws.protocol` calls it under
