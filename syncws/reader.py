@@ -128,6 +128,11 @@ class Reader:
                 simple = decoder.simple_input and not debug
                 received = events if simple else self.handle(events) if events else ()
                 if core.outgoing:
+                    if core.input_closed:
+                        # The closing deadline before the close frame's
+                        # write, which blocks while the socket buffer is
+                        # full, as long as write_timeout allows.
+                        self.on_closing()
                     self.writer.flush(blocking=False)
                 if core.input_closed:
                     put_all(received)
@@ -180,9 +185,10 @@ class Reader:
                     finally:
                         lock.release()
                     del data  # (the core keeps what it still needs)
-            # The closing deadline first: the close frame may wait behind a
-            # send blocked on the peer, for as long as that send's deadline
-            # (forever without write_timeout), and the handshake may not.
+            # The closing deadline first (if not armed above): the close
+            # frame may wait behind a send blocked on the peer, for as long
+            # as that send's deadline (forever without write_timeout), and
+            # the handshake may not.
             self.on_closing()
             # The close frame goes out before our FIN.
             self.writer.flush(blocking=True)

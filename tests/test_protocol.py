@@ -24,7 +24,7 @@ from syncws import threadpool
 from syncws.transport import Transport
 from syncws.writer import Writer
 
-from conftest import close_payload, fd_count, frame, wait_for
+from conftest import RawConn, close_payload, fd_count, frame, wait_for
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -459,6 +459,52 @@ def test_a_close_reply_that_never_went_out_is_not_reported_as_sent_nor_clean(raw
         assert len(closed) == 1 and " closed: 1006 (abnormal closure) received 1000 (OK), but our" in closed[0]
     finally:
         stop.set()
+
+
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="needs Unix sockets")
+def test_a_close_reply_blocked_on_a_full_socket_keeps_to_close_timeout(tmp_path):
+    """No send holds the writer, but the socket buffer is full: the reader thread's reply blocks.
+
+    The reply's write waited for write_timeout (forever without one): the
+    closing deadline was armed only after it. Over a Unix socket, whose
+    every write needs room in the send buffer (TCP appends a small one to
+    the last segment queued), shrinking the buffer below what waits in it
+    makes that write block.
+    """
+    path = str(tmp_path / "ws.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    filled = threading.Event()
+    stop = threading.Event()
+
+    def peer():
+        sock, _ = listener.accept()
+        with sock:
+            RawConn(sock).handshake()
+            if filled.wait(10):  # reads nothing more
+                sock.sendall(frame(0x8, close_payload(1000, "bye")))
+                stop.wait(15)
+
+    thread = threading.Thread(target=peer, daemon=True)
+    thread.start()
+    ws = syncws.unix_connect(path, ping_interval=None, close_timeout=0.5, write_timeout=None, compression=None)
+    try:
+        while ws.transport.writable_now():  # sends that don't block
+            ws.send(b"\x00" * 1024)
+        ws.transport.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)
+        filled.set()
+        try:
+            ws.wait_closed(10)
+        finally:
+            ws.abort("the test is over")
+        assert ws.close_rcvd == (1000, "bye") and ws.close_sent is None
+        assert ws.close_code == 1006
+        assert ws.close_reason.endswith("wasn't sent: the closing handshake timed out"), ws.close_reason
+    finally:
+        stop.set()
+        thread.join(10)
+        listener.close()
 
 
 # -- protocol errors from the peer ----------------------------------------------
