@@ -23,6 +23,17 @@ in our send queue unsent, as lost as one dropped on the way. A ping queued
 behind data that the peer doesn't read isn't acknowledged either: that peer
 is given up, as it would be without a full queue. Where the system can't
 tell (not Linux), a full queue keeps the peer.
+
+A ping that can't be written because the socket has no room, and no write
+is under way, counts as unanswered: a peer that stopped reading (a frozen
+client, a stalled proxy) once a ``send()`` had filled the buffers leaves no
+write whose deadline would end the connection, and its ping never goes
+out. If ``timeout`` seconds later nothing came from it, still no write is
+under way, the socket still has no room, and the peer's TCP acknowledged
+nothing more (Linux; a peer reading slowly does), the peer is given up as
+a silent one is. Linux's ``TCP_USER_TIMEOUT`` (:mod:`syncws.sockopts`) often
+ends such a TCP connection first; this covers Unix sockets and the systems
+without that option.
 """
 
 from __future__ import annotations
@@ -47,8 +58,9 @@ class Keepalive:
 
     It uses the connection's writer (:class:`~syncws.writer.Writer`) only
     through :meth:`~syncws.writer.Writer.write` with ``now`` (a ping must
-    never block the timer thread), :attr:`~syncws.writer.Writer.can_send`
-    and :meth:`~syncws.writer.Writer.send_progress`.
+    never block the timer thread), :attr:`~syncws.writer.Writer.can_send`,
+    :meth:`~syncws.writer.Writer.stalled` and
+    :meth:`~syncws.writer.Writer.send_progress`.
 
     Args:
         writer: the connection's write side.
@@ -66,7 +78,7 @@ class Keepalive:
 
     __slots__ = (
         "writer", "received", "interval", "timeout", "messages", "on_timeout", "pings_sent", "pings_missed",
-        "_timer", "_received",
+        "_timer", "_received", "_stall_check",
     )
 
     def __init__(
@@ -85,12 +97,15 @@ class Keepalive:
         self.timeout = timeout
         self.messages = messages
         self.on_timeout = on_timeout
-        #: Pings sent by keepalive, and those whose pong didn't come.
+        #: Pings sent by keepalive, and those whose pong didn't come (or
+        #: that the peer, reading nothing, left no room to send).
         self.pings_sent = 0
         self.pings_missed = 0
         self._timer: Optional[timers.Timer] = None
         # The peer's messages counted at the last look (the timer thread's).
         self._received = 0
+        # Whether a _check_stalled is pending (the timer thread's).
+        self._stall_check = False
 
     def start(self) -> None:
         """Schedule the first ping."""
@@ -119,7 +134,14 @@ class Keepalive:
             return  # a message came since the last look: the peer is alive
         event = threading.Event()
         if not self.writer.write(lambda core: core.send_ping(None, (event, time.monotonic())), now=True):
-            return  # a send is under way: its own deadline watches the peer
+            # A write under way has its own deadline watching the peer; with
+            # none, a socket without room is a peer that doesn't read.
+            if self.timeout is not None and not self._stall_check and self.writer.stalled():
+                self._stall_check = True
+                progress = self.writer.send_progress()
+                acknowledged = None if progress is None else progress[0]
+                timers.call_later(self.timeout, lambda: self._check_stalled(received, acknowledged))
+            return
         self.pings_sent += 1
         if self.timeout is not None:
             # Where the ping ends in the stream (or a little further, should
@@ -140,6 +162,23 @@ class Keepalive:
             return
         if self.messages.put_waiting and self._acknowledged(ping_end):
             return  # alive: its pong waits behind data we don't read yet
+        self.pings_missed += 1
+        self.on_timeout()
+
+    def _check_stalled(self, received: int, acknowledged: Optional[int]) -> None:
+        """Timer callback: give up on a peer that read nothing since a ping couldn't be written.
+
+        Args:
+            received: the peer's messages counted when the ping was due.
+            acknowledged: how far the peer's TCP had acknowledged our stream
+                then; ``None`` where the system can't tell.
+        """
+        self._stall_check = False
+        if not self.writer.can_send or self.received() != received or not self.writer.stalled():
+            return
+        progress = self.writer.send_progress()
+        if acknowledged is not None and progress is not None and progress[0] > acknowledged:
+            return  # its TCP took more of our stream: it reads, slowly
         self.pings_missed += 1
         self.on_timeout()
 

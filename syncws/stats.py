@@ -26,7 +26,8 @@ class Stats(NamedTuple):
         bytes_out: WebSocket bytes sent, frame headers included.
         queued: messages and fragments received and not yet taken by ``recv()``.
         pings_sent: pings sent, by ``ping()`` and by keepalive.
-        pings_missed: keepalive pings whose pong didn't come in time.
+        pings_missed: keepalive pings whose pong didn't come in time, or
+            that the peer, reading nothing, left no room to send.
     """
 
     messages_in: int

@@ -452,6 +452,14 @@ class Writer:
         """Whether frames may be sent (the core's :attr:`~syncws.core.ConnectionCore.can_send`)."""
         return self.core.can_send
 
+    def stalled(self) -> bool:
+        """Whether no write is under way and the socket has no room (never blocks).
+
+        A write under way has a deadline of its own; without one, a full
+        socket means the peer doesn't read what was written before.
+        """
+        return not self.lock.locked() and not self.transport.writable_now()
+
     def send_progress(self) -> Optional[Tuple[int, int]]:
         """How far the peer acknowledged our stream (:meth:`~syncws.transport.Transport.send_progress`)."""
         return self.transport.send_progress()

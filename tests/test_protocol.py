@@ -7,6 +7,7 @@ never would. Everything runs on 127.0.0.1.
 
 from __future__ import annotations
 
+import functools
 import queue
 import select
 import socket
@@ -20,7 +21,7 @@ from websockets.exceptions import ConnectionClosed as WSConnectionClosed
 
 import syncws
 from syncws import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
-from syncws import threadpool
+from syncws import sockopts, threadpool
 from syncws.transport import Transport
 from syncws.writer import Writer
 
@@ -955,6 +956,66 @@ def test_keepalive_keeps_a_live_peer_while_the_queue_is_full(ws_serve):
         assert wait_for(lambda: ws.stats.pings_sent >= pings + 4, timeout=10)
         assert ws._messages.put_waiting  # the pongs wait behind messages nobody read
         assert ws.open and ws.stats.pings_missed == 0
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("family", ["unix", "tcp-without-user-timeout"])
+def test_keepalive_gives_up_a_peer_that_stopped_reading_after_a_send(raw_serve, tmp_path, caplog, family):
+    """A send() filled the buffers and returned; the peer reads no more: no ping can go out.
+
+    No write is under way, so no write_timeout watches the peer, and the
+    ping, refused for want of room, was taken for "a send is under way":
+    the connection and its reader thread lived for ever. Over TCP on Linux,
+    TCP_USER_TIMEOUT (ping_timeout) ends it first; it is lifted here, as on
+    the systems without it. Unix sockets have no such option.
+    """
+    stop = threading.Event()
+
+    def peer(conn):
+        stop.wait(20)  # handshake done; reads nothing more
+
+    if family == "unix":
+        path = str(tmp_path / "ws.sock")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(path)
+        listener.listen(1)
+
+        def accept():
+            sock, _ = listener.accept()
+            conn = RawConn(sock)
+            with sock:
+                conn.handshake()
+                peer(conn)
+
+        thread = threading.Thread(target=accept, daemon=True)
+        thread.start()
+        connect = functools.partial(syncws.unix_connect, path)
+    else:
+        listener, thread = None, None
+
+        def small_buffer_peer(conn):
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            peer(conn)
+
+        connect = functools.partial(syncws.connect, raw_serve(small_buffer_peer))
+    caplog.set_level("INFO", logger="syncws.client")
+    ws = connect(ping_interval=0.5, ping_timeout=0.5, write_timeout=10, compression=None)
+    try:
+        if family != "unix":
+            sockopts.set_user_timeout(ws.transport.sock, 0)
+        while ws.send_nowait(b"\x00" * 1024):  # sends that return, until the buffers are full
+            pass
+        assert not ws.transport.writable_now()
+        ws.wait_closed(15)
+        assert ws.close_code == 1006 and ws.close_reason == "keepalive ping timeout", (ws.close_code, ws.close_reason)
+        assert ws.stats.pings_missed >= 1
+        assert any("no pong within 0.5 seconds; closing" in record.getMessage() for record in caplog.records)
+    finally:
+        stop.set()
+        ws.abort("the test is over")
+        if thread is not None:
+            thread.join(10)
+            listener.close()
 
 
 def test_pongs_left_while_a_keepalive_ping_holds_the_writer_go_out(raw_serve, monkeypatch):
