@@ -20,3 +20,13 @@ def fd_count() -> int:
 def thread_count() -> int:
     """Live Python threads of this process."""
     return threading.active_count()
+
+
+def busy_thread_count() -> int:
+    """Live Python threads of this process, but those idle in syncws' pool.
+
+    A thread whose connection ended waits idle (``syncws-idle``) for up to
+    ``syncws.threadpool.LINGER`` seconds for another: how many do depends
+    on how fast the previous connections' threads got there.
+    """
+    return sum(thread.name != "syncws-idle" for thread in threading.enumerate())

@@ -19,7 +19,7 @@ import pytest
 
 import syncws
 from conftest import CERT_FILE, KEY_FILE, wait_for
-from measure import fd_count, rss_mib, thread_count
+from measure import busy_thread_count, fd_count, rss_mib, thread_count
 
 logger = logging.getLogger("syncws.tests.stress")
 
@@ -67,14 +67,14 @@ def test_hundreds_of_hostile_sockets(tls: bool) -> None:
             threading.Thread(target=dribble, daemon=True).start()
             assert wait_for(lambda: len(server._handshake_pool) == POOL, timeout=10)
             waits = []
-            peak_threads = thread_count()
+            peak_threads = busy_thread_count()
             for _ in range(10):
                 start = time.monotonic()
                 with syncws.connect(uri, open_timeout=5, **client_kwargs) as ws:
                     waits.append(time.monotonic() - start)
                     ws.send("real")
                     assert ws.recv(timeout=5) == "real"
-                peak_threads = max(peak_threads, thread_count())
+                peak_threads = max(peak_threads, busy_thread_count())
             logger.warning(
                 "%s: %d idle + %d slow sockets: real clients waited at most %.2f s; %d threads (pool %d), RSS +%.1f MiB",
                 "wss" if tls else "ws", IDLE, SLOW, max(waits), peak_threads - threads_before, POOL,
@@ -85,15 +85,17 @@ def test_hundreds_of_hostile_sockets(tls: bool) -> None:
             # (EVICTABLE_AFTER), and for its thread to be scheduled among
             # ~130 busy ones: measured 0.85-1.95 s on 2 loaded cores.
             assert max(waits) < syncws.admission.EVICTABLE_AFTER + 2.0, waits
-            # Threads: the pool; a real connection's handler thread; the
-            # previous real connection's handler thread, still closing, and
-            # the handshake evicted to make room for the real one, on its
-            # way out; the real connection's reader threads (client and
-            # server, in this process), and the previous connection's,
-            # which may still be on their way to idle (syncws.threadpool,
-            # where handler threads go idle too); the dribbler, the accept
-            # and timer threads. Bounded by the pool, however many hostile
-            # sockets.
+            # Busy threads (those idle in syncws.threadpool, where a
+            # connection's threads wait a while for another, are left out:
+            # how many depends on the scheduler, and 77 of all threads were
+            # seen on a loaded machine, before and after this wave): the
+            # pool; a real connection's handler thread; the previous real
+            # connection's handler thread, still closing, and the handshake
+            # evicted to make room for the real one, on its way out; the
+            # real connection's reader threads (client and server, in this
+            # process), and the previous connection's, which may still be
+            # on their way to idle; the dribbler, the accept and timer
+            # threads. Bounded by the pool, however many hostile sockets.
             assert peak_threads - threads_before <= POOL + 11
         finally:
             stop.set()
