@@ -17,7 +17,7 @@ import pytest
 
 import syncws
 import syncws.admin
-from conftest import http_get, wait_for
+from conftest import http_get, servers_kept_alive, wait_for
 from syncws import metrics
 from syncws.datastructures import Headers
 
@@ -53,8 +53,8 @@ def test_a_full_server_still_answers_its_health_check_and_metrics() -> None:
 
 
 def test_the_admin_listener_answers_its_paths_only_and_never_upgrades() -> None:
-    refused_before = metrics.collect().handshakes_refused
-    with syncws.admin.serve_admin(HOST, 0, health="/healthz") as admin:
+    with servers_kept_alive(), syncws.admin.serve_admin(HOST, 0, health="/healthz") as admin:
+        refused_before = metrics.collect().handshakes_refused
         assert http_get(admin.port, "/metrics") == (404, "Not Found: this port serves the health check and the metrics only.\n")
         with pytest.raises(syncws.InvalidStatusCode) as refused:
             syncws.connect(f"ws://{HOST}:{admin.port}/healthz", open_timeout=TIMEOUT)
