@@ -53,8 +53,9 @@ of messages can't wait for the slowest member before the next one.)
 
 **Slow members**: a mailbox holds at most ``max_pending`` messages and
 ``max_pending_bytes`` bytes (payload bytes, UTF-8 for text; the message
-being sent counts until sent; one message always fits in an empty mailbox). A member whose next message would pass
-either limit can't keep up: it is dropped from every channel, closed with
+being sent counts until sent; one message always fits in an empty
+mailbox). A member whose next message would pass either limit can't keep
+up: it is dropped from every channel, closed with
 1008 ("too slow to keep up"; aborted if the close frame can't be sent
 within the connection's ``close_timeout``), and reported (a WARNING line
 with what was waiting, ``on_failure``, ``stats.failures``).

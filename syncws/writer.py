@@ -63,8 +63,9 @@ __all__ = ["Writer"]
 # with its own (a control frame): a socket reported writable takes a write this
 # small at once, whole, so the timer thread doesn't block on it (Linux takes
 # a write that fits one segment whenever it reports room; the BSDs report
-# room from 2 KiB free, their default low-water mark). It writes holding the
-# core's lock, which a blocked write would keep from the reader too.
+# room from 2 KiB free, their default low-water mark).
+# It writes holding the core's lock, which a blocked write would keep from
+# the reader too.
 _TRY_NOW_WAITING_MAX = 512
 
 
