@@ -372,7 +372,7 @@ def run_server(args: argparse.Namespace) -> int:
     except OSError as exc:
         server.close()
         server.wait_closed()
-        _error(f"could not listen on {args.admin_host or args.host}:{args.admin_port}: {exc.strerror or exc}")
+        _error(f"could not listen on {exc.filename}: {exc.strerror or exc}")
         return EXIT_ERROR
     try:
         try:

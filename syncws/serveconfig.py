@@ -412,11 +412,16 @@ def admin_server(args: argparse.Namespace, render: Optional[Callable[[], str]] =
         The running server; ``None`` without ``--admin-port``.
 
     Raises:
-        OSError: the address can't be bound.
+        OSError: the address can't be bound; its ``filename`` is the
+            address, ``host:port``, for the message.
     """
     if args.admin_port is None:
         return None
-    return serve_admin(
-        args.admin_host or args.host, args.admin_port, health=args.health, metrics_path=args.metrics,
-        render=render, reuse_port=reuse_port, ready=ready,
-    )
+    host = args.admin_host or args.host
+    try:
+        return serve_admin(
+            host, args.admin_port, health=args.health, metrics_path=args.metrics,
+            render=render, reuse_port=reuse_port, ready=ready,
+        )
+    except OSError as exc:  # bind()'s error doesn't say where
+        raise OSError(exc.errno, exc.strerror or str(exc), f"{host}:{args.admin_port}") from None

@@ -182,7 +182,9 @@ def run_worker(
         admin: starts the worker's admin listener once the server listens,
             given the server (:func:`syncws.admin.serve_admin`, ``ready``
             its :meth:`~syncws.WebSocketServer.is_serving`: the health
-            check fails while the worker drains); closed last.
+            check fails while the worker drains); closed last. An
+            :exc:`OSError` it raises names the address in its ``filename``
+            (:func:`syncws.serveconfig.admin_server`).
         **serve_options: more keyword arguments of :func:`~syncws.serve`.
 
     Returns:
@@ -209,7 +211,8 @@ def run_worker(
     try:
         admin_server = None if admin is None else admin(server)
     except OSError as exc:
-        logger.error("worker %d: cannot start its admin listener: %s", os.getpid(), exc.strerror or exc)
+        logger.error("worker %d: cannot start its admin listener on %s: %s", os.getpid(), exc.filename,
+                     exc.strerror or exc)
         server.close()
         server.wait_closed()
         return EXIT_CONFIG

@@ -24,7 +24,7 @@ from typing import Iterator, List, Mapping, Optional, Sequence, Set
 import pytest
 
 import syncws
-from syncws.workers import HandlerImportError, Supervisor, load_handler
+from syncws.workers import EXIT_CONFIG, HandlerImportError, Supervisor, load_handler
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -311,6 +311,25 @@ def test_handler_that_does_not_import_stops_the_supervisor(tmp_path: Path) -> No
         assert any("'pidapp' has no attribute 'missing'" in line for line in server.stderr)
     finally:
         server.kill()
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_that_cannot_bind_its_admin_listener_says_where(tmp_path: Path) -> None:
+    # The supervisor reserves the admin port first; a worker still fails
+    # when the port is not its own by then (or not its to take: below 1024).
+    (tmp_path / "pidapp.py").write_text(PID_HANDLER)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(tmp_path)]))
+    with socket.socket() as taken:  # no SO_REUSEPORT: the worker can't share it
+        taken.bind((HOST, 0))
+        taken.listen(1)
+        admin_port = taken.getsockname()[1]
+        worker = subprocess.run(
+            [sys.executable, "-m", "syncws.workers", "--host", HOST, "--port", "0", "--admin-port", str(admin_port),
+             "--health", "/healthz", "pidapp:handler"],
+            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=TIMEOUT, stdin=subprocess.PIPE,
+        )
+    assert worker.returncode == EXIT_CONFIG, worker.stderr
+    assert f"cannot start its admin listener on {HOST}:{admin_port}: Address already in use" in worker.stderr
 
 
 def test_processes_must_be_positive() -> None:
