@@ -9,6 +9,7 @@ is stopped by its PID.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -99,7 +100,13 @@ def stalled_client(server: syncws.WebSocketServer, room: str) -> Tuple[syncws.We
 
 
 def abort(websocket: syncws.WebSocketClientProtocol, sock: socket.socket) -> None:
-    sock.shutdown(socket.SHUT_RDWR)
+    """Cut a stalled client off, and read until its paused reader thread has ended.
+
+    Called in ``finally``, also once the test closed it: a reader thread left
+    paused by a failed test would fail the later thread-leak checks.
+    """
+    with contextlib.suppress(OSError):  # the test closed the socket already
+        sock.shutdown(socket.SHUT_RDWR)
     with pytest.raises(syncws.ConnectionClosed):
         while True:
             websocket.recv(TIMEOUT)
@@ -272,9 +279,11 @@ def test_local_stalled_member_does_not_delay_the_others_and_is_dropped_when_full
 
     fanout = LocalFanout(timeout=1, on_failure=on_failure, **limits)
     server = room_server(fanout)
+    stalled_clients = []
     try:
         readers = [join(server, "r", f"r{i}") for i in range(3)]
-        stalled, sock = stalled_client(server, "r")
+        stalled_clients.append(stalled_client(server, "r"))
+        ((stalled, sock),) = stalled_clients
         stalled.send("hello stalled")
         wait_message(readers[0], "hello stalled")
         big = b"x" * 65536
@@ -298,6 +307,8 @@ def test_local_stalled_member_does_not_delay_the_others_and_is_dropped_when_full
         assert info.value.code in (1006, 1008)
         sock.close()
     finally:
+        for websocket, stalled_sock in stalled_clients:
+            abort(websocket, stalled_sock)
         server.close()
         server.wait_closed(TIMEOUT)
         fanout.close()
@@ -309,8 +320,10 @@ def test_local_mailbox_bytes_bound_what_waits_for_a_stalled_member() -> None:
     failed = threading.Event()
     fanout = LocalFanout(timeout=30, max_pending_bytes=4 * 2**20, on_failure=lambda connection, exc: failed.set())
     server = room_server(fanout)
+    stalled_clients = []
     try:
-        stalled, sock = stalled_client(server, "r")
+        stalled_clients.append(stalled_client(server, "r"))
+        ((stalled, sock),) = stalled_clients
         deadline = time.monotonic() + TIMEOUT
         while not fanout.members("r"):
             assert time.monotonic() < deadline
@@ -332,6 +345,8 @@ def test_local_mailbox_bytes_bound_what_waits_for_a_stalled_member() -> None:
         assert info.value.code in (1006, 1008)
         sock.close()
     finally:
+        for websocket, stalled_sock in stalled_clients:
+            abort(websocket, stalled_sock)
         server.close()
         server.wait_closed(TIMEOUT)
         fanout.close()
@@ -342,9 +357,11 @@ def test_local_send_timeout_aborts_and_reports() -> None:
     failed = threading.Event()
     fanout = LocalFanout(timeout=0.5, max_pending_bytes=2**30, on_failure=lambda connection, exc: failed.set())
     server = room_server(fanout)
+    stalled_clients = []
     try:
         reader = join(server, "r", "reader")
-        stalled, sock = stalled_client(server, "r")
+        stalled_clients.append(stalled_client(server, "r"))
+        ((stalled, _),) = stalled_clients
         stalled.send("hello stalled")
         wait_message(reader, "hello stalled")
         for _ in range(100):
@@ -352,8 +369,9 @@ def test_local_send_timeout_aborts_and_reports() -> None:
         assert len(receive(reader, 100)) == 100
         assert failed.wait(TIMEOUT)
         assert fanout.stats.failures == 1
-        abort(stalled, sock)
     finally:
+        for websocket, sock in stalled_clients:
+            abort(websocket, sock)
         server.close()
         server.wait_closed(TIMEOUT)
         fanout.close()
