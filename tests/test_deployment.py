@@ -125,7 +125,7 @@ def test_page_through_nginx(deployment: Deployment) -> None:
         assert b"new WebSocket" in response.read()
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(180)
 def test_300_clients_10_rooms_exactly_once_in_order(deployment: Deployment) -> None:
     rooms = [f"room{r}" for r in range(10)]
     members: Dict[str, List[Tuple[str, syncws.WebSocketClientProtocol]]] = {room: [] for room in rooms}
@@ -144,7 +144,9 @@ def test_300_clients_10_rooms_exactly_once_in_order(deployment: Deployment) -> N
             for room in rooms:
                 for name, websocket in members[room]:
                     websocket.send(f"{name} {number}")
-        deadline = time.monotonic() + 30
+        # 45,000 deliveries: 4 s on 3.9 at a load of 12 (2 cores), but
+        # more than 30 s at a load of 20.
+        deadline = time.monotonic() + 90
         for room in rooms:
             senders = [name for name, _ in members[room]]
             for _, websocket in members[room]:
