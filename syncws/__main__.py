@@ -51,6 +51,7 @@ import signal
 import ssl
 import sys
 import threading
+import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import (
@@ -327,8 +328,9 @@ def run_server(args: argparse.Namespace) -> int:
     """``python -m syncws serve``: a server until Ctrl-C or SIGTERM.
 
     The first Ctrl-C (or SIGTERM, from a service manager) closes the server
-    gracefully: clients get 1001 (going away). A second one stops waiting for
-    the closing handshakes.
+    gracefully: clients get 1001 (going away), and the handlers have
+    ``--shutdown-timeout`` seconds to return (:func:`syncws.workers.drain`).
+    A second one stops waiting at once.
     """
     if args.processes is not None:
         return _run_processes(args)
@@ -382,22 +384,22 @@ def run_server(args: argparse.Namespace) -> int:
                 print(f"serving on {websocket_uri(sock.getsockname(), secure='ssl' in options)}", flush=True)
             for sock in admin.sockets if admin is not None else ():
                 _announce_admin(args, sock.getsockname())
-            # On Ctrl-C, closes the server, waits for its connections and
-            # returns; a second Ctrl-C meanwhile escapes it.
-            server.serve_forever()
+            # Not serve_forever(): it waits for the connections without a
+            # bound. Ctrl-C and SIGTERM raise KeyboardInterrupt here.
+            while server.is_serving():
+                time.sleep(1.0)
         except KeyboardInterrupt:
             if len(interrupts) > 1:
                 raise
-            # Ctrl-C came before serve_forever() could take it: do as it does.
-            server.close()
-            server.wait_closed()
+        # A second Ctrl-C meanwhile escapes it.
+        drained = workers.drain(server, args.shutdown_timeout)
     except KeyboardInterrupt:
         _status("server stopped without waiting for every connection to close")
         return EXIT_INTERRUPTED
     finally:
         if admin is not None:
             admin.close()
-    _status("server closed")
+    _status("server closed" if drained else "server closed without waiting any longer for its handlers")
     return EXIT_OK
 
 
@@ -444,7 +446,7 @@ def _run_processes(args: argparse.Namespace) -> int:
     try:
         return workers.run_supervisor(
             args.handler or workers.DEFAULT_HANDLER, args.host, args.port, args.processes or None, ready=ready,
-            options=serveconfig.worker_arguments(args), admin=admin,
+            options=serveconfig.worker_arguments(args), admin=admin, shutdown_timeout=args.shutdown_timeout,
         )
     except OSError as exc:
         _error(f"could not listen on {exc.filename or f'{args.host}:{args.port}'}: {exc.strerror or exc}")

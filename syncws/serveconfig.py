@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import re
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -57,6 +58,10 @@ __all__ = [
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
+
+#: Seconds a process that was told to stop (``SIGTERM``) waits for its
+#: handlers to return (``--shutdown-timeout``); then it gives up on them.
+SHUTDOWN_TIMEOUT = 15.0
 
 
 def _positive_int(text: str) -> int:
@@ -84,6 +89,16 @@ def _seconds(text: str) -> Optional[float]:
         raise argparse.ArgumentTypeError(f"expected seconds or 'none', got {text!r}") from None
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text}")
     return value
 
 
@@ -206,6 +221,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--processes", type=_positive_int, nargs="?", const=0, metavar="N",
         help="run N worker processes sharing the port (SO_REUSEPORT) under a supervisor; without N, one per CPU",
+    )
+    parser.add_argument(
+        "--shutdown-timeout", type=_positive_seconds, default=SHUTDOWN_TIMEOUT, metavar="SECONDS",
+        help="on SIGTERM or Ctrl-C, seconds each process waits for its handlers to return before it gives up "
+        f"on them, aborts what is still open and exits (default: {SHUTDOWN_TIMEOUT:g}); with --processes, the "
+        "supervisor kills a worker still running a few seconds later",
     )
     tuning = parser.add_argument_group("connections (serve()'s settings; see docs/deployment.rst)")
     for setting in SETTINGS:

@@ -361,7 +361,10 @@ class WebSocketServer:
             thread.join(_remaining(deadline))
         with self._lock:
             if not self._all_served.wait_for(lambda: self._serving == 0, _remaining(deadline)):
-                raise TimeoutError(f"{self._serving} connections still being served after {timeout} seconds")
+                count = self._serving
+                raise TimeoutError(
+                    f"{count} connection{'' if count == 1 else 's'} still being served after {timeout} seconds"
+                )
 
     def serve_forever(self) -> None:
         """Block until the server is closed; Ctrl-C closes it gracefully."""

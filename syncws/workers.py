@@ -52,12 +52,16 @@ The **supervisor** (:func:`run_supervisor`, the parent) does no serving:
   address that can't be bound) exits with :data:`EXIT_CONFIG`: restarting it
   would fail the same way, so the supervisor stops everything and reports;
 * on ``SIGTERM`` or ``SIGINT`` it sends ``SIGTERM`` to every worker and
-  waits for them (at most ``shutdown_timeout`` seconds, then ``SIGKILL``);
-  then it exits. No process is left behind.
+  waits for them: each gives up on its connections after
+  ``shutdown_timeout`` seconds (``--shutdown-timeout``) and exits; one still
+  running :data:`KILL_GRACE` seconds later (stuck in C code, or waiting for
+  a thread of its own at exit) gets ``SIGKILL``. Then it exits. No process
+  is left behind.
 
 Each **worker** (:func:`run_worker`) serves the handler until ``SIGTERM`` or
-``SIGINT``, then closes the server: every open connection gets 1001 (going
-away), and the worker exits once their threads are done. Its standard input
+``SIGINT``, then drains (:func:`drain`): every open connection gets 1001
+(going away), and the worker exits once their threads are done, or once
+``shutdown_timeout`` passed, aborting what is still open. Its standard input
 is a pipe from the supervisor that is never written: when it reads end of
 file, the supervisor is gone (even killed with ``SIGKILL``), and the worker
 closes the same way instead of serving on as an orphan.
@@ -87,6 +91,7 @@ __all__ = [
     "EXIT_CONFIG",
     "HandlerImportError",
     "Supervisor",
+    "drain",
     "load_handler",
     "run_supervisor",
     "run_worker",
@@ -110,9 +115,9 @@ MAX_RESTART_DELAY = 30.0
 #: :data:`RESTART_DELAY`.
 STABLE_AFTER = 10.0
 
-#: Seconds the supervisor waits for workers to close their connections on
-#: shutdown before it kills them.
-SHUTDOWN_TIMEOUT = 15.0
+#: Seconds the supervisor gives a worker, past its ``shutdown_timeout``,
+#: to exit by itself before it kills it.
+KILL_GRACE = 5.0
 
 
 class HandlerImportError(ImportError):
@@ -157,6 +162,37 @@ def load_handler(spec: str, what: str = "handler") -> Callable[..., Any]:
 # -- the worker -----------------------------------------------------------------
 
 
+def drain(server: WebSocketServer, timeout: float) -> bool:
+    """Close ``server`` and wait for its connections, for ``timeout`` seconds at most.
+
+    How every process of ``python -m syncws serve`` stops: the single
+    process and each worker. Every connection gets 1001 (going away); the
+    handlers get :exc:`~syncws.ConnectionClosed` once the closing handshake
+    is over (``close_timeout``). A handler that hasn't returned when
+    ``timeout`` passes is given up on: its thread is left to end with the
+    process, and connections still open are aborted.
+
+    Args:
+        server: the server to close.
+        timeout: seconds to wait.
+
+    Returns:
+        Whether every connection was done in time (else the log says how
+        many weren't).
+    """
+    server.close()
+    try:
+        server.wait_closed(timeout)
+    except TimeoutError as exc:
+        still_open = server.connections
+        aborting = f"; aborting {len(still_open)} still open" if still_open else ""
+        logger.warning("gave up draining: %s%s", exc, aborting)
+        for connection in still_open:
+            connection.abort("shutdown timeout")
+        return False
+    return True
+
+
 def run_worker(
     spec: Union[str, Callable[..., Any]],
     host: str,
@@ -164,13 +200,15 @@ def run_worker(
     watch_fd: Optional[int] = None,
     ready_fd: Optional[int] = None,
     admin: Optional[Callable[[WebSocketServer], Optional[WebSocketServer]]] = None,
+    shutdown_timeout: float = serveconfig.SHUTDOWN_TIMEOUT,
     **serve_options: Any,
 ) -> int:
     """Serve ``spec`` on ``host:port`` with ``SO_REUSEPORT`` until told to stop.
 
     Stops on ``SIGTERM`` or ``SIGINT``, or when ``watch_fd`` reaches end of
     file (the supervisor is gone): the server closes every connection with
-    1001 and this returns once they are done.
+    1001 and this returns once they are done, or once ``shutdown_timeout``
+    passed (:func:`drain`).
 
     Args:
         spec: the handler, or ``module:name`` to import it from.
@@ -185,6 +223,8 @@ def run_worker(
             check fails while the worker drains); closed last. An
             :exc:`OSError` it raises names the address in its ``filename``
             (:func:`syncws.serveconfig.admin_server`).
+        shutdown_timeout: seconds to wait for the connections once told
+            to stop.
         **serve_options: more keyword arguments of :func:`~syncws.serve`.
 
     Returns:
@@ -218,14 +258,14 @@ def run_worker(
         return EXIT_CONFIG
     logger.info("worker %d serving on %s:%d", os.getpid(), host, server.port)
     try:
-        return _serve_until_stopped(server, stop, watch_fd, ready_fd)
+        return _serve_until_stopped(server, stop, watch_fd, ready_fd, shutdown_timeout)
     finally:
         if admin_server is not None:
             admin_server.close()
 
 
 def _serve_until_stopped(server: WebSocketServer, stop: threading.Event, watch_fd: Optional[int],
-                         ready_fd: Optional[int]) -> int:
+                         ready_fd: Optional[int], shutdown_timeout: float) -> int:
     """run_worker()'s wait: until ``stop`` is set, then close ``server`` and wait for it."""
     if watch_fd is not None:
 
@@ -245,9 +285,9 @@ def _serve_until_stopped(server: WebSocketServer, stop: threading.Event, watch_f
     # A timed wait lets the signal handler run promptly on every platform.
     while not stop.wait(1.0):
         pass
-    logger.info("worker %d closing %d connections", os.getpid(), len(server.connections))
-    server.close()
-    server.wait_closed()
+    logger.info("worker %d closing %d connections (for %g s at most)", os.getpid(), len(server.connections),
+                shutdown_timeout)
+    drain(server, shutdown_timeout)
     return 0
 
 
@@ -276,8 +316,10 @@ class Supervisor:
         port: the port; 0 picks a free one (:attr:`port` has it after
             :meth:`bind`).
         processes: how many workers.
-        shutdown_timeout: seconds to wait for workers on shutdown before
-            killing them.
+        shutdown_timeout: seconds each worker waits for its connections on
+            shutdown before giving up on them (given to the workers as
+            ``--shutdown-timeout``); one still running :data:`KILL_GRACE`
+            seconds later is killed.
         python: the interpreter for the workers (default: this one).
         options: options of ``python -m syncws serve`` for every worker
             (``["--max-size", "65536"]``: see :mod:`syncws.serveconfig`).
@@ -294,7 +336,7 @@ class Supervisor:
         port: int,
         processes: int,
         *,
-        shutdown_timeout: float = SHUTDOWN_TIMEOUT,
+        shutdown_timeout: float = serveconfig.SHUTDOWN_TIMEOUT,
         python: Optional[str] = None,
         options: Sequence[str] = (),
         admin: Optional[Tuple[str, int]] = None,
@@ -352,6 +394,7 @@ class Supervisor:
         command = [
             self.python, "-m", "syncws.workers", *self.options, "--host", self.host, "--port", str(self.port),
             "--ready-fd", str(ready_write), "--worker-index", str(slot.index),
+            "--shutdown-timeout", repr(self.shutdown_timeout),
             *(["--admin-port", str(self.admin[1])] if self.admin is not None else []),
             *(["--group-dir", self._directory.path] if self._directory is not None else []), self.spec,
         ]
@@ -515,12 +558,13 @@ class Supervisor:
         running = [s.process for s in self.slots if s.process is not None]
         for process in running:
             _send_signal(process, signal.SIGTERM)
-        deadline = time.monotonic() + self.shutdown_timeout
+        deadline = time.monotonic() + self.shutdown_timeout + KILL_GRACE
         for process in running:
             try:
                 process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                logger.warning("worker pid %d still running after %.1f s: killing it", process.pid, self.shutdown_timeout)
+                logger.warning("worker pid %d still running %g s after its shutdown timeout (%g s): killing it",
+                               process.pid, KILL_GRACE, self.shutdown_timeout)
                 _send_signal(process, signal.SIGKILL)
                 process.wait()
             if process.stdin is not None:
@@ -555,6 +599,7 @@ def run_supervisor(
     ready: Optional[Callable[[Supervisor], None]] = None,
     options: Sequence[str] = (),
     admin: Optional[Tuple[str, int]] = None,
+    shutdown_timeout: float = serveconfig.SHUTDOWN_TIMEOUT,
 ) -> int:
     """Serve ``spec`` from ``processes`` workers sharing ``host:port``.
 
@@ -571,6 +616,8 @@ def run_supervisor(
         options: options of ``python -m syncws serve`` for every worker.
         admin: ``(host, port)`` of the workers' admin listener, if any
             (see :class:`Supervisor`).
+        shutdown_timeout: seconds each worker waits for its connections
+            once told to stop (see :class:`Supervisor`).
 
     Returns:
         The exit status: 0 after a signal, 1 when a worker couldn't start.
@@ -580,7 +627,8 @@ def run_supervisor(
             on it (``EADDRINUSE``, saying which).
         ValueError: ``processes`` is below 1.
     """
-    supervisor = Supervisor(spec, host, port, processes or os.cpu_count() or 1, options=options, admin=admin)
+    supervisor = Supervisor(spec, host, port, processes or os.cpu_count() or 1, options=options, admin=admin,
+                            shutdown_timeout=shutdown_timeout)
     return supervisor.run(ready)
 
 
@@ -617,7 +665,7 @@ def _worker_main(argv: Optional[Sequence[str]] = None) -> int:
     if group is not None:
         group.start()
     return run_worker(handler, args.host, args.port, watch_fd=sys.stdin.fileno(), ready_fd=args.ready_fd,
-                      admin=admin, **options)
+                      admin=admin, shutdown_timeout=args.shutdown_timeout, **options)
 
 
 if __name__ == "__main__":

@@ -95,12 +95,26 @@ def test_workers_read_back_the_same_options() -> None:
     )
     again = parse(*serveconfig.worker_arguments(given))
     for name, value in vars(given).items():
-        if name in ("host", "port", "processes", "handler"):
+        if name in ("host", "port", "processes", "handler", "shutdown_timeout"):
             continue  # the supervisor gives each worker these itself
         if name == "origin_patterns":
             assert [p.pattern for p in getattr(again, name)] == [p.pattern for p in value]
         else:
             assert getattr(again, name) == value, name
+
+
+def test_shutdown_timeout_is_seconds_above_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse().shutdown_timeout == serveconfig.SHUTDOWN_TIMEOUT
+    assert parse("--shutdown-timeout", "2.5").shutdown_timeout == 2.5
+    for text, message in [
+        ("0", "must be a number of seconds above 0, got 0"), ("-3", "must be a number of seconds above 0, got -3"),
+        ("inf", "must be a number of seconds above 0, got inf"), ("nan", "must be a number of seconds above 0, got nan"),
+        ("soon", "expected seconds, got 'soon'"), ("none", "expected seconds, got 'none'"),
+    ]:
+        with pytest.raises(SystemExit) as exited:
+            parse("--shutdown-timeout", text)
+        assert exited.value.code == 2
+        assert f"argument --shutdown-timeout: {message}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -42,6 +42,24 @@ def handler(websocket):
 '''
 
 
+# A handler that never returns, even once its connection is closed; the
+# wedged one also leaves a thread that the interpreter waits for at exit.
+STUCK_HANDLER = '''
+import os
+import threading
+
+def handler(websocket):
+    websocket.send(str(os.getpid()))
+    for message in websocket:
+        pass
+    threading.Event().wait()
+
+def wedged(websocket):
+    threading.Thread(target=threading.Event().wait, daemon=False).start()
+    handler(websocket)
+'''
+
+
 def alive(pid: int) -> bool:
     """Whether ``pid`` exists and isn't a zombie."""
     try:
@@ -369,6 +387,57 @@ def test_one_process_serves_a_named_handler(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait(TIMEOUT)
+
+
+def stop_stuck_server(tmp_path: Path, handler: str, *args: str) -> "subprocess.CompletedProcess[str]":
+    """``serve --shutdown-timeout 1 *args stuck:handler``: SIGTERM while a client is connected, to its end."""
+    (tmp_path / "stuck.py").write_text(STUCK_HANDLER)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(tmp_path)]))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "syncws", "serve", *args, "--host", HOST, "--port", "0", "--shutdown-timeout", "1",
+         f"stuck:{handler}"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()  # bounded by the test's timeout
+        port = int(line.split(":")[2].split("/")[0])
+        with syncws.connect(f"ws://{HOST}:{port}/", timeout=TIMEOUT) as websocket:
+            worker = int(websocket.recv(TIMEOUT))
+            process.send_signal(signal.SIGTERM)
+            with pytest.raises(syncws.ConnectionClosed) as closed:
+                websocket.recv(TIMEOUT)
+            assert closed.value.code == 1001
+        stdout, stderr = process.communicate(timeout=TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=TIMEOUT)
+    assert not alive(worker)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("processes", [[], ["--processes", "1"]], ids=["one process", "a worker"])
+def test_shutdown_timeout_gives_up_on_handlers_that_never_return(tmp_path: Path, processes: List[str]) -> None:
+    stopped = stop_stuck_server(tmp_path, "handler", *processes)
+    assert stopped.returncode == 0, stopped.stderr
+    # The process gave up by itself, after the timeout given (not 15 s).
+    assert "gave up draining: 1 connection still being served after 1.0 seconds" in stopped.stderr
+    assert "killing it" not in stopped.stderr
+    if processes:
+        assert "closing 1 connections (for 1 s at most)" in stopped.stderr
+
+
+@pytest.mark.timeout(60)
+def test_supervisor_kills_a_worker_still_running_after_its_shutdown_timeout(tmp_path: Path) -> None:
+    # The worker gives up on the handler, then waits at exit for the
+    # handler's own thread: the supervisor's SIGKILL ends it.
+    stopped = stop_stuck_server(tmp_path, "wedged", "--processes", "1")
+    assert stopped.returncode == 0, stopped.stderr
+    gave_up = stopped.stderr.index("gave up draining: 1 connection still being served after 1.0 seconds")
+    killed = stopped.stderr.index("s after its shutdown timeout (1 s): killing it")
+    assert gave_up < killed
 
 
 def run_serve(tmp_path: Path, *args: str) -> "subprocess.CompletedProcess[str]":
