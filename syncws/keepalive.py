@@ -49,7 +49,7 @@ from .writer import Writer
 __all__ = ["Keepalive"]
 
 
-def _nothing() -> None:
+def _nothing(written: bool) -> None:
     pass
 
 
@@ -73,7 +73,9 @@ class Keepalive:
             waits there for room (:attr:`~syncws.messages.MessageQueue.put_waiting`),
             it reads no pong.
         on_timeout: called (on the timer thread, must not block) when a
-            pong didn't come in time.
+            pong didn't come in time, with whether the ping was written:
+            ``False`` when the peer, reading nothing, left no room to write
+            it (so that the log says which).
     """
 
     __slots__ = (
@@ -89,7 +91,7 @@ class Keepalive:
         interval: float,
         timeout: Optional[float],
         messages: MessageQueue,
-        on_timeout: Callable[[], None],
+        on_timeout: Callable[[bool], None],
     ) -> None:
         self.writer = writer
         self.received = received
@@ -163,7 +165,7 @@ class Keepalive:
         if self.messages.put_waiting and self._acknowledged(ping_end):
             return  # alive: its pong waits behind data we don't read yet
         self.pings_missed += 1
-        self.on_timeout()
+        self.on_timeout(True)
 
     def _check_stalled(self, received: int, acknowledged: Optional[int]) -> None:
         """Timer callback: give up on a peer that read nothing since a ping couldn't be written.
@@ -180,7 +182,7 @@ class Keepalive:
         if acknowledged is not None and progress is not None and progress[0] > acknowledged:
             return  # its TCP took more of our stream: it reads, slowly
         self.pings_missed += 1
-        self.on_timeout()
+        self.on_timeout(False)
 
     def _acknowledged(self, ping_end: Optional[int]) -> bool:
         """Whether the peer's TCP acknowledged the stream up to ``ping_end``; ``True`` when unknown."""

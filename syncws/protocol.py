@@ -671,10 +671,21 @@ class WebSocketCommonProtocol:
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
 
-    def _keepalive_timed_out(self) -> None:
-        """Keepalive callback (timer thread): the peer stopped answering pings."""
-        self.logger.info("%s: no pong within %s seconds; closing", self, self.ping_timeout)
-        self._closing.give_up(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+    def _keepalive_timed_out(self, written: bool) -> None:
+        """Keepalive callback (timer thread): the peer stopped answering pings, or reading.
+
+        Args:
+            written: whether the ping went out; ``False`` when the socket
+                had no room for it for ``ping_timeout`` (the peer reads
+                nothing).
+        """
+        if written:
+            self.logger.info("%s: no pong within %s seconds; closing", self, self.ping_timeout)
+            self._closing.give_up(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+        else:
+            self.logger.info("%s: ping not written within %s seconds: the peer isn't reading; closing", self,
+                             self.ping_timeout)
+            self._closing.give_up(CloseCode.INTERNAL_ERROR, "keepalive ping not written: the peer isn't reading")
 
     # -- the reader thread -------------------------------------------------------
 
