@@ -56,7 +56,11 @@ mailboxes of the channel's members in the same locked step that moves the
 position: so a member that joins sees every entry after the position, and
 none at or before it. After a Redis outage, the reader reconnects and reads
 every stream from its position: nothing published meanwhile (by a process
-that could still reach Redis, or after the restart) is skipped.
+that could still reach Redis, or after the restart) is skipped. A channel
+whose first member joined while the reader was away has no position yet:
+the reader, back, places it before every entry added since the member
+joined, by Redis's clock (``TIME``, less the time since), not at the
+stream's end, which may hold messages published after the join.
 
 **Gaps the reader sees.** Offsets count 1, 2, 3... within an epoch: a jump
 means entries were trimmed before this process read them (it was behind by
@@ -308,7 +312,7 @@ class _Position:
     dropped when it loses its last; only the reader thread moves it.
     """
 
-    __slots__ = ("last_id", "epoch", "offset")
+    __slots__ = ("last_id", "epoch", "offset", "made")
 
     def __init__(self, last_id: Optional[str], epoch: Optional[str], offset: Optional[int]) -> None:
         # The last entry delivered (or the stream's end when the position
@@ -317,6 +321,9 @@ class _Position:
         self.last_id = last_id
         self.epoch = epoch  # of that entry; None: no entry seen yet
         self.offset = offset  # of that entry; None: unknown, no check on the next one
+        # When it was made (time.monotonic()): an unplaced position is
+        # placed before every entry added since.
+        self.made = time.monotonic()
 
     @property
     def placed(self) -> bool:
@@ -659,9 +666,10 @@ class RedisStreamFanout(Fanout):
         Returns:
             ``True`` once the member is live (this process reads the
             channel's stream) and, with ``since``, got everything after it;
-            ``False`` when Redis couldn't be reached (the membership stands
-            and takes effect once it is back), or ``since`` couldn't be
-            recovered (the member got ``encode(Gap)`` first).
+            ``False`` when Redis couldn't be reached (the membership stands:
+            what is published from this call on reaches it once this
+            process's reader is back), or ``since`` couldn't be recovered
+            (the member got ``encode(Gap)`` first).
 
         Raises:
             RuntimeError: the fan-out is closed.
@@ -982,17 +990,30 @@ class RedisStreamFanout(Fanout):
             self._stop.wait(backoff.next())
 
     def _place_all(self) -> None:
-        """Place the positions made while Redis was unreachable, at their streams' ends."""
+        """Place the positions made while Redis was unreachable, before every entry added since they were made.
+
+        Not at the streams' ends now: an entry added after a member joined,
+        while this reader was away (by another process, or by this one
+        while only the reader timed out), would be skipped. Stream ids
+        count milliseconds of Redis's clock: a position made ``age``
+        seconds ago is placed after the last entry older than Redis's
+        ``TIME`` minus ``age``, measured once ``TIME`` has answered, so
+        never later than the moment it was made.
+        """
         with self._lock:
-            unplaced = [channel for channel, position in self._positions.items() if not position.placed]
+            unplaced = {channel: p.made for channel, p in self._positions.items() if not p.placed}
         if not unplaced:
             return
+        seconds, microseconds = self._reader_client.time()
+        answered = time.monotonic()
+        now_ms = seconds * 1000 + microseconds // 1000
         with self._reader_client.pipeline(transaction=False) as pipe:
-            for channel in unplaced:
-                pipe.xrevrange(self._key("s", channel), "+", "-", 1)
-            ends = pipe.execute()
+            for channel, made in unplaced.items():
+                made_ms = now_ms - int((answered - made) * 1000) - 1
+                pipe.xrevrange(self._key("s", channel), f"({max(0, made_ms)}-0", "-", 1)
+            befores = pipe.execute()
         with self._lock:
-            for channel, last in zip(unplaced, ends):
+            for channel, last in zip(unplaced, befores):
                 position = self._positions.get(channel)
                 if position is not None and not position.placed:
                     placed = self._position_at(channel, last)

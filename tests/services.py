@@ -207,6 +207,16 @@ class Redis:
     def stop(self) -> None:
         stop(self.process)
 
+    def freeze(self) -> None:
+        """SIGSTOP: Redis stalls (a slow disk, a loaded machine): connections stay open, nothing is answered."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT: answers what came meanwhile, in the order it came."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
 
 class Nginx:
     """nginx in the foreground, with examples/chat/nginx.conf pointed at ``upstreams``."""

@@ -452,6 +452,36 @@ def test_a_persisting_redis_restart_loses_nothing_and_repeats_nothing(
     assert one.fanout.stats.reconnects == two.fanout.stats.reconnects == 1
 
 
+@pytest.mark.timeout(60)
+def test_a_member_that_joins_while_redis_is_too_slow_for_the_reader_misses_nothing(
+    nodes: List[Node], redis_server: Redis
+) -> None:
+    """Redis stalls past the reader's timeout; a member joins, then a message is published: it arrives.
+
+    The reader, back, reads the new channel from where the member joined,
+    not from the stream's end at the moment the reader is back (the message
+    is there by then: it reached Redis first).
+    """
+    one, two = nodes
+    joined(one, "a", "first")  # one's reader runs
+    two.fanout.publish("b", "before")  # two's connection to Redis is open
+    redis_server.freeze()
+    try:
+        wait_until(lambda: not one.fanout.stats.connected, "the reader didn't time out")
+        member = one.connect("b")
+        wait_until(lambda: one.fanout.stats.channels == 2, "the member didn't join")
+        publisher = threading.Thread(target=two.fanout.publish, args=("b", "during"))
+        publisher.start()
+        time.sleep(0.5)  # for its command to reach Redis before the reader's
+    finally:
+        redis_server.thaw()
+    publisher.join()
+    assert texts(member, 1)[0]["text"] == "during"
+    assert outcomes(one, 2) == [True, False]  # subscribed without Redis: takes effect when it is back
+    assert silent(member)
+    assert two.fanout.stats.publish_errors == 0
+
+
 def test_a_redis_that_lost_everything_is_reported(tmp_path: Path) -> None:
     pytest.importorskip("redis")
     redis_server = Redis(tmp_path)  # no persistence
