@@ -1042,6 +1042,10 @@ class RedisFanout(Fanout):
         # Held across numbering and PUBLISH (its retries included), so
         # numbers go out in order; guards _sequences and _forgotten.
         self._publish_lock = threading.Lock()
+        # Since when Redis hasn't answered: the start of the PUBLISH under
+        # way, or of the first one of an outage; None once one is answered.
+        # Written under _publish_lock, read by the publishes waiting for it.
+        self._unanswered_since: Optional[float] = None
         # The channels published to, the least recently first.
         self._sequences: "collections.OrderedDict[str, _Sequence]" = collections.OrderedDict()
         # Channels dropped from _sequences so far: a channel numbered again
@@ -1073,7 +1077,10 @@ class RedisFanout(Fanout):
 
         While Redis is unreachable, retries for up to ``publish_timeout``
         seconds (each attempt bounded by ``timeout``), as soon as it answers
-        again; and then waits until the channel has as many subscriptions as
+        again. Publishes go out one at a time, in order: behind others that
+        Redis answers, one waits its turn, and only time without an answer
+        from Redis counts against ``publish_timeout``. Once Redis is back it
+        waits until the channel has as many subscriptions as
         the last publish reached, so that the processes that were subscribed
         get it too, for at most twice ``max_reconnect_delay`` (a process
         that left meanwhile never comes back). A retry carries the first
@@ -1091,10 +1098,14 @@ class RedisFanout(Fanout):
             TypeError: ``message`` is neither ``str`` nor bytes-like.
         """
         message = self._checked_message(message)
-        deadline = time.monotonic() + self.publish_timeout
-        # Another publish may be waiting for Redis with the lock held.
-        if not self._publish_lock.acquire(timeout=self.publish_timeout if self.publish_timeout > 0 else -1):
-            self._publish_failed(channel, "another publish waited for Redis all this time")
+        arrived = time.monotonic()
+        # Other publishes hold the lock in turn: while Redis answers them,
+        # this one waits its turn, however long the queue (a refused message
+        # is lost; a slow one is only late). Redis unreachable, the time
+        # counts against publish_timeout.
+        while not self._publish_lock.acquire(timeout=_POLL):
+            if time.monotonic() >= self._publish_deadline(arrived):
+                self._publish_failed(channel, "another publish waited for Redis all this time")
         try:
             # The number is used even if PUBLISH fails: a command that
             # timed out may have reached Redis, and reusing its number would
@@ -1106,22 +1117,37 @@ class RedisFanout(Fanout):
             retrying = False
             while True:
                 try:
+                    if self._unanswered_since is None:
+                        self._unanswered_since = time.monotonic()
                     if retrying:
-                        self._await_subscribers(channel, sequence.receivers, deadline)
+                        self._await_subscribers(channel, sequence.receivers, self._publish_deadline(arrived))
                     sequence.receivers = self._publisher_client.publish(self.prefix + channel, envelope)
+                    self._unanswered_since = None
                     break
                 except (self._redis.ConnectionError, self._redis.TimeoutError) as exc:
                     retrying = True
-                    remaining = deadline - time.monotonic()
+                    remaining = self._publish_deadline(arrived) - time.monotonic()
                     if remaining <= 0 or self._stop.is_set():
                         self._publish_failed(channel, str(exc), exc)
                     self._stop.wait(min(backoff.next(), remaining))
                 except self._redis.RedisError as exc:  # refused: retrying won't help
+                    self._unanswered_since = None
                     self._publish_failed(channel, str(exc), exc)
             with self._lock:
                 self._counts.published += 1
         finally:
             self._publish_lock.release()
+
+    def _publish_deadline(self, arrived: float) -> float:
+        """When a message given to :meth:`publish` at ``arrived`` stops waiting for Redis.
+
+        ``publish_timeout`` after Redis stopped answering, or after the
+        message arrived if that came later; never while Redis answers.
+        """
+        unanswered_since = self._unanswered_since
+        if unanswered_since is None:
+            return float("inf")
+        return max(arrived, unanswered_since) + self.publish_timeout
 
     def _await_subscribers(self, channel: str, receivers: int, deadline: float) -> None:
         """After an outage, wait until ``channel`` has its ``receivers`` back, briefly.

@@ -547,6 +547,48 @@ def test_redis_bookkeeping_is_bounded_over_5000_channels(redis_server: Redis) ->
 
 
 @needs_redis
+@pytest.mark.timeout(60)
+def test_redis_publishes_waiting_their_turn_are_sent_while_redis_answers(redis_server: Redis) -> None:
+    """Twenty handlers publish at once; Redis answers each PUBLISH, 50 ms later.
+
+    A publish waiting for the others gave up after ``publish_timeout``
+    ("another publish waited for Redis all this time"), though Redis
+    answered every one: under load, 300 chat clients sending at once lost
+    messages that way. Only a Redis that doesn't answer fails a publish.
+    """
+    publisher = RedisFanout(redis_server.url, publish_timeout=0.3)
+    listener = Node(redis_server.url)
+    try:
+        member = join(listener.server, "a", "m")
+        answer = publisher._publisher_client.publish
+
+        def slowly(*args: Any) -> Any:
+            time.sleep(0.05)  # a busy Redis, or a loaded machine
+            return answer(*args)
+
+        publisher._publisher_client.publish = slowly
+        errors: List[PublishError] = []
+
+        def publish(number: int) -> None:
+            try:
+                publisher.publish("a", str(number))
+            except PublishError as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=publish, args=(number,)) for number in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == [] and publisher.stats.publish_errors == 0
+        assert sorted(receive(member, 20), key=int) == [str(n) for n in range(20)]
+        assert listener.gaps == []
+    finally:
+        listener.close()
+        publisher.close()
+
+
+@needs_redis
 def test_redis_a_forgotten_channel_starts_a_new_sequence(redis_server: Redis) -> None:
     """Renumbered from 1 under a new publisher id: no repeat, no gap, bounded."""
     publisher = RedisFanout(redis_server.url, max_sequences=1)
