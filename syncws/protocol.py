@@ -290,7 +290,12 @@ class WebSocketCommonProtocol:
             transport: the connected socket.
         """
         self.transport = transport
-        self._writer = Writer(self._core, self._core_lock, transport, write_timeout=self.write_timeout)
+        # A reader thread waiting for room in the queue reads nothing: after
+        # a failed write, it must go on to find the end of the stream.
+        self._writer = Writer(
+            self._core, self._core_lock, transport, write_timeout=self.write_timeout,
+            on_abandon=self._messages.unbound,
+        )
         self._closing.attach(transport, self._writer)
 
     def connection_open(self) -> None:

@@ -32,7 +32,9 @@ deadline; the thread that holds it can't wait for itself, and gets
 :exc:`~syncws.ConcurrencyError` instead.
 
 After a failed write, half a frame may be on the wire and nothing may follow
-it: the core abandons the connection and the transport is aborted.
+it: the core abandons the connection, the transport is aborted, and the
+connection's ``on_abandon`` lets a reader thread that waits for room in the
+message queue (reading nothing) go on to find the end of the stream.
 
 Every frame goes in through :meth:`Writer.write`: a ``produce(core)``
 callable makes the frames under the core's lock, and they are written at
@@ -78,11 +80,13 @@ class Writer:
         transport: the connected socket.
         write_timeout: the default seconds a write may take; ``None`` for
             no limit.
+        on_abandon: called (holding the core's lock; it must not block)
+            once a failed write gave the connection up.
     """
 
     __slots__ = (
-        "core", "core_lock", "transport", "write_timeout", "lock", "_turn_lock", "_sender", "_turn",
-        "_turn_waiters",
+        "core", "core_lock", "transport", "write_timeout", "on_abandon", "lock", "_turn_lock", "_sender",
+        "_turn", "_turn_waiters",
     )
 
     def __init__(
@@ -92,11 +96,13 @@ class Writer:
         transport: Transport,
         *,
         write_timeout: Optional[float],
+        on_abandon: Callable[[], None],
     ) -> None:
         self.core = core
         self.core_lock = core_lock
         self.transport = transport
         self.write_timeout = write_timeout
+        self.on_abandon = on_abandon
         #: Held from producing a frame to writing its last byte.
         self.lock = threading.Lock()
         # The turn (see the module's docstring): _sender is the ident of the
@@ -375,12 +381,13 @@ class Writer:
 
     def _abandon(self, exc: OSError) -> None:
         """:meth:`_write_failed` for a caller that holds the core's lock."""
-        if isinstance(exc, TimeoutError):
+        if isinstance(exc, TimeoutError) and exc.errno is None:  # our deadline, not the kernel's ETIMEDOUT
             cause = "a write timed out: the peer stopped reading"
         else:
             cause = f"connection lost while writing: {exc}"
         self.core.abandon(cause)
         self.transport.abort()
+        self.on_abandon()
 
     def flush(self, blocking: bool) -> None:
         """Write the frames other threads left in the core's buffer.

@@ -939,6 +939,43 @@ def test_keepalive_pings_only_a_silent_peer(ws_serve):
         assert ws.open and ws.stats.pings_missed == 0
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("writer", ["send", "keepalive"])
+def test_a_failed_write_ends_a_connection_whose_queue_is_full(raw_serve, writer):
+    """The peer resets the connection while the reader waits for room: a write fails.
+
+    The write gave the connection up and shut the socket down, but the
+    reader thread wasn't reading the socket: it waited for room in the
+    queue, so the connection stayed open, its reader held, until somebody
+    called recv() (seen as a keepalive ping failing on a vanished peer).
+    """
+    reset = threading.Event()
+
+    def flood_then_reset(conn):
+        for _ in range(8):
+            conn.send_frame(0x1, b"x" * 100)
+        assert reset.wait(10)
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.sock.close()
+
+    uri = raw_serve(flood_then_reset)
+    keepalive = dict(ping_interval=0.1, ping_timeout=None) if writer == "keepalive" else dict(ping_interval=None)
+    ws = syncws.connect(uri, max_queue=1, compression=None, **keepalive)
+    try:
+        assert wait_for(lambda: ws._messages.put_waiting, timeout=10)
+        reset.set()
+        if writer == "send":
+            with pytest.raises(ConnectionClosed):
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:  # the first may go out before the reset
+                    ws.send("y")
+                    time.sleep(0.01)
+        assert wait_for(lambda: ws.closed, timeout=10), ws.state_name
+        assert ws.close_code == 1006
+    finally:
+        ws.abort()
+
+
 def test_keepalive_keeps_a_live_peer_while_the_queue_is_full(ws_serve):
     """The reader doesn't read, so no pong is seen; the peer's TCP acknowledged the pings."""
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import functools
 import socket
 import threading
-from typing import Any, Iterator, Tuple
+from typing import Any, Iterator, List, Tuple
 
 import pytest
 
@@ -22,7 +24,7 @@ def writer() -> Iterator[Tuple[Writer, ConnectionCore, socket.socket]]:
     with ours, theirs:
         theirs.settimeout(0.5)
         core = make("server")
-        yield Writer(core, threading.Lock(), Transport(ours), write_timeout=1), core, theirs
+        yield Writer(core, threading.Lock(), Transport(ours), write_timeout=1, on_abandon=lambda: None), core, theirs
 
 
 def keepalive_ping(core: ConnectionCore) -> None:
@@ -100,7 +102,8 @@ def writers() -> Iterator[Tuple[Tuple[Writer, ConnectionCore, socket.socket], ..
         for ours, theirs in pairs:
             theirs.settimeout(5)
             core = make("server")
-            made.append((Writer(core, threading.Lock(), Transport(ours), write_timeout=5), core, theirs))
+            writer = Writer(core, threading.Lock(), Transport(ours), write_timeout=5, on_abandon=lambda: None)
+            made.append((writer, core, theirs))
         yield tuple(made)
     finally:
         for ours, theirs in pairs:
@@ -126,10 +129,12 @@ def test_send_message_writes_what_write_writes(writers: Any, payload: Any, pong_
 
 @pytest.mark.parametrize("size", [60000, 300000])  # one bytes object, or header and payload
 def test_send_message_fails_as_write_fails(writers: Any, size: int) -> None:
-    """On a lost connection both abandon the core, and raise the same error."""
+    """On a lost connection both abandon the core, tell the connection, and raise the same error."""
     errors = []
+    abandoned: List[Writer] = []
     for writer, core, theirs in writers:
         theirs.close()
+        writer.on_abandon = functools.partial(abandoned.append, writer)
     (fast, fast_core, _), (general, general_core, _) = writers
     for send in (
         lambda: fast.send_message(b"x" * size, False, None, None),
@@ -139,5 +144,32 @@ def test_send_message_fails_as_write_fails(writers: Any, size: int) -> None:
             send()
         errors.append(type(info.value))
     assert errors[0] is errors[1]
+    assert abandoned == [fast, general]
     assert fast_core.phase is general_core.phase is Phase.ABANDONED
     assert fast_core.close_reason is None and general_core.state is fast_core.state
+
+
+@pytest.mark.parametrize(
+    "error, cause",
+    [
+        (TimeoutError("write timed out"), "a write timed out: the peer stopped reading"),
+        # The kernel's TCP_USER_TIMEOUT: the peer acknowledged nothing, it didn't stop reading.
+        (
+            OSError(errno.ETIMEDOUT, "Connection timed out"),
+            f"connection lost while writing: [Errno {errno.ETIMEDOUT}] Connection timed out",
+        ),
+        (OSError(errno.ECONNRESET, "reset"), f"connection lost while writing: [Errno {errno.ECONNRESET}] reset"),
+    ],
+)
+def test_a_failed_write_says_what_failed(writer: Any, monkeypatch: Any, error: OSError, cause: str) -> None:
+    """Only the write's own deadline is "the peer stopped reading"."""
+    writer, core, _ = writer
+
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise error
+
+    monkeypatch.setattr(Transport, "write", fail)
+    with pytest.raises(OSError):
+        writer.write(keepalive_ping, deadline=writer.deadline())
+    core.receive_eof()
+    assert core.close_reason == cause

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import queue
 import socket
 import threading
@@ -156,9 +157,11 @@ def test_server_notices_a_vanished_client_while_its_queue_is_full(cut_off: str) 
     state: dict = {}
 
     def handler(ws: Any) -> None:
-        # Never reads: the client fills the queue.
+        # Never reads: the client fills the queue. The wait covers filling
+        # it too, which takes seconds on a loaded machine: the bound on
+        # noticing is the test's, from the cut.
         entered.set()
-        state["closed"] = wait_for(lambda: ws.closed, timeout=BOUND + 5, interval=0.05)
+        state["closed"] = wait_for(lambda: ws.closed, timeout=40, interval=0.05)
 
     with vanishing_peer() as peer:
         with syncws.serve(
@@ -172,10 +175,13 @@ def test_server_notices_a_vanished_client_while_its_queue_is_full(cut_off: str) 
             assert wait_for(lambda: connection._messages.put_waiting, timeout=10)
             getattr(peer, cut_off)()
             start = time.monotonic()
-            assert wait_for(lambda: "closed" in state, timeout=BOUND + 10)
+            assert wait_for(lambda: "closed" in state, timeout=40)
             assert state["closed"]
             assert time.monotonic() - start < BOUND
-            assert connection.close_reason == "keepalive ping timeout"
+            # Keepalive's check, or the kernel's TCP_USER_TIMEOUT (ping_timeout)
+            # failing the next ping's write: whichever comes first.
+            kernel = f"connection lost while writing: {OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT))}"
+            assert connection.close_reason in ("keepalive ping timeout", kernel)
 
 
 def test_a_send_blocked_on_a_vanished_peer_ends_at_write_timeout() -> None:
