@@ -154,7 +154,8 @@ logger = logging.getLogger("syncws.fanout")
 DISPATCHERS = 2
 
 # How long the subscriber thread blocks reading Redis before it looks at its
-# subscription requests again: the latency of a first subscribe().
+# subscription requests again: the latency of a first subscribe(). Also how
+# often a publish waiting for its turn looks whether Redis still answers.
 _POLL = 0.05
 
 # The channels named in an outage's log line; the others are counted.
@@ -1046,6 +1047,10 @@ class RedisFanout(Fanout):
         # way, or of the first one of an outage; None once one is answered.
         # Written under _publish_lock, read by the publishes waiting for it.
         self._unanswered_since: Optional[float] = None
+        # Whether an attempt failed since Redis last answered (likewise):
+        # with publish_timeout 0, what fails the publishes waiting, rather
+        # than an answer still on its way.
+        self._failing = False
         # The channels published to, the least recently first.
         self._sequences: "collections.OrderedDict[str, _Sequence]" = collections.OrderedDict()
         # Channels dropped from _sequences so far: a channel numbered again
@@ -1122,16 +1127,16 @@ class RedisFanout(Fanout):
                     if retrying:
                         self._await_subscribers(channel, sequence.receivers, self._publish_deadline(arrived))
                     sequence.receivers = self._publisher_client.publish(self.prefix + channel, envelope)
-                    self._unanswered_since = None
+                    self._answered()
                     break
                 except (self._redis.ConnectionError, self._redis.TimeoutError) as exc:
-                    retrying = True
+                    retrying = self._failing = True
                     remaining = self._publish_deadline(arrived) - time.monotonic()
                     if remaining <= 0 or self._stop.is_set():
                         self._publish_failed(channel, str(exc), exc)
                     self._stop.wait(min(backoff.next(), remaining))
                 except self._redis.RedisError as exc:  # refused: retrying won't help
-                    self._unanswered_since = None
+                    self._answered()
                     self._publish_failed(channel, str(exc), exc)
             with self._lock:
                 self._counts.published += 1
@@ -1142,12 +1147,19 @@ class RedisFanout(Fanout):
         """When a message given to :meth:`publish` at ``arrived`` stops waiting for Redis.
 
         ``publish_timeout`` after Redis stopped answering, or after the
-        message arrived if that came later; never while Redis answers.
+        message arrived if that came later; never while Redis answers. With
+        ``publish_timeout`` 0, once an attempt failed: not while an answer
+        may still come.
         """
         unanswered_since = self._unanswered_since
-        if unanswered_since is None:
+        if unanswered_since is None or not (self.publish_timeout or self._failing):
             return float("inf")
         return max(arrived, unanswered_since) + self.publish_timeout
+
+    def _answered(self) -> None:
+        """Redis answered a PUBLISH (``_publish_lock`` held): the publishes waiting wait their turn."""
+        self._unanswered_since = None
+        self._failing = False
 
     def _await_subscribers(self, channel: str, receivers: int, deadline: float) -> None:
         """After an outage, wait until ``channel`` has its ``receivers`` back, briefly.
