@@ -43,6 +43,7 @@ import argparse
 import ipaddress
 import math
 import re
+import threading
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import logconfig
@@ -99,6 +100,8 @@ def _positive_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
     if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text}")
+    if value > threading.TIMEOUT_MAX:  # a wait that long raises OverflowError, at shutdown
+        raise argparse.ArgumentTypeError(f"must be at most {threading.TIMEOUT_MAX:.0f} seconds, got {text}")
     return value
 
 

@@ -17,6 +17,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
@@ -110,6 +111,7 @@ def test_shutdown_timeout_is_seconds_above_zero(capsys: pytest.CaptureFixture[st
         ("0", "must be a number of seconds above 0, got 0"), ("-3", "must be a number of seconds above 0, got -3"),
         ("inf", "must be a number of seconds above 0, got inf"), ("nan", "must be a number of seconds above 0, got nan"),
         ("soon", "expected seconds, got 'soon'"), ("none", "expected seconds, got 'none'"),
+        ("1e10", f"must be at most {threading.TIMEOUT_MAX:.0f} seconds, got 1e10"),
     ]:
         with pytest.raises(SystemExit) as exited:
             parse("--shutdown-timeout", text)
