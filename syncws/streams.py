@@ -314,16 +314,18 @@ class _Position:
 
     __slots__ = ("last_id", "epoch", "offset", "made")
 
-    def __init__(self, last_id: Optional[str], epoch: Optional[str], offset: Optional[int]) -> None:
+    def __init__(
+        self, last_id: Optional[str], epoch: Optional[str], offset: Optional[int], made: Optional[float] = None
+    ) -> None:
         # The last entry delivered (or the stream's end when the position
         # was made; "0-0" for a stream that didn't exist); None until
         # Redis could be asked.
         self.last_id = last_id
         self.epoch = epoch  # of that entry; None: no entry seen yet
         self.offset = offset  # of that entry; None: unknown, no check on the next one
-        # When it was made (time.monotonic()): an unplaced position is
-        # placed before every entry added since.
-        self.made = time.monotonic()
+        # When it was made (time.monotonic(), now by default): an unplaced
+        # position is placed before every entry added since.
+        self.made = time.monotonic() if made is None else made
 
     @property
     def placed(self) -> bool:
@@ -757,15 +759,18 @@ class RedisStreamFanout(Fanout):
     def _place(self, channel: str) -> _Position:
         """A new position at the end of ``channel``'s stream (``_lock`` held, released meanwhile).
 
-        Unplaced when Redis can't be reached: the reader places it when back.
+        Unplaced when Redis can't be reached: the reader places it when back,
+        before what was added since this look began (a failing one may take
+        ``timeout``, while other processes publish).
         """
         if self._link_down:
             return _Position(None, None, None)
+        asked = time.monotonic()
         try:
             last = self._unlocked(self._client.xrevrange, self._key("s", channel), "+", "-", 1)
         except self._redis.RedisError as exc:
             logger.debug("cannot read the end of %r on %s: %s", channel, redact_uri(self.url), exc)
-            return _Position(None, None, None)
+            return _Position(None, None, None, made=asked)
         return self._position_at(channel, last)
 
     def _position_at(self, channel: str, last: List[Tuple[bytes, Dict[bytes, bytes]]]) -> _Position:

@@ -484,6 +484,32 @@ def test_a_member_that_joins_while_redis_is_too_slow_for_the_reader_misses_nothi
     assert two.fanout.stats.publish_errors == 0
 
 
+@pytest.mark.timeout(60)
+def test_a_member_whose_subscribe_cannot_reach_redis_misses_nothing_published_meanwhile(nodes: List[Node]) -> None:
+    """subscribe()'s look at the stream's end fails, slowly, while another process publishes: it arrives.
+
+    This process is cut off from Redis (its reader hasn't noticed yet): the
+    look waits out its timeout, and the message published meanwhile is in
+    the stream before the reader places the channel.
+    """
+    import redis
+
+    one, two = nodes
+    joined(one, "a", "first")  # one's reader runs
+
+    def cut_off(*args: Any) -> Any:
+        two.fanout.publish("b", "during")
+        time.sleep(0.5)  # the rest of the command's timeout
+        raise redis.ConnectionError("cut off")
+
+    one.fanout._client.xrevrange = cut_off
+    member = one.connect("b")
+    assert outcomes(one, 2) == [True, False]  # subscribed without Redis: takes effect when it is back
+    del one.fanout._client.xrevrange
+    assert texts(member, 1)[0]["text"] == "during"
+    assert silent(member)
+
+
 def test_a_redis_that_lost_everything_is_reported(tmp_path: Path) -> None:
     pytest.importorskip("redis")
     redis_server = Redis(tmp_path)  # no persistence
