@@ -54,7 +54,7 @@ from .settings import check_settings
 
 __all__ = [
     "SETTINGS", "ProcessRequest", "Setting", "add_arguments", "admin_server", "routes", "server_options",
-    "worker_arguments",
+    "wait_problem", "worker_arguments",
 ]
 
 DEFAULT_HOST = "127.0.0.1"
@@ -93,15 +93,27 @@ def _seconds(text: str) -> Optional[float]:
     return value
 
 
+def wait_problem(seconds: float) -> Optional[str]:
+    """Why ``seconds`` can't be a wait that ends (``--shutdown-timeout``), or ``None`` if it can.
+
+    Also for :class:`~syncws.workers.Supervisor`, which hands its
+    ``shutdown_timeout`` to every worker's command line.
+    """
+    if not 0 < seconds < math.inf:
+        return "must be a number of seconds above 0"
+    if seconds > threading.TIMEOUT_MAX:  # a wait that long raises OverflowError, at shutdown
+        return f"must be at most {threading.TIMEOUT_MAX:.0f} seconds"
+    return None
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text}")
-    if value > threading.TIMEOUT_MAX:  # a wait that long raises OverflowError, at shutdown
-        raise argparse.ArgumentTypeError(f"must be at most {threading.TIMEOUT_MAX:.0f} seconds, got {text}")
+    problem = wait_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{problem}, got {text}")
     return value
 
 

@@ -327,6 +327,10 @@ class Supervisor:
             (``--admin-port``: :mod:`syncws.admin`), reserved as the
             port is; port 0 picks one (:attr:`admin` has it after
             :meth:`bind`).
+
+    Raises:
+        ValueError: ``processes`` below 1, or ``shutdown_timeout`` not a
+            number of seconds above 0 that a wait can take.
     """
 
     def __init__(
@@ -343,6 +347,11 @@ class Supervisor:
     ) -> None:
         if processes < 1:
             raise ValueError(f"processes must be at least 1, got {processes}")
+        # Checked here, not by each worker's command line: a worker that
+        # refused it would exit and be restarted for ever.
+        problem = serveconfig.wait_problem(shutdown_timeout)
+        if problem is not None:
+            raise ValueError(f"shutdown_timeout {problem}, got {shutdown_timeout!r}")
         self.spec = spec
         self.host = host
         self.port = port

@@ -525,3 +525,10 @@ def test_supervisors_started_at_the_same_moment_do_not_share(tmp_path: Path, mon
             second.process.wait(TIMEOUT)
         except subprocess.TimeoutExpired:
             second.kill()
+
+
+@pytest.mark.parametrize("shutdown_timeout", [0, -1, float("inf"), float("nan"), 1e10])
+def test_supervisor_refuses_a_shutdown_timeout_its_workers_would_refuse(shutdown_timeout: float) -> None:
+    """Each worker's command line refuses it: the worker would exit, be restarted, and exit, for ever."""
+    with pytest.raises(ValueError, match=r"shutdown_timeout must be"):
+        Supervisor("pidapp:handler", HOST, 0, 1, shutdown_timeout=shutdown_timeout)
